@@ -1,0 +1,250 @@
+//! Validated configuration: the typed structs the gateway runs on.
+//!
+//! Built by `hopline-config` from TOML; every value here has already been checked, and
+//! every default is documented on its field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The listener and its server timeouts.
+    pub server: ServerConfig,
+    /// Where access log lines go.
+    pub log: LogConfig,
+    /// What sits in front of the gateway (used by `hopline check`).
+    pub front: Option<FrontConfig>,
+    /// Request deadline settings.
+    pub deadline: DeadlineConfig,
+    /// The admin listener, if any.
+    pub admin: Option<AdminConfig>,
+    /// Retry budget shared by all upstreams' retries.
+    pub retry_budget: RetryBudgetConfig,
+    /// Limits shared by all `egress` upstreams (one NAT gateway).
+    pub egress: Option<EgressConfig>,
+    /// Upstreams, in file order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes, in file order (first match wins).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Time to receive a whole request head, from accept (first request) or from the first
+    /// byte (later requests). Default 5 s. Answered with 408 `RT`.
+    pub header_read_timeout: Duration,
+    /// Time to receive the whole request body after its head. Default 30 s. 408 `RT`.
+    pub body_read_timeout: Duration,
+    /// Longest a single write to the client may block. Default 30 s; the connection is closed.
+    pub write_timeout: Duration,
+    /// Keep-alive idle time between requests. Default 75 s (must exceed the front's).
+    pub idle_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take to finish. Default 10 s.
+    pub drain_timeout: Duration,
+    /// Open client connections at most; beyond it, accepting pauses. Default 10000.
+    pub max_connections: usize,
+    /// Largest request head in bytes. Default 65536; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes (bodies are buffered before proxying). Default 16 MiB;
+    /// larger gets 413.
+    pub max_body_bytes: usize,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogConfig {
+    /// One JSON line per request on stdout (default).
+    Stdout,
+    /// One JSON line per request appended to a file.
+    File(PathBuf),
+    /// No access log.
+    Off,
+}
+
+/// `[front]`: the proxy in front of the gateway, as far as `check` needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontConfig {
+    /// The front proxy's upstream (read) timeout.
+    pub timeout: Option<Duration>,
+    /// The front proxy's keep-alive idle timeout towards us.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `[deadline]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineConfig {
+    /// Deadline of routes that set no `timeout`. Default 3 s.
+    pub default: Duration,
+    /// Cap on every deadline. Default 30 s.
+    pub max: Duration,
+    /// Subtracted from the caller's remaining time, and from ours when sent upstream.
+    /// Default 5 ms.
+    pub margin: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Listen address of the admin API.
+    pub listen: SocketAddr,
+}
+
+/// `[retry_budget]`: retries allowed on top of first attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudgetConfig {
+    /// Retries as a fraction of requests. Default 0.2.
+    pub ratio: f64,
+    /// Retries always allowed per second, whatever the ratio. Default 10.
+    pub min_per_sec: u32,
+}
+
+/// `[egress]`: shared by every `zone = "egress"` upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressConfig {
+    /// In-flight egress calls at most. Beyond: 503 `UO` at once.
+    pub max_in_flight: Option<usize>,
+    /// New egress connections per second at most. Beyond: 503 `UO` at once.
+    pub max_new_connections_per_sec: Option<u32>,
+}
+
+/// Network zone of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Zone {
+    /// Inside our network.
+    Internal,
+    /// Leaves through a shared egress (NAT) gateway.
+    Egress,
+}
+
+impl Zone {
+    /// `internal` or `egress`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Zone::Internal => "internal",
+            Zone::Egress => "egress",
+        }
+    }
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// The table name.
+    pub name: String,
+    /// `host:port` endpoints, used round robin.
+    pub endpoints: Vec<String>,
+    /// Zone. Default `internal`.
+    pub zone: Zone,
+    /// Connect timeout (capped by the time left). Default 1 s.
+    pub connect_timeout: Duration,
+    /// Per-attempt timeout, from sending the request to the end of the response body
+    /// (capped by the time left). Default 5 s.
+    pub timeout: Duration,
+    /// In-flight calls at most. Default 1024; beyond: 503 `UO`.
+    pub max_in_flight: usize,
+    /// How long an idle pooled connection is kept. Default 30 s.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per endpoint. Default 128.
+    pub pool_max_idle: usize,
+    /// The upstream's own keep-alive idle timeout, if known (for `check`).
+    pub server_idle_timeout: Option<Duration>,
+    /// Retries after a safe failure. Default 2.
+    pub max_retries: u32,
+}
+
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// `path = "/x"`: the path (without query) equals it.
+    Exact(String),
+    /// `path_prefix = "/x/"`: the path starts with it.
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// True when `path` (without query string) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Route name (logs, metrics).
+    pub name: String,
+    /// Path match.
+    pub path: PathMatch,
+    /// Upstream name (validated to exist).
+    pub upstream: String,
+    /// Route deadline. Default `deadline.default`.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// The upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            drain_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_header_bytes: 65_536,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Default for DeadlineConfig {
+    fn default() -> Self {
+        DeadlineConfig {
+            default: Duration::from_secs(3),
+            max: Duration::from_secs(30),
+            margin: Duration::from_millis(5),
+        }
+    }
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            ratio: 0.2,
+            min_per_sec: 10,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// An upstream with every default and the given endpoints.
+    pub fn with_defaults(name: &str, endpoints: Vec<String>) -> Self {
+        UpstreamConfig {
+            name: name.to_string(),
+            endpoints,
+            zone: Zone::Internal,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            max_in_flight: 1024,
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle: 128,
+            server_idle_timeout: None,
+            max_retries: 2,
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The per-request deadline: computed once at arrival, consulted by every hop.
+
+use std::time::{Duration, Instant};
+
+/// Which input decided a request's deadline (logged, and shown by `/config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineSource {
+    /// The route's own timeout (or `deadline.default` when the route sets none).
+    Route,
+    /// The caller's remaining time, read from `x-envoy-expected-rq-timeout-ms` or `grpc-timeout`.
+    Caller,
+    /// The global cap `deadline.max`.
+    Max,
+}
+
+/// A point in time after which no work for a request may continue.
+///
+/// A `Deadline` is always finite: there is no constructor for "no deadline", so any code
+/// that needs one to make an upstream call cannot make an unbounded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    start: Instant,
+    at: Instant,
+    source: DeadlineSource,
+}
+
+impl Deadline {
+    /// The request deadline per DESIGN.md §3:
+    /// `min(route_timeout, caller_remaining - margin, max)`, counted from `start`.
+    ///
+    /// A caller whose remaining time is already below `margin` gets a zero budget: the
+    /// request fails fast with 504 instead of doing work nobody waits for.
+    pub fn for_request(
+        start: Instant,
+        route_timeout: Duration,
+        caller_remaining: Option<Duration>,
+        margin: Duration,
+        max: Duration,
+    ) -> Deadline {
+        let mut budget = route_timeout;
+        let mut source = DeadlineSource::Route;
+        if max < budget {
+            budget = max;
+            source = DeadlineSource::Max;
+        }
+        if let Some(caller) = caller_remaining {
+            let caller = caller.saturating_sub(margin);
+            if caller < budget {
+                budget = caller;
+                source = DeadlineSource::Caller;
+            }
+        }
+        Deadline {
+            start,
+            at: start + budget,
+            source,
+        }
+    }
+
+    /// A deadline `budget` after `start`, decided by the route (for sub-calls and tests).
+    pub fn after(start: Instant, budget: Duration) -> Deadline {
+        Deadline {
+            start,
+            at: start + budget,
+            source: DeadlineSource::Route,
+        }
+    }
+
+    /// The instant the deadline expires.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// When the request arrived.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The whole budget the request was given.
+    pub fn budget(&self) -> Duration {
+        self.at.saturating_duration_since(self.start)
+    }
+
+    /// What decided the budget.
+    pub fn source(&self) -> DeadlineSource {
+        self.source
+    }
+
+    /// Time left at `now` (zero once expired).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+
+    /// True once `now` has reached the deadline.
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.at
+    }
+
+    /// The instant by which a step limited to `limit` must end: `min(now + limit, deadline)`,
+    /// and whether it is the deadline (rather than `limit`) that bounds it.
+    pub fn bound(&self, now: Instant, limit: Duration) -> (Instant, bool) {
+        let own = now + limit;
+        if own < self.at {
+            (own, false)
+        } else {
+            (self.at, true)
+        }
+    }
+}
+
+/// Parses `x-envoy-expected-rq-timeout-ms`: a non-negative integer count of milliseconds.
+pub fn parse_envoy_timeout_ms(value: &[u8]) -> Option<Duration> {
+    let s = std::str::from_utf8(value).ok()?.trim();
+    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u64>().ok().map(Duration::from_millis)
+}
+
+/// Parses `grpc-timeout`: 1 to 8 digits followed by one unit of `H M S m u n`.
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let s = std::str::from_utf8(value).ok()?.trim();
+    let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn route_timeout_wins_when_smallest() {
+        let t0 = Instant::now();
+        let d = Deadline::for_request(t0, 1000 * MS, Some(5000 * MS), 5 * MS, 30_000 * MS);
+        assert_eq!(d.budget(), 1000 * MS);
+        assert_eq!(d.source(), DeadlineSource::Route);
+    }
+
+    #[test]
+    fn caller_remaining_minus_margin_wins_when_smaller() {
+        let t0 = Instant::now();
+        let d = Deadline::for_request(t0, 1000 * MS, Some(300 * MS), 5 * MS, 30_000 * MS);
+        assert_eq!(d.budget(), 295 * MS);
+        assert_eq!(d.source(), DeadlineSource::Caller);
+    }
+
+    #[test]
+    fn max_caps_everything_and_caller_below_margin_is_zero() {
+        let t0 = Instant::now();
+        let d = Deadline::for_request(t0, 60_000 * MS, None, 5 * MS, 30_000 * MS);
+        assert_eq!((d.budget(), d.source()), (30_000 * MS, DeadlineSource::Max));
+        let z = Deadline::for_request(t0, 1000 * MS, Some(3 * MS), 5 * MS, 30_000 * MS);
+        assert_eq!(z.budget(), Duration::ZERO);
+        assert!(z.expired(t0));
+    }
+
+    #[test]
+    fn bound_says_which_limit_applies() {
+        let t0 = Instant::now();
+        let d = Deadline::after(t0, 100 * MS);
+        assert_eq!(d.bound(t0, 50 * MS), (t0 + 50 * MS, false));
+        assert_eq!(d.bound(t0 + 80 * MS, 50 * MS), (t0 + 100 * MS, true));
+    }
+
+    #[test]
+    fn header_parsers_accept_valid_and_reject_garbage() {
+        assert_eq!(parse_envoy_timeout_ms(b"1500"), Some(1500 * MS));
+        assert_eq!(parse_envoy_timeout_ms(b"-1"), None);
+        assert_eq!(parse_envoy_timeout_ms(b""), None);
+        assert_eq!(parse_grpc_timeout(b"250m"), Some(250 * MS));
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(2000 * MS));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"123456789S"), None);
+        assert_eq!(parse_grpc_timeout(b"5x"), None);
+        assert_eq!(parse_grpc_timeout(b"m"), None);
+    }
+}

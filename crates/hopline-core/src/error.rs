@@ -1,0 +1,496 @@
+//! Every way a request can fail, classified once: kind, side, phase, status and flag.
+//!
+//! [`ProxyError::disposition`] is the single place that maps a failure to the status and
+//! flag of DESIGN.md §3; `Display` prints this level and `source()` reaches the original
+//! OS error, so `ECONNRESET` survives all the way to the access log.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Zone;
+use crate::flag::Flag;
+use crate::time::Human;
+
+/// Which side of the gateway a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The client (or the front proxy) talking to us.
+    Downstream,
+    /// A service we call.
+    Upstream,
+    /// The gateway itself (limits, routing, shutdown).
+    Internal,
+}
+
+/// The phase of an upstream exchange in which something went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Establishing the TCP connection.
+    Connect,
+    /// Writing the request head and body.
+    Request,
+    /// Waiting for and reading the response head.
+    ResponseHeaders,
+    /// Reading the response body.
+    ResponseBody,
+}
+
+impl Phase {
+    /// The label used in logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Request => "request",
+            Phase::ResponseHeaders => "response headers",
+            Phase::ResponseBody => "response body",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which limit ended an upstream wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeoutSource {
+    /// The request's deadline.
+    Deadline,
+    /// The upstream's per-attempt `timeout`.
+    AttemptTimeout,
+    /// The upstream's `connect_timeout`.
+    ConnectTimeout,
+}
+
+impl TimeoutSource {
+    /// The config name of the limit.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TimeoutSource::Deadline => "request deadline",
+            TimeoutSource::AttemptTimeout => "upstream timeout",
+            TimeoutSource::ConnectTimeout => "connect_timeout",
+        }
+    }
+}
+
+/// A failed upstream exchange, with where it went and how long it ran.
+#[derive(Debug)]
+pub struct UpstreamError {
+    /// The upstream's configured name.
+    pub upstream: Arc<str>,
+    /// The endpoint the attempt went to.
+    pub endpoint: SocketAddr,
+    /// The upstream's zone.
+    pub zone: Zone,
+    /// Time from the start of this attempt to the failure.
+    pub elapsed: Duration,
+    /// What went wrong.
+    pub kind: UpstreamErrorKind,
+}
+
+/// What went wrong in an upstream exchange. Each timeout has its own variant.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamErrorKind {
+    /// The TCP connection was not established in time.
+    #[error("connect timed out after {} ({})", Human(*limit), source_limit.as_str())]
+    ConnectTimeout {
+        /// The limit that fired.
+        limit: Duration,
+        /// Which limit it was (the connect timeout or the deadline).
+        source_limit: TimeoutSource,
+    },
+    /// The endpoint refused the connection.
+    #[error("connect refused")]
+    ConnectRefused(#[source] io::Error),
+    /// The connection could not be made for another reason (unreachable, no route, ...).
+    #[error("connect failed")]
+    ConnectFailed(#[source] io::Error),
+    /// A wait after connecting timed out.
+    #[error("{phase} timed out after {} ({})", Human(*limit), source_limit.as_str())]
+    Timeout {
+        /// The phase that was waiting.
+        phase: Phase,
+        /// The limit that fired.
+        limit: Duration,
+        /// Which limit it was.
+        source_limit: TimeoutSource,
+    },
+    /// The connection was reset (or aborted) by the peer.
+    #[error("connection reset during {phase}")]
+    Reset {
+        /// The phase in progress.
+        phase: Phase,
+        /// The OS error, e.g. `ECONNRESET`.
+        source: io::Error,
+    },
+    /// The upstream closed the connection before the response was complete.
+    #[error("connection closed by upstream during {phase}")]
+    Closed {
+        /// The phase in progress.
+        phase: Phase,
+    },
+    /// The upstream sent bytes that are not a valid HTTP/1.1 response.
+    #[error("protocol error during {phase}")]
+    Protocol {
+        /// The phase in progress.
+        phase: Phase,
+        /// The parse error.
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    /// Another I/O error.
+    #[error("I/O error during {phase}")]
+    Io {
+        /// The phase in progress.
+        phase: Phase,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl UpstreamErrorKind {
+    /// Classifies an I/O error seen in `phase` after the connection was established.
+    pub fn from_io(phase: Phase, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => UpstreamErrorKind::Reset { phase, source },
+            io::ErrorKind::UnexpectedEof => UpstreamErrorKind::Closed { phase },
+            _ => UpstreamErrorKind::Io { phase, source },
+        }
+    }
+
+    /// Classifies an error returned by `connect()`.
+    pub fn from_connect(source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::ConnectionRefused => UpstreamErrorKind::ConnectRefused(source),
+            _ => UpstreamErrorKind::ConnectFailed(source),
+        }
+    }
+
+    /// The phase the failure happened in.
+    pub fn phase(&self) -> Phase {
+        match self {
+            UpstreamErrorKind::ConnectTimeout { .. }
+            | UpstreamErrorKind::ConnectRefused(_)
+            | UpstreamErrorKind::ConnectFailed(_) => Phase::Connect,
+            UpstreamErrorKind::Timeout { phase, .. }
+            | UpstreamErrorKind::Reset { phase, .. }
+            | UpstreamErrorKind::Closed { phase }
+            | UpstreamErrorKind::Protocol { phase, .. }
+            | UpstreamErrorKind::Io { phase, .. } => *phase,
+        }
+    }
+
+    /// True for failures that happened before any byte of the request left us, so a
+    /// retry cannot duplicate work on the upstream.
+    pub fn before_request_sent(&self) -> bool {
+        self.phase() == Phase::Connect
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "upstream {} {} ({}): {}",
+            self.upstream,
+            self.endpoint,
+            self.zone.as_str(),
+            self.kind
+        )?;
+        if !matches!(
+            self.kind,
+            UpstreamErrorKind::ConnectTimeout { .. } | UpstreamErrorKind::Timeout { .. }
+        ) {
+            write!(f, " after {}", Human(self.elapsed))?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for UpstreamError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.kind)
+    }
+}
+
+/// Which gateway limit was full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overflow {
+    /// An upstream's `max_in_flight`.
+    UpstreamInFlight {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// Its limit.
+        limit: usize,
+    },
+    /// The shared `[egress] max_in_flight`.
+    EgressInFlight {
+        /// The limit.
+        limit: usize,
+    },
+    /// The shared `[egress] max_new_connections_per_sec`.
+    EgressConnectionRate {
+        /// The upstream that wanted a connection.
+        upstream: Arc<str>,
+        /// The limit, per second.
+        limit: u32,
+    },
+}
+
+/// Why a request did not get an upstream's answer. Converted to a response in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request head did not arrive within `header_read_timeout`.
+    #[error("request headers not received within header_read_timeout {}", Human(*limit))]
+    HeaderReadTimeout {
+        /// The configured limit.
+        limit: Duration,
+    },
+    /// The request body did not arrive within `body_read_timeout`.
+    #[error("request body not received within body_read_timeout {} ({received} bytes received)", Human(*limit))]
+    BodyReadTimeout {
+        /// The configured limit.
+        limit: Duration,
+        /// Bytes of body received before the limit.
+        received: u64,
+    },
+    /// The request is malformed or ambiguous.
+    #[error("malformed request")]
+    Malformed(#[source] Box<dyn StdError + Send + Sync>),
+    /// The request head is larger than `max_header_bytes`.
+    #[error("request headers larger than max_header_bytes {limit}")]
+    HeadersTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The request body is larger than `max_body_bytes`.
+    #[error("request body larger than max_body_bytes {limit}")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The request uses a feature the gateway does not proxy (e.g. `CONNECT`, upgrades).
+    #[error("not implemented: {what}")]
+    NotImplemented {
+        /// What was asked for.
+        what: &'static str,
+    },
+    /// The client closed its connection before the response was complete.
+    #[error("client closed the connection after {}{}", Human(*elapsed), waiting_on.as_deref().map(|w| format!(" while waiting on {w}")).unwrap_or_default())]
+    ClientGone {
+        /// Time since the request arrived.
+        elapsed: Duration,
+        /// What the request was waiting on, e.g. `upstream coupon 127.0.0.1:9001 (egress) response headers`.
+        waiting_on: Option<String>,
+        /// How the client went away.
+        #[source]
+        source: io::Error,
+    },
+    /// No route matched.
+    #[error("no route for path")]
+    NoRoute,
+    /// A concurrency or connection-rate limit was full; the request failed fast.
+    #[error("{}", overflow_text(.0))]
+    Overflow(Overflow),
+    /// The deadline was spent before an upstream call could start.
+    #[error("deadline {} spent before the upstream call could start", Human(*budget))]
+    DeadlineSpent {
+        /// The request's whole budget.
+        budget: Duration,
+    },
+    /// An upstream exchange failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The gateway was shutting down and `drain_timeout` ran out.
+    #[error("gateway shutting down: drain_timeout {} elapsed with the request in flight", Human(*drain))]
+    Shutdown {
+        /// The configured drain period.
+        drain: Duration,
+    },
+}
+
+fn overflow_text(o: &Overflow) -> String {
+    match o {
+        Overflow::UpstreamInFlight { upstream, limit } => {
+            format!("upstream {upstream}: max_in_flight {limit} reached")
+        }
+        Overflow::EgressInFlight { limit } => format!("egress max_in_flight {limit} reached"),
+        Overflow::EgressConnectionRate { upstream, limit } => format!(
+            "upstream {upstream} (egress): max_new_connections_per_sec {limit} reached"
+        ),
+    }
+}
+
+/// The outcome of a failure as the client and the log see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disposition {
+    /// The HTTP status (499 is logged only: the client is gone).
+    pub status: u16,
+    /// The flag.
+    pub flag: Flag,
+    /// Who failed.
+    pub side: Side,
+}
+
+impl ProxyError {
+    /// The status, flag and side of this failure: the table of DESIGN.md §3, in one place.
+    pub fn disposition(&self) -> Disposition {
+        use Flag::*;
+        let (status, flag, side) = match self {
+            ProxyError::HeaderReadTimeout { .. } | ProxyError::BodyReadTimeout { .. } => {
+                (408, RequestTimeout, Side::Downstream)
+            }
+            ProxyError::Malformed(_) => (400, DownstreamProtocolError, Side::Downstream),
+            ProxyError::HeadersTooLarge { .. } => (431, DownstreamProtocolError, Side::Downstream),
+            ProxyError::BodyTooLarge { .. } => (413, DownstreamProtocolError, Side::Downstream),
+            ProxyError::NotImplemented { .. } => (501, DownstreamProtocolError, Side::Downstream),
+            ProxyError::ClientGone { .. } => (499, DownstreamConnectionTermination, Side::Downstream),
+            ProxyError::NoRoute => (404, NoRoute, Side::Internal),
+            ProxyError::Overflow(_) => (503, UpstreamOverflow, Side::Internal),
+            ProxyError::DeadlineSpent { .. } => (504, UpstreamTimeout, Side::Internal),
+            ProxyError::Shutdown { .. } => (503, Shutdown, Side::Internal),
+            ProxyError::Upstream(e) => {
+                let (status, flag) = match &e.kind {
+                    UpstreamErrorKind::ConnectTimeout { .. } => (504, UpstreamConnectFailure),
+                    UpstreamErrorKind::ConnectRefused(_) | UpstreamErrorKind::ConnectFailed(_) => {
+                        (502, UpstreamConnectFailure)
+                    }
+                    UpstreamErrorKind::Timeout { .. } => (504, UpstreamTimeout),
+                    UpstreamErrorKind::Reset { .. }
+                    | UpstreamErrorKind::Closed { .. }
+                    | UpstreamErrorKind::Io { .. } => (502, UpstreamConnectionTermination),
+                    UpstreamErrorKind::Protocol { .. } => (502, UpstreamProtocolError),
+                };
+                (status, flag, Side::Upstream)
+            }
+        };
+        Disposition { status, flag, side }
+    }
+
+    /// The full cause: this error's message followed by every source, e.g.
+    /// `upstream coupon 127.0.0.1:9001 (internal): connection reset during response headers
+    /// after 3ms: Connection reset by peer (os error 104)`.
+    pub fn cause(&self) -> String {
+        cause_chain(self)
+    }
+}
+
+/// Joins an error's message with all of its sources, skipping repeats.
+pub fn cause_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut src = err.source();
+    while let Some(e) = src {
+        let s = e.to_string();
+        if !last.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        last = s;
+        src = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(kind: UpstreamErrorKind) -> ProxyError {
+        ProxyError::Upstream(UpstreamError {
+            upstream: "coupon".into(),
+            endpoint: "127.0.0.1:9001".parse().expect("addr"),
+            zone: Zone::Egress,
+            elapsed: Duration::from_millis(12),
+            kind,
+        })
+    }
+
+    #[test]
+    fn connect_timeout_cause_names_upstream_endpoint_zone_phase() {
+        let e = upstream(UpstreamErrorKind::ConnectTimeout {
+            limit: Duration::from_millis(250),
+            source_limit: TimeoutSource::ConnectTimeout,
+        });
+        assert_eq!(
+            e.cause(),
+            "upstream coupon 127.0.0.1:9001 (egress): connect timed out after 250ms (connect_timeout)"
+        );
+        assert_eq!(e.disposition().status, 504);
+        assert_eq!(e.disposition().flag, Flag::UpstreamConnectFailure);
+    }
+
+    #[test]
+    fn reset_keeps_the_os_error_in_the_chain() {
+        let os = io::Error::from_raw_os_error(104);
+        let e = upstream(UpstreamErrorKind::from_io(Phase::ResponseHeaders, os));
+        let cause = e.cause();
+        assert!(cause.contains("connection reset during response headers after 12ms"), "{cause}");
+        assert!(cause.contains("os error 104"), "{cause}");
+        assert_eq!(e.disposition().status, 502);
+        assert_eq!(e.disposition().flag.code(), "UC");
+        let ProxyError::Upstream(u) = &e else { unreachable!() };
+        let src = u.source().and_then(|k| k.source()).expect("io source");
+        let io = src.downcast_ref::<io::Error>().expect("io::Error");
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn every_row_of_the_status_table() {
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (
+                upstream(UpstreamErrorKind::Timeout {
+                    phase: Phase::ResponseHeaders,
+                    limit: Duration::from_secs(1),
+                    source_limit: TimeoutSource::Deadline,
+                }),
+                504,
+                "UT",
+            ),
+            (
+                upstream(UpstreamErrorKind::from_connect(io::Error::from(
+                    io::ErrorKind::ConnectionRefused,
+                ))),
+                502,
+                "UF",
+            ),
+            (upstream(UpstreamErrorKind::Closed { phase: Phase::ResponseHeaders }), 502, "UC"),
+            (
+                upstream(UpstreamErrorKind::Protocol {
+                    phase: Phase::ResponseHeaders,
+                    source: "bad status line".into(),
+                }),
+                502,
+                "UPE",
+            ),
+            (
+                ProxyError::ClientGone {
+                    elapsed: Duration::from_millis(5),
+                    waiting_on: None,
+                    source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                },
+                499,
+                "DC",
+            ),
+            (ProxyError::HeaderReadTimeout { limit: Duration::from_secs(5) }, 408, "RT"),
+            (ProxyError::Malformed("content-length with transfer-encoding".into()), 400, "DPE"),
+            (ProxyError::NoRoute, 404, "NR"),
+            (
+                ProxyError::Overflow(Overflow::UpstreamInFlight { upstream: "x".into(), limit: 1 }),
+                503,
+                "UO",
+            ),
+        ];
+        for (err, status, flag) in cases {
+            let d = err.disposition();
+            assert_eq!((d.status, d.flag.code()), (status, flag), "{err}");
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Error kinds, sides, flags, deadlines and validated config types of the hopline gateway (no I/O).
+//!
+//! Everything here is plain data: the gateway, the config reader and the audit all speak
+//! these types, so a cause is classified once and means the same thing everywhere.
+
+pub mod config;
+pub mod deadline;
+pub mod error;
+pub mod flag;
+pub mod time;
+
+pub use deadline::{Deadline, DeadlineSource};
+pub use error::{
+    Disposition, Overflow, Phase, ProxyError, Side, TimeoutSource, UpstreamError, UpstreamErrorKind,
+};
+pub use flag::Flag;
