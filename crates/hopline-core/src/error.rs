@@ -322,9 +322,9 @@ fn overflow_text(o: &Overflow) -> String {
             format!("upstream {upstream}: max_in_flight {limit} reached")
         }
         Overflow::EgressInFlight { limit } => format!("egress max_in_flight {limit} reached"),
-        Overflow::EgressConnectionRate { upstream, limit } => format!(
-            "upstream {upstream} (egress): max_new_connections_per_sec {limit} reached"
-        ),
+        Overflow::EgressConnectionRate { upstream, limit } => {
+            format!("upstream {upstream} (egress): max_new_connections_per_sec {limit} reached")
+        }
     }
 }
 
@@ -351,7 +351,9 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => (431, DownstreamProtocolError, Side::Downstream),
             ProxyError::BodyTooLarge { .. } => (413, DownstreamProtocolError, Side::Downstream),
             ProxyError::NotImplemented { .. } => (501, DownstreamProtocolError, Side::Downstream),
-            ProxyError::ClientGone { .. } => (499, DownstreamConnectionTermination, Side::Downstream),
+            ProxyError::ClientGone { .. } => {
+                (499, DownstreamConnectionTermination, Side::Downstream)
+            }
             ProxyError::NoRoute => (404, NoRoute, Side::Internal),
             ProxyError::Overflow(_) => (503, UpstreamOverflow, Side::Internal),
             ProxyError::DeadlineSpent { .. } => (504, UpstreamTimeout, Side::Internal),
@@ -432,11 +434,16 @@ mod tests {
         let os = io::Error::from_raw_os_error(104);
         let e = upstream(UpstreamErrorKind::from_io(Phase::ResponseHeaders, os));
         let cause = e.cause();
-        assert!(cause.contains("connection reset during response headers after 12ms"), "{cause}");
+        assert!(
+            cause.contains("connection reset during response headers after 12ms"),
+            "{cause}"
+        );
         assert!(cause.contains("os error 104"), "{cause}");
         assert_eq!(e.disposition().status, 502);
         assert_eq!(e.disposition().flag.code(), "UC");
-        let ProxyError::Upstream(u) = &e else { unreachable!() };
+        let ProxyError::Upstream(u) = &e else {
+            unreachable!()
+        };
         let src = u.source().and_then(|k| k.source()).expect("io source");
         let io = src.downcast_ref::<io::Error>().expect("io::Error");
         assert_eq!(io.kind(), io::ErrorKind::ConnectionReset);
@@ -461,7 +468,13 @@ mod tests {
                 502,
                 "UF",
             ),
-            (upstream(UpstreamErrorKind::Closed { phase: Phase::ResponseHeaders }), 502, "UC"),
+            (
+                upstream(UpstreamErrorKind::Closed {
+                    phase: Phase::ResponseHeaders,
+                }),
+                502,
+                "UC",
+            ),
             (
                 upstream(UpstreamErrorKind::Protocol {
                     phase: Phase::ResponseHeaders,
@@ -479,11 +492,24 @@ mod tests {
                 499,
                 "DC",
             ),
-            (ProxyError::HeaderReadTimeout { limit: Duration::from_secs(5) }, 408, "RT"),
-            (ProxyError::Malformed("content-length with transfer-encoding".into()), 400, "DPE"),
+            (
+                ProxyError::HeaderReadTimeout {
+                    limit: Duration::from_secs(5),
+                },
+                408,
+                "RT",
+            ),
+            (
+                ProxyError::Malformed("content-length with transfer-encoding".into()),
+                400,
+                "DPE",
+            ),
             (ProxyError::NoRoute, 404, "NR"),
             (
-                ProxyError::Overflow(Overflow::UpstreamInFlight { upstream: "x".into(), limit: 1 }),
+                ProxyError::Overflow(Overflow::UpstreamInFlight {
+                    upstream: "x".into(),
+                    limit: 1,
+                }),
                 503,
                 "UO",
             ),

@@ -1,0 +1,552 @@
+//! Message heads: parsing with `httparse`, header access, framing rules, serialization.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::body::BodyLength;
+
+/// Most header fields accepted in one message.
+pub const MAX_HEADERS: usize = 128;
+
+/// HTTP version of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.0
+    Http10,
+    /// HTTP/1.1
+    Http11,
+}
+
+/// Why a head could not be parsed or framed.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// The head is larger than the limit.
+    #[error("head larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// More than [`MAX_HEADERS`] header fields.
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    /// Not valid HTTP/1.x syntax.
+    #[error("invalid HTTP/1.x syntax")]
+    Syntax(#[source] httparse::Error),
+    /// Both `Content-Length` and `Transfer-Encoding` were sent (request smuggling risk).
+    #[error("both content-length and transfer-encoding present")]
+    AmbiguousLength,
+    /// `Content-Length` is not a number, or several differ.
+    #[error("invalid content-length")]
+    BadContentLength,
+    /// A `Transfer-Encoding` other than a final `chunked`.
+    #[error("unsupported transfer-encoding")]
+    UnsupportedTransferEncoding,
+}
+
+/// Header fields in received order; names compare case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    fields: Vec<(Bytes, Bytes)>,
+}
+
+impl Headers {
+    /// An empty header list.
+    pub fn new() -> Self {
+        Headers { fields: Vec::new() }
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&Bytes> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Every value of `name`.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Bytes> + 'a {
+        self.fields
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// True when `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Appends a field.
+    pub fn push(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
+        self.fields.push((name.into(), value.into()));
+    }
+
+    /// Removes every field named `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.fields
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
+    }
+
+    /// Keeps only the fields for which `keep(name)` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        self.fields.retain(|(n, _)| keep(n));
+    }
+
+    /// All fields in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.fields.iter().map(|(n, v)| (n, v))
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// True when there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// True when a comma-separated header `name` lists `token` (case-insensitive).
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.get_all(name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+
+    /// Writes every field as `name: value\r\n`.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        for (n, v) in &self.fields {
+            put_header(out, n, v);
+        }
+    }
+}
+
+/// A request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The method token, e.g. `GET`.
+    pub method: Bytes,
+    /// The request target as sent, e.g. `/api/benefits?uid=1`.
+    pub target: Bytes,
+    /// The version.
+    pub version: Version,
+    /// Header fields.
+    pub headers: Headers,
+}
+
+/// A response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase as sent.
+    pub reason: Bytes,
+    /// The version.
+    pub version: Version,
+    /// Header fields.
+    pub headers: Headers,
+}
+
+impl RequestHead {
+    /// The method as text (always ASCII: httparse only accepts token characters).
+    pub fn method_str(&self) -> &str {
+        std::str::from_utf8(&self.method).unwrap_or("")
+    }
+
+    /// The target as text (lossy only for bytes httparse would not accept anyway).
+    pub fn target_str(&self) -> &str {
+        std::str::from_utf8(&self.target).unwrap_or("")
+    }
+
+    /// The path part of the target, without the query string.
+    pub fn path(&self) -> &str {
+        let t = self.target_str();
+        t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    /// True when the client wants the connection kept open after this exchange.
+    pub fn keep_alive(&self) -> bool {
+        keep_alive(self.version, &self.headers)
+    }
+
+    /// How the request body is framed (RFC 9112 §6.3 for requests).
+    pub fn body_length(&self) -> Result<BodyLength, ParseError> {
+        match framing(&self.headers)? {
+            Framing::Chunked => Ok(BodyLength::Chunked),
+            Framing::Length(0) | Framing::None => Ok(BodyLength::Empty),
+            Framing::Length(n) => Ok(BodyLength::Length(n)),
+            // A request with a non-chunked transfer coding cannot be delimited.
+            Framing::OtherCoding => Err(ParseError::UnsupportedTransferEncoding),
+        }
+    }
+
+    /// True for methods RFC 9110 defines as idempotent.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            &self.method[..],
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        )
+    }
+}
+
+impl ResponseHead {
+    /// How the response body is framed, given the request method (RFC 9112 §6.3).
+    pub fn body_length(&self, request_was_head: bool) -> Result<BodyLength, ParseError> {
+        if request_was_head
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304
+        {
+            return Ok(BodyLength::Empty);
+        }
+        match framing(&self.headers)? {
+            Framing::Chunked => Ok(BodyLength::Chunked),
+            Framing::Length(0) => Ok(BodyLength::Empty),
+            Framing::Length(n) => Ok(BodyLength::Length(n)),
+            Framing::None | Framing::OtherCoding => Ok(BodyLength::UntilClose),
+        }
+    }
+
+    /// True when the connection may be reused after this response.
+    pub fn keep_alive(&self) -> bool {
+        keep_alive(self.version, &self.headers)
+    }
+}
+
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    OtherCoding,
+}
+
+fn framing(headers: &Headers) -> Result<Framing, ParseError> {
+    let mut te_last: Option<Bytes> = None;
+    let mut length: Option<u64> = None;
+    for (name, value) in headers.iter() {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            for coding in value.split(|&b| b == b',') {
+                let c = trim(coding);
+                if !c.is_empty() {
+                    te_last = Some(Bytes::copy_from_slice(c));
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|&b| b == b',') {
+                let n = parse_decimal(trim(part)).ok_or(ParseError::BadContentLength)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(ParseError::BadContentLength);
+                }
+                length = Some(n);
+            }
+        }
+    }
+    match (te_last, length) {
+        (Some(_), Some(_)) => Err(ParseError::AmbiguousLength),
+        (Some(te), None) if te.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+        (Some(_), None) => Ok(Framing::OtherCoding),
+        (None, Some(n)) => Ok(Framing::Length(n)),
+        (None, None) => Ok(Framing::None),
+    }
+}
+
+fn keep_alive(version: Version, headers: &Headers) -> bool {
+    match version {
+        Version::Http11 => !headers.has_token("connection", "close"),
+        Version::Http10 => headers.has_token("connection", "keep-alive"),
+    }
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Trims ASCII spaces and tabs.
+pub fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Header names that are hop-by-hop per RFC 9110 §7.6.1 and never forwarded.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Removes hop-by-hop fields, the fields named by `Connection`, and the framing fields
+/// (`Content-Length`); the sender re-frames the message itself.
+pub fn strip_hop_by_hop(headers: &mut Headers) {
+    let listed: Vec<Bytes> = headers
+        .get_all("connection")
+        .flat_map(|v| v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()))
+        .map(Bytes::copy_from_slice)
+        .collect();
+    headers.retain(|n| {
+        !is_hop_by_hop(n)
+            && !n.eq_ignore_ascii_case(b"content-length")
+            && !listed.iter().any(|l| l.eq_ignore_ascii_case(n))
+    });
+}
+
+/// Writes `name: value\r\n`.
+pub fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes a decimal number without allocating.
+pub fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&tmp[i..]);
+}
+
+/// Parses a request head from the front of `buf`. On success the head's bytes are split
+/// off `buf` (zero-copy: fields are slices of them); `Ok(None)` means more bytes are needed.
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<Option<RequestHead>, ParseError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
+        Err(e) => return Err(ParseError::Syntax(e)),
+    };
+    let len = match status {
+        httparse::Status::Partial if buf.len() > max_head => {
+            return Err(ParseError::TooLarge { limit: max_head })
+        }
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) if len > max_head => {
+            return Err(ParseError::TooLarge { limit: max_head })
+        }
+        httparse::Status::Complete(len) => len,
+    };
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let method = span(req.method.unwrap_or_default().as_bytes());
+    let target = span(req.path.unwrap_or_default().as_bytes());
+    let version = if req.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let spans: Vec<_> = req
+        .headers
+        .iter()
+        .map(|h| (span(h.name.as_bytes()), span(h.value)))
+        .collect();
+    let bytes = buf.split_to(len).freeze();
+    let slice = |(off, n): (usize, usize)| bytes.slice(off..off + n);
+    let mut headers = Headers {
+        fields: Vec::with_capacity(spans.len() + 4),
+    };
+    for (n, v) in spans {
+        headers.fields.push((slice(n), slice(v)));
+    }
+    Ok(Some(RequestHead {
+        method: slice(method),
+        target: slice(target),
+        version,
+        headers,
+    }))
+}
+
+/// Parses a response head from the front of `buf` (see [`parse_request`]).
+pub fn parse_response(
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<Option<ResponseHead>, ParseError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut fields);
+    let status = match res.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
+        Err(e) => return Err(ParseError::Syntax(e)),
+    };
+    let len = match status {
+        httparse::Status::Partial if buf.len() > max_head => {
+            return Err(ParseError::TooLarge { limit: max_head })
+        }
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) => len,
+    };
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let code = res.code.unwrap_or(0);
+    let reason = res.reason.map(|r| span(r.as_bytes()));
+    let version = if res.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let spans: Vec<_> = res
+        .headers
+        .iter()
+        .map(|h| (span(h.name.as_bytes()), span(h.value)))
+        .collect();
+    let bytes = buf.split_to(len).freeze();
+    let slice = |(off, n): (usize, usize)| bytes.slice(off..off + n);
+    let mut headers = Headers {
+        fields: Vec::with_capacity(spans.len() + 4),
+    };
+    for (n, v) in spans {
+        headers.fields.push((slice(n), slice(v)));
+    }
+    Ok(Some(ResponseHead {
+        status: code,
+        reason: reason.map(slice).unwrap_or_default(),
+        version,
+        headers,
+    }))
+}
+
+/// The standard reason phrase for a status code (empty when unknown).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        499 => "Client Closed Request",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(raw: &str) -> Result<Option<RequestHead>, ParseError> {
+        let mut b = BytesMut::from(raw);
+        parse_request(&mut b, 8192)
+    }
+
+    #[test]
+    fn parses_head_and_leaves_body_bytes() {
+        let mut b = BytesMut::from("GET /a?x=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\nrest");
+        let h = parse_request(&mut b, 8192).expect("ok").expect("complete");
+        assert_eq!(h.method_str(), "GET");
+        assert_eq!(h.path(), "/a");
+        assert_eq!(h.headers.get("x-a").map(|v| &v[..]), Some(&b"1"[..]));
+        assert_eq!(&b[..], b"rest");
+        assert!(h.keep_alive());
+    }
+
+    #[test]
+    fn partial_and_too_large() {
+        assert!(matches!(req("GET / HTTP/1.1\r\nHost"), Ok(None)));
+        let mut b =
+            BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(100)).as_str());
+        assert!(matches!(
+            parse_request(&mut b, 64),
+            Err(ParseError::TooLarge { limit: 64 })
+        ));
+    }
+
+    #[test]
+    fn framing_rules() {
+        let h = req("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert!(matches!(h.body_length(), Err(ParseError::AmbiguousLength)));
+        let h = req("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert!(matches!(h.body_length(), Err(ParseError::BadContentLength)));
+        let h = req("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+        assert_eq!(h.body_length().expect("len"), BodyLength::Length(5));
+        let h = req("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+        assert_eq!(h.body_length().expect("len"), BodyLength::Chunked);
+        let h = req("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+        assert!(h.body_length().is_err());
+        let h = req("GET / HTTP/1.0\r\n\r\n").expect("ok").expect("c");
+        assert!(!h.keep_alive());
+        assert_eq!(h.body_length().expect("len"), BodyLength::Empty);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_fields_are_stripped() {
+        let mut h = req("GET / HTTP/1.1\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Keep: 2\r\nContent-Length: 0\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+        strip_hop_by_hop(&mut h.headers);
+        let names: Vec<_> = h.headers.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(names, vec![Bytes::from_static(b"X-Keep")]);
+    }
+
+    #[test]
+    fn response_framing() {
+        let mut b = BytesMut::from("HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n");
+        let r = parse_response(&mut b, 8192).expect("ok").expect("c");
+        assert_eq!(r.body_length(false).expect("len"), BodyLength::Empty);
+        let mut b = BytesMut::from("HTTP/1.0 200 OK\r\n\r\nbody");
+        let r = parse_response(&mut b, 8192).expect("ok").expect("c");
+        assert_eq!(r.body_length(false).expect("len"), BodyLength::UntilClose);
+        assert_eq!(r.body_length(true).expect("len"), BodyLength::Empty);
+        assert!(!r.keep_alive());
+    }
+
+    #[test]
+    fn decimal_writer() {
+        let mut out = BytesMut::new();
+        put_decimal(&mut out, 0);
+        put_decimal(&mut out, 18446744073709551615);
+        assert_eq!(&out[..], b"018446744073709551615");
+    }
+}

@@ -1,0 +1,153 @@
+//! Async reading of heads and bodies with the waits the caller chooses, and detection of a
+//! peer that went away.
+
+use std::future::pending;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::body::{BodyDecoder, BodyError, Decoded};
+use crate::head::{parse_request, parse_response, ParseError, RequestHead, ResponseHead};
+
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why no head could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// No byte of a new message arrived within the idle wait (normal keep-alive expiry).
+    #[error("no request within the idle timeout")]
+    Idle,
+    /// The peer closed before sending any byte of a new message (normal close).
+    #[error("connection closed")]
+    Closed,
+    /// The peer closed in the middle of a head.
+    #[error("connection closed in the middle of a head")]
+    Incomplete,
+    /// The head did not complete in time.
+    #[error("head not complete within {0:?}")]
+    Timeout(Duration),
+    /// The head is invalid or too large.
+    #[error("bad head")]
+    Parse(#[source] ParseError),
+    /// Reading failed.
+    #[error("read failed")]
+    Io(#[source] io::Error),
+}
+
+async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    io.read_buf(buf).await
+}
+
+/// Reads a request head.
+///
+/// With `idle = Some(d)` and nothing buffered, first waits up to `d` for the first byte
+/// ([`HeadError::Idle`] when none comes); the whole head must then arrive within
+/// `head_timeout` of that byte. With `idle = None` the `head_timeout` counts from the call
+/// (a new connection: a client that connects and sends nothing is timed out too).
+pub async fn read_request_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max_head: usize,
+    idle: Option<Duration>,
+    head_timeout: Duration,
+) -> Result<RequestHead, HeadError> {
+    if let (Some(idle), true) = (idle, buf.is_empty()) {
+        match timeout(idle, fill(io, buf)).await {
+            Err(_) => return Err(HeadError::Idle),
+            Ok(Ok(0)) => return Err(HeadError::Closed),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(HeadError::Io(e)),
+        }
+    }
+    let deadline = Instant::now() + head_timeout;
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = parse_request(buf, max_head).map_err(HeadError::Parse)? {
+                return Ok(head);
+            }
+        }
+        match timeout_at(deadline, fill(io, buf)).await {
+            Err(_) => return Err(HeadError::Timeout(head_timeout)),
+            Ok(Ok(0)) if buf.is_empty() => return Err(HeadError::Closed),
+            Ok(Ok(0)) => return Err(HeadError::Incomplete),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// Reads a response head, skipping interim 1xx responses (except 101). The caller bounds
+/// the wait. `Closed` means the peer closed before sending any byte.
+pub async fn read_response_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<ResponseHead, HeadError> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = parse_response(buf, max_head).map_err(HeadError::Parse)? {
+                if (100..200).contains(&head.status) && head.status != 101 {
+                    continue;
+                }
+                return Ok(head);
+            }
+        }
+        match fill(io, buf).await {
+            Ok(0) if buf.is_empty() => return Err(HeadError::Closed),
+            Ok(0) => return Err(HeadError::Incomplete),
+            Ok(_) => {}
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// Reads the next piece of a body; `Ok(None)` at its end. Cancel-safe.
+pub async fn read_body_chunk<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    decoder: &mut BodyDecoder,
+) -> Result<Option<Bytes>, BodyError> {
+    loop {
+        match decoder.decode(buf)? {
+            Decoded::Data(d) => return Ok(Some(d)),
+            Decoded::End => return Ok(None),
+            Decoded::NeedMore => {
+                if fill(io, buf).await.map_err(BodyError::Io)? == 0 {
+                    decoder.on_eof()?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the peer has gone away: EOF (FIN) or a read error (e.g. RST). Bytes that
+/// arrive meanwhile (pipelined requests) are kept in `buf`; once `buf` holds `cap` bytes,
+/// reading stops and this never resolves (the write side will notice instead). Cancel-safe.
+pub async fn watch_gone<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    cap: usize,
+) -> io::Error {
+    loop {
+        if buf.len() >= cap {
+            return pending().await;
+        }
+        match fill(io, buf).await {
+            Ok(0) => {
+                return io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed the connection (FIN)",
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+    }
+}
