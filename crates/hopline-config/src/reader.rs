@@ -1,0 +1,733 @@
+//! The walk over a parsed TOML document that builds the typed config and collects problems.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hopline_core::config::{
+    AdminConfig, Config, DeadlineConfig, EgressConfig, FrontConfig, LogConfig, PathMatch,
+    RetryBudgetConfig, RouteConfig, ServerConfig, UpstreamConfig, Zone,
+};
+use toml_edit::{ImDocument, Item, Key, TableLike, Value};
+
+use crate::duration::parse_duration;
+use crate::source::{Location, Problem, ProblemKind};
+
+/// Collects problems with their locations.
+pub(crate) struct Cx<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl Cx<'_> {
+    pub(crate) fn report(&mut self, span: Option<Range<usize>>, key: String, kind: ProblemKind) {
+        let span = span.unwrap_or(0..0);
+        self.problems.push(Problem {
+            location: Location::of(self.text, span.start),
+            span,
+            key,
+            kind,
+        });
+    }
+}
+
+/// A table being read: remembers which keys were used, so the rest can be reported.
+pub(crate) struct Tbl<'a> {
+    path: String,
+    table: &'a dyn TableLike,
+    span: Option<Range<usize>>,
+    seen: Vec<&'static str>,
+}
+
+impl<'a> Tbl<'a> {
+    fn new(path: String, table: &'a dyn TableLike, span: Option<Range<usize>>) -> Self {
+        Tbl {
+            path,
+            table,
+            span,
+            seen: Vec::new(),
+        }
+    }
+
+    pub(crate) fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    pub(crate) fn span(&self) -> Option<Range<usize>> {
+        self.span.clone()
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<(&'a Key, &'a Item)> {
+        self.seen.push(key);
+        self.table.get_key_value(key)
+    }
+
+    fn item_span(key: &Key, item: &Item) -> Option<Range<usize>> {
+        item.span().or_else(|| key.span())
+    }
+
+    /// The span of `key`'s value, for cross-checks after reading.
+    pub(crate) fn value_span(&self, key: &str) -> Option<Range<usize>> {
+        self.table
+            .get_key_value(key)
+            .and_then(|(k, i)| Self::item_span(k, i))
+            .or_else(|| self.span.clone())
+    }
+
+    fn value(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        expected: &'static str,
+    ) -> Option<(&'a Value, Option<Range<usize>>)> {
+        let (k, item) = self.get(key)?;
+        let span = Self::item_span(k, item);
+        match item.as_value() {
+            Some(v) => Some((v, span)),
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType { expected },
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn str(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+    ) -> Option<(&'a str, Option<Range<usize>>)> {
+        let (v, span) = self.value(cx, key, "a string")?;
+        match v.as_str() {
+            Some(s) => Some((s, span)),
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType {
+                        expected: "a string",
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn req_str(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+    ) -> Option<(&'a str, Option<Range<usize>>)> {
+        if self.table.get(key).is_none() {
+            self.seen.push(key);
+            cx.report(self.span.clone(), self.key_path(key), ProblemKind::Missing);
+            return None;
+        }
+        self.str(cx, key)
+    }
+
+    pub(crate) fn opt_duration(&mut self, cx: &mut Cx, key: &'static str) -> Option<Duration> {
+        let (s, span) = self.str(cx, key)?;
+        match parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                cx.report(span, self.key_path(key), ProblemKind::ZeroDuration);
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                cx.report(span, self.key_path(key), e.into());
+                None
+            }
+        }
+    }
+
+    pub(crate) fn duration(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        default: Duration,
+    ) -> Duration {
+        self.opt_duration(cx, key).unwrap_or(default)
+    }
+
+    pub(crate) fn opt_uint(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
+        let (v, span) = self.value(cx, key, "an integer")?;
+        match v.as_integer() {
+            Some(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => Some(n as u64),
+            Some(_) => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::Invalid(format!("must be between {min} and {max}")),
+                );
+                None
+            }
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType {
+                        expected: "an integer",
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn uint(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        self.opt_uint(cx, key, min, max).unwrap_or(default)
+    }
+
+    pub(crate) fn float(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> f64 {
+        let Some((v, span)) = self.value(cx, key, "a number") else {
+            return default;
+        };
+        let n = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+        match n {
+            Some(n) if (min..=max).contains(&n) => n,
+            Some(_) => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::Invalid(format!("must be between {min} and {max}")),
+                );
+                default
+            }
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType {
+                        expected: "a number",
+                    },
+                );
+                default
+            }
+        }
+    }
+
+    pub(crate) fn str_list(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+    ) -> Option<Vec<(&'a str, Option<Range<usize>>)>> {
+        let (v, span) = self.value(cx, key, "an array of strings")?;
+        let Some(arr) = v.as_array() else {
+            cx.report(
+                span,
+                self.key_path(key),
+                ProblemKind::WrongType {
+                    expected: "an array of strings",
+                },
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            match item.as_str() {
+                Some(s) => out.push((s, item.span())),
+                None => cx.report(
+                    item.span(),
+                    format!("{}[{i}]", self.key_path(key)),
+                    ProblemKind::WrongType {
+                        expected: "a string",
+                    },
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    pub(crate) fn sub(&mut self, cx: &mut Cx, key: &'static str) -> Option<Tbl<'a>> {
+        let (k, item) = self.get(key)?;
+        let span = Self::item_span(k, item).or_else(|| k.span());
+        match item.as_table_like() {
+            Some(t) => Some(Tbl::new(self.key_path(key), t, span)),
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType {
+                        expected: "a table",
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// The entries of a table of tables, e.g. `[upstreams.NAME]`.
+    pub(crate) fn entries(&mut self, cx: &mut Cx, key: &'static str) -> Vec<(&'a str, Tbl<'a>)> {
+        let Some(parent) = self.sub(cx, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, item) in parent.table.iter() {
+            let k = parent.table.get_key_value(name).map(|(k, _)| k);
+            let span = item.span().or_else(|| k.and_then(Key::span));
+            match item.as_table_like() {
+                Some(t) => out.push((name, Tbl::new(parent.key_path(name), t, span))),
+                None => cx.report(
+                    span,
+                    parent.key_path(name),
+                    ProblemKind::WrongType {
+                        expected: "a table",
+                    },
+                ),
+            }
+        }
+        out
+    }
+
+    /// The elements of an array of tables, e.g. `[[routes]]`.
+    pub(crate) fn array(&mut self, cx: &mut Cx, key: &'static str) -> Vec<Tbl<'a>> {
+        let Some((k, item)) = self.get(key) else {
+            return Vec::new();
+        };
+        let path = self.key_path(key);
+        let mut out = Vec::new();
+        if let Some(aot) = item.as_array_of_tables() {
+            for (i, t) in aot.iter().enumerate() {
+                out.push(Tbl::new(format!("{path}[{i}]"), t, t.span()));
+            }
+        } else if let Some(arr) = item.as_array() {
+            for (i, v) in arr.iter().enumerate() {
+                match v.as_inline_table() {
+                    Some(t) => out.push(Tbl::new(format!("{path}[{i}]"), t, v.span())),
+                    None => cx.report(
+                        v.span(),
+                        format!("{path}[{i}]"),
+                        ProblemKind::WrongType {
+                            expected: "a table",
+                        },
+                    ),
+                }
+            }
+        } else {
+            cx.report(
+                Self::item_span(k, item),
+                path,
+                ProblemKind::WrongType {
+                    expected: "an array of tables",
+                },
+            );
+        }
+        out
+    }
+
+    /// Reports every key of this table that was not read.
+    pub(crate) fn finish(self, cx: &mut Cx) {
+        for (name, item) in self.table.iter() {
+            if !self.seen.contains(&name) {
+                let k = self.table.get_key_value(name).map(|(k, _)| k);
+                let span = k.and_then(Key::span).or_else(|| item.span());
+                cx.report(span, self.key_path(name), ProblemKind::UnknownKey);
+            }
+        }
+    }
+}
+
+fn socket_addr(
+    cx: &mut Cx,
+    t: &mut Tbl,
+    key: &'static str,
+    default: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    let Some((s, span)) = t.str(cx, key) else {
+        if default.is_none() && t.table.get(key).is_none() {
+            cx.report(t.span(), t.key_path(key), ProblemKind::Missing);
+        }
+        return default;
+    };
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.report(
+                span,
+                t.key_path(key),
+                ProblemKind::Invalid(format!("{s:?} is not an IP:port address")),
+            );
+            default
+        }
+    }
+}
+
+fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
+    let d = ServerConfig::default();
+    let s = ServerConfig {
+        listen: socket_addr(cx, &mut t, "listen", Some(d.listen)).unwrap_or(d.listen),
+        header_read_timeout: t.duration(cx, "header_read_timeout", d.header_read_timeout),
+        body_read_timeout: t.duration(cx, "body_read_timeout", d.body_read_timeout),
+        write_timeout: t.duration(cx, "write_timeout", d.write_timeout),
+        idle_timeout: t.duration(cx, "idle_timeout", d.idle_timeout),
+        drain_timeout: t.duration(cx, "drain_timeout", d.drain_timeout),
+        max_connections: t.uint(
+            cx,
+            "max_connections",
+            d.max_connections as u64,
+            1,
+            10_000_000,
+        ) as usize,
+        max_header_bytes: t.uint(
+            cx,
+            "max_header_bytes",
+            d.max_header_bytes as u64,
+            1024,
+            16 << 20,
+        ) as usize,
+        max_body_bytes: t.uint(cx, "max_body_bytes", d.max_body_bytes as u64, 0, 1 << 30) as usize,
+    };
+    t.finish(cx);
+    s
+}
+
+fn log(cx: &mut Cx, mut t: Tbl) -> LogConfig {
+    let l = match t.str(cx, "access") {
+        None | Some(("stdout", _)) => LogConfig::Stdout,
+        Some(("off", _)) => LogConfig::Off,
+        Some(("", span)) => {
+            cx.report(
+                span,
+                t.key_path("access"),
+                ProblemKind::Invalid("use \"stdout\", \"off\" or a file path".into()),
+            );
+            LogConfig::Stdout
+        }
+        Some((path, _)) => LogConfig::File(PathBuf::from(path)),
+    };
+    t.finish(cx);
+    l
+}
+
+fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
+    let d = UpstreamConfig::with_defaults(name, Vec::new());
+    let mut endpoints = Vec::new();
+    match t.str_list(cx, "endpoints") {
+        None if t.table.get("endpoints").is_none() => {
+            cx.report(t.span(), t.key_path("endpoints"), ProblemKind::Missing);
+        }
+        None => {}
+        Some(list) => {
+            if list.is_empty() {
+                cx.report(
+                    t.value_span("endpoints"),
+                    t.key_path("endpoints"),
+                    ProblemKind::Invalid("needs at least one \"host:port\"".into()),
+                );
+            }
+            for (i, (ep, span)) in list.into_iter().enumerate() {
+                let ok = ep.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+                if ok {
+                    endpoints.push(ep.to_string());
+                } else {
+                    cx.report(
+                        span,
+                        format!("{}[{i}]", t.key_path("endpoints")),
+                        ProblemKind::Invalid(format!("{ep:?} is not host:port")),
+                    );
+                }
+            }
+        }
+    }
+    let zone = match t.str(cx, "zone") {
+        None | Some(("internal", _)) => Zone::Internal,
+        Some(("egress", _)) => Zone::Egress,
+        Some((other, span)) => {
+            cx.report(
+                span,
+                t.key_path("zone"),
+                ProblemKind::Invalid(format!("{other:?} is not \"internal\" or \"egress\"")),
+            );
+            Zone::Internal
+        }
+    };
+    let u = UpstreamConfig {
+        name: name.to_string(),
+        endpoints,
+        zone,
+        connect_timeout: t.duration(cx, "connect_timeout", d.connect_timeout),
+        timeout: t.duration(cx, "timeout", d.timeout),
+        max_in_flight: t.uint(cx, "max_in_flight", d.max_in_flight as u64, 1, 1_000_000) as usize,
+        pool_idle_timeout: t.duration(cx, "pool_idle_timeout", d.pool_idle_timeout),
+        pool_max_idle: t.uint(cx, "pool_max_idle", d.pool_max_idle as u64, 0, 1_000_000) as usize,
+        server_idle_timeout: t.opt_duration(cx, "server_idle_timeout"),
+        max_retries: t.uint(cx, "max_retries", u64::from(d.max_retries), 0, 10) as u32,
+    };
+    t.finish(cx);
+    u
+}
+
+fn route(
+    cx: &mut Cx,
+    mut t: Tbl,
+    default_timeout: Duration,
+    upstreams: &[UpstreamConfig],
+) -> Option<RouteConfig> {
+    let name = t.req_str(cx, "name").map(|(s, _)| s.to_string());
+    let exact = t.str(cx, "path");
+    let prefix = t.str(cx, "path_prefix");
+    let path = match (exact, prefix) {
+        (Some(_), Some((_, span))) => {
+            cx.report(
+                span,
+                t.key_path("path_prefix"),
+                ProblemKind::Conflict("set either path or path_prefix, not both".into()),
+            );
+            None
+        }
+        (Some((p, span)), None) | (None, Some((p, span))) if !p.starts_with('/') => {
+            cx.report(
+                span,
+                t.key_path(if t.table.contains_key("path") {
+                    "path"
+                } else {
+                    "path_prefix"
+                }),
+                ProblemKind::Invalid("must start with '/'".into()),
+            );
+            None
+        }
+        (Some((p, _)), None) => Some(PathMatch::Exact(p.to_string())),
+        (None, Some((p, _))) => Some(PathMatch::Prefix(p.to_string())),
+        (None, None) => {
+            if !t.table.contains_key("path") && !t.table.contains_key("path_prefix") {
+                cx.report(t.span(), t.key_path("path"), ProblemKind::Missing);
+            }
+            None
+        }
+    };
+    let upstream = t.req_str(cx, "upstream").and_then(|(u, span)| {
+        if upstreams.iter().any(|x| x.name == u) {
+            Some(u.to_string())
+        } else {
+            cx.report(
+                span,
+                t.key_path("upstream"),
+                ProblemKind::UnknownUpstream(u.to_string()),
+            );
+            None
+        }
+    });
+    let timeout = t.duration(cx, "timeout", default_timeout);
+    t.finish(cx);
+    Some(RouteConfig {
+        name: name?,
+        path: path?,
+        upstream: upstream?,
+        timeout,
+    })
+}
+
+/// Builds the config, or returns every problem found.
+pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
+    let mut cx = Cx {
+        text,
+        problems: Vec::new(),
+    };
+    let doc = match ImDocument::parse(text.to_string()) {
+        Ok(d) => d,
+        Err(e) => {
+            cx.report(
+                e.span(),
+                String::from("(file)"),
+                ProblemKind::Syntax(e.message().trim().to_string()),
+            );
+            return Err(cx.problems);
+        }
+    };
+    let mut root = Tbl::new(String::new(), doc.as_table(), Some(0..0));
+
+    let server = root
+        .sub(&mut cx, "server")
+        .map(|t| server(&mut cx, t))
+        .unwrap_or_default();
+    let log = root
+        .sub(&mut cx, "log")
+        .map(|t| log(&mut cx, t))
+        .unwrap_or(LogConfig::Stdout);
+    let front = root.sub(&mut cx, "front").map(|mut t| {
+        let f = FrontConfig {
+            timeout: t.opt_duration(&mut cx, "timeout"),
+            idle_timeout: t.opt_duration(&mut cx, "idle_timeout"),
+        };
+        t.finish(&mut cx);
+        f
+    });
+    let deadline = root
+        .sub(&mut cx, "deadline")
+        .map(|mut t| {
+            let d = DeadlineConfig::default();
+            let margin = t
+                .str(&mut cx, "margin")
+                .and_then(|(s, span)| match parse_duration(s) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        cx.report(span, t.key_path("margin"), e.into());
+                        None
+                    }
+                });
+            let c = DeadlineConfig {
+                default: t.duration(&mut cx, "default", d.default),
+                max: t.duration(&mut cx, "max", d.max),
+                margin: margin.unwrap_or(d.margin),
+            };
+            if c.default > c.max {
+                cx.report(
+                    t.value_span("default"),
+                    t.key_path("default"),
+                    ProblemKind::Conflict("deadline.default is larger than deadline.max".into()),
+                );
+            }
+            t.finish(&mut cx);
+            c
+        })
+        .unwrap_or_default();
+    let admin = root.sub(&mut cx, "admin").and_then(|mut t| {
+        let a = socket_addr(&mut cx, &mut t, "listen", None).map(|listen| AdminConfig { listen });
+        t.finish(&mut cx);
+        a
+    });
+    let retry_budget = root
+        .sub(&mut cx, "retry_budget")
+        .map(|mut t| {
+            let d = RetryBudgetConfig::default();
+            let r = RetryBudgetConfig {
+                ratio: t.float(&mut cx, "ratio", d.ratio, 0.0, 1.0),
+                min_per_sec: t.uint(
+                    &mut cx,
+                    "min_per_sec",
+                    u64::from(d.min_per_sec),
+                    0,
+                    1_000_000,
+                ) as u32,
+            };
+            t.finish(&mut cx);
+            r
+        })
+        .unwrap_or_default();
+    let egress = root.sub(&mut cx, "egress").map(|mut t| {
+        let e = EgressConfig {
+            max_in_flight: t
+                .opt_uint(&mut cx, "max_in_flight", 1, 10_000_000)
+                .map(|n| n as usize),
+            max_new_connections_per_sec: t
+                .opt_uint(&mut cx, "max_new_connections_per_sec", 1, 10_000_000)
+                .map(|n| n as u32),
+        };
+        t.finish(&mut cx);
+        e
+    });
+    let upstreams: Vec<UpstreamConfig> = root
+        .entries(&mut cx, "upstreams")
+        .into_iter()
+        .map(|(name, t)| upstream(&mut cx, name, t))
+        .collect();
+
+    let route_tables = root.array(&mut cx, "routes");
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for t in route_tables {
+        let span = t.value_span("name");
+        let path = t.key_path("name");
+        if let Some(r) = route(&mut cx, t, deadline.default, &upstreams) {
+            if routes.iter().any(|x| x.name == r.name) {
+                cx.report(span, path, ProblemKind::Duplicate(r.name.clone()));
+            }
+            routes.push(r);
+        }
+    }
+    root.finish(&mut cx);
+
+    if !cx.problems.is_empty() {
+        cx.problems.sort_by_key(|p| p.span.start);
+        return Err(cx.problems);
+    }
+    Ok(Config {
+        server,
+        log,
+        front,
+        deadline,
+        admin,
+        retry_budget,
+        egress,
+        upstreams,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = read("[upstreams.a]\nendpoints = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"a\"\n")
+            .expect("valid");
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.routes[0].timeout, Duration::from_secs(3));
+        assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn all_problems_reported_with_lines_and_keys() {
+        let text = "[server]\nlisten = \"nope\"\nheader_read_timeout = \"5\"\ncolour = 1\n\n[upstreams.a]\nendpoints = [\"127.0.0.1\"]\nconnect_timeout = \"0s\"\n\n[[routes]]\nname = \"r\"\npath = \"/x\"\nupstream = \"missing\"\n";
+        let problems = read(text).expect_err("invalid");
+        let summary: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}:{} {}", p.location.line, p.location.column, p.key))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                "2:10 server.listen",
+                "3:23 server.header_read_timeout",
+                "4:1 server.colour",
+                "7:14 upstreams.a.endpoints[0]",
+                "8:19 upstreams.a.connect_timeout",
+                "13:12 routes[0].upstream",
+            ]
+        );
+        assert!(matches!(problems[5].kind, ProblemKind::UnknownUpstream(ref u) if u == "missing"));
+    }
+
+    #[test]
+    fn missing_keys_and_syntax_errors() {
+        let p = read("[[routes]]\npath = \"/x\"\n").expect_err("invalid");
+        let keys: Vec<_> = p.iter().map(|p| (p.key.as_str(), p.kind.clone())).collect();
+        assert!(keys.contains(&("routes[0].name", ProblemKind::Missing)));
+        assert!(keys.contains(&("routes[0].upstream", ProblemKind::Missing)));
+        let p = read("[server\n").expect_err("invalid");
+        assert!(matches!(p[0].kind, ProblemKind::Syntax(_)));
+        assert_eq!(p[0].location.line, 1);
+    }
+}
