@@ -106,10 +106,10 @@ pub enum UpstreamErrorKind {
         source_limit: TimeoutSource,
     },
     /// The endpoint refused the connection.
-    #[error("connect refused")]
+    #[error("connect error")]
     ConnectRefused(#[source] io::Error),
     /// The connection could not be made for another reason (unreachable, no route, ...).
-    #[error("connect failed")]
+    #[error("connect error")]
     ConnectFailed(#[source] io::Error),
     /// A wait after connecting timed out.
     #[error("{phase} timed out after {} ({})", Human(*limit), source_limit.as_str())]

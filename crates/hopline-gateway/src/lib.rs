@@ -1,1 +1,105 @@
-//! placeholder
+//! The hopline gateway: listener with server timeouts, routing, upstream pools, deadlines,
+//! cancellation and access log.
+//!
+//! [`serve`] takes a bound listener, a validated config and a shutdown future, and runs
+//! until the shutdown resolves and the drain completes. The request life cycle is
+//! charted in `docs/architecture.md`.
+
+pub mod access_log;
+pub mod conn;
+pub mod gateway;
+pub mod limits;
+pub mod proxy;
+pub mod response;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hopline_core::config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+pub use gateway::{BuildError, Gateway};
+
+/// How long in-flight requests get, after the drain period, to write their 503 `SD`.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `listener` with `config` until `shutdown` resolves, then drains.
+///
+/// Draining: stop accepting, close idle keep-alive connections, let in-flight requests
+/// finish (their responses say `connection: close`) for up to `drain_timeout`; then answer
+/// the rest 503 `SD` and close. Every request is logged exactly once; the log is flushed
+/// before returning.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BuildError> {
+    let gw = Arc::new(Gateway::new(config)?);
+    run(listener, gw, shutdown).await;
+    Ok(())
+}
+
+/// Like [`serve`], with a gateway built by the caller.
+pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+    let server = &gw.config.server;
+    let slots = Arc::new(Semaphore::new(server.max_connections));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (kill_tx, kill_rx) = watch::channel(false);
+    let signals = conn::Signals {
+        drain: drain_rx,
+        kill: kill_rx,
+    };
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let gw = gw.clone();
+                let signals = signals.clone();
+                tasks.spawn(async move {
+                    conn::serve_connection(gw, stream, peer, signals).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                eprintln!("hopline: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let drained = tokio::time::timeout(server.drain_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let _ = kill_tx.send(true);
+        let _ = tokio::time::timeout(KILL_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    gw.log.close();
+}

@@ -44,28 +44,35 @@ async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Resul
     io.read_buf(buf).await
 }
 
-/// Reads a request head.
+/// Waits up to `wait` for the first byte of a new message.
 ///
-/// With `idle = Some(d)` and nothing buffered, first waits up to `d` for the first byte
-/// ([`HeadError::Idle`] when none comes); the whole head must then arrive within
-/// `head_timeout` of that byte. With `idle = None` the `head_timeout` counts from the call
-/// (a new connection: a client that connects and sends nothing is timed out too).
+/// [`HeadError::Idle`] when none comes (keep-alive expiry, or a silent new connection),
+/// [`HeadError::Closed`] when the peer closes first. Cancel-safe.
+pub async fn wait_first_byte<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    wait: Duration,
+) -> Result<(), HeadError> {
+    if !buf.is_empty() {
+        return Ok(());
+    }
+    match timeout(wait, fill(io, buf)).await {
+        Err(_) => Err(HeadError::Idle),
+        Ok(Ok(0)) => Err(HeadError::Closed),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(HeadError::Io(e)),
+    }
+}
+
+/// Reads a request head that must be complete by `deadline`; `limit` is the configured
+/// timeout, reported in [`HeadError::Timeout`].
 pub async fn read_request_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     max_head: usize,
-    idle: Option<Duration>,
-    head_timeout: Duration,
+    deadline: Instant,
+    limit: Duration,
 ) -> Result<RequestHead, HeadError> {
-    if let (Some(idle), true) = (idle, buf.is_empty()) {
-        match timeout(idle, fill(io, buf)).await {
-            Err(_) => return Err(HeadError::Idle),
-            Ok(Ok(0)) => return Err(HeadError::Closed),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(HeadError::Io(e)),
-        }
-    }
-    let deadline = Instant::now() + head_timeout;
     loop {
         if !buf.is_empty() {
             if let Some(head) = parse_request(buf, max_head).map_err(HeadError::Parse)? {
@@ -73,7 +80,7 @@ pub async fn read_request_head<R: AsyncRead + Unpin>(
             }
         }
         match timeout_at(deadline, fill(io, buf)).await {
-            Err(_) => return Err(HeadError::Timeout(head_timeout)),
+            Err(_) => return Err(HeadError::Timeout(limit)),
             Ok(Ok(0)) if buf.is_empty() => return Err(HeadError::Closed),
             Ok(Ok(0)) => return Err(HeadError::Incomplete),
             Ok(Ok(_)) => {}

@@ -13,4 +13,6 @@ pub mod io;
 
 pub use body::{BodyDecoder, BodyError, BodyLength, Decoded};
 pub use head::{Headers, ParseError, RequestHead, ResponseHead, Version};
-pub use io::{read_body_chunk, read_request_head, read_response_head, watch_gone, HeadError};
+pub use io::{
+    read_body_chunk, read_request_head, read_response_head, wait_first_byte, watch_gone, HeadError,
+};

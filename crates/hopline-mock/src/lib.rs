@@ -1,1 +1,193 @@
-//! placeholder
+//! A configurable HTTP upstream (latency, status, body, headers) that logs cancellations,
+//! for tests and drills.
+//!
+//! Every request is answered after `latency` with the configured status, headers and
+//! body, and logged as one JSON line. While it waits, the mock watches its client: if the
+//! client goes away first, the line says `"cancelled": true` with the elapsed time. That is
+//! how drills and tests see, from the upstream's side, that a gateway really cancelled.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{BufMut, BytesMut};
+use hopline_h1::head::{put_decimal, put_header, reason_phrase};
+use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, watch_gone, BodyDecoder};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// What the mock answers.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Wait before answering. Default 0.
+    pub latency: Duration,
+    /// Status code. Default 200.
+    pub status: u16,
+    /// Body. Default `{"ok":true}`.
+    pub body: String,
+    /// Extra response headers.
+    pub headers: Vec<(String, String)>,
+    /// Keep-alive idle timeout: idle connections are closed after it. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Write one JSON line per request to stdout. Default true.
+    pub log: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            latency: Duration::ZERO,
+            status: 200,
+            body: "{\"ok\":true}".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            idle_timeout: Duration::from_secs(60),
+            log: true,
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: MockConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let config = Arc::new(config);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok((stream, peer)) => {
+                    let config = config.clone();
+                    tasks.spawn(async move { connection(stream, peer, &config).await });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.abort_all();
+}
+
+async fn connection(mut stream: TcpStream, peer: SocketAddr, config: &MockConfig) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(4096);
+    let response = render(config);
+    loop {
+        if wait_first_byte(&mut stream, &mut buf, config.idle_timeout)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        let Ok(head) = read_request_head(
+            &mut stream,
+            &mut buf,
+            64 * 1024,
+            until,
+            Duration::from_secs(10),
+        )
+        .await
+        else {
+            return;
+        };
+        let arrived = Instant::now();
+        let ts = SystemTime::now();
+        let Ok(length) = head.body_length() else {
+            return;
+        };
+        let mut decoder = BodyDecoder::new(length);
+        let mut body_bytes = 0;
+        loop {
+            match read_body_chunk(&mut stream, &mut buf, &mut decoder).await {
+                Ok(Some(piece)) => body_bytes += piece.len(),
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        let cancelled = {
+            let (mut rd, _) = stream.split();
+            tokio::select! {
+                biased;
+                _ = watch_gone(&mut rd, &mut buf, 64 * 1024) => true,
+                _ = tokio::time::sleep(config.latency) => false,
+            }
+        };
+        let sent = !cancelled && stream.write_all(&response).await.is_ok();
+        if config.log {
+            log_line(
+                &head,
+                peer,
+                ts,
+                arrived.elapsed(),
+                body_bytes,
+                cancelled,
+                if sent { config.status } else { 0 },
+            );
+        }
+        if !sent || !head.keep_alive() {
+            return;
+        }
+    }
+}
+
+fn render(config: &MockConfig) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256 + config.body.len());
+    out.put_slice(b"HTTP/1.1 ");
+    put_decimal(&mut out, u64::from(config.status));
+    out.put_u8(b' ');
+    out.put_slice(reason_phrase(config.status).as_bytes());
+    out.put_slice(b"\r\n");
+    for (k, v) in &config.headers {
+        put_header(&mut out, k.as_bytes(), v.as_bytes());
+    }
+    out.put_slice(b"content-length: ");
+    put_decimal(&mut out, config.body.len() as u64);
+    out.put_slice(b"\r\n\r\n");
+    out.put_slice(config.body.as_bytes());
+    out
+}
+
+fn log_line(
+    head: &hopline_h1::RequestHead,
+    peer: SocketAddr,
+    ts: SystemTime,
+    elapsed: Duration,
+    body_bytes: usize,
+    cancelled: bool,
+    status: u16,
+) {
+    let header = |n: &str| {
+        head.headers
+            .get(n)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let line = serde_json::json!({
+        "ts": hopline_core::time::rfc3339(ts),
+        "client": peer.to_string(),
+        "method": head.method_str(),
+        "path": head.target_str(),
+        "request_id": header("x-request-id"),
+        "expected_rq_timeout_ms": header("x-envoy-expected-rq-timeout-ms"),
+        "body_bytes": body_bytes,
+        "status": status,
+        "cancelled": cancelled,
+        "elapsed_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+    });
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Parses a `K:V` header argument.
+pub fn parse_header(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once(':') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected NAME:VALUE, got {arg:?}")),
+    }
+}

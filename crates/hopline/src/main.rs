@@ -1,1 +1,162 @@
-fn main() {}
+//! The hopline command: serve, check, mock, chaos and drill.
+//!
+//! Thin by design: parse arguments, load and validate config, call the library crates.
+//! Exit codes: 0 success, 1 failure at run time, 2 unusable input (bad config or flags).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// hopline: an HTTP gateway in which every hop knows its deadline and every failure names
+/// its real cause.
+#[derive(Debug, Parser)]
+#[command(name = "hopline", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "hopline.toml")]
+        config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Run a configurable upstream for tests and drills.
+    Mock {
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        /// Wait this long before answering, e.g. `200ms`.
+        #[arg(long, value_parser = duration, default_value = "0s")]
+        latency: Duration,
+        /// Status code to answer with.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// Response body.
+        #[arg(long, default_value = "{\"ok\":true}")]
+        body: String,
+        /// Extra response header, `NAME:VALUE` (repeatable).
+        #[arg(long = "header", value_parser = hopline_mock::parse_header)]
+        headers: Vec<(String, String)>,
+        /// Close keep-alive connections idle this long.
+        #[arg(long, value_parser = duration, default_value = "60s")]
+        idle_timeout: Duration,
+        /// Do not log requests.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    hopline_config::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, threads } => serve(&config, threads),
+        Command::Mock {
+            listen,
+            latency,
+            status,
+            body,
+            headers,
+            idle_timeout,
+            quiet,
+        } => {
+            let mut cfg = hopline_mock::MockConfig {
+                latency,
+                status,
+                body,
+                idle_timeout,
+                log: !quiet,
+                ..hopline_mock::MockConfig::default()
+            };
+            cfg.headers.extend(headers);
+            mock(listen, cfg)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hopline: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn serve(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+    let config = match hopline_config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hopline: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let rt = runtime(threads)?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let gw = std::sync::Arc::new(
+            hopline_gateway::Gateway::new(config).context("cannot start the gateway")?,
+        );
+        eprintln!("hopline serve: listening on {addr}");
+        hopline_gateway::run(listener, gw, async {
+            termination().await;
+            eprintln!("hopline serve: draining");
+        })
+        .await;
+        eprintln!("hopline serve: stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn mock(listen: SocketAddr, config: hopline_mock::MockConfig) -> anyhow::Result<ExitCode> {
+    let rt = runtime(None)?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        eprintln!("hopline mock: listening on {}", listener.local_addr()?);
+        hopline_mock::run(listener, config, termination()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

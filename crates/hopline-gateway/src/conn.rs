@@ -1,0 +1,495 @@
+//! One client connection: server timeouts, request reading, cancellation on disconnect,
+//! error responses and the access log line of every request.
+//!
+//! While a request waits on its upstream, the connection keeps reading from the client
+//! in the same task (like Go's background read): EOF or a reset ends the request at once,
+//! dropping every upstream connection it holds. Nothing of a request runs detached.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
+use hopline_core::{Deadline, Phase, ProxyError};
+use hopline_h1::head::{put_decimal, put_header, strip_hop_by_hop};
+use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, watch_gone};
+use hopline_h1::{BodyDecoder, BodyError, BodyLength, HeadError, ParseError, RequestHead, Version};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::timeout_at;
+
+use crate::access_log::AccessRecord;
+use crate::gateway::Gateway;
+use crate::proxy::{proxy, Forward, Outcome, Progress, ProgressCell};
+use crate::response::{error_response, CONTINUE};
+
+/// Signals from the server to its connections.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    /// True once draining: idle connections close, responses say `connection: close`.
+    pub drain: watch::Receiver<bool>,
+    /// True once the drain period is over: in-flight requests are answered 503 `SD`.
+    pub kill: watch::Receiver<bool>,
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+async fn raised(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve_connection(
+    gw: Arc<Gateway>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut signals: Signals,
+) {
+    let _ = stream.set_nodelay(true);
+    let cfg = &gw.config.server;
+    let accepted = Instant::now();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut first = true;
+    loop {
+        if buf.is_empty() {
+            let wait = if first {
+                cfg.header_read_timeout
+            } else {
+                cfg.idle_timeout
+            };
+            let r = tokio::select! {
+                biased;
+                _ = raised(&mut signals.drain) => return,
+                r = wait_first_byte(&mut stream, &mut buf, wait) => r,
+            };
+            match r {
+                Ok(()) => {}
+                Err(HeadError::Idle) if first => {
+                    let err = ProxyError::HeaderReadTimeout {
+                        limit: cfg.header_read_timeout,
+                    };
+                    reject(&gw, &mut stream, peer, err).await;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        let head_deadline = if first { accepted } else { Instant::now() } + cfg.header_read_timeout;
+        let head = match read_request_head(
+            &mut stream,
+            &mut buf,
+            cfg.max_header_bytes,
+            head_deadline.into(),
+            cfg.header_read_timeout,
+        )
+        .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                let err = match e {
+                    HeadError::Timeout(_) => ProxyError::HeaderReadTimeout {
+                        limit: cfg.header_read_timeout,
+                    },
+                    HeadError::Parse(ParseError::TooLarge { .. } | ParseError::TooManyHeaders) => {
+                        ProxyError::HeadersTooLarge {
+                            limit: cfg.max_header_bytes,
+                        }
+                    }
+                    HeadError::Parse(p) => ProxyError::Malformed(Box::new(p)),
+                    HeadError::Idle
+                    | HeadError::Closed
+                    | HeadError::Incomplete
+                    | HeadError::Io(_) => return,
+                };
+                reject(&gw, &mut stream, peer, err).await;
+                return;
+            }
+        };
+        first = false;
+        match handle(&gw, &mut stream, &mut buf, head, peer, &mut signals).await {
+            Next::KeepAlive => {}
+            Next::Close => return,
+        }
+    }
+}
+
+/// Answers a request that could not even be read, logs it, and leaves the connection to close.
+async fn reject(gw: &Gateway, stream: &mut TcpStream, peer: SocketAddr, err: ProxyError) {
+    let mut rec = AccessRecord {
+        ts: Some(SystemTime::now()),
+        client: peer.to_string(),
+        request_id: gw.next_request_id(),
+        ..AccessRecord::default()
+    };
+    let out = error_response(&err, &rec.request_id, true);
+    let _ = tokio::time::timeout(gw.config.server.write_timeout, stream.write_all(&out)).await;
+    let _ = stream.shutdown().await;
+    record_error(&mut rec, &err);
+    gw.log.write(&rec);
+}
+
+fn record_error(rec: &mut AccessRecord, err: &ProxyError) {
+    let d = err.disposition();
+    rec.status = d.status;
+    if !rec.flags.contains(&d.flag.code()) {
+        rec.flags.push(d.flag.code());
+    }
+    rec.cause = Some(err.cause());
+}
+
+async fn respond_error<W: AsyncWrite + Unpin>(
+    gw: &Gateway,
+    w: &mut W,
+    rec: &mut AccessRecord,
+    err: &ProxyError,
+    close: bool,
+) {
+    let out = error_response(err, &rec.request_id, close);
+    let _ = tokio::time::timeout(gw.config.server.write_timeout, w.write_all(&out)).await;
+    record_error(rec, err);
+}
+
+fn request_id(gw: &Gateway, head: &RequestHead) -> String {
+    match head
+        .headers
+        .get("x-request-id")
+        .map(|v| std::str::from_utf8(v))
+    {
+        Some(Ok(id))
+            if !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_string()
+        }
+        _ => gw.next_request_id(),
+    }
+}
+
+enum Ended {
+    Done(Outcome),
+    ClientGone(io::Error),
+    Killed,
+}
+
+async fn handle(
+    gw: &Gateway,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    mut head: RequestHead,
+    peer: SocketAddr,
+    signals: &mut Signals,
+) -> Next {
+    let arrival = Instant::now();
+    let cfg = &gw.config.server;
+    let mut rec = AccessRecord {
+        ts: Some(SystemTime::now()),
+        request_id: request_id(gw, &head),
+        client: peer.to_string(),
+        method: head.method_str().to_string(),
+        path: head.target_str().to_string(),
+        ..AccessRecord::default()
+    };
+    let finish = |mut rec: AccessRecord, next: Next| {
+        rec.duration = arrival.elapsed();
+        gw.log.write(&rec);
+        next
+    };
+    let draining = *signals.drain.borrow();
+    let keep_alive = head.keep_alive() && !draining;
+
+    let length = match head.body_length() {
+        Ok(l) => l,
+        Err(e) => {
+            respond_error(
+                gw,
+                stream,
+                &mut rec,
+                &ProxyError::Malformed(Box::new(e)),
+                true,
+            )
+            .await;
+            return finish(rec, Next::Close);
+        }
+    };
+    if &head.method[..] == b"CONNECT" {
+        let err = ProxyError::NotImplemented { what: "CONNECT" };
+        respond_error(gw, stream, &mut rec, &err, true).await;
+        return finish(rec, Next::Close);
+    }
+    let Some(route) = gw.route(head.path()) else {
+        // Without a body to skip, the connection stays usable.
+        let close = !keep_alive || length != BodyLength::Empty;
+        respond_error(gw, stream, &mut rec, &ProxyError::NoRoute, close).await;
+        return finish(rec, if close { Next::Close } else { Next::KeepAlive });
+    };
+    rec.route = route.name.to_string();
+    let up = &gw.upstreams[route.upstream];
+    rec.upstream = Some(up.name.to_string());
+    rec.zone = Some(up.zone().as_str());
+
+    // The body is buffered before proxying (as nginx does by default): retries can resend
+    // it, and a slow uploader never holds an upstream connection.
+    let body = match read_body(gw, stream, buf, &head, length).await {
+        Ok(b) => b,
+        Err(BodyFailure::Respond(err)) => {
+            respond_error(gw, stream, &mut rec, &err, true).await;
+            return finish(rec, Next::Close);
+        }
+        Err(BodyFailure::Gone(source)) => {
+            let err = ProxyError::ClientGone {
+                elapsed: arrival.elapsed(),
+                waiting_on: Some("the request body".into()),
+                source,
+            };
+            record_error(&mut rec, &err);
+            return finish(rec, Next::Close);
+        }
+    };
+
+    let caller = head
+        .headers
+        .get("x-envoy-expected-rq-timeout-ms")
+        .and_then(|v| parse_envoy_timeout_ms(v))
+        .or_else(|| {
+            head.headers
+                .get("grpc-timeout")
+                .and_then(|v| parse_grpc_timeout(v))
+        });
+    let dl = &gw.config.deadline;
+    let deadline = Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max);
+    rec.deadline = Some(deadline.budget());
+
+    let fwd = forward(
+        gw,
+        &mut head,
+        body,
+        &rec.request_id,
+        peer,
+        keep_alive,
+        route.upstream,
+    );
+    let progress = ProgressCell::default();
+    let ended = {
+        let (mut rd, mut wr) = stream.split();
+        tokio::select! {
+            biased;
+            gone = watch_gone(&mut rd, buf, cfg.max_header_bytes) => Ended::ClientGone(gone),
+            _ = raised(&mut signals.kill) => Ended::Killed,
+            o = proxy(gw, route.upstream, &fwd, deadline, &progress, &mut wr) => Ended::Done(o),
+        }
+    };
+    let p = progress.into_inner();
+    rec.attempts = p.attempts;
+    rec.endpoint = p.endpoint.map(|e| e.to_string());
+    rec.upstream_status = p.upstream_status;
+    rec.bytes_sent = p.bytes_sent;
+    match ended {
+        Ended::ClientGone(source) => {
+            let err = ProxyError::ClientGone {
+                elapsed: arrival.elapsed(),
+                waiting_on: waiting_on(gw, &p),
+                source,
+            };
+            record_error(&mut rec, &err);
+            finish(rec, Next::Close)
+        }
+        Ended::Killed => {
+            let err = ProxyError::Shutdown {
+                drain: cfg.drain_timeout,
+            };
+            if p.response_started {
+                record_error(&mut rec, &err);
+            } else {
+                respond_error(gw, stream, &mut rec, &err, true).await;
+            }
+            finish(rec, Next::Close)
+        }
+        Ended::Done(Outcome { error: None, close }) => {
+            rec.status = p.upstream_status.unwrap_or(0);
+            finish(
+                rec,
+                if close || !keep_alive {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                },
+            )
+        }
+        Ended::Done(Outcome {
+            error: Some(err),
+            close,
+        }) => {
+            if p.response_started {
+                // The status line is already out; log what the client got and the true cause.
+                record_error(&mut rec, &err);
+                if !matches!(err, ProxyError::ClientGone { .. }) {
+                    rec.status = p.upstream_status.unwrap_or(rec.status);
+                }
+                finish(rec, Next::Close)
+            } else {
+                let close = close || !keep_alive;
+                respond_error(gw, stream, &mut rec, &err, close).await;
+                finish(rec, if close { Next::Close } else { Next::KeepAlive })
+            }
+        }
+    }
+}
+
+/// What a cancelled request was waiting on, e.g. `upstream coupon 127.0.0.1:9001 (egress) response headers`.
+fn waiting_on(gw: &Gateway, p: &Progress) -> Option<String> {
+    let up = &gw.upstreams[p.upstream?];
+    let phase = p.phase.unwrap_or(Phase::Connect);
+    Some(match p.endpoint {
+        Some(ep) => format!(
+            "upstream {} {} ({}) {}",
+            up.name,
+            ep,
+            up.zone().as_str(),
+            phase
+        ),
+        None => format!("upstream {} ({}) {}", up.name, up.zone().as_str(), phase),
+    })
+}
+
+enum BodyFailure {
+    Respond(ProxyError),
+    Gone(io::Error),
+}
+
+async fn read_body(
+    gw: &Gateway,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    length: BodyLength,
+) -> Result<Bytes, BodyFailure> {
+    let cfg = &gw.config.server;
+    let max = cfg.max_body_bytes;
+    match length {
+        BodyLength::Empty => return Ok(Bytes::new()),
+        BodyLength::Length(n) if n > max as u64 => {
+            return Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
+                limit: max,
+            }))
+        }
+        _ => {}
+    }
+    if head.headers.has_token("expect", "100-continue") && buf.is_empty() {
+        stream
+            .write_all(CONTINUE)
+            .await
+            .map_err(BodyFailure::Gone)?;
+    }
+    let until = Instant::now() + cfg.body_read_timeout;
+    let mut decoder = BodyDecoder::new(length);
+    let mut body = BytesMut::new();
+    loop {
+        match timeout_at(until.into(), read_body_chunk(stream, buf, &mut decoder)).await {
+            Err(_) => {
+                return Err(BodyFailure::Respond(ProxyError::BodyReadTimeout {
+                    limit: cfg.body_read_timeout,
+                    received: body.len() as u64,
+                }))
+            }
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(piece))) => {
+                if body.len() + piece.len() > max {
+                    return Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
+                        limit: max,
+                    }));
+                }
+                if body.is_empty() && decoder.is_done() {
+                    return Ok(piece);
+                }
+                body.extend_from_slice(&piece);
+            }
+            Ok(Err(BodyError::Io(e))) => return Err(BodyFailure::Gone(e)),
+            Ok(Err(BodyError::Incomplete)) => {
+                return Err(BodyFailure::Gone(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed the connection in the middle of the request body",
+                )))
+            }
+            Ok(Err(e)) => return Err(BodyFailure::Respond(ProxyError::Malformed(Box::new(e)))),
+        }
+    }
+}
+
+/// Renders the upstream request head: hop-by-hop fields removed, `x-request-id` and
+/// `x-forwarded-for` set, the body re-framed with `content-length`.
+fn forward(
+    gw: &Gateway,
+    head: &mut RequestHead,
+    body: Bytes,
+    request_id: &str,
+    peer: SocketAddr,
+    client_keep_alive: bool,
+    upstream: usize,
+) -> Forward {
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(&head.method);
+    out.put_u8(b' ');
+    out.put_slice(&head.target);
+    out.put_slice(b" HTTP/1.1\r\n");
+    strip_hop_by_hop(&mut head.headers);
+    let mut forwarded_for: Option<Bytes> = None;
+    let mut has_host = false;
+    for (name, value) in head.headers.iter() {
+        let n = &name[..];
+        if n.eq_ignore_ascii_case(b"x-forwarded-for") {
+            forwarded_for = Some(value.clone());
+            continue;
+        }
+        if n.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
+            || n.eq_ignore_ascii_case(b"grpc-timeout")
+            || n.eq_ignore_ascii_case(b"expect")
+            || n.eq_ignore_ascii_case(b"x-request-id")
+        {
+            continue;
+        }
+        has_host |= n.eq_ignore_ascii_case(b"host");
+        put_header(&mut out, n, value);
+    }
+    if !has_host {
+        let ep = gw.upstreams[upstream]
+            .config
+            .endpoints
+            .first()
+            .map(String::as_str)
+            .unwrap_or("");
+        put_header(&mut out, b"host", ep.as_bytes());
+    }
+    put_header(&mut out, b"x-request-id", request_id.as_bytes());
+    let ip = peer.ip().to_string();
+    match forwarded_for {
+        Some(prev) => {
+            let mut v = prev.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip.as_bytes());
+            put_header(&mut out, b"x-forwarded-for", &v);
+        }
+        None => put_header(&mut out, b"x-forwarded-for", ip.as_bytes()),
+    }
+    let method = &head.method[..];
+    if !body.is_empty() || matches!(method, b"POST" | b"PUT" | b"PATCH") {
+        out.put_slice(b"content-length: ");
+        put_decimal(&mut out, body.len() as u64);
+        out.put_slice(b"\r\n");
+    }
+    Forward {
+        head: out,
+        body,
+        idempotent: head.is_idempotent(),
+        is_head: method == b"HEAD",
+        client_http11: head.version == Version::Http11,
+        client_keep_alive,
+        margin: gw.config.deadline.margin,
+    }
+}

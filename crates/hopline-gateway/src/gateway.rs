@@ -1,0 +1,133 @@
+//! The gateway's runtime state built from a validated config: routes, upstreams, limits, log.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hopline_core::config::{Config, PathMatch};
+
+use crate::access_log::AccessLog;
+use crate::limits::{InFlight, RateLimit};
+use crate::upstream::{Egress, ResolveError, Upstream};
+
+/// A route ready to match.
+#[derive(Debug)]
+pub struct Route {
+    /// Name (logs, metrics).
+    pub name: Arc<str>,
+    /// Path match.
+    pub path: PathMatch,
+    /// Index into [`Gateway::upstreams`].
+    pub upstream: usize,
+    /// Route deadline.
+    pub timeout: Duration,
+}
+
+/// Why the gateway could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An endpoint did not resolve.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The access log could not be opened.
+    #[error("cannot open access log")]
+    AccessLog(#[source] io::Error),
+}
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The config this state was built from.
+    pub config: Config,
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Upstreams in config order.
+    pub upstreams: Vec<Upstream>,
+    /// Shared egress limits.
+    pub egress: Egress,
+    /// The access log.
+    pub log: AccessLog,
+    ids: RequestIds,
+}
+
+impl Gateway {
+    /// Builds the runtime state: resolves endpoints, opens the access log.
+    pub fn new(config: Config) -> Result<Gateway, BuildError> {
+        let rb = &config.retry_budget;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u.clone(), rb.ratio, rb.min_per_sec))
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Route {
+                name: r.name.as_str().into(),
+                path: r.path.clone(),
+                upstream: upstreams
+                    .iter()
+                    .position(|u| *u.name == *r.upstream)
+                    .unwrap_or(0),
+                timeout: r.timeout,
+            })
+            .collect();
+        let egress = Egress {
+            in_flight: config
+                .egress
+                .as_ref()
+                .and_then(|e| e.max_in_flight)
+                .map(InFlight::new),
+            new_connections: config
+                .egress
+                .as_ref()
+                .and_then(|e| e.max_new_connections_per_sec)
+                .map(RateLimit::new),
+        };
+        let log = AccessLog::open(&config.log).map_err(BuildError::AccessLog)?;
+        Ok(Gateway {
+            config,
+            routes,
+            upstreams,
+            egress,
+            log,
+            ids: RequestIds::new(),
+        })
+    }
+
+    /// The first route matching `path`.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.path.matches(path))
+    }
+
+    /// A new unique request id (for requests that arrive without `x-request-id`).
+    pub fn next_request_id(&self) -> String {
+        self.ids.next()
+    }
+}
+
+#[derive(Debug)]
+struct RequestIds {
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let seed = RandomState::new().hash_one(std::process::id());
+        RequestIds {
+            seed,
+            counter: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        // Mixing with an odd constant spreads sequential counters over the whole id space.
+        let mixed = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.seed;
+        format!("{:016x}{:08x}", mixed, n as u32)
+    }
+}

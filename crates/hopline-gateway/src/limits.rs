@@ -1,0 +1,196 @@
+//! Fail-fast limits: in-flight counters, the egress new-connection rate, the retry budget.
+//!
+//! None of them queue: a full limit is an immediate 503 `UO`, because a queue in front of
+//! a sick upstream only turns its slowness into everybody's timeouts.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// A counter of calls in flight with a hard ceiling.
+#[derive(Debug)]
+pub struct InFlight {
+    limit: usize,
+    current: AtomicUsize,
+}
+
+/// Releases one in-flight slot when dropped (also when its request is cancelled).
+#[derive(Debug)]
+pub struct InFlightGuard {
+    owner: Arc<InFlight>,
+}
+
+impl InFlight {
+    /// A counter allowing `limit` concurrent holders.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(InFlight {
+            limit,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes a slot, or `None` when all `limit` are taken.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
+        let prev = self.current.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.limit {
+            self.current.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlightGuard {
+            owner: self.clone(),
+        })
+    }
+
+    /// The configured ceiling.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Slots taken now.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.owner.current.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `rate` (one second of burst).
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: u32,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    /// A bucket refilled at `rate` per second, starting full.
+    pub fn new(rate: u32) -> Self {
+        RateLimit {
+            rate,
+            state: Mutex::new((f64::from(rate), Instant::now())),
+        }
+    }
+
+    /// The configured rate.
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * f64::from(self.rate);
+        s.0 = (s.0 + refill).min(f64::from(self.rate));
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Retries allowed on top of first attempts: `ratio` of requests plus `min_per_sec`.
+///
+/// Each request deposits `ratio` of a token (up to [`RetryBudget::CAP`] tokens); a retry
+/// spends one from the per-second floor first, then from the deposits. Lock-free.
+#[derive(Debug)]
+pub struct RetryBudget {
+    deposit_milli: u64,
+    min_per_sec: u32,
+    tokens_milli: AtomicU64,
+    epoch: Instant,
+    window: AtomicU64,
+    used_in_window: AtomicU32,
+}
+
+impl RetryBudget {
+    /// Most tokens saved up, so a long quiet spell cannot fund a retry storm.
+    pub const CAP: u64 = 100;
+
+    /// A budget of `ratio` retries per request plus `min_per_sec` retries per second.
+    pub fn new(ratio: f64, min_per_sec: u32) -> Self {
+        RetryBudget {
+            deposit_milli: (ratio * 1000.0).round() as u64,
+            min_per_sec,
+            tokens_milli: AtomicU64::new(0),
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            used_in_window: AtomicU32::new(0),
+        }
+    }
+
+    /// Records one request.
+    pub fn deposit(&self) {
+        let cap = Self::CAP * 1000;
+        let prev = self
+            .tokens_milli
+            .fetch_add(self.deposit_milli, Ordering::Relaxed);
+        if prev + self.deposit_milli > cap {
+            self.tokens_milli.fetch_min(cap, Ordering::Relaxed);
+        }
+    }
+
+    /// Spends one retry if the budget allows it.
+    pub fn try_spend(&self) -> bool {
+        let sec = self.epoch.elapsed().as_secs();
+        let w = self.window.load(Ordering::Relaxed);
+        if w != sec
+            && self
+                .window
+                .compare_exchange(w, sec, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used_in_window.store(0, Ordering::Relaxed);
+        }
+        if self.used_in_window.fetch_add(1, Ordering::Relaxed) < self.min_per_sec {
+            return true;
+        }
+        self.tokens_milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                t.checked_sub(1000)
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_is_a_hard_ceiling_released_on_drop() {
+        let l = InFlight::new(2);
+        let a = l.try_acquire().expect("1");
+        let _b = l.try_acquire().expect("2");
+        assert!(l.try_acquire().is_none());
+        drop(a);
+        assert!(l.try_acquire().is_some());
+    }
+
+    #[test]
+    fn retry_budget_floor_then_ratio() {
+        let b = RetryBudget::new(0.2, 2);
+        assert!(b.try_spend());
+        assert!(b.try_spend());
+        assert!(!b.try_spend(), "floor spent, no deposits");
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert!(b.try_spend());
+        assert!(b.try_spend());
+        assert!(!b.try_spend(), "10 requests x 0.2 = 2 retries");
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_of_rate() {
+        let r = RateLimit::new(3);
+        assert!(r.try_take() && r.try_take() && r.try_take());
+        assert!(!r.try_take());
+    }
+}

@@ -1,0 +1,475 @@
+//! Proxying one request to its route's upstream: limits, attempts, safe retries, and
+//! streaming the response back, all bounded by the request's deadline.
+//!
+//! Every attempt runs under `min(upstream timeout, time left)` and every connect under
+//! `min(connect_timeout, time left)`; the only way to call an upstream is through
+//! [`proxy`], which takes a [`Deadline`], so no call can be unbounded.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hopline_core::config::Zone;
+use hopline_core::{Deadline, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
+use hopline_h1::body::{encode_chunk, LAST_CHUNK};
+use hopline_h1::head::{put_decimal, put_header, strip_hop_by_hop};
+use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout_at;
+
+use crate::gateway::Gateway;
+use crate::upstream::{millis_at_least_one, ClientConn, Upstream};
+
+/// The request as it will be sent upstream, rendered once for all attempts.
+#[derive(Debug)]
+pub struct Forward {
+    /// Request line and headers, without the deadline header and the final CRLF.
+    pub head: BytesMut,
+    /// The buffered body.
+    pub body: Bytes,
+    /// Safe to send twice (RFC 9110 idempotent method).
+    pub idempotent: bool,
+    /// `HEAD` (the response has no body whatever its headers say).
+    pub is_head: bool,
+    /// The client speaks HTTP/1.1 (can take chunked responses).
+    pub client_http11: bool,
+    /// The client wants keep-alive (and we are not draining).
+    pub client_keep_alive: bool,
+    /// `deadline.margin`: kept back when telling the upstream how long it has.
+    pub margin: Duration,
+}
+
+/// What the request is doing now; read after the request future ends or is dropped, so a
+/// cancelled request can still say what it was waiting on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Upstream index of the current attempt.
+    pub upstream: Option<usize>,
+    /// Endpoint of the current attempt.
+    pub endpoint: Option<SocketAddr>,
+    /// Phase of the current attempt.
+    pub phase: Option<Phase>,
+    /// Attempts started.
+    pub attempts: u32,
+    /// The upstream status, once its head arrived.
+    pub upstream_status: Option<u16>,
+    /// Response head written to the client.
+    pub response_started: bool,
+    /// Body bytes sent to the client.
+    pub bytes_sent: u64,
+}
+
+/// [`Progress`] shared between a request's future and the connection that may drop it.
+#[derive(Debug, Default)]
+pub struct ProgressCell(Mutex<Progress>);
+
+impl ProgressCell {
+    /// Updates the progress (never held across an await).
+    pub fn update(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The final progress.
+    pub fn into_inner(self) -> Progress {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How a proxied request ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The failure, if any. When `Progress::response_started` is false the caller answers
+    /// with the error response; otherwise the response was cut short.
+    pub error: Option<ProxyError>,
+    /// The connection to the client must be closed afterwards.
+    pub close: bool,
+}
+
+impl Outcome {
+    fn fail(e: ProxyError) -> Outcome {
+        Outcome {
+            error: Some(e),
+            close: false,
+        }
+    }
+}
+
+/// Sends `req` to upstream `up` and streams the answer to `client`.
+pub async fn proxy<W: AsyncWrite + Unpin>(
+    gw: &Gateway,
+    up_index: usize,
+    req: &Forward,
+    deadline: Deadline,
+    progress: &ProgressCell,
+    client: &mut W,
+) -> Outcome {
+    let up = &gw.upstreams[up_index];
+    progress.update(|p| p.upstream = Some(up_index));
+    up.budget.deposit();
+    let Some(_slot) = up.in_flight.try_acquire() else {
+        return Outcome::fail(ProxyError::Overflow(Overflow::UpstreamInFlight {
+            upstream: up.name.clone(),
+            limit: up.in_flight.limit(),
+        }));
+    };
+    let _egress_slot = match (&gw.egress.in_flight, up.zone()) {
+        (Some(limit), Zone::Egress) => match limit.try_acquire() {
+            Some(g) => Some(g),
+            None => {
+                return Outcome::fail(ProxyError::Overflow(Overflow::EgressInFlight {
+                    limit: limit.limit(),
+                }))
+            }
+        },
+        _ => None,
+    };
+
+    let mut last_error: Option<ProxyError> = None;
+    let mut retries = 0;
+    let mut stale_retry_used = false;
+    loop {
+        let now = Instant::now();
+        if deadline.expired(now) {
+            return Outcome::fail(last_error.unwrap_or(ProxyError::DeadlineSpent {
+                budget: deadline.budget(),
+            }));
+        }
+        let ep = up.pick();
+        progress.update(|p| {
+            p.attempts += 1;
+            p.endpoint = Some(up.addr(ep));
+            p.phase = Some(Phase::Connect);
+        });
+        let conn = match up.checkout(ep) {
+            Some(c) => c,
+            None => match up.connect(ep, &deadline, &gw.egress).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let connect_failure =
+                        matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
+                    if connect_failure && retries < up.config.max_retries && up.budget.try_spend() {
+                        retries += 1;
+                        last_error = Some(e);
+                        continue;
+                    }
+                    return Outcome::fail(e);
+                }
+            },
+        };
+        match exchange(up, conn, req, &deadline, progress).await {
+            Ok((head, conn, until, by_deadline)) => {
+                return stream_response(
+                    gw,
+                    up,
+                    head,
+                    conn,
+                    req,
+                    &deadline,
+                    (until, by_deadline),
+                    progress,
+                    client,
+                )
+                .await
+            }
+            Err(Failed { error, stale }) => {
+                // The stale keep-alive race: the upstream closed a pooled connection just as
+                // we reused it, before any response byte. Safe to resend once on a new one.
+                if stale && req.idempotent && !stale_retry_used {
+                    stale_retry_used = true;
+                    last_error = Some(error);
+                    continue;
+                }
+                return Outcome::fail(error);
+            }
+        }
+    }
+}
+
+struct Failed {
+    error: ProxyError,
+    stale: bool,
+}
+
+/// Sends the request and reads the response head, under `min(timeout, time left)`.
+async fn exchange(
+    up: &Upstream,
+    mut conn: ClientConn,
+    req: &Forward,
+    deadline: &Deadline,
+    progress: &ProgressCell,
+) -> Result<(ResponseHead, ClientConn, Instant, bool), Failed> {
+    let started = Instant::now();
+    let (until, by_deadline) = deadline.bound(started, up.config.timeout);
+    let timeout_kind = |phase| UpstreamErrorKind::Timeout {
+        phase,
+        limit: if by_deadline {
+            deadline.budget()
+        } else {
+            up.config.timeout
+        },
+        source_limit: if by_deadline {
+            TimeoutSource::Deadline
+        } else {
+            TimeoutSource::AttemptTimeout
+        },
+    };
+    let addr = conn.addr;
+    let reused = conn.reused;
+    let fail = |kind, stale| Failed {
+        error: up.error(addr, started, kind),
+        stale,
+    };
+
+    progress.update(|p| p.phase = Some(Phase::Request));
+    let mut wire = BytesMut::with_capacity(req.head.len() + req.body.len() + 64);
+    wire.extend_from_slice(&req.head);
+    wire.put_slice(b"x-envoy-expected-rq-timeout-ms: ");
+    put_decimal(
+        &mut wire,
+        millis_at_least_one(
+            until
+                .saturating_duration_since(started)
+                .saturating_sub(req.margin),
+        ),
+    );
+    wire.put_slice(b"\r\n\r\n");
+    wire.extend_from_slice(&req.body);
+    match timeout_at(until.into(), conn.send(&wire)).await {
+        Err(_) => return Err(fail(timeout_kind(Phase::Request), false)),
+        Ok(Err(e)) => return Err(fail(UpstreamErrorKind::from_io(Phase::Request, e), reused)),
+        Ok(Ok(())) => {}
+    }
+
+    progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
+    match timeout_at(until.into(), conn.read_head()).await {
+        Err(_) => Err(fail(timeout_kind(Phase::ResponseHeaders), false)),
+        Ok(Ok(head)) => Ok((head, conn, until, by_deadline)),
+        Ok(Err(e)) => {
+            let stale = reused && conn.nothing_received();
+            let kind = match e {
+                HeadError::Closed | HeadError::Incomplete | HeadError::Idle => {
+                    UpstreamErrorKind::Closed {
+                        phase: Phase::ResponseHeaders,
+                    }
+                }
+                HeadError::Io(e) => UpstreamErrorKind::from_io(Phase::ResponseHeaders, e),
+                HeadError::Parse(p) => UpstreamErrorKind::Protocol {
+                    phase: Phase::ResponseHeaders,
+                    source: Box::new(p),
+                },
+                HeadError::Timeout(_) => timeout_kind(Phase::ResponseHeaders),
+            };
+            Err(fail(kind, stale))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_response<W: AsyncWrite + Unpin>(
+    gw: &Gateway,
+    up: &Upstream,
+    head: ResponseHead,
+    mut conn: ClientConn,
+    req: &Forward,
+    deadline: &Deadline,
+    (until, by_deadline): (Instant, bool),
+    progress: &ProgressCell,
+    client: &mut W,
+) -> Outcome {
+    let started = Instant::now();
+    let addr = conn.addr;
+    progress.update(|p| p.upstream_status = Some(head.status));
+    let length = match head.body_length(req.is_head) {
+        Ok(l) => l,
+        Err(p) => {
+            return Outcome::fail(up.error(
+                addr,
+                started,
+                UpstreamErrorKind::Protocol {
+                    phase: Phase::ResponseHeaders,
+                    source: Box::new(p),
+                },
+            ))
+        }
+    };
+    progress.update(|p| p.phase = Some(Phase::ResponseBody));
+    let chunked =
+        matches!(length, BodyLength::Chunked | BodyLength::UntilClose) && req.client_http11;
+    let close_delimited =
+        matches!(length, BodyLength::Chunked | BodyLength::UntilClose) && !req.client_http11;
+    let mut close = !req.client_keep_alive || close_delimited;
+
+    let mut out = BytesMut::with_capacity(1024);
+    out.put_slice(b"HTTP/1.1 ");
+    put_decimal(&mut out, u64::from(head.status));
+    out.put_u8(b' ');
+    out.put_slice(&head.reason);
+    out.put_slice(b"\r\n");
+    let mut headers = head.headers.clone();
+    let head_length = if req.is_head {
+        headers.get("content-length").cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut headers);
+    headers.write_to(&mut out);
+    match length {
+        _ if chunked => put_header(&mut out, b"transfer-encoding", b"chunked"),
+        BodyLength::Length(n) => {
+            out.put_slice(b"content-length: ");
+            put_decimal(&mut out, n);
+            out.put_slice(b"\r\n");
+        }
+        BodyLength::Empty => {
+            if let Some(v) = head_length {
+                put_header(&mut out, b"content-length", &v);
+            } else if head.status >= 200 && head.status != 204 && head.status != 304 {
+                put_header(&mut out, b"content-length", b"0");
+            }
+        }
+        BodyLength::Chunked | BodyLength::UntilClose => {}
+    }
+    if close {
+        put_header(&mut out, b"connection", b"close");
+    }
+    out.put_slice(b"\r\n");
+
+    let mut decoder = BodyDecoder::new(length);
+    let mut done = false;
+    let mut error: Option<ProxyError> = None;
+    // Coalesce whatever body is already buffered with the head: one write for small responses.
+    loop {
+        match conn.buffered_body(&mut decoder) {
+            Ok(Decoded::Data(d)) => {
+                progress.update(|p| p.bytes_sent += d.len() as u64);
+                put_body(&mut out, &d, chunked);
+                if out.len() >= 64 * 1024 {
+                    break;
+                }
+            }
+            Ok(Decoded::NeedMore) => break,
+            Ok(Decoded::End) => {
+                done = true;
+                break;
+            }
+            Err(e) => {
+                error = Some(body_error(up, addr, started, e));
+                break;
+            }
+        }
+    }
+    if done && chunked {
+        out.put_slice(LAST_CHUNK);
+    }
+    progress.update(|p| p.response_started = true);
+    if let Err(e) = write_client(gw, client, &out, deadline).await {
+        return Outcome {
+            error: Some(e),
+            close: true,
+        };
+    }
+
+    while !done && error.is_none() {
+        match timeout_at(until.into(), conn.read_body(&mut decoder)).await {
+            Err(_) => {
+                error = Some(up.error(
+                    addr,
+                    started,
+                    UpstreamErrorKind::Timeout {
+                        phase: Phase::ResponseBody,
+                        limit: if by_deadline {
+                            deadline.budget()
+                        } else {
+                            up.config.timeout
+                        },
+                        source_limit: if by_deadline {
+                            TimeoutSource::Deadline
+                        } else {
+                            TimeoutSource::AttemptTimeout
+                        },
+                    },
+                ))
+            }
+            Ok(Err(e)) => error = Some(body_error(up, addr, started, e)),
+            Ok(Ok(piece)) => {
+                out.clear();
+                match piece {
+                    Some(d) => {
+                        progress.update(|p| p.bytes_sent += d.len() as u64);
+                        put_body(&mut out, &d, chunked);
+                    }
+                    None => {
+                        done = true;
+                        if chunked {
+                            out.put_slice(LAST_CHUNK);
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    if let Err(e) = write_client(gw, client, &out, deadline).await {
+                        return Outcome {
+                            error: Some(e),
+                            close: true,
+                        };
+                    }
+                }
+            }
+        }
+    }
+    if error.is_some() {
+        // The response is cut short: closing is the only honest signal left to the client.
+        close = true;
+    } else if head.keep_alive() && length != BodyLength::UntilClose {
+        up.checkin(conn);
+    }
+    Outcome { error, close }
+}
+
+fn put_body(out: &mut BytesMut, data: &[u8], chunked: bool) {
+    if chunked {
+        encode_chunk(out, data);
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+fn body_error(up: &Upstream, addr: SocketAddr, started: Instant, e: BodyError) -> ProxyError {
+    let kind = match e {
+        BodyError::Incomplete => UpstreamErrorKind::Closed {
+            phase: Phase::ResponseBody,
+        },
+        BodyError::Io(e) => UpstreamErrorKind::from_io(Phase::ResponseBody, e),
+        other => UpstreamErrorKind::Protocol {
+            phase: Phase::ResponseBody,
+            source: Box::new(other),
+        },
+    };
+    up.error(addr, started, kind)
+}
+
+/// Writes to the client within `write_timeout`; failure means the client is gone.
+pub async fn write_client<W: AsyncWrite + Unpin>(
+    gw: &Gateway,
+    client: &mut W,
+    bytes: &[u8],
+    deadline: &Deadline,
+) -> Result<(), ProxyError> {
+    let limit = gw.config.server.write_timeout;
+    let res = match tokio::time::timeout(limit, client.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "write to client blocked longer than write_timeout {}",
+                hopline_core::time::Human(limit)
+            ),
+        )),
+    };
+    res.map_err(|source| ProxyError::ClientGone {
+        elapsed: deadline.start().elapsed(),
+        waiting_on: None,
+        source,
+    })
+}

@@ -1,0 +1,291 @@
+//! Upstreams: endpoints chosen round robin, pooled keep-alive connections, bounded connects.
+//!
+//! A connection is owned by exactly one request while in use. Nothing runs in the
+//! background for it: if the request's future is dropped (client gone), the socket is
+//! dropped with it and the upstream sees its connection closed at once. Only connections
+//! whose response was read to the end cleanly go back to the pool.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hopline_core::config::{UpstreamConfig, Zone};
+use hopline_core::{
+    Deadline, Overflow, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind,
+};
+use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::limits::{InFlight, RateLimit, RetryBudget};
+
+/// Largest upstream response head accepted.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Limits shared by every egress upstream (one NAT gateway in front of all of them).
+#[derive(Debug, Default)]
+pub struct Egress {
+    /// `[egress] max_in_flight`.
+    pub in_flight: Option<Arc<InFlight>>,
+    /// `[egress] max_new_connections_per_sec`.
+    pub new_connections: Option<RateLimit>,
+}
+
+/// An upstream endpoint name that did not resolve at start.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {upstream}: cannot resolve endpoint {endpoint:?}")]
+pub struct ResolveError {
+    /// The upstream.
+    pub upstream: String,
+    /// The endpoint as configured.
+    pub endpoint: String,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    addr: SocketAddr,
+    idle: Mutex<Vec<IdleConn>>,
+}
+
+#[derive(Debug)]
+struct IdleConn {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// One configured upstream with its pools and limits.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Name from the config.
+    pub name: Arc<str>,
+    /// Its settings.
+    pub config: UpstreamConfig,
+    /// Calls in flight.
+    pub in_flight: Arc<InFlight>,
+    /// Retry budget.
+    pub budget: RetryBudget,
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+}
+
+/// A connection to an upstream endpoint, owned by one request at a time.
+#[derive(Debug)]
+pub struct ClientConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    endpoint: usize,
+    /// The endpoint address.
+    pub addr: SocketAddr,
+    /// True when taken from the pool (it may have been closed by the upstream meanwhile).
+    pub reused: bool,
+}
+
+impl Upstream {
+    /// Builds the upstream, resolving its endpoints once.
+    pub fn new(config: UpstreamConfig, ratio: f64, min_per_sec: u32) -> Result<Self, ResolveError> {
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for ep in &config.endpoints {
+            let addr = ep
+                .to_socket_addrs()
+                .and_then(|mut a| {
+                    a.next()
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+                })
+                .map_err(|source| ResolveError {
+                    upstream: config.name.clone(),
+                    endpoint: ep.clone(),
+                    source,
+                })?;
+            endpoints.push(Endpoint {
+                addr,
+                idle: Mutex::new(Vec::new()),
+            });
+        }
+        Ok(Upstream {
+            name: config.name.as_str().into(),
+            in_flight: InFlight::new(config.max_in_flight),
+            budget: RetryBudget::new(ratio, min_per_sec),
+            endpoints,
+            next: AtomicUsize::new(0),
+            config,
+        })
+    }
+
+    /// The zone.
+    pub fn zone(&self) -> Zone {
+        self.config.zone
+    }
+
+    /// Chooses the next endpoint, round robin.
+    pub fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()
+    }
+
+    /// The address of endpoint `i`.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.endpoints[i].addr
+    }
+
+    /// Number of idle pooled connections (all endpoints).
+    pub fn idle_count(&self) -> usize {
+        self.endpoints
+            .iter()
+            .map(|e| e.idle.lock().map(|v| v.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Takes the most recently used live idle connection to endpoint `i`, if any.
+    ///
+    /// Connections idle longer than `pool_idle_timeout`, and connections the upstream has
+    /// already closed (a non-blocking read sees EOF or data), are dropped here.
+    pub fn checkout(&self, i: usize) -> Option<ClientConn> {
+        let ep = &self.endpoints[i];
+        let now = Instant::now();
+        loop {
+            let idle = ep.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if now.duration_since(idle.since) >= self.config.pool_idle_timeout {
+                continue;
+            }
+            let mut probe = [0u8; 1];
+            match idle.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Some(ClientConn {
+                        stream: idle.stream,
+                        buf: BytesMut::with_capacity(8 * 1024),
+                        endpoint: i,
+                        addr: ep.addr,
+                        reused: true,
+                    })
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Returns a connection whose exchange ended cleanly to its endpoint's pool.
+    pub fn checkin(&self, conn: ClientConn) {
+        if !conn.buf.is_empty() || self.config.pool_max_idle == 0 {
+            return;
+        }
+        let ep = &self.endpoints[conn.endpoint];
+        let mut idle = ep.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= self.config.pool_max_idle {
+            idle.remove(0);
+        }
+        idle.push(IdleConn {
+            stream: conn.stream,
+            since: Instant::now(),
+        });
+    }
+
+    /// Opens a new connection to endpoint `i`, bounded by `min(connect_timeout, time left)`.
+    pub async fn connect(
+        &self,
+        i: usize,
+        deadline: &Deadline,
+        egress: &Egress,
+    ) -> Result<ClientConn, ProxyError> {
+        if self.zone() == Zone::Egress {
+            if let Some(rate) = &egress.new_connections {
+                if !rate.try_take() {
+                    return Err(ProxyError::Overflow(Overflow::EgressConnectionRate {
+                        upstream: self.name.clone(),
+                        limit: rate.rate(),
+                    }));
+                }
+            }
+        }
+        let addr = self.endpoints[i].addr;
+        let start = Instant::now();
+        let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
+        let fail = |kind| {
+            ProxyError::Upstream(UpstreamError {
+                upstream: self.name.clone(),
+                endpoint: addr,
+                zone: self.zone(),
+                elapsed: start.elapsed(),
+                kind,
+            })
+        };
+        match tokio::time::timeout_at(until.into(), TcpStream::connect(addr)).await {
+            Err(_) => Err(fail(UpstreamErrorKind::ConnectTimeout {
+                limit: if by_deadline {
+                    deadline.budget()
+                } else {
+                    self.config.connect_timeout
+                },
+                source_limit: if by_deadline {
+                    TimeoutSource::Deadline
+                } else {
+                    TimeoutSource::ConnectTimeout
+                },
+            })),
+            Ok(Err(e)) => Err(fail(UpstreamErrorKind::from_connect(e))),
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(ClientConn {
+                    stream,
+                    buf: BytesMut::with_capacity(8 * 1024),
+                    endpoint: i,
+                    addr,
+                    reused: false,
+                })
+            }
+        }
+    }
+
+    /// An [`UpstreamError`] for this upstream.
+    pub fn error(&self, addr: SocketAddr, started: Instant, kind: UpstreamErrorKind) -> ProxyError {
+        ProxyError::Upstream(UpstreamError {
+            upstream: self.name.clone(),
+            endpoint: addr,
+            zone: self.zone(),
+            elapsed: started.elapsed(),
+            kind,
+        })
+    }
+}
+
+impl ClientConn {
+    /// Writes request bytes.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads the response head.
+    pub async fn read_head(&mut self) -> Result<ResponseHead, HeadError> {
+        hopline_h1::read_response_head(&mut self.stream, &mut self.buf, MAX_RESPONSE_HEAD).await
+    }
+
+    /// True when no response byte has been received on this exchange.
+    pub fn nothing_received(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Decodes body bytes already buffered, without waiting.
+    pub fn buffered_body(
+        &mut self,
+        decoder: &mut BodyDecoder,
+    ) -> Result<hopline_h1::Decoded, BodyError> {
+        decoder.decode(&mut self.buf)
+    }
+
+    /// Reads the next piece of the response body.
+    pub async fn read_body(
+        &mut self,
+        decoder: &mut BodyDecoder,
+    ) -> Result<Option<Bytes>, BodyError> {
+        hopline_h1::read_body_chunk(&mut self.stream, &mut self.buf, decoder).await
+    }
+}
+
+/// How long `d` is in whole milliseconds, at least 1 (for the deadline header).
+pub fn millis_at_least_one(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
