@@ -201,8 +201,7 @@ async fn handle(
         gw.log.write(&rec);
         next
     };
-    let draining = *signals.drain.borrow();
-    let keep_alive = head.keep_alive() && !draining;
+    let keep_alive = head.keep_alive() && !gw.draining();
 
     let length = match head.body_length() {
         Ok(l) => l,
@@ -334,7 +333,7 @@ async fn handle(
                 }
                 finish(rec, Next::Close)
             } else {
-                let close = close || !keep_alive;
+                let close = close || !keep_alive || gw.draining();
                 respond_error(gw, stream, &mut rec, &err, close).await;
                 finish(rec, if close { Next::Close } else { Next::KeepAlive })
             }

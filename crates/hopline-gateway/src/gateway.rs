@@ -3,7 +3,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,7 @@ pub struct Gateway {
     /// The access log.
     pub log: AccessLog,
     ids: RequestIds,
+    draining: AtomicBool,
 }
 
 impl Gateway {
@@ -95,12 +96,23 @@ impl Gateway {
             egress,
             log,
             ids: RequestIds::new(),
+            draining: AtomicBool::new(false),
         })
     }
 
     /// The first route matching `path`.
     pub fn route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.path.matches(path))
+    }
+
+    /// True once the gateway is draining: responses close their connections.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// A new unique request id (for requests that arrive without `x-request-id`).

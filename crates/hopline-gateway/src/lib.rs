@@ -87,6 +87,7 @@ pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<
         while tasks.try_join_next().is_some() {}
     }
     drop(listener);
+    gw.start_draining();
     let _ = drain_tx.send(true);
     let drained = tokio::time::timeout(server.drain_timeout, async {
         while tasks.join_next().await.is_some() {}

@@ -299,7 +299,7 @@ async fn stream_response<W: AsyncWrite + Unpin>(
         matches!(length, BodyLength::Chunked | BodyLength::UntilClose) && req.client_http11;
     let close_delimited =
         matches!(length, BodyLength::Chunked | BodyLength::UntilClose) && !req.client_http11;
-    let mut close = !req.client_keep_alive || close_delimited;
+    let mut close = !req.client_keep_alive || close_delimited || gw.draining();
 
     let mut out = BytesMut::with_capacity(1024);
     out.put_slice(b"HTTP/1.1 ");

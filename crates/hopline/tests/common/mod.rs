@@ -1,0 +1,338 @@
+//! Test support: spawn the real `hopline` binary, read its logs, talk HTTP over loopback.
+//!
+//! Every spawned process is owned by a [`Proc`] that kills it when dropped, even when a
+//! test fails. Nothing listens on a fixed port: processes bind port 0 and print the address.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Lines a process printed, with a condvar to wait for more.
+#[derive(Default)]
+pub struct Lines {
+    lines: Mutex<Vec<String>>,
+    more: Condvar,
+}
+
+impl Lines {
+    fn push(&self, l: String) {
+        self.lines.lock().expect("lock").push(l);
+        self.more.notify_all();
+    }
+
+    /// Waits until a line satisfies `pred`, or panics after `within`.
+    pub fn wait_for(&self, within: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + within;
+        let mut lines = self.lines.lock().expect("lock");
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= end {
+                panic!(
+                    "timed out waiting for {what}; lines so far:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = self.more.wait_timeout(lines, end - now).expect("lock").0;
+        }
+    }
+
+    /// Every line so far.
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().expect("lock").clone()
+    }
+}
+
+/// A running `hopline` process, killed on drop.
+pub struct Proc {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its stdout lines.
+    pub stdout: Arc<Lines>,
+    /// Its stderr lines.
+    pub stderr: Arc<Lines>,
+}
+
+fn reader(stream: impl Read + Send + 'static, sink: Arc<Lines>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(l) => sink.push(l),
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hopline")
+}
+
+impl Proc {
+    /// Starts `hopline ARGS` and waits for its "listening on ADDR" line.
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hopline");
+        let stdout = Arc::new(Lines::default());
+        let stderr = Arc::new(Lines::default());
+        reader(child.stdout.take().expect("stdout"), stdout.clone());
+        reader(child.stderr.take().expect("stderr"), stderr.clone());
+        let mut proc = Proc {
+            child,
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            stdout,
+            stderr,
+        };
+        let line = proc
+            .stderr
+            .wait_for(Duration::from_secs(20), "listening line", |l| {
+                l.contains("listening on ")
+            });
+        proc.addr = line
+            .rsplit("listening on ")
+            .next()
+            .expect("addr")
+            .trim()
+            .parse()
+            .expect("socket addr");
+        proc
+    }
+
+    /// Waits for a JSON stdout line matching `pred`.
+    pub fn wait_json(&self, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let l = self.stdout.wait_for(within, what, |l| {
+            serde_json::from_str::<Value>(l)
+                .map(|v| pred(&v))
+                .unwrap_or(false)
+        });
+        serde_json::from_str(&l).expect("json")
+    }
+
+    /// Every JSON stdout line so far.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .all()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for exit, up to `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static CONFIGS: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes `text` to a fresh temp file and returns its path.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let n = CONFIGS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hopline-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+/// Starts a gateway with `[server] listen = 127.0.0.1:0` plus `rest`.
+pub fn gateway(server_extra: &str, rest: &str) -> Proc {
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n{rest}");
+    let path = temp_file("hopline.toml", &text);
+    Proc::spawn(&[
+        "serve",
+        "-c",
+        path.to_str().expect("utf8"),
+        "--threads",
+        "2",
+    ])
+}
+
+/// Starts `hopline mock` on a free port with extra args.
+pub fn mock(args: &[&str]) -> Proc {
+    let mut all = vec!["mock", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    Proc::spawn(&all)
+}
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Connects with generous timeouts.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+/// Reads one response (content-length framed, or until close) from `s`.
+pub fn read_response(s: &mut TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) => panic!(
+                "connection closed before a response head: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+            Ok(_) => buf.push(byte[0]),
+            Err(e) => panic!("read failed: {e}; got {:?}", String::from_utf8_lossy(&buf)),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header");
+            (n.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    let mut resp = Response {
+        status,
+        headers,
+        body: String::new(),
+    };
+    if let Some(len) = resp.header("content-length") {
+        let mut body = vec![0u8; len.parse().expect("length")];
+        s.read_exact(&mut body).expect("body");
+        resp.body = String::from_utf8_lossy(&body).into_owned();
+    } else if resp.header("transfer-encoding").is_none() {
+        let mut body = Vec::new();
+        let _ = s.read_to_end(&mut body);
+        resp.body = String::from_utf8_lossy(&body).into_owned();
+    }
+    resp
+}
+
+/// Sends a GET with extra header lines and reads the response on a new connection.
+pub fn get(addr: SocketAddr, path: &str, extra: &str) -> Response {
+    let mut s = connect(addr);
+    write!(s, "GET {path} HTTP/1.1\r\nhost: test\r\n{extra}\r\n").expect("write");
+    read_response(&mut s)
+}
+
+/// Parses a JSON line field as f64.
+pub fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// A hand-written upstream for behaviours a real server only shows by accident
+/// (resets, garbage, closing a kept-alive connection). Each accepted connection runs
+/// `behave(conn_index, stream)` on its own thread. Stops accepting when dropped.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeUpstream {
+    pub fn start(behave: impl Fn(usize, TcpStream) + Send + Sync + 'static) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let behave = Arc::new(behave);
+        std::thread::spawn(move || {
+            for (i, conn) in listener.incoming().enumerate() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let behave = behave.clone();
+                std::thread::spawn(move || behave(i, conn));
+            }
+        });
+        FakeUpstream { addr, stop }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+/// Reads one request head (and ignores any body) from a raw upstream connection.
+pub fn read_request(s: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => buf.push(byte[0]),
+        }
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A small fixed 200 response.
+pub const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
