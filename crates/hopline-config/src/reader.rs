@@ -14,6 +14,9 @@ use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 use crate::duration::parse_duration;
 use crate::source::{Location, Problem, ProblemKind};
 
+/// A value and where it is in the file.
+type Spanned<'a> = (&'a str, Option<Range<usize>>);
+
 /// Collects problems with their locations.
 pub(crate) struct Cx<'t> {
     text: &'t str,
@@ -239,7 +242,7 @@ impl<'a> Tbl<'a> {
         &mut self,
         cx: &mut Cx,
         key: &'static str,
-    ) -> Option<Vec<(&'a str, Option<Range<usize>>)>> {
+    ) -> Option<Vec<Spanned<'a>>> {
         let (v, span) = self.value(cx, key, "an array of strings")?;
         let Some(arr) = v.as_array() else {
             cx.report(

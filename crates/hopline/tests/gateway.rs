@@ -20,7 +20,7 @@ fn route_to(endpoints: &[String], upstream_extra: &str, route_extra: &str) -> St
     )
 }
 
-fn log_for<'a>(gw: &Proc, path: &'a str) -> serde_json::Value {
+fn log_for(gw: &Proc, path: &str) -> serde_json::Value {
     let p = path.to_string();
     gw.wait_json(LOG_WAIT, &format!("access log line for {path}"), move |v| {
         v["path"] == p.as_str()
