@@ -238,11 +238,7 @@ impl<'a> Tbl<'a> {
         }
     }
 
-    pub(crate) fn str_list(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-    ) -> Option<Vec<Spanned<'a>>> {
+    pub(crate) fn str_list(&mut self, cx: &mut Cx, key: &'static str) -> Option<Vec<Spanned<'a>>> {
         let (v, span) = self.value(cx, key, "an array of strings")?;
         let Some(arr) = v.as_array() else {
             cx.report(
