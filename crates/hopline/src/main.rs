@@ -55,6 +55,18 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the fault-injection proxy (Toxiproxy-compatible API, NAT model, HTTP faults).
+    Chaos {
+        /// Proxies and toxics to start with (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// API listen address (default 127.0.0.1:8474, or `api` from the file).
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// Seed for every random draw (default: from the clock; always printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -85,6 +97,7 @@ fn main() -> ExitCode {
             cfg.headers.extend(headers);
             mock(listen, cfg)
         }
+        Command::Chaos { config, api, seed } => chaos(config.as_deref(), api, seed),
     };
     match result {
         Ok(code) => code,
@@ -157,6 +170,54 @@ fn mock(listen: SocketAddr, config: hopline_mock::MockConfig) -> anyhow::Result<
             .with_context(|| format!("cannot listen on {listen}"))?;
         eprintln!("hopline mock: listening on {}", listener.local_addr()?);
         hopline_mock::run(listener, config, termination()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn chaos(
+    file: Option<&std::path::Path>,
+    api: Option<SocketAddr>,
+    seed: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let parsed = match file.map(hopline_chaos::file::load).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("hopline: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let seed = seed
+        .or(parsed.as_ref().and_then(|f| f.seed))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    let api = api
+        .or(parsed.as_ref().and_then(|f| f.api))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8474)));
+    let rt = runtime(None)?;
+    rt.block_on(async {
+        let registry = std::sync::Arc::new(hopline_chaos::Registry::new(seed));
+        let listener = tokio::net::TcpListener::bind(api)
+            .await
+            .with_context(|| format!("cannot listen on {api}"))?;
+        eprintln!("hopline chaos: seed {seed}");
+        eprintln!("hopline chaos: api listening on {}", listener.local_addr()?);
+        for (spec, toxics) in parsed.map(|f| f.proxies).unwrap_or_default() {
+            let name = spec.name.clone();
+            let p = registry
+                .create(spec, toxics)
+                .map_err(|e| anyhow::anyhow!("proxy {name}: {e}"))?;
+            eprintln!(
+                "hopline chaos: proxy {name} on {} -> {} ({} toxics)",
+                p["listen"].as_str().unwrap_or(""),
+                p["upstream"].as_str().unwrap_or(""),
+                p["toxics"].as_array().map_or(0, Vec::len)
+            );
+        }
+        hopline_chaos::api::serve(listener, registry, termination()).await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -336,3 +336,67 @@ pub fn read_request(s: &mut TcpStream) -> Option<String> {
 
 /// A small fixed 200 response.
 pub const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// Calls the chaos API: `(status, JSON body or Null)`.
+pub fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = connect(addr);
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        .expect("write");
+    let r = read_response(&mut s);
+    let v = if r.body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&r.body).expect("json body")
+    };
+    (r.status, v)
+}
+
+/// Starts `hopline chaos` with its API on a free port.
+pub fn chaos(extra: &[&str]) -> Proc {
+    let mut args = vec!["chaos", "--api", "127.0.0.1:0", "--seed", "42"];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+/// Creates a proxy to `upstream` and returns its listen address.
+pub fn proxy(chaos: &Proc, name: &str, upstream: SocketAddr, http: bool) -> SocketAddr {
+    let (status, v) = api(
+        chaos.addr,
+        "POST",
+        "/proxies",
+        &format!(
+            r#"{{"name":"{name}","listen":"127.0.0.1:0","upstream":"{upstream}","http":{http}}}"#
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
+    v["listen"].as_str().expect("listen").parse().expect("addr")
+}
+
+/// Adds a toxic, asserting success.
+pub fn add_toxic(chaos: &Proc, proxy: &str, json: &str) {
+    let (status, v) = api(
+        chaos.addr,
+        "POST",
+        &format!("/proxies/{proxy}/toxics"),
+        json,
+    );
+    assert_eq!(status, 200, "{v}");
+}
+
+/// An upstream that echoes every byte back and closes its write side at EOF.
+pub fn echo_upstream() -> FakeUpstream {
+    FakeUpstream::start(|_, mut s| {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    })
+}

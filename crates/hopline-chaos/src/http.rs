@@ -1,0 +1,234 @@
+//! HTTP-aware proxying for proxies declared `http = true`: requests are parsed at their
+//! boundaries so faults can answer in place of the upstream (`abort`, `cc_defense`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use hopline_h1::body::{encode_chunk, LAST_CHUNK};
+use hopline_h1::head::{put_decimal, put_header, reason_phrase};
+use hopline_h1::{
+    read_body_chunk, read_request_head, read_response_head, BodyDecoder, BodyLength, RequestHead,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::pipe::{Dice, ToxicList};
+use crate::toxic::ToxicKind;
+
+const MAX_HEAD: usize = 64 * 1024;
+const IDLE: Duration = Duration::from_secs(300);
+
+/// Requests per client IP in the current second, for `cc_defense`.
+#[derive(Debug, Default)]
+pub struct ClientRates {
+    counts: Mutex<HashMap<IpAddr, (u64, u64)>>,
+}
+
+impl ClientRates {
+    /// Counts one request from `ip` and returns how many it sent in this second.
+    fn hit(&self, ip: IpAddr) -> u64 {
+        let sec = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 100_000 {
+            m.retain(|_, (s, _)| *s == sec);
+        }
+        let e = m.entry(ip).or_insert((sec, 0));
+        if e.0 != sec {
+            *e = (sec, 0);
+        }
+        e.1 += 1;
+        e.1
+    }
+}
+
+fn local_answer(status: u16, location: Option<&str>) -> BytesMut {
+    let body = format!(
+        "{status} {} (injected by hopline chaos)\n",
+        reason_phrase(status)
+    );
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(b"HTTP/1.1 ");
+    put_decimal(&mut out, u64::from(status));
+    out.put_u8(b' ');
+    out.put_slice(reason_phrase(status).as_bytes());
+    out.put_slice(b"\r\n");
+    if let Some(l) = location {
+        put_header(&mut out, b"location", l.as_bytes());
+    }
+    put_header(&mut out, b"x-hopline-chaos", b"injected");
+    put_header(&mut out, b"content-type", b"text/plain");
+    out.put_slice(b"content-length: ");
+    put_decimal(&mut out, body.len() as u64);
+    out.put_slice(b"\r\n\r\n");
+    out.put_slice(body.as_bytes());
+    out
+}
+
+fn render_request(head: &RequestHead, body: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(512 + body.len());
+    out.put_slice(&head.method);
+    out.put_u8(b' ');
+    out.put_slice(&head.target);
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (n, v) in head.headers.iter() {
+        if n.eq_ignore_ascii_case(b"content-length") || n.eq_ignore_ascii_case(b"transfer-encoding")
+        {
+            continue;
+        }
+        put_header(&mut out, n, v);
+    }
+    if !body.is_empty() {
+        out.put_slice(b"content-length: ");
+        put_decimal(&mut out, body.len() as u64);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out
+}
+
+/// Serves one client connection request by request. `connect` opens the upstream
+/// connection the first time a request has to be forwarded.
+pub async fn serve<F, Fut>(
+    mut client: TcpStream,
+    ip: IpAddr,
+    rx: watch::Receiver<ToxicList>,
+    mut dice: Dice,
+    rates: &ClientRates,
+    connect: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<TcpStream>>,
+{
+    let mut cbuf = BytesMut::with_capacity(8192);
+    let mut upstream: Option<(TcpStream, BytesMut)> = None;
+    loop {
+        if hopline_h1::wait_first_byte(&mut client, &mut cbuf, IDLE)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        let Ok(head) = read_request_head(
+            &mut client,
+            &mut cbuf,
+            MAX_HEAD,
+            until,
+            Duration::from_secs(30),
+        )
+        .await
+        else {
+            return;
+        };
+        let Ok(length) = head.body_length() else {
+            return;
+        };
+        let mut decoder = BodyDecoder::new(length);
+        let mut body = BytesMut::new();
+        loop {
+            match read_body_chunk(&mut client, &mut cbuf, &mut decoder).await {
+                Ok(Some(p)) => body.extend_from_slice(&p),
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        let keep_alive = head.keep_alive();
+
+        let list = rx.borrow().clone();
+        let mut answer = None;
+        for t in list.iter().filter(|t| t.kind.is_http()) {
+            if !dice.active(t) {
+                continue;
+            }
+            match &t.kind {
+                ToxicKind::CcDefense {
+                    max_rps_per_client,
+                    status,
+                    location,
+                } if rates.hit(ip) > *max_rps_per_client => {
+                    answer = Some(local_answer(*status, Some(location)));
+                    break;
+                }
+                ToxicKind::Abort {
+                    status,
+                    probability,
+                } if dice.rng().chance(*probability) => {
+                    answer = Some(local_answer(*status, None));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Some(a) = answer {
+            if client.write_all(&a).await.is_err() || !keep_alive {
+                return;
+            }
+            continue;
+        }
+
+        if upstream.is_none() {
+            match connect().await {
+                Some(s) => upstream = Some((s, BytesMut::with_capacity(8192))),
+                None => return,
+            }
+        }
+        let Some((up, ubuf)) = upstream.as_mut() else {
+            return;
+        };
+        if up.write_all(&render_request(&head, &body)).await.is_err() {
+            return;
+        }
+        let Ok(resp) = read_response_head(up, ubuf, MAX_HEAD).await else {
+            return;
+        };
+        let Ok(rlen) = resp.body_length(&head.method[..] == b"HEAD") else {
+            return;
+        };
+        let mut out = BytesMut::with_capacity(1024);
+        out.put_slice(b"HTTP/1.1 ");
+        put_decimal(&mut out, u64::from(resp.status));
+        out.put_u8(b' ');
+        out.put_slice(&resp.reason);
+        out.put_slice(b"\r\n");
+        resp.headers.write_to(&mut out);
+        if rlen == BodyLength::UntilClose {
+            put_header(&mut out, b"transfer-encoding", b"chunked");
+        }
+        out.put_slice(b"\r\n");
+        let chunked = matches!(rlen, BodyLength::Chunked | BodyLength::UntilClose);
+        let mut rdec = BodyDecoder::new(rlen);
+        loop {
+            match read_body_chunk(up, ubuf, &mut rdec).await {
+                Ok(Some(p)) if chunked => encode_chunk(&mut out, &p),
+                Ok(Some(p)) => out.extend_from_slice(&p),
+                Ok(None) => {
+                    if chunked {
+                        out.put_slice(LAST_CHUNK);
+                    }
+                    break;
+                }
+                Err(_) => return,
+            }
+            if out.len() > 64 * 1024 {
+                if client.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+        }
+        if client.write_all(&out).await.is_err() || !keep_alive {
+            return;
+        }
+        if !resp.keep_alive() || rlen == BodyLength::UntilClose {
+            upstream = None;
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! `hopline chaos` end to end: the real binary, its Toxiproxy-compatible API, and one test
+//! per toxic measuring its effect on real loopback connections.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn timed_get(addr: std::net::SocketAddr, path: &str) -> (Response, Duration) {
+    let t0 = Instant::now();
+    let r = get(addr, path, "");
+    (r, t0.elapsed())
+}
+
+#[test]
+fn api_shapes_and_status_codes_follow_toxiproxy() {
+    let c = chaos(&[]);
+    let (s, v) = api(c.addr, "GET", "/version", "");
+    assert_eq!(s, 200);
+    assert!(v["version"].as_str().expect("version").starts_with('2'));
+    let up = echo_upstream();
+    proxy(&c, "db", up.addr, false);
+    let (s, v) = api(
+        c.addr,
+        "POST",
+        "/proxies",
+        &format!(r#"{{"name":"db","upstream":"{}"}}"#, up.addr),
+    );
+    assert_eq!((s, v["status"].as_u64()), (409, Some(409)), "{v}");
+    assert_eq!(api(c.addr, "GET", "/proxies/nope", "").0, 404);
+    assert_eq!(api(c.addr, "POST", "/proxies", r#"{"name":"x"}"#).0, 400);
+    assert_eq!(
+        api(
+            c.addr,
+            "POST",
+            "/proxies/db/toxics",
+            r#"{"type":"latency","attributes":{"latency":"x"}}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        api(c.addr, "POST", "/proxies/db/toxics", r#"{"type":"warp"}"#).0,
+        400
+    );
+    assert_eq!(
+        api(c.addr, "POST", "/proxies/db/toxics", "{not json").0,
+        400
+    );
+
+    let (s, t) = api(
+        c.addr,
+        "POST",
+        "/proxies/db/toxics",
+        r#"{"type":"latency","attributes":{"latency":100,"jitter":10}}"#,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        t,
+        serde_json::json!({"name":"latency_downstream","type":"latency","stream":"downstream","toxicity":1.0,"attributes":{"latency":100,"jitter":10}})
+    );
+    assert_eq!(
+        api(
+            c.addr,
+            "POST",
+            "/proxies/db/toxics",
+            r#"{"type":"latency"}"#
+        )
+        .0,
+        409
+    );
+    let (s, t) = api(
+        c.addr,
+        "POST",
+        "/proxies/db/toxics/latency_downstream",
+        r#"{"attributes":{"latency":250}}"#,
+    );
+    assert_eq!((s, t["attributes"]["latency"].as_u64()), (200, Some(250)));
+    let (_, list) = api(c.addr, "GET", "/proxies", "");
+    assert_eq!(list["db"]["toxics"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list["db"]["enabled"], true);
+
+    assert_eq!(
+        api(c.addr, "POST", "/proxies/db", r#"{"enabled":false}"#).0,
+        200
+    );
+    assert_eq!(api(c.addr, "POST", "/reset", "").0, 204);
+    let (_, p) = api(c.addr, "GET", "/proxies/db", "");
+    assert_eq!(
+        (p["enabled"].clone(), p["toxics"].clone()),
+        (serde_json::json!(true), serde_json::json!([]))
+    );
+    let (s, v) = api(
+        c.addr,
+        "POST",
+        "/populate",
+        &format!(
+            r#"[{{"name":"db","listen":"127.0.0.1:0","upstream":"{}"}},{{"name":"cache","listen":"127.0.0.1:0","upstream":"{}"}}]"#,
+            up.addr, up.addr
+        ),
+    );
+    assert_eq!(
+        (s, v["proxies"].as_array().map(Vec::len)),
+        (201, Some(2)),
+        "{v}"
+    );
+    assert_eq!(api(c.addr, "DELETE", "/proxies/db/toxics/none", "").0, 404);
+    assert_eq!(api(c.addr, "DELETE", "/proxies/cache", "").0, 204);
+    assert_eq!(api(c.addr, "GET", "/proxies/cache", "").0, 404);
+}
+
+#[test]
+fn forwards_bytes_exactly_and_respects_half_close() {
+    let c = chaos(&[]);
+    let up = echo_upstream();
+    let addr = proxy(&c, "echo", up.addr, false);
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut s = connect(addr);
+    let mut writer = s.try_clone().expect("clone");
+    let sent = data.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).expect("write");
+        writer.shutdown(Shutdown::Write).expect("half close");
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).expect("read to EOF");
+    w.join().expect("writer");
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "bytes differ");
+}
+
+#[test]
+fn latency_toxic_applies_to_live_connections_and_is_removable() {
+    let c = chaos(&[]);
+    let up = mock(&[]);
+    let addr = proxy(&c, "svc", up.addr, false);
+    let mut s = connect(addr);
+    let one = |s: &mut TcpStream| {
+        let t0 = Instant::now();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .expect("write");
+        assert_eq!(read_response(s).status, 200);
+        t0.elapsed()
+    };
+    assert!(one(&mut s) < Duration::from_millis(100));
+    add_toxic(
+        &c,
+        "svc",
+        r#"{"type":"latency","attributes":{"latency":200}}"#,
+    );
+    let slow = one(&mut s);
+    assert!(
+        slow >= Duration::from_millis(195) && slow < Duration::from_millis(600),
+        "{slow:?}"
+    );
+    assert_eq!(
+        api(
+            c.addr,
+            "DELETE",
+            "/proxies/svc/toxics/latency_downstream",
+            ""
+        )
+        .0,
+        204
+    );
+    assert!(one(&mut s) < Duration::from_millis(100));
+}
+
+#[test]
+fn bandwidth_toxic_caps_throughput() {
+    let c = chaos(&[]);
+    let up = echo_upstream();
+    let addr = proxy(&c, "bw", up.addr, false);
+    add_toxic(
+        &c,
+        "bw",
+        r#"{"type":"bandwidth","attributes":{"rate":100}}"#,
+    );
+    let mut s = connect(addr);
+    let t0 = Instant::now();
+    s.write_all(&[7u8; 50_000]).expect("write");
+    let mut got = vec![0u8; 50_000];
+    s.read_exact(&mut got).expect("echo");
+    let took = t0.elapsed();
+    // 50 KB at 100 KB/s is 0.5 s.
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn limit_data_closes_after_the_byte_budget() {
+    let c = chaos(&[]);
+    let up = echo_upstream();
+    let addr = proxy(&c, "lim", up.addr, false);
+    add_toxic(
+        &c,
+        "lim",
+        r#"{"type":"limit_data","attributes":{"bytes":100}}"#,
+    );
+    let mut s = connect(addr);
+    s.write_all(&[1u8; 1000]).expect("write");
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    assert_eq!(back.len(), 100);
+}
+
+#[test]
+fn reset_peer_sends_rst_after_its_timeout() {
+    let c = chaos(&[]);
+    let up = echo_upstream();
+    let addr = proxy(&c, "rst", up.addr, false);
+    add_toxic(
+        &c,
+        "rst",
+        r#"{"type":"reset_peer","attributes":{"timeout":200}}"#,
+    );
+    let mut s = connect(addr);
+    let t0 = Instant::now();
+    let mut b = [0u8; 16];
+    let err = s.read(&mut b).expect_err("reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn timeout_toxic_blackholes_then_closes() {
+    let c = chaos(&[]);
+    let up = echo_upstream();
+    let addr = proxy(&c, "bh", up.addr, false);
+    add_toxic(
+        &c,
+        "bh",
+        r#"{"type":"timeout","stream":"upstream","attributes":{"timeout":300}}"#,
+    );
+    let mut s = connect(addr);
+    let t0 = Instant::now();
+    s.write_all(b"hello").expect("write");
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    assert!(back.is_empty(), "no data passes");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn slow_close_delays_the_fin() {
+    let c = chaos(&[]);
+    let up = echo_upstream();
+    let addr = proxy(&c, "sc", up.addr, false);
+    add_toxic(
+        &c,
+        "sc",
+        r#"{"type":"slow_close","attributes":{"delay":300}}"#,
+    );
+    let mut s = connect(addr);
+    s.write_all(b"bye").expect("write");
+    s.shutdown(Shutdown::Write).expect("half close");
+    let t0 = Instant::now();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).expect("eof");
+    assert_eq!(back, b"bye");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn slicer_splits_data_with_delays_and_keeps_it_intact() {
+    let c = chaos(&[]);
+    let up = echo_upstream();
+    let addr = proxy(&c, "sl", up.addr, false);
+    add_toxic(
+        &c,
+        "sl",
+        r#"{"type":"slicer","attributes":{"average_size":10,"size_variation":5,"delay":2000}}"#,
+    );
+    let mut s = connect(addr);
+    let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let t0 = Instant::now();
+    s.write_all(&data).expect("write");
+    let mut back = vec![0u8; 1000];
+    s.read_exact(&mut back).expect("read");
+    assert_eq!(back, data);
+    // About 100 slices 2 ms apart.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(120),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn conn_rate_limit_stalls_like_dropped_syns_then_resets_after_max_stall() {
+    let c = chaos(&[]);
+    let up = mock(&[]);
+    let addr = proxy(&c, "nat", up.addr, false);
+    add_toxic(
+        &c,
+        "nat",
+        r#"{"type":"conn_rate_limit","attributes":{"rate":1,"burst":1}}"#,
+    );
+    let (r, first) = timed_get(addr, "/a");
+    assert_eq!(r.status, 200);
+    assert!(first < Duration::from_millis(300), "{first:?}");
+    // The bucket is empty: the next connection gets nothing through for 1 s (first SYN
+    // retransmission), then the token that refilled meanwhile lets it pass.
+    let (r, second) = timed_get(addr, "/b");
+    assert_eq!(r.status, 200);
+    assert!(
+        second >= Duration::from_millis(900) && second < Duration::from_millis(2500),
+        "{second:?}"
+    );
+
+    assert_eq!(
+        api(
+            c.addr,
+            "POST",
+            "/proxies/nat/toxics/conn_rate_limit_downstream",
+            r#"{"attributes":{"rate":1,"burst":1,"max_stall":400}}"#
+        )
+        .0,
+        200
+    );
+    // The bucket is still empty from /b: this connection is over the rate.
+    let mut s = connect(addr);
+    let t0 = Instant::now();
+    s.write_all(b"GET /c HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("write");
+    let mut b = [0u8; 64];
+    let err = s.read(&mut b).expect_err("reset after max_stall");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn loss_stalls_chunks_like_retransmissions() {
+    let c = chaos(&[]);
+    let up = mock(&[]);
+    let addr = proxy(&c, "lossy", up.addr, false);
+    add_toxic(
+        &c,
+        "lossy",
+        r#"{"type":"loss","attributes":{"probability":1.0,"stall":300}}"#,
+    );
+    let (r, took) = timed_get(addr, "/lossy");
+    assert_eq!(r.status, 200);
+    // Both the request chunk (upstream) and... only the downstream toxic: one stall.
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn cc_defense_answers_302_without_reaching_the_upstream() {
+    let c = chaos(&[]);
+    let up = mock(&[]);
+    let addr = proxy(&c, "cc", up.addr, true);
+    add_toxic(
+        &c,
+        "cc",
+        r#"{"type":"cc_defense","attributes":{"max_rps_per_client":1,"location":"https://captcha.example/"}}"#,
+    );
+    let mut s = connect(addr);
+    let mut redirected = 0;
+    let mut passed = 0;
+    for i in 0..4 {
+        write!(s, "GET /r{i} HTTP/1.1\r\nhost: t\r\n\r\n").expect("write");
+        let r = read_response(&mut s);
+        match r.status {
+            302 => {
+                assert_eq!(r.header("location"), Some("https://captcha.example/"));
+                redirected += 1;
+            }
+            200 => passed += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(redirected >= 2, "{redirected} redirected");
+    // A last request after the toxic is gone, on the same connection: once the upstream
+    // logged it, it has logged everything that reached it before.
+    assert_eq!(
+        api(
+            c.addr,
+            "DELETE",
+            "/proxies/cc/toxics/cc_defense_downstream",
+            ""
+        )
+        .0,
+        204
+    );
+    s.write_all(b"GET /final HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut s).status, 200);
+    up.wait_json(Duration::from_secs(5), "final request", |v| {
+        v["path"] == "/final"
+    });
+    assert_eq!(
+        up.json_lines().len(),
+        passed + 1,
+        "only the requests that passed reached the upstream"
+    );
+}
+
+#[test]
+fn abort_answers_the_status_in_place_of_the_upstream() {
+    let c = chaos(&[]);
+    let up = mock(&[]);
+    let addr = proxy(&c, "ab", up.addr, true);
+    add_toxic(
+        &c,
+        "ab",
+        r#"{"type":"abort","attributes":{"status":503,"probability":1.0}}"#,
+    );
+    let r = get(addr, "/x", "");
+    assert_eq!(
+        (r.status, r.header("x-hopline-chaos")),
+        (503, Some("injected"))
+    );
+    assert_eq!(
+        api(c.addr, "DELETE", "/proxies/ab/toxics/abort_downstream", "").0,
+        204
+    );
+    assert_eq!(get(addr, "/y", "").status, 200);
+    assert_eq!(up.json_lines().len(), 1);
+}
+
+#[test]
+fn config_file_starts_proxies_and_bad_files_name_the_line() {
+    let up = mock(&[]);
+    let path = temp_file(
+        "chaos.toml",
+        &format!("seed = 3\n[[proxies]]\nname = \"coupon_nat\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[[proxies.toxics]]\ntype = \"latency\"\nattributes = {{ latency = 100 }}\n", up.addr),
+    );
+    let c = Proc::spawn(&[
+        "chaos",
+        "-c",
+        path.to_str().expect("utf8"),
+        "--api",
+        "127.0.0.1:0",
+    ]);
+    c.stderr.wait_for(Duration::from_secs(5), "seed line", |l| {
+        l.contains("seed 3")
+    });
+    let (_, p) = api(c.addr, "GET", "/proxies/coupon_nat", "");
+    let addr: std::net::SocketAddr = p["listen"].as_str().expect("listen").parse().expect("addr");
+    let (r, took) = timed_get(addr, "/");
+    assert_eq!(r.status, 200);
+    assert!(took >= Duration::from_millis(95), "{took:?}");
+
+    let bad = temp_file("bad-chaos.toml", "[[proxies]]\nname = \"x\"\nupstream = \"127.0.0.1:1\"\n[[proxies.toxics]]\ntype = \"latency\"\nattributes = { latency = -5 }\n");
+    let out = std::process::Command::new(bin())
+        .args(["chaos", "-c", bad.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:5:1: key `proxies[0].toxics[0]`",
+            bad.display()
+        )),
+        "{err}"
+    );
+}
