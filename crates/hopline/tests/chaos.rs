@@ -442,7 +442,8 @@ fn abort_answers_the_status_in_place_of_the_upstream() {
         204
     );
     assert_eq!(get(addr, "/y", "").status, 200);
-    assert_eq!(up.json_lines().len(), 1);
+    up.wait_json(Duration::from_secs(5), "the passed request", |v| v["path"] == "/y");
+    assert_eq!(up.json_lines().len(), 1, "the aborted request never reached the upstream");
 }
 
 #[test]

@@ -429,6 +429,8 @@ fn keep_alive_connections_to_the_upstream_are_reused() {
         write!(c, "GET /ka{i} HTTP/1.1\r\nhost: t\r\n\r\n").expect("write");
         assert_eq!(read_response(&mut c).status, 200);
     }
+    // The mock logs after answering: wait for the last line before counting.
+    up.wait_json(LOG_WAIT, "last mock line", |v| v["path"] == "/ka4");
     let lines = up.json_lines();
     let ports: std::collections::HashSet<_> = lines
         .iter()
