@@ -87,19 +87,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; 128 * 1024];
     let mut sent: u64 = 0;
+    // The toxics acting on this direction of this connection; recomputed only when the
+    // proxy's list changes, so an untoxic pump costs one read and one write per chunk.
+    let mut active: Vec<Toxic> = Vec::new();
+    let mut dirty = true;
     loop {
-        let list = rx.borrow_and_update().clone();
-        let mine: Vec<&Toxic> = list
-            .iter()
-            .filter(|t| t.stream == dir && !t.kind.is_http())
-            .collect();
-        let mut active = Vec::with_capacity(mine.len());
-        for t in mine {
-            if dice.active(t) {
-                active.push(t);
-            }
+        if dirty {
+            let list = rx.borrow_and_update().clone();
+            active = list
+                .iter()
+                .filter(|t| t.stream == dir && !t.kind.is_http() && dice.active(t))
+                .cloned()
+                .collect();
+            dirty = false;
         }
         if let Some(t) = active
             .iter()
@@ -111,10 +113,14 @@ where
             let since = dice.since(t);
             if timeout == 0 {
                 changed(&mut rx).await;
+                dirty = true;
                 continue;
             }
             tokio::select! {
-                _ = changed(&mut rx) => continue,
+                _ = changed(&mut rx) => {
+                dirty = true;
+                continue;
+            }
                 _ = sleep_until(since + Duration::from_millis(timeout)) => return End::Close,
             }
         }
@@ -133,7 +139,10 @@ where
         let read = tokio::select! {
             biased;
             _ = sleep_until(reset_at.unwrap_or_else(Instant::now)), if reset_at.is_some() => return End::Reset,
-            _ = changed(&mut rx) => continue,
+            _ = changed(&mut rx) => {
+                dirty = true;
+                continue;
+            }
             r = src.read(&mut buf) => r,
         };
         let n = match read {

@@ -442,8 +442,14 @@ fn abort_answers_the_status_in_place_of_the_upstream() {
         204
     );
     assert_eq!(get(addr, "/y", "").status, 200);
-    up.wait_json(Duration::from_secs(5), "the passed request", |v| v["path"] == "/y");
-    assert_eq!(up.json_lines().len(), 1, "the aborted request never reached the upstream");
+    up.wait_json(Duration::from_secs(5), "the passed request", |v| {
+        v["path"] == "/y"
+    });
+    assert_eq!(
+        up.json_lines().len(),
+        1,
+        "the aborted request never reached the upstream"
+    );
 }
 
 #[test]
@@ -483,4 +489,28 @@ fn config_file_starts_proxies_and_bad_files_name_the_line() {
         )),
         "{err}"
     );
+}
+
+/// Needs PyPI's `toxiproxy-python==0.1.1` (installed by `.ci/run`); run with `--ignored`.
+#[test]
+#[ignore = "needs the third-party Python client toxiproxy-python (installed by .ci/run)"]
+fn third_party_toxiproxy_python_client_drives_the_api() {
+    let c = chaos(&[]);
+    let up = mock(&[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/third_party/toxiproxy_python.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(c.addr.port().to_string())
+        .arg(up.addr.to_string())
+        .output()
+        .expect("python3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all checks passed"), "{text}");
 }
