@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use hopline_config::json::table_json;
 use hopline_config::Location;
-use serde_json::{Map, Value};
 use toml_edit::{ImDocument, Item, TableLike};
 
 use crate::registry::ProxySpec;
@@ -30,36 +30,6 @@ pub struct FileError {
     pub path: PathBuf,
     /// `line:col: key `k`: message` entries.
     pub problems: Vec<String>,
-}
-
-fn json_of(item: &Item) -> Value {
-    match item {
-        Item::None => Value::Null,
-        Item::Value(v) => value_json(v),
-        Item::Table(t) => table_json(t),
-        Item::ArrayOfTables(a) => Value::Array(a.iter().map(|t| table_json(t)).collect()),
-    }
-}
-
-fn table_json(t: &dyn TableLike) -> Value {
-    let mut m = Map::new();
-    for (k, v) in t.iter() {
-        m.insert(k.to_string(), json_of(v));
-    }
-    Value::Object(m)
-}
-
-fn value_json(v: &toml_edit::Value) -> Value {
-    use toml_edit::Value as V;
-    match v {
-        V::String(s) => Value::String(s.value().clone()),
-        V::Integer(i) => Value::from(*i.value()),
-        V::Float(f) => Value::from(*f.value()),
-        V::Boolean(b) => Value::Bool(*b.value()),
-        V::Datetime(d) => Value::String(d.value().to_string()),
-        V::Array(a) => Value::Array(a.iter().map(value_json).collect()),
-        V::InlineTable(t) => table_json(t),
-    }
 }
 
 /// Reads and validates a chaos file.

@@ -6,6 +6,7 @@
 //! only a fully valid file becomes a [`hopline_core::config::Config`].
 
 pub mod duration;
+pub mod json;
 mod reader;
 mod source;
 

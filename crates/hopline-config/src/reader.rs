@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hopline_core::config::{
-    AdminConfig, Config, DeadlineConfig, EgressConfig, FrontConfig, LogConfig, PathMatch,
-    RetryBudgetConfig, RouteConfig, ServerConfig, UpstreamConfig, Zone,
+    AdminConfig, AggregateConfig, AggregateMode, CallConfig, Config, DeadlineConfig, EgressConfig,
+    FrontConfig, LogConfig, PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig,
+    UpstreamConfig, Zone,
 };
 use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 
@@ -343,6 +344,28 @@ impl<'a> Tbl<'a> {
         out
     }
 
+    pub(crate) fn bool(&mut self, cx: &mut Cx, key: &'static str, default: bool) -> bool {
+        let Some((v, span)) = self.value(cx, key, "true or false") else {
+            return default;
+        };
+        v.as_bool().unwrap_or_else(|| {
+            cx.report(
+                span,
+                self.key_path(key),
+                ProblemKind::WrongType {
+                    expected: "true or false",
+                },
+            );
+            default
+        })
+    }
+
+    /// Any TOML value, as JSON text.
+    pub(crate) fn json(&mut self, _cx: &mut Cx, key: &'static str) -> Option<String> {
+        let (_, item) = self.get(key)?;
+        Some(crate::json::item_json(item).to_string())
+    }
+
     /// Reports every key of this table that was not read.
     pub(crate) fn finish(self, cx: &mut Cx) {
         for (name, item) in self.table.iter() {
@@ -526,26 +549,167 @@ fn route(
             None
         }
     };
-    let upstream = t.req_str(cx, "upstream").and_then(|(u, span)| {
-        if upstreams.iter().any(|x| x.name == u) {
-            Some(u.to_string())
-        } else {
+    let action = if t.table.contains_key("aggregate") {
+        if t.table.contains_key("upstream") {
+            let _ = t.str(cx, "upstream");
             cx.report(
-                span,
+                t.value_span("upstream"),
                 t.key_path("upstream"),
-                ProblemKind::UnknownUpstream(u.to_string()),
+                ProblemKind::Conflict("a route has either upstream or aggregate, not both".into()),
             );
             None
+        } else {
+            t.sub(cx, "aggregate")
+                .and_then(|a| aggregate(cx, a, upstreams))
+                .map(RouteAction::Aggregate)
         }
-    });
+    } else {
+        t.req_str(cx, "upstream")
+            .and_then(|(u, span)| known_upstream(cx, &t, "upstream", u, span, upstreams))
+            .map(|upstream| RouteAction::Proxy { upstream })
+    };
     let timeout = t.duration(cx, "timeout", default_timeout);
     t.finish(cx);
     Some(RouteConfig {
         name: name?,
         path: path?,
-        upstream: upstream?,
+        action: action?,
         timeout,
     })
+}
+
+fn known_upstream(
+    cx: &mut Cx,
+    t: &Tbl,
+    key: &str,
+    name: &str,
+    span: Option<Range<usize>>,
+    upstreams: &[UpstreamConfig],
+) -> Option<String> {
+    if upstreams.iter().any(|x| x.name == name) {
+        Some(name.to_string())
+    } else {
+        cx.report(
+            span,
+            t.key_path(key),
+            ProblemKind::UnknownUpstream(name.to_string()),
+        );
+        None
+    }
+}
+
+fn aggregate(cx: &mut Cx, mut t: Tbl, upstreams: &[UpstreamConfig]) -> Option<AggregateConfig> {
+    let mode = match t.str(cx, "mode") {
+        None | Some(("parallel", _)) => AggregateMode::Parallel,
+        Some(("sequential", _)) => AggregateMode::Sequential,
+        Some((other, span)) => {
+            cx.report(
+                span,
+                t.key_path("mode"),
+                ProblemKind::Invalid(format!("{other:?} is not \"parallel\" or \"sequential\"")),
+            );
+            AggregateMode::Parallel
+        }
+    };
+    let present = t.table.contains_key("calls");
+    let tables = t.array(cx, "calls");
+    if tables.is_empty() && !present {
+        cx.report(t.span(), t.key_path("calls"), ProblemKind::Missing);
+    }
+    let mut calls: Vec<CallConfig> = Vec::new();
+    let mut ok = true;
+    for mut c in tables {
+        let name = c.req_str(cx, "name").map(|(n, _)| n.to_string());
+        if let Some(n) = &name {
+            if calls.iter().any(|x| &x.name == n) {
+                cx.report(
+                    c.value_span("name"),
+                    c.key_path("name"),
+                    ProblemKind::Duplicate(n.clone()),
+                );
+            }
+        }
+        let upstream = c
+            .req_str(cx, "upstream")
+            .and_then(|(u, span)| known_upstream(cx, &c, "upstream", u, span, upstreams));
+        let path = c
+            .req_str(cx, "path")
+            .and_then(|(p, span)| match check_template(p) {
+                Ok(()) => Some(p.to_string()),
+                Err(why) => {
+                    cx.report(span, c.key_path("path"), ProblemKind::Invalid(why));
+                    None
+                }
+            });
+        let method = match c.str(cx, "method") {
+            None => "GET".to_string(),
+            Some((m, span)) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+                let _ = span;
+                m.to_string()
+            }
+            Some((m, span)) => {
+                cx.report(
+                    span,
+                    c.key_path("method"),
+                    ProblemKind::Invalid(format!("{m:?} is not an upper-case HTTP method")),
+                );
+                "GET".to_string()
+            }
+        };
+        let forward_query = c.bool(cx, "forward_query", false);
+        let forward_headers = c
+            .str_list(cx, "forward_headers")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .collect();
+        let fallback = c.json(cx, "fallback").unwrap_or_else(|| "null".to_string());
+        let required = c.bool(cx, "required", false);
+        let timeout = c.opt_duration(cx, "timeout");
+        c.finish(cx);
+        match (name, upstream, path) {
+            (Some(name), Some(upstream), Some(path)) => calls.push(CallConfig {
+                name,
+                upstream,
+                path,
+                method,
+                forward_query,
+                forward_headers,
+                fallback,
+                required,
+                timeout,
+            }),
+            _ => ok = false,
+        }
+    }
+    t.finish(cx);
+    (ok && !calls.is_empty()).then_some(AggregateConfig { mode, calls })
+}
+
+/// Checks a call path: starts with '/', placeholders are `{query.NAME}` or `{header.NAME}`.
+fn check_template(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    let mut rest = p;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or("unclosed '{' in path")?;
+        let inner = &after[..close];
+        let ok = inner
+            .split_once('.')
+            .is_some_and(|(kind, name)| matches!(kind, "query" | "header") && !name.is_empty());
+        if !ok {
+            return Err(format!(
+                "placeholder {{{inner}}} must be {{query.NAME}} or {{header.NAME}}"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("unmatched '}' in path".into());
+    }
+    Ok(())
 }
 
 /// Builds the config, or returns every problem found.

@@ -183,10 +183,83 @@ pub struct RouteConfig {
     pub name: String,
     /// Path match.
     pub path: PathMatch,
-    /// Upstream name (validated to exist).
-    pub upstream: String,
+    /// What the route does.
+    pub action: RouteAction,
     /// Route deadline. Default `deadline.default`.
     pub timeout: Duration,
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteAction {
+    /// `upstream = "NAME"`: proxy to it.
+    Proxy {
+        /// Upstream name (validated to exist).
+        upstream: String,
+    },
+    /// `aggregate.*`: fan out to several calls and answer one JSON object.
+    Aggregate(AggregateConfig),
+}
+
+/// `aggregate.mode` and `[[routes.aggregate.calls]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateConfig {
+    /// Parallel (default) or sequential.
+    pub mode: AggregateMode,
+    /// The calls, in order.
+    pub calls: Vec<CallConfig>,
+}
+
+/// How an aggregate route runs its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateMode {
+    /// All at once; the route takes as long as the slowest call.
+    Parallel,
+    /// One after another, each with `min(its timeout, time left)`.
+    Sequential,
+}
+
+impl AggregateMode {
+    /// `parallel` or `sequential`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AggregateMode::Parallel => "parallel",
+            AggregateMode::Sequential => "sequential",
+        }
+    }
+}
+
+/// One call of an aggregate route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallConfig {
+    /// Key of its result in the response object.
+    pub name: String,
+    /// Upstream name (validated to exist).
+    pub upstream: String,
+    /// Path, with `{query.NAME}` / `{header.NAME}` placeholders (validated).
+    pub path: String,
+    /// Method. Default `GET`.
+    pub method: String,
+    /// Append the client's query string. Default false.
+    pub forward_query: bool,
+    /// Client headers copied to the call.
+    pub forward_headers: Vec<String>,
+    /// JSON text served when the call fails. Default `null`.
+    pub fallback: String,
+    /// A failure fails the whole request instead of falling back. Default false.
+    pub required: bool,
+    /// The call's own timeout, capped by the time left. Default: the time left.
+    pub timeout: Option<Duration>,
+}
+
+impl RouteConfig {
+    /// The upstreams this route calls.
+    pub fn upstreams(&self) -> Vec<&str> {
+        match &self.action {
+            RouteAction::Proxy { upstream } => vec![upstream.as_str()],
+            RouteAction::Aggregate(a) => a.calls.iter().map(|c| c.upstream.as_str()).collect(),
+        }
+    }
 }
 
 impl Config {

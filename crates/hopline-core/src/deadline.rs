@@ -11,6 +11,8 @@ pub enum DeadlineSource {
     Caller,
     /// The global cap `deadline.max`.
     Max,
+    /// An aggregate call's own `timeout`, shorter than the time the request had left.
+    Call,
 }
 
 /// A point in time after which no work for a request may continue.
@@ -63,6 +65,22 @@ impl Deadline {
             start,
             at: start + budget,
             source: DeadlineSource::Route,
+        }
+    }
+
+    /// A sub-deadline for one call: `min(now + limit, self)`. Never later than `self`.
+    pub fn narrowed(&self, now: Instant, limit: Option<Duration>) -> Deadline {
+        match limit {
+            Some(l) if now + l < self.at => Deadline {
+                start: now,
+                at: now + l,
+                source: DeadlineSource::Call,
+            },
+            _ => Deadline {
+                start: now,
+                at: self.at.max(now),
+                source: self.source,
+            },
         }
     }
 

@@ -66,6 +66,8 @@ pub enum TimeoutSource {
     AttemptTimeout,
     /// The upstream's `connect_timeout`.
     ConnectTimeout,
+    /// An aggregate call's own `timeout`.
+    CallTimeout,
 }
 
 impl TimeoutSource {
@@ -75,6 +77,7 @@ impl TimeoutSource {
             TimeoutSource::Deadline => "request deadline",
             TimeoutSource::AttemptTimeout => "upstream timeout",
             TimeoutSource::ConnectTimeout => "connect_timeout",
+            TimeoutSource::CallTimeout => "call timeout",
         }
     }
 }
@@ -308,6 +311,14 @@ pub enum ProxyError {
     /// An upstream exchange failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A required aggregate call answered something unusable (non-2xx, not JSON).
+    #[error("required call {call} failed: {detail}")]
+    BadCallResponse {
+        /// The call.
+        call: String,
+        /// What it answered.
+        detail: String,
+    },
     /// The gateway was shutting down and `drain_timeout` ran out.
     #[error("gateway shutting down: drain_timeout {} elapsed with the request in flight", Human(*drain))]
     Shutdown {
@@ -358,6 +369,7 @@ impl ProxyError {
             ProxyError::Overflow(_) => (503, UpstreamOverflow, Side::Internal),
             ProxyError::DeadlineSpent { .. } => (504, UpstreamTimeout, Side::Internal),
             ProxyError::Shutdown { .. } => (503, Shutdown, Side::Internal),
+            ProxyError::BadCallResponse { .. } => (502, UpstreamProtocolError, Side::Upstream),
             ProxyError::Upstream(e) => {
                 let (status, flag) = match &e.kind {
                     UpstreamErrorKind::ConnectTimeout { .. } => (504, UpstreamConnectFailure),

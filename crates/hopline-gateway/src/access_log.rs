@@ -54,6 +54,8 @@ pub struct AccessRecord {
     pub degraded: Vec<String>,
     /// Bytes of response body sent.
     pub bytes_sent: u64,
+    /// Aggregate routes: one record per call.
+    pub calls: Vec<crate::aggregate::CallRecord>,
 }
 
 impl AccessRecord {
@@ -116,7 +118,38 @@ impl AccessRecord {
             }
             json_str(&mut s, d);
         }
-        let _ = write!(s, "],\"bytes_sent\":{}}}", self.bytes_sent);
+        let _ = write!(s, "],\"bytes_sent\":{}", self.bytes_sent);
+        if !self.calls.is_empty() {
+            s.push_str(",\"calls\":[");
+            for (i, c) in self.calls.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str("{\"name\":");
+                json_str(&mut s, &c.name);
+                s.push_str(",\"upstream\":");
+                json_str(&mut s, &c.upstream);
+                s.push_str(",\"zone\":");
+                json_str(&mut s, c.zone);
+                match c.status {
+                    Some(st) => {
+                        let _ = write!(s, ",\"status\":{st}");
+                    }
+                    None => s.push_str(",\"status\":null"),
+                }
+                s.push_str(",\"cause\":");
+                json_opt(&mut s, c.cause.as_deref());
+                let _ = write!(
+                    s,
+                    ",\"fallback\":{},\"attempts\":{},\"duration_ms\":{:.3}}}",
+                    c.fallback,
+                    c.attempts,
+                    c.duration.as_secs_f64() * 1000.0
+                );
+            }
+            s.push(']');
+        }
+        s.push('}');
         s.push('\n');
         s
     }

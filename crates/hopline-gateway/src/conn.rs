@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
-use hopline_core::{Deadline, Phase, ProxyError};
+use hopline_core::{Deadline, Flag, Phase, ProxyError};
 use hopline_h1::head::{put_decimal, put_header, strip_hop_by_hop};
 use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, watch_gone};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, HeadError, ParseError, RequestHead, Version};
@@ -22,6 +22,8 @@ use tokio::sync::watch;
 use tokio::time::timeout_at;
 
 use crate::access_log::AccessRecord;
+use crate::aggregate::{self, CallRecord, CallState, CallsCell};
+use crate::gateway::Action;
 use crate::gateway::Gateway;
 use crate::proxy::{proxy, Forward, Outcome, Progress, ProgressCell};
 use crate::response::{error_response, CONTINUE};
@@ -229,9 +231,11 @@ async fn handle(
         return finish(rec, if close { Next::Close } else { Next::KeepAlive });
     };
     rec.route = route.name.to_string();
-    let up = &gw.upstreams[route.upstream];
-    rec.upstream = Some(up.name.to_string());
-    rec.zone = Some(up.zone().as_str());
+    if let Action::Proxy { upstream } = route.action {
+        let up = &gw.upstreams[upstream];
+        rec.upstream = Some(up.name.to_string());
+        rec.zone = Some(up.zone().as_str());
+    }
 
     // The body is buffered before proxying (as nginx does by default): retries can resend
     // it, and a slow uploader never holds an upstream connection.
@@ -265,25 +269,53 @@ async fn handle(
     let deadline = Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max);
     rec.deadline = Some(deadline.budget());
 
-    let fwd = forward(
-        gw,
-        &mut head,
-        body,
-        &rec.request_id,
-        peer,
-        keep_alive,
-        route.upstream,
-    );
     let progress = ProgressCell::default();
+    let calls = CallsCell::default();
     let ended = {
         let (mut rd, mut wr) = stream.split();
+        let work = async {
+            match &route.action {
+                Action::Proxy { upstream } => {
+                    let fwd = forward(
+                        gw,
+                        &mut head,
+                        body,
+                        &rec.request_id,
+                        peer,
+                        keep_alive,
+                        *upstream,
+                    );
+                    proxy(gw, *upstream, &fwd, deadline, &progress, &mut wr).await
+                }
+                Action::Aggregate(agg) => {
+                    aggregate::run(
+                        gw,
+                        agg,
+                        &head,
+                        &rec.request_id,
+                        deadline,
+                        keep_alive,
+                        &progress,
+                        &calls,
+                        &mut wr,
+                    )
+                    .await
+                }
+            }
+        };
         tokio::select! {
             biased;
             gone = watch_gone(&mut rd, buf, cfg.max_header_bytes) => Ended::ClientGone(gone),
             _ = raised(&mut signals.kill) => Ended::Killed,
-            o = proxy(gw, route.upstream, &fwd, deadline, &progress, &mut wr) => Ended::Done(o),
+            o = work => Ended::Done(o),
         }
     };
+    let calls = calls.into_inner();
+    rec.degraded = calls
+        .iter()
+        .filter(|c| c.fallback)
+        .map(|c| c.name.to_string())
+        .collect();
     let p = progress.into_inner();
     rec.attempts = p.attempts;
     rec.endpoint = p.endpoint.map(|e| e.to_string());
@@ -291,9 +323,22 @@ async fn handle(
     rec.bytes_sent = p.bytes_sent;
     match ended {
         Ended::ClientGone(source) => {
+            let waiting = if calls.is_empty() {
+                waiting_on(gw, &p)
+            } else {
+                calls_waiting(&calls)
+            };
+            rec.calls = calls;
+            for c in rec.calls.iter_mut().filter(|c| c.state != CallState::Done) {
+                c.cause = Some(match c.state {
+                    CallState::Pending => "not started: client gone".into(),
+                    _ => "aborted: client gone".into(),
+                });
+            }
+            rec.degraded.clear();
             let err = ProxyError::ClientGone {
                 elapsed: arrival.elapsed(),
-                waiting_on: waiting_on(gw, &p),
+                waiting_on: waiting,
                 source,
             };
             record_error(&mut rec, &err);
@@ -312,6 +357,10 @@ async fn handle(
         }
         Ended::Done(Outcome { error: None, close }) => {
             rec.status = p.upstream_status.unwrap_or(0);
+            if !rec.degraded.is_empty() {
+                rec.flags.push(Flag::Degraded.code());
+            }
+            rec.calls = calls;
             finish(
                 rec,
                 if close || !keep_alive {
@@ -339,6 +388,23 @@ async fn handle(
             }
         }
     }
+}
+
+/// What a cancelled aggregate request was waiting on, e.g. `calls coupons (running), coin (not started)`.
+fn calls_waiting(calls: &[CallRecord]) -> Option<String> {
+    let open: Vec<String> = calls
+        .iter()
+        .filter(|c| c.state != CallState::Done)
+        .map(|c| {
+            let state = if c.state == CallState::Running {
+                "running"
+            } else {
+                "not started"
+            };
+            format!("{} -> {} ({}) {state}", c.name, c.upstream, c.zone)
+        })
+        .collect();
+    (!open.is_empty()).then(|| format!("calls {}", open.join(", ")))
 }
 
 /// What a cancelled request was waiting on, e.g. `upstream coupon 127.0.0.1:9001 (egress) response headers`.

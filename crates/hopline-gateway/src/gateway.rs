@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hopline_core::config::{Config, PathMatch};
+use hopline_core::config::{AggregateMode, CallConfig, Config, PathMatch, RouteAction};
 
 use crate::access_log::AccessLog;
 use crate::limits::{InFlight, RateLimit};
@@ -20,10 +20,42 @@ pub struct Route {
     pub name: Arc<str>,
     /// Path match.
     pub path: PathMatch,
-    /// Index into [`Gateway::upstreams`].
-    pub upstream: usize,
+    /// What it does.
+    pub action: Action,
     /// Route deadline.
     pub timeout: Duration,
+}
+
+/// A route's action, with upstream names resolved to indexes into [`Gateway::upstreams`].
+#[derive(Debug)]
+pub enum Action {
+    /// Proxy to one upstream.
+    Proxy {
+        /// Upstream index.
+        upstream: usize,
+    },
+    /// Fan out to several calls.
+    Aggregate(Aggregate),
+}
+
+/// A ready-to-run aggregate route.
+#[derive(Debug)]
+pub struct Aggregate {
+    /// Parallel or sequential.
+    pub mode: AggregateMode,
+    /// The calls.
+    pub calls: Vec<Call>,
+}
+
+/// One call of an aggregate route.
+#[derive(Debug)]
+pub struct Call {
+    /// Result key.
+    pub name: Arc<str>,
+    /// Upstream index.
+    pub upstream: usize,
+    /// Its config (path template, method, headers, fallback, timeout).
+    pub config: CallConfig,
 }
 
 /// Why the gateway could not be built from a valid config.
@@ -66,14 +98,32 @@ impl Gateway {
         let routes = config
             .routes
             .iter()
-            .map(|r| Route {
-                name: r.name.as_str().into(),
-                path: r.path.clone(),
-                upstream: upstreams
-                    .iter()
-                    .position(|u| *u.name == *r.upstream)
-                    .unwrap_or(0),
-                timeout: r.timeout,
+            .map(|r| {
+                let index =
+                    |name: &str| upstreams.iter().position(|u| *u.name == *name).unwrap_or(0);
+                let action = match &r.action {
+                    RouteAction::Proxy { upstream } => Action::Proxy {
+                        upstream: index(upstream),
+                    },
+                    RouteAction::Aggregate(a) => Action::Aggregate(Aggregate {
+                        mode: a.mode,
+                        calls: a
+                            .calls
+                            .iter()
+                            .map(|c| Call {
+                                name: c.name.as_str().into(),
+                                upstream: index(&c.upstream),
+                                config: c.clone(),
+                            })
+                            .collect(),
+                    }),
+                };
+                Route {
+                    name: r.name.as_str().into(),
+                    path: r.path.clone(),
+                    action,
+                    timeout: r.timeout,
+                }
             })
             .collect();
         let egress = Egress {

@@ -6,6 +6,7 @@
 //! charted in `docs/architecture.md`.
 
 pub mod access_log;
+pub mod aggregate;
 pub mod conn;
 pub mod gateway;
 pub mod limits;

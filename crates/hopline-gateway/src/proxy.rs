@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::Zone;
-use hopline_core::{Deadline, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
+use hopline_core::{
+    Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind,
+};
 use hopline_h1::body::{encode_chunk, LAST_CHUNK};
 use hopline_h1::head::{put_decimal, put_header, strip_hop_by_hop};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
@@ -20,6 +22,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout_at;
 
 use crate::gateway::Gateway;
+use crate::limits::InFlightGuard;
 use crate::upstream::{millis_at_least_one, ClientConn, Upstream};
 
 /// The request as it will be sent upstream, rendered once for all attempts.
@@ -105,24 +108,59 @@ pub async fn proxy<W: AsyncWrite + Unpin>(
     progress: &ProgressCell,
     client: &mut W,
 ) -> Outcome {
+    match open(gw, up_index, req, &deadline, progress).await {
+        Ok(opened) => {
+            stream_response(
+                gw,
+                &gw.upstreams[up_index],
+                opened,
+                req,
+                &deadline,
+                progress,
+                client,
+            )
+            .await
+        }
+        Err(e) => Outcome::fail(e),
+    }
+}
+
+/// An upstream exchange whose response head has arrived; holds its limit slots until
+/// the body is done.
+#[derive(Debug)]
+pub struct Opened {
+    head: ResponseHead,
+    conn: ClientConn,
+    until: Instant,
+    by_deadline: bool,
+    _slot: InFlightGuard,
+    _egress_slot: Option<InFlightGuard>,
+}
+
+/// Takes the limit slots, then attempts the exchange (retrying only where safe) until a
+/// response head arrives, within `deadline`.
+pub async fn open(
+    gw: &Gateway,
+    up_index: usize,
+    req: &Forward,
+    deadline: &Deadline,
+    progress: &ProgressCell,
+) -> Result<Opened, ProxyError> {
     let up = &gw.upstreams[up_index];
     progress.update(|p| p.upstream = Some(up_index));
     up.budget.deposit();
-    let Some(_slot) = up.in_flight.try_acquire() else {
-        return Outcome::fail(ProxyError::Overflow(Overflow::UpstreamInFlight {
+    let slot = up.in_flight.try_acquire().ok_or_else(|| {
+        ProxyError::Overflow(Overflow::UpstreamInFlight {
             upstream: up.name.clone(),
             limit: up.in_flight.limit(),
-        }));
-    };
-    let _egress_slot = match (&gw.egress.in_flight, up.zone()) {
-        (Some(limit), Zone::Egress) => match limit.try_acquire() {
-            Some(g) => Some(g),
-            None => {
-                return Outcome::fail(ProxyError::Overflow(Overflow::EgressInFlight {
-                    limit: limit.limit(),
-                }))
-            }
-        },
+        })
+    })?;
+    let egress_slot = match (&gw.egress.in_flight, up.zone()) {
+        (Some(limit), Zone::Egress) => Some(limit.try_acquire().ok_or(ProxyError::Overflow(
+            Overflow::EgressInFlight {
+                limit: limit.limit(),
+            },
+        ))?),
         _ => None,
     };
 
@@ -132,7 +170,7 @@ pub async fn proxy<W: AsyncWrite + Unpin>(
     loop {
         let now = Instant::now();
         if deadline.expired(now) {
-            return Outcome::fail(last_error.unwrap_or(ProxyError::DeadlineSpent {
+            return Err(last_error.unwrap_or(ProxyError::DeadlineSpent {
                 budget: deadline.budget(),
             }));
         }
@@ -144,7 +182,7 @@ pub async fn proxy<W: AsyncWrite + Unpin>(
         });
         let conn = match up.checkout(ep) {
             Some(c) => c,
-            None => match up.connect(ep, &deadline, &gw.egress).await {
+            None => match up.connect(ep, deadline, &gw.egress).await {
                 Ok(c) => c,
                 Err(e) => {
                     let connect_failure =
@@ -154,24 +192,21 @@ pub async fn proxy<W: AsyncWrite + Unpin>(
                         last_error = Some(e);
                         continue;
                     }
-                    return Outcome::fail(e);
+                    return Err(e);
                 }
             },
         };
-        match exchange(up, conn, req, &deadline, progress).await {
+        match exchange(up, conn, req, deadline, progress).await {
             Ok((head, conn, until, by_deadline)) => {
-                return stream_response(
-                    gw,
-                    up,
+                progress.update(|p| p.upstream_status = Some(head.status));
+                return Ok(Opened {
                     head,
                     conn,
-                    req,
-                    &deadline,
-                    (until, by_deadline),
-                    progress,
-                    client,
-                )
-                .await
+                    until,
+                    by_deadline,
+                    _slot: slot,
+                    _egress_slot: egress_slot,
+                });
             }
             Err(Failed { error, stale }) => {
                 // The stale keep-alive race: the upstream closed a pooled connection just as
@@ -181,9 +216,90 @@ pub async fn proxy<W: AsyncWrite + Unpin>(
                     last_error = Some(error);
                     continue;
                 }
-                return Outcome::fail(error);
+                return Err(error);
             }
         }
+    }
+}
+
+/// Reads a whole response body (at most `max` bytes) within the attempt's limit.
+pub async fn collect(
+    up: &Upstream,
+    mut opened: Opened,
+    req: &Forward,
+    deadline: &Deadline,
+    progress: &ProgressCell,
+    max: usize,
+) -> Result<(u16, Bytes), ProxyError> {
+    let started = Instant::now();
+    let addr = opened.conn.addr;
+    let length = opened.head.body_length(req.is_head).map_err(|p| {
+        up.error(
+            addr,
+            started,
+            UpstreamErrorKind::Protocol {
+                phase: Phase::ResponseHeaders,
+                source: Box::new(p),
+            },
+        )
+    })?;
+    progress.update(|p| p.phase = Some(Phase::ResponseBody));
+    let mut decoder = BodyDecoder::new(length);
+    let mut body = BytesMut::new();
+    loop {
+        match timeout_at(opened.until.into(), opened.conn.read_body(&mut decoder)).await {
+            Err(_) => {
+                return Err(up.error(
+                    addr,
+                    started,
+                    attempt_timeout(up, deadline, opened.by_deadline, Phase::ResponseBody),
+                ))
+            }
+            Ok(Err(e)) => return Err(body_error(up, addr, started, e)),
+            Ok(Ok(Some(piece))) => {
+                if body.len() + piece.len() > max {
+                    let source = format!("response body larger than {max} bytes").into();
+                    return Err(up.error(
+                        addr,
+                        started,
+                        UpstreamErrorKind::Protocol {
+                            phase: Phase::ResponseBody,
+                            source,
+                        },
+                    ));
+                }
+                body.extend_from_slice(&piece);
+            }
+            Ok(Ok(None)) => break,
+        }
+    }
+    if opened.head.keep_alive() && length != BodyLength::UntilClose {
+        up.checkin(opened.conn);
+    }
+    Ok((opened.head.status, body.freeze()))
+}
+
+/// The timeout error of an attempt: by the deadline, or by the upstream's own timeout.
+fn attempt_timeout(
+    up: &Upstream,
+    deadline: &Deadline,
+    by_deadline: bool,
+    phase: Phase,
+) -> UpstreamErrorKind {
+    UpstreamErrorKind::Timeout {
+        phase,
+        limit: if by_deadline {
+            deadline.budget()
+        } else {
+            up.config.timeout
+        },
+        source_limit: if !by_deadline {
+            TimeoutSource::AttemptTimeout
+        } else if deadline.source() == DeadlineSource::Call {
+            TimeoutSource::CallTimeout
+        } else {
+            TimeoutSource::Deadline
+        },
     }
 }
 
@@ -266,21 +382,24 @@ async fn exchange(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn stream_response<W: AsyncWrite + Unpin>(
     gw: &Gateway,
     up: &Upstream,
-    head: ResponseHead,
-    mut conn: ClientConn,
+    opened: Opened,
     req: &Forward,
     deadline: &Deadline,
-    (until, by_deadline): (Instant, bool),
     progress: &ProgressCell,
     client: &mut W,
 ) -> Outcome {
+    let Opened {
+        head,
+        mut conn,
+        until,
+        by_deadline,
+        ..
+    } = opened;
     let started = Instant::now();
     let addr = conn.addr;
-    progress.update(|p| p.upstream_status = Some(head.status));
     let length = match head.body_length(req.is_head) {
         Ok(l) => l,
         Err(p) => {
@@ -377,19 +496,7 @@ async fn stream_response<W: AsyncWrite + Unpin>(
                 error = Some(up.error(
                     addr,
                     started,
-                    UpstreamErrorKind::Timeout {
-                        phase: Phase::ResponseBody,
-                        limit: if by_deadline {
-                            deadline.budget()
-                        } else {
-                            up.config.timeout
-                        },
-                        source_limit: if by_deadline {
-                            TimeoutSource::Deadline
-                        } else {
-                            TimeoutSource::AttemptTimeout
-                        },
-                    },
+                    attempt_timeout(up, deadline, by_deadline, Phase::ResponseBody),
                 ))
             }
             Ok(Err(e)) => error = Some(body_error(up, addr, started, e)),

@@ -1,0 +1,429 @@
+//! Aggregate routes: one request fans out to several upstream calls (in parallel or in
+//! sequence) and is answered with one JSON object keyed by call name.
+//!
+//! The incident's "benefits" endpoint done right: every call is bounded by
+//! `min(its timeout, time left)`, a failed call is served from its fallback with its own
+//! cause, calls that cannot run any more are not started, and everything runs inside the
+//! request's future, so a client that leaves cancels every call at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hopline_core::config::AggregateMode;
+use hopline_core::{Deadline, ProxyError};
+use hopline_h1::head::{put_decimal, put_header};
+use hopline_h1::RequestHead;
+use tokio::io::AsyncWrite;
+
+use crate::gateway::{Aggregate, Call, Gateway};
+use crate::proxy::{collect, open, write_client, Forward, Outcome, ProgressCell};
+
+/// Largest call response body accepted.
+const MAX_CALL_BODY: usize = 4 << 20;
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// Not started yet.
+    Pending,
+    /// In flight.
+    Running,
+    /// Finished (answered or failed).
+    Done,
+}
+
+/// One call's record, for the access log.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// Call name.
+    pub name: Arc<str>,
+    /// Upstream name.
+    pub upstream: Arc<str>,
+    /// Upstream zone.
+    pub zone: &'static str,
+    /// State.
+    pub state: CallState,
+    /// Upstream status, when it answered.
+    pub status: Option<u16>,
+    /// Why the call fell back (or failed), if it did.
+    pub cause: Option<String>,
+    /// Served from its fallback.
+    pub fallback: bool,
+    /// Time from start to end.
+    pub duration: Duration,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// The calls of one request, readable after its future was dropped.
+#[derive(Debug, Default)]
+pub struct CallsCell(Mutex<Vec<CallRecord>>);
+
+impl CallsCell {
+    fn update(&self, i: usize, f: impl FnOnce(&mut CallRecord)) {
+        if let Some(r) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
+            f(r);
+        }
+    }
+
+    /// The final records.
+    pub fn into_inner(self) -> Vec<CallRecord> {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a call did not give a usable answer.
+#[derive(Debug, thiserror::Error)]
+enum CallFailure {
+    #[error(transparent)]
+    Proxy(ProxyError),
+    #[error("upstream {upstream} answered {status}")]
+    Status { upstream: Arc<str>, status: u16 },
+    #[error("upstream {upstream} answered a body that is not JSON")]
+    NotJson {
+        upstream: Arc<str>,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("not started: {0}")]
+    NotStarted(&'static str),
+}
+
+impl CallFailure {
+    fn into_proxy_error(self, call: &str, budget: Duration) -> ProxyError {
+        match self {
+            CallFailure::Proxy(e) => e,
+            CallFailure::NotStarted(_) => ProxyError::DeadlineSpent { budget },
+            other => ProxyError::BadCallResponse {
+                call: call.to_string(),
+                detail: hopline_core::error::cause_chain(&other),
+            },
+        }
+    }
+}
+
+/// Runs an aggregate route and writes its response to `client`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<W: AsyncWrite + Unpin>(
+    gw: &Gateway,
+    agg: &Aggregate,
+    head: &RequestHead,
+    request_id: &str,
+    deadline: Deadline,
+    keep_alive: bool,
+    progress: &ProgressCell,
+    calls: &CallsCell,
+    client: &mut W,
+) -> Outcome {
+    {
+        let mut records = calls.0.lock().unwrap_or_else(|p| p.into_inner());
+        *records = agg
+            .calls
+            .iter()
+            .map(|c| CallRecord {
+                name: c.name.clone(),
+                upstream: gw.upstreams[c.upstream].name.clone(),
+                zone: gw.upstreams[c.upstream].zone().as_str(),
+                state: CallState::Pending,
+                status: None,
+                cause: None,
+                fallback: false,
+                duration: Duration::ZERO,
+                attempts: 0,
+            })
+            .collect();
+    }
+    let results: Vec<Result<Bytes, CallFailure>> = match agg.mode {
+        AggregateMode::Parallel => {
+            join_all(
+                agg.calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| one(gw, c, i, head, request_id, &deadline, calls)),
+            )
+            .await
+        }
+        AggregateMode::Sequential => {
+            let mut out = Vec::with_capacity(agg.calls.len());
+            for (i, c) in agg.calls.iter().enumerate() {
+                let r = one(gw, c, i, head, request_id, &deadline, calls).await;
+                let required_failed = r.is_err() && c.config.required;
+                out.push(r);
+                if required_failed {
+                    break;
+                }
+            }
+            out
+        }
+    };
+
+    let mut body = BytesMut::with_capacity(1024);
+    body.put_u8(b'{');
+    let mut degraded: Vec<&str> = Vec::new();
+    for (i, (call, result)) in agg.calls.iter().zip(results).enumerate() {
+        let value: Bytes = match result {
+            Ok(v) => v,
+            Err(failure) if call.config.required => {
+                return Outcome {
+                    error: Some(failure.into_proxy_error(&call.name, deadline.budget())),
+                    close: false,
+                };
+            }
+            Err(_) => {
+                degraded.push(&call.name);
+                Bytes::copy_from_slice(call.config.fallback.as_bytes())
+            }
+        };
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(
+            serde_json::Value::String(call.name.to_string())
+                .to_string()
+                .as_bytes(),
+        );
+        body.put_u8(b':');
+        body.put_slice(&value);
+    }
+    body.put_u8(b'}');
+
+    let close = !keep_alive || gw.draining();
+    let mut out = BytesMut::with_capacity(256 + body.len());
+    out.put_slice(b"HTTP/1.1 200 OK\r\n");
+    put_header(&mut out, b"content-type", b"application/json");
+    put_header(&mut out, b"x-request-id", request_id.as_bytes());
+    if !degraded.is_empty() {
+        put_header(
+            &mut out,
+            b"x-hopline-degraded",
+            degraded.join(",").as_bytes(),
+        );
+    }
+    out.put_slice(b"content-length: ");
+    put_decimal(&mut out, body.len() as u64);
+    out.put_slice(b"\r\n");
+    if close {
+        put_header(&mut out, b"connection", b"close");
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(&body);
+    progress.update(|p| {
+        p.response_started = true;
+        p.upstream_status = Some(200);
+        p.bytes_sent = body.len() as u64;
+    });
+    match write_client(gw, client, &out, &deadline).await {
+        Ok(()) => Outcome { error: None, close },
+        Err(e) => Outcome {
+            error: Some(e),
+            close: true,
+        },
+    }
+}
+
+/// One call: bounded by `min(its timeout, time left)`; its JSON body or why not.
+async fn one(
+    gw: &Gateway,
+    call: &Call,
+    i: usize,
+    head: &RequestHead,
+    request_id: &str,
+    deadline: &Deadline,
+    calls: &CallsCell,
+) -> Result<Bytes, CallFailure> {
+    let started = Instant::now();
+    let result = if deadline.expired(started) {
+        Err(CallFailure::NotStarted("deadline spent"))
+    } else {
+        calls.update(i, |r| r.state = CallState::Running);
+        let d = deadline.narrowed(started, call.config.timeout);
+        let progress = ProgressCell::default();
+        let result = attempt(gw, call, head, request_id, &d, &progress).await;
+        let p = progress.into_inner();
+        calls.update(i, |r| {
+            r.status = p.upstream_status;
+            r.attempts = p.attempts;
+        });
+        result
+    };
+    calls.update(i, |r| {
+        r.state = CallState::Done;
+        r.duration = started.elapsed();
+        if let Err(e) = &result {
+            r.cause = Some(hopline_core::error::cause_chain(e));
+            r.fallback = !call.config.required;
+        }
+    });
+    result
+}
+
+async fn attempt(
+    gw: &Gateway,
+    call: &Call,
+    head: &RequestHead,
+    request_id: &str,
+    deadline: &Deadline,
+    progress: &ProgressCell,
+) -> Result<Bytes, CallFailure> {
+    let up = &gw.upstreams[call.upstream];
+    let fwd = call_request(gw, call, head, request_id);
+    let opened = open(gw, call.upstream, &fwd, deadline, progress)
+        .await
+        .map_err(CallFailure::Proxy)?;
+    let (status, body) = collect(up, opened, &fwd, deadline, progress, MAX_CALL_BODY)
+        .await
+        .map_err(CallFailure::Proxy)?;
+    let upstream = up.name.clone();
+    if !(200..300).contains(&status) {
+        return Err(CallFailure::Status { upstream, status });
+    }
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .map_err(|source| CallFailure::NotJson { upstream, source })?;
+    Ok(body)
+}
+
+/// The request a call sends: its method and path (placeholders filled), the client's query
+/// if asked, `host`, `x-request-id` and the forwarded headers.
+fn call_request(gw: &Gateway, call: &Call, head: &RequestHead, request_id: &str) -> Forward {
+    let c = &call.config;
+    let query = head.target_str().split_once('?').map(|(_, q)| q);
+    let mut path = fill(&c.path, query, head);
+    if let (true, Some(q)) = (c.forward_query, query) {
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str(q);
+    }
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(c.method.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(path.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    let host = gw.upstreams[call.upstream]
+        .config
+        .endpoints
+        .first()
+        .map(String::as_str)
+        .unwrap_or("");
+    put_header(&mut out, b"host", host.as_bytes());
+    put_header(&mut out, b"x-request-id", request_id.as_bytes());
+    put_header(&mut out, b"accept", b"application/json");
+    for name in &c.forward_headers {
+        for v in head.headers.get_all(name) {
+            put_header(&mut out, name.as_bytes(), v);
+        }
+    }
+    if matches!(c.method.as_str(), "POST" | "PUT" | "PATCH") {
+        put_header(&mut out, b"content-length", b"0");
+    }
+    Forward {
+        head: out,
+        body: Bytes::new(),
+        idempotent: matches!(
+            c.method.as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
+        ),
+        is_head: c.method == "HEAD",
+        client_http11: true,
+        client_keep_alive: true,
+        margin: gw.config.deadline.margin,
+    }
+}
+
+/// Replaces `{query.NAME}` and `{header.NAME}` (missing values become empty).
+fn fill(template: &str, query: Option<&str>, head: &RequestHead) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        match after[..close].split_once('.') {
+            Some(("query", name)) => {
+                let v = query
+                    .into_iter()
+                    .flat_map(|q| q.split('&'))
+                    .find_map(|kv| {
+                        kv.split_once('=')
+                            .filter(|(k, _)| *k == name)
+                            .map(|(_, v)| v)
+                    })
+                    .unwrap_or("");
+                // Query values arrive percent-encoded already; keep only URL-safe bytes.
+                out.extend(
+                    v.chars()
+                        .filter(|c| c.is_ascii_graphic() && !matches!(c, '#' | '?' | '/')),
+                );
+            }
+            Some(("header", name)) => {
+                if let Some(v) = head.headers.get(name) {
+                    percent_encode(&mut out, v);
+                }
+            }
+            _ => {}
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn percent_encode(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// Polls every future in this task until all are done: no spawned work can outlive the
+/// request, and dropping the result future drops every call.
+async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (f, slot) in pending.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn placeholders_are_filled_and_encoded() {
+        let mut raw = BytesMut::from("GET /b?uid=42&x=1 HTTP/1.1\r\nX-User: a b/c\r\n\r\n");
+        let head = hopline_h1::head::parse_request(&mut raw, 4096)
+            .expect("ok")
+            .expect("head");
+        let q = Some("uid=42&x=1");
+        assert_eq!(
+            fill("/coupons/{query.uid}?u={header.x-user}", q, &head),
+            "/coupons/42?u=a%20b%2Fc"
+        );
+        assert_eq!(fill("/c/{query.missing}", q, &head), "/c/");
+    }
+}
