@@ -318,19 +318,7 @@ async fn exchange(
 ) -> Result<(ResponseHead, ClientConn, Instant, bool), Failed> {
     let started = Instant::now();
     let (until, by_deadline) = deadline.bound(started, up.config.timeout);
-    let timeout_kind = |phase| UpstreamErrorKind::Timeout {
-        phase,
-        limit: if by_deadline {
-            deadline.budget()
-        } else {
-            up.config.timeout
-        },
-        source_limit: if by_deadline {
-            TimeoutSource::Deadline
-        } else {
-            TimeoutSource::AttemptTimeout
-        },
-    };
+    let timeout_kind = |phase| attempt_timeout(up, deadline, by_deadline, phase);
     let addr = conn.addr;
     let reused = conn.reused;
     let fail = |kind, stale| Failed {

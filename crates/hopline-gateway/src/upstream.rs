@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use hopline_core::config::{UpstreamConfig, Zone};
 use hopline_core::{
-    Deadline, Overflow, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind,
+    Deadline, DeadlineSource, Overflow, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind,
 };
 use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
 use tokio::io::AsyncWriteExt;
@@ -220,10 +220,10 @@ impl Upstream {
                 } else {
                     self.config.connect_timeout
                 },
-                source_limit: if by_deadline {
-                    TimeoutSource::Deadline
-                } else {
-                    TimeoutSource::ConnectTimeout
+                source_limit: match (by_deadline, deadline.source()) {
+                    (false, _) => TimeoutSource::ConnectTimeout,
+                    (true, DeadlineSource::Call) => TimeoutSource::CallTimeout,
+                    (true, _) => TimeoutSource::Deadline,
                 },
             })),
             Ok(Err(e)) => Err(fail(UpstreamErrorKind::from_connect(e))),
