@@ -24,7 +24,7 @@ use tokio::time::timeout_at;
 use crate::access_log::AccessRecord;
 use crate::aggregate::{self, CallRecord, CallState, CallsCell};
 use crate::gateway::Action;
-use crate::gateway::Gateway;
+use crate::gateway::{Current, Gateway};
 use crate::proxy::{proxy, Forward, Outcome, Progress, ProgressCell};
 use crate::response::{error_response, CONTINUE};
 
@@ -50,17 +50,20 @@ async fn raised(rx: &mut watch::Receiver<bool>) {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve_connection(
-    gw: Arc<Gateway>,
+    current: Arc<Current>,
     mut stream: TcpStream,
     peer: SocketAddr,
     mut signals: Signals,
 ) {
     let _ = stream.set_nodelay(true);
-    let cfg = &gw.config.server;
     let accepted = Instant::now();
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
     loop {
+        // Each request runs on the config current when it starts (reloads apply to
+        // requests on existing keep-alive connections too).
+        let gw = current.load();
+        let cfg = &gw.config.server;
         if buf.is_empty() {
             let wait = if first {
                 cfg.header_read_timeout
@@ -135,7 +138,7 @@ async fn reject(gw: &Gateway, stream: &mut TcpStream, peer: SocketAddr, err: Pro
     let _ = tokio::time::timeout(gw.config.server.write_timeout, stream.write_all(&out)).await;
     let _ = stream.shutdown().await;
     record_error(&mut rec, &err);
-    gw.log.write(&rec);
+    gw.record(&rec);
 }
 
 fn record_error(rec: &mut AccessRecord, err: &ProxyError) {
@@ -200,7 +203,7 @@ async fn handle(
     };
     let finish = |mut rec: AccessRecord, next: Next| {
         rec.duration = arrival.elapsed();
-        gw.log.write(&rec);
+        gw.record(&rec);
         next
     };
     let keep_alive = head.keep_alive() && !gw.draining();

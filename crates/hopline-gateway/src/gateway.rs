@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use hopline_core::config::{AggregateMode, CallConfig, Config, PathMatch, RouteAction};
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::limits::{InFlight, RateLimit};
+use crate::metrics::Metrics;
 use crate::upstream::{Egress, ResolveError, Upstream};
 
 /// A route ready to match.
@@ -81,14 +82,42 @@ pub struct Gateway {
     /// Shared egress limits.
     pub egress: Egress,
     /// The access log.
-    pub log: AccessLog,
+    pub log: Arc<AccessLog>,
+    /// Metrics (shared across reloads).
+    pub metrics: Arc<Metrics>,
     ids: RequestIds,
-    draining: AtomicBool,
+    draining: Arc<AtomicBool>,
 }
 
 impl Gateway {
     /// Builds the runtime state: resolves endpoints, opens the access log.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
+        let log = AccessLog::open(&config.log).map_err(BuildError::AccessLog)?;
+        Self::build(
+            config,
+            Arc::new(log),
+            Arc::new(Metrics::new()),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    /// A gateway for a reloaded config: new routes, upstreams and pools; the same access
+    /// log, metrics and draining state. (`[log]` and `listen` changes need a restart.)
+    pub fn reloaded(&self, config: Config) -> Result<Gateway, BuildError> {
+        Self::build(
+            config,
+            self.log.clone(),
+            self.metrics.clone(),
+            self.draining.clone(),
+        )
+    }
+
+    fn build(
+        config: Config,
+        log: Arc<AccessLog>,
+        metrics: Arc<Metrics>,
+        draining: Arc<AtomicBool>,
+    ) -> Result<Gateway, BuildError> {
         let rb = &config.retry_budget;
         let upstreams = config
             .upstreams
@@ -138,16 +167,30 @@ impl Gateway {
                 .and_then(|e| e.max_new_connections_per_sec)
                 .map(RateLimit::new),
         };
-        let log = AccessLog::open(&config.log).map_err(BuildError::AccessLog)?;
         Ok(Gateway {
             config,
             routes,
             upstreams,
             egress,
             log,
+            metrics,
             ids: RequestIds::new(),
-            draining: AtomicBool::new(false),
+            draining,
         })
+    }
+
+    /// Writes the access log line of a finished request and counts it in the metrics.
+    pub fn record(&self, rec: &AccessRecord) {
+        self.metrics.record(rec);
+        self.log.write(rec);
+    }
+
+    /// Calls in flight per upstream, for the metrics gauge.
+    pub fn in_flight(&self) -> Vec<(String, usize)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name.to_string(), u.in_flight.current()))
+            .collect()
     }
 
     /// The first route matching `path`.
@@ -191,5 +234,27 @@ impl RequestIds {
         // Mixing with an odd constant spreads sequential counters over the whole id space.
         let mixed = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.seed;
         format!("{:016x}{:08x}", mixed, n as u32)
+    }
+}
+
+/// The gateway in force: swapped atomically by a reload; each request takes the one
+/// current when it starts and keeps it to the end.
+#[derive(Debug)]
+pub struct Current(std::sync::RwLock<Arc<Gateway>>);
+
+impl Current {
+    /// Starts with `gw`.
+    pub fn new(gw: Gateway) -> Arc<Current> {
+        Arc::new(Current(std::sync::RwLock::new(Arc::new(gw))))
+    }
+
+    /// The gateway in force now.
+    pub fn load(&self) -> Arc<Gateway> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `gw` in force for new requests.
+    pub fn store(&self, gw: Gateway) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gw);
     }
 }

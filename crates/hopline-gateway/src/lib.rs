@@ -6,10 +6,12 @@
 //! charted in `docs/architecture.md`.
 
 pub mod access_log;
+pub mod admin;
 pub mod aggregate;
 pub mod conn;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod response;
 pub mod upstream;
@@ -23,38 +25,51 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub use gateway::{BuildError, Gateway};
+pub use gateway::{BuildError, Current, Gateway};
 
 /// How long in-flight requests get, after the drain period, to write their 503 `SD`.
 const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `listener` with `config` until `shutdown` resolves, then drains.
-///
-/// Draining: stop accepting, close idle keep-alive connections, let in-flight requests
-/// finish (their responses say `connection: close`) for up to `drain_timeout`; then answer
-/// the rest 503 `SD` and close. Every request is logged exactly once; the log is flushed
-/// before returning.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BuildError> {
-    let gw = Arc::new(Gateway::new(config)?);
-    run(listener, gw, shutdown).await;
+    let current = Current::new(Gateway::new(config)?);
+    run(listener, None, current, shutdown).await;
     Ok(())
 }
 
-/// Like [`serve`], with a gateway built by the caller.
-pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-    let server = &gw.config.server;
-    let slots = Arc::new(Semaphore::new(server.max_connections));
+/// Serves `listener` (and the admin API on `admin`, if given) with the gateway in
+/// `current` — which a reload may swap meanwhile — until `shutdown` resolves.
+///
+/// Draining: stop accepting, close idle keep-alive connections, let in-flight requests
+/// finish (their responses say `connection: close`) for up to `drain_timeout`; then answer
+/// the rest 503 `SD` and close. Every request is logged exactly once; the log is flushed
+/// before returning.
+pub async fn run(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    current: Arc<Current>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let first = current.load();
+    let slots = Arc::new(Semaphore::new(first.config.server.max_connections));
     let (drain_tx, drain_rx) = watch::channel(false);
     let (kill_tx, kill_rx) = watch::channel(false);
     let signals = conn::Signals {
         drain: drain_rx,
-        kill: kill_rx,
+        kill: kill_rx.clone(),
     };
     let mut tasks = JoinSet::new();
+    let admin_task = admin.map(|l| {
+        let mut stop = kill_rx.clone();
+        let current = current.clone();
+        tokio::spawn(admin::serve(l, current, async move {
+            let _ = stop.wait_for(|v| *v).await;
+        }))
+    });
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -72,10 +87,13 @@ pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<
         };
         match accepted {
             Ok((stream, peer)) => {
-                let gw = gw.clone();
+                let current = current.clone();
                 let signals = signals.clone();
+                let metrics = current.load().metrics.clone();
+                metrics.connection(1);
                 tasks.spawn(async move {
-                    conn::serve_connection(gw, stream, peer, signals).await;
+                    conn::serve_connection(current, stream, peer, signals).await;
+                    metrics.connection(-1);
                     drop(slot);
                 });
             }
@@ -88,9 +106,10 @@ pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<
         while tasks.try_join_next().is_some() {}
     }
     drop(listener);
+    let gw = current.load();
     gw.start_draining();
     let _ = drain_tx.send(true);
-    let drained = tokio::time::timeout(server.drain_timeout, async {
+    let drained = tokio::time::timeout(gw.config.server.drain_timeout, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
@@ -102,6 +121,10 @@ pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<
         .await;
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+    }
+    let _ = kill_tx.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
     }
     gw.log.close();
 }

@@ -148,18 +148,65 @@ fn serve(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitC
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
-        let gw = std::sync::Arc::new(
-            hopline_gateway::Gateway::new(config).context("cannot start the gateway")?,
-        );
+        let admin = match &config.admin {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on admin address {}", a.listen))?,
+            ),
+            None => None,
+        };
+        let gw = hopline_gateway::Gateway::new(config).context("cannot start the gateway")?;
+        let current = hopline_gateway::Current::new(gw);
         eprintln!("hopline serve: listening on {addr}");
-        hopline_gateway::run(listener, gw, async {
+        if let Some(a) = &admin {
+            eprintln!("hopline serve: admin on {}", a.local_addr()?);
+        }
+        let reloader = tokio::spawn(reload_on_sighup(path.to_path_buf(), current.clone()));
+        hopline_gateway::run(listener, admin, current, async {
             termination().await;
             eprintln!("hopline serve: draining");
         })
         .await;
+        reloader.abort();
         eprintln!("hopline serve: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// On SIGHUP, re-reads the config: a valid one is put in force for new requests; an
+/// invalid one is reported (file:line:key) and the old one stays.
+async fn reload_on_sighup(path: PathBuf, current: std::sync::Arc<hopline_gateway::Current>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let old = current.load();
+        let result = hopline_config::load(&path).map_err(anyhow::Error::from).and_then(|config| {
+            if config.server.listen != old.config.server.listen {
+                eprintln!(
+                    "hopline serve: reload: server.listen changed to {} — needs a restart; still listening on {}",
+                    config.server.listen, old.config.server.listen
+                );
+            }
+            if config.log != old.config.log {
+                eprintln!("hopline serve: reload: [log] changed — needs a restart; the access log stays where it is");
+            }
+            old.reloaded(config).map_err(anyhow::Error::from)
+        });
+        match result {
+            Ok(gw) => {
+                current.store(gw);
+                old.metrics.reload(true);
+                eprintln!("hopline serve: reloaded {}", path.display());
+            }
+            Err(e) => {
+                old.metrics.reload(false);
+                eprintln!("hopline serve: reload failed, old config stays in force: {e:#}");
+            }
+        }
+    }
 }
 
 fn mock(listen: SocketAddr, config: hopline_mock::MockConfig) -> anyhow::Result<ExitCode> {

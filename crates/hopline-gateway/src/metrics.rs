@@ -1,0 +1,276 @@
+//! Prometheus metrics, updated from the same finished record that becomes the access log
+//! line — so counters and log agree exactly. Labels are closed sets: route, upstream and
+//! call names come from the config, statuses and flags from closed enums; never raw paths.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::access_log::AccessRecord;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: String,
+    flag: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOutcome {
+    upstream: String,
+    zone: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamZone {
+    upstream: String,
+    zone: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DegradedLabels {
+    route: String,
+    call: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// All of the gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    upstream_requests: Family<UpstreamOutcome, Counter>,
+    upstream_duration: Family<UpstreamZone, Histogram, fn() -> Histogram>,
+    upstream_in_flight: Family<UpstreamLabel, Gauge>,
+    downstream_connections: Gauge,
+    degraded: Family<DegradedLabels, Counter>,
+    cancelled: Family<RouteLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    connections: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `hopline_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hopline");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        let upstream_requests = Family::<UpstreamOutcome, Counter>::default();
+        let upstream_duration =
+            Family::<UpstreamZone, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        let upstream_in_flight = Family::<UpstreamLabel, Gauge>::default();
+        let downstream_connections = Gauge::default();
+        let degraded = Family::<DegradedLabels, Counter>::default();
+        let cancelled = Family::<RouteLabel, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by route, status and flag (one per access log line)",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request duration by route",
+            request_duration.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Upstream calls by upstream, zone and outcome",
+            upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Upstream call duration",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "upstream_in_flight",
+            "Upstream calls in flight",
+            upstream_in_flight.clone(),
+        );
+        registry.register(
+            "downstream_connections",
+            "Open client connections",
+            downstream_connections.clone(),
+        );
+        registry.register(
+            "degraded",
+            "Aggregate calls served from their fallback",
+            degraded.clone(),
+        );
+        registry.register(
+            "cancelled",
+            "Requests whose client left before the response (499)",
+            cancelled.clone(),
+        );
+        registry.register("config_reload", "Config reloads by result", reloads.clone());
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_requests,
+            upstream_duration,
+            upstream_in_flight,
+            downstream_connections,
+            degraded,
+            cancelled,
+            reloads,
+            connections: AtomicI64::new(0),
+        }
+    }
+
+    /// Counts one finished request, from its access log record.
+    pub fn record(&self, rec: &AccessRecord) {
+        let route = if rec.route.is_empty() {
+            "(none)".to_string()
+        } else {
+            rec.route.clone()
+        };
+        let flag = rec.flags.first().copied().unwrap_or("").to_string();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status: rec.status.to_string(),
+                flag: flag.clone(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
+            .observe(rec.duration.as_secs_f64());
+        if rec.status == 499 {
+            self.cancelled
+                .get_or_create(&RouteLabel {
+                    route: route.clone(),
+                })
+                .inc();
+        }
+        if rec.calls.is_empty() {
+            if let (Some(up), Some(zone)) = (&rec.upstream, rec.zone) {
+                if rec.attempts > 0 || !flag.is_empty() {
+                    let outcome = outcome(rec.upstream_status, &flag, rec.status == 499);
+                    self.upstream(up, zone, outcome, rec.duration.as_secs_f64());
+                }
+            }
+        }
+        for c in &rec.calls {
+            if c.fallback {
+                self.degraded
+                    .get_or_create(&DegradedLabels {
+                        route: route.clone(),
+                        call: c.name.to_string(),
+                    })
+                    .inc();
+            }
+            if c.attempts > 0 {
+                let cancelled = rec.status == 499 && c.state != crate::aggregate::CallState::Done;
+                let failure = if c.status.is_none() && c.cause.is_some() {
+                    "failed"
+                } else {
+                    ""
+                };
+                self.upstream(
+                    &c.upstream,
+                    c.zone,
+                    outcome(c.status, failure, cancelled),
+                    c.duration.as_secs_f64(),
+                );
+            }
+        }
+    }
+
+    fn upstream(&self, upstream: &str, zone: &str, outcome: String, secs: f64) {
+        self.upstream_requests
+            .get_or_create(&UpstreamOutcome {
+                upstream: upstream.to_string(),
+                zone: zone.to_string(),
+                outcome,
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&UpstreamZone {
+                upstream: upstream.to_string(),
+                zone: zone.to_string(),
+            })
+            .observe(secs);
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    /// A client connection opened (+1) or closed (-1).
+    pub fn connection(&self, delta: i64) {
+        self.connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The text exposition, with gauges sampled now. `in_flight` lists (upstream, calls).
+    pub fn encode(&self, in_flight: &[(String, usize)]) -> String {
+        self.downstream_connections
+            .set(self.connections.load(Ordering::Relaxed));
+        for (up, n) in in_flight {
+            self.upstream_in_flight
+                .get_or_create(&UpstreamLabel {
+                    upstream: up.clone(),
+                })
+                .set(*n as i64);
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// `2xx`..`5xx` when the upstream answered, the failure's flag when it did not,
+/// `cancelled` when the client left first.
+fn outcome(status: Option<u16>, flag: &str, cancelled: bool) -> String {
+    match (status, cancelled) {
+        (_, true) => "cancelled".into(),
+        (Some(s), false) => format!("{}xx", s / 100),
+        (None, false) if !flag.is_empty() => flag.to_string(),
+        (None, false) => "failed".into(),
+    }
+}

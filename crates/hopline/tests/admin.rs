@@ -1,0 +1,297 @@
+//! Admin API, metrics, egress zones and reload, end to end on the real binary.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn admin_addr(gw: &Proc) -> SocketAddr {
+    let line = gw
+        .stderr
+        .wait_for(WAIT, "admin line", |l| l.contains("admin on "));
+    line.rsplit("admin on ")
+        .next()
+        .expect("addr")
+        .trim()
+        .parse()
+        .expect("addr")
+}
+
+fn scrape(admin: SocketAddr) -> String {
+    let r = get(admin, "/metrics", "");
+    assert_eq!(r.status, 200);
+    r.body
+}
+
+/// The value of a sample line `name{labels} value`, with labels given in any order.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn base_config(up: SocketAddr) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.svc]\nendpoints = [\"{up}\"]\n\
+         [upstreams.dead]\nendpoints = [\"{}\"]\nmax_retries = 0\n\
+         [[routes]]\nname = \"ok\"\npath_prefix = \"/ok\"\nupstream = \"svc\"\ntimeout = \"2s\"\n\
+         [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\nupstream = \"svc\"\ntimeout = \"100ms\"\n\
+         [[routes]]\nname = \"broken\"\npath_prefix = \"/broken\"\nupstream = \"dead\"\n",
+        closed_port()
+    )
+}
+
+#[test]
+fn health_ready_and_effective_config() {
+    let up = mock(&[]);
+    let gw = gateway("", &base_config(up.addr));
+    let admin = admin_addr(&gw);
+    assert_eq!(get(admin, "/healthz", "").status, 200);
+    assert_eq!(get(admin, "/readyz", "").status, 200);
+    assert_eq!(get(admin, "/nope", "").status, 404);
+    let r = get(admin, "/config", "");
+    let cfg: Value = serde_json::from_str(&r.body).expect("json");
+    let slow = cfg["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["name"] == "slow")
+        .expect("slow")
+        .clone();
+    assert_eq!(slow["deadline_ms"], 100);
+    assert_eq!(
+        slow["proxy"]["attempt_timeout_ms"], 100,
+        "the attempt timeout is capped by the deadline"
+    );
+    assert_eq!(slow["proxy"]["connect_timeout_ms"], 100);
+    assert_eq!(cfg["server"]["idle_timeout_ms"], 75_000);
+}
+
+#[test]
+fn metrics_agree_exactly_with_the_access_log() {
+    let up = mock(&["--latency", "300ms"]);
+    let gw = gateway("", &base_config(up.addr));
+    let admin = admin_addr(&gw);
+    let mut expected = 0;
+    for i in 0..3 {
+        assert_eq!(get(gw.addr, &format!("/ok/{i}"), "").status, 200);
+        assert_eq!(get(gw.addr, &format!("/slow/{i}"), "").status, 504);
+        assert_eq!(get(gw.addr, &format!("/broken/{i}"), "").status, 502);
+        assert_eq!(get(gw.addr, &format!("/none/{i}"), "").status, 404);
+        expected += 4;
+    }
+    gw.wait_json(WAIT, "last line", |v| v["path"] == "/none/2");
+    let lines = gw.json_lines();
+    assert_eq!(lines.len(), expected);
+    let mut counts: HashMap<(String, String, String), f64> = HashMap::new();
+    for l in &lines {
+        let route = l["route"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .unwrap_or("(none)")
+            .to_string();
+        let flag = l["flags"][0].as_str().unwrap_or("").to_string();
+        *counts
+            .entry((route, l["status"].to_string(), flag))
+            .or_default() += 1.0;
+    }
+    let text = scrape(admin);
+    for ((route, status, flag), n) in &counts {
+        let got = sample(
+            &text,
+            "hopline_requests_total",
+            &[("route", route), ("status", status), ("flag", flag)],
+        );
+        assert_eq!(got, *n, "route={route} status={status} flag={flag}\n{text}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "hopline_upstream_requests_total",
+            &[("upstream", "svc"), ("outcome", "2xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "hopline_upstream_requests_total",
+            &[("upstream", "svc"), ("outcome", "UT")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "hopline_upstream_requests_total",
+            &[("upstream", "dead"), ("outcome", "UF")]
+        ),
+        3.0
+    );
+    assert!(
+        text.contains("hopline_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(!text.contains("/ok/1"), "no raw paths in labels");
+}
+
+#[test]
+#[ignore = "needs promtool from Debian's prometheus package (installed by .ci/run)"]
+fn promtool_accepts_a_live_scrape() {
+    let up = mock(&[]);
+    let gw = gateway("", &base_config(up.addr));
+    let admin = admin_addr(&gw);
+    assert_eq!(get(gw.addr, "/ok/x", "").status, 200);
+    assert_eq!(get(gw.addr, "/broken/x", "").status, 502);
+    let text = scrape(admin);
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn egress_limit_is_shared_by_all_egress_upstreams_and_zone_is_logged() {
+    let a = mock(&["--latency", "1500ms"]);
+    let b = mock(&[]);
+    let text = format!(
+        "[egress]\nmax_in_flight = 1\n\
+         [upstreams.a]\nendpoints = [\"{}\"]\nzone = \"egress\"\n\
+         [upstreams.b]\nendpoints = [\"{}\"]\nzone = \"egress\"\n\
+         [upstreams.inside]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"a\"\n\
+         [[routes]]\nname = \"b\"\npath = \"/b\"\nupstream = \"b\"\n\
+         [[routes]]\nname = \"inside\"\npath = \"/inside\"\nupstream = \"inside\"\n",
+        a.addr, b.addr, b.addr
+    );
+    let gw = gateway("", &text);
+    let addr = gw.addr;
+    let mut c = connect(addr);
+    c.write_all(b"GET /a HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("write");
+    // While /a holds the only egress slot, another egress upstream fails fast...
+    let mut r = get(addr, "/b", "");
+    let end = std::time::Instant::now() + WAIT;
+    while r.status == 200 && std::time::Instant::now() < end {
+        // /a may not have reached the gateway yet; each try is a real request.
+        r = get(addr, "/b", "");
+    }
+    assert_eq!((r.status, r.header("x-hopline-flags")), (503, Some("UO")));
+    // ...but an internal one does not share the NAT's budget.
+    assert_eq!(get(addr, "/inside", "").status, 200);
+    assert_eq!(read_response(&mut c).status, 200);
+    let line = gw.wait_json(WAIT, "503 line", |v| v["status"] == 503);
+    assert_eq!(
+        (line["zone"].clone(), line["upstream"].clone()),
+        (json!("egress"), json!("b"))
+    );
+    assert!(line["cause"]
+        .as_str()
+        .expect("cause")
+        .contains("egress max_in_flight 1 reached"));
+    let inside = gw.wait_json(WAIT, "inside line", |v| v["path"] == "/inside");
+    assert_eq!(inside["zone"], "internal");
+}
+
+#[test]
+fn sighup_reloads_valid_config_and_keeps_the_old_one_on_errors() {
+    let up = mock(&[]);
+    let path = temp_file(
+        "reload.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            base_config(up.addr)
+        ),
+    );
+    let gw = Proc::spawn(&["serve", "-c", path.to_str().expect("utf8")]);
+    let admin = admin_addr(&gw);
+    let pid = gw_pid(&gw);
+    assert_eq!(get(gw.addr, "/new", "").status, 404);
+
+    // Valid: a new route appears for new requests.
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}[[routes]]\nname = \"new\"\npath = \"/new\"\nupstream = \"svc\"\n",
+        base_config(up.addr)
+    );
+    std::fs::write(&path, text).expect("write");
+    hup(pid);
+    gw.stderr
+        .wait_for(WAIT, "reloaded", |l| l.contains("reloaded"));
+    assert_eq!(get(gw.addr, "/new", "").status, 200);
+
+    // Invalid: the error names file, line and key; the old config stays in force.
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout = \"forever\"\n",
+    )
+    .expect("write");
+    hup(pid);
+    let err = gw
+        .stderr
+        .wait_for(WAIT, "reload error", |l| l.contains("reload failed"));
+    let all = gw.stderr.all().join("\n");
+    assert!(
+        all.contains(&format!(
+            "{}:3:16: key `server.idle_timeout`",
+            path.display()
+        )),
+        "{err}\n{all}"
+    );
+    assert_eq!(get(gw.addr, "/new", "").status, 200);
+    let metrics = scrape(admin);
+    assert_eq!(
+        sample(&metrics, "hopline_config_reload_total", &[("result", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "hopline_config_reload_total",
+            &[("result", "error")]
+        ),
+        1.0
+    );
+}
+
+fn gw_pid(gw: &Proc) -> u32 {
+    gw.pid()
+}
+
+fn hup(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
