@@ -63,7 +63,7 @@ async fn connection(mut s: TcpStream, current: &Current) {
             ),
             ("GET", "/metrics") => (
                 200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                crate::metrics::CONTENT_TYPE,
                 gw.metrics.encode(&gw.in_flight()),
             ),
             (_, "/healthz" | "/readyz" | "/config" | "/metrics") => {
