@@ -1,0 +1,113 @@
+//! Latency of an aggregate route (three parallel calls) against a plain proxy route to the
+//! same kind of upstream, at a fixed request rate, through `hopline serve`.
+//!
+//! Usage: `cargo build --release && cargo run --release -p hopline-bench --bin aggregate-overhead [RATE] [SECS]`
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use hopline_bench::{save, spawn_hopline, Summary};
+
+fn run(addr: SocketAddr, path: &str, rate: u32, secs: u64) -> std::io::Result<Summary> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: b\r\n\r\n");
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let n = rate as u64 * secs;
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(n as usize);
+    let mut buf = vec![0u8; 64 * 1024];
+    for i in 0..n {
+        let due = start + interval * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        s.write_all(req.as_bytes())?;
+        // Responses are small and content-length framed: read until the body is complete.
+        let mut got = Vec::new();
+        loop {
+            let k = s.read(&mut buf)?;
+            if k == 0 {
+                return Err(std::io::Error::other("closed"));
+            }
+            got.extend_from_slice(&buf[..k]);
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    if !head.starts_with("http/1.1 200") {
+                        return Err(std::io::Error::other(head));
+                    }
+                    break;
+                }
+            }
+        }
+        // Latency from the scheduled send time (no coordinated omission).
+        lat.push(due.elapsed());
+    }
+    Ok(Summary::of(&mut lat))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rate: u32 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(500);
+    let secs: u64 = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10);
+    let mut mocks = Vec::new();
+    let mut addrs = Vec::new();
+    for body in [
+        r#"{"coupons":[1,2]}"#,
+        r#"{"coins":120}"#,
+        r#"{"sub_coins":7}"#,
+    ] {
+        let (g, a) =
+            spawn_hopline(&["mock", "--listen", "127.0.0.1:0", "--quiet", "--body", body])?;
+        mocks.push(g);
+        addrs.push(a);
+    }
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"off\"\n\
+         [upstreams.coupon]\nendpoints = [\"{}\"]\n[upstreams.coin]\nendpoints = [\"{}\"]\n[upstreams.sub_coin]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"direct\"\npath = \"/direct\"\nupstream = \"coupon\"\ntimeout = \"1s\"\n\
+         [[routes]]\nname = \"benefits\"\npath = \"/benefits\"\ntimeout = \"1s\"\naggregate.mode = \"parallel\"\n\
+         [[routes.aggregate.calls]]\nname = \"coupons\"\nupstream = \"coupon\"\npath = \"/c\"\nfallback = []\n\
+         [[routes.aggregate.calls]]\nname = \"coin\"\nupstream = \"coin\"\npath = \"/coin\"\nfallback = 0\n\
+         [[routes.aggregate.calls]]\nname = \"sub_coin\"\nupstream = \"sub_coin\"\npath = \"/sub\"\nfallback = 0\n",
+        addrs[0], addrs[1], addrs[2]
+    );
+    let path = std::env::temp_dir().join(format!("hopline-agg-bench-{}.toml", std::process::id()));
+    std::fs::write(&path, config)?;
+    let (_gw, gw) = spawn_hopline(&["serve", "-c", path.to_str().unwrap_or_default()])?;
+    // Warm up pools, then measure interleaved.
+    run(gw, "/direct", rate, 1)?;
+    run(gw, "/benefits", rate, 1)?;
+    let direct = run(gw, "/direct", rate, secs)?;
+    let agg = run(gw, "/benefits", rate, secs)?;
+    println!("aggregate route (3 parallel calls) vs plain proxy route, {rate} req/s for {secs} s each, one keep-alive client");
+    println!("{:<28} {:>9} {:>9} {:>9}", "route", "median", "p99", "max");
+    for (name, s) in [("proxy /direct", direct), ("aggregate /benefits", agg)] {
+        println!(
+            "{name:<28} {:>7.3}ms {:>7.3}ms {:>7.3}ms",
+            s.p50.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3,
+            s.max.as_secs_f64() * 1e3
+        );
+    }
+    let out = save(
+        "aggregate-overhead",
+        &serde_json::json!({"rate": rate, "secs": secs, "proxy": direct.json(), "aggregate": agg.json()}),
+    )?;
+    println!("saved {}", out.display());
+    Ok(())
+}
