@@ -110,7 +110,9 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, config: &MockConfig
                 Err(_) => return,
             }
         }
-        let cancelled = {
+        // No timer at all without latency: a zero sleep still waits for the next timer
+        // tick (about 1 ms), which would dominate every fast measurement.
+        let cancelled = !config.latency.is_zero() && {
             let (mut rd, _) = stream.split();
             tokio::select! {
                 biased;
