@@ -103,7 +103,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let agg = run(gw, "/benefits", rate, secs)?;
     println!("aggregate route (3 parallel calls) vs plain proxy route, {rate} req/s for {secs} s each, one keep-alive client");
     println!("{:<28} {:>9} {:>9} {:>9}", "route", "median", "p99", "max");
-    for (name, s) in [("mock alone (no gateway)", baseline), ("proxy /direct", direct), ("aggregate /benefits", agg)] {
+    for (name, s) in [
+        ("mock alone (no gateway)", baseline),
+        ("proxy /direct", direct),
+        ("aggregate /benefits", agg),
+    ] {
         println!(
             "{name:<28} {:>7.3}ms {:>7.3}ms {:>7.3}ms",
             s.p50.as_secs_f64() * 1e3,

@@ -5,6 +5,7 @@
 //! (unknown keys, missing keys, wrong types, bad durations, dangling references), and
 //! only a fully valid file becomes a [`hopline_core::config::Config`].
 
+pub mod audit;
 pub mod duration;
 pub mod json;
 mod reader;

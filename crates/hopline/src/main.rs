@@ -30,6 +30,18 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Refuse to start when `hopline check` finds errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Audit a config's timeout budget and the chain in front of it.
+    Check {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "hopline.toml")]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Run a configurable upstream for tests and drills.
     Mock {
@@ -69,6 +81,15 @@ enum Command {
     },
 }
 
+/// Output format of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// Compiler-style diagnostics with snippets.
+    Text,
+    /// A JSON array, for CI.
+    Json,
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     hopline_config::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -76,7 +97,12 @@ fn duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, threads } => serve(&config, threads),
+        Command::Serve {
+            config,
+            threads,
+            strict,
+        } => serve(&config, threads, strict),
+        Command::Check { config, format } => Ok(check(&config, format)),
         Command::Mock {
             listen,
             latency,
@@ -134,7 +160,42 @@ async fn termination() {
     }
 }
 
-fn serve(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+/// How long `check` waits for one name to resolve.
+const RESOLVE_LIMIT: Duration = Duration::from_secs(2);
+
+fn check(path: &std::path::Path, format: Format) -> ExitCode {
+    let config = match hopline_config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hopline: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let resolver = hopline_config::audit::system_resolver(RESOLVE_LIMIT);
+    let findings = hopline_config::audit::audit(&config, &text, &resolver);
+    let name = path.display().to_string();
+    match format {
+        Format::Text => print!(
+            "{}",
+            hopline_config::audit::render_text(&findings, &name, &text)
+        ),
+        Format::Json => println!(
+            "{}",
+            hopline_config::audit::render_json(&findings, &name, &text)
+        ),
+    }
+    if findings
+        .iter()
+        .any(|f| f.severity == hopline_config::audit::Severity::Error)
+    {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn serve(path: &std::path::Path, threads: Option<usize>, strict: bool) -> anyhow::Result<ExitCode> {
     let config = match hopline_config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -142,6 +203,35 @@ fn serve(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitC
             return Ok(ExitCode::from(2));
         }
     };
+    // The same audit as `hopline check`, one line per finding.
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let resolver = hopline_config::audit::system_resolver(RESOLVE_LIMIT);
+    let findings = hopline_config::audit::audit(&config, &text, &resolver);
+    for f in &findings {
+        let at = f
+            .span
+            .as_ref()
+            .map(|s| hopline_config::Location::of(&text, s.start))
+            .map(|l| format!("{}:{}:{}", path.display(), l.line, l.column))
+            .unwrap_or_else(|| path.display().to_string());
+        eprintln!(
+            "hopline serve: check {}[{}] {at}: {}",
+            f.severity.as_str(),
+            f.rule,
+            f.message
+        );
+    }
+    if strict
+        && findings
+            .iter()
+            .any(|f| f.severity == hopline_config::audit::Severity::Error)
+    {
+        eprintln!(
+            "hopline serve: --strict: not starting with config errors (run `hopline check -c {}`)",
+            path.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
     let rt = runtime(threads)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.listen)

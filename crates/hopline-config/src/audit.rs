@@ -1,0 +1,445 @@
+//! The rules behind `hopline check`: a static audit of a config's timeout budget, of the
+//! chain in front of it, of keep-alive ordering and of network zones.
+//!
+//! Every mistake of the incident was visible in configuration; each rule here names one,
+//! with the numbers that break it and what to change.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hopline_core::config::{AggregateMode, Config, RouteAction, UpstreamConfig, Zone};
+use hopline_core::time::Human;
+use toml_edit::{ImDocument, Item, TableLike};
+
+use crate::source::Location;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Will misbehave in production: `check` exits 1.
+    Error,
+    /// Probably wrong.
+    Warning,
+    /// Worth knowing (e.g. a timeout the deadline always cuts first).
+    Note,
+}
+
+impl Severity {
+    /// `error`, `warning` or `note`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Note => "note",
+        }
+    }
+}
+
+/// One finding of the audit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// Severity.
+    pub severity: Severity,
+    /// Rule id, e.g. `front-timeout`.
+    pub rule: &'static str,
+    /// What is wrong, with the numbers.
+    pub message: String,
+    /// What to change.
+    pub help: String,
+    /// The dotted key it is about.
+    pub key: String,
+    /// Where that key is in the file.
+    pub span: Option<Range<usize>>,
+}
+
+/// Name resolution for the zone rule: `host:port` → addresses, or why not.
+pub type Resolver<'a> = &'a dyn Fn(&str) -> Result<Vec<IpAddr>, String>;
+
+/// Resolves with the system resolver, giving up after `limit`.
+pub fn system_resolver(limit: Duration) -> impl Fn(&str) -> Result<Vec<IpAddr>, String> {
+    move |endpoint: &str| {
+        if let Ok(addr) = endpoint.parse::<SocketAddr>() {
+            return Ok(vec![addr.ip()]);
+        }
+        let (tx, rx) = mpsc::channel();
+        let ep = endpoint.to_string();
+        // The lookup runs on its own thread so a hung resolver cannot hang the audit.
+        std::thread::spawn(move || {
+            let r = ep
+                .to_socket_addrs()
+                .map(|a| a.map(|s| s.ip()).collect::<Vec<_>>());
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(limit) {
+            Ok(Ok(ips)) if !ips.is_empty() => Ok(ips),
+            Ok(Ok(_)) => Err("no addresses".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {}", Human(limit))),
+        }
+    }
+}
+
+/// True for addresses that leave the private network: not loopback, private, link-local,
+/// unique-local, CGNAT or unspecified.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (o[0] == 100 && (64..128).contains(&o[1])))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// Finds the span of a key path like `["routes", "1", "timeout"]` in the file; falls back to
+/// the nearest parent that exists.
+pub fn locate(text: &str, path: &[&str]) -> Option<Range<usize>> {
+    let doc = ImDocument::parse(text.to_string()).ok()?;
+    let mut table: &dyn TableLike = doc.as_table();
+    let mut best = None;
+    let mut i = 0;
+    while i < path.len() {
+        let Some((key, value)) = table.get_key_value(path[i]) else {
+            break;
+        };
+        best = key.span().or_else(|| value.span()).or(best);
+        i += 1;
+        if let (Item::ArrayOfTables(list), Some(n)) =
+            (value, path.get(i).and_then(|p| p.parse::<usize>().ok()))
+        {
+            let Some(t) = list.get(n) else { break };
+            best = t.span().or(best);
+            table = t;
+            i += 1;
+            continue;
+        }
+        match value.as_table_like() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    best
+}
+
+/// Worst case of one attempt sequence on `u`: every allowed retry after a connect failure,
+/// then a connect and a full attempt.
+fn upstream_worst(u: &UpstreamConfig) -> Duration {
+    u.connect_timeout * (u.max_retries + 1) + u.timeout
+}
+
+struct Audit<'a> {
+    text: &'a str,
+    findings: Vec<Finding>,
+}
+
+impl Audit<'_> {
+    fn add(
+        &mut self,
+        severity: Severity,
+        rule: &'static str,
+        key: &[&str],
+        message: String,
+        help: String,
+    ) {
+        let span = locate(self.text, key);
+        self.findings.push(Finding {
+            severity,
+            rule,
+            message,
+            help,
+            key: dotted(key),
+            span,
+        });
+    }
+}
+
+fn dotted(path: &[&str]) -> String {
+    let mut out = String::new();
+    for p in path {
+        if p.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{p}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(p);
+        }
+    }
+    out
+}
+
+fn secs(d: Duration) -> String {
+    Human(d).to_string()
+}
+
+/// Audits `config` (read from `text`), resolving endpoint names with `resolve`.
+pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
+    let mut a = Audit {
+        text,
+        findings: Vec::new(),
+    };
+    let margin = config.deadline.margin;
+    for (ri, r) in config.routes.iter().enumerate() {
+        let idx = ri.to_string();
+        let deadline = r.timeout.min(config.deadline.max);
+        if r.timeout > config.deadline.max {
+            a.add(
+                Severity::Note,
+                "deadline-max",
+                &["routes", &idx, "timeout"],
+                format!(
+                    "route {} timeout {} is capped by deadline.max {}",
+                    r.name,
+                    secs(r.timeout),
+                    secs(config.deadline.max)
+                ),
+                "lower the route timeout or raise deadline.max so the file says what runs".into(),
+            );
+        }
+        // Rule 2: the front proxy must not give up first.
+        if let Some(front) = config.front.as_ref().and_then(|f| f.timeout) {
+            if deadline + margin >= front {
+                a.add(Severity::Error, "front-timeout", &["routes", &idx, "timeout"],
+                    format!("route {} deadline {} + margin {} = {} is not below front.timeout {}: the front proxy answers 504 before hopline can report the cause",
+                        r.name, secs(deadline), secs(margin), secs(deadline + margin), secs(front)),
+                    format!("set this route's timeout below {}", secs(front.saturating_sub(margin))));
+            }
+        }
+        // Rule 1: the budget of the route's upstream work.
+        match &r.action {
+            RouteAction::Proxy { upstream } => {
+                let Some(u) = config.upstream(upstream) else {
+                    continue;
+                };
+                if u.timeout >= deadline {
+                    a.add(Severity::Note, "timeout-cut-by-deadline", &["upstreams", upstream, "timeout"],
+                        format!("upstream {} timeout {} can never fire on route {}: its deadline {} cuts first", u.name, secs(u.timeout), r.name, secs(deadline)),
+                        "the deadline bounds the call anyway; lower the timeout if a single attempt should give up sooner".into());
+                }
+            }
+            RouteAction::Aggregate(agg) => {
+                let worst: Vec<(String, Duration)> = agg
+                    .calls
+                    .iter()
+                    .filter_map(|c| {
+                        let u = config.upstream(&c.upstream)?;
+                        let w = upstream_worst(u);
+                        Some((c.name.clone(), c.timeout.map_or(w, |t| t.min(w))))
+                    })
+                    .collect();
+                match agg.mode {
+                    AggregateMode::Sequential => {
+                        let total: Duration = worst.iter().map(|(_, d)| *d).sum();
+                        if total > deadline {
+                            let sum = worst
+                                .iter()
+                                .map(|(n, d)| format!("{n} {}", secs(*d)))
+                                .collect::<Vec<_>>()
+                                .join(" + ");
+                            let mut elapsed = Duration::ZERO;
+                            let mut never = Vec::new();
+                            for (n, d) in &worst {
+                                if elapsed >= deadline {
+                                    never.push(n.clone());
+                                }
+                                elapsed += *d;
+                            }
+                            let tail = if never.is_empty() {
+                                "the last calls may not start".to_string()
+                            } else {
+                                format!(
+                                    "{} can never run when earlier calls use their whole budget",
+                                    never.join(", ")
+                                )
+                            };
+                            a.add(Severity::Warning, "sequential-budget", &["routes", &idx, "aggregate", "mode"],
+                                format!("route {}: {sum} = {} > deadline {}: {tail}", r.name, secs(total), secs(deadline)),
+                                "use aggregate.mode = \"parallel\", or give each call a timeout so their sum fits the deadline".into());
+                        }
+                    }
+                    AggregateMode::Parallel => {
+                        for (ci, (n, d)) in worst.iter().enumerate() {
+                            if *d > deadline {
+                                a.add(Severity::Note, "timeout-cut-by-deadline", &["routes", &idx, "aggregate", "calls", &ci.to_string()],
+                                    format!("route {} call {n}: worst case {} is cut by the deadline {}", r.name, secs(*d), secs(deadline)),
+                                    "set the call's timeout below the deadline so its fallback is served in time".into());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Rule 3: keep-alive ordering.
+    let s = &config.server;
+    if let Some(front_idle) = config.front.as_ref().and_then(|f| f.idle_timeout) {
+        if s.idle_timeout <= front_idle {
+            a.add(Severity::Error, "front-idle", &["server", "idle_timeout"],
+                format!("server.idle_timeout {} is not above front.idle_timeout {}: the front proxy will reuse connections hopline has just closed (\"connection reset by peer\")", secs(s.idle_timeout), secs(front_idle)),
+                format!("set server.idle_timeout above {}, e.g. {}", secs(front_idle), secs(front_idle + Duration::from_secs(15))));
+        }
+    }
+    for u in &config.upstreams {
+        if let Some(server_idle) = u.server_idle_timeout {
+            if u.pool_idle_timeout >= server_idle {
+                a.add(Severity::Error, "upstream-idle", &["upstreams", &u.name, "pool_idle_timeout"],
+                    format!("upstream {}: pool_idle_timeout {} is not below its server_idle_timeout {}: hopline would reuse connections the upstream has closed", u.name, secs(u.pool_idle_timeout), secs(server_idle)),
+                    format!("set pool_idle_timeout below {}", secs(server_idle)));
+            }
+        }
+    }
+    // Rule 4: server timeouts.
+    for (key, value, absurd) in [
+        (
+            "header_read_timeout",
+            s.header_read_timeout,
+            Duration::from_secs(60),
+        ),
+        (
+            "body_read_timeout",
+            s.body_read_timeout,
+            Duration::from_secs(600),
+        ),
+        ("write_timeout", s.write_timeout, Duration::from_secs(600)),
+        ("idle_timeout", s.idle_timeout, Duration::from_secs(3600)),
+    ] {
+        if locate_exact(text, &["server", key]).is_none() {
+            a.add(
+                Severity::Note,
+                "server-timeout-default",
+                &["server"],
+                format!(
+                    "server.{key} is not set: the default {} applies",
+                    secs(value)
+                ),
+                format!("write server.{key} explicitly so the budget is reviewed with the file"),
+            );
+        } else if value > absurd {
+            a.add(Severity::Warning, "server-timeout-absurd", &["server", key],
+                format!("server.{key} {} is above {}: slow or idle clients can hold connections that long", secs(value), secs(absurd)),
+                format!("lower server.{key}"));
+        }
+    }
+    // Rule 5: zones.
+    let egress_limited = config
+        .egress
+        .as_ref()
+        .is_some_and(|e| e.max_in_flight.is_some() || e.max_new_connections_per_sec.is_some());
+    for u in &config.upstreams {
+        match u.zone {
+            Zone::Internal => {
+                for (ei, ep) in u.endpoints.iter().enumerate() {
+                    match resolve(ep) {
+                        Ok(ips) => {
+                            if let Some(ip) = ips.iter().find(|ip| is_public(**ip)) {
+                                a.add(Severity::Warning, "internal-public-address", &["upstreams", &u.name, "endpoints"],
+                                    format!("internal upstream {} endpoint {ep} resolves to public address {ip}: its traffic leaves through the egress/NAT path", u.name),
+                                    "use the service's private address or internal name, or declare zone = \"egress\" so the egress limits apply".into());
+                            }
+                        }
+                        Err(why) => a.add(
+                            Severity::Warning,
+                            "resolve-failed",
+                            &["upstreams", &u.name, "endpoints"],
+                            format!(
+                                "upstream {} endpoint {} (#{ei}) does not resolve: {why}",
+                                u.name, ep
+                            ),
+                            "fix the name, or check this machine's resolver".into(),
+                        ),
+                    }
+                }
+            }
+            Zone::Egress if !egress_limited => {
+                a.add(Severity::Warning, "egress-unlimited", &["upstreams", &u.name, "zone"],
+                    format!("egress upstream {} has no shared [egress] limits: one surge can exhaust the NAT gateway for every egress call", u.name),
+                    "add [egress] max_in_flight and max_new_connections_per_sec sized to the NAT (divided by the replica count)".into());
+            }
+            Zone::Egress => {}
+        }
+    }
+    a.findings
+        .sort_by_key(|f| (f.span.as_ref().map_or(0, |s| s.start), f.severity));
+    a.findings
+}
+
+fn locate_exact(text: &str, path: &[&str]) -> Option<()> {
+    let doc = ImDocument::parse(text.to_string()).ok()?;
+    let mut item: &Item = doc.as_item();
+    for p in path {
+        item = item.as_table_like()?.get(p)?;
+    }
+    Some(())
+}
+
+/// Renders findings as compiler-style diagnostics with snippets (miette).
+pub fn render_text(findings: &[Finding], path: &str, text: &str) -> String {
+    use miette::{
+        GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource, Report,
+    };
+    let handler =
+        GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
+    let mut out = String::new();
+    for f in findings {
+        let severity = match f.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+            Severity::Note => miette::Severity::Advice,
+        };
+        let mut d = MietteDiagnostic::new(f.message.clone())
+            .with_code(f.rule)
+            .with_severity(severity)
+            .with_help(f.help.clone());
+        if let Some(span) = &f.span {
+            let loc = Location::of(text, span.start);
+            d = d.with_label(LabeledSpan::at(
+                span.clone(),
+                format!("{} ({}:{}:{})", f.key, path, loc.line, loc.column),
+            ));
+        }
+        let report = Report::new(d).with_source_code(NamedSource::new(path, text.to_string()));
+        let _ = handler.render_report(&mut out, report.as_ref());
+        out.push('\n');
+    }
+    let count = |s| findings.iter().filter(|f| f.severity == s).count();
+    out.push_str(&format!(
+        "{path}: {} error(s), {} warning(s), {} note(s)\n",
+        count(Severity::Error),
+        count(Severity::Warning),
+        count(Severity::Note)
+    ));
+    out
+}
+
+/// Renders findings as a JSON array for CI.
+pub fn render_json(findings: &[Finding], path: &str, text: &str) -> String {
+    let list: Vec<serde_json::Value> = findings
+        .iter()
+        .map(|f| {
+            let loc = f.span.as_ref().map(|s| Location::of(text, s.start));
+            serde_json::json!({
+                "severity": f.severity.as_str(),
+                "rule": f.rule,
+                "message": f.message,
+                "help": f.help,
+                "key": f.key,
+                "file": path,
+                "line": loc.map(|l| l.line),
+                "column": loc.map(|l| l.column),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}

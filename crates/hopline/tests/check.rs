@@ -1,0 +1,177 @@
+//! `hopline check`: one test per rule (a config that trips it, one that does not), the JSON
+//! format, exit codes, diagnostics pointing at the right line, and the audit in `serve`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn check(path: &Path) -> (Option<i32>, Vec<Value>) {
+    let out = Command::new(bin())
+        .args([
+            "check",
+            "-c",
+            path.to_str().expect("utf8"),
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("run check");
+    let findings = serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    (out.status.code(), findings)
+}
+
+fn rules(findings: &[Value]) -> Vec<String> {
+    findings
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+const SERVER: &str = "[server]\nheader_read_timeout = \"5s\"\nbody_read_timeout = \"10s\"\nwrite_timeout = \"10s\"\nidle_timeout = \"75s\"\n";
+
+fn with(extra: &str) -> String {
+    format!("{SERVER}[upstreams.a]\nendpoints = [\"127.0.0.1:9001\"]\ntimeout = \"500ms\"\n{extra}")
+}
+
+#[test]
+fn the_incident_config_trips_every_rule_it_broke() {
+    let (code, findings) = check(&examples().join("incident.toml"));
+    assert_eq!(code, Some(1));
+    let r = rules(&findings);
+    for rule in [
+        "front-timeout",
+        "front-idle",
+        "upstream-idle",
+        "sequential-budget",
+        "internal-public-address",
+        "egress-unlimited",
+        "server-timeout-default",
+    ] {
+        assert!(r.contains(&rule.to_string()), "{rule} missing from {r:?}");
+    }
+    let front = findings
+        .iter()
+        .find(|f| f["rule"] == "front-timeout")
+        .expect("front-timeout");
+    assert_eq!(
+        (front["severity"].as_str(), front["line"].as_u64()),
+        (Some("error"), Some(41))
+    );
+    assert!(front["message"]
+        .as_str()
+        .expect("msg")
+        .contains("5.005s is not below front.timeout 5s"));
+    let seq = findings
+        .iter()
+        .find(|f| f["rule"] == "sequential-budget")
+        .expect("sequential");
+    assert!(
+        seq["message"]
+            .as_str()
+            .expect("msg")
+            .contains("coupons 4s + coin 4s + sub_coin 4s = 12s > deadline 5s"),
+        "{seq}"
+    );
+}
+
+#[test]
+fn the_benefits_example_passes_clean() {
+    let (code, findings) = check(&examples().join("benefits.toml"));
+    assert_eq!((code, findings.len()), (Some(0), 0), "{findings:?}");
+}
+
+#[test]
+fn each_rule_trips_on_a_bad_config_and_not_on_a_good_one() {
+    let route = |t: &str| {
+        format!("[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"a\"\ntimeout = \"{t}\"\n")
+    };
+    let cases: Vec<(&str, String, String)> = vec![
+        ("front-timeout", with(&format!("[front]\ntimeout = \"1s\"\n{}", route("1s"))), with(&format!("[front]\ntimeout = \"1s\"\n{}", route("900ms")))),
+        ("front-idle", with("[front]\nidle_timeout = \"75s\"\n"), with("[front]\nidle_timeout = \"60s\"\n")),
+        (
+            "upstream-idle",
+            with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\npool_idle_timeout = \"60s\"\nserver_idle_timeout = \"60s\"\n"),
+            with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\npool_idle_timeout = \"30s\"\nserver_idle_timeout = \"60s\"\n"),
+        ),
+        ("timeout-cut-by-deadline", with(&route("400ms")), with(&route("2s"))),
+        (
+            "sequential-budget",
+            with("[[routes]]\nname = \"s\"\npath = \"/s\"\ntimeout = \"1s\"\naggregate.mode = \"sequential\"\n[[routes.aggregate.calls]]\nname = \"x\"\nupstream = \"a\"\npath = \"/x\"\n[[routes.aggregate.calls]]\nname = \"y\"\nupstream = \"a\"\npath = \"/y\"\n"),
+            with("[[routes]]\nname = \"s\"\npath = \"/s\"\ntimeout = \"1s\"\naggregate.mode = \"sequential\"\n[[routes.aggregate.calls]]\nname = \"x\"\nupstream = \"a\"\npath = \"/x\"\ntimeout = \"400ms\"\n[[routes.aggregate.calls]]\nname = \"y\"\nupstream = \"a\"\npath = \"/y\"\ntimeout = \"400ms\"\n"),
+        ),
+        ("server-timeout-absurd", with("").replace("header_read_timeout = \"5s\"", "header_read_timeout = \"2m\""), with("")),
+        ("server-timeout-default", with("").replace("write_timeout = \"10s\"\n", ""), with("")),
+        (
+            "internal-public-address",
+            with("[upstreams.b]\nendpoints = [\"198.51.100.7:80\"]\n"),
+            with("[upstreams.b]\nendpoints = [\"10.1.2.3:80\", \"localhost:80\"]\n"),
+        ),
+        (
+            "egress-unlimited",
+            with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\nzone = \"egress\"\n"),
+            with("[egress]\nmax_in_flight = 10\n[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\nzone = \"egress\"\n"),
+        ),
+    ];
+    for (rule, bad, good) in cases {
+        let (_, f) = check(&temp_file("bad.toml", &bad));
+        assert!(
+            rules(&f).contains(&rule.to_string()),
+            "{rule} not found in {f:?}\n{bad}"
+        );
+        let (_, f) = check(&temp_file("good.toml", &good));
+        assert!(
+            !rules(&f).contains(&rule.to_string()),
+            "{rule} found in the good config: {f:?}\n{good}"
+        );
+    }
+}
+
+#[test]
+fn exit_codes_and_text_diagnostics() {
+    let bad = temp_file("broken.toml", "[server]\nlisten = 5\n");
+    let (code, _) = check(&bad);
+    assert_eq!(code, Some(2));
+    let path = examples().join("incident.toml");
+    let out = Command::new(bin())
+        .args(["check", "-c", path.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("front-timeout")
+            && text.contains("help: set this route's timeout below 4.995s"),
+        "{text}"
+    );
+    assert!(text.contains("incident.toml:41:1"), "{text}");
+    assert!(text.contains("3 error(s)"), "{text}");
+}
+
+#[test]
+fn serve_logs_the_audit_and_strict_refuses_errors() {
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\nidle_timeout = \"30s\"\n[front]\nidle_timeout = \"60s\"\n";
+    let path = temp_file("audited.toml", text);
+    let gw = Proc::spawn(&["serve", "-c", path.to_str().expect("utf8")]);
+    gw.stderr
+        .wait_for(std::time::Duration::from_secs(5), "audit line", |l| {
+            l.contains("check error[front-idle]")
+        });
+    drop(gw);
+    let out = Command::new(bin())
+        .args(["serve", "--strict", "-c", path.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--strict"));
+}
