@@ -81,13 +81,19 @@ pub fn bin() -> &'static str {
 impl Proc {
     /// Starts `hopline ARGS` and waits for its "listening on ADDR" line.
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
-            .args(args)
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        Proc::spawn_command(cmd)
+    }
+
+    /// Starts any program that prints "listening on ADDR" on stderr.
+    pub fn spawn_command(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn hopline");
+            .expect("spawn");
         let stdout = Arc::new(Lines::default());
         let stderr = Arc::new(Lines::default());
         reader(child.stdout.take().expect("stdout"), stdout.clone());
