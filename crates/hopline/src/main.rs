@@ -67,6 +67,15 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run fault drills: the embedded incident (legacy gateway, then hopline) or scenario files.
+    Drill {
+        /// Scenario files (TOML). None: the embedded incident scenario, run with the legacy
+        /// gateway and then with hopline, side by side.
+        scenarios: Vec<PathBuf>,
+        /// Output folder (one subfolder per scenario with index.html and data.json).
+        #[arg(long, default_value = "drill-report")]
+        out: PathBuf,
+    },
     /// Run the fault-injection proxy (Toxiproxy-compatible API, NAT model, HTTP faults).
     Chaos {
         /// Proxies and toxics to start with (TOML).
@@ -124,6 +133,7 @@ fn main() -> ExitCode {
             mock(listen, cfg)
         }
         Command::Chaos { config, api, seed } => chaos(config.as_deref(), api, seed),
+        Command::Drill { scenarios, out } => drill(&scenarios, &out),
     };
     match result {
         Ok(code) => code,
@@ -356,5 +366,77 @@ fn chaos(
         }
         hopline_chaos::api::serve(listener, registry, termination()).await;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn drill(files: &[PathBuf], out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let mut scenarios = Vec::new();
+    if files.is_empty() {
+        for (name, text) in [
+            ("incident-legacy (embedded)", hopline_drill::INCIDENT_LEGACY),
+            (
+                "incident-hopline (embedded)",
+                hopline_drill::INCIDENT_HOPLINE,
+            ),
+        ] {
+            scenarios.push(hopline_drill::parse(text, name)?);
+        }
+    }
+    for f in files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("hopline: cannot read scenario {}: {e}", f.display());
+                return Ok(ExitCode::from(2));
+            }
+        };
+        match hopline_drill::parse(&text, &f.display().to_string()) {
+            Ok(s) => scenarios.push(s),
+            Err(e) => {
+                eprintln!("hopline: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    let exe = std::env::current_exe().context("cannot find the hopline executable")?;
+    let programs = hopline_drill::Programs {
+        legacy: exe.with_file_name("legacy-gateway"),
+        hopline: exe,
+    };
+    if scenarios.iter().any(|s| {
+        s.services
+            .iter()
+            .any(|x| x.kind == hopline_drill::scenario::Kind::LegacyGateway)
+    }) && !programs.legacy.exists()
+    {
+        anyhow::bail!(
+            "{} not found: build it with `cargo build --release` (the workspace builds it)",
+            programs.legacy.display()
+        );
+    }
+    let rt = runtime(None)?;
+    let mut results = Vec::new();
+    for s in &scenarios {
+        let dir = out.join(&s.name);
+        eprintln!(
+            "hopline drill: running {} ({} s, seed {})",
+            s.name,
+            s.duration.as_secs(),
+            s.seed
+        );
+        let r = rt.block_on(hopline_drill::run(s, &programs, &dir, |line| {
+            eprintln!("hopline drill: {line}")
+        }))?;
+        print!("{}", r.summary);
+        println!("  report: {}", dir.join("index.html").display());
+        results.push(r);
+    }
+    if results.len() > 1 {
+        println!("{}", hopline_drill::report::side_by_side(&results));
+    }
+    Ok(if results.iter().all(|r| r.passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }

@@ -1,0 +1,258 @@
+//! Fault drills: runs a topology of real processes under open-loop load and a fault
+//! timeline, records every hop, checks expectations, writes a report.
+//!
+//! The drill never links the gateway: it drives real `hopline`, `hopline mock`,
+//! `hopline chaos` and `legacy-gateway` processes on loopback ports it allocates, applies
+//! faults through the chaos API, and reads each process's own log afterwards.
+
+pub mod load;
+pub mod record;
+pub mod report;
+pub mod scenario;
+pub mod services;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+pub use scenario::{parse, Scenario, ScenarioError};
+
+/// The embedded incident drill, legacy gateway variant.
+pub const INCIDENT_LEGACY: &str = include_str!("../../../examples/incident-legacy.drill.toml");
+/// The embedded incident drill, hopline variant.
+pub const INCIDENT_HOPLINE: &str = include_str!("../../../examples/incident-hopline.drill.toml");
+
+/// Why a drill could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// The topology did not start.
+    #[error(transparent)]
+    Start(#[from] services::StartError),
+    /// Output files.
+    #[error("cannot write {path}")]
+    Io {
+        /// Path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A fault could not be applied.
+    #[error("fault on {service}/{proxy}: {detail}")]
+    Fault {
+        /// Chaos service.
+        service: String,
+        /// Proxy.
+        proxy: String,
+        /// What the API said.
+        detail: String,
+    },
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// Scenario name.
+    pub name: String,
+    /// Terminal summary.
+    pub summary: String,
+    /// `data.json`.
+    pub data: Value,
+    /// Every expectation held.
+    pub passed: bool,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+/// The programs a drill runs.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// `hopline`.
+    pub hopline: PathBuf,
+    /// `legacy-gateway`.
+    pub legacy: PathBuf,
+}
+
+async fn chaos_call(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(api)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: chaos\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, out))
+}
+
+/// Runs one scenario, writing `index.html`, `data.json` and every service's log to `out`.
+pub async fn run(
+    s: &Scenario,
+    programs: &Programs,
+    out: &Path,
+    mut progress: impl FnMut(&str),
+) -> Result<RunResult, DrillError> {
+    std::fs::create_dir_all(out).map_err(|source| DrillError::Io {
+        path: out.display().to_string(),
+        source,
+    })?;
+    let mut topo = services::start(s, &programs.hopline, &programs.legacy, out)?;
+    let plan = load::LoadPlan {
+        target: topo.addrs[&s.load.target],
+        paths: s
+            .load
+            .paths
+            .iter()
+            .map(|p| services::fill(p, &topo.addrs))
+            .collect(),
+        schedule: s.load.schedule.clone(),
+        duration: s.duration,
+        client_timeout: s.load.client_timeout,
+        max_in_flight: s.load.max_in_flight,
+    };
+    let start_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    // The fault timeline runs beside the load, in the same task set.
+    let mut timeline: Vec<(Duration, bool, usize)> = Vec::new();
+    for (i, f) in s.faults.iter().enumerate() {
+        timeline.push((f.at, true, i));
+        if let Some(u) = f.until {
+            timeline.push((u, false, i));
+        }
+    }
+    timeline.sort_by_key(|t| t.0);
+    let faults = s.faults.clone();
+    let addrs = topo.addrs.clone();
+    let t0 = tokio::time::Instant::now();
+    let fault_task = tokio::spawn(async move {
+        let mut names = vec![String::new(); faults.len()];
+        for (at, on, i) in timeline {
+            tokio::time::sleep_until(t0 + at).await;
+            let f = &faults[i];
+            let api = addrs[&f.service];
+            let result = if on {
+                chaos_call(
+                    api,
+                    "POST",
+                    &format!("/proxies/{}/toxics", f.proxy),
+                    &f.toxic.to_string(),
+                )
+                .await
+                .and_then(|(st, body)| {
+                    let name = body
+                        .split("\r\n\r\n")
+                        .nth(1)
+                        .and_then(|b| serde_json::from_str::<Value>(b.trim()).ok())
+                        .and_then(|v| v["name"].as_str().map(String::from));
+                    match (st, name) {
+                        (200, Some(n)) => {
+                            names[i] = n;
+                            Ok(())
+                        }
+                        _ => Err(body),
+                    }
+                })
+            } else {
+                chaos_call(
+                    api,
+                    "DELETE",
+                    &format!("/proxies/{}/toxics/{}", f.proxy, names[i]),
+                    "",
+                )
+                .await
+                .map(|_| ())
+            };
+            if let Err(detail) = result {
+                return Err(DrillError::Fault {
+                    service: f.service.clone(),
+                    proxy: f.proxy.clone(),
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    });
+    let total = s.duration.as_secs();
+    let samples = load::run(&plan, |at, sent| {
+        if at.as_secs() % 5 == 0 {
+            progress(&format!(
+                "{}: {}/{} s, {} requests sent",
+                s.name,
+                at.as_secs(),
+                total,
+                sent
+            ));
+        }
+    })
+    .await;
+    let fault_result = fault_task.await.unwrap_or(Ok(()));
+    topo.stop();
+    fault_result?;
+
+    let fw = record::fault_windows(s);
+    let secs = record::seconds(&samples, s.duration);
+    let hops: Vec<record::Hop> = s
+        .services
+        .iter()
+        .filter(|svc| svc.kind != scenario::Kind::Chaos)
+        .filter_map(|svc| {
+            topo.logs
+                .get(&svc.name)
+                .map(|p| record::hop(&svc.name, p, start_epoch, secs.len(), &fw))
+        })
+        .collect();
+    let events = record::alerts(&s.alerts, &secs);
+    let checks = record::check(&s.expect, &samples, &fw, &events, &hops);
+    let stats = (
+        record::phase_stats(&samples, scenario::Phase::All, &fw),
+        record::phase_stats(&samples, scenario::Phase::Fault, &fw),
+    );
+    let data = record::data_json(s, &secs, &hops, &events, &checks, stats);
+    let html = report::html(
+        &s.name,
+        s.seed,
+        s.duration.as_secs_f64(),
+        &secs,
+        &hops,
+        &fw,
+        &events,
+        &checks,
+        stats,
+    );
+    let write = |name: &str, text: &str| {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|source| DrillError::Io {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    write(
+        "data.json",
+        &serde_json::to_string_pretty(&data).unwrap_or_default(),
+    )?;
+    write("index.html", &html)?;
+    Ok(RunResult {
+        name: s.name.clone(),
+        summary: report::summary(&s.name, stats, &events, &hops, &checks),
+        passed: checks.iter().all(|c| c.1),
+        data,
+        out: out.to_path_buf(),
+    })
+}

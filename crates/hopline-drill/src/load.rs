@@ -1,0 +1,253 @@
+//! The open-loop load generator: requests leave at their scheduled times whatever is
+//! outstanding, and latency counts from the scheduled time — no coordinated omission.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hopline_h1::{read_body_chunk, read_response_head, BodyDecoder};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+/// One step of the arrival-rate schedule: from `at`, `rate` requests per second (ramping
+/// linearly to the next step's rate when `ramp` is set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Offset from the start of the run.
+    pub at: Duration,
+    /// Requests per second.
+    pub rate: f64,
+    /// Ramp linearly to the next step's rate instead of jumping.
+    pub ramp: bool,
+}
+
+/// What the load generator does.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// Target address.
+    pub target: SocketAddr,
+    /// Request paths, used round robin.
+    pub paths: Vec<String>,
+    /// Rate schedule (sorted by `at`).
+    pub schedule: Vec<Step>,
+    /// Total run time.
+    pub duration: Duration,
+    /// The client gives up after this long (the front then logs 499).
+    pub client_timeout: Duration,
+    /// Requests outstanding at most; beyond, a scheduled request is counted as `skipped`.
+    pub max_in_flight: usize,
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with this status.
+    Status(u16),
+    /// The client timeout fired first.
+    Abandoned,
+    /// Connect or protocol failure.
+    Error(String),
+    /// Not sent: `max_in_flight` reached.
+    Skipped,
+}
+
+/// One request's record.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Scheduled send time, from the start of the run.
+    pub scheduled: Duration,
+    /// From the scheduled time to the end.
+    pub latency: Duration,
+    /// The result.
+    pub outcome: Outcome,
+    /// `x-hopline-flags` of the response, if any.
+    pub flags: Option<String>,
+    /// `x-hopline-degraded` of the response, if any.
+    pub degraded: Option<String>,
+}
+
+/// The scheduled send offsets for a plan.
+pub fn send_times(schedule: &[Step], duration: Duration) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut t = 0.0f64;
+    let end = duration.as_secs_f64();
+    while t < end {
+        let rate = rate_at(schedule, t);
+        if rate <= 0.0 {
+            // Jump to the next step with a positive rate.
+            match schedule.iter().find(|s| s.at.as_secs_f64() > t) {
+                Some(s) => t = s.at.as_secs_f64(),
+                None => break,
+            }
+            continue;
+        }
+        out.push(Duration::from_secs_f64(t));
+        t += 1.0 / rate;
+    }
+    out
+}
+
+fn rate_at(schedule: &[Step], t: f64) -> f64 {
+    let Some(i) = schedule.iter().rposition(|s| s.at.as_secs_f64() <= t) else {
+        return 0.0;
+    };
+    let s = &schedule[i];
+    match schedule.get(i + 1) {
+        Some(next) if s.ramp => {
+            let (a, b) = (s.at.as_secs_f64(), next.at.as_secs_f64());
+            s.rate + (next.rate - s.rate) * ((t - a) / (b - a)).clamp(0.0, 1.0)
+        }
+        _ => s.rate,
+    }
+}
+
+type Pool = Arc<Mutex<Vec<(TcpStream, BytesMut)>>>;
+
+async fn one(
+    target: SocketAddr,
+    path: &str,
+    pool: &Pool,
+    deadline: Instant,
+) -> (Outcome, Option<String>, Option<String>) {
+    let pooled = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+    let (mut s, mut buf) = match pooled {
+        Some(c) => c,
+        None => match timeout_at(deadline, TcpStream::connect(target)).await {
+            Err(_) => return (Outcome::Abandoned, None, None),
+            Ok(Err(e)) => return (Outcome::Error(format!("connect: {e}")), None, None),
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                (s, BytesMut::with_capacity(4096))
+            }
+        },
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nhost: drill\r\nuser-agent: hopline-drill\r\n\r\n");
+    let work = async {
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let head = read_response_head(&mut s, &mut buf, 64 * 1024)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let len = head.body_length(false).map_err(|e| e.to_string())?;
+        let mut dec = BodyDecoder::new(len);
+        while read_body_chunk(&mut s, &mut buf, &mut dec)
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .is_some()
+        {}
+        let h = |n: &str| {
+            head.headers
+                .get(n)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        Ok::<_, String>((
+            head.status,
+            h("x-hopline-flags"),
+            h("x-hopline-degraded"),
+            head.keep_alive(),
+        ))
+    };
+    match timeout_at(deadline, work).await {
+        // Abandoned: the connection is dropped, as a client giving up would.
+        Err(_) => (Outcome::Abandoned, None, None),
+        Ok(Err(e)) => (Outcome::Error(e), None, None),
+        Ok(Ok((status, flags, degraded, keep))) => {
+            if keep && buf.is_empty() {
+                if let Ok(mut p) = pool.lock() {
+                    p.push((s, buf));
+                }
+            }
+            (Outcome::Status(status), flags, degraded)
+        }
+    }
+}
+
+/// Runs the plan; `tick` is called about once a second with (elapsed, sent so far).
+pub async fn run(plan: &LoadPlan, mut tick: impl FnMut(Duration, usize)) -> Vec<Sample> {
+    let times = send_times(&plan.schedule, plan.duration);
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(times.len())));
+    let pool: Pool = Arc::new(Mutex::new(Vec::new()));
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next_tick = Duration::from_secs(1);
+    for (i, at) in times.iter().enumerate() {
+        let due = start + *at;
+        if Instant::now() < due {
+            sleep_until(due).await;
+        }
+        if *at >= next_tick {
+            tick(*at, i);
+            next_tick += Duration::from_secs(1);
+        }
+        while tasks.try_join_next().is_some() {}
+        if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= plan.max_in_flight {
+            if let Ok(mut s) = samples.lock() {
+                s.push(Sample {
+                    scheduled: *at,
+                    latency: Duration::ZERO,
+                    outcome: Outcome::Skipped,
+                    flags: None,
+                    degraded: None,
+                });
+            }
+            continue;
+        }
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (samples, pool, in_flight) = (samples.clone(), pool.clone(), in_flight.clone());
+        let path = plan.paths[i % plan.paths.len()].clone();
+        let (target, client_timeout, at) = (plan.target, plan.client_timeout, *at);
+        tasks.spawn(async move {
+            let (outcome, flags, degraded) = one(target, &path, &pool, due + client_timeout).await;
+            let latency = due.elapsed();
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(mut s) = samples.lock() {
+                s.push(Sample {
+                    scheduled: at,
+                    latency,
+                    outcome,
+                    flags,
+                    degraded,
+                });
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut out = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    out.sort_by_key(|s| s.scheduled);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_steps_and_ramps() {
+        let steps = vec![
+            Step {
+                at: Duration::ZERO,
+                rate: 10.0,
+                ramp: false,
+            },
+            Step {
+                at: Duration::from_secs(1),
+                rate: 100.0,
+                ramp: true,
+            },
+            Step {
+                at: Duration::from_secs(2),
+                rate: 200.0,
+                ramp: false,
+            },
+        ];
+        let t = send_times(&steps, Duration::from_secs(3));
+        let in_sec = |s: u64| t.iter().filter(|d| d.as_secs() == s).count();
+        assert_eq!(in_sec(0), 10);
+        assert!((140..=160).contains(&in_sec(1)), "{}", in_sec(1));
+        assert_eq!(in_sec(2), 200);
+    }
+}

@@ -1,0 +1,428 @@
+//! The drill report: a self-contained `index.html` with inline SVG charts (no scripts, no
+//! external files — readable offline) and a terminal summary.
+
+use std::fmt::Write as _;
+
+use crate::record::{AlertEvent, Hop, PhaseStats, Second};
+
+/// A named, coloured line: (name, colour, points).
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+const W: f64 = 900.0;
+const H: f64 = 220.0;
+const PAD: f64 = 45.0;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A line chart: one polyline per series, shaded fault windows, alert marks.
+fn chart(
+    title: &str,
+    unit: &str,
+    x_max: f64,
+    series: &[Series],
+    faults: &[(f64, f64)],
+    alerts: &[AlertEvent],
+) -> String {
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let x = |v: f64| PAD + v / x_max.max(1.0) * (W - 2.0 * PAD);
+    let y = |v: f64| H - PAD + -(v / y_max) * (H - 2.0 * PAD);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<figure><figcaption>{}</figcaption><svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{}">"#,
+        esc(title),
+        esc(title)
+    );
+    for (a, b) in faults {
+        let _ = write!(
+            s,
+            r##"<rect x="{:.1}" y="{PAD}" width="{:.1}" height="{:.1}" fill="#f8d7a8" opacity="0.6"><title>fault window {a}s-{b}s</title></rect>"##,
+            x(*a),
+            x(*b) - x(*a),
+            H - 2.0 * PAD
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<line x1="{PAD}" y1="{0}" x2="{1}" y2="{0}" stroke="#333"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{0}" stroke="#333"/>"##,
+        H - PAD,
+        W - PAD
+    );
+    for i in 0..=4 {
+        let v = y_max * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end">{:.0}</text><line x1="{PAD}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            PAD - 4.0,
+            y(v) + 3.0,
+            v,
+            W - PAD,
+            y(v),
+            y(v)
+        );
+    }
+    let step = (x_max / 10.0).ceil().max(1.0);
+    let mut t = 0.0;
+    while t <= x_max {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{t:.0}s</text>"#,
+            x(t),
+            H - PAD + 14.0
+        );
+        t += step;
+    }
+    let _ = write!(
+        s,
+        r#"<text x="8" y="{:.1}" font-size="10">{}</text>"#,
+        PAD - 8.0,
+        esc(unit)
+    );
+    for a in alerts {
+        let _ = write!(
+            s,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{PAD}" y2="{1:.1}" stroke="#c00" stroke-dasharray="4 3"><title>alert {2} fired at {3}s</title></line><text x="{0:.1}" y="{4:.1}" font-size="10" fill="#c00">&#9888; {2}</text>"##,
+            x(a.fired),
+            H - PAD,
+            esc(&a.name),
+            a.fired,
+            PAD - 2.0
+        );
+        if let Some(r) = a.resolved {
+            let _ = write!(
+                s,
+                r##"<line x1="{0:.1}" x2="{0:.1}" y1="{PAD}" y2="{1:.1}" stroke="#080" stroke-dasharray="2 3"><title>alert {2} resolved at {3}s</title></line>"##,
+                x(r),
+                H - PAD,
+                esc(&a.name),
+                r
+            );
+        }
+    }
+    for (i, (name, color, pts)) in series.iter().enumerate() {
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{}"><title>{}</title></polyline>"#,
+            path.join(" "),
+            esc(name)
+        );
+        let _ = write!(
+            s,
+            r#"<rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+            W - PAD - 150.0,
+            PAD + 14.0 * i as f64,
+            W - PAD - 135.0,
+            PAD + 9.0 + 14.0 * i as f64,
+            esc(name)
+        );
+    }
+    s.push_str("</svg></figure>");
+    s
+}
+
+const COLORS: [&str; 8] = [
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+];
+
+/// The whole page.
+#[allow(clippy::too_many_arguments)]
+pub fn html(
+    name: &str,
+    seed: u64,
+    duration: f64,
+    secs: &[Second],
+    hops: &[Hop],
+    faults: &[(f64, f64)],
+    alerts: &[AlertEvent],
+    checks: &[(String, bool, String)],
+    stats: (PhaseStats, PhaseStats),
+) -> String {
+    let mut classes: Vec<String> = secs
+        .iter()
+        .flat_map(|s| s.classes.keys().cloned())
+        .collect();
+    classes.sort();
+    classes.dedup();
+    let status_series: Vec<Series> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                c.as_str(),
+                COLORS[i % COLORS.len()],
+                secs.iter()
+                    .map(|s| {
+                        (
+                            s.t as f64 + 0.5,
+                            s.classes.get(c).copied().unwrap_or(0) as f64,
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut status_series = status_series;
+    status_series.push((
+        "degraded 200",
+        "#999999",
+        secs.iter()
+            .map(|s| (s.t as f64 + 0.5, s.degraded as f64))
+            .collect(),
+    ));
+    let lat: Vec<Series> = vec![
+        (
+            "p50",
+            COLORS[0],
+            secs.iter().map(|s| (s.t as f64 + 0.5, s.p50)).collect(),
+        ),
+        (
+            "p99",
+            COLORS[1],
+            secs.iter().map(|s| (s.t as f64 + 0.5, s.p99)).collect(),
+        ),
+        (
+            "max",
+            COLORS[2],
+            secs.iter().map(|s| (s.t as f64 + 0.5, s.max)).collect(),
+        ),
+    ];
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>hopline drill: {0}</title><style>body{{font-family:system-ui,sans-serif;margin:24px;max-width:960px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}}.ok{{color:#080}}.bad{{color:#c00;font-weight:bold}}figcaption{{font-weight:600;margin:12px 0 4px}}code{{font-size:12px}}</style></head><body><h1>hopline drill: {0}</h1><p>duration {1:.0} s · seed {2} · shaded: fault windows · dashed red: alert fired</p>"#,
+        esc(name),
+        duration,
+        seed
+    );
+    page.push_str(
+        "<h2>Expectations</h2><table><tr><th>expectation</th><th>measured</th><th>result</th></tr>",
+    );
+    for (d, ok, v) in checks {
+        let _ = write!(
+            page,
+            r#"<tr><td>{}</td><td><code>{}</code></td><td class="{}">{}</td></tr>"#,
+            esc(d),
+            esc(v),
+            if *ok { "ok" } else { "bad" },
+            if *ok { "pass" } else { "FAIL" }
+        );
+    }
+    page.push_str("</table><h2>Client's view</h2><table><tr><th>phase</th><th>requests</th><th>non-2xx</th><th>degraded</th><th>p50</th><th>p99</th><th>max</th></tr>");
+    for (label, p) in [("whole run", stats.0), ("fault window", stats.1)] {
+        let _ = write!(page, "<tr><td>{label}</td><td>{}</td><td>{:.2} %</td><td>{:.2} %</td><td>{:.1} ms</td><td>{:.1} ms</td><td>{:.1} ms</td></tr>", p.total, p.non_2xx_ratio * 100.0, p.degraded_ratio * 100.0, p.p50_ms, p.p99_ms, p.max_ms);
+    }
+    page.push_str("</table>");
+    page.push_str(&chart(
+        "Responses per second by class (load generator)",
+        "req/s",
+        duration,
+        &status_series,
+        faults,
+        alerts,
+    ));
+    page.push_str(&chart(
+        "Latency from scheduled send time",
+        "ms",
+        duration,
+        &lat,
+        faults,
+        alerts,
+    ));
+    for h in hops {
+        let mut keys: Vec<String> = h.seconds.iter().flat_map(|m| m.keys().cloned()).collect();
+        keys.sort();
+        keys.dedup();
+        let series: Vec<Series> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    k.as_str(),
+                    COLORS[i % COLORS.len()],
+                    h.seconds
+                        .iter()
+                        .enumerate()
+                        .map(|(t, m)| (t as f64 + 0.5, m.get(k).copied().unwrap_or(0) as f64))
+                        .collect(),
+                )
+            })
+            .collect();
+        page.push_str(&chart(
+            &format!(
+                "{}: statuses per second (its own log, {} lines)",
+                h.name, h.lines
+            ),
+            "per s",
+            duration,
+            &series,
+            faults,
+            &[],
+        ));
+        if !h.top_causes.is_empty() {
+            let _ = write!(
+                page,
+                "<table><tr><th>top causes at {} during faults</th><th>count</th></tr>",
+                esc(&h.name)
+            );
+            for (c, n) in &h.top_causes {
+                let _ = write!(
+                    page,
+                    "<tr><td><code>{}</code></td><td>{n}</td></tr>",
+                    esc(c)
+                );
+            }
+            page.push_str("</table>");
+        }
+    }
+    page.push_str("<p>Raw series: <a href=\"data.json\">data.json</a>.</p></body></html>\n");
+    page
+}
+
+/// The terminal summary of one run.
+pub fn summary(
+    name: &str,
+    stats: (PhaseStats, PhaseStats),
+    alerts: &[AlertEvent],
+    hops: &[Hop],
+    checks: &[(String, bool, String)],
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "== {name}");
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "phase", "requests", "non-2xx", "degraded", "p99", "max"
+    );
+    for (label, p) in [("whole run", stats.0), ("fault window", stats.1)] {
+        let _ = writeln!(
+            s,
+            "  {label:<14} {:>9} {:>8.2}% {:>8.2}% {:>8.1}ms {:>8.1}ms",
+            p.total,
+            p.non_2xx_ratio * 100.0,
+            p.degraded_ratio * 100.0,
+            p.p99_ms,
+            p.max_ms
+        );
+    }
+    for a in alerts {
+        let _ = writeln!(
+            s,
+            "  alert {:?} fired at {}s{}",
+            a.name,
+            a.fired,
+            a.resolved
+                .map(|r| format!(", resolved at {r}s"))
+                .unwrap_or_else(|| ", still firing at the end".into())
+        );
+    }
+    for h in hops {
+        if let Some((c, n)) = h.top_causes.first() {
+            let _ = writeln!(s, "  top cause at {}: {c} ({n}x)", h.name);
+        }
+    }
+    for (d, ok, v) in checks {
+        let _ = writeln!(
+            s,
+            "  [{}] {d} (measured {v})",
+            if *ok { "pass" } else { "FAIL" }
+        );
+    }
+    s
+}
+
+/// Renders one cell of the side-by-side table from a run's data.
+type Cell = fn(&serde_json::Value) -> String;
+
+/// Several runs side by side: fault-window non-2xx, p99, alert, top cause at the gateway.
+pub fn side_by_side(results: &[crate::RunResult]) -> String {
+    let mut s = String::new();
+        let rows: Vec<(&str, Cell)> = vec![
+        (
+            "non-2xx in fault window",
+            (|d| {
+                format!(
+                    "{:.1} %",
+                    d["fault_window"]["non_2xx_ratio"].as_f64().unwrap_or(0.0) * 100.0
+                )
+            }),
+        ),
+        (
+            "degraded 200s in fault window",
+            (|d| {
+                format!(
+                    "{:.1} %",
+                    d["fault_window"]["degraded_ratio"].as_f64().unwrap_or(0.0) * 100.0
+                )
+            }),
+        ),
+        (
+            "p99 in fault window",
+            (|d| {
+                format!(
+                    "{:.0} ms",
+                    d["fault_window"]["p99_ms"].as_f64().unwrap_or(0.0)
+                )
+            }),
+        ),
+        (
+            "alert fired",
+            (|d| {
+                if d["alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                }
+            }),
+        ),
+        (
+            "top cause at the gateway",
+            (|d| {
+                d["hops"]
+                    .as_array()
+                    .and_then(|h| h.iter().find(|x| x["name"] == "gateway"))
+                    .and_then(|g| g["top_causes"][0][0].as_str())
+                    .unwrap_or("-")
+                    .chars()
+                    .take(70)
+                    .collect()
+            }),
+        ),
+        (
+            "expectations",
+            (|d| {
+                let e = d["expectations"].as_array().cloned().unwrap_or_default();
+                format!(
+                    "{}/{} pass",
+                    e.iter().filter(|x| x["passed"] == true).count(),
+                    e.len()
+                )
+            }),
+        ),
+    ];
+    let _ = write!(s, "\n{:<30}", "");
+    for r in results {
+        let _ = write!(s, " | {:<40}", r.name);
+    }
+    s.push('\n');
+    for (label, f) in &rows {
+        let _ = write!(s, "{label:<30}");
+        for r in results {
+            let _ = write!(s, " | {:<40}", f(&r.data));
+        }
+        s.push('\n');
+    }
+    s
+}

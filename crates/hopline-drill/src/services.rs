@@ -1,0 +1,219 @@
+//! Starting and stopping the processes of a topology, on loopback ports the runner picks.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::scenario::{placeholders, Kind, Scenario};
+
+/// Why a topology could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A process could not be spawned.
+    #[error("cannot start service {service} ({program})")]
+    Spawn {
+        /// Service.
+        service: String,
+        /// Program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A service did not accept connections in time.
+    #[error("service {service} not ready on {addr} within {secs} s (see {log})")]
+    NotReady {
+        /// Service.
+        service: String,
+        /// Its address.
+        addr: SocketAddr,
+        /// Wait.
+        secs: u64,
+        /// Its stderr file.
+        log: String,
+    },
+    /// Files in the output folder.
+    #[error("cannot write {path}")]
+    Io {
+        /// Path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Running processes, killed when dropped.
+#[derive(Debug)]
+pub struct Topology {
+    children: Vec<(String, Child)>,
+    /// Address of every placeholder name.
+    pub addrs: HashMap<String, SocketAddr>,
+    /// Stdout log file of every service.
+    pub logs: HashMap<String, PathBuf>,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Topology {
+    /// Stops every process: SIGTERM (so logs flush), then kill after 3 s.
+    pub fn stop(&mut self) {
+        for (_, c) in &self.children {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        let end = Instant::now() + Duration::from_secs(3);
+        for (_, c) in &mut self.children {
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+}
+
+/// A free loopback port (bound then released; the process binds it right after).
+fn free_addr() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Replaces `{addr:NAME}` and `{port:NAME}`.
+pub fn fill(text: &str, addrs: &HashMap<String, SocketAddr>) -> String {
+    let mut out = text.to_string();
+    for (name, a) in addrs {
+        out = out.replace(&format!("{{addr:{name}}}"), &a.to_string());
+        out = out.replace(&format!("{{port:{name}}}"), &a.port().to_string());
+    }
+    out
+}
+
+/// Starts every service in order, waiting for each to accept connections.
+pub fn start(
+    s: &Scenario,
+    hopline: &Path,
+    legacy: &Path,
+    out: &Path,
+) -> Result<Topology, StartError> {
+    let mut names: Vec<String> = s.services.iter().map(|x| x.name.clone()).collect();
+    for svc in &s.services {
+        for text in svc.args.iter().chain(svc.config.iter()) {
+            for n in placeholders(text) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+    }
+    let mut addrs = HashMap::new();
+    for n in names {
+        let a = free_addr().map_err(|source| StartError::Io {
+            path: "127.0.0.1:0".into(),
+            source,
+        })?;
+        addrs.insert(n, a);
+    }
+    let mut topo = Topology {
+        children: Vec::new(),
+        addrs,
+        logs: HashMap::new(),
+    };
+    for svc in &s.services {
+        let addr = topo.addrs[&svc.name];
+        let args: Vec<String> = svc.args.iter().map(|a| fill(a, &topo.addrs)).collect();
+        let write = |suffix: &str, text: &str| -> Result<PathBuf, StartError> {
+            let p = out.join(format!("{}.{suffix}", svc.name));
+            std::fs::write(&p, text).map_err(|source| StartError::Io {
+                path: p.display().to_string(),
+                source,
+            })?;
+            Ok(p)
+        };
+        let (program, argv): (PathBuf, Vec<String>) = match svc.kind {
+            Kind::Mock => {
+                let mut v = vec!["mock".into(), "--listen".into(), addr.to_string()];
+                v.extend(args);
+                (hopline.to_path_buf(), v)
+            }
+            Kind::Chaos => {
+                let cfg = write(
+                    "chaos.toml",
+                    &fill(svc.config.as_deref().unwrap_or(""), &topo.addrs),
+                )?;
+                (
+                    hopline.to_path_buf(),
+                    vec![
+                        "chaos".into(),
+                        "-c".into(),
+                        cfg.display().to_string(),
+                        "--api".into(),
+                        addr.to_string(),
+                        "--seed".into(),
+                        s.seed.to_string(),
+                    ],
+                )
+            }
+            Kind::Hopline => {
+                let cfg = write(
+                    "hopline.toml",
+                    &fill(svc.config.as_deref().unwrap_or(""), &topo.addrs),
+                )?;
+                (
+                    hopline.to_path_buf(),
+                    vec!["serve".into(), "-c".into(), cfg.display().to_string()],
+                )
+            }
+            Kind::LegacyGateway => {
+                let mut v = vec!["--listen".into(), addr.to_string()];
+                v.extend(args);
+                (legacy.to_path_buf(), v)
+            }
+            Kind::Command => (PathBuf::from(&args[0]), args[1..].to_vec()),
+        };
+        let log = out.join(format!("{}.log", svc.name));
+        let err = out.join(format!("{}.stderr", svc.name));
+        let io = |p: &Path| {
+            File::create(p).map_err(|source| StartError::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let child = Command::new(&program)
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(io(&log)?)
+            .stderr(io(&err)?)
+            .spawn()
+            .map_err(|source| StartError::Spawn {
+                service: svc.name.clone(),
+                program: program.display().to_string(),
+                source,
+            })?;
+        topo.children.push((svc.name.clone(), child));
+        topo.logs.insert(svc.name.clone(), log);
+        let end = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > end {
+                return Err(StartError::NotReady {
+                    service: svc.name.clone(),
+                    addr,
+                    secs: 15,
+                    log: err.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(topo)
+}

@@ -1,0 +1,206 @@
+//! `hopline drill` end to end: a short drill that passes, the same with an impossible
+//! expectation that fails clearly, scenario errors, and the load generator's rate accuracy.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn scenario(duration: &str, extra_expect: &str) -> String {
+    format!(
+        r#"name = "short"
+duration = "{duration}"
+seed = 7
+
+[[services]]
+name = "svc"
+kind = "mock"
+args = ["--body", "{{\"ok\":true}}", "--quiet"]
+
+[[services]]
+name = "nat"
+kind = "chaos"
+config = """
+[[proxies]]
+name = "p"
+listen = "{{addr:svc_nat}}"
+upstream = "{{addr:svc}}"
+"""
+
+[[services]]
+name = "gw"
+kind = "hopline"
+config = """
+[server]
+listen = "{{addr:gw}}"
+[upstreams.svc]
+endpoints = ["{{addr:svc_nat}}"]
+zone = "egress"
+timeout = "150ms"
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "svc"
+timeout = "200ms"
+"""
+
+[load]
+target = "gw"
+path = "/x"
+client_timeout = "2s"
+schedule = [{{ at = "0s", rate = 100 }}]
+
+[[faults]]
+at = "2s"
+until = "4s"
+service = "nat"
+proxy = "p"
+toxic = {{ type = "latency", attributes = {{ latency = 400 }} }}
+
+[[alerts]]
+name = "errors"
+metric = "non_2xx_ratio"
+above = 0.05
+window = "1s"
+min_requests = 10
+
+[[expect]]
+phase = "fault"
+metric = "non_2xx_ratio"
+above = 0.5
+
+[[expect]]
+phase = "fault"
+metric = "p99_ms"
+below = 300
+
+[[expect]]
+alert = "errors"
+fired = true
+
+[[expect]]
+top_cause_of = "gw"
+contains = "(egress): response headers timed out"
+{extra_expect}"#
+    )
+}
+
+fn drill(text: &str) -> (Option<i32>, String, std::path::PathBuf) {
+    let path = temp_file("short.drill.toml", text);
+    let out = path.with_file_name("report");
+    let o = Command::new(bin())
+        .args([
+            "drill",
+            path.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("run drill");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text, out.join("short"))
+}
+
+#[test]
+fn a_short_drill_passes_and_writes_its_report() {
+    let (code, text, dir) = drill(&scenario("6s", ""));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("[pass] top cause at gw"), "{text}");
+    let html = std::fs::read_to_string(dir.join("index.html")).expect("index.html");
+    assert!(
+        html.contains("<svg") && html.contains("fault window"),
+        "report has charts"
+    );
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("data.json")).expect("data.json"))
+            .expect("json");
+    assert_eq!(data["seed"], 7);
+    let requests = data["all"]["requests"].as_u64().expect("requests");
+    assert!(
+        (580..=620).contains(&requests),
+        "{requests} requests at 100/s for 6 s"
+    );
+    assert_eq!(data["alerts"][0]["name"], "errors");
+}
+
+#[test]
+fn an_impossible_expectation_fails_with_a_clear_message() {
+    let (code, text, _) = drill(&scenario(
+        "4s",
+        "\n[[expect]]\nphase = \"all\"\nmetric = \"p99_ms\"\nbelow = 0.001\n",
+    ));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("[FAIL] all p99ms < 0.001 (measured"),
+        "{text}"
+    );
+}
+
+#[test]
+fn scenario_errors_name_line_and_key() {
+    let bad = scenario("4s", "")
+        .replace("rate = 100", "rate = -1")
+        .replace("target = \"gw\"", "target = \"nowhere\"");
+    let (code, text, _) = drill(&bad);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("key `load.target`: no service named \"nowhere\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("key `load.schedule[0]`: rate must be a non-negative number"),
+        "{text}"
+    );
+}
+
+#[test]
+fn load_generator_holds_its_rate_within_five_percent() {
+    let up = mock(&["--quiet"]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let plan = hopline_drill::load::LoadPlan {
+        target: up.addr,
+        paths: vec!["/rate".into()],
+        schedule: vec![hopline_drill::load::Step {
+            at: Duration::ZERO,
+            rate: 1000.0,
+            ramp: false,
+        }],
+        duration: Duration::from_secs(5),
+        client_timeout: Duration::from_secs(2),
+        max_in_flight: 10_000,
+    };
+    let samples = rt.block_on(hopline_drill::load::run(&plan, |_, _| {}));
+    let ok = samples
+        .iter()
+        .filter(|s| s.outcome == hopline_drill::load::Outcome::Status(200))
+        .count();
+    assert!(
+        (4750..=5250).contains(&ok),
+        "{ok} answered of 5000 scheduled"
+    );
+    for sec in 0..5 {
+        let n = samples
+            .iter()
+            .filter(|s| s.scheduled.as_secs() == sec)
+            .count();
+        assert!((950..=1050).contains(&n), "second {sec}: {n} requests");
+    }
+    // Open loop: every request left within 20 ms of its schedule (latency counts from it).
+    let late = samples
+        .iter()
+        .filter(|s| s.latency > Duration::from_millis(20))
+        .count();
+    assert!(
+        late < 50,
+        "{late} requests more than 20 ms after their scheduled time"
+    );
+}
