@@ -295,7 +295,12 @@ pub fn hop(name: &str, log: &Path, start_epoch: f64, secs: usize, faults: &[(f64
                 .into_iter()
                 .flatten()
                 .filter_map(|c| c["cause"].as_str());
-            for c in cause.iter().map(String::as_str).chain(call_causes) {
+            // A request-level cause explains the whole line; otherwise count each call's.
+            let list: Vec<&str> = match &cause {
+                Some(c) => vec![c.as_str()],
+                None => call_causes.collect(),
+            };
+            for c in list {
                 *causes.entry(normalize(c)).or_default() += 1;
             }
         }
@@ -303,6 +308,9 @@ pub fn hop(name: &str, log: &Path, start_epoch: f64, secs: usize, faults: &[(f64
             None
         } else if v["cancelled"] == true {
             Some("cancelled".to_string())
+        } else if v["written"] == false {
+            // The legacy gateway answered a client that had already left.
+            v["status"].as_u64().map(|s| format!("{s} (client gone)"))
         } else {
             v["status"].as_u64().map(|s| s.to_string())
         };

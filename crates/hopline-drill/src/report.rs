@@ -61,7 +61,7 @@ fn chart(
         let v = y_max * f64::from(i) / 4.0;
         let _ = write!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end">{:.0}</text><line x1="{PAD}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            r##"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end">{:.1}</text><line x1="{PAD}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
             PAD - 4.0,
             y(v) + 3.0,
             v,
@@ -241,7 +241,7 @@ pub fn html(
         faults,
         alerts,
     ));
-    for h in hops {
+    for h in hops.iter().filter(|h| h.lines > 0) {
         let mut keys: Vec<String> = h.seconds.iter().flat_map(|m| m.keys().cloned()).collect();
         keys.sort();
         keys.dedup();
@@ -349,7 +349,7 @@ type Cell = fn(&serde_json::Value) -> String;
 /// Several runs side by side: fault-window non-2xx, p99, alert, top cause at the gateway.
 pub fn side_by_side(results: &[crate::RunResult]) -> String {
     let mut s = String::new();
-        let rows: Vec<(&str, Cell)> = vec![
+    let rows: Vec<(&str, Cell)> = vec![
         (
             "non-2xx in fault window",
             (|d| {

@@ -22,7 +22,9 @@ pub enum Kind {
     Hopline,
     /// `legacy-gateway --listen {addr:NAME} ARGS`.
     LegacyGateway,
-    /// Any command (`argv`), ready when `{addr:NAME}` accepts connections.
+    /// Any command (`argv`), ready when `{addr:NAME}` accepts connections. Its `config`,
+    /// if any, is written to a file whose path replaces `{config}` in `argv`; `{dir}` is the
+    /// run's output folder.
     Command,
 }
 

@@ -124,6 +124,7 @@ pub fn start(
         })?;
         addrs.insert(n, a);
     }
+    let out = &std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
     let mut topo = Topology {
         children: Vec::new(),
         addrs,
@@ -179,7 +180,25 @@ pub fn start(
                 v.extend(args);
                 (legacy.to_path_buf(), v)
             }
-            Kind::Command => (PathBuf::from(&args[0]), args[1..].to_vec()),
+            Kind::Command => {
+                let args: Vec<String> = match &svc.config {
+                    Some(text) => {
+                        let cfg = write(
+                            "conf",
+                            &fill(text, &topo.addrs).replace("{dir}", &out.display().to_string()),
+                        )?;
+                        args.iter()
+                            .map(|a| a.replace("{config}", &cfg.display().to_string()))
+                            .collect()
+                    }
+                    None => args,
+                };
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| a.replace("{dir}", &out.display().to_string()))
+                    .collect();
+                (PathBuf::from(&args[0]), args[1..].to_vec())
+            }
         };
         let log = out.join(format!("{}.log", svc.name));
         let err = out.join(format!("{}.stderr", svc.name));
