@@ -65,6 +65,17 @@ pub struct RunResult {
     pub out: PathBuf,
 }
 
+/// Where a running drill is, reported about once a second.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Seconds of load done.
+    pub elapsed: u64,
+    /// Seconds of load in all.
+    pub total: u64,
+    /// Requests sent so far.
+    pub sent: usize,
+}
+
 /// The programs a drill runs.
 #[derive(Debug, Clone)]
 pub struct Programs {
@@ -105,7 +116,7 @@ pub async fn run(
     s: &Scenario,
     programs: &Programs,
     out: &Path,
-    mut progress: impl FnMut(&str),
+    mut progress: impl FnMut(Progress),
 ) -> Result<RunResult, DrillError> {
     std::fs::create_dir_all(out).map_err(|source| DrillError::Io {
         path: out.display().to_string(),
@@ -191,15 +202,11 @@ pub async fn run(
     });
     let total = s.duration.as_secs();
     let samples = load::run(&plan, |at, sent| {
-        if at.as_secs() % 5 == 0 {
-            progress(&format!(
-                "{}: {}/{} s, {} requests sent",
-                s.name,
-                at.as_secs(),
-                total,
-                sent
-            ));
-        }
+        progress(Progress {
+            elapsed: at.as_secs(),
+            total,
+            sent,
+        })
     })
     .await;
     let fault_result = fault_task.await.unwrap_or(Ok(()));

@@ -390,8 +390,17 @@ pub fn check(
                     (None, Some(a)) => format!("> {a}"),
                     (None, None) => "recorded".into(),
                 };
+                let phase = match phase {
+                    Phase::All => "whole run",
+                    Phase::Fault => "fault window",
+                };
+                let metric = match metric {
+                    Metric::Non2xxRatio => "non-2xx ratio",
+                    Metric::DegradedRatio => "degraded ratio",
+                    Metric::P99Ms => "p99 ms",
+                };
                 (
-                    format!("{:?} {:?} {bound}", phase, metric).to_lowercase(),
+                    format!("{metric} in {phase} {bound}"),
                     ok,
                     format!("{v:.4}"),
                 )

@@ -424,9 +424,30 @@ fn drill(files: &[PathBuf], out: &std::path::Path) -> anyhow::Result<ExitCode> {
             s.duration.as_secs(),
             s.seed
         );
-        let r = rt.block_on(hopline_drill::run(s, &programs, &dir, |line| {
-            eprintln!("hopline drill: {line}")
-        }))?;
+        let r = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let bar = indicatif::ProgressBar::new(s.duration.as_secs());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} s {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(s.name.clone());
+            let r = rt.block_on(hopline_drill::run(s, &programs, &dir, |p| {
+                bar.set_position(p.elapsed);
+                bar.set_message(format!("{} requests", p.sent));
+            }));
+            bar.finish_and_clear();
+            r?
+        } else {
+            rt.block_on(hopline_drill::run(s, &programs, &dir, |p| {
+                if p.elapsed % 5 == 0 {
+                    eprintln!(
+                        "hopline drill: {}: {}/{} s, {} requests sent",
+                        s.name, p.elapsed, p.total, p.sent
+                    );
+                }
+            }))?
+        };
         print!("{}", r.summary);
         println!("  report: {}", dir.join("index.html").display());
         results.push(r);
