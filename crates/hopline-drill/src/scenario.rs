@@ -232,6 +232,16 @@ fn metric(cx: &mut Cx, v: &Value, path: &[&str]) -> Option<Metric> {
     }
 }
 
+/// The elements of a JSON array with their index as text (for key paths).
+fn entries(v: &Value) -> Vec<(String, Value)> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, x)| (i.to_string(), x.clone()))
+        .collect()
+}
+
 /// Parses scenario text; `name` is used in messages.
 pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
     let err = |problems| ScenarioError {
@@ -267,14 +277,8 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
     let seed = root["seed"].as_u64().unwrap_or(1);
 
     let mut services = Vec::new();
-    for (i, s) in root["services"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let idx = i.to_string();
+    for (idx, s) in entries(&root["services"]) {
+        let s = &s;
         let p = ["services", idx.as_str()];
         known(&mut cx, s, &p, &["name", "kind", "args", "argv", "config"]);
         let Some(sn) = s["name"].as_str() else {
@@ -357,14 +361,8 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
         cx.fail(&["load"], "set `path` or `paths`");
     }
     let mut schedule = Vec::new();
-    for (i, st) in l["schedule"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let idx = i.to_string();
+    for (idx, st) in entries(&l["schedule"]) {
+        let st = &st;
         let at = cx
             .duration(&st["at"], &["load", "schedule", &idx])
             .unwrap_or_default();
@@ -402,14 +400,8 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
     };
 
     let mut faults = Vec::new();
-    for (i, f) in root["faults"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let idx = i.to_string();
+    for (idx, f) in entries(&root["faults"]) {
+        let f = &f;
         known(
             &mut cx,
             f,
@@ -446,14 +438,8 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
     }
 
     let mut alerts = Vec::new();
-    for (i, a) in root["alerts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let idx = i.to_string();
+    for (idx, a) in entries(&root["alerts"]) {
+        let a = &a;
         known(
             &mut cx,
             a,
@@ -476,14 +462,8 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
     }
 
     let mut expect = Vec::new();
-    for (i, e) in root["expect"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let idx = i.to_string();
+    for (idx, e) in entries(&root["expect"]) {
+        let e = &e;
         known(
             &mut cx,
             e,
