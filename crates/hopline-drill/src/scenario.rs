@@ -37,8 +37,10 @@ pub struct Service {
     pub kind: Kind,
     /// Extra arguments (mock, legacy-gateway) or the whole argv (command).
     pub args: Vec<String>,
-    /// Config text (chaos, hopline), with placeholders.
+    /// Config text (chaos, hopline, command), with placeholders.
     pub config: Option<String>,
+    /// Extra environment variables (values may use placeholders).
+    pub env: Vec<(String, String)>,
 }
 
 /// `[load]`.
@@ -280,7 +282,12 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
     for (idx, s) in entries(&root["services"]) {
         let s = &s;
         let p = ["services", idx.as_str()];
-        known(&mut cx, s, &p, &["name", "kind", "args", "argv", "config"]);
+        known(
+            &mut cx,
+            s,
+            &p,
+            &["name", "kind", "args", "argv", "config", "env"],
+        );
         let Some(sn) = s["name"].as_str() else {
             cx.fail(&p, "missing name");
             continue;
@@ -319,11 +326,20 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
         if kind == Kind::Command && args.is_empty() {
             cx.fail(&p, "command services need `argv`");
         }
+        let env = s["env"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
         services.push(Service {
             name: sn.to_string(),
             kind,
             args,
             config,
+            env,
         });
     }
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();

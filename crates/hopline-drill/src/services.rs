@@ -208,8 +208,14 @@ pub fn start(
                 source,
             })
         };
+        let env: Vec<(String, String)> = svc
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), fill(v, &topo.addrs)))
+            .collect();
         let child = Command::new(&program)
             .args(&argv)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(io(&log)?)
             .stderr(io(&err)?)
