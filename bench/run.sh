@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Proxy comparison on this machine: direct upstream, nginx, HAProxy and hopline, each as a
+# one-worker reverse proxy in front of the same nginx upstream, with its access log on.
+# Proxy + upstream pinned to cpu 0, load generator to cpu 1; interleaved rounds.
+#
+#   bench/run.sh                 # ROUNDS=3 DURATION=10s CONNS=64 by default
+#
+# Saturation: wrk -t1 -c$CONNS -d$DURATION --latency. Fixed rate: half of nginx's median
+# saturation rate, open loop, with bench's fixed-rate (latency from the scheduled time).
+# Prints a table and writes bench/results/proxies-<unix time>.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+FIXED_SECS=${FIXED_SECS:-10}
+
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -p hopline -p hopline-bench >/dev/null
+
+DIR=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+render() { # template port -> file
+  sed -e "s#__DIR__#$DIR#g" -e "s#__UPSTREAM_PORT__#$UP#g" -e "s#__PROXY_PORT__#$2#g" "bench/conf/$1" > "$DIR/$1"
+  echo "$DIR/$1"
+}
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not ready" >&2; return 1; }
+
+taskset -c 0 nginx -c "$(render upstream-nginx.conf 0)" &
+PIDS+=($!)
+wait_port "$UP"
+
+start_proxy() { # name port -> pid
+  case "$1" in
+    nginx) taskset -c 0 nginx -c "$(render proxy-nginx.conf "$2")" & ;;
+    haproxy) taskset -c 0 haproxy -f "$(render proxy-haproxy.cfg "$2")" >"$DIR/haproxy-access.log" 2>&1 & ;;
+    hopline) taskset -c 0 ./target/release/hopline serve --threads 1 -c "$(render proxy-hopline.toml "$2")" 2>"$DIR/hopline.err" & ;;
+  esac
+  echo $!
+}
+
+declare -A RPS P99 P50
+run_wrk() { # port -> "rps p50_ms p99_ms"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$1/" >/dev/null # warm-up
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$DIR/wrk.out"
+  local rps p50 p99 non2xx
+  rps=$(awk '/Requests\/sec/ {print $2}' "$DIR/wrk.out")
+  p50=$(awk '$1=="50%" {print $2}' "$DIR/wrk.out")
+  p99=$(awk '$1=="99%" {print $2}' "$DIR/wrk.out")
+  non2xx=$(awk '/Non-2xx/ {print $4}' "$DIR/wrk.out")
+  [ -z "$non2xx" ] || { echo "non-2xx responses: $non2xx" >&2; cat "$DIR/wrk.out" >&2; }
+  echo "$rps $p50 $p99"
+}
+ms() { # wrk latency "1.23ms" / "456.00us" / "1.2s" -> ms
+  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([\d.]+)(us|ms|s)',v); n=float(m.group(1)); print(n/1000 if m.group(2)=='us' else n*1000 if m.group(2)=='s' else n)" "$1"
+}
+
+for round in $(seq "$ROUNDS"); do
+  for name in direct nginx haproxy hopline; do
+    if [ "$name" = direct ]; then port=$UP; pid=""; else port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"; fi
+    read -r rps p50 p99 < <(run_wrk "$port")
+    RPS[$name]+="$rps "; P50[$name]+="$(ms "$p50") "; P99[$name]+="$(ms "$p99") "
+    echo "round $round $name: $rps req/s, p50 $p50, p99 $p99" >&2
+    [ -n "$pid" ] && { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+  done
+done
+
+median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" $1; }
+NGINX_RPS=$(median "${RPS[nginx]}")
+FIXED=$(python3 -c "print(int($NGINX_RPS/2))")
+declare -A FIX
+for name in nginx haproxy hopline; do
+  port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
+  FIX[$name]=$(taskset -c 1 ./target/release/fixed-rate "127.0.0.1:$port" "$FIXED" "$FIXED_SECS")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+
+python3 - "$DIR" "$FIXED" <<PY
+import json, statistics, sys, time, platform, os
+rps = {k: [float(x) for x in v.split()] for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "haproxy": "${RPS[haproxy]}", "hopline": "${RPS[hopline]}"}.items()}
+p50 = {k: [float(x) for x in v.split()] for k, v in {"direct": "${P50[direct]}", "nginx": "${P50[nginx]}", "haproxy": "${P50[haproxy]}", "hopline": "${P50[hopline]}"}.items()}
+p99 = {k: [float(x) for x in v.split()] for k, v in {"direct": "${P99[direct]}", "nginx": "${P99[nginx]}", "haproxy": "${P99[haproxy]}", "hopline": "${P99[hopline]}"}.items()}
+fixed = {k: json.loads(v) for k, v in {"nginx": '''${FIX[nginx]}''', "haproxy": '''${FIX[haproxy]}''', "hopline": '''${FIX[hopline]}'''}.items()}
+med = lambda xs: statistics.median(xs)
+print(f"\nsaturation: wrk -t1 -c${CONNS} -d${DURATION}, ${ROUNDS} interleaved rounds, medians")
+print(f"{'proxy':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'spread':>7}")
+for k in ["direct", "nginx", "haproxy", "hopline"]:
+    spread = (max(rps[k]) - min(rps[k])) / med(rps[k]) * 100
+    print(f"{k:<10} {med(rps[k]):>10.0f} {med(p50[k]):>8.2f} {med(p99[k]):>8.2f} {spread:>6.1f}%")
+print(f"hopline/nginx {med(rps['hopline'])/med(rps['nginx']):.2f}x   hopline/haproxy {med(rps['hopline'])/med(rps['haproxy']):.2f}x")
+print(f"\nfixed rate {sys.argv[2]} req/s (half of nginx's saturation), open loop, {os.environ.get('FIXED_SECS','10')} s")
+print(f"{'proxy':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'non-2xx':>8}")
+for k in ["nginx", "haproxy", "hopline"]:
+    l = fixed[k]["latency"]
+    print(f"{k:<10} {l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['max_ms']:>8.3f} {fixed[k]['non_2xx']:>8}")
+out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "cpus": os.cpu_count(), "rounds": ${ROUNDS}, "conns": ${CONNS}, "duration": "${DURATION}",
+       "saturation": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps}, "fixed_rate": {"rate": int(sys.argv[2]), **fixed}}
+path = f"bench/results/proxies-{int(time.time())}.json"
+json.dump(out, open(path, "w"), indent=2)
+print("saved", path)
+PY
