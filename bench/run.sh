@@ -23,7 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-cargo build --release --locked -p hopline -p hopline-bench >/dev/null
+cargo build --release --locked -p hopline -p hopline-bench >/dev/null 2>&1
 
 DIR=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -38,15 +38,16 @@ render() { # template port -> file
 }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not ready" >&2; return 1; }
 
-taskset -c 0 nginx -c "$(render upstream-nginx.conf 0)" &
+taskset -c 0 nginx -c "$(render upstream-nginx.conf 0)" >"$DIR/upstream.out" 2>&1 &
 PIDS+=($!)
 wait_port "$UP"
 
 start_proxy() { # name port -> pid
   case "$1" in
-    nginx) taskset -c 0 nginx -c "$(render proxy-nginx.conf "$2")" & ;;
+    # Output goes to files: this runs inside $(...), which would otherwise wait for it.
+    nginx) taskset -c 0 nginx -c "$(render proxy-nginx.conf "$2")" >"$DIR/nginx-proxy.out" 2>&1 & ;;
     haproxy) taskset -c 0 haproxy -f "$(render proxy-haproxy.cfg "$2")" >"$DIR/haproxy-access.log" 2>&1 & ;;
-    hopline) taskset -c 0 ./target/release/hopline serve --threads 1 -c "$(render proxy-hopline.toml "$2")" 2>"$DIR/hopline.err" & ;;
+    hopline) taskset -c 0 ./target/release/hopline serve --threads 1 -c "$(render proxy-hopline.toml "$2")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
   esac
   echo $!
 }

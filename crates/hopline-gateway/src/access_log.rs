@@ -6,10 +6,10 @@
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -182,10 +182,47 @@ pub fn json_str(out: &mut String, v: &str) {
 }
 
 /// Where access lines go; cheap to share between connections.
+///
+/// Lines are appended to a 64 KiB in-memory buffer under an uncontended lock (no syscall,
+/// no thread wake-up per request); the buffer is written out when it fills and at least
+/// every [`FLUSH_EVERY`] by a small flusher thread, and on [`AccessLog::close`].
 #[derive(Debug)]
 pub struct AccessLog {
-    sender: Option<mpsc::Sender<String>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    sink: Option<Arc<Sink>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Longest a finished request's line waits before it is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+const BUFFER: usize = 64 * 1024;
+
+struct Sink {
+    buf: Mutex<Vec<u8>>,
+    out: Mutex<Box<dyn Write + Send>>,
+    stop: AtomicBool,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
+}
+
+impl Sink {
+    /// Writes out whatever is buffered. The buffer lock is held only to swap buffers.
+    fn flush(&self) {
+        let pending = {
+            let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+            if buf.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER))
+        };
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = out.write_all(&pending);
+        let _ = out.flush();
+    }
 }
 
 impl AccessLog {
@@ -194,40 +231,63 @@ impl AccessLog {
         let out: Box<dyn Write + Send> = match config {
             LogConfig::Off => {
                 return Ok(AccessLog {
-                    sender: None,
-                    writer: Mutex::new(None),
+                    sink: None,
+                    flusher: Mutex::new(None),
                 })
             }
             LogConfig::Stdout => Box::new(io::stdout()),
             LogConfig::File(p) => Box::new(open_append(p)?),
         };
-        let (tx, rx) = mpsc::channel::<String>();
+        let sink = Arc::new(Sink {
+            buf: Mutex::new(Vec::with_capacity(BUFFER)),
+            out: Mutex::new(out),
+            stop: AtomicBool::new(false),
+        });
+        let s = sink.clone();
         let handle = std::thread::Builder::new()
             .name("hopline-access-log".into())
-            .spawn(move || write_loop(rx, out))?;
+            .spawn(move || {
+                while !s.stop.load(Ordering::Acquire) {
+                    std::thread::park_timeout(FLUSH_EVERY);
+                    s.flush();
+                }
+                s.flush();
+            })?;
         Ok(AccessLog {
-            sender: Some(tx),
-            writer: Mutex::new(Some(handle)),
+            sink: Some(sink),
+            flusher: Mutex::new(Some(handle)),
         })
     }
 
-    /// Queues one record.
+    /// Appends one record.
     pub fn write(&self, record: &AccessRecord) {
-        if let Some(tx) = &self.sender {
-            let _ = tx.send(record.to_json());
+        let Some(sink) = &self.sink else { return };
+        let line = record.to_json();
+        let full = {
+            let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
+            buf.extend_from_slice(line.as_bytes());
+            buf.len() >= BUFFER
+        };
+        if full {
+            sink.flush();
         }
     }
 
-    /// Flushes everything queued and stops the writer. Later writes are dropped.
+    /// Writes out everything and stops the flusher. Later writes still buffer, and are
+    /// written by the next `close`.
     pub fn close(&self) {
-        // An empty line is the stop marker: everything queued before it is written first.
-        let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return;
-        };
-        if let Some(tx) = &self.sender {
-            let _ = tx.send(String::new());
+        let Some(sink) = &self.sink else { return };
+        sink.stop.store(true, Ordering::Release);
+        if let Some(h) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.thread().unpark();
+            let _ = h.join();
         }
-        let _ = h.join();
+        sink.flush();
     }
 }
 
@@ -239,29 +299,6 @@ impl Drop for AccessLog {
 
 fn open_append(p: &Path) -> io::Result<std::fs::File> {
     OpenOptions::new().create(true).append(true).open(p)
-}
-
-fn write_loop(rx: mpsc::Receiver<String>, out: Box<dyn Write + Send>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        if line.is_empty() {
-            break;
-        }
-        let _ = out.write_all(line.as_bytes());
-        let mut stop = false;
-        while let Ok(more) = rx.try_recv() {
-            if more.is_empty() {
-                stop = true;
-                break;
-            }
-            let _ = out.write_all(more.as_bytes());
-        }
-        let _ = out.flush();
-        if stop {
-            break;
-        }
-    }
-    let _ = out.flush();
 }
 
 #[cfg(test)]

@@ -145,9 +145,13 @@ fn main() -> ExitCode {
 }
 
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        b.worker_threads(n.max(1));
+    // One thread: a current-thread runtime, with no work-stealing machinery to pay for.
+    let mut b = match threads {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = threads.filter(|n| *n > 1) {
+        b.worker_threads(n);
     }
     b.enable_all()
         .build()

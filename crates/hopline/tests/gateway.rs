@@ -486,6 +486,7 @@ fn connect_failure_is_retried_on_the_next_endpoint() {
     for i in 0..4 {
         assert_eq!(get(gw.addr, &format!("/rr{i}"), "").status, 200);
     }
+    log_for(&gw, "/rr3");
     let retried = gw
         .json_lines()
         .iter()
