@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use hopline_h1::head::{put_decimal, put_header, reason_phrase};
+use hopline_h1::head::{put_decimal, put_header, put_status_line, reason_phrase};
 use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, BodyDecoder};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -86,11 +86,7 @@ async fn connection(mut s: TcpStream, registry: &Registry) {
 fn render(status: u16, body: Option<&Value>, keep_alive: bool) -> BytesMut {
     let text = body.map(|v| format!("{v}\n")).unwrap_or_default();
     let mut out = BytesMut::with_capacity(128 + text.len());
-    out.put_slice(b"HTTP/1.1 ");
-    put_decimal(&mut out, u64::from(status));
-    out.put_u8(b' ');
-    out.put_slice(reason_phrase(status).as_bytes());
-    out.put_slice(b"\r\n");
+    put_status_line(&mut out, status, reason_phrase(status).as_bytes());
     if body.is_some() {
         put_header(&mut out, b"content-type", b"application/json");
     }

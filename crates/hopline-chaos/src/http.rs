@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use hopline_h1::body::{encode_chunk, LAST_CHUNK};
-use hopline_h1::head::{put_decimal, put_header, reason_phrase};
+use hopline_h1::head::{
+    put_content_length, put_decimal, put_header, put_status_line, reason_phrase,
+};
 use hopline_h1::{
     read_body_chunk, read_request_head, read_response_head, BodyDecoder, BodyLength, RequestHead,
 };
@@ -54,11 +56,7 @@ fn local_answer(status: u16, location: Option<&str>) -> BytesMut {
         reason_phrase(status)
     );
     let mut out = BytesMut::with_capacity(256);
-    out.put_slice(b"HTTP/1.1 ");
-    put_decimal(&mut out, u64::from(status));
-    out.put_u8(b' ');
-    out.put_slice(reason_phrase(status).as_bytes());
-    out.put_slice(b"\r\n");
+    put_status_line(&mut out, status, reason_phrase(status).as_bytes());
     if let Some(l) = location {
         put_header(&mut out, b"location", l.as_bytes());
     }
@@ -85,9 +83,7 @@ fn render_request(head: &RequestHead, body: &[u8]) -> BytesMut {
         put_header(&mut out, n, v);
     }
     if !body.is_empty() {
-        out.put_slice(b"content-length: ");
-        put_decimal(&mut out, body.len() as u64);
-        out.put_slice(b"\r\n");
+        put_content_length(&mut out, body.len() as u64);
     }
     out.put_slice(b"\r\n");
     out.put_slice(body);
@@ -193,11 +189,7 @@ pub async fn serve<F, Fut>(
             return;
         };
         let mut out = BytesMut::with_capacity(1024);
-        out.put_slice(b"HTTP/1.1 ");
-        put_decimal(&mut out, u64::from(resp.status));
-        out.put_u8(b' ');
-        out.put_slice(&resp.reason);
-        out.put_slice(b"\r\n");
+        put_status_line(&mut out, resp.status, &resp.reason);
         resp.headers.write_to(&mut out);
         if rlen == BodyLength::UntilClose {
             put_header(&mut out, b"transfer-encoding", b"chunked");

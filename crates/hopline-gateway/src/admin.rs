@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use hopline_core::config::{RouteAction, Zone};
-use hopline_h1::head::{put_decimal, put_header, reason_phrase};
+use hopline_h1::head::{put_decimal, put_header, put_status_line, reason_phrase};
 use hopline_h1::{read_request_head, wait_first_byte};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -76,11 +76,7 @@ async fn connection(mut s: TcpStream, current: &Current) {
             ),
         };
         let mut out = BytesMut::with_capacity(body.len() + 128);
-        out.put_slice(b"HTTP/1.1 ");
-        put_decimal(&mut out, status);
-        out.put_u8(b' ');
-        out.put_slice(reason_phrase(status as u16).as_bytes());
-        out.put_slice(b"\r\n");
+        put_status_line(&mut out, status, reason_phrase(status).as_bytes());
         put_header(&mut out, b"content-type", ctype.as_bytes());
         out.put_slice(b"content-length: ");
         put_decimal(&mut out, body.len() as u64);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::AggregateMode;
 use hopline_core::{Deadline, ProxyError};
-use hopline_h1::head::{put_decimal, put_header};
+use hopline_h1::head::{put_content_length, put_header};
 use hopline_h1::RequestHead;
 use tokio::io::AsyncWrite;
 
@@ -203,9 +203,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             degraded.join(",").as_bytes(),
         );
     }
-    out.put_slice(b"content-length: ");
-    put_decimal(&mut out, body.len() as u64);
-    out.put_slice(b"\r\n");
+    put_content_length(&mut out, body.len() as u64);
     if close {
         put_header(&mut out, b"connection", b"close");
     }

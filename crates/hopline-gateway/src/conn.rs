@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
 use hopline_core::{Deadline, Flag, Phase, ProxyError};
-use hopline_h1::head::{put_decimal, put_header, strip_hop_by_hop};
+use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop};
 use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, watch_gone};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, HeadError, ParseError, RequestHead, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -547,9 +547,7 @@ fn forward(
     }
     let method = &head.method[..];
     if !body.is_empty() || matches!(method, b"POST" | b"PUT" | b"PATCH") {
-        out.put_slice(b"content-length: ");
-        put_decimal(&mut out, body.len() as u64);
-        out.put_slice(b"\r\n");
+        put_content_length(&mut out, body.len() as u64);
     }
     Forward {
         head: out,

@@ -16,7 +16,9 @@ use hopline_core::{
     Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind,
 };
 use hopline_h1::body::{encode_chunk, LAST_CHUNK};
-use hopline_h1::head::{put_decimal, put_header, strip_hop_by_hop};
+use hopline_h1::head::{
+    put_content_length, put_decimal, put_header, put_status_line, strip_hop_by_hop,
+};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout_at;
@@ -409,11 +411,7 @@ async fn stream_response<W: AsyncWrite + Unpin>(
     let mut close = !req.client_keep_alive || close_delimited || gw.draining();
 
     let mut out = BytesMut::with_capacity(1024);
-    out.put_slice(b"HTTP/1.1 ");
-    put_decimal(&mut out, u64::from(head.status));
-    out.put_u8(b' ');
-    out.put_slice(&head.reason);
-    out.put_slice(b"\r\n");
+    put_status_line(&mut out, head.status, &head.reason);
     let mut headers = head.headers.clone();
     let head_length = if req.is_head {
         headers.get("content-length").cloned()
@@ -425,9 +423,7 @@ async fn stream_response<W: AsyncWrite + Unpin>(
     match length {
         _ if chunked => put_header(&mut out, b"transfer-encoding", b"chunked"),
         BodyLength::Length(n) => {
-            out.put_slice(b"content-length: ");
-            put_decimal(&mut out, n);
-            out.put_slice(b"\r\n");
+            put_content_length(&mut out, n);
         }
         BodyLength::Empty => {
             if let Some(v) = head_length {

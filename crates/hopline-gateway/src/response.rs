@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 use hopline_core::ProxyError;
-use hopline_h1::head::{put_decimal, put_header, reason_phrase};
+use hopline_h1::head::{put_content_length, put_header, put_status_line, reason_phrase};
 
 /// Renders the response for `err`: status and flag per DESIGN.md §3, `x-hopline-flags`,
 /// `x-request-id`, and a short text body carrying the cause.
@@ -15,19 +15,13 @@ pub fn error_response(err: &ProxyError, request_id: &str, close: bool) -> BytesM
         err.cause()
     );
     let mut out = BytesMut::with_capacity(256 + body.len());
-    out.put_slice(b"HTTP/1.1 ");
-    put_decimal(&mut out, u64::from(d.status));
-    out.put_u8(b' ');
-    out.put_slice(reason_phrase(d.status).as_bytes());
-    out.put_slice(b"\r\n");
+    put_status_line(&mut out, d.status, reason_phrase(d.status).as_bytes());
     put_header(&mut out, b"content-type", b"text/plain; charset=utf-8");
     put_header(&mut out, b"x-hopline-flags", d.flag.code().as_bytes());
     if !request_id.is_empty() {
         put_header(&mut out, b"x-request-id", request_id.as_bytes());
     }
-    out.put_slice(b"content-length: ");
-    put_decimal(&mut out, body.len() as u64);
-    out.put_slice(b"\r\n");
+    put_content_length(&mut out, body.len() as u64);
     if close {
         put_header(&mut out, b"connection", b"close");
     }

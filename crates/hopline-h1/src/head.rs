@@ -317,6 +317,22 @@ pub fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// Writes `HTTP/1.1 STATUS REASON\r\n`.
+pub fn put_status_line(out: &mut BytesMut, status: u16, reason: &[u8]) {
+    out.put_slice(b"HTTP/1.1 ");
+    put_decimal(out, u64::from(status));
+    out.put_u8(b' ');
+    out.put_slice(reason);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes `content-length: N\r\n`.
+pub fn put_content_length(out: &mut BytesMut, n: u64) {
+    out.put_slice(b"content-length: ");
+    put_decimal(out, n);
+    out.put_slice(b"\r\n");
+}
+
 /// Writes a decimal number without allocating.
 pub fn put_decimal(out: &mut BytesMut, mut n: u64) {
     let mut tmp = [0u8; 20];
@@ -332,6 +348,54 @@ pub fn put_decimal(out: &mut BytesMut, mut n: u64) {
     out.put_slice(&tmp[i..]);
 }
 
+/// Where a parsed slice lies in the buffer it was parsed from: (offset, length).
+type Span = (usize, usize);
+
+fn span_of(base: usize, s: &[u8]) -> Span {
+    (s.as_ptr() as usize - base, s.len())
+}
+
+/// The head's length once complete, `None` while partial; errors for bad or oversized heads.
+fn head_len(
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    buffered: usize,
+    max_head: usize,
+) -> Result<Option<usize>, ParseError> {
+    match parsed {
+        Err(httparse::Error::TooManyHeaders) => Err(ParseError::TooManyHeaders),
+        Err(e) => Err(ParseError::Syntax(e)),
+        Ok(httparse::Status::Partial) if buffered > max_head => {
+            Err(ParseError::TooLarge { limit: max_head })
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(len)) if len > max_head => {
+            Err(ParseError::TooLarge { limit: max_head })
+        }
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+    }
+}
+
+/// Splits the head's `len` bytes off `buf` (zero-copy) and builds its header list.
+fn split_head(buf: &mut BytesMut, len: usize, fields: Vec<(Span, Span)>) -> (Bytes, Headers) {
+    let bytes = buf.split_to(len).freeze();
+    let slice = |(off, n): Span| bytes.slice(off..off + n);
+    let mut headers = Headers {
+        fields: Vec::with_capacity(fields.len() + 4),
+    };
+    for (n, v) in fields {
+        headers.fields.push((slice(n), slice(v)));
+    }
+    (bytes, headers)
+}
+
+fn version_of(minor: Option<u8>) -> Version {
+    if minor == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    }
+}
+
 /// Parses a request head from the front of `buf`. On success the head's bytes are split
 /// off `buf` (zero-copy: fields are slices of them); `Ok(None)` means more bytes are needed.
 pub fn parse_request(
@@ -340,43 +404,20 @@ pub fn parse_request(
 ) -> Result<Option<RequestHead>, ParseError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    let status = match req.parse(buf) {
-        Ok(s) => s,
-        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
-        Err(e) => return Err(ParseError::Syntax(e)),
-    };
-    let len = match status {
-        httparse::Status::Partial if buf.len() > max_head => {
-            return Err(ParseError::TooLarge { limit: max_head })
-        }
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(len) if len > max_head => {
-            return Err(ParseError::TooLarge { limit: max_head })
-        }
-        httparse::Status::Complete(len) => len,
+    let Some(len) = head_len(req.parse(buf), buf.len(), max_head)? else {
+        return Ok(None);
     };
     let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let method = span(req.method.unwrap_or_default().as_bytes());
-    let target = span(req.path.unwrap_or_default().as_bytes());
-    let version = if req.version == Some(0) {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
-    let spans: Vec<_> = req
+    let method = span_of(base, req.method.unwrap_or_default().as_bytes());
+    let target = span_of(base, req.path.unwrap_or_default().as_bytes());
+    let version = version_of(req.version);
+    let spans = req
         .headers
         .iter()
-        .map(|h| (span(h.name.as_bytes()), span(h.value)))
+        .map(|h| (span_of(base, h.name.as_bytes()), span_of(base, h.value)))
         .collect();
-    let bytes = buf.split_to(len).freeze();
-    let slice = |(off, n): (usize, usize)| bytes.slice(off..off + n);
-    let mut headers = Headers {
-        fields: Vec::with_capacity(spans.len() + 4),
-    };
-    for (n, v) in spans {
-        headers.fields.push((slice(n), slice(v)));
-    }
+    let (bytes, headers) = split_head(buf, len, spans);
+    let slice = |(off, n): Span| bytes.slice(off..off + n);
     Ok(Some(RequestHead {
         method: slice(method),
         target: slice(target),
@@ -392,43 +433,25 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, ParseError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut fields);
-    let status = match res.parse(buf) {
-        Ok(s) => s,
-        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
-        Err(e) => return Err(ParseError::Syntax(e)),
-    };
-    let len = match status {
-        httparse::Status::Partial if buf.len() > max_head => {
-            return Err(ParseError::TooLarge { limit: max_head })
-        }
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(len) => len,
+    let Some(len) = head_len(res.parse(buf), buf.len(), max_head)? else {
+        return Ok(None);
     };
     let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let code = res.code.unwrap_or(0);
-    let reason = res.reason.map(|r| span(r.as_bytes()));
-    let version = if res.version == Some(0) {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
-    let spans: Vec<_> = res
+    let status = res.code.unwrap_or(0);
+    let reason = res.reason.map(|r| span_of(base, r.as_bytes()));
+    let version = version_of(res.version);
+    let spans = res
         .headers
         .iter()
-        .map(|h| (span(h.name.as_bytes()), span(h.value)))
+        .map(|h| (span_of(base, h.name.as_bytes()), span_of(base, h.value)))
         .collect();
-    let bytes = buf.split_to(len).freeze();
-    let slice = |(off, n): (usize, usize)| bytes.slice(off..off + n);
-    let mut headers = Headers {
-        fields: Vec::with_capacity(spans.len() + 4),
-    };
-    for (n, v) in spans {
-        headers.fields.push((slice(n), slice(v)));
-    }
+    let (bytes, headers) = split_head(buf, len, spans);
+    let reason = reason
+        .map(|(off, n)| bytes.slice(off..off + n))
+        .unwrap_or_default();
     Ok(Some(ResponseHead {
-        status: code,
-        reason: reason.map(slice).unwrap_or_default(),
+        status,
+        reason,
         version,
         headers,
     }))

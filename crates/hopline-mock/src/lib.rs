@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, BytesMut};
-use hopline_h1::head::{put_decimal, put_header, reason_phrase};
+use hopline_h1::head::{put_decimal, put_header, put_status_line, reason_phrase};
 use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, watch_gone, BodyDecoder};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -140,11 +140,11 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, config: &MockConfig
 
 fn render(config: &MockConfig) -> BytesMut {
     let mut out = BytesMut::with_capacity(256 + config.body.len());
-    out.put_slice(b"HTTP/1.1 ");
-    put_decimal(&mut out, u64::from(config.status));
-    out.put_u8(b' ');
-    out.put_slice(reason_phrase(config.status).as_bytes());
-    out.put_slice(b"\r\n");
+    put_status_line(
+        &mut out,
+        config.status,
+        reason_phrase(config.status).as_bytes(),
+    );
     for (k, v) in &config.headers {
         put_header(&mut out, k.as_bytes(), v.as_bytes());
     }
