@@ -2,15 +2,10 @@
 //! so existing Toxiproxy clients drive `hopline chaos` unchanged.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
-use hopline_h1::head::{put_decimal, put_header, put_status_line, reason_phrase};
-use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, BodyDecoder};
+use hopline_h1::small::Reply;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 
 use crate::registry::{ApiError, ProxySpec, Registry};
 use crate::toxic::Toxic;
@@ -24,80 +19,21 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => if let Ok((s, _)) = a {
-                let r = registry.clone();
-                conns.spawn(async move { connection(s, &r).await });
-            },
-        }
-        while conns.try_join_next().is_some() {}
-    }
-    conns.abort_all();
-}
-
-async fn connection(mut s: TcpStream, registry: &Registry) {
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        if wait_first_byte(&mut s, &mut buf, Duration::from_secs(120))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        let Ok(head) =
-            read_request_head(&mut s, &mut buf, 64 * 1024, until, Duration::from_secs(10)).await
-        else {
-            return;
-        };
-        let Ok(length) = head.body_length() else {
-            return;
-        };
-        let mut dec = BodyDecoder::new(length);
-        let mut body = Vec::new();
-        loop {
-            match read_body_chunk(&mut s, &mut buf, &mut dec).await {
-                Ok(Some(p)) => body.extend_from_slice(&p),
-                Ok(None) => break,
-                Err(_) => return,
-            }
-            if body.len() > 1 << 20 {
-                return;
-            }
-        }
-        let (status, value) = match route(registry, head.method_str(), head.path(), &body) {
+    hopline_h1::small::serve(listener, shutdown, move |head, body| {
+        let (status, value) = match route(&registry, head.method_str(), head.path(), body) {
             Ok((status, v)) => (status, v),
             Err(e) => (
                 e.status(),
                 Some(json!({"error": e.to_string(), "status": e.status()})),
             ),
         };
-        let out = render(status, value.as_ref(), head.keep_alive());
-        if s.write_all(&out).await.is_err() || !head.keep_alive() {
-            return;
+        Reply {
+            status,
+            content_type: "application/json",
+            body: value.map(|v| format!("{v}\n")).unwrap_or_default(),
         }
-    }
-}
-
-fn render(status: u16, body: Option<&Value>, keep_alive: bool) -> BytesMut {
-    let text = body.map(|v| format!("{v}\n")).unwrap_or_default();
-    let mut out = BytesMut::with_capacity(128 + text.len());
-    put_status_line(&mut out, status, reason_phrase(status).as_bytes());
-    if body.is_some() {
-        put_header(&mut out, b"content-type", b"application/json");
-    }
-    if !keep_alive {
-        put_header(&mut out, b"connection", b"close");
-    }
-    out.put_slice(b"content-length: ");
-    put_decimal(&mut out, text.len() as u64);
-    out.put_slice(b"\r\n\r\n");
-    out.put_slice(text.as_bytes());
-    out
+    })
+    .await;
 }
 
 fn parse(body: &[u8]) -> Result<Value, ApiError> {
@@ -107,10 +43,10 @@ fn parse(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
 }
 
-type Reply = Result<(u16, Option<Value>), ApiError>;
+type Answer = Result<(u16, Option<Value>), ApiError>;
 
 /// Dispatches one API call.
-pub fn route(r: &Registry, method: &str, path: &str, body: &[u8]) -> Reply {
+pub fn route(r: &Registry, method: &str, path: &str, body: &[u8]) -> Answer {
     let parts: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -160,7 +96,7 @@ fn toxics_of(v: &Value) -> Result<Vec<Toxic>, ApiError> {
 
 /// `POST /populate`: creates the listed proxies, replacing any whose listen address or
 /// upstream differ; answers 201 with every listed proxy.
-fn populate(r: &Registry, v: &Value) -> Reply {
+fn populate(r: &Registry, v: &Value) -> Answer {
     let list = v
         .as_array()
         .ok_or_else(|| ApiError::BadRequest("populate takes a JSON array of proxies".into()))?;

@@ -4,14 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
 use hopline_core::config::{RouteAction, Zone};
-use hopline_h1::head::{put_decimal, put_header, put_status_line, reason_phrase};
-use hopline_h1::{read_request_head, wait_first_byte};
+use hopline_h1::small::Reply;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 
 use crate::gateway::{Current, Gateway};
 
@@ -21,36 +17,7 @@ pub async fn serve(
     current: Arc<Current>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => if let Ok((s, _)) = a {
-                let current = current.clone();
-                conns.spawn(async move { connection(s, &current).await });
-            },
-        }
-        while conns.try_join_next().is_some() {}
-    }
-    conns.abort_all();
-}
-
-async fn connection(mut s: TcpStream, current: &Current) {
-    let mut buf = BytesMut::with_capacity(2048);
-    loop {
-        if wait_first_byte(&mut s, &mut buf, Duration::from_secs(60))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let until = tokio::time::Instant::now() + Duration::from_secs(5);
-        let Ok(head) =
-            read_request_head(&mut s, &mut buf, 16 * 1024, until, Duration::from_secs(5)).await
-        else {
-            return;
-        };
+    hopline_h1::small::serve(listener, shutdown, move |head, _body| {
         let gw = current.load();
         let (status, ctype, body) = match (head.method_str(), head.path()) {
             ("GET", "/healthz") => (200, "text/plain", "ok\n".to_string()),
@@ -75,17 +42,13 @@ async fn connection(mut s: TcpStream, current: &Current) {
                 "not found: try /healthz /readyz /config /metrics\n".into(),
             ),
         };
-        let mut out = BytesMut::with_capacity(body.len() + 128);
-        put_status_line(&mut out, status, reason_phrase(status).as_bytes());
-        put_header(&mut out, b"content-type", ctype.as_bytes());
-        out.put_slice(b"content-length: ");
-        put_decimal(&mut out, body.len() as u64);
-        out.put_slice(b"\r\n\r\n");
-        out.put_slice(body.as_bytes());
-        if s.write_all(&out).await.is_err() || !head.keep_alive() {
-            return;
+        Reply {
+            status,
+            content_type: ctype,
+            body,
         }
-    }
+    })
+    .await;
 }
 
 fn ms(d: Duration) -> Value {

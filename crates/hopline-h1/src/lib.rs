@@ -10,6 +10,7 @@
 pub mod body;
 pub mod head;
 pub mod io;
+pub mod small;
 
 pub use body::{BodyDecoder, BodyError, BodyLength, Decoded};
 pub use head::{Headers, ParseError, RequestHead, ResponseHead, Version};

@@ -1,0 +1,100 @@
+//! A tiny request/response server for control APIs (hopline's admin API, the chaos
+//! proxy's Toxiproxy API): whole bodies, keep-alive, bounded waits. Not for proxying.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::head::{put_content_length, put_header, put_status_line, reason_phrase, RequestHead};
+use crate::{read_body_chunk, read_request_head, wait_first_byte, BodyDecoder};
+
+/// Keep-alive idle limit of an API connection.
+const IDLE: Duration = Duration::from_secs(120);
+/// Limit for a whole request head.
+const HEAD: Duration = Duration::from_secs(10);
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+/// An API answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// `content-type` (sent only with a body).
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+/// Serves `listener` until `shutdown` resolves, answering each request with `handler`.
+pub async fn serve<F>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
+where
+    F: Fn(&RequestHead, &[u8]) -> Reply + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => if let Ok((s, _)) = a {
+                let h = handler.clone();
+                conns.spawn(async move { connection(s, h.as_ref()).await });
+            },
+        }
+        while conns.try_join_next().is_some() {}
+    }
+    conns.abort_all();
+}
+
+async fn connection<F>(mut s: TcpStream, handler: &F)
+where
+    F: Fn(&RequestHead, &[u8]) -> Reply,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if wait_first_byte(&mut s, &mut buf, IDLE).await.is_err() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + HEAD;
+        let Ok(head) = read_request_head(&mut s, &mut buf, 64 * 1024, until, HEAD).await else {
+            return;
+        };
+        let Ok(length) = head.body_length() else {
+            return;
+        };
+        let mut decoder = BodyDecoder::new(length);
+        let mut body = Vec::new();
+        loop {
+            match read_body_chunk(&mut s, &mut buf, &mut decoder).await {
+                Ok(Some(p)) if body.len() + p.len() <= MAX_BODY => body.extend_from_slice(&p),
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => break,
+            }
+        }
+        let reply = handler(&head, &body);
+        let mut out = BytesMut::with_capacity(reply.body.len() + 160);
+        put_status_line(
+            &mut out,
+            reply.status,
+            reason_phrase(reply.status).as_bytes(),
+        );
+        if !reply.body.is_empty() {
+            put_header(&mut out, b"content-type", reply.content_type.as_bytes());
+        }
+        if !head.keep_alive() {
+            put_header(&mut out, b"connection", b"close");
+        }
+        put_content_length(&mut out, reply.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(reply.body.as_bytes());
+        if s.write_all(&out).await.is_err() || !head.keep_alive() {
+            return;
+        }
+    }
+}
