@@ -1,46 +1,105 @@
-//! Latency at a fixed, unsaturated request rate (open loop, latency from each request's
-//! scheduled time), for `bench/run.sh`.
+//! Latency at a fixed, unsaturated request rate, for `bench/run.sh`, the way wrk2 does it:
+//! a fixed set of keep-alive connections, each sending its share of the rate on a fixed
+//! schedule; latency counts from each request's *scheduled* time, so a stalled connection
+//! is charged for every request it delays (no coordinated omission).
 //!
-//! Usage: `fixed-rate HOST:PORT RATE SECONDS` → one JSON line.
+//! Usage: `fixed-rate HOST:PORT RATE SECONDS [CONNECTIONS=64]` → one JSON line.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use hopline_bench::Summary;
-use hopline_drill::load::{run, LoadPlan, Outcome, Step};
+
+/// Sends `n` requests on one connection, request `i` scheduled at `start + offset + i * every`.
+fn connection(
+    addr: SocketAddr,
+    start: Instant,
+    offset: Duration,
+    every: Duration,
+    n: u64,
+) -> std::io::Result<(Vec<Duration>, u64)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let req = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
+    let mut lat = Vec::with_capacity(n as usize);
+    let mut non_2xx = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    for i in 0..n {
+        let due = start + offset + every * i as u32;
+        // Sleep (no spinning: 64 threads share one core); oversleep counts as latency,
+        // the same for every proxy measured.
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        s.write_all(req)?;
+        let mut got = 0usize;
+        let mut need: Option<usize> = None;
+        loop {
+            let k = s.read(&mut buf[got..])?;
+            if k == 0 {
+                return Err(std::io::Error::other("closed"));
+            }
+            got += k;
+            if need.is_none() {
+                if let Some(end) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    if !head.starts_with("http/1.1 2") {
+                        non_2xx += 1;
+                    }
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    need = Some(end + 4 + len);
+                }
+            }
+            if need.is_some_and(|n| got >= n) {
+                break;
+            }
+        }
+        lat.push(due.elapsed());
+    }
+    Ok((lat, non_2xx))
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let target = args
+    let addr: SocketAddr = args
         .next()
-        .ok_or("usage: fixed-rate HOST:PORT RATE SECONDS")?
+        .ok_or("usage: fixed-rate HOST:PORT RATE SECONDS [CONNECTIONS]")?
         .parse()?;
     let rate: f64 = args.next().ok_or("missing RATE")?.parse()?;
-    let secs: u64 = args.next().ok_or("missing SECONDS")?.parse()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let plan = LoadPlan {
-        target,
-        paths: vec!["/".into()],
-        schedule: vec![Step {
-            at: Duration::ZERO,
-            rate,
-            ramp: false,
-        }],
-        duration: Duration::from_secs(secs),
-        client_timeout: Duration::from_secs(5),
-        max_in_flight: 50_000,
-    };
-    let samples = rt.block_on(run(&plan, |_, _| {}));
-    let non_2xx = samples
-        .iter()
-        .filter(|s| !matches!(s.outcome, Outcome::Status(200..=299)))
-        .count();
-    let mut lat: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    let secs: f64 = args.next().ok_or("missing SECONDS")?.parse()?;
+    let conns: u32 = args.next().map(|c| c.parse()).transpose()?.unwrap_or(64);
+    let per_conn = rate / f64::from(conns);
+    let every = Duration::from_secs_f64(1.0 / per_conn);
+    let n = (per_conn * secs) as u64;
+    let start = Instant::now() + Duration::from_millis(200);
+    let threads: Vec<_> = (0..conns)
+        .map(|c| {
+            let offset = every.mul_f64(f64::from(c) / f64::from(conns));
+            std::thread::spawn(move || connection(addr, start, offset, every, n))
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut non_2xx = 0;
+    let mut errors = 0;
+    for t in threads {
+        match t.join() {
+            Ok(Ok((l, bad))) => {
+                lat.extend(l);
+                non_2xx += bad;
+            }
+            _ => errors += 1,
+        }
+    }
     let s = Summary::of(&mut lat);
     println!(
         "{}",
-        serde_json::json!({"rate": rate, "requests": samples.len(), "non_2xx": non_2xx, "latency": s.json()})
+        serde_json::json!({"rate": rate, "connections": conns, "requests": lat.len(), "non_2xx": non_2xx, "failed_connections": errors, "latency": s.json()})
     );
     Ok(())
 }
