@@ -45,7 +45,7 @@ fn legacy_gateway_reproduces_the_incident_behind_a_front_proxy() {
     let r = get(front.addr, "/api/benefits?uid=7", "");
     assert_eq!((r.status, r.header("x-hopline-flags")), (504, Some("UT")));
     // Once the front gives up, the legacy gateway blames "the downstream server" for every
-    // call — including coin and sub-coin, which were never even tried.
+    // call — including coin and sub-coin, which had nothing to do with it.
     let wrong = legacy.wait_json(Duration::from_secs(10), "misleading cause", |v| {
         v["msg"] == "get sub account coin failed"
     });
@@ -56,10 +56,8 @@ fn legacy_gateway_reproduces_the_incident_behind_a_front_proxy() {
         .filter(|v| v["err"] == "下游服务器超时")
         .count();
     assert_eq!(errors, 3);
-    assert!(
-        coin.json_lines().is_empty(),
-        "coin never called: the handler only logged"
-    );
+    // (Whether coin and sub-coin were reached is a race, as in Go: `Send` starts the
+    // goroutine before its select sees the cancelled context, and nobody stops it.)
     // The abandoned coupon call is still running: the coupon service saw no cancellation.
     assert!(coupon.json_lines().iter().all(|v| v["cancelled"] != true));
 }
