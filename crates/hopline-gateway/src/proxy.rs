@@ -412,7 +412,9 @@ async fn stream_response<W: AsyncWrite + Unpin>(
 
     let mut out = BytesMut::with_capacity(1024);
     put_status_line(&mut out, head.status, &head.reason);
-    let mut headers = head.headers.clone();
+    // Read what is needed from the upstream's head, then rewrite its fields in place (no copy).
+    let upstream_keep_alive = head.keep_alive();
+    let mut headers = head.headers;
     let head_length = if req.is_head {
         headers.get("content-length").cloned()
     } else {
@@ -512,7 +514,7 @@ async fn stream_response<W: AsyncWrite + Unpin>(
     if error.is_some() {
         // The response is cut short: closing is the only honest signal left to the client.
         close = true;
-    } else if head.keep_alive() && length != BodyLength::UntilClose {
+    } else if upstream_keep_alive && length != BodyLength::UntilClose {
         up.checkin(conn);
     }
     Outcome { error, close }

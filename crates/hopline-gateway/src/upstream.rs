@@ -132,14 +132,6 @@ impl Upstream {
         self.endpoints[i].addr
     }
 
-    /// Number of idle pooled connections (all endpoints).
-    pub fn idle_count(&self) -> usize {
-        self.endpoints
-            .iter()
-            .map(|e| e.idle.lock().map(|v| v.len()).unwrap_or(0))
-            .sum()
-    }
-
     /// Takes the most recently used live idle connection to endpoint `i`, if any.
     ///
     /// Connections idle longer than `pool_idle_timeout`, and connections the upstream has

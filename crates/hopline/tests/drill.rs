@@ -89,13 +89,12 @@ contains = "(egress): response headers timed out"
     )
 }
 
-fn drill(text: &str) -> (Option<i32>, String, std::path::PathBuf) {
-    let path = temp_file("short.drill.toml", text);
-    let out = path.with_file_name("report");
+/// Runs `hopline drill SCENARIO --out OUT`: exit code and all it printed.
+fn run_drill(scenario: &std::path::Path, out: &std::path::Path) -> (Option<i32>, String) {
     let o = Command::new(bin())
         .args([
             "drill",
-            path.to_str().expect("utf8"),
+            scenario.to_str().expect("utf8"),
             "--out",
             out.to_str().expect("utf8"),
         ])
@@ -106,7 +105,14 @@ fn drill(text: &str) -> (Option<i32>, String, std::path::PathBuf) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    (o.status.code(), text, out.join("short"))
+    (o.status.code(), text)
+}
+
+fn drill(text: &str) -> (Option<i32>, String, std::path::PathBuf) {
+    let path = temp_file("short.drill.toml", text);
+    let out = path.with_file_name("report");
+    let (code, text) = run_drill(&path, &out);
+    (code, text, out.join("short"))
 }
 
 #[test]
@@ -214,21 +220,8 @@ fn nginx_front_499s_line_up_with_hoplines_causes() {
     let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/incident-nginx.drill.toml");
     let out = temp_file("x", "").with_file_name("nginx-report");
-    let o = Command::new(bin())
-        .args([
-            "drill",
-            scenario.to_str().expect("utf8"),
-            "--out",
-            out.to_str().expect("utf8"),
-        ])
-        .output()
-        .expect("run drill");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(o.status.code(), Some(0), "{text}");
+    let (code, text) = run_drill(&scenario, &out);
+    assert_eq!(code, Some(0), "{text}");
     let data: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("incident-nginx/data.json")).expect("data.json"),
     )
