@@ -38,18 +38,33 @@ impl fmt::Display for Human {
 
 /// Formats `t` as RFC 3339 UTC with millisecond precision, e.g. `2026-11-01T12:00:00.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    push_rfc3339(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `t` as [`rfc3339`] formats it, without allocating.
+pub fn push_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
+    use crate::text::push_padded;
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let millis = since.subsec_millis();
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    push_padded(out, y.max(0) as u64, 4);
+    out.push(b'-');
+    push_padded(out, u64::from(m), 2);
+    out.push(b'-');
+    push_padded(out, u64::from(d), 2);
+    out.push(b'T');
+    push_padded(out, rem / 3600, 2);
+    out.push(b':');
+    push_padded(out, (rem / 60) % 60, 2);
+    out.push(b':');
+    push_padded(out, rem % 60, 2);
+    out.push(b'.');
+    push_padded(out, u64::from(since.subsec_millis()), 3);
+    out.push(b'Z');
 }
 
 /// Converts days since 1970-01-01 into a proleptic Gregorian (year, month, day).

@@ -1,21 +1,26 @@
-//! The access log: one JSON object per request, written by a dedicated thread.
+//! The access log: one JSON object per request, buffered in memory and written out by a
+//! small flusher thread.
 //!
-//! Requests hand a finished line to a channel and never wait on the disk; the writer
-//! batches whatever is queued and flushes whenever the queue runs dry, so a line is
-//! visible within microseconds at low load and costs one write per batch at high load.
+//! A request renders its line into a per-thread scratch buffer (no allocation, no
+//! `core::fmt`), appends it to the shared buffer under a short lock and never waits on the
+//! disk; the buffer goes out when it fills and at least every [`FLUSH_EVERY`].
 
-use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use hopline_core::config::LogConfig;
+use hopline_core::text::{push_json_str, push_millis3, push_socket_addr, push_u64};
+use hopline_core::time::push_rfc3339;
 
-/// One request, as logged.
+/// One request, as logged. Fields borrow what the request already holds (shared names,
+/// the head's bytes, socket addresses) and are only rendered as text when the line is written.
 #[derive(Debug, Clone, Default)]
 pub struct AccessRecord {
     /// When the request arrived.
@@ -23,13 +28,13 @@ pub struct AccessRecord {
     /// `x-request-id` (received or generated).
     pub request_id: String,
     /// Client address.
-    pub client: String,
+    pub client: Option<SocketAddr>,
     /// Method.
-    pub method: String,
+    pub method: Bytes,
     /// Path and query as received.
-    pub path: String,
-    /// Route name, empty when none matched.
-    pub route: String,
+    pub path: Bytes,
+    /// Route name; none when no route matched (logged as `""`).
+    pub route: Option<Arc<str>>,
     /// Status sent (499 when the client left first).
     pub status: u16,
     /// The upstream's own status, when it answered.
@@ -39,9 +44,9 @@ pub struct AccessRecord {
     /// The true cause of a failure, with its source chain.
     pub cause: Option<String>,
     /// Upstream name of the last attempt.
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     /// Endpoint of the last attempt.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<SocketAddr>,
     /// Zone of the upstream.
     pub zone: Option<&'static str>,
     /// Upstream attempts made.
@@ -51,7 +56,7 @@ pub struct AccessRecord {
     /// The request's deadline budget.
     pub deadline: Option<Duration>,
     /// Calls served from fallbacks (aggregate routes).
-    pub degraded: Vec<String>,
+    pub degraded: Vec<Arc<str>>,
     /// Bytes of response body sent.
     pub bytes_sent: u64,
     /// Aggregate routes: one record per call.
@@ -61,124 +66,116 @@ pub struct AccessRecord {
 impl AccessRecord {
     /// The record as one JSON line (with the trailing newline).
     pub fn to_json(&self) -> String {
-        let mut s = String::with_capacity(384);
-        s.push_str("{\"ts\":");
-        json_str(
-            &mut s,
-            &hopline_core::time::rfc3339(self.ts.unwrap_or_else(SystemTime::now)),
-        );
-        s.push_str(",\"request_id\":");
-        json_str(&mut s, &self.request_id);
-        s.push_str(",\"client\":");
-        json_str(&mut s, &self.client);
-        s.push_str(",\"method\":");
-        json_str(&mut s, &self.method);
-        s.push_str(",\"path\":");
-        json_str(&mut s, &self.path);
-        s.push_str(",\"route\":");
-        json_str(&mut s, &self.route);
-        let _ = write!(s, ",\"status\":{}", self.status);
-        match self.upstream_status {
-            Some(u) => {
-                let _ = write!(s, ",\"upstream_status\":{u}");
-            }
-            None => s.push_str(",\"upstream_status\":null"),
+        let mut out = Vec::with_capacity(384);
+        self.write_json(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the record as one JSON line (with the trailing newline) to `s`.
+    pub fn write_json(&self, s: &mut Vec<u8>) {
+        s.extend_from_slice(b"{\"ts\":\"");
+        push_rfc3339(s, self.ts.unwrap_or_else(SystemTime::now));
+        s.extend_from_slice(b"\",\"request_id\":");
+        push_json_str(s, &self.request_id);
+        s.extend_from_slice(b",\"client\":\"");
+        if let Some(c) = self.client {
+            push_socket_addr(s, c);
         }
-        s.push_str(",\"flags\":[");
+        s.extend_from_slice(b"\",\"method\":");
+        push_json_str(s, &String::from_utf8_lossy(&self.method));
+        s.extend_from_slice(b",\"path\":");
+        push_json_str(s, &String::from_utf8_lossy(&self.path));
+        s.extend_from_slice(b",\"route\":");
+        push_json_str(s, self.route.as_deref().unwrap_or(""));
+        s.extend_from_slice(b",\"status\":");
+        push_u64(s, u64::from(self.status));
+        s.extend_from_slice(b",\"upstream_status\":");
+        push_opt_u64(s, self.upstream_status.map(u64::from));
+        s.extend_from_slice(b",\"flags\":[");
         for (i, f) in self.flags.iter().enumerate() {
             if i > 0 {
-                s.push(',');
+                s.push(b',');
             }
-            json_str(&mut s, f);
+            push_json_str(s, f);
         }
-        s.push_str("],\"cause\":");
-        json_opt(&mut s, self.cause.as_deref());
-        s.push_str(",\"upstream\":");
-        json_opt(&mut s, self.upstream.as_deref());
-        s.push_str(",\"endpoint\":");
-        json_opt(&mut s, self.endpoint.as_deref());
-        s.push_str(",\"zone\":");
-        json_opt(&mut s, self.zone);
-        let _ = write!(
+        s.extend_from_slice(b"],\"cause\":");
+        json_opt(s, self.cause.as_deref());
+        s.extend_from_slice(b",\"upstream\":");
+        json_opt(s, self.upstream.as_deref());
+        s.extend_from_slice(b",\"endpoint\":");
+        match self.endpoint {
+            Some(e) => {
+                s.push(b'"');
+                push_socket_addr(s, e);
+                s.push(b'"');
+            }
+            None => s.extend_from_slice(b"null"),
+        }
+        s.extend_from_slice(b",\"zone\":");
+        json_opt(s, self.zone);
+        s.extend_from_slice(b",\"attempts\":");
+        push_u64(s, u64::from(self.attempts));
+        s.extend_from_slice(b",\"duration_ms\":");
+        push_millis3(s, self.duration);
+        s.extend_from_slice(b",\"deadline_ms\":");
+        push_opt_u64(
             s,
-            ",\"attempts\":{},\"duration_ms\":{:.3},\"deadline_ms\":",
-            self.attempts,
-            self.duration.as_secs_f64() * 1000.0
+            self.deadline
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         );
-        match self.deadline {
-            Some(d) => {
-                let _ = write!(s, "{}", d.as_millis());
-            }
-            None => s.push_str("null"),
-        }
-        s.push_str(",\"degraded\":[");
+        s.extend_from_slice(b",\"degraded\":[");
         for (i, d) in self.degraded.iter().enumerate() {
             if i > 0 {
-                s.push(',');
+                s.push(b',');
             }
-            json_str(&mut s, d);
+            push_json_str(s, d);
         }
-        let _ = write!(s, "],\"bytes_sent\":{}", self.bytes_sent);
+        s.extend_from_slice(b"],\"bytes_sent\":");
+        push_u64(s, self.bytes_sent);
         if !self.calls.is_empty() {
-            s.push_str(",\"calls\":[");
+            s.extend_from_slice(b",\"calls\":[");
             for (i, c) in self.calls.iter().enumerate() {
                 if i > 0 {
-                    s.push(',');
+                    s.push(b',');
                 }
-                s.push_str("{\"name\":");
-                json_str(&mut s, &c.name);
-                s.push_str(",\"upstream\":");
-                json_str(&mut s, &c.upstream);
-                s.push_str(",\"zone\":");
-                json_str(&mut s, c.zone);
-                match c.status {
-                    Some(st) => {
-                        let _ = write!(s, ",\"status\":{st}");
-                    }
-                    None => s.push_str(",\"status\":null"),
-                }
-                s.push_str(",\"cause\":");
-                json_opt(&mut s, c.cause.as_deref());
-                let _ = write!(
-                    s,
-                    ",\"fallback\":{},\"attempts\":{},\"duration_ms\":{:.3}}}",
-                    c.fallback,
-                    c.attempts,
-                    c.duration.as_secs_f64() * 1000.0
-                );
+                s.extend_from_slice(b"{\"name\":");
+                push_json_str(s, &c.name);
+                s.extend_from_slice(b",\"upstream\":");
+                push_json_str(s, &c.upstream);
+                s.extend_from_slice(b",\"zone\":");
+                push_json_str(s, c.zone);
+                s.extend_from_slice(b",\"status\":");
+                push_opt_u64(s, c.status.map(u64::from));
+                s.extend_from_slice(b",\"cause\":");
+                json_opt(s, c.cause.as_deref());
+                s.extend_from_slice(if c.fallback {
+                    b",\"fallback\":true,\"attempts\":"
+                } else {
+                    b",\"fallback\":false,\"attempts\":"
+                });
+                push_u64(s, u64::from(c.attempts));
+                s.extend_from_slice(b",\"duration_ms\":");
+                push_millis3(s, c.duration);
+                s.push(b'}');
             }
-            s.push(']');
+            s.push(b']');
         }
-        s.push('}');
-        s.push('\n');
-        s
+        s.extend_from_slice(b"}\n");
     }
 }
 
-fn json_opt(out: &mut String, v: Option<&str>) {
+fn json_opt(out: &mut Vec<u8>, v: Option<&str>) {
     match v {
-        Some(v) => json_str(out, v),
-        None => out.push_str("null"),
+        Some(v) => push_json_str(out, v),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
-/// Appends `v` as a JSON string literal.
-pub fn json_str(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
+fn push_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => push_u64(out, v),
+        None => out.extend_from_slice(b"null"),
     }
-    out.push('"');
 }
 
 /// Where access lines go; cheap to share between connections.
@@ -196,6 +193,12 @@ pub struct AccessLog {
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 const BUFFER: usize = 64 * 1024;
+
+thread_local! {
+    /// Where a line is rendered before it is copied into the shared buffer, so the lock is
+    /// held only for the copy.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+}
 
 struct Sink {
     buf: Mutex<Vec<u8>>,
@@ -262,12 +265,14 @@ impl AccessLog {
     /// Appends one record.
     pub fn write(&self, record: &AccessRecord) {
         let Some(sink) = &self.sink else { return };
-        let line = record.to_json();
-        let full = {
+        let full = SCRATCH.with(|scratch| {
+            let mut line = scratch.borrow_mut();
+            line.clear();
+            record.write_json(&mut line);
             let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
-            buf.extend_from_slice(line.as_bytes());
+            buf.extend_from_slice(&line);
             buf.len() >= BUFFER
-        };
+        });
         if full {
             sink.flush();
         }

@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
+use hopline_core::text::push_ip;
 use hopline_core::{Deadline, Flag, Phase, ProxyError};
 use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop};
 use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, watch_gone};
@@ -130,7 +131,7 @@ pub async fn serve_connection(
 async fn reject(gw: &Gateway, stream: &mut TcpStream, peer: SocketAddr, err: ProxyError) {
     let mut rec = AccessRecord {
         ts: Some(SystemTime::now()),
-        client: peer.to_string(),
+        client: Some(peer),
         request_id: gw.next_request_id(),
         ..AccessRecord::default()
     };
@@ -196,9 +197,9 @@ async fn handle(
     let mut rec = AccessRecord {
         ts: Some(SystemTime::now()),
         request_id: request_id(gw, &head),
-        client: peer.to_string(),
-        method: head.method_str().to_string(),
-        path: head.target_str().to_string(),
+        client: Some(peer),
+        method: head.method.clone(),
+        path: head.target.clone(),
         ..AccessRecord::default()
     };
     let finish = |mut rec: AccessRecord, next: Next| {
@@ -233,10 +234,10 @@ async fn handle(
         respond_error(gw, stream, &mut rec, &ProxyError::NoRoute, close).await;
         return finish(rec, if close { Next::Close } else { Next::KeepAlive });
     };
-    rec.route = route.name.to_string();
+    rec.route = Some(route.name.clone());
     if let Action::Proxy { upstream } = route.action {
         let up = &gw.upstreams[upstream];
-        rec.upstream = Some(up.name.to_string());
+        rec.upstream = Some(up.name.clone());
         rec.zone = Some(up.zone().as_str());
     }
 
@@ -317,11 +318,11 @@ async fn handle(
     rec.degraded = calls
         .iter()
         .filter(|c| c.fallback)
-        .map(|c| c.name.to_string())
+        .map(|c| c.name.clone())
         .collect();
     let p = progress.into_inner();
     rec.attempts = p.attempts;
-    rec.endpoint = p.endpoint.map(|e| e.to_string());
+    rec.endpoint = p.endpoint;
     rec.upstream_status = p.upstream_status;
     rec.bytes_sent = p.bytes_sent;
     match ended {
@@ -535,16 +536,13 @@ fn forward(
         put_header(&mut out, b"host", ep.as_bytes());
     }
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
-    let ip = peer.ip().to_string();
-    match forwarded_for {
-        Some(prev) => {
-            let mut v = prev.to_vec();
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
-            put_header(&mut out, b"x-forwarded-for", &v);
-        }
-        None => put_header(&mut out, b"x-forwarded-for", ip.as_bytes()),
+    let mut ip = Vec::with_capacity(48);
+    if let Some(prev) = forwarded_for {
+        ip.extend_from_slice(&prev);
+        ip.extend_from_slice(b", ");
     }
+    push_ip(&mut ip, peer.ip());
+    put_header(&mut out, b"x-forwarded-for", &ip);
     let method = &head.method[..];
     if !body.is_empty() || matches!(method, b"POST" | b"PUT" | b"PATCH") {
         put_content_length(&mut out, body.len() as u64);

@@ -233,7 +233,18 @@ impl RequestIds {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // Mixing with an odd constant spreads sequential counters over the whole id space.
         let mixed = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.seed;
-        format!("{:016x}{:08x}", mixed, n as u32)
+        let mut id = String::with_capacity(24);
+        push_hex(&mut id, mixed, 16);
+        push_hex(&mut id, u64::from(n as u32), 8);
+        id
+    }
+}
+
+/// Appends the low `digits` hex digits of `v`, zero-padded (as `{:0digits$x}` would).
+fn push_hex(out: &mut String, v: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (4 * i)) & 0xf) as usize]));
     }
 }
 
@@ -256,5 +267,24 @@ impl Current {
     /// Puts `gw` in force for new requests.
     pub fn store(&self, gw: Gateway) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gw);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_24_hex_digits_and_unique() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+        assert!(b.ends_with("00000002"), "{b}");
+        let mut s = String::new();
+        push_hex(&mut s, 0xabc, 8);
+        assert_eq!(s, format!("{:08x}", 0xabc));
     }
 }

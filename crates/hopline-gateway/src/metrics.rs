@@ -2,7 +2,9 @@
 //! line — so counters and log agree exactly. Labels are closed sets: route, upstream and
 //! call names come from the config, statuses and flags from closed enums; never raw paths.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,6 +56,58 @@ struct ResultLabel {
     result: String,
 }
 
+/// Handles of the series a request touches, kept so that counting a request is a lookup by
+/// name with no label allocation (the families still own and export every series).
+#[derive(Debug, Default)]
+struct Hot {
+    routes: HashMap<Box<str>, RouteSeries>,
+    upstreams: HashMap<Box<str>, Vec<UpstreamSeries>>,
+}
+
+#[derive(Debug)]
+struct RouteSeries {
+    duration: Histogram,
+    cancelled: Option<Counter>,
+    requests: Vec<(u16, &'static str, Counter)>,
+}
+
+impl RouteSeries {
+    fn requests(
+        &mut self,
+        family: &Family<RequestLabels, Counter>,
+        route: &str,
+        status: u16,
+        flag: &'static str,
+    ) -> &Counter {
+        let i = match self
+            .requests
+            .iter()
+            .position(|(s, f, _)| *s == status && *f == flag)
+        {
+            Some(i) => i,
+            None => {
+                let c = family
+                    .get_or_create(&RequestLabels {
+                        route: route.to_string(),
+                        status: status.to_string(),
+                        flag: flag.to_string(),
+                    })
+                    .clone();
+                self.requests.push((status, flag, c));
+                self.requests.len() - 1
+            }
+        };
+        &self.requests[i].2
+    }
+}
+
+#[derive(Debug)]
+struct UpstreamSeries {
+    zone: &'static str,
+    duration: Histogram,
+    outcomes: Vec<(&'static str, Counter)>,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -73,6 +127,7 @@ pub struct Metrics {
     cancelled: Family<RouteLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     connections: AtomicI64,
+    hot: Mutex<Hot>,
 }
 
 impl Default for Metrics {
@@ -153,41 +208,38 @@ impl Metrics {
             cancelled,
             reloads,
             connections: AtomicI64::new(0),
+            hot: Mutex::new(Hot::default()),
         }
     }
 
     /// Counts one finished request, from its access log record.
     pub fn record(&self, rec: &AccessRecord) {
-        let route = if rec.route.is_empty() {
-            "(none)".to_string()
-        } else {
-            rec.route.clone()
-        };
-        let flag = rec.flags.first().copied().unwrap_or("").to_string();
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status: rec.status.to_string(),
-                flag: flag.clone(),
-            })
+        let flag = rec.flags.first().copied().unwrap_or("");
+        let secs = rec.duration.as_secs_f64();
+        let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+        let route_name = rec.route.as_deref().unwrap_or("(none)");
+        let route = self.route_series(&mut hot, route_name);
+        route
+            .requests(&self.requests, route_name, rec.status, flag)
             .inc();
-        self.request_duration
-            .get_or_create(&RouteLabel {
-                route: route.clone(),
-            })
-            .observe(rec.duration.as_secs_f64());
+        route.duration.observe(secs);
         if rec.status == 499 {
-            self.cancelled
-                .get_or_create(&RouteLabel {
-                    route: route.clone(),
+            route
+                .cancelled
+                .get_or_insert_with(|| {
+                    self.cancelled
+                        .get_or_create(&RouteLabel {
+                            route: route_name.to_string(),
+                        })
+                        .clone()
                 })
                 .inc();
         }
         if rec.calls.is_empty() {
             if let (Some(up), Some(zone)) = (&rec.upstream, rec.zone) {
                 if rec.attempts > 0 || !flag.is_empty() {
-                    let outcome = outcome(rec.upstream_status, &flag, rec.status == 499);
-                    self.upstream(up, zone, outcome, rec.duration.as_secs_f64());
+                    let outcome = outcome(rec.upstream_status, flag, rec.status == 499);
+                    self.upstream(&mut hot, up, zone, outcome, secs);
                 }
             }
         }
@@ -195,7 +247,7 @@ impl Metrics {
             if c.fallback {
                 self.degraded
                     .get_or_create(&DegradedLabels {
-                        route: route.clone(),
+                        route: route_name.to_string(),
                         call: c.name.to_string(),
                     })
                     .inc();
@@ -208,6 +260,7 @@ impl Metrics {
                     ""
                 };
                 self.upstream(
+                    &mut hot,
                     &c.upstream,
                     c.zone,
                     outcome(c.status, failure, cancelled),
@@ -217,20 +270,79 @@ impl Metrics {
         }
     }
 
-    fn upstream(&self, upstream: &str, zone: &str, outcome: String, secs: f64) {
-        self.upstream_requests
-            .get_or_create(&UpstreamOutcome {
-                upstream: upstream.to_string(),
-                zone: zone.to_string(),
-                outcome,
-            })
-            .inc();
-        self.upstream_duration
-            .get_or_create(&UpstreamZone {
-                upstream: upstream.to_string(),
-                zone: zone.to_string(),
-            })
-            .observe(secs);
+    fn route_series<'h>(&self, hot: &'h mut Hot, route: &str) -> &'h mut RouteSeries {
+        if !hot.routes.contains_key(route) {
+            let duration = self
+                .request_duration
+                .get_or_create(&RouteLabel {
+                    route: route.to_string(),
+                })
+                .clone();
+            hot.routes.insert(
+                route.into(),
+                RouteSeries {
+                    duration,
+                    cancelled: None,
+                    requests: Vec::new(),
+                },
+            );
+        }
+        hot.routes
+            .get_mut(route)
+            .expect("the route's series were just inserted")
+    }
+
+    fn upstream(
+        &self,
+        hot: &mut Hot,
+        upstream: &str,
+        zone: &'static str,
+        outcome: &'static str,
+        secs: f64,
+    ) {
+        if !hot.upstreams.contains_key(upstream) {
+            hot.upstreams.insert(upstream.into(), Vec::new());
+        }
+        let zones = hot
+            .upstreams
+            .get_mut(upstream)
+            .expect("the upstream's series were just inserted");
+        let i = match zones.iter().position(|z| z.zone == zone) {
+            Some(i) => i,
+            None => {
+                let duration = self
+                    .upstream_duration
+                    .get_or_create(&UpstreamZone {
+                        upstream: upstream.to_string(),
+                        zone: zone.to_string(),
+                    })
+                    .clone();
+                zones.push(UpstreamSeries {
+                    zone,
+                    duration,
+                    outcomes: Vec::new(),
+                });
+                zones.len() - 1
+            }
+        };
+        let series = &mut zones[i];
+        let counter = match series.outcomes.iter().position(|(o, _)| *o == outcome) {
+            Some(j) => &series.outcomes[j].1,
+            None => {
+                let c = self
+                    .upstream_requests
+                    .get_or_create(&UpstreamOutcome {
+                        upstream: upstream.to_string(),
+                        zone: zone.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .clone();
+                series.outcomes.push((outcome, c));
+                &series.outcomes[series.outcomes.len() - 1].1
+            }
+        };
+        counter.inc();
+        series.duration.observe(secs);
     }
 
     /// Counts a config reload.
@@ -306,11 +418,14 @@ fn to_prometheus_text(open_metrics: &str) -> String {
 
 /// `2xx`..`5xx` when the upstream answered, the failure's flag when it did not,
 /// `cancelled` when the client left first.
-fn outcome(status: Option<u16>, flag: &str, cancelled: bool) -> String {
+fn outcome(status: Option<u16>, flag: &'static str, cancelled: bool) -> &'static str {
+    const CLASSES: [&str; 10] = [
+        "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+    ];
     match (status, cancelled) {
-        (_, true) => "cancelled".into(),
-        (Some(s), false) => format!("{}xx", s / 100),
-        (None, false) if !flag.is_empty() => flag.to_string(),
-        (None, false) => "failed".into(),
+        (_, true) => "cancelled",
+        (Some(s), false) => CLASSES[usize::from(s / 100).min(9)],
+        (None, false) if !flag.is_empty() => flag,
+        (None, false) => "failed",
     }
 }

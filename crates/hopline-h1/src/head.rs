@@ -334,18 +334,8 @@ pub fn put_content_length(out: &mut BytesMut, n: u64) {
 }
 
 /// Writes a decimal number without allocating.
-pub fn put_decimal(out: &mut BytesMut, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&tmp[i..]);
+pub fn put_decimal(out: &mut BytesMut, n: u64) {
+    out.put_slice(hopline_core::text::decimal(n, &mut [0; 20]));
 }
 
 /// Where a parsed slice lies in the buffer it was parsed from: (offset, length).
