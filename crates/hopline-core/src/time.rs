@@ -43,26 +43,44 @@ pub fn rfc3339(t: SystemTime) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Appends `t` as [`rfc3339`] formats it, without allocating.
+/// Appends `t` as [`rfc3339`] formats it, without allocating. The date and time up to the
+/// second are rendered once per second per thread and reused.
 pub fn push_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
     use crate::text::push_padded;
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+    }
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    push_padded(out, y.max(0) as u64, 4);
-    out.push(b'-');
-    push_padded(out, u64::from(m), 2);
-    out.push(b'-');
-    push_padded(out, u64::from(d), 2);
-    out.push(b'T');
-    push_padded(out, rem / 3600, 2);
-    out.push(b':');
-    push_padded(out, (rem / 60) % 60, 2);
-    out.push(b':');
-    push_padded(out, rem % 60, 2);
-    out.push(b'.');
+    let (cached, mut prefix) = SECOND.get();
+    if cached != secs {
+        let mut p = Vec::with_capacity(20);
+        let days = (secs / 86_400) as i64;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days);
+        push_padded(&mut p, y.max(0) as u64, 4);
+        p.push(b'-');
+        push_padded(&mut p, u64::from(m), 2);
+        p.push(b'-');
+        push_padded(&mut p, u64::from(d), 2);
+        p.push(b'T');
+        push_padded(&mut p, rem / 3600, 2);
+        p.push(b':');
+        push_padded(&mut p, (rem / 60) % 60, 2);
+        p.push(b':');
+        push_padded(&mut p, rem % 60, 2);
+        p.push(b'.');
+        // Years past 9999 would not fit; they print uncached.
+        if p.len() != prefix.len() {
+            out.extend_from_slice(&p);
+            push_padded(out, u64::from(since.subsec_millis()), 3);
+            out.push(b'Z');
+            return;
+        }
+        prefix.copy_from_slice(&p);
+        SECOND.set((secs, prefix));
+    }
+    out.extend_from_slice(&prefix);
     push_padded(out, u64::from(since.subsec_millis()), 3);
     out.push(b'Z');
 }

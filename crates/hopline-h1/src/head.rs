@@ -280,6 +280,15 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
 
 /// Header names that are hop-by-hop per RFC 9110 §7.6.1 and never forwarded.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    // Every such name is 2 to 18 bytes long and starts with one of these letters.
+    if !(2..=18).contains(&name.len())
+        || !matches!(
+            name[0].to_ascii_lowercase(),
+            b'c' | b'k' | b'p' | b't' | b'u'
+        )
+    {
+        return false;
+    }
     const HOP: [&[u8]; 8] = [
         b"connection",
         b"keep-alive",
@@ -296,16 +305,21 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// Removes hop-by-hop fields, the fields named by `Connection`, and the framing fields
 /// (`Content-Length`); the sender re-frames the message itself.
 pub fn strip_hop_by_hop(headers: &mut Headers) {
+    let strip = |n: &[u8], listed: &[Bytes]| {
+        is_hop_by_hop(n)
+            || n.eq_ignore_ascii_case(b"content-length")
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(n))
+    };
+    // Most heads have nothing to strip but their framing: check before rebuilding the list.
+    if !headers.fields.iter().any(|(n, _)| strip(n, &[])) {
+        return;
+    }
     let listed: Vec<Bytes> = headers
         .get_all("connection")
         .flat_map(|v| v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()))
         .map(Bytes::copy_from_slice)
         .collect();
-    headers.retain(|n| {
-        !is_hop_by_hop(n)
-            && !n.eq_ignore_ascii_case(b"content-length")
-            && !listed.iter().any(|l| l.eq_ignore_ascii_case(n))
-    });
+    headers.retain(|n| !strip(n, &listed));
 }
 
 /// Writes `name: value\r\n`.
