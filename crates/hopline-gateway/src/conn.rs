@@ -8,14 +8,16 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
 use hopline_core::text::push_ip;
 use hopline_core::{Deadline, Flag, Phase, ProxyError};
 use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop};
-use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, watch_gone};
+use hopline_h1::{
+    read_body_chunk, read_request_head, wait_first_byte, wait_first_byte_unbuffered, watch_gone,
+};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, HeadError, ParseError, RequestHead, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,6 +51,12 @@ async fn raised(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// How long a connection that just answered a request keeps its read buffer and request
+/// state while waiting for the next one. Busy keep-alive connections then cost no
+/// allocation per request; connections idle for longer give both back and wait holding
+/// only their socket and a small task (see `bench/` idle-conns).
+const HOT_WAIT: Duration = Duration::from_millis(100);
+
 /// Serves one accepted connection until it closes.
 pub async fn serve_connection(
     current: Arc<Current>,
@@ -58,23 +66,22 @@ pub async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
     let mut first = true;
     loop {
-        // Each request runs on the config current when it starts (reloads apply to
-        // requests on existing keep-alive connections too).
         let gw = current.load();
         let cfg = &gw.config.server;
         if buf.is_empty() {
             let wait = if first {
                 cfg.header_read_timeout
             } else {
-                cfg.idle_timeout
+                // `busy` already waited HOT_WAIT of the idle timeout.
+                cfg.idle_timeout.saturating_sub(HOT_WAIT)
             };
             let r = tokio::select! {
                 biased;
                 _ = raised(&mut signals.drain) => return,
-                r = wait_first_byte(&mut stream, &mut buf, wait) => r,
+                r = wait_first_byte_unbuffered(&mut stream, &mut buf, wait) => r,
             };
             match r {
                 Ok(()) => {}
@@ -82,49 +89,107 @@ pub async fn serve_connection(
                     let err = ProxyError::HeaderReadTimeout {
                         limit: cfg.header_read_timeout,
                     };
-                    reject(&gw, &mut stream, peer, err).await;
+                    Box::pin(reject(&gw, &mut stream, peer, err)).await;
                     return;
                 }
                 Err(_) => return,
             }
         }
         let head_deadline = if first { accepted } else { Instant::now() } + cfg.header_read_timeout;
-        let head = match read_request_head(
+        first = false;
+        drop(gw);
+        // Boxed: the request state (head reading, upstream exchange, aggregate calls) lives
+        // on the heap only while the connection is busy, so an idle one's task stays small.
+        let next = Box::pin(busy(
+            &current,
             &mut stream,
             &mut buf,
-            cfg.max_header_bytes,
-            head_deadline.into(),
-            cfg.header_read_timeout,
-        )
-        .await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                let err = match e {
-                    HeadError::Timeout(_) => ProxyError::HeaderReadTimeout {
-                        limit: cfg.header_read_timeout,
-                    },
-                    HeadError::Parse(ParseError::TooLarge { .. } | ParseError::TooManyHeaders) => {
-                        ProxyError::HeadersTooLarge {
-                            limit: cfg.max_header_bytes,
-                        }
-                    }
-                    HeadError::Parse(p) => ProxyError::Malformed(Box::new(p)),
-                    HeadError::Idle
-                    | HeadError::Closed
-                    | HeadError::Incomplete
-                    | HeadError::Io(_) => return,
-                };
-                reject(&gw, &mut stream, peer, err).await;
-                return;
-            }
-        };
-        first = false;
-        match handle(&gw, &mut stream, &mut buf, head, peer, &mut signals).await {
+            head_deadline,
+            peer,
+            &mut signals,
+        ))
+        .await;
+        match next {
             Next::KeepAlive => {}
             Next::Close => return,
         }
     }
+}
+
+/// Serves requests back to back while the client sends the next within [`HOT_WAIT`];
+/// `KeepAlive` once it goes quiet (with `buf` empty), `Close` when the connection ends.
+async fn busy(
+    current: &Current,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    mut head_deadline: Instant,
+    peer: SocketAddr,
+    signals: &mut Signals,
+) -> Next {
+    loop {
+        // Each request runs on the config current when it starts (reloads apply to
+        // requests on existing keep-alive connections too).
+        let gw = current.load();
+        if let Next::Close = request(&gw, stream, buf, head_deadline, peer, signals).await {
+            return Next::Close;
+        }
+        let cfg = &gw.config.server;
+        if buf.is_empty() {
+            let r = tokio::select! {
+                biased;
+                _ = raised(&mut signals.drain) => return Next::Close,
+                r = wait_first_byte(stream, buf, HOT_WAIT.min(cfg.idle_timeout)) => r,
+            };
+            match r {
+                Ok(()) => {}
+                Err(HeadError::Idle) => return Next::KeepAlive,
+                Err(_) => return Next::Close,
+            }
+        }
+        head_deadline = Instant::now() + cfg.header_read_timeout;
+    }
+}
+
+/// Reads one request head (whose first bytes are in `buf`) by `head_deadline` and serves it.
+async fn request(
+    gw: &Gateway,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    head_deadline: Instant,
+    peer: SocketAddr,
+    signals: &mut Signals,
+) -> Next {
+    let cfg = &gw.config.server;
+    let head = match read_request_head(
+        stream,
+        buf,
+        cfg.max_header_bytes,
+        head_deadline.into(),
+        cfg.header_read_timeout,
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            let err = match e {
+                HeadError::Timeout(_) => ProxyError::HeaderReadTimeout {
+                    limit: cfg.header_read_timeout,
+                },
+                HeadError::Parse(ParseError::TooLarge { .. } | ParseError::TooManyHeaders) => {
+                    ProxyError::HeadersTooLarge {
+                        limit: cfg.max_header_bytes,
+                    }
+                }
+                HeadError::Parse(p) => ProxyError::Malformed(Box::new(p)),
+                HeadError::Idle | HeadError::Closed | HeadError::Incomplete | HeadError::Io(_) => {
+                    return Next::Close
+                }
+            };
+            reject(gw, stream, peer, err).await;
+            return Next::Close;
+        }
+    };
+    handle(gw, stream, buf, head, peer, signals).await
 }
 
 /// Answers a request that could not even be read, logs it, and leaves the connection to close.

@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::body::{BodyDecoder, BodyError, Decoded};
 use crate::head::{parse_request, parse_response, ParseError, RequestHead, ResponseHead};
 
 const READ_CHUNK: usize = 8 * 1024;
+
+/// Buffer allocated when a new message starts arriving: enough for typical request heads.
+const FIRST_READ: usize = 4 * 1024;
 
 /// Why no head could be read.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +48,7 @@ async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Resul
     io.read_buf(buf).await
 }
 
-/// Waits up to `wait` for the first byte of a new message.
+/// Waits up to `wait` for the first byte of a new message, keeping `buf`'s memory.
 ///
 /// [`HeadError::Idle`] when none comes (keep-alive expiry, or a silent new connection),
 /// [`HeadError::Closed`] when the peer closes first. Cancel-safe.
@@ -56,7 +60,35 @@ pub async fn wait_first_byte<R: AsyncRead + Unpin>(
     if !buf.is_empty() {
         return Ok(());
     }
-    match timeout(wait, fill(io, buf)).await {
+    first_read(timeout(wait, fill(io, buf)).await)
+}
+
+/// Like [`wait_first_byte`], but an idle connection holds no read buffer meanwhile (as
+/// nginx frees its client header buffer on idle keep-alive connections): an empty `buf` is
+/// released, readiness is awaited without one, and a fresh buffer is allocated only when
+/// bytes are there to read. Thousands of idle keep-alive connections then cost little
+/// more than their sockets. Cancel-safe.
+pub async fn wait_first_byte_unbuffered(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    wait: Duration,
+) -> Result<(), HeadError> {
+    if !buf.is_empty() {
+        return Ok(());
+    }
+    *buf = BytesMut::new();
+    let first = async {
+        io.readable().await?;
+        buf.reserve(FIRST_READ);
+        // `read_buf` (not `try_read_buf`): a short read tells tokio the socket is drained,
+        // which saves the next read's EAGAIN round trip.
+        io.read_buf(buf).await
+    };
+    first_read(timeout(wait, first).await)
+}
+
+fn first_read(r: Result<io::Result<usize>, tokio::time::error::Elapsed>) -> Result<(), HeadError> {
+    match r {
         Err(_) => Err(HeadError::Idle),
         Ok(Ok(0)) => Err(HeadError::Closed),
         Ok(Ok(_)) => Ok(()),

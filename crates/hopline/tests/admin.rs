@@ -186,7 +186,7 @@ fn egress_limit_is_shared_by_all_egress_upstreams_and_zone_is_logged() {
     let a = mock(&["--latency", "1500ms"]);
     let b = mock(&[]);
     let text = format!(
-        "[egress]\nmax_in_flight = 1\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[egress]\nmax_in_flight = 1\n\
          [upstreams.a]\nendpoints = [\"{}\"]\nzone = \"egress\"\n\
          [upstreams.b]\nendpoints = [\"{}\"]\nzone = \"egress\"\n\
          [upstreams.inside]\nendpoints = [\"{}\"]\n\
@@ -197,16 +197,22 @@ fn egress_limit_is_shared_by_all_egress_upstreams_and_zone_is_logged() {
     );
     let gw = gateway("", &text);
     let addr = gw.addr;
+    let admin = admin_addr(&gw);
     let mut c = connect(addr);
     c.write_all(b"GET /a HTTP/1.1\r\nhost: t\r\n\r\n")
         .expect("write");
-    // While /a holds the only egress slot, another egress upstream fails fast...
-    let mut r = get(addr, "/b", "");
+    // Wait until /a holds the only egress slot (its call is in flight)...
     let end = std::time::Instant::now() + WAIT;
-    while r.status == 200 && std::time::Instant::now() < end {
-        // /a may not have reached the gateway yet; each try is a real request.
-        r = get(addr, "/b", "");
+    while sample(
+        &scrape(admin),
+        "hopline_upstream_in_flight",
+        &[("upstream", "a")],
+    ) < 1.0
+    {
+        assert!(std::time::Instant::now() < end, "/a never went in flight");
     }
+    // ...then another egress upstream fails fast...
+    let r = get(addr, "/b", "");
     assert_eq!((r.status, r.header("x-hopline-flags")), (503, Some("UO")));
     // ...but an internal one does not share the NAT's budget.
     assert_eq!(get(addr, "/inside", "").status, 200);

@@ -1,0 +1,90 @@
+//! Memory held per idle keep-alive client connection, for `bench/run.sh`: opens N
+//! connections to a proxy, sends one request on each and reads its response (so every
+//! connection has been through a request and is now idle in keep-alive), then reads the
+//! proxy worker's resident set from `/proc/PID/status` and subtracts the baseline taken
+//! with one such connection open.
+//!
+//! Usage: `idle-conns HOST:PORT PID [N=10000]` → one JSON line.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
+
+fn rss_kib(pid: u32) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no VmRSS line"))
+}
+
+/// Opens a connection, makes one request and reads its whole (small) response.
+fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(REQUEST)?;
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before the response ended"));
+        }
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 2") {
+                return Err(std::io::Error::other(format!("non-2xx: {head}")));
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return Ok(s);
+            }
+        }
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: idle-conns HOST:PORT PID [N=10000]");
+        std::process::exit(2);
+    }
+    let addr: SocketAddr = args[1].parse().map_err(std::io::Error::other)?;
+    let pid: u32 = args[2].parse().map_err(std::io::Error::other)?;
+    let n: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(10_000);
+
+    let mut conns = vec![one_request(addr)?];
+    // Let the proxy settle (allocator caches, lazily built state) before the baseline.
+    for _ in 0..100 {
+        drop(one_request(addr)?);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = rss_kib(pid)?;
+    let started = Instant::now();
+    while conns.len() < n {
+        conns.push(one_request(addr)?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid)?;
+    let per_conn = (after.saturating_sub(baseline) * 1024) as f64 / (n - 1) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "connections": n,
+            "baseline_kib": baseline,
+            "after_kib": after,
+            "bytes_per_connection": (per_conn * 10.0).round() / 10.0,
+            "open_secs": started.elapsed().as_secs_f64(),
+        })
+    );
+    drop(conns);
+    Ok(())
+}
