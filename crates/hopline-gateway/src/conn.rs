@@ -5,8 +5,10 @@
 //! in the same task (like Go's background read): EOF or a reset ends the request at once,
 //! dropping every upstream connection it holds. Nothing of a request runs detached.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -126,18 +128,22 @@ async fn busy(
     peer: SocketAddr,
     signals: &mut Signals,
 ) -> Next {
+    // One waiter on each signal for the whole busy period, not one per request.
+    let mut drain = pin!(raised(&mut signals.drain));
+    let mut kill = pin!(raised(&mut signals.kill));
     loop {
         // Each request runs on the config current when it starts (reloads apply to
         // requests on existing keep-alive connections too).
         let gw = current.load();
-        if let Next::Close = request(&gw, stream, buf, head_deadline, peer, signals).await {
+        let served = request(&gw, stream, buf, head_deadline, peer, kill.as_mut()).await;
+        if let Next::Close = served {
             return Next::Close;
         }
         let cfg = &gw.config.server;
         if buf.is_empty() {
             let r = tokio::select! {
                 biased;
-                _ = raised(&mut signals.drain) => return Next::Close,
+                _ = &mut drain => return Next::Close,
                 r = wait_first_byte(stream, buf, HOT_WAIT.min(cfg.idle_timeout)) => r,
             };
             match r {
@@ -157,7 +163,7 @@ async fn request(
     buf: &mut BytesMut,
     head_deadline: Instant,
     peer: SocketAddr,
-    signals: &mut Signals,
+    kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let cfg = &gw.config.server;
     let head = match read_request_head(
@@ -189,7 +195,7 @@ async fn request(
             return Next::Close;
         }
     };
-    handle(gw, stream, buf, head, peer, signals).await
+    handle(gw, stream, buf, head, peer, kill).await
 }
 
 /// Answers a request that could not even be read, logs it, and leaves the connection to close.
@@ -255,7 +261,7 @@ async fn handle(
     buf: &mut BytesMut,
     mut head: RequestHead,
     peer: SocketAddr,
-    signals: &mut Signals,
+    kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let arrival = Instant::now();
     let cfg = &gw.config.server;
@@ -375,7 +381,7 @@ async fn handle(
         tokio::select! {
             biased;
             gone = watch_gone(&mut rd, buf, cfg.max_header_bytes) => Ended::ClientGone(gone),
-            _ = raised(&mut signals.kill) => Ended::Killed,
+            _ = kill => Ended::Killed,
             o = work => Ended::Done(o),
         }
     };

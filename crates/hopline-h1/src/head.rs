@@ -314,6 +314,15 @@ pub fn strip_hop_by_hop(headers: &mut Headers) {
     if !headers.fields.iter().any(|(n, _)| strip(n, &[])) {
         return;
     }
+    // `Connection: keep-alive` or `close` names nothing beyond the hop-by-hop set.
+    let names_more = headers
+        .get_all("connection")
+        .flat_map(|v| v.split(|&b| b == b',').map(trim))
+        .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t));
+    if !names_more {
+        headers.retain(|n| !strip(n, &[]));
+        return;
+    }
     let listed: Vec<Bytes> = headers
         .get_all("connection")
         .flat_map(|v| v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()))
