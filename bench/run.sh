@@ -7,13 +7,19 @@
 #
 # Saturation: wrk -t1 -c$CONNS -d$DURATION --latency. Fixed rate: half of nginx's median
 # saturation rate, open loop, with bench's fixed-rate (latency from the scheduled time).
-# Prints a table and writes bench/results/proxies-<unix time>.json.
+# Then hopline alone: access log on vs off, and an aggregate route (three parallel calls)
+# vs the plain proxy route, interleaved the same way; and for every proxy the resident
+# memory per idle keep-alive connection (bench's idle-conns: IDLE_CONNS connections, each
+# after one request; 8,000 by default because HAProxy's maxconn must stay under this
+# machine's 20,000 open files).
+# Prints tables and writes bench/results/proxies-<unix time>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 FIXED_SECS=${FIXED_SECS:-10}
+IDLE_CONNS=${IDLE_CONNS:-8000}
 
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
@@ -42,20 +48,20 @@ taskset -c 0 nginx -c "$(render upstream-nginx.conf 0)" >"$DIR/upstream.out" 2>&
 PIDS+=($!)
 wait_port "$UP"
 
-start_proxy() { # name port -> pid
+start_proxy() { # name port [hopline config] -> pid
   case "$1" in
     # Output goes to files: this runs inside $(...), which would otherwise wait for it.
     nginx) taskset -c 0 nginx -c "$(render proxy-nginx.conf "$2")" >"$DIR/nginx-proxy.out" 2>&1 & ;;
     haproxy) taskset -c 0 haproxy -f "$(render proxy-haproxy.cfg "$2")" >"$DIR/haproxy-access.log" 2>&1 & ;;
-    hopline) taskset -c 0 ./target/release/hopline serve --threads 1 -c "$(render proxy-hopline.toml "$2")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
+    hopline) taskset -c 0 ./target/release/hopline serve --threads 1 -c "$(render "${3:-proxy-hopline.toml}" "$2")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
   esac
   echo $!
 }
 
 declare -A RPS P99 P50
-run_wrk() { # port -> "rps p50_ms p99_ms"
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$1/" >/dev/null # warm-up
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/" > "$DIR/wrk.out"
+run_wrk() { # port [path] -> "rps p50_ms p99_ms"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$1${2:-/}" >/dev/null # warm-up
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1${2:-/}" > "$DIR/wrk.out"
   local rps p50 p99 non2xx
   rps=$(awk '/Requests\/sec/ {print $2}' "$DIR/wrk.out")
   p50=$(awk '$1=="50%" {print $2}' "$DIR/wrk.out")
@@ -88,6 +94,33 @@ for name in nginx haproxy hopline; do
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 
+declare -A XRPS XP50 XP99
+for round in $(seq "$ROUNDS"); do
+  for variant in log-on log-off aggregate; do
+    case $variant in
+      log-on) conf=proxy-hopline.toml; path=/ ;;
+      log-off) conf=proxy-hopline-nolog.toml; path=/ ;;
+      aggregate) conf=proxy-hopline.toml; path=/agg ;;
+    esac
+    port=$(free_port); pid=$(start_proxy hopline "$port" "$conf"); PIDS+=("$pid"); wait_port "$port"
+    read -r rps p50 p99 < <(run_wrk "$port" "$path")
+    XRPS[$variant]+="$rps "; XP50[$variant]+="$(ms "$p50") "; XP99[$variant]+="$(ms "$p99") "
+    echo "round $round hopline $variant: $rps req/s, p50 $p50, p99 $p99" >&2
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+
+declare -A IDLE
+for name in nginx haproxy hopline; do
+  port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
+  worker=$pid
+  # nginx serves from a worker process, a child of the master started here.
+  [ "$name" = nginx ] && worker=$(pgrep -P "$pid" | head -1)
+  IDLE[$name]=$(taskset -c 1 ./target/release/idle-conns "127.0.0.1:$port" "$worker" "$IDLE_CONNS")
+  echo "idle $name: ${IDLE[$name]}" >&2
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+
 python3 - "$DIR" "$FIXED" <<PY
 import json, statistics, sys, time, platform, os
 rps = {k: [float(x) for x in v.split()] for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "haproxy": "${RPS[haproxy]}", "hopline": "${RPS[hopline]}"}.items()}
@@ -106,8 +139,24 @@ print(f"{'proxy':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'non-2xx':>8}")
 for k in ["nginx", "haproxy", "hopline"]:
     l = fixed[k]["latency"]
     print(f"{k:<10} {l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['max_ms']:>8.3f} {fixed[k]['non_2xx']:>8}")
+xr = {k: [float(x) for x in v.split()] for k, v in {"log-on": "${XRPS[log-on]}", "log-off": "${XRPS[log-off]}", "aggregate": "${XRPS[aggregate]}"}.items()}
+x50 = {k: [float(x) for x in v.split()] for k, v in {"log-on": "${XP50[log-on]}", "log-off": "${XP50[log-off]}", "aggregate": "${XP50[aggregate]}"}.items()}
+x99 = {k: [float(x) for x in v.split()] for k, v in {"log-on": "${XP99[log-on]}", "log-off": "${XP99[log-off]}", "aggregate": "${XP99[aggregate]}"}.items()}
+print(f"\nhopline variants: saturation, same wrk settings, ${ROUNDS} interleaved rounds, medians")
+print(f"{'variant':<28} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+names = {"log-on": "proxy route, log on", "log-off": "proxy route, log off", "aggregate": "aggregate (3 calls), log on"}
+for k in ["log-on", "log-off", "aggregate"]:
+    print(f"{names[k]:<28} {med(xr[k]):>10.0f} {med(x50[k]):>8.2f} {med(x99[k]):>8.2f}")
+print(f"access log costs {(1 - med(xr['log-on'])/med(xr['log-off']))*100:.1f}% of saturation throughput")
+idle = {k: json.loads(v) for k, v in {"nginx": '''${IDLE[nginx]}''', "haproxy": '''${IDLE[haproxy]}''', "hopline": '''${IDLE[hopline]}'''}.items()}
+print(f"\nidle keep-alive connections: ${IDLE_CONNS} open, each after one request; RSS of the serving process")
+print(f"{'proxy':<10} {'baseline KiB':>13} {'after KiB':>10} {'bytes/conn':>11}")
+for k in ["nginx", "haproxy", "hopline"]:
+    print(f"{k:<10} {idle[k]['baseline_kib']:>13} {idle[k]['after_kib']:>10} {idle[k]['bytes_per_connection']:>11.0f}")
 out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "cpus": os.cpu_count(), "rounds": ${ROUNDS}, "conns": ${CONNS}, "duration": "${DURATION}",
-       "saturation": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps}, "fixed_rate": {"rate": int(sys.argv[2]), **fixed}}
+       "saturation": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps}, "fixed_rate": {"rate": int(sys.argv[2]), **fixed},
+       "hopline_variants": {k: {"rps": xr[k], "p50_ms": x50[k], "p99_ms": x99[k]} for k in xr},
+       "idle_connections": idle}
 path = f"bench/results/proxies-{int(time.time())}.json"
 json.dump(out, open(path, "w"), indent=2)
 print("saved", path)

@@ -334,11 +334,11 @@ async fn handle(
     let caller = head
         .headers
         .get("x-envoy-expected-rq-timeout-ms")
-        .and_then(|v| parse_envoy_timeout_ms(v))
+        .and_then(parse_envoy_timeout_ms)
         .or_else(|| {
             head.headers
                 .get("grpc-timeout")
-                .and_then(|v| parse_grpc_timeout(v))
+                .and_then(parse_grpc_timeout)
         });
     let dl = &gw.config.deadline;
     let deadline = Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max);
@@ -579,12 +579,12 @@ fn forward(
     out.put_slice(&head.target);
     out.put_slice(b" HTTP/1.1\r\n");
     strip_hop_by_hop(&mut head.headers);
-    let mut forwarded_for: Option<Bytes> = None;
+    let mut forwarded_for: Option<&[u8]> = None;
     let mut has_host = false;
     for (name, value) in head.headers.iter() {
-        let n = &name[..];
+        let n = name;
         if n.eq_ignore_ascii_case(b"x-forwarded-for") {
-            forwarded_for = Some(value.clone());
+            forwarded_for = Some(value);
             continue;
         }
         if n.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
@@ -609,7 +609,7 @@ fn forward(
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
     let mut ip = Vec::with_capacity(48);
     if let Some(prev) = forwarded_for {
-        ip.extend_from_slice(&prev);
+        ip.extend_from_slice(prev);
         ip.extend_from_slice(b", ");
     }
     push_ip(&mut ip, peer.ip());

@@ -416,7 +416,7 @@ async fn stream_response<W: AsyncWrite + Unpin>(
     let upstream_keep_alive = head.keep_alive();
     let mut headers = head.headers;
     let head_length = if req.is_head {
-        headers.get("content-length").cloned()
+        headers.get("content-length").map(Bytes::copy_from_slice)
     } else {
         None
     };

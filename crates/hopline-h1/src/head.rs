@@ -1,5 +1,7 @@
 //! Message heads: parsing with `httparse`, header access, framing rules, serialization.
 
+use std::mem::MaybeUninit;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::body::BodyLength;
@@ -43,29 +45,66 @@ pub enum ParseError {
 }
 
 /// Header fields in received order; names compare case-insensitively.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Parsed fields are offsets into the received head (one shared buffer for the whole
+/// list, no per-field reference count); fields pushed later own their bytes.
+#[derive(Debug, Clone, Default)]
 pub struct Headers {
-    fields: Vec<(Bytes, Bytes)>,
+    /// The received head that `Field::At` offsets point into (empty for built lists).
+    head: Bytes,
+    fields: Vec<Field>,
 }
+
+#[derive(Debug, Clone)]
+enum Field {
+    /// `(start, len)` of the name and of the value within `Headers::head`.
+    At { name: Span, value: Span },
+    /// A field added after parsing.
+    Owned(Bytes, Bytes),
+}
+
+fn at(head: &[u8], (off, n): Span) -> &[u8] {
+    &head[off..off + n]
+}
+
+fn name_of<'a>(head: &'a [u8], f: &'a Field) -> &'a [u8] {
+    match f {
+        Field::At { name, .. } => at(head, *name),
+        Field::Owned(n, _) => n,
+    }
+}
+
+fn value_of<'a>(head: &'a [u8], f: &'a Field) -> &'a [u8] {
+    match f {
+        Field::At { value, .. } => at(head, *value),
+        Field::Owned(_, v) => v,
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
 
 impl Headers {
     /// An empty header list.
     pub fn new() -> Self {
-        Headers { fields: Vec::new() }
+        Headers::default()
     }
 
     /// The first value of `name`.
-    pub fn get(&self, name: &str) -> Option<&Bytes> {
-        self.fields
-            .iter()
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
 
     /// Every value of `name`.
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Bytes> + 'a {
-        self.fields
-            .iter()
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
@@ -77,23 +116,25 @@ impl Headers {
 
     /// Appends a field.
     pub fn push(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
-        self.fields.push((name.into(), value.into()));
+        self.fields.push(Field::Owned(name.into(), value.into()));
     }
 
     /// Removes every field named `name`.
     pub fn remove(&mut self, name: &str) {
-        self.fields
-            .retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
+        self.retain(|n| !n.eq_ignore_ascii_case(name.as_bytes()));
     }
 
     /// Keeps only the fields for which `keep(name)` is true.
     pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
-        self.fields.retain(|(n, _)| keep(n));
+        let head = &self.head;
+        self.fields.retain(|f| keep(name_of(head, f)));
     }
 
-    /// All fields in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
-        self.fields.iter().map(|(n, v)| (n, v))
+    /// All fields in order, as `(name, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|f| (name_of(&self.head, f), value_of(&self.head, f)))
     }
 
     /// Number of fields.
@@ -116,7 +157,7 @@ impl Headers {
 
     /// Writes every field as `name: value\r\n`.
     pub fn write_to(&self, out: &mut BytesMut) {
-        for (n, v) in &self.fields {
+        for (n, v) in self.iter() {
             put_header(out, n, v);
         }
     }
@@ -311,7 +352,7 @@ pub fn strip_hop_by_hop(headers: &mut Headers) {
             || listed.iter().any(|l| l.eq_ignore_ascii_case(n))
     };
     // Most heads have nothing to strip but their framing: check before rebuilding the list.
-    if !headers.fields.iter().any(|(n, _)| strip(n, &[])) {
+    if !headers.iter().any(|(n, _)| strip(n, &[])) {
         return;
     }
     // `Connection: keep-alive` or `close` names nothing beyond the hop-by-hop set.
@@ -391,13 +432,16 @@ fn head_len(
 /// Splits the head's `len` bytes off `buf` (zero-copy) and builds its header list.
 fn split_head(buf: &mut BytesMut, len: usize, fields: Vec<(Span, Span)>) -> (Bytes, Headers) {
     let bytes = buf.split_to(len).freeze();
-    let slice = |(off, n): Span| bytes.slice(off..off + n);
-    let mut headers = Headers {
-        fields: Vec::with_capacity(fields.len() + 4),
+    let mut list = Vec::with_capacity(fields.len() + 4);
+    list.extend(
+        fields
+            .into_iter()
+            .map(|(name, value)| Field::At { name, value }),
+    );
+    let headers = Headers {
+        head: bytes.clone(),
+        fields: list,
     };
-    for (n, v) in fields {
-        headers.fields.push((slice(n), slice(v)));
-    }
     (bytes, headers)
 }
 
@@ -415,9 +459,11 @@ pub fn parse_request(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<RequestHead>, ParseError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let Some(len) = head_len(req.parse(buf), buf.len(), max_head)? else {
+    // Uninitialised slots: zeroing 128 of them would cost more than parsing a typical head.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = req.parse_with_uninit_headers(buf, &mut fields);
+    let Some(len) = head_len(parsed, buf.len(), max_head)? else {
         return Ok(None);
     };
     let base = buf.as_ptr() as usize;
@@ -444,9 +490,14 @@ pub fn parse_response(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<ResponseHead>, ParseError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut fields);
-    let Some(len) = head_len(res.parse(buf), buf.len(), max_head)? else {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    );
+    let Some(len) = head_len(parsed, buf.len(), max_head)? else {
         return Ok(None);
     };
     let base = buf.as_ptr() as usize;
@@ -513,7 +564,7 @@ mod tests {
         let h = parse_request(&mut b, 8192).expect("ok").expect("complete");
         assert_eq!(h.method_str(), "GET");
         assert_eq!(h.path(), "/a");
-        assert_eq!(h.headers.get("x-a").map(|v| &v[..]), Some(&b"1"[..]));
+        assert_eq!(h.headers.get("x-a"), Some(&b"1"[..]));
         assert_eq!(&b[..], b"rest");
         assert!(h.keep_alive());
     }
@@ -562,7 +613,7 @@ mod tests {
             .expect("ok")
             .expect("c");
         strip_hop_by_hop(&mut h.headers);
-        let names: Vec<_> = h.headers.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<_> = h.headers.iter().map(|(n, _)| n).collect();
         assert_eq!(names, vec![Bytes::from_static(b"X-Keep")]);
     }
 

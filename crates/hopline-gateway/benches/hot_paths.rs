@@ -1,0 +1,97 @@
+#![allow(missing_docs)] // criterion_group! generates an undocumented public fn.
+
+//! Criterion benchmarks of the hand-rolled primitives every proxied request goes through:
+//! parsing its head, stripping hop-by-hop fields, reading a caller's deadline header,
+//! rendering its access log line and counting it in the metrics.
+//!
+//! Run: `cargo bench -p hopline-gateway --bench hot_paths`
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion};
+use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
+use hopline_gateway::access_log::AccessRecord;
+use hopline_gateway::metrics::Metrics;
+use hopline_h1::head::{parse_request, parse_response, strip_hop_by_hop};
+
+const REQUEST: &[u8] = b"GET /api/benefits?uid=42 HTTP/1.1\r\nHost: gw.example\r\n\
+User-Agent: bench/1.0\r\nAccept: application/json\r\nx-request-id: 7f3a9c\r\n\
+x-envoy-expected-rq-timeout-ms: 4500\r\n\r\n";
+
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 28 Nov 2026 08:00:00 GMT\r\n\
+Content-Type: application/json\r\nContent-Length: 11\r\nConnection: keep-alive\r\n\r\n";
+
+fn record() -> AccessRecord {
+    let peer: SocketAddr = "10.1.2.3:51234".parse().expect("addr");
+    let endpoint: SocketAddr = "10.0.0.7:8080".parse().expect("addr");
+    AccessRecord {
+        ts: Some(SystemTime::now()),
+        request_id: "e2c63ce0f26e7b6a00000001".into(),
+        client: Some(peer),
+        method: Bytes::from_static(b"GET"),
+        path: Bytes::from_static(b"/api/benefits?uid=42"),
+        route: Some(Arc::from("benefits")),
+        status: 200,
+        upstream_status: Some(200),
+        upstream: Some(Arc::from("coupon")),
+        endpoint: Some(endpoint),
+        zone: Some("egress"),
+        attempts: 1,
+        duration: Duration::from_micros(1234),
+        deadline: Some(Duration::from_millis(1000)),
+        bytes_sent: 11,
+        ..AccessRecord::default()
+    }
+}
+
+fn heads(c: &mut Criterion) {
+    c.bench_function("parse_request (6 fields)", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(REQUEST);
+            black_box(parse_request(&mut buf, 64 * 1024).expect("valid"))
+        })
+    });
+    c.bench_function("parse_response + strip_hop_by_hop", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(RESPONSE);
+            let mut head = parse_response(&mut buf, 64 * 1024)
+                .expect("valid")
+                .expect("complete");
+            strip_hop_by_hop(&mut head.headers);
+            black_box(head)
+        })
+    });
+}
+
+fn deadline_headers(c: &mut Criterion) {
+    c.bench_function("parse x-envoy-expected-rq-timeout-ms", |b| {
+        b.iter(|| parse_envoy_timeout_ms(black_box(b"4500")))
+    });
+    c.bench_function("parse grpc-timeout", |b| {
+        b.iter(|| parse_grpc_timeout(black_box(b"250m")))
+    });
+}
+
+fn log_and_metrics(c: &mut Criterion) {
+    let rec = record();
+    let mut line = Vec::with_capacity(1024);
+    c.bench_function("access log line (write_json)", |b| {
+        b.iter(|| {
+            line.clear();
+            black_box(&rec).write_json(&mut line);
+            black_box(line.len())
+        })
+    });
+    let metrics = Metrics::new();
+    c.bench_function("metrics record (route + upstream series)", |b| {
+        b.iter(|| metrics.record(black_box(&rec)))
+    });
+}
+
+criterion_group!(benches, heads, deadline_headers, log_and_metrics);
+criterion_main!(benches);
