@@ -1,17 +1,20 @@
-//! The access log: one JSON object per request, buffered in memory and written out by a
-//! small flusher thread.
+//! The access log: one JSON object per request, buffered in memory and written out in
+//! 64 KiB batches.
 //!
 //! A request renders its line into a per-thread scratch buffer (no allocation, no
-//! `core::fmt`), appends it to the shared buffer under a short lock and never waits on the
-//! disk; the buffer goes out when it fills and at least every [`FLUSH_EVERY`].
+//! `core::fmt`) and appends it to the shared buffer under a short lock; the buffer goes
+//! out when it fills and at least every [`FLUSH_EVERY`] (the gateway runs
+//! [`AccessLog::flush_every`] on its runtime). There is no writer thread: with
+//! `serve --threads 1` the whole gateway is one thread, which also keeps the kernel's
+//! per-syscall file lookups on their single-threaded fast path. Like nginx's buffered
+//! `access_log`, a batch is one `write` to the page cache made by whichever thread filled
+//! it.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -181,12 +184,12 @@ fn push_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
 /// Where access lines go; cheap to share between connections.
 ///
 /// Lines are appended to a 64 KiB in-memory buffer under an uncontended lock (no syscall,
-/// no thread wake-up per request); the buffer is written out when it fills and at least
-/// every [`FLUSH_EVERY`] by a small flusher thread, and on [`AccessLog::close`].
+/// no thread wake-up per request); the buffer is written out when it fills, by
+/// [`AccessLog::flush_every`] at least every [`FLUSH_EVERY`], and on [`AccessLog::close`]
+/// and drop.
 #[derive(Debug)]
 pub struct AccessLog {
-    sink: Option<Arc<Sink>>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    sink: Option<Sink>,
 }
 
 /// Longest a finished request's line waits before it is written.
@@ -203,7 +206,6 @@ thread_local! {
 struct Sink {
     buf: Mutex<Vec<u8>>,
     out: Mutex<Box<dyn Write + Send>>,
-    stop: AtomicBool,
 }
 
 impl std::fmt::Debug for Sink {
@@ -232,34 +234,37 @@ impl AccessLog {
     /// Opens the sink named by the config.
     pub fn open(config: &LogConfig) -> io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match config {
-            LogConfig::Off => {
-                return Ok(AccessLog {
-                    sink: None,
-                    flusher: Mutex::new(None),
-                })
-            }
+            LogConfig::Off => return Ok(AccessLog { sink: None }),
             LogConfig::Stdout => Box::new(io::stdout()),
             LogConfig::File(p) => Box::new(open_append(p)?),
         };
-        let sink = Arc::new(Sink {
-            buf: Mutex::new(Vec::with_capacity(BUFFER)),
-            out: Mutex::new(out),
-            stop: AtomicBool::new(false),
-        });
-        let s = sink.clone();
-        let handle = std::thread::Builder::new()
-            .name("hopline-access-log".into())
-            .spawn(move || {
-                while !s.stop.load(Ordering::Acquire) {
-                    std::thread::park_timeout(FLUSH_EVERY);
-                    s.flush();
-                }
-                s.flush();
-            })?;
         Ok(AccessLog {
-            sink: Some(sink),
-            flusher: Mutex::new(Some(handle)),
+            sink: Some(Sink {
+                buf: Mutex::new(Vec::with_capacity(BUFFER)),
+                out: Mutex::new(out),
+            }),
         })
+    }
+
+    /// Writes out whatever is buffered.
+    pub fn flush(&self) {
+        if let Some(sink) = &self.sink {
+            sink.flush();
+        }
+    }
+
+    /// Flushes every [`FLUSH_EVERY`], forever (the gateway runs this on its runtime and
+    /// drops it when it stops). Returns at once when the log is off.
+    pub async fn flush_every(&self) {
+        if self.sink.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush();
+        }
     }
 
     /// Appends one record.
@@ -278,21 +283,10 @@ impl AccessLog {
         }
     }
 
-    /// Writes out everything and stops the flusher. Later writes still buffer, and are
-    /// written by the next `close`.
+    /// Writes out everything buffered so far (later writes buffer again and go out with
+    /// the next flush, or on drop).
     pub fn close(&self) {
-        let Some(sink) = &self.sink else { return };
-        sink.stop.store(true, Ordering::Release);
-        if let Some(h) = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            h.thread().unpark();
-            let _ = h.join();
-        }
-        sink.flush();
+        self.flush();
     }
 }
 

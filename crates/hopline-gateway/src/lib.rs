@@ -63,6 +63,9 @@ pub async fn run(
         kill: kill_rx.clone(),
     };
     let mut tasks = JoinSet::new();
+    // The access log is shared across reloads; one task writes it out periodically.
+    let log = first.log.clone();
+    let flusher = tokio::spawn(async move { log.flush_every().await });
     let admin_task = admin.map(|l| {
         let mut stop = kill_rx.clone();
         let current = current.clone();
@@ -126,5 +129,6 @@ pub async fn run(
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    flusher.abort();
     gw.log.close();
 }
