@@ -5,9 +5,12 @@
 //! `min(connect_timeout, time left)`; the only way to call an upstream is through
 //! [`proxy`], which takes a [`Deadline`], so no call can be unbounded.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -182,10 +185,10 @@ pub async fn open(
             p.endpoint = Some(up.addr(ep));
             p.phase = Some(Phase::Connect);
         });
-        let conn = match up.checkout(ep) {
-            Some(c) => c,
+        let (conn, now) = match up.checkout(ep, now) {
+            Some(c) => (c, now),
             None => match up.connect(ep, deadline, &gw.egress).await {
-                Ok(c) => c,
+                Ok(c) => (c, Instant::now()),
                 Err(e) => {
                     let connect_failure =
                         matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
@@ -198,7 +201,7 @@ pub async fn open(
                 }
             },
         };
-        match exchange(up, conn, req, deadline, progress).await {
+        match exchange(up, conn, req, deadline, progress, now).await {
             Ok((head, conn, until, by_deadline)) => {
                 progress.update(|p| p.upstream_status = Some(head.status));
                 return Ok(Opened {
@@ -310,15 +313,16 @@ struct Failed {
     stale: bool,
 }
 
-/// Sends the request and reads the response head, under `min(timeout, time left)`.
+/// Sends the request and reads the response head, under `min(timeout, time left)`;
+/// the attempt starts at `started`.
 async fn exchange(
     up: &Upstream,
     mut conn: ClientConn,
     req: &Forward,
     deadline: &Deadline,
     progress: &ProgressCell,
+    started: Instant,
 ) -> Result<(ResponseHead, ClientConn, Instant, bool), Failed> {
-    let started = Instant::now();
     let (until, by_deadline) = deadline.bound(started, up.config.timeout);
     let timeout_kind = |phase| attempt_timeout(up, deadline, by_deadline, phase);
     let addr = conn.addr;
@@ -550,7 +554,14 @@ pub async fn write_client<W: AsyncWrite + Unpin>(
     deadline: &Deadline,
 ) -> Result<(), ProxyError> {
     let limit = gw.config.server.write_timeout;
-    let res = match tokio::time::timeout(limit, client.write_all(bytes)).await {
+    let mut write = pin!(client.write_all(bytes));
+    // Most writes fit the socket buffer at once: no timer for those.
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let res = match first {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(limit, write).await,
+    };
+    let res = match res {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -132,13 +132,13 @@ impl Upstream {
         self.endpoints[i].addr
     }
 
-    /// Takes the most recently used live idle connection to endpoint `i`, if any.
+    /// Takes the most recently used live idle connection to endpoint `i`, if any (`now`
+    /// is the caller's clock reading, saving one).
     ///
     /// Connections idle longer than `pool_idle_timeout`, and connections the upstream has
     /// already closed (a non-blocking read sees EOF or data), are dropped here.
-    pub fn checkout(&self, i: usize) -> Option<ClientConn> {
+    pub fn checkout(&self, i: usize, now: Instant) -> Option<ClientConn> {
         let ep = &self.endpoints[i];
-        let now = Instant::now();
         loop {
             let idle = ep.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
             if now.duration_since(idle.since) >= self.config.pool_idle_timeout {
