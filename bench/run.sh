@@ -6,7 +6,8 @@
 #   bench/run.sh                 # ROUNDS=3 DURATION=10s CONNS=64 by default
 #
 # Saturation: wrk -t1 -c$CONNS -d$DURATION --latency. Fixed rate: half of nginx's median
-# saturation rate, open loop, with bench's fixed-rate (latency from the scheduled time).
+# saturation rate, open loop, with bench's fixed-rate (latency from the scheduled time),
+# ROUNDS interleaved rounds too.
 # Then hopline alone: access log on vs off, and an aggregate route (three parallel calls)
 # vs the plain proxy route, interleaved the same way; and for every proxy the resident
 # memory per idle keep-alive connection (bench's idle-conns: IDLE_CONNS connections, each
@@ -88,10 +89,13 @@ median() { python3 -c "import sys,statistics; print(statistics.median(float(x) f
 NGINX_RPS=$(median "${RPS[nginx]}")
 FIXED=$(python3 -c "print(int($NGINX_RPS/2))")
 declare -A FIX
-for name in nginx haproxy hopline; do
-  port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
-  FIX[$name]=$(taskset -c 1 ./target/release/fixed-rate "127.0.0.1:$port" "$FIXED" "$FIXED_SECS")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+for round in $(seq "$ROUNDS"); do
+  for name in nginx haproxy hopline; do
+    port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
+    FIX[$name]+="$(taskset -c 1 ./target/release/fixed-rate "127.0.0.1:$port" "$FIXED" "$FIXED_SECS")|"
+    echo "round $round fixed $name: $(echo "${FIX[$name]}" | tr '|' '\n' | tail -2 | head -1)" >&2
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
 done
 
 declare -A XRPS XP50 XP99
@@ -126,7 +130,11 @@ import json, statistics, sys, time, platform, os
 rps = {k: [float(x) for x in v.split()] for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "haproxy": "${RPS[haproxy]}", "hopline": "${RPS[hopline]}"}.items()}
 p50 = {k: [float(x) for x in v.split()] for k, v in {"direct": "${P50[direct]}", "nginx": "${P50[nginx]}", "haproxy": "${P50[haproxy]}", "hopline": "${P50[hopline]}"}.items()}
 p99 = {k: [float(x) for x in v.split()] for k, v in {"direct": "${P99[direct]}", "nginx": "${P99[nginx]}", "haproxy": "${P99[haproxy]}", "hopline": "${P99[hopline]}"}.items()}
-fixed = {k: json.loads(v) for k, v in {"nginx": '''${FIX[nginx]}''', "haproxy": '''${FIX[haproxy]}''', "hopline": '''${FIX[hopline]}'''}.items()}
+fixed_runs = {k: [json.loads(x) for x in v.split("|") if x.strip()] for k, v in {"nginx": '''${FIX[nginx]}''', "haproxy": '''${FIX[haproxy]}''', "hopline": '''${FIX[hopline]}'''}.items()}
+fixed = {k: {"latency": {"p50_ms": statistics.median(r["latency"]["p50_ms"] for r in runs),
+                         "p99_ms": statistics.median(r["latency"]["p99_ms"] for r in runs),
+                         "max_ms": max(r["latency"]["max_ms"] for r in runs)},
+             "non_2xx": sum(r["non_2xx"] for r in runs), "runs": runs} for k, runs in fixed_runs.items()}
 med = lambda xs: statistics.median(xs)
 print(f"\nsaturation: wrk -t1 -c${CONNS} -d${DURATION}, ${ROUNDS} interleaved rounds, medians")
 print(f"{'proxy':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'spread':>7}")
@@ -134,7 +142,7 @@ for k in ["direct", "nginx", "haproxy", "hopline"]:
     spread = (max(rps[k]) - min(rps[k])) / med(rps[k]) * 100
     print(f"{k:<10} {med(rps[k]):>10.0f} {med(p50[k]):>8.2f} {med(p99[k]):>8.2f} {spread:>6.1f}%")
 print(f"hopline/nginx {med(rps['hopline'])/med(rps['nginx']):.2f}x   hopline/haproxy {med(rps['hopline'])/med(rps['haproxy']):.2f}x")
-print(f"\nfixed rate {sys.argv[2]} req/s (half of nginx's saturation), open loop, {os.environ.get('FIXED_SECS','10')} s")
+print(f"\nfixed rate {sys.argv[2]} req/s (half of nginx's saturation), open loop, {os.environ.get('FIXED_SECS','10')} s, ${ROUNDS} interleaved rounds: median p50/p99, worst max")
 print(f"{'proxy':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'non-2xx':>8}")
 for k in ["nginx", "haproxy", "hopline"]:
     l = fixed[k]["latency"]

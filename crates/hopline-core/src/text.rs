@@ -9,17 +9,35 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+/// "00", "01", .. "99": two digits per division.
+const PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Renders `n` in decimal into `tmp`, returning the digits (the shared core of every
 /// integer writer here and of `hopline-h1`'s head writers).
 pub fn decimal(mut n: u64, tmp: &mut [u8; 20]) -> &[u8] {
     let mut i = tmp.len();
-    loop {
+    while n >= 100 {
+        let d = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    }
+    if n >= 10 {
+        let d = n as usize * 2;
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    } else {
         i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        tmp[i] = b'0' + n as u8;
     }
     &tmp[i..]
 }
@@ -127,7 +145,21 @@ mod tests {
 
     #[test]
     fn numbers_match_display() {
-        for n in [0, 7, 10, 99, 100, 65_535, 1_234_567_890, u64::MAX] {
+        for n in [
+            0,
+            7,
+            9,
+            10,
+            42,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            65_535,
+            1_234_567_890,
+            u64::MAX,
+        ] {
             assert_eq!(s(|o| push_u64(o, n)), n.to_string());
         }
         assert_eq!(s(|o| push_padded(o, 7, 3)), "007");

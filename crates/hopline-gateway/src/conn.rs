@@ -348,7 +348,8 @@ async fn handle(
     let calls = CallsCell::default();
     let ended = {
         let (mut rd, mut wr) = stream.split();
-        let work = async {
+        // Pinned where it is built: moving this large future into the select would copy it.
+        let work = pin!(async {
             match &route.action {
                 Action::Proxy { upstream } => {
                     let fwd = forward(
@@ -377,7 +378,7 @@ async fn handle(
                     .await
                 }
             }
-        };
+        });
         tokio::select! {
             biased;
             gone = watch_gone(&mut rd, buf, cfg.max_header_bytes) => Ended::ClientGone(gone),
