@@ -12,7 +12,7 @@ use toml_edit::ImDocument;
 use crate::load::Step;
 
 /// What runs a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `hopline mock --listen {addr:NAME} ARGS`.
     Mock,

@@ -34,6 +34,16 @@ pub enum StartError {
         /// Its stderr file.
         log: String,
     },
+    /// A service exited during start-up (e.g. its port was taken).
+    #[error("service {service} exited during start-up ({status}); see {log}")]
+    Exited {
+        /// Service.
+        service: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// Its stderr file.
+        log: String,
+    },
     /// Files in the output folder.
     #[error("cannot write {path}")]
     Io {
@@ -63,7 +73,10 @@ impl Drop for Topology {
 impl Topology {
     /// Stops every process: SIGTERM (so logs flush), then kill after 3 s.
     pub fn stop(&mut self) {
-        for (_, c) in &self.children {
+        for (_, c) in &mut self.children {
+            if let Ok(Some(_)) = c.try_wait() {
+                continue;
+            }
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(c.id().to_string())
@@ -84,9 +97,25 @@ impl Topology {
     }
 }
 
-/// A free loopback port (bound then released; the process binds it right after).
-fn free_addr() -> std::io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
+/// `n` distinct free loopback addresses. Their listeners are all held until every address
+/// is picked (a released port can be handed out again at once), then released for the
+/// services to bind.
+fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter().map(TcpListener::local_addr).collect()
+}
+
+/// What a hopline process prints on stderr once it listens on `addr`; `None` for programs
+/// whose readiness is only their port accepting.
+fn ready_line(kind: Kind, addr: SocketAddr) -> Option<String> {
+    match kind {
+        Kind::Hopline => Some(format!("hopline serve: listening on {addr}")),
+        Kind::Mock => Some(format!("hopline mock: listening on {addr}")),
+        Kind::Chaos => Some(format!("hopline chaos: api listening on {addr}")),
+        Kind::LegacyGateway | Kind::Command => None,
+    }
 }
 
 /// Replaces `{addr:NAME}` and `{port:NAME}`.
@@ -116,14 +145,11 @@ pub fn start(
             }
         }
     }
-    let mut addrs = HashMap::new();
-    for n in names {
-        let a = free_addr().map_err(|source| StartError::Io {
-            path: "127.0.0.1:0".into(),
-            source,
-        })?;
-        addrs.insert(n, a);
-    }
+    let picked = free_addrs(names.len()).map_err(|source| StartError::Io {
+        path: "127.0.0.1:0".into(),
+        source,
+    })?;
+    let addrs: HashMap<String, SocketAddr> = names.into_iter().zip(picked).collect();
     let out = &std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
     let mut topo = Topology {
         children: Vec::new(),
@@ -227,8 +253,26 @@ pub fn start(
             })?;
         topo.children.push((svc.name.clone(), child));
         topo.logs.insert(svc.name.clone(), log);
+        // Ready: its own "listening on ADDR" line where it prints one (a port accepting
+        // could be someone else's), and the port accepting; exiting first is an error.
+        let said = ready_line(svc.kind, addr);
         let end = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        loop {
+            if let Some((_, c)) = topo.children.last_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(StartError::Exited {
+                        service: svc.name.clone(),
+                        status,
+                        log: err.display().to_string(),
+                    });
+                }
+            }
+            let printed = said.as_ref().is_none_or(|line| {
+                std::fs::read_to_string(&err).is_ok_and(|text| text.contains(line.as_str()))
+            });
+            if printed && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
             if Instant::now() > end {
                 return Err(StartError::NotReady {
                     service: svc.name.clone(),
@@ -241,4 +285,39 @@ pub fn start(
         }
     }
     Ok(topo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::parse;
+
+    #[test]
+    fn picked_addresses_are_distinct() {
+        let addrs = free_addrs(300).expect("ports");
+        let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 300);
+    }
+
+    #[test]
+    fn a_service_that_exits_during_start_up_is_an_error_not_a_ready_port() {
+        // `sh -c 'exit 3'` never listens; before this check, a port some other process
+        // happened to hold would have passed for it.
+        let text = "duration = \"1s\"\n\
+                    [[services]]\nname = \"gone\"\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"exit 3\"]\n\
+                    [load]\ntarget = \"gone\"\npath = \"/\"\nschedule = [{ at = \"0s\", rate = 1 }]\n";
+        let s = parse(text, "exits.toml").expect("scenario");
+        let out = std::env::temp_dir().join(format!("hopline-drill-exits-{}", std::process::id()));
+        std::fs::create_dir_all(&out).expect("dir");
+        let started = Instant::now();
+        let e = start(&s, Path::new("hopline"), Path::new("legacy"), &out).expect_err("exits");
+        assert!(
+            matches!(&e, StartError::Exited { service, .. } if service == "gone"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }
