@@ -9,6 +9,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// A free loopback address whose port is below Linux's ephemeral range (32768+), so no
+/// outgoing connection or port-0 listener of a concurrent test can take it.
+fn non_ephemeral_port() -> std::net::SocketAddr {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find_map(|port| {
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .and_then(|l| l.local_addr())
+                .ok()
+        })
+        .expect("a free port below the ephemeral range")
+}
+
 fn timed_get(addr: std::net::SocketAddr, path: &str) -> (Response, Duration) {
     let t0 = Instant::now();
     let r = get(addr, path, "");
@@ -22,7 +36,19 @@ fn api_shapes_and_status_codes_follow_toxiproxy() {
     assert_eq!(s, 200);
     assert!(v["version"].as_str().expect("version").starts_with('2'));
     let up = echo_upstream();
-    proxy(&c, "db", up.addr, false);
+    // Disabling closes the proxy's listener and /reset binds it again: its port must not be
+    // one the kernel may hand to another process meanwhile, so not an ephemeral one.
+    let listen = non_ephemeral_port();
+    let (s, v) = api(
+        c.addr,
+        "POST",
+        "/proxies",
+        &format!(
+            r#"{{"name":"db","listen":"{listen}","upstream":"{}"}}"#,
+            up.addr
+        ),
+    );
+    assert_eq!(s, 201, "{v}");
     let (s, v) = api(
         c.addr,
         "POST",
