@@ -4,7 +4,7 @@
 //! Shared helpers for the bench programs: finding and running the release binary,
 //! percentile summaries, and writing results under `bench/results/`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -90,6 +90,41 @@ impl Summary {
     pub fn json(&self) -> serde_json::Value {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         serde_json::json!({"n": self.n, "min_ms": ms(self.min), "p50_ms": ms(self.p50), "p99_ms": ms(self.p99), "max_ms": ms(self.max)})
+    }
+}
+
+/// Reads one small, `content-length`-framed response from a keep-alive connection (what
+/// every bench upstream sends) into `buf`, which keeps its allocation between calls, and
+/// returns the status code. An EOF before the response ends is an error.
+pub fn read_response(s: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut need: Option<(u16, usize)> = None;
+    loop {
+        let k = s.read(&mut chunk)?;
+        if k == 0 {
+            return Err(std::io::Error::other("closed before the response ended"));
+        }
+        buf.extend_from_slice(&chunk[..k]);
+        if need.is_none() {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                need = Some((status, end + 4 + len));
+            }
+        }
+        if let Some((status, _)) = need.filter(|(_, n)| buf.len() >= *n) {
+            return Ok(status);
+        }
     }
 }
 

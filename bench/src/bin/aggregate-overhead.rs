@@ -3,11 +3,11 @@
 //!
 //! Usage: `cargo build --release && cargo run --release -p hopline-bench --bin aggregate-overhead [RATE] [SECS]`
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use hopline_bench::{save, spawn_hopline, Summary};
+use hopline_bench::{read_response, save, spawn_hopline, Summary};
 
 fn run(addr: SocketAddr, path: &str, rate: u32, secs: u64) -> std::io::Result<Summary> {
     let mut s = TcpStream::connect(addr)?;
@@ -17,7 +17,7 @@ fn run(addr: SocketAddr, path: &str, rate: u32, secs: u64) -> std::io::Result<Su
     let n = rate as u64 * secs;
     let start = Instant::now();
     let mut lat = Vec::with_capacity(n as usize);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = Vec::with_capacity(64 * 1024);
     for i in 0..n {
         let due = start + interval * i as u32;
         // Sleep most of the wait, spin the rest: sleep alone overshoots by about a
@@ -29,28 +29,9 @@ fn run(addr: SocketAddr, path: &str, rate: u32, secs: u64) -> std::io::Result<Su
             std::hint::spin_loop();
         }
         s.write_all(req.as_bytes())?;
-        // Responses are small and content-length framed: read until the body is complete.
-        let mut got = Vec::new();
-        loop {
-            let k = s.read(&mut buf)?;
-            if k == 0 {
-                return Err(std::io::Error::other("closed"));
-            }
-            got.extend_from_slice(&buf[..k]);
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if got.len() >= end + 4 + len {
-                    if !head.starts_with("http/1.1 200") {
-                        return Err(std::io::Error::other(head));
-                    }
-                    break;
-                }
-            }
+        let status = read_response(&mut s, &mut buf)?;
+        if status != 200 {
+            return Err(std::io::Error::other(format!("status {status}")));
         }
         // Latency from the scheduled send time (no coordinated omission).
         lat.push(due.elapsed());

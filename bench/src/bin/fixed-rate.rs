@@ -5,11 +5,11 @@
 //!
 //! Usage: `fixed-rate HOST:PORT RATE SECONDS [CONNECTIONS=64]` → one JSON line.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use hopline_bench::Summary;
+use hopline_bench::{read_response, Summary};
 
 /// Sends `n` requests on one connection, request `i` scheduled at `start + offset + i * every`.
 fn connection(
@@ -25,7 +25,7 @@ fn connection(
     let req = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
     let mut lat = Vec::with_capacity(n as usize);
     let mut non_2xx = 0;
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = Vec::with_capacity(16 * 1024);
     for i in 0..n {
         let due = start + offset + every * i as u32;
         // Sleep (no spinning: 64 threads share one core); oversleep counts as latency,
@@ -34,31 +34,8 @@ fn connection(
             std::thread::sleep(wait);
         }
         s.write_all(req)?;
-        let mut got = 0usize;
-        let mut need: Option<usize> = None;
-        loop {
-            let k = s.read(&mut buf[got..])?;
-            if k == 0 {
-                return Err(std::io::Error::other("closed"));
-            }
-            got += k;
-            if need.is_none() {
-                if let Some(end) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    if !head.starts_with("http/1.1 2") {
-                        non_2xx += 1;
-                    }
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    need = Some(end + 4 + len);
-                }
-            }
-            if need.is_some_and(|n| got >= n) {
-                break;
-            }
+        if !(200..300).contains(&read_response(&mut s, &mut buf)?) {
+            non_2xx += 1;
         }
         lat.push(due.elapsed());
     }

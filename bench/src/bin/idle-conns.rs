@@ -6,9 +6,11 @@
 //!
 //! Usage: `idle-conns HOST:PORT PID [N=10000]` → one JSON line.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use hopline_bench::read_response;
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
 
@@ -26,29 +28,11 @@ fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(REQUEST)?;
-    let mut buf = [0u8; 4096];
-    let mut got = Vec::new();
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::Error::other("closed before the response ended"));
-        }
-        got.extend_from_slice(&buf[..n]);
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            if !head.starts_with("http/1.1 2") {
-                return Err(std::io::Error::other(format!("non-2xx: {head}")));
-            }
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if got.len() >= end + 4 + length {
-                return Ok(s);
-            }
-        }
+    let status = read_response(&mut s, &mut Vec::new())?;
+    if !(200..300).contains(&status) {
+        return Err(std::io::Error::other(format!("status {status}")));
     }
+    Ok(s)
 }
 
 fn main() -> std::io::Result<()> {
