@@ -52,35 +52,30 @@ pub fn push_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
     }
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (cached, mut prefix) = SECOND.get();
-    if cached != secs {
-        let mut p = Vec::with_capacity(20);
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        let (y, m, d) = civil_from_days(days);
-        push_padded(&mut p, y.max(0) as u64, 4);
-        p.push(b'-');
-        push_padded(&mut p, u64::from(m), 2);
-        p.push(b'-');
-        push_padded(&mut p, u64::from(d), 2);
-        p.push(b'T');
-        push_padded(&mut p, rem / 3600, 2);
-        p.push(b':');
-        push_padded(&mut p, (rem / 60) % 60, 2);
-        p.push(b':');
-        push_padded(&mut p, rem % 60, 2);
-        p.push(b'.');
-        // Years past 9999 would not fit; they print uncached.
-        if p.len() != prefix.len() {
-            out.extend_from_slice(&p);
-            push_padded(out, u64::from(since.subsec_millis()), 3);
-            out.push(b'Z');
-            return;
+    match SECOND.get() {
+        (cached, prefix) if cached == secs => out.extend_from_slice(&prefix),
+        _ => {
+            let start = out.len();
+            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+            let rem = secs % 86_400;
+            push_padded(out, y.max(0) as u64, 4);
+            out.push(b'-');
+            push_padded(out, u64::from(m), 2);
+            out.push(b'-');
+            push_padded(out, u64::from(d), 2);
+            out.push(b'T');
+            push_padded(out, rem / 3600, 2);
+            out.push(b':');
+            push_padded(out, (rem / 60) % 60, 2);
+            out.push(b':');
+            push_padded(out, rem % 60, 2);
+            out.push(b'.');
+            // Years past 9999 do not fit the cache; they are rendered every time.
+            if let Ok(prefix) = <[u8; 20]>::try_from(&out[start..]) {
+                SECOND.set((secs, prefix));
+            }
         }
-        prefix.copy_from_slice(&p);
-        SECOND.set((secs, prefix));
     }
-    out.extend_from_slice(&prefix);
     push_padded(out, u64::from(since.subsec_millis()), 3);
     out.push(b'Z');
 }
@@ -110,6 +105,16 @@ mod tests {
         assert_eq!(Human(Duration::from_millis(1500)).to_string(), "1.500s");
         assert_eq!(Human(Duration::from_micros(120)).to_string(), "120us");
         assert_eq!(Human(Duration::from_micros(2_500)).to_string(), "2.5ms");
+    }
+
+    #[test]
+    fn rfc3339_reuses_the_rendered_second_and_notices_the_next() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_793_534_400_123);
+        assert_eq!(rfc3339(t), "2026-11-01T12:00:00.123Z");
+        let same_second = t + Duration::from_millis(500);
+        assert_eq!(rfc3339(same_second), "2026-11-01T12:00:00.623Z");
+        let next = t + Duration::from_millis(900);
+        assert_eq!(rfc3339(next), "2026-11-01T12:00:01.023Z");
     }
 
     #[test]

@@ -185,8 +185,7 @@ fn push_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
 ///
 /// Lines are appended to a 64 KiB in-memory buffer under an uncontended lock (no syscall,
 /// no thread wake-up per request); the buffer is written out when it fills, by
-/// [`AccessLog::flush_every`] at least every [`FLUSH_EVERY`], and on [`AccessLog::close`]
-/// and drop.
+/// [`AccessLog::flush_every`] at least every [`FLUSH_EVERY`], and when dropped.
 #[derive(Debug)]
 pub struct AccessLog {
     sink: Option<Sink>,
@@ -246,7 +245,8 @@ impl AccessLog {
         })
     }
 
-    /// Writes out whatever is buffered.
+    /// Writes out whatever is buffered (later writes buffer again and go out with the
+    /// next flush, or on drop).
     pub fn flush(&self) {
         if let Some(sink) = &self.sink {
             sink.flush();
@@ -282,17 +282,11 @@ impl AccessLog {
             sink.flush();
         }
     }
-
-    /// Writes out everything buffered so far (later writes buffer again and go out with
-    /// the next flush, or on drop).
-    pub fn close(&self) {
-        self.flush();
-    }
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        self.close();
+        self.flush();
     }
 }
 

@@ -130,5 +130,5 @@ pub async fn run(
         let _ = t.await;
     }
     flusher.abort();
-    gw.log.close();
+    gw.log.flush();
 }
