@@ -60,8 +60,56 @@ struct ResultLabel {
 /// name with no label allocation (the families still own and export every series).
 #[derive(Debug, Default)]
 struct Hot {
-    routes: HashMap<Box<str>, RouteSeries, NameHash>,
-    upstreams: HashMap<Box<str>, Vec<UpstreamSeries>, NameHash>,
+    routes: Named<RouteSeries>,
+    /// Per upstream name, its series by zone.
+    upstreams: Named<Vec<UpstreamSeries>>,
+}
+
+/// Values by name: one hash lookup when the name is known, an insert the first time.
+#[derive(Debug)]
+struct Named<V> {
+    index: HashMap<Box<str>, usize, NameHash>,
+    values: Vec<V>,
+}
+
+impl<V> Default for Named<V> {
+    fn default() -> Self {
+        Named {
+            index: HashMap::default(),
+            values: Vec::new(),
+        }
+    }
+}
+
+impl<V> Named<V> {
+    fn get_or_make(&mut self, name: &str, make: impl FnOnce() -> V) -> &mut V {
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                self.values.push(make());
+                self.index.insert(name.into(), self.values.len() - 1);
+                self.values.len() - 1
+            }
+        };
+        &mut self.values[i]
+    }
+}
+
+/// The element of `items` for which `is` holds, pushed by `make` the first time (for the
+/// few statuses, flags, zones and outcomes one route or upstream sees).
+fn find_or_push<T>(
+    items: &mut Vec<T>,
+    is: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> &mut T {
+    let i = match items.iter().position(is) {
+        Some(i) => i,
+        None => {
+            items.push(make());
+            items.len() - 1
+        }
+    };
+    &mut items[i]
 }
 
 /// A fast hash for the maps above, whose keys are route and upstream names from the config
@@ -110,25 +158,19 @@ impl RouteSeries {
         status: u16,
         flag: &'static str,
     ) -> &Counter {
-        let i = match self
-            .requests
-            .iter()
-            .position(|(s, f, _)| *s == status && *f == flag)
-        {
-            Some(i) => i,
-            None => {
-                let c = family
-                    .get_or_create(&RequestLabels {
-                        route: route.to_string(),
-                        status: status.to_string(),
-                        flag: flag.to_string(),
-                    })
-                    .clone();
-                self.requests.push((status, flag, c));
-                self.requests.len() - 1
-            }
-        };
-        &self.requests[i].2
+        let (_, _, counter) = find_or_push(
+            &mut self.requests,
+            |(s, f, _)| *s == status && *f == flag,
+            || {
+                let c = family.get_or_create(&RequestLabels {
+                    route: route.to_string(),
+                    status: status.to_string(),
+                    flag: flag.to_string(),
+                });
+                (status, flag, c.clone())
+            },
+        );
+        counter
     }
 }
 
@@ -302,25 +344,16 @@ impl Metrics {
     }
 
     fn route_series<'h>(&self, hot: &'h mut Hot, route: &str) -> &'h mut RouteSeries {
-        if !hot.routes.contains_key(route) {
-            let duration = self
+        hot.routes.get_or_make(route, || RouteSeries {
+            duration: self
                 .request_duration
                 .get_or_create(&RouteLabel {
                     route: route.to_string(),
                 })
-                .clone();
-            hot.routes.insert(
-                route.into(),
-                RouteSeries {
-                    duration,
-                    cancelled: None,
-                    requests: Vec::new(),
-                },
-            );
-        }
-        hot.routes
-            .get_mut(route)
-            .expect("the route's series were just inserted")
+                .clone(),
+            cancelled: None,
+            requests: Vec::new(),
+        })
     }
 
     fn upstream(
@@ -331,47 +364,34 @@ impl Metrics {
         outcome: &'static str,
         secs: f64,
     ) {
-        if !hot.upstreams.contains_key(upstream) {
-            hot.upstreams.insert(upstream.into(), Vec::new());
-        }
-        let zones = hot
-            .upstreams
-            .get_mut(upstream)
-            .expect("the upstream's series were just inserted");
-        let i = match zones.iter().position(|z| z.zone == zone) {
-            Some(i) => i,
-            None => {
-                let duration = self
+        let zones = hot.upstreams.get_or_make(upstream, Vec::new);
+        let series = find_or_push(
+            zones,
+            |z| z.zone == zone,
+            || UpstreamSeries {
+                zone,
+                duration: self
                     .upstream_duration
                     .get_or_create(&UpstreamZone {
                         upstream: upstream.to_string(),
                         zone: zone.to_string(),
                     })
-                    .clone();
-                zones.push(UpstreamSeries {
-                    zone,
-                    duration,
-                    outcomes: Vec::new(),
+                    .clone(),
+                outcomes: Vec::new(),
+            },
+        );
+        let (_, counter) = find_or_push(
+            &mut series.outcomes,
+            |(o, _)| *o == outcome,
+            || {
+                let c = self.upstream_requests.get_or_create(&UpstreamOutcome {
+                    upstream: upstream.to_string(),
+                    zone: zone.to_string(),
+                    outcome: outcome.to_string(),
                 });
-                zones.len() - 1
-            }
-        };
-        let series = &mut zones[i];
-        let counter = match series.outcomes.iter().position(|(o, _)| *o == outcome) {
-            Some(j) => &series.outcomes[j].1,
-            None => {
-                let c = self
-                    .upstream_requests
-                    .get_or_create(&UpstreamOutcome {
-                        upstream: upstream.to_string(),
-                        zone: zone.to_string(),
-                        outcome: outcome.to_string(),
-                    })
-                    .clone();
-                series.outcomes.push((outcome, c));
-                &series.outcomes[series.outcomes.len() - 1].1
-            }
-        };
+                (outcome, c.clone())
+            },
+        );
         counter.inc();
         series.duration.observe(secs);
     }
