@@ -346,30 +346,19 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// Removes hop-by-hop fields, the fields named by `Connection`, and the framing fields
 /// (`Content-Length`); the sender re-frames the message itself.
 pub fn strip_hop_by_hop(headers: &mut Headers) {
-    let strip = |n: &[u8], listed: &[Bytes]| {
-        is_hop_by_hop(n)
-            || n.eq_ignore_ascii_case(b"content-length")
-            || listed.iter().any(|l| l.eq_ignore_ascii_case(n))
-    };
-    // Most heads have nothing to strip but their framing: check before rebuilding the list.
-    if !headers.iter().any(|(n, _)| strip(n, &[])) {
-        return;
-    }
-    // `Connection: keep-alive` or `close` names nothing beyond the hop-by-hop set.
-    let names_more = headers
-        .get_all("connection")
-        .flat_map(|v| v.split(|&b| b == b',').map(trim))
-        .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t));
-    if !names_more {
-        headers.retain(|n| !strip(n, &[]));
-        return;
-    }
+    // Fields named by `Connection` go too; `close` and hop-by-hop names need no listing (so
+    // the usual `keep-alive` / `close` collect nothing, and an empty Vec allocates nothing).
     let listed: Vec<Bytes> = headers
         .get_all("connection")
-        .flat_map(|v| v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()))
+        .flat_map(|v| v.split(|&b| b == b',').map(trim))
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t))
         .map(Bytes::copy_from_slice)
         .collect();
-    headers.retain(|n| !strip(n, &listed));
+    headers.retain(|n| {
+        !is_hop_by_hop(n)
+            && !n.eq_ignore_ascii_case(b"content-length")
+            && !listed.iter().any(|l| l.eq_ignore_ascii_case(n))
+    });
 }
 
 /// Writes `name: value\r\n`.
