@@ -12,7 +12,8 @@ use hopline_h1::head::{
     put_content_length, put_decimal, put_header, put_status_line, reason_phrase,
 };
 use hopline_h1::{
-    read_body_chunk, read_request_head, read_response_head, BodyDecoder, BodyLength, RequestHead,
+    read_body_chunk, read_request_head, read_response_head, BodyDecoder, BodyLength, HeadLimits,
+    RequestHead,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -116,7 +117,7 @@ pub async fn serve<F, Fut>(
         let Ok(head) = read_request_head(
             &mut client,
             &mut cbuf,
-            MAX_HEAD,
+            HeadLimits::new(MAX_HEAD),
             until,
             Duration::from_secs(30),
         )
@@ -124,9 +125,7 @@ pub async fn serve<F, Fut>(
         else {
             return;
         };
-        let Ok(length) = head.body_length() else {
-            return;
-        };
+        let length = head.body_length();
         let mut decoder = BodyDecoder::new(length);
         let mut body = BytesMut::new();
         loop {

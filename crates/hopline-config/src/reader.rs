@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use hopline_core::config::{
     AdminConfig, AggregateConfig, AggregateMode, CallConfig, Config, DeadlineConfig, EgressConfig,
-    FrontConfig, LogConfig, PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig,
-    UpstreamConfig, Zone,
+    FrontConfig, LogConfig, Overload, PathMatch, RetryBudgetConfig, RouteAction, RouteConfig,
+    ServerConfig, UpstreamConfig, Zone,
 };
 use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 
@@ -427,6 +427,27 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
             16 << 20,
         ) as usize,
         max_body_bytes: t.uint(cx, "max_body_bytes", d.max_body_bytes as u64, 0, 1 << 30) as usize,
+        max_request_line_bytes: t.uint(
+            cx,
+            "max_request_line_bytes",
+            d.max_request_line_bytes as u64,
+            256,
+            16 << 20,
+        ) as usize,
+        expose_cause: t.bool(cx, "expose_cause", d.expose_cause),
+        overload: match t.str(cx, "overload") {
+            None | Some(("pause", _)) => Overload::Pause,
+            Some(("close", _)) => Overload::Close,
+            Some((other, span)) => {
+                cx.report(
+                    span,
+                    t.key_path("overload"),
+                    ProblemKind::Invalid(format!("{other:?} is not \"pause\" or \"close\"")),
+                );
+                d.overload
+            }
+        },
+        drain_idle_grace: t.duration(cx, "drain_idle_grace", d.drain_idle_grace),
     };
     t.finish(cx);
     s
@@ -569,13 +590,46 @@ fn route(
             .map(|upstream| RouteAction::Proxy { upstream })
     };
     let timeout = t.duration(cx, "timeout", default_timeout);
+    let methods = methods(cx, &mut t);
     t.finish(cx);
     Some(RouteConfig {
         name: name?,
         path: path?,
         action: action?,
         timeout,
+        methods,
     })
+}
+
+/// `methods = ["GET", ...]`: non-empty, each a method token (upper case by convention, so
+/// a lower-case entry is a mistake worth naming).
+fn methods(cx: &mut Cx, t: &mut Tbl) -> Option<Vec<String>> {
+    let list = t.str_list(cx, "methods")?;
+    if list.is_empty() {
+        cx.report(
+            t.value_span("methods"),
+            t.key_path("methods"),
+            ProblemKind::Invalid("needs at least one method, e.g. [\"GET\"]".into()),
+        );
+        return None;
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, (m, span)) in list.into_iter().enumerate() {
+        if m.is_empty()
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+        {
+            cx.report(
+                span,
+                format!("{}[{i}]", t.key_path("methods")),
+                ProblemKind::Invalid(format!("{m:?} is not an upper-case method token")),
+            );
+        } else {
+            out.push(m.to_string());
+        }
+    }
+    Some(out)
 }
 
 fn known_upstream(

@@ -53,6 +53,36 @@ pub struct ServerConfig {
     /// Largest request body in bytes (bodies are buffered before proxying). Default 16 MiB;
     /// larger gets 413.
     pub max_body_bytes: usize,
+    /// Longest request line in bytes. Default 8192; longer gets 414.
+    pub max_request_line_bytes: usize,
+    /// Put the full cause (upstream addresses, OS errors) in error response bodies, not
+    /// only in the log. Default false: responses carry status, flag, request id and a
+    /// short reason. Turn on for internal gateways only.
+    pub expose_cause: bool,
+    /// What to do with connections beyond `max_connections`. Default [`Overload::Pause`].
+    pub overload: Overload,
+    /// While draining, how long an idle keep-alive connection may stay idle before it is
+    /// closed (a request already on its way still gets served). Default 1 s.
+    pub drain_idle_grace: Duration,
+}
+
+/// `server.overload`: what happens to connections beyond `max_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// Stop accepting until a connection closes; new ones wait in the kernel's backlog.
+    Pause,
+    /// Accept and close at once, so clients fail fast instead of waiting.
+    Close,
+}
+
+impl Overload {
+    /// `pause` or `close`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Overload::Pause => "pause",
+            Overload::Close => "close",
+        }
+    }
 }
 
 /// `[log]`.
@@ -187,6 +217,19 @@ pub struct RouteConfig {
     pub action: RouteAction,
     /// Route deadline. Default `deadline.default`.
     pub timeout: Duration,
+    /// Methods the route serves (others get 405 with `Allow`). Default: every method for
+    /// proxy routes, `GET` and `HEAD` for aggregate routes.
+    pub methods: Option<Vec<String>>,
+}
+
+impl RouteConfig {
+    /// The methods for the `Allow` field of a 405, e.g. `GET, HEAD`.
+    pub fn allow_header(&self) -> String {
+        match &self.methods {
+            Some(list) => list.join(", "),
+            None => "GET, HEAD".to_string(),
+        }
+    }
 }
 
 /// What a route does with a request.
@@ -281,6 +324,10 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_header_bytes: 65_536,
             max_body_bytes: 16 << 20,
+            max_request_line_bytes: 8192,
+            expose_cause: false,
+            overload: Overload::Pause,
+            drain_idle_grace: Duration::from_secs(1),
         }
     }
 }

@@ -127,31 +127,56 @@ impl Deadline {
 }
 
 /// Parses `x-envoy-expected-rq-timeout-ms`: a non-negative integer count of milliseconds.
+///
+/// Works on bytes throughout: a header value is untrusted input and need not be UTF-8.
 pub fn parse_envoy_timeout_ms(value: &[u8]) -> Option<Duration> {
-    let s = std::str::from_utf8(value).ok()?.trim();
-    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = trim_ows(value);
+    if digits.len() > 12 {
         return None;
     }
-    s.parse::<u64>().ok().map(Duration::from_millis)
+    parse_digits(digits).map(Duration::from_millis)
 }
 
 /// Parses `grpc-timeout`: 1 to 8 digits followed by one unit of `H M S m u n`.
 pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
-    let s = std::str::from_utf8(value).ok()?.trim();
-    let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let (&unit, digits) = trim_ows(value).split_last()?;
+    if digits.len() > 8 {
         return None;
     }
-    let n: u64 = digits.parse().ok()?;
+    let n = parse_digits(digits)?;
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// `1*DIGIT` as a number; `None` for anything else (empty, signs, spaces, overflow).
+fn parse_digits(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Strips optional whitespace (SP / HTAB) around a field value.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
 }
 
 #[cfg(test)]
@@ -205,5 +230,20 @@ mod tests {
         assert_eq!(parse_grpc_timeout(b"123456789S"), None);
         assert_eq!(parse_grpc_timeout(b"5x"), None);
         assert_eq!(parse_grpc_timeout(b"m"), None);
+    }
+
+    #[test]
+    fn non_ascii_and_odd_bytes_never_panic() {
+        // `1é`: the last byte is in the middle of a UTF-8 character (this used to panic).
+        assert_eq!(parse_grpc_timeout("1é".as_bytes()), None);
+        assert_eq!(parse_grpc_timeout(b"\xff"), None);
+        assert_eq!(parse_grpc_timeout(b"1\xffm"), None);
+        assert_eq!(parse_grpc_timeout(b"+1m"), None);
+        assert_eq!(parse_envoy_timeout_ms("١٢".as_bytes()), None);
+        assert_eq!(parse_envoy_timeout_ms(b"99999999999999"), None);
+        for b in 0..=255u8 {
+            let _ = parse_grpc_timeout(&[b'1', b]);
+            let _ = parse_envoy_timeout_ms(&[b]);
+        }
     }
 }

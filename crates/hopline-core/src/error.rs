@@ -273,6 +273,26 @@ pub enum ProxyError {
         /// The configured limit.
         limit: usize,
     },
+    /// The request line is longer than `max_request_line_bytes`.
+    #[error("request line longer than max_request_line_bytes {limit}")]
+    UriTooLong {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The route does not serve this method.
+    #[error("method not allowed on route {route} (allowed: {allow})")]
+    MethodNotAllowed {
+        /// The route.
+        route: Arc<str>,
+        /// The `Allow` value, e.g. `GET, HEAD`.
+        allow: String,
+    },
+    /// The client stopped reading: a write blocked longer than `write_timeout`.
+    #[error("client did not read for {} (write_timeout)", Human(*limit))]
+    ClientWriteTimeout {
+        /// The configured limit.
+        limit: Duration,
+    },
     /// The request body is larger than `max_body_bytes`.
     #[error("request body larger than max_body_bytes {limit}")]
     BodyTooLarge {
@@ -360,6 +380,10 @@ impl ProxyError {
             }
             ProxyError::Malformed(_) => (400, DownstreamProtocolError, Side::Downstream),
             ProxyError::HeadersTooLarge { .. } => (431, DownstreamProtocolError, Side::Downstream),
+            ProxyError::UriTooLong { .. } => (414, DownstreamProtocolError, Side::Downstream),
+            ProxyError::MethodNotAllowed { .. } => (405, DownstreamProtocolError, Side::Downstream),
+            // Logged with the status that was being sent; 408 only names the class.
+            ProxyError::ClientWriteTimeout { .. } => (408, WriteTimeout, Side::Downstream),
             ProxyError::BodyTooLarge { .. } => (413, DownstreamProtocolError, Side::Downstream),
             ProxyError::NotImplemented { .. } => (501, DownstreamProtocolError, Side::Downstream),
             ProxyError::ClientGone { .. } => {
@@ -386,6 +410,54 @@ impl ProxyError {
             }
         };
         Disposition { status, flag, side }
+    }
+
+    /// A short reason for the response body, safe to show on the internet: names the
+    /// upstream and what failed, never addresses or OS errors (those are in the log).
+    pub fn short_reason(&self) -> String {
+        match self {
+            ProxyError::HeaderReadTimeout { .. } => "request headers not received in time".into(),
+            ProxyError::BodyReadTimeout { .. } => "request body not received in time".into(),
+            // Parse errors describe the request the client sent: nothing internal.
+            ProxyError::Malformed(e) => format!("malformed request: {e}"),
+            ProxyError::HeadersTooLarge { .. } => "request headers too large".into(),
+            ProxyError::UriTooLong { .. } => "request line too long".into(),
+            ProxyError::MethodNotAllowed { allow, .. } => {
+                format!("method not allowed (allowed: {allow})")
+            }
+            ProxyError::ClientWriteTimeout { .. } => "client did not read".into(),
+            ProxyError::BodyTooLarge { .. } => "request body too large".into(),
+            ProxyError::NotImplemented { what } => format!("not implemented: {what}"),
+            ProxyError::ClientGone { .. } => "client closed the connection".into(),
+            ProxyError::NoRoute => "no route".into(),
+            ProxyError::Overflow(Overflow::UpstreamInFlight { upstream, .. }) => {
+                format!("upstream {upstream} is at its concurrency limit")
+            }
+            ProxyError::Overflow(Overflow::EgressInFlight { .. }) => {
+                "egress concurrency limit reached".into()
+            }
+            ProxyError::Overflow(Overflow::EgressConnectionRate { upstream, .. }) => {
+                format!("upstream {upstream}: egress connection rate limit reached")
+            }
+            ProxyError::DeadlineSpent { .. } => "request deadline spent".into(),
+            ProxyError::Upstream(e) => {
+                let what = match &e.kind {
+                    UpstreamErrorKind::ConnectTimeout { .. } => "connect timed out",
+                    UpstreamErrorKind::ConnectRefused(_) => "refused the connection",
+                    UpstreamErrorKind::ConnectFailed(_) => "could not be reached",
+                    UpstreamErrorKind::Timeout { .. } => "timed out",
+                    UpstreamErrorKind::Reset { .. } => "reset the connection",
+                    UpstreamErrorKind::Closed { .. } => "closed the connection",
+                    UpstreamErrorKind::Protocol { .. } => "sent an invalid response",
+                    UpstreamErrorKind::Io { .. } => "connection failed",
+                };
+                format!("upstream {} {what}", e.upstream)
+            }
+            ProxyError::BadCallResponse { call, .. } => {
+                format!("required call {call} failed")
+            }
+            ProxyError::Shutdown { .. } => "gateway shutting down".into(),
+        }
     }
 
     /// The full cause: this error's message followed by every source, e.g.

@@ -29,11 +29,13 @@ pub enum Flag {
     Degraded,
     /// The gateway was shutting down and its drain period ran out.
     Shutdown,
+    /// The client stopped reading: a write to it blocked longer than `write_timeout`.
+    WriteTimeout,
 }
 
 impl Flag {
     /// Every flag, in a stable order (for metrics pre-registration and docs).
-    pub const ALL: [Flag; 11] = [
+    pub const ALL: [Flag; 12] = [
         Flag::UpstreamTimeout,
         Flag::UpstreamConnectFailure,
         Flag::UpstreamConnectionTermination,
@@ -45,9 +47,10 @@ impl Flag {
         Flag::UpstreamOverflow,
         Flag::Degraded,
         Flag::Shutdown,
+        Flag::WriteTimeout,
     ];
 
-    /// The short code: `UT`, `UF`, `UC`, `UPE`, `DC`, `RT`, `DPE`, `NR`, `UO`, `DG`, `SD`.
+    /// The short code: `UT`, `UF`, `UC`, `UPE`, `DC`, `RT`, `DPE`, `NR`, `UO`, `DG`, `SD`, `WT`.
     pub const fn code(self) -> &'static str {
         match self {
             Flag::UpstreamTimeout => "UT",
@@ -61,6 +64,7 @@ impl Flag {
             Flag::UpstreamOverflow => "UO",
             Flag::Degraded => "DG",
             Flag::Shutdown => "SD",
+            Flag::WriteTimeout => "WT",
         }
     }
 }

@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
 use hopline_gateway::access_log::AccessRecord;
 use hopline_gateway::metrics::Metrics;
-use hopline_h1::head::{parse_request, parse_response, strip_hop_by_hop};
+use hopline_h1::head::{parse_request, parse_response, strip_hop_by_hop, HeadLimits};
 
 const REQUEST: &[u8] = b"GET /api/benefits?uid=42 HTTP/1.1\r\nHost: gw.example\r\n\
 User-Agent: bench/1.0\r\nAccept: application/json\r\nx-request-id: 7f3a9c\r\n\
@@ -53,7 +53,7 @@ fn heads(c: &mut Criterion) {
     c.bench_function("parse_request (6 fields)", |b| {
         b.iter(|| {
             let mut buf = BytesMut::from(REQUEST);
-            black_box(parse_request(&mut buf, 64 * 1024).expect("valid"))
+            black_box(parse_request(&mut buf, HeadLimits::new(64 * 1024)).expect("valid"))
         })
     });
     c.bench_function("parse_response + strip_hop_by_hop", |b| {

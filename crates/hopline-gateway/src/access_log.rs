@@ -28,8 +28,10 @@ use hopline_core::time::push_rfc3339;
 pub struct AccessRecord {
     /// When the request arrived.
     pub ts: Option<SystemTime>,
-    /// `x-request-id` (received or generated).
+    /// hopline's own unique id of the request.
     pub request_id: String,
+    /// The `x-request-id` the client sent, if any (forwarded upstream unchanged).
+    pub client_request_id: Option<String>,
     /// Client address.
     pub client: Option<SocketAddr>,
     /// Method.
@@ -80,6 +82,8 @@ impl AccessRecord {
         push_rfc3339(s, self.ts.unwrap_or_else(SystemTime::now));
         s.extend_from_slice(b"\",\"request_id\":");
         push_json_str(s, &self.request_id);
+        s.extend_from_slice(b",\"client_request_id\":");
+        json_opt(s, self.client_request_id.as_deref());
         s.extend_from_slice(b",\"client\":\"");
         if let Some(c) = self.client {
             push_socket_addr(s, c);

@@ -106,19 +106,53 @@ impl CallFailure {
     }
 }
 
-/// Runs an aggregate route and writes its response to `client`.
-#[allow(clippy::too_many_arguments)]
+/// The client request an aggregate route serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Its head (method, query and headers feed the calls).
+    pub head: &'a RequestHead,
+    /// The `x-request-id` the calls carry.
+    pub request_id: &'a str,
+    /// Its deadline.
+    pub deadline: Deadline,
+    /// The client keeps the connection (and we are not draining).
+    pub keep_alive: bool,
+}
+
+/// A placeholder value that would change the call's path instead of filling one segment.
+#[derive(Debug, thiserror::Error)]
+#[error("call {call}: placeholder value {value:?} is a dot-segment")]
+pub struct PlaceholderError {
+    call: Arc<str>,
+    value: String,
+}
+
+/// Runs an aggregate route and writes its response to `client` (head only for `HEAD`).
 pub async fn run<W: AsyncWrite + Unpin>(
     gw: &Gateway,
     agg: &Aggregate,
-    head: &RequestHead,
-    request_id: &str,
-    deadline: Deadline,
-    keep_alive: bool,
+    req: &Request<'_>,
     progress: &ProgressCell,
     calls: &CallsCell,
     client: &mut W,
 ) -> Outcome {
+    let Request {
+        head,
+        request_id,
+        deadline,
+        keep_alive,
+    } = *req;
+    // Every call's request is built before any starts: a bad placeholder value fails the
+    // request (400), it never reaches an upstream.
+    let requests = match agg
+        .calls
+        .iter()
+        .map(|c| call_request(gw, c, head, request_id))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(r) => r,
+        Err(e) => return Outcome::fail(ProxyError::Malformed(Box::new(e))),
+    };
     {
         let mut records = calls.0.lock().unwrap_or_else(|p| p.into_inner());
         *records = agg
@@ -143,14 +177,14 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 agg.calls
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| one(gw, c, i, head, request_id, &deadline, calls)),
+                    .map(|(i, c)| one(gw, c, i, &requests[i], &deadline, calls)),
             )
             .await
         }
         AggregateMode::Sequential => {
             let mut out = Vec::with_capacity(agg.calls.len());
             for (i, c) in agg.calls.iter().enumerate() {
-                let r = one(gw, c, i, head, request_id, &deadline, calls).await;
+                let r = one(gw, c, i, &requests[i], &deadline, calls).await;
                 let required_failed = r.is_err() && c.config.required;
                 out.push(r);
                 if required_failed {
@@ -208,11 +242,15 @@ pub async fn run<W: AsyncWrite + Unpin>(
         put_header(&mut out, b"connection", b"close");
     }
     out.put_slice(b"\r\n");
-    out.put_slice(&body);
+    // HEAD: the same head, no body (one would corrupt the next response on the connection).
+    let head_only = &head.method[..] == b"HEAD";
+    if !head_only {
+        out.put_slice(&body);
+    }
     progress.update(|p| {
         p.response_started = true;
         p.upstream_status = Some(200);
-        p.bytes_sent = body.len() as u64;
+        p.bytes_sent = if head_only { 0 } else { body.len() as u64 };
     });
     match write_client(gw, client, &out, &deadline).await {
         Ok(()) => Outcome { error: None, close },
@@ -228,8 +266,7 @@ async fn one(
     gw: &Gateway,
     call: &Call,
     i: usize,
-    head: &RequestHead,
-    request_id: &str,
+    fwd: &Forward,
     deadline: &Deadline,
     calls: &CallsCell,
 ) -> Result<Bytes, CallFailure> {
@@ -240,7 +277,7 @@ async fn one(
         calls.update(i, |r| r.state = CallState::Running);
         let d = deadline.narrowed(started, call.config.timeout);
         let progress = ProgressCell::default();
-        let result = attempt(gw, call, head, request_id, &d, &progress).await;
+        let result = attempt(gw, call, fwd, &d, &progress).await;
         let p = progress.into_inner();
         calls.update(i, |r| {
             r.status = p.upstream_status;
@@ -262,17 +299,15 @@ async fn one(
 async fn attempt(
     gw: &Gateway,
     call: &Call,
-    head: &RequestHead,
-    request_id: &str,
+    fwd: &Forward,
     deadline: &Deadline,
     progress: &ProgressCell,
 ) -> Result<Bytes, CallFailure> {
     let up = &gw.upstreams[call.upstream];
-    let fwd = call_request(gw, call, head, request_id);
-    let opened = open(gw, call.upstream, &fwd, deadline, progress)
+    let opened = open(gw, call.upstream, fwd, deadline, progress)
         .await
         .map_err(CallFailure::Proxy)?;
-    let (status, body) = collect(up, opened, &fwd, deadline, progress, MAX_CALL_BODY)
+    let (status, body) = collect(up, opened, fwd, deadline, progress, MAX_CALL_BODY)
         .await
         .map_err(CallFailure::Proxy)?;
     let upstream = up.name.clone();
@@ -286,10 +321,18 @@ async fn attempt(
 
 /// The request a call sends: its method and path (placeholders filled), the client's query
 /// if asked, `host`, `x-request-id` and the forwarded headers.
-fn call_request(gw: &Gateway, call: &Call, head: &RequestHead, request_id: &str) -> Forward {
+fn call_request(
+    gw: &Gateway,
+    call: &Call,
+    head: &RequestHead,
+    request_id: &str,
+) -> Result<Forward, PlaceholderError> {
     let c = &call.config;
-    let query = head.target_str().split_once('?').map(|(_, q)| q);
-    let mut path = fill(&c.path, query, head);
+    let query = head.query();
+    let mut path = fill(&c.path, query, head).map_err(|value| PlaceholderError {
+        call: call.name.clone(),
+        value,
+    })?;
     if let (true, Some(q)) = (c.forward_query, query) {
         path.push(if path.contains('?') { '&' } else { '?' });
         path.push_str(q);
@@ -316,7 +359,7 @@ fn call_request(gw: &Gateway, call: &Call, head: &RequestHead, request_id: &str)
     if matches!(c.method.as_str(), "POST" | "PUT" | "PATCH") {
         put_header(&mut out, b"content-length", b"0");
     }
-    Forward {
+    Ok(Forward {
         head: out,
         body: Bytes::new(),
         idempotent: matches!(
@@ -327,11 +370,14 @@ fn call_request(gw: &Gateway, call: &Call, head: &RequestHead, request_id: &str)
         client_http11: true,
         client_keep_alive: true,
         margin: gw.config.deadline.margin,
-    }
+    })
 }
 
-/// Replaces `{query.NAME}` and `{header.NAME}` (missing values become empty).
-fn fill(template: &str, query: Option<&str>, head: &RequestHead) -> String {
+/// Replaces `{query.NAME}` and `{header.NAME}` (missing values become empty). Each value
+/// is decoded once and percent-encoded as one path segment, so `/`, `%2F`, `?` or `#`
+/// cannot change the path; a value that is `.` or `..` is refused (`Err(value)`), since
+/// upstreams resolve dot-segments even when encoded.
+fn fill(template: &str, query: Option<&str>, head: &RequestHead) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -339,44 +385,65 @@ fn fill(template: &str, query: Option<&str>, head: &RequestHead) -> String {
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
             out.push_str(&rest[open..]);
-            return out;
+            return Ok(out);
         };
-        match after[..close].split_once('.') {
-            Some(("query", name)) => {
-                let v = query
-                    .into_iter()
-                    .flat_map(|q| q.split('&'))
-                    .find_map(|kv| {
-                        kv.split_once('=')
-                            .filter(|(k, _)| *k == name)
-                            .map(|(_, v)| v)
-                    })
-                    .unwrap_or("");
-                // Query values arrive percent-encoded already; keep only URL-safe bytes.
-                out.extend(
-                    v.chars()
-                        .filter(|c| c.is_ascii_graphic() && !matches!(c, '#' | '?' | '/')),
-                );
+        let value: Option<Vec<u8>> = match after[..close].split_once('.') {
+            Some(("query", name)) => query
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|kv| {
+                    kv.split_once('=')
+                        .filter(|(k, _)| *k == name)
+                        .map(|(_, v)| v)
+                })
+                .map(|v| percent_decode(v.as_bytes())),
+            Some(("header", name)) => head.headers.get(name).map(<[u8]>::to_vec),
+            _ => None,
+        };
+        if let Some(v) = value {
+            if v == b"." || v == b".." {
+                return Err(String::from_utf8_lossy(&v).into_owned());
             }
-            Some(("header", name)) => {
-                if let Some(v) = head.headers.get(name) {
-                    percent_encode(&mut out, v);
-                }
-            }
-            _ => {}
+            percent_encode(&mut out, &v);
         }
         rest = &after[close + 1..];
     }
     out.push_str(rest);
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes (and `+` as a space, as query strings use it); invalid escapes
+/// stay as they are.
+fn percent_decode(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match v[i] {
+            b'%' if i + 2 < v.len() => match (hex(v[i + 1]), hex(v[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
     out
 }
 
 fn percent_encode(out: &mut String, bytes: &[u8]) {
     for &b in bytes {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
+            out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
         }
     }
 }
@@ -413,15 +480,22 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_and_encoded() {
-        let mut raw = BytesMut::from("GET /b?uid=42&x=1 HTTP/1.1\r\nX-User: a b/c\r\n\r\n");
-        let head = hopline_h1::head::parse_request(&mut raw, 4096)
+        let mut raw = BytesMut::from(
+            "GET /b?uid=42&x=1&p=a%2Fb&d=..&e=%2E%2E HTTP/1.1\r\nHost: h\r\nX-User: a b/c\r\n\r\n",
+        );
+        let head = hopline_h1::head::parse_request(&mut raw, hopline_h1::HeadLimits::new(4096))
             .expect("ok")
             .expect("head");
-        let q = Some("uid=42&x=1");
+        let q = head.query();
         assert_eq!(
             fill("/coupons/{query.uid}?u={header.x-user}", q, &head),
-            "/coupons/42?u=a%20b%2Fc"
+            Ok("/coupons/42?u=a%20b%2Fc".to_string())
         );
-        assert_eq!(fill("/c/{query.missing}", q, &head), "/c/");
+        assert_eq!(fill("/c/{query.missing}", q, &head), Ok("/c/".to_string()));
+        // `%2F` stays inside the segment, encoded; dot-segments are refused.
+        assert_eq!(fill("/c/{query.p}", q, &head), Ok("/c/a%2Fb".to_string()));
+        assert_eq!(fill("/c/{query.d}", q, &head), Err("..".to_string()));
+        assert_eq!(fill("/c/{query.e}", q, &head), Err("..".to_string()));
+        assert_eq!(percent_decode(b"%zz%4"), b"%zz%4");
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use hopline_core::config::ServerConfig;
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
 use hopline_core::text::push_ip;
 use hopline_core::{Deadline, Flag, Phase, ProxyError};
@@ -20,8 +21,10 @@ use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop};
 use hopline_h1::{
     read_body_chunk, read_request_head, wait_first_byte, wait_first_byte_unbuffered, watch_gone,
 };
-use hopline_h1::{BodyDecoder, BodyError, BodyLength, HeadError, ParseError, RequestHead, Version};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use hopline_h1::{
+    BodyDecoder, BodyError, BodyLength, HeadError, HeadLimits, ParseError, RequestHead, Version,
+};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout_at;
@@ -29,14 +32,15 @@ use tokio::time::timeout_at;
 use crate::access_log::AccessRecord;
 use crate::aggregate::{self, CallRecord, CallState, CallsCell};
 use crate::gateway::Action;
-use crate::gateway::{Current, Gateway};
+use crate::gateway::{Current, Gateway, Route};
 use crate::proxy::{proxy, Forward, Outcome, Progress, ProgressCell};
-use crate::response::{error_response, CONTINUE};
+use crate::response::{error_response, ErrorContext, CONTINUE};
 
 /// Signals from the server to its connections.
 #[derive(Debug, Clone)]
 pub struct Signals {
-    /// True once draining: idle connections close, responses say `connection: close`.
+    /// True once draining: idle connections close after `drain_idle_grace`, responses
+    /// say `connection: close`.
     pub drain: watch::Receiver<bool>,
     /// True once the drain period is over: in-flight requests are answered 503 `SD`.
     pub kill: watch::Receiver<bool>,
@@ -59,6 +63,13 @@ async fn raised(rx: &mut watch::Receiver<bool>) {
 /// only their socket and a small task (see `bench/` idle-conns).
 const HOT_WAIT: Duration = Duration::from_millis(100);
 
+/// Lingering close (as nginx's `lingering_close`): after an error response to a client
+/// that may still be sending, input is read and dropped for at most this long, so the
+/// client reads our answer instead of a reset.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// ... and at most this many bytes.
+const LINGER_BYTES: usize = 1 << 20;
+
 /// Serves one accepted connection until it closes.
 pub async fn serve_connection(
     current: Arc<Current>,
@@ -68,6 +79,7 @@ pub async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
+    let mut idle_since = accepted;
     let mut buf = BytesMut::new();
     let mut first = true;
     loop {
@@ -82,8 +94,11 @@ pub async fn serve_connection(
             };
             let r = tokio::select! {
                 biased;
-                _ = raised(&mut signals.drain) => return,
                 r = wait_first_byte_unbuffered(&mut stream, &mut buf, wait) => r,
+                _ = raised(&mut signals.drain) => {
+                    let grace = cfg.drain_idle_grace;
+                    drain_wait(&mut stream, &mut buf, idle_since, grace).await
+                }
             };
             match r {
                 Ok(()) => {}
@@ -91,7 +106,7 @@ pub async fn serve_connection(
                     let err = ProxyError::HeaderReadTimeout {
                         limit: cfg.header_read_timeout,
                     };
-                    Box::pin(reject(&gw, &mut stream, peer, err)).await;
+                    Box::pin(reject(&gw, &mut stream, &mut buf, peer, None, err)).await;
                     return;
                 }
                 Err(_) => return,
@@ -109,12 +124,29 @@ pub async fn serve_connection(
             head_deadline,
             peer,
             &mut signals,
+            &mut idle_since,
         ))
         .await;
         match next {
             Next::KeepAlive => {}
             Next::Close => return,
         }
+    }
+}
+
+/// Draining, with no request on the connection: a client that is just sending still gets
+/// served, so the connection closes only once it has been idle for `grace` (counted
+/// from `idle_since`). A silent connection ends as `Closed`, never with a 408.
+async fn drain_wait(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    idle_since: Instant,
+    grace: Duration,
+) -> Result<(), HeadError> {
+    let left = (idle_since + grace).saturating_duration_since(Instant::now());
+    match wait_first_byte_unbuffered(stream, buf, left).await {
+        Err(HeadError::Idle) => Err(HeadError::Closed),
+        r => r,
     }
 }
 
@@ -127,6 +159,7 @@ async fn busy(
     mut head_deadline: Instant,
     peer: SocketAddr,
     signals: &mut Signals,
+    idle_since: &mut Instant,
 ) -> Next {
     // One waiter on each signal for the whole busy period, not one per request.
     let mut drain = pin!(raised(&mut signals.drain));
@@ -136,6 +169,7 @@ async fn busy(
         // requests on existing keep-alive connections too).
         let gw = current.load();
         let served = request(&gw, stream, buf, head_deadline, peer, kill.as_mut()).await;
+        *idle_since = Instant::now();
         if let Next::Close = served {
             return Next::Close;
         }
@@ -143,8 +177,8 @@ async fn busy(
         if buf.is_empty() {
             let r = tokio::select! {
                 biased;
-                _ = &mut drain => return Next::Close,
                 r = wait_first_byte(stream, buf, HOT_WAIT.min(cfg.idle_timeout)) => r,
+                _ = &mut drain => drain_wait(stream, buf, *idle_since, cfg.drain_idle_grace).await,
             };
             match r {
                 Ok(()) => {}
@@ -153,6 +187,21 @@ async fn busy(
             }
         }
         head_deadline = Instant::now() + cfg.header_read_timeout;
+    }
+}
+
+/// The error a request head that could not be read is answered with.
+fn head_error(cfg: &ServerConfig, e: ParseError) -> ProxyError {
+    match e {
+        ParseError::Rejected { error, .. } => head_error(cfg, *error),
+        ParseError::TooLarge { .. } | ParseError::TooManyHeaders => ProxyError::HeadersTooLarge {
+            limit: cfg.max_header_bytes,
+        },
+        ParseError::RequestLineTooLong { limit } => ProxyError::UriTooLong { limit },
+        ParseError::UnsupportedTransferEncoding => ProxyError::NotImplemented {
+            what: "transfer codings other than chunked",
+        },
+        p => ProxyError::Malformed(Box::new(p)),
     }
 }
 
@@ -166,10 +215,14 @@ async fn request(
     kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let cfg = &gw.config.server;
+    let limits = HeadLimits {
+        max_head: cfg.max_header_bytes,
+        max_request_line: cfg.max_request_line_bytes.min(cfg.max_header_bytes),
+    };
     let head = match read_request_head(
         stream,
         buf,
-        cfg.max_header_bytes,
+        limits,
         head_deadline.into(),
         cfg.header_read_timeout,
     )
@@ -177,40 +230,81 @@ async fn request(
     {
         Ok(h) => h,
         Err(e) => {
+            let mut line = None;
             let err = match e {
                 HeadError::Timeout(_) => ProxyError::HeaderReadTimeout {
                     limit: cfg.header_read_timeout,
                 },
-                HeadError::Parse(ParseError::TooLarge { .. } | ParseError::TooManyHeaders) => {
-                    ProxyError::HeadersTooLarge {
-                        limit: cfg.max_header_bytes,
+                HeadError::Parse(p) => {
+                    if let ParseError::Rejected { method, target, .. } = &p {
+                        line = Some((method.clone(), target.clone()));
                     }
+                    head_error(cfg, p)
                 }
-                HeadError::Parse(p) => ProxyError::Malformed(Box::new(p)),
                 HeadError::Idle | HeadError::Closed | HeadError::Incomplete | HeadError::Io(_) => {
                     return Next::Close
                 }
             };
-            reject(gw, stream, peer, err).await;
+            reject(gw, stream, buf, peer, line, err).await;
             return Next::Close;
         }
     };
     handle(gw, stream, buf, head, peer, kill).await
 }
 
-/// Answers a request that could not even be read, logs it, and leaves the connection to close.
-async fn reject(gw: &Gateway, stream: &mut TcpStream, peer: SocketAddr, err: ProxyError) {
+/// Answers a request that could not even be read (with its method and target, when its
+/// head was complete), logs it, and closes politely.
+async fn reject(
+    gw: &Gateway,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    line: Option<(Bytes, Bytes)>,
+    err: ProxyError,
+) {
+    let (method, path) = line.unwrap_or_default();
     let mut rec = AccessRecord {
         ts: Some(SystemTime::now()),
         client: Some(peer),
         request_id: gw.next_request_id(),
+        method,
+        path,
         ..AccessRecord::default()
     };
-    let out = error_response(&err, &rec.request_id, true);
+    let cx = ErrorContext {
+        request_id: &rec.request_id,
+        trace_id: &rec.request_id,
+        expose_cause: gw.config.server.expose_cause,
+        head_only: false,
+    };
+    let out = error_response(&err, &cx, true);
     let _ = tokio::time::timeout(gw.config.server.write_timeout, stream.write_all(&out)).await;
-    let _ = stream.shutdown().await;
     record_error(&mut rec, &err);
     gw.record(&rec);
+    linger(stream, buf).await;
+}
+
+/// Lingering close: our answer is complete (FIN sent), then whatever the client is still
+/// sending is read and dropped until it closes, for at most [`LINGER_TIME`] and
+/// [`LINGER_BYTES`]. Closing with unread input would make the kernel send an RST, which
+/// can destroy the answer before the client reads it.
+async fn linger(stream: &mut TcpStream, buf: &mut BytesMut) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    buf.clear();
+    let until = Instant::now() + LINGER_TIME;
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        buf.reserve(16 * 1024);
+        match timeout_at(until.into(), stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                dropped += n;
+                buf.clear();
+            }
+            _ => return,
+        }
+    }
 }
 
 fn record_error(rec: &mut AccessRecord, err: &ProxyError) {
@@ -226,27 +320,21 @@ async fn respond_error<W: AsyncWrite + Unpin>(
     gw: &Gateway,
     w: &mut W,
     rec: &mut AccessRecord,
+    cx: &ErrorContext<'_>,
     err: &ProxyError,
     close: bool,
 ) {
-    let out = error_response(err, &rec.request_id, close);
+    let out = error_response(err, cx, close);
     let _ = tokio::time::timeout(gw.config.server.write_timeout, w.write_all(&out)).await;
     record_error(rec, err);
 }
 
-fn request_id(gw: &Gateway, head: &RequestHead) -> String {
-    match head
-        .headers
-        .get("x-request-id")
-        .map(|v| std::str::from_utf8(v))
-    {
-        Some(Ok(id))
-            if !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.to_string()
-        }
-        _ => gw.next_request_id(),
-    }
+/// The client's `x-request-id`, when it is a sane one to forward and log.
+fn client_request_id(head: &RequestHead) -> Option<String> {
+    let id = head.headers.get("x-request-id")?;
+    let ok = !id.is_empty() && id.len() <= 200 && id.iter().all(u8::is_ascii_graphic);
+    // All ASCII graphic bytes, so valid UTF-8.
+    ok.then(|| String::from_utf8_lossy(id).into_owned())
 }
 
 enum Ended {
@@ -267,11 +355,23 @@ async fn handle(
     let cfg = &gw.config.server;
     let mut rec = AccessRecord {
         ts: Some(SystemTime::now()),
-        request_id: request_id(gw, &head),
+        request_id: gw.next_request_id(),
+        client_request_id: client_request_id(&head),
         client: Some(peer),
         method: head.method.clone(),
         path: head.target.clone(),
         ..AccessRecord::default()
+    };
+    let trace_id = rec
+        .client_request_id
+        .clone()
+        .unwrap_or_else(|| rec.request_id.clone());
+    let own_id = rec.request_id.clone();
+    let cx = ErrorContext {
+        request_id: &own_id,
+        trace_id: &trace_id,
+        expose_cause: cfg.expose_cause,
+        head_only: &head.method[..] == b"HEAD",
     };
     let finish = |mut rec: AccessRecord, next: Next| {
         rec.duration = arrival.elapsed();
@@ -279,31 +379,21 @@ async fn handle(
         next
     };
     let keep_alive = head.keep_alive() && !gw.draining();
+    let length = head.body_length();
 
-    let length = match head.body_length() {
-        Ok(l) => l,
-        Err(e) => {
-            respond_error(
-                gw,
-                stream,
-                &mut rec,
-                &ProxyError::Malformed(Box::new(e)),
-                true,
-            )
-            .await;
-            return finish(rec, Next::Close);
+    let route = match admit(gw, &head) {
+        Ok(route) => route,
+        Err((route, err)) => {
+            // Refused before the body is read: the connection stays usable only without a
+            // body to skip; otherwise it closes, lingering so the client reads the answer.
+            rec.route = route.map(|r| r.name.clone());
+            let close = !keep_alive || length != BodyLength::Empty;
+            respond_error(gw, stream, &mut rec, &cx, &err, close).await;
+            if close {
+                linger(stream, buf).await;
+            }
+            return finish(rec, if close { Next::Close } else { Next::KeepAlive });
         }
-    };
-    if &head.method[..] == b"CONNECT" {
-        let err = ProxyError::NotImplemented { what: "CONNECT" };
-        respond_error(gw, stream, &mut rec, &err, true).await;
-        return finish(rec, Next::Close);
-    }
-    let Some(route) = gw.route(head.path()) else {
-        // Without a body to skip, the connection stays usable.
-        let close = !keep_alive || length != BodyLength::Empty;
-        respond_error(gw, stream, &mut rec, &ProxyError::NoRoute, close).await;
-        return finish(rec, if close { Next::Close } else { Next::KeepAlive });
     };
     rec.route = Some(route.name.clone());
     if let Action::Proxy { upstream } = route.action {
@@ -317,7 +407,8 @@ async fn handle(
     let body = match read_body(gw, stream, buf, &head, length).await {
         Ok(b) => b,
         Err(BodyFailure::Respond(err)) => {
-            respond_error(gw, stream, &mut rec, &err, true).await;
+            respond_error(gw, stream, &mut rec, &cx, &err, true).await;
+            linger(stream, buf).await;
             return finish(rec, Next::Close);
         }
         Err(BodyFailure::Gone(source)) => {
@@ -352,30 +443,17 @@ async fn handle(
         let work = pin!(async {
             match &route.action {
                 Action::Proxy { upstream } => {
-                    let fwd = forward(
-                        gw,
-                        &mut head,
-                        body,
-                        &rec.request_id,
-                        peer,
-                        keep_alive,
-                        *upstream,
-                    );
+                    let fwd = forward(gw, &mut head, body, &trace_id, peer, keep_alive, *upstream);
                     proxy(gw, *upstream, &fwd, deadline, &progress, &mut wr).await
                 }
                 Action::Aggregate(agg) => {
-                    aggregate::run(
-                        gw,
-                        agg,
-                        &head,
-                        &rec.request_id,
+                    let req = aggregate::Request {
+                        head: &head,
+                        request_id: &trace_id,
                         deadline,
                         keep_alive,
-                        &progress,
-                        &calls,
-                        &mut wr,
-                    )
-                    .await
+                    };
+                    aggregate::run(gw, agg, &req, &progress, &calls, &mut wr).await
                 }
             }
         });
@@ -427,7 +505,7 @@ async fn handle(
             if p.response_started {
                 record_error(&mut rec, &err);
             } else {
-                respond_error(gw, stream, &mut rec, &err, true).await;
+                respond_error(gw, stream, &mut rec, &cx, &err, true).await;
             }
             finish(rec, Next::Close)
         }
@@ -459,11 +537,32 @@ async fn handle(
                 finish(rec, Next::Close)
             } else {
                 let close = close || !keep_alive || gw.draining();
-                respond_error(gw, stream, &mut rec, &err, close).await;
+                respond_error(gw, stream, &mut rec, &cx, &err, close).await;
                 finish(rec, if close { Next::Close } else { Next::KeepAlive })
             }
         }
     }
+}
+
+/// The route that serves `head`, or why none does (with the route, if one matched).
+fn admit<'g>(
+    gw: &'g Gateway,
+    head: &RequestHead,
+) -> Result<&'g Route, (Option<&'g Route>, ProxyError)> {
+    if &head.method[..] == b"CONNECT" {
+        return Err((None, ProxyError::NotImplemented { what: "CONNECT" }));
+    }
+    let Some(route) = gw.route(head.path()) else {
+        return Err((None, ProxyError::NoRoute));
+    };
+    if !route.allows(&head.method) {
+        let err = ProxyError::MethodNotAllowed {
+            route: route.name.clone(),
+            allow: route.allow.clone(),
+        };
+        return Err((Some(route), err));
+    }
+    Ok(route)
 }
 
 /// What a cancelled aggregate request was waiting on, e.g. `calls coupons (running), coin (not started)`.
@@ -522,14 +621,19 @@ async fn read_body(
         }
         _ => {}
     }
-    if head.headers.has_token("expect", "100-continue") && buf.is_empty() {
+    // RFC 9110 §10.1.1: only an HTTP/1.1 client waits for 100 Continue; it gets it once
+    // the request passed every check that needs no body (route, method, length).
+    if head.version == Version::Http11
+        && head.headers.has_token("expect", "100-continue")
+        && buf.is_empty()
+    {
         stream
             .write_all(CONTINUE)
             .await
             .map_err(BodyFailure::Gone)?;
     }
     let until = Instant::now() + cfg.body_read_timeout;
-    let mut decoder = BodyDecoder::new(length);
+    let mut decoder = BodyDecoder::new(length).with_max_trailers(cfg.max_header_bytes);
     let mut body = BytesMut::new();
     loop {
         match timeout_at(until.into(), read_body_chunk(stream, buf, &mut decoder)).await {
@@ -563,8 +667,9 @@ async fn read_body(
     }
 }
 
-/// Renders the upstream request head: hop-by-hop fields removed, `x-request-id` and
-/// `x-forwarded-for` set, the body re-framed with `content-length`.
+/// Renders the upstream request head: origin-form target, hop-by-hop fields removed,
+/// `x-request-id` and `x-forwarded-for` set (every received `x-forwarded-for` merged, then
+/// the client's address), the body re-framed with `content-length`.
 fn forward(
     gw: &Gateway,
     head: &mut RequestHead,
@@ -577,15 +682,21 @@ fn forward(
     let mut out = BytesMut::with_capacity(512);
     out.put_slice(&head.method);
     out.put_u8(b' ');
-    out.put_slice(&head.target);
+    out.put_slice(head.origin_form());
     out.put_slice(b" HTTP/1.1\r\n");
     strip_hop_by_hop(&mut head.headers);
-    let mut forwarded_for: Option<&[u8]> = None;
+    let mut forwarded_for: Vec<u8> = Vec::new();
     let mut has_host = false;
     for (name, value) in head.headers.iter() {
         let n = name;
         if n.eq_ignore_ascii_case(b"x-forwarded-for") {
-            forwarded_for = Some(value);
+            let value = hopline_h1::head::trim(value);
+            if !value.is_empty() {
+                if !forwarded_for.is_empty() {
+                    forwarded_for.extend_from_slice(b", ");
+                }
+                forwarded_for.extend_from_slice(value);
+            }
             continue;
         }
         if n.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
@@ -608,13 +719,11 @@ fn forward(
         put_header(&mut out, b"host", ep.as_bytes());
     }
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
-    let mut ip = Vec::with_capacity(48);
-    if let Some(prev) = forwarded_for {
-        ip.extend_from_slice(prev);
-        ip.extend_from_slice(b", ");
+    if !forwarded_for.is_empty() {
+        forwarded_for.extend_from_slice(b", ");
     }
-    push_ip(&mut ip, peer.ip());
-    put_header(&mut out, b"x-forwarded-for", &ip);
+    push_ip(&mut forwarded_for, peer.ip());
+    put_header(&mut out, b"x-forwarded-for", &forwarded_for);
     let method = &head.method[..];
     if !body.is_empty() || matches!(method, b"POST" | b"PUT" | b"PATCH") {
         put_content_length(&mut out, body.len() as u64);

@@ -25,6 +25,22 @@ pub struct Route {
     pub action: Action,
     /// Route deadline.
     pub timeout: Duration,
+    /// `methods`, if configured.
+    pub methods: Option<Vec<String>>,
+    /// The `Allow` value of a 405 from this route.
+    pub allow: String,
+}
+
+impl Route {
+    /// True when the route serves `method`: the configured list, else every method for a
+    /// proxy route and `GET`/`HEAD` for an aggregate one.
+    pub fn allows(&self, method: &[u8]) -> bool {
+        match (&self.methods, &self.action) {
+            (Some(list), _) => list.iter().any(|m| m.as_bytes() == method),
+            (None, Action::Aggregate(_)) => matches!(method, b"GET" | b"HEAD"),
+            (None, Action::Proxy { .. }) => true,
+        }
+    }
 }
 
 /// A route's action, with upstream names resolved to indexes into [`Gateway::upstreams`].
@@ -152,6 +168,8 @@ impl Gateway {
                     path: r.path.clone(),
                     action,
                     timeout: r.timeout,
+                    methods: r.methods.clone(),
+                    allow: r.allow_header(),
                 }
             })
             .collect();

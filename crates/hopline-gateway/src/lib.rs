@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hopline_core::config::Config;
+use hopline_core::config::{Config, Overload};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -75,12 +75,29 @@ pub async fn run(
     });
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break,
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) if current.load().config.server.overload == Overload::Close => {
+                // Full, and told to fail fast: accept and close at once, so the client
+                // sees a closed connection now instead of waiting in the backlog.
+                let accepted = tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    a = listener.accept() => a,
+                };
+                if let Ok((stream, _)) = accepted {
+                    drop(stream);
+                    current.load().metrics.connection_refused();
+                }
+                continue;
+            }
+            Err(_) => tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                s = slots.clone().acquire_owned() => match s {
+                    Ok(s) => s,
+                    Err(_) => break,
+                },
             },
         };
         let accepted = tokio::select! {
@@ -92,12 +109,11 @@ pub async fn run(
             Ok((stream, peer)) => {
                 let current = current.clone();
                 let signals = signals.clone();
-                let metrics = current.load().metrics.clone();
-                metrics.connection(1);
+                // Released by drop even if the connection's task panics or is aborted.
+                let guard = (current.load().metrics.open_connection(), slot);
                 tasks.spawn(async move {
+                    let _guard = guard;
                     conn::serve_connection(current, stream, peer, signals).await;
-                    metrics.connection(-1);
-                    drop(slot);
                 });
             }
             Err(e) => {

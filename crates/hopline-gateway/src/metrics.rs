@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -186,6 +186,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// One open client connection in `hopline_downstream_connections`; dropping it closes it.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// All of the gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -199,6 +211,7 @@ pub struct Metrics {
     degraded: Family<DegradedLabels, Counter>,
     cancelled: Family<RouteLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    refused: Counter,
     connections: AtomicI64,
     hot: Mutex<Hot>,
 }
@@ -269,6 +282,12 @@ impl Metrics {
             cancelled.clone(),
         );
         registry.register("config_reload", "Config reloads by result", reloads.clone());
+        let refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because max_connections was reached (server.overload = \"close\")",
+            refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -280,6 +299,7 @@ impl Metrics {
             degraded,
             cancelled,
             reloads,
+            refused,
             connections: AtomicI64::new(0),
             hot: Mutex::new(Hot::default()),
         }
@@ -405,9 +425,23 @@ impl Metrics {
             .inc();
     }
 
-    /// A client connection opened (+1) or closed (-1).
-    pub fn connection(&self, delta: i64) {
-        self.connections.fetch_add(delta, Ordering::Relaxed);
+    /// Counts one open client connection until the guard is dropped (also when its task
+    /// panics or is aborted), so the gauge cannot leak.
+    pub fn open_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: self.clone(),
+        }
+    }
+
+    /// Counts a connection refused because `max_connections` was reached.
+    pub fn connection_refused(&self) {
+        self.refused.inc();
+    }
+
+    /// Open client connections now.
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// The text exposition, with gauges sampled now. `in_flight` lists (upstream, calls).

@@ -6,7 +6,6 @@
 //! [`proxy`], which takes a [`Deadline`], so no call can be unbounded.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Mutex;
@@ -96,7 +95,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn fail(e: ProxyError) -> Outcome {
+    /// A failure before any response byte went out (the caller answers it).
+    pub fn fail(e: ProxyError) -> Outcome {
         Outcome {
             error: Some(e),
             close: false,
@@ -546,7 +546,8 @@ fn body_error(up: &Upstream, addr: SocketAddr, started: Instant, e: BodyError) -
     up.error(addr, started, kind)
 }
 
-/// Writes to the client within `write_timeout`; failure means the client is gone.
+/// Writes to the client within `write_timeout`: a client that does not read for that long
+/// is [`ProxyError::ClientWriteTimeout`] (`WT`), a write error means it is gone (`DC`).
 pub async fn write_client<W: AsyncWrite + Unpin>(
     gw: &Gateway,
     client: &mut W,
@@ -558,18 +559,11 @@ pub async fn write_client<W: AsyncWrite + Unpin>(
     // Most writes fit the socket buffer at once: no timer for those.
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
     let res = match first {
-        Poll::Ready(r) => Ok(r),
-        Poll::Pending => tokio::time::timeout(limit, write).await,
-    };
-    let res = match res {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "write to client blocked longer than write_timeout {}",
-                hopline_core::time::Human(limit)
-            ),
-        )),
+        Poll::Ready(r) => r,
+        Poll::Pending => match tokio::time::timeout(limit, write).await {
+            Ok(r) => r,
+            Err(_) => return Err(ProxyError::ClientWriteTimeout { limit }),
+        },
     };
     res.map_err(|source| ProxyError::ClientGone {
         elapsed: deadline.start().elapsed(),

@@ -4,31 +4,103 @@ use bytes::{BufMut, BytesMut};
 use hopline_core::ProxyError;
 use hopline_h1::head::{put_content_length, put_header, put_status_line, reason_phrase};
 
-/// Renders the response for `err`: status and flag per DESIGN.md §3, `x-hopline-flags`,
-/// `x-request-id`, and a short text body carrying the cause.
-pub fn error_response(err: &ProxyError, request_id: &str, close: bool) -> BytesMut {
+/// What a locally generated error response says about its request.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorContext<'a> {
+    /// hopline's own id of the request (the one in the access log).
+    pub request_id: &'a str,
+    /// The `x-request-id` the request travels under (the client's, or `request_id`).
+    pub trace_id: &'a str,
+    /// Put the full cause in the body (`server.expose_cause`), not only the short reason.
+    pub expose_cause: bool,
+    /// This is a response to `HEAD`: the head says how long the body would be, but no
+    /// body follows.
+    pub head_only: bool,
+}
+
+/// Renders the response for `err`: status and flag per docs/errors.md, `x-hopline-flags`,
+/// `x-request-id`, and a short text body: status, short reason, flag and request id (the
+/// full cause, with addresses and OS errors, only with `expose_cause`).
+pub fn error_response(err: &ProxyError, cx: &ErrorContext<'_>, close: bool) -> BytesMut {
     let d = err.disposition();
+    let reason = if cx.expose_cause {
+        err.cause()
+    } else {
+        err.short_reason()
+    };
     let body = format!(
-        "{} {}: {}\n",
+        "{} {}: {reason} (flag {}, request id {})\n",
         d.status,
         reason_phrase(d.status),
-        err.cause()
+        d.flag.code(),
+        cx.request_id
     );
     let mut out = BytesMut::with_capacity(256 + body.len());
     put_status_line(&mut out, d.status, reason_phrase(d.status).as_bytes());
     put_header(&mut out, b"content-type", b"text/plain; charset=utf-8");
     put_header(&mut out, b"x-hopline-flags", d.flag.code().as_bytes());
-    if !request_id.is_empty() {
-        put_header(&mut out, b"x-request-id", request_id.as_bytes());
+    if !cx.trace_id.is_empty() {
+        put_header(&mut out, b"x-request-id", cx.trace_id.as_bytes());
+    }
+    if let ProxyError::MethodNotAllowed { allow, .. } = err {
+        put_header(&mut out, b"allow", allow.as_bytes());
     }
     put_content_length(&mut out, body.len() as u64);
     if close {
         put_header(&mut out, b"connection", b"close");
     }
     out.put_slice(b"\r\n");
-    out.put_slice(body.as_bytes());
+    if !cx.head_only {
+        out.put_slice(body.as_bytes());
+    }
     out
 }
 
 /// `100 Continue`, sent before reading a body the client is holding back.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_says_short_reason_unless_cause_is_exposed() {
+        let err = ProxyError::Upstream(hopline_core::UpstreamError {
+            upstream: "coupon".into(),
+            endpoint: "10.1.2.3:9001".parse().expect("addr"),
+            zone: hopline_core::config::Zone::Egress,
+            elapsed: std::time::Duration::from_millis(3),
+            kind: hopline_core::UpstreamErrorKind::Reset {
+                phase: hopline_core::Phase::ResponseHeaders,
+                source: std::io::Error::from_raw_os_error(104),
+            },
+        });
+        let mut cx = ErrorContext {
+            request_id: "abc",
+            trace_id: "abc",
+            expose_cause: false,
+            head_only: false,
+        };
+        let short = String::from_utf8(error_response(&err, &cx, false).to_vec()).expect("utf8");
+        assert!(
+            short.ends_with("upstream coupon reset the connection (flag UC, request id abc)\n"),
+            "{short}"
+        );
+        assert!(
+            !short.contains("10.1.2.3") && !short.contains("os error"),
+            "{short}"
+        );
+        cx.expose_cause = true;
+        let full = String::from_utf8(error_response(&err, &cx, false).to_vec()).expect("utf8");
+        assert!(
+            full.contains("10.1.2.3:9001") && full.contains("os error 104"),
+            "{full}"
+        );
+        cx.head_only = true;
+        let head = String::from_utf8(error_response(&err, &cx, false).to_vec()).expect("utf8");
+        assert!(
+            head.ends_with("\r\n\r\n") && head.contains("content-length: "),
+            "{head}"
+        );
+    }
+}

@@ -3,10 +3,13 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Longest chunk-size line or trailer line accepted.
-const MAX_LINE: usize = 4096;
-/// Most trailer bytes accepted (they are read and dropped).
-const MAX_TRAILERS: usize = 16 * 1024;
+/// Most chunk-extension bytes accepted in one body (hyper's limit too): extensions are
+/// read and dropped, so without a cap they would be free work for a peer.
+pub const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
+/// Default cap on the trailer section (the gateway passes `max_header_bytes`).
+pub const DEFAULT_MAX_TRAILERS: usize = 16 * 1024;
+/// Most hex digits in a chunk size (16 fill a u64).
+const MAX_SIZE_DIGITS: usize = 16;
 
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +30,27 @@ pub enum BodyError {
     /// The connection ended before the body did.
     #[error("connection closed before the body was complete")]
     Incomplete,
-    /// A chunk-size line is not valid.
+    /// A chunk-size line is not `1*HEXDIG [ chunk-ext ]` (or overflows).
     #[error("invalid chunk size line")]
     BadChunkSize,
     /// A chunk is not followed by CRLF.
     #[error("chunk data not followed by CRLF")]
     BadChunkEnd,
-    /// A chunk-size or trailer line is too long, or trailers are too large.
-    #[error("chunk-size or trailer line too long")]
-    LineTooLong,
+    /// A chunk-size or trailer line ends in a bare LF (CRLF is required).
+    #[error("line not ended by CRLF")]
+    BareLf,
+    /// Chunk extensions larger than [`MAX_CHUNK_EXTENSIONS`] in one body.
+    #[error("chunk extensions larger than {MAX_CHUNK_EXTENSIONS} bytes")]
+    ExtensionsTooLarge,
+    /// The trailer section is larger than its limit.
+    #[error("trailers larger than {limit} bytes")]
+    TrailersTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A trailer line is not a valid field line.
+    #[error("invalid trailer field")]
+    BadTrailer,
     /// Reading failed.
     #[error("read failed")]
     Io(#[source] std::io::Error),
@@ -65,9 +80,16 @@ enum State {
 
 /// Decodes one body from bytes buffered off the wire; leftover bytes (a pipelined next
 /// message) stay in the buffer.
+///
+/// Chunked framing is read as RFC 9112 §7.1 writes it, positively: a size is `1*HEXDIG`
+/// (at most 16 digits, no sign, no leading space), extensions are `;`-led and hold no
+/// control characters, every line ends in CRLF, chunk data is followed by exactly CRLF,
+/// and extensions and trailers are bounded.
 #[derive(Debug, Clone)]
 pub struct BodyDecoder {
     state: State,
+    extension_bytes: usize,
+    max_trailers: usize,
 }
 
 impl BodyDecoder {
@@ -79,7 +101,17 @@ impl BodyDecoder {
             BodyLength::Chunked => State::ChunkSize,
             BodyLength::UntilClose => State::UntilClose,
         };
-        BodyDecoder { state }
+        BodyDecoder {
+            state,
+            extension_bytes: 0,
+            max_trailers: DEFAULT_MAX_TRAILERS,
+        }
+    }
+
+    /// The same decoder with the trailer section capped at `max` bytes.
+    pub fn with_max_trailers(mut self, max: usize) -> Self {
+        self.max_trailers = max;
+        self
     }
 
     /// True once the whole body has been decoded.
@@ -113,10 +145,15 @@ impl BodyDecoder {
                     return Ok(Decoded::Data(buf.split().freeze()));
                 }
                 State::ChunkSize => {
-                    let Some(line) = take_line(buf)? else {
+                    let room = MAX_SIZE_DIGITS + 2 + MAX_CHUNK_EXTENSIONS - self.extension_bytes;
+                    let Some(line) = take_line(buf, room, BodyError::ExtensionsTooLarge)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    let size = parse_chunk_size(&line)?;
+                    let (size, ext) = parse_chunk_size(&line)?;
+                    self.extension_bytes += ext;
+                    if self.extension_bytes > MAX_CHUNK_EXTENSIONS {
+                        return Err(BodyError::ExtensionsTooLarge);
+                    }
                     self.state = if size == 0 {
                         State::Trailers(0)
                     } else {
@@ -134,15 +171,20 @@ impl BodyDecoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers(seen) => {
-                    let Some(line) = take_line(buf)? else {
+                    let limit = self.max_trailers;
+                    let too_large = BodyError::TrailersTooLarge { limit };
+                    let Some(line) = take_line(buf, limit - seen.min(limit), too_large)? else {
                         return Ok(Decoded::NeedMore);
                     };
                     if line.is_empty() {
                         self.state = State::Done;
-                    } else if seen + line.len() > MAX_TRAILERS {
-                        return Err(BodyError::LineTooLong);
                     } else {
-                        self.state = State::Trailers(seen + line.len());
+                        check_trailer(&line)?;
+                        let seen = seen + line.len() + 2;
+                        if seen > limit {
+                            return Err(BodyError::TrailersTooLarge { limit });
+                        }
+                        self.state = State::Trailers(seen);
                     }
                 }
             }
@@ -161,32 +203,69 @@ impl BodyDecoder {
     }
 }
 
-/// Takes one line (without its CRLF or LF) off the front of `buf`.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, BodyError> {
+/// Takes one CRLF-ended line (without its CRLF) off the front of `buf`; `too_long` when
+/// no line end comes within `max` bytes.
+fn take_line(
+    buf: &mut BytesMut,
+    max: usize,
+    too_long: BodyError,
+) -> Result<Option<BytesMut>, BodyError> {
     match buf.iter().position(|&b| b == b'\n') {
+        Some(pos) if pos > max => Err(too_long),
+        Some(0) => Err(BodyError::BareLf),
+        Some(pos) if buf[pos - 1] != b'\r' => Err(BodyError::BareLf),
         Some(pos) => {
             let mut line = buf.split_to(pos + 1);
-            line.truncate(pos);
-            if line.last() == Some(&b'\r') {
-                line.truncate(pos - 1);
-            }
+            line.truncate(pos - 1);
             Ok(Some(line))
         }
-        None if buf.len() > MAX_LINE => Err(BodyError::LineTooLong),
+        None if buf.len() > max => Err(too_long),
         None => Ok(None),
     }
 }
 
-fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
-    let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
-    let hex = crate::head::trim(&line[..end]);
-    if hex.is_empty() || hex.len() > 15 {
+/// `chunk-size [ chunk-ext ]`: the size, and how many extension bytes followed it.
+fn parse_chunk_size(line: &[u8]) -> Result<(u64, usize), BodyError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > MAX_SIZE_DIGITS {
         return Err(BodyError::BadChunkSize);
     }
-    hex.iter().try_fold(0u64, |acc, &c| {
-        let d = (c as char).to_digit(16).ok_or(BodyError::BadChunkSize)?;
-        Ok(acc * 16 + u64::from(d))
-    })
+    let size = line[..digits].iter().try_fold(0u64, |acc, &c| {
+        let d = char::from(c).to_digit(16).ok_or(BodyError::BadChunkSize)?;
+        acc.checked_mul(16)
+            .and_then(|v| v.checked_add(u64::from(d)))
+            .ok_or(BodyError::BadChunkSize)
+    })?;
+    // chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ); dropped unread, but it
+    // must start with ";" and hold no control characters (a bare CR, NUL, ...).
+    let ext = &line[digits..];
+    let after_ws = ext
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(ext.len());
+    match ext.get(after_ws) {
+        None if after_ws == 0 => Ok((size, 0)),
+        Some(b';') if ext.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)) => {
+            Ok((size, ext.len()))
+        }
+        _ => Err(BodyError::BadChunkSize),
+    }
+}
+
+/// A trailer line must be `field-name ":" field-value` (no obs-fold, no control bytes).
+fn check_trailer(line: &[u8]) -> Result<(), BodyError> {
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(BodyError::BadTrailer)?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let value_ok = value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    if name.is_empty() || !name.iter().all(|&b| crate::head::is_tchar(b)) || !value_ok {
+        return Err(BodyError::BadTrailer);
+    }
+    Ok(())
 }
 
 /// Appends `data` as one chunk (nothing for empty data: that would end the body).
@@ -266,18 +345,69 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_rejected() {
+        type Expect = fn(&BodyError) -> bool;
+        let bad: &[(&[u8], Expect)] = &[
+            (b"zz\r\n", |e| matches!(e, BodyError::BadChunkSize)),
+            (b" 1\r\na\r\n", |e| matches!(e, BodyError::BadChunkSize)),
+            (b"+1\r\na\r\n", |e| matches!(e, BodyError::BadChunkSize)),
+            (b"0x1\r\na\r\n", |e| matches!(e, BodyError::BadChunkSize)),
+            (b"1 x\r\na\r\n", |e| matches!(e, BodyError::BadChunkSize)),
+            (b"1;a\rb\r\na\r\n", |e| matches!(e, BodyError::BadChunkSize)),
+            (b"1;a\x00\r\na\r\n", |e| {
+                matches!(e, BodyError::BadChunkSize)
+            }),
+            (b"00000000000000001\r\na\r\n", |e| {
+                matches!(e, BodyError::BadChunkSize)
+            }),
+            (b"ffffffffffffffff0\r\n", |e| {
+                matches!(e, BodyError::BadChunkSize)
+            }),
+            (b"1\na\r\n", |e| matches!(e, BodyError::BareLf)),
+            (b"1\r\nabc", |e| matches!(e, BodyError::BadChunkEnd)),
+            (b"1\r\na\n0\r\n\r\n", |e| {
+                matches!(e, BodyError::BadChunkEnd)
+            }),
+            (b"0\r\n\n", |e| matches!(e, BodyError::BareLf)),
+            (b"0\r\nX-T: 1\n\r\n", |e| matches!(e, BodyError::BareLf)),
+            (b"0\r\n folded\r\n\r\n", |e| {
+                matches!(e, BodyError::BadTrailer)
+            }),
+            (b"0\r\nnocolon\r\n\r\n", |e| {
+                matches!(e, BodyError::BadTrailer)
+            }),
+        ];
+        for (wire, expected) in bad {
+            match decode_all(BodyLength::Chunked, &[wire]) {
+                Err(e) => assert!(expected(&e), "{:?}: {e:?}", String::from_utf8_lossy(wire)),
+                Ok(r) => panic!("{:?} accepted: {r:?}", String::from_utf8_lossy(wire)),
+            }
+        }
+        // 16 digits are fine; the largest size parses without overflow.
+        let mut dec = BodyDecoder::new(BodyLength::Chunked);
+        let mut buf = BytesMut::from(&b"ffffffffffffffff\r\n"[..]);
+        assert_eq!(dec.decode(&mut buf).expect("size"), Decoded::NeedMore);
+    }
+
+    #[test]
+    fn extensions_and_trailers_are_bounded() {
+        let mut wire = Vec::new();
+        for _ in 0..20 {
+            wire.extend_from_slice(format!("1;{}\r\na\r\n", "e".repeat(1000)).as_bytes());
+        }
         assert!(matches!(
-            decode_all(BodyLength::Chunked, &[b"zz\r\n"]),
-            Err(BodyError::BadChunkSize)
+            decode_all(BodyLength::Chunked, &[&wire]),
+            Err(BodyError::ExtensionsTooLarge)
         ));
-        assert!(matches!(
-            decode_all(BodyLength::Chunked, &[b"1\r\nabc"]),
-            Err(BodyError::BadChunkEnd)
-        ));
-        let long = vec![b'1'; 5000];
+        let long = vec![b'1'; 20_000];
         assert!(matches!(
             decode_all(BodyLength::Chunked, &[&long]),
-            Err(BodyError::LineTooLong)
+            Err(BodyError::BadChunkSize | BodyError::ExtensionsTooLarge)
+        ));
+        let mut dec = BodyDecoder::new(BodyLength::Chunked).with_max_trailers(64);
+        let mut buf = BytesMut::from(format!("0\r\nX: {}\r\n\r\n", "v".repeat(100)).as_str());
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(BodyError::TrailersTooLarge { limit: 64 })
         ));
     }
 

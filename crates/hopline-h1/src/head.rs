@@ -18,12 +18,43 @@ pub enum Version {
     Http11,
 }
 
+/// Longest request line accepted by default (`server.max_request_line_bytes`).
+pub const DEFAULT_MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// Size limits applied while a request head is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// The whole head, request line included (→ 431).
+    pub max_head: usize,
+    /// The request line alone (→ 414).
+    pub max_request_line: usize,
+}
+
+impl HeadLimits {
+    /// `max_head` for the head, [`DEFAULT_MAX_REQUEST_LINE`] for the request line.
+    pub fn new(max_head: usize) -> Self {
+        HeadLimits {
+            max_head,
+            max_request_line: DEFAULT_MAX_REQUEST_LINE.min(max_head),
+        }
+    }
+}
+
 /// Why a head could not be parsed or framed.
+///
+/// Every variant but [`ParseError::UnsupportedTransferEncoding`] (501) and the size limits
+/// (414, 431) is a malformed message (400): the connection is closed after the answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     /// The head is larger than the limit.
     #[error("head larger than {limit} bytes")]
     TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request line is longer than the limit.
+    #[error("request line longer than {limit} bytes")]
+    RequestLineTooLong {
         /// The limit in bytes.
         limit: usize,
     },
@@ -36,12 +67,56 @@ pub enum ParseError {
     /// Both `Content-Length` and `Transfer-Encoding` were sent (request smuggling risk).
     #[error("both content-length and transfer-encoding present")]
     AmbiguousLength,
-    /// `Content-Length` is not a number, or several differ.
+    /// `Content-Length` is not `1*DIGIT`, or several differ.
     #[error("invalid content-length")]
     BadContentLength,
-    /// A `Transfer-Encoding` other than a final `chunked`.
+    /// `Transfer-Encoding` is not a valid list of codings (empty, junk, `chunked` twice or
+    /// not last in a request).
+    #[error("invalid transfer-encoding: {0}")]
+    BadTransferEncoding(&'static str),
+    /// A well-formed transfer coding hopline does not implement (anything but `chunked`).
     #[error("unsupported transfer-encoding")]
     UnsupportedTransferEncoding,
+    /// `Transfer-Encoding` on an HTTP/1.0 message (its framing cannot be trusted).
+    #[error("transfer-encoding in an HTTP/1.0 message")]
+    TransferEncodingHttp10,
+    /// An HTTP/1.1 request without `Host`.
+    #[error("missing host header")]
+    MissingHost,
+    /// More than one `Host` field.
+    #[error("more than one host header")]
+    DuplicateHost,
+    /// A `Host` value that is not a valid authority.
+    #[error("invalid host header")]
+    BadHost,
+    /// `Host` differs from the authority of an absolute-form target.
+    #[error("host header differs from the request target's authority")]
+    HostMismatch,
+    /// A request target that is not origin-form, absolute-form (`http`/`https`), `*` for
+    /// `OPTIONS`, or authority-form for `CONNECT`.
+    #[error("invalid request target")]
+    BadTarget,
+    /// A complete request head that breaks one of the rules above; its request line is
+    /// kept so the rejection can be logged with it.
+    #[error("{error}")]
+    Rejected {
+        /// The method as sent.
+        method: Bytes,
+        /// The target as sent.
+        target: Bytes,
+        /// The rule it breaks.
+        error: Box<ParseError>,
+    },
+}
+
+impl ParseError {
+    /// The rule broken, without the request line of [`ParseError::Rejected`].
+    pub fn rule(&self) -> &ParseError {
+        match self {
+            ParseError::Rejected { error, .. } => error,
+            other => other,
+        }
+    }
 }
 
 /// Header fields in received order; names compare case-insensitively.
@@ -163,13 +238,18 @@ impl Headers {
     }
 }
 
-/// A request head.
+/// A request head, validated: its framing, `Host` and target obey RFC 9112.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     /// The method token, e.g. `GET`.
     pub method: Bytes,
-    /// The request target as sent, e.g. `/api/benefits?uid=1`.
+    /// The request target as sent, e.g. `/api/benefits?uid=1` or `http://h/a?b`.
     pub target: Bytes,
+    /// Offset in `target` where the origin-form part (path and query) starts: 0 for
+    /// origin-form targets, after the authority for absolute-form ones.
+    origin_at: usize,
+    /// How the body is framed, decided once at parse time.
+    length: BodyLength,
     /// The version.
     pub version: Version,
     /// Header fields.
@@ -200,10 +280,30 @@ impl RequestHead {
         std::str::from_utf8(&self.target).unwrap_or("")
     }
 
-    /// The path part of the target, without the query string.
+    /// The target in origin form: path and query (`/a?b` for `http://h/a?b`).
+    pub fn origin_form(&self) -> &[u8] {
+        match self.target.get(self.origin_at..) {
+            Some(o) if !o.is_empty() => o,
+            _ if self.origin_at > 0 => b"/",
+            _ => &self.target,
+        }
+    }
+
+    /// The origin-form target as text.
+    pub fn origin_str(&self) -> &str {
+        std::str::from_utf8(self.origin_form()).unwrap_or("")
+    }
+
+    /// The path part of the target, without the query string (and without the scheme and
+    /// authority of an absolute-form target).
     pub fn path(&self) -> &str {
-        let t = self.target_str();
+        let t = self.origin_str();
         t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    /// The query string, if any (without the `?`).
+    pub fn query(&self) -> Option<&str> {
+        self.origin_str().split_once('?').map(|(_, q)| q)
     }
 
     /// True when the client wants the connection kept open after this exchange.
@@ -211,15 +311,10 @@ impl RequestHead {
         keep_alive(self.version, &self.headers)
     }
 
-    /// How the request body is framed (RFC 9112 §6.3 for requests).
-    pub fn body_length(&self) -> Result<BodyLength, ParseError> {
-        match framing(&self.headers)? {
-            Framing::Chunked => Ok(BodyLength::Chunked),
-            Framing::Length(0) | Framing::None => Ok(BodyLength::Empty),
-            Framing::Length(n) => Ok(BodyLength::Length(n)),
-            // A request with a non-chunked transfer coding cannot be delimited.
-            Framing::OtherCoding => Err(ParseError::UnsupportedTransferEncoding),
-        }
+    /// How the request body is framed (RFC 9112 §6.3 for requests), as validated when the
+    /// head was parsed.
+    pub fn body_length(&self) -> BodyLength {
+        self.length
     }
 
     /// True for methods RFC 9110 defines as idempotent.
@@ -233,6 +328,11 @@ impl RequestHead {
 
 impl ResponseHead {
     /// How the response body is framed, given the request method (RFC 9112 §6.3).
+    ///
+    /// Errors for ambiguous or malformed framing: `Content-Length` with
+    /// `Transfer-Encoding`, differing or non-numeric lengths, `chunked` applied twice,
+    /// `Transfer-Encoding` in an HTTP/1.0 response. A final coding other than `chunked`
+    /// makes the body close-delimited ([`BodyLength::UntilClose`]).
     pub fn body_length(&self, request_was_head: bool) -> Result<BodyLength, ParseError> {
         if request_was_head
             || (100..200).contains(&self.status)
@@ -241,12 +341,22 @@ impl ResponseHead {
         {
             return Ok(BodyLength::Empty);
         }
-        match framing(&self.headers)? {
-            Framing::Chunked => Ok(BodyLength::Chunked),
+        match framing(self.version, &self.headers)? {
+            Framing::Chunked { .. } => Ok(BodyLength::Chunked),
             Framing::Length(0) => Ok(BodyLength::Empty),
             Framing::Length(n) => Ok(BodyLength::Length(n)),
-            Framing::None | Framing::OtherCoding => Ok(BodyLength::UntilClose),
+            Framing::None | Framing::OtherCoding { .. } => Ok(BodyLength::UntilClose),
         }
+    }
+
+    /// True when the body carries transfer codings besides `chunked` (`gzip, chunked`, or
+    /// a final non-chunked coding): the `Transfer-Encoding` field must then be forwarded
+    /// as received, and only to HTTP/1.1 clients.
+    pub fn has_other_codings(&self) -> bool {
+        matches!(
+            framing(self.version, &self.headers),
+            Ok(Framing::Chunked { others: true } | Framing::OtherCoding { .. })
+        )
     }
 
     /// True when the connection may be reused after this response.
@@ -255,23 +365,39 @@ impl ResponseHead {
     }
 }
 
+/// How a message is framed, from its `Content-Length` and `Transfer-Encoding` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     None,
     Length(u64),
-    Chunked,
-    OtherCoding,
+    /// `chunked` is the final coding; `others` when codings precede it.
+    Chunked {
+        others: bool,
+    },
+    /// Transfer codings whose last is not `chunked`; `chunked_inside` when `chunked`
+    /// appears earlier.
+    OtherCoding {
+        chunked_inside: bool,
+    },
 }
 
-fn framing(headers: &Headers) -> Result<Framing, ParseError> {
-    let mut te_last: Option<Bytes> = None;
+/// Reads the framing fields with the grammar of RFC 9112 §6, positively: a
+/// `Transfer-Encoding` list is `1#transfer-coding` (a token, optional `;` parameters), a
+/// `Content-Length` is `1*DIGIT` (a list of equal values counts as one value).
+fn framing(version: Version, headers: &Headers) -> Result<Framing, ParseError> {
+    let mut te_seen = false;
+    let mut codings = 0usize;
+    let mut chunked = 0usize;
+    let mut last_chunked = false;
     let mut length: Option<u64> = None;
     for (name, value) in headers.iter() {
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            for coding in value.split(|&b| b == b',') {
-                let c = trim(coding);
-                if !c.is_empty() {
-                    te_last = Some(Bytes::copy_from_slice(c));
-                }
+            te_seen = true;
+            for element in value.split(|&b| b == b',') {
+                let is_chunked = transfer_coding(trim(element))?;
+                codings += 1;
+                chunked += usize::from(is_chunked);
+                last_chunked = is_chunked;
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|&b| b == b',') {
@@ -283,12 +409,159 @@ fn framing(headers: &Headers) -> Result<Framing, ParseError> {
             }
         }
     }
-    match (te_last, length) {
-        (Some(_), Some(_)) => Err(ParseError::AmbiguousLength),
-        (Some(te), None) if te.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
-        (Some(_), None) => Ok(Framing::OtherCoding),
-        (None, Some(n)) => Ok(Framing::Length(n)),
-        (None, None) => Ok(Framing::None),
+    if !te_seen {
+        return Ok(length.map_or(Framing::None, Framing::Length));
+    }
+    if version == Version::Http10 {
+        return Err(ParseError::TransferEncodingHttp10);
+    }
+    if length.is_some() {
+        return Err(ParseError::AmbiguousLength);
+    }
+    if chunked > 1 {
+        return Err(ParseError::BadTransferEncoding(
+            "chunked applied more than once",
+        ));
+    }
+    Ok(if last_chunked {
+        Framing::Chunked {
+            others: codings > 1,
+        }
+    } else {
+        Framing::OtherCoding {
+            chunked_inside: chunked > 0,
+        }
+    })
+}
+
+/// One `transfer-coding` element: a token, then optional `;` parameters. True for
+/// `chunked` (which takes no parameters).
+fn transfer_coding(element: &[u8]) -> Result<bool, ParseError> {
+    let (name, params) = match element.iter().position(|&b| b == b';') {
+        Some(i) => (trim(&element[..i]), Some(&element[i + 1..])),
+        None => (element, None),
+    };
+    if name.is_empty() {
+        return Err(ParseError::BadTransferEncoding("empty coding"));
+    }
+    if !name.iter().all(|&b| is_tchar(b)) {
+        return Err(ParseError::BadTransferEncoding("coding is not a token"));
+    }
+    let is_chunked = name.eq_ignore_ascii_case(b"chunked");
+    if let Some(params) = params {
+        if is_chunked {
+            return Err(ParseError::BadTransferEncoding(
+                "chunked takes no parameters",
+            ));
+        }
+        for param in params.split(|&b| b == b';') {
+            let Some(eq) = param.iter().position(|&b| b == b'=') else {
+                return Err(ParseError::BadTransferEncoding("parameter without value"));
+            };
+            let (k, v) = (trim(&param[..eq]), trim(&param[eq + 1..]));
+            let quoted = v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"';
+            let token = !v.is_empty() && v.iter().all(|&b| is_tchar(b));
+            if k.is_empty() || !k.iter().all(|&b| is_tchar(b)) || !(quoted || token) {
+                return Err(ParseError::BadTransferEncoding("invalid parameter"));
+            }
+        }
+    }
+    Ok(is_chunked)
+}
+
+/// `tchar` of RFC 9110 §5.6.2: the characters of a token.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Characters of `host [ ":" port ]`: reg-name, IP literal, percent-encoding.
+fn is_authority_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)
+}
+
+/// Validates a parsed request (RFC 9112 §3.2, §6, §7): target form, `Host`, framing.
+/// Returns the body framing and where the origin-form part of the target starts.
+fn validate_request(
+    method: &[u8],
+    target: &[u8],
+    version: Version,
+    headers: &Headers,
+) -> Result<(BodyLength, usize), ParseError> {
+    let length = match framing(version, headers)? {
+        Framing::Chunked { others: false } => BodyLength::Chunked,
+        Framing::Chunked { others: true } => return Err(ParseError::UnsupportedTransferEncoding),
+        // `chunked` not last: the body length cannot be determined (RFC 9112 §6.3).
+        Framing::OtherCoding {
+            chunked_inside: true,
+        } => {
+            return Err(ParseError::BadTransferEncoding(
+                "chunked is not the final coding",
+            ))
+        }
+        Framing::OtherCoding {
+            chunked_inside: false,
+        } => return Err(ParseError::UnsupportedTransferEncoding),
+        Framing::Length(0) | Framing::None => BodyLength::Empty,
+        Framing::Length(n) => BodyLength::Length(n),
+    };
+    let (authority, origin_at) = target_form(method, target)?;
+    let mut hosts = headers.get_all("host");
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ParseError::DuplicateHost);
+    }
+    match host {
+        None if version == Version::Http11 => return Err(ParseError::MissingHost),
+        None => {}
+        Some(h) => {
+            let h = trim(h);
+            if !h.iter().all(|&b| is_authority_char(b)) {
+                return Err(ParseError::BadHost);
+            }
+            if authority.is_some_and(|a| !a.eq_ignore_ascii_case(h)) {
+                return Err(ParseError::HostMismatch);
+            }
+        }
+    }
+    Ok((length, origin_at))
+}
+
+/// The authority of an absolute-form (or `CONNECT` authority-form) target, and where the
+/// target's origin-form part starts.
+fn target_form<'a>(
+    method: &[u8],
+    target: &'a [u8],
+) -> Result<(Option<&'a [u8]>, usize), ParseError> {
+    match target.first() {
+        Some(b'/') => Ok((None, 0)),
+        Some(b'*') if target.len() == 1 && method == b"OPTIONS" => Ok((None, 0)),
+        _ if method == b"CONNECT" => {
+            if !target.is_empty() && target.iter().all(|&b| is_authority_char(b)) {
+                Ok((Some(target), target.len()))
+            } else {
+                Err(ParseError::BadTarget)
+            }
+        }
+        _ => {
+            let scheme = [&b"http://"[..], b"https://"]
+                .into_iter()
+                .find(|s| {
+                    target
+                        .get(..s.len())
+                        .is_some_and(|t| t.eq_ignore_ascii_case(s))
+                })
+                .ok_or(ParseError::BadTarget)?;
+            let rest = &target[scheme.len()..];
+            let end = rest
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(rest.len());
+            let authority = &rest[..end];
+            if authority.is_empty() || !authority.iter().all(|&b| is_authority_char(b)) {
+                return Err(ParseError::BadTarget);
+            }
+            Ok((Some(authority), scheme.len() + end))
+        }
     }
 }
 
@@ -321,8 +594,8 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
 
 /// Header names that are hop-by-hop per RFC 9110 §7.6.1 and never forwarded.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    // Every such name is 2 to 18 bytes long and starts with one of these letters.
-    if !(2..=18).contains(&name.len())
+    // Every such name is 2 to 19 bytes long and starts with one of these letters.
+    if !(2..=19).contains(&name.len())
         || !matches!(
             name[0].to_ascii_lowercase(),
             b'c' | b'k' | b'p' | b't' | b'u'
@@ -330,7 +603,7 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     {
         return false;
     }
-    const HOP: [&[u8]; 8] = [
+    const HOP: [&[u8]; 9] = [
         b"connection",
         b"keep-alive",
         b"proxy-connection",
@@ -339,6 +612,8 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         b"transfer-encoding",
         b"upgrade",
         b"proxy-authenticate",
+        // Credentials for this proxy, never for the next hop.
+        b"proxy-authorization",
     ];
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
@@ -442,17 +717,23 @@ fn version_of(minor: Option<u8>) -> Version {
     }
 }
 
-/// Parses a request head from the front of `buf`. On success the head's bytes are split
-/// off `buf` (zero-copy: fields are slices of them); `Ok(None)` means more bytes are needed.
+/// Parses and validates a request head from the front of `buf`. On success the head's
+/// bytes are split off `buf` (zero-copy: fields are slices of them); `Ok(None)` means more
+/// bytes are needed.
+///
+/// Beyond httparse's syntax (token methods and field names, no whitespace before the
+/// colon, no obs-fold, no control characters in values), the head must obey RFC 9112:
+/// see [`ParseError`] for every rule.
 pub fn parse_request(
     buf: &mut BytesMut,
-    max_head: usize,
+    limits: HeadLimits,
 ) -> Result<Option<RequestHead>, ParseError> {
+    check_request_line(buf, limits.max_request_line)?;
     // Uninitialised slots: zeroing 128 of them would cost more than parsing a typical head.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let parsed = req.parse_with_uninit_headers(buf, &mut fields);
-    let Some(len) = head_len(parsed, buf.len(), max_head)? else {
+    let Some(len) = head_len(parsed, buf.len(), limits.max_head)? else {
         return Ok(None);
     };
     let base = buf.as_ptr() as usize;
@@ -466,12 +747,42 @@ pub fn parse_request(
         .collect();
     let (bytes, headers) = split_head(buf, len, spans);
     let slice = |(off, n): Span| bytes.slice(off..off + n);
+    let (method, target) = (slice(method), slice(target));
+    let (length, origin_at) =
+        validate_request(&method, &target, version, &headers).map_err(|e| {
+            ParseError::Rejected {
+                method: method.clone(),
+                target: target.clone(),
+                error: Box::new(e),
+            }
+        })?;
     Ok(Some(RequestHead {
-        method: slice(method),
-        target: slice(target),
+        method,
+        target,
+        origin_at,
+        length,
         version,
         headers,
     }))
+}
+
+/// Fails once the request line (after the empty lines a client may send first) is
+/// longer than `max`, complete or not.
+fn check_request_line(buf: &[u8], max: usize) -> Result<(), ParseError> {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    let len = match line.iter().position(|&b| b == b'\n') {
+        Some(end) => end - usize::from(end > 0 && line[end - 1] == b'\r'),
+        // Not complete yet: too long once more than `max` bytes (and a CR) are in.
+        None => line.len().saturating_sub(1),
+    };
+    if len > max {
+        return Err(ParseError::RequestLineTooLong { limit: max });
+    }
+    Ok(())
 }
 
 /// Parses a response head from the front of `buf` (see [`parse_request`]).
@@ -544,13 +855,15 @@ mod tests {
 
     fn req(raw: &str) -> Result<Option<RequestHead>, ParseError> {
         let mut b = BytesMut::from(raw);
-        parse_request(&mut b, 8192)
+        parse_request(&mut b, HeadLimits::new(8192))
     }
 
     #[test]
     fn parses_head_and_leaves_body_bytes() {
         let mut b = BytesMut::from("GET /a?x=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\nrest");
-        let h = parse_request(&mut b, 8192).expect("ok").expect("complete");
+        let h = parse_request(&mut b, HeadLimits::new(8192))
+            .expect("ok")
+            .expect("complete");
         assert_eq!(h.method_str(), "GET");
         assert_eq!(h.path(), "/a");
         assert_eq!(h.headers.get("x-a"), Some(&b"1"[..]));
@@ -564,41 +877,188 @@ mod tests {
         let mut b =
             BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(100)).as_str());
         assert!(matches!(
-            parse_request(&mut b, 64),
+            parse_request(&mut b, HeadLimits::new(64)),
             Err(ParseError::TooLarge { limit: 64 })
         ));
     }
 
+    fn req_err(raw: &str) -> ParseError {
+        match req(raw) {
+            Err(ParseError::Rejected { error, .. }) => *error,
+            Err(e) => e,
+            other => panic!("{raw:?} was accepted: {other:?}"),
+        }
+    }
+
     #[test]
     fn framing_rules() {
-        let h = req("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .expect("ok")
-            .expect("complete");
-        assert!(matches!(h.body_length(), Err(ParseError::AmbiguousLength)));
-        let h = req("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
-            .expect("ok")
-            .expect("complete");
-        assert!(matches!(h.body_length(), Err(ParseError::BadContentLength)));
-        let h = req("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+        let h = req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n")
             .expect("ok")
             .expect("c");
-        assert_eq!(h.body_length().expect("len"), BodyLength::Length(5));
-        let h = req("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        assert_eq!(h.body_length(), BodyLength::Length(5));
+        let h = req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: ChUnKeD\r\n\r\n")
             .expect("ok")
             .expect("c");
-        assert_eq!(h.body_length().expect("len"), BodyLength::Chunked);
-        let h = req("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
-            .expect("ok")
-            .expect("c");
-        assert!(h.body_length().is_err());
+        assert_eq!(h.body_length(), BodyLength::Chunked);
         let h = req("GET / HTTP/1.0\r\n\r\n").expect("ok").expect("c");
         assert!(!h.keep_alive());
-        assert_eq!(h.body_length().expect("len"), BodyLength::Empty);
+        assert_eq!(h.body_length(), BodyLength::Empty);
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_framing_is_rejected() {
+        type Expect = fn(&ParseError) -> bool;
+        let cases: &[(&str, Expect)] = &[
+            ("Content-Length: 5\r\nTransfer-Encoding: chunked", |e| {
+                matches!(e, ParseError::AmbiguousLength)
+            }),
+            ("Content-Length: 5\r\nContent-Length: 6", |e| {
+                matches!(e, ParseError::BadContentLength)
+            }),
+            ("Content-Length: +5", |e| {
+                matches!(e, ParseError::BadContentLength)
+            }),
+            ("Content-Length: 0x5", |e| {
+                matches!(e, ParseError::BadContentLength)
+            }),
+            ("Content-Length: ", |e| {
+                matches!(e, ParseError::BadContentLength)
+            }),
+            ("Content-Length: 99999999999999999999", |e| {
+                matches!(e, ParseError::BadContentLength)
+            }),
+            ("Transfer-Encoding: chunked, chunked", |e| {
+                matches!(e, ParseError::BadTransferEncoding(_))
+            }),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+                |e| matches!(e, ParseError::BadTransferEncoding(_)),
+            ),
+            ("Transfer-Encoding: ,", |e| {
+                matches!(e, ParseError::BadTransferEncoding(_))
+            }),
+            ("Transfer-Encoding: ", |e| {
+                matches!(e, ParseError::BadTransferEncoding(_))
+            }),
+            ("Transfer-Encoding: chunked, gzip", |e| {
+                matches!(e, ParseError::BadTransferEncoding(_))
+            }),
+            ("Transfer-Encoding: \"chunked\"", |e| {
+                matches!(e, ParseError::BadTransferEncoding(_))
+            }),
+            ("Transfer-Encoding: chunked;x=1", |e| {
+                matches!(e, ParseError::BadTransferEncoding(_))
+            }),
+            ("Transfer-Encoding: gzip, chunked", |e| {
+                matches!(e, ParseError::UnsupportedTransferEncoding)
+            }),
+            ("Transfer-Encoding: gzip", |e| {
+                matches!(e, ParseError::UnsupportedTransferEncoding)
+            }),
+        ];
+        for (fields, expected) in cases {
+            let raw = format!("POST / HTTP/1.1\r\nHost: h\r\n{fields}\r\n\r\n");
+            let e = req_err(&raw);
+            assert!(expected(&e), "{fields:?}: {e:?}");
+        }
+        let e = req_err("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(matches!(e, ParseError::TransferEncodingHttp10), "{e:?}");
+    }
+
+    #[test]
+    fn host_and_target_rules() {
+        assert!(matches!(
+            req_err("GET / HTTP/1.1\r\n\r\n"),
+            ParseError::MissingHost
+        ));
+        assert!(matches!(
+            req_err("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            ParseError::DuplicateHost
+        ));
+        assert!(matches!(
+            req_err("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+            ParseError::BadHost
+        ));
+        assert!(matches!(
+            req_err("GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n"),
+            ParseError::HostMismatch
+        ));
+        assert!(matches!(
+            req_err("GET x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            ParseError::BadTarget
+        ));
+        assert!(matches!(
+            req_err("GET * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            ParseError::BadTarget
+        ));
+        assert!(matches!(
+            req_err("GET http://u@a/ HTTP/1.1\r\nHost: u@a\r\n\r\n"),
+            ParseError::BadTarget
+        ));
+        let h = req("GET HTTP://A:80/p/q?x=1 HTTP/1.1\r\nHost: a:80\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+        assert_eq!((h.path(), h.query()), ("/p/q", Some("x=1")));
+        assert_eq!(h.origin_form(), b"/p/q?x=1");
+        let h = req("GET http://a HTTP/1.1\r\nHost: a\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+        assert_eq!(h.origin_form(), b"/");
+        let h = req("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+        assert_eq!(h.path(), "*");
+        // HTTP/1.0 needs no Host.
+        assert!(req("GET / HTTP/1.0\r\n\r\n").expect("ok").is_some());
+    }
+
+    #[test]
+    fn request_line_limit_applies_before_the_line_is_complete() {
+        let limits = HeadLimits {
+            max_head: 64 * 1024,
+            max_request_line: 100,
+        };
+        let mut b = BytesMut::from(format!("GET /{} HTTP/1.1\r\n", "a".repeat(200)).as_str());
+        assert!(matches!(
+            parse_request(&mut b, limits),
+            Err(ParseError::RequestLineTooLong { limit: 100 })
+        ));
+        let mut b = BytesMut::from(format!("GET /{}", "a".repeat(200)).as_str());
+        assert!(matches!(
+            parse_request(&mut b, limits),
+            Err(ParseError::RequestLineTooLong { .. })
+        ));
+        let mut b =
+            BytesMut::from(format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(80)).as_str());
+        assert!(parse_request(&mut b, limits).expect("ok").is_some());
+    }
+
+    #[test]
+    fn response_framing_rules() {
+        let resp = |raw: &str| {
+            let mut b = BytesMut::from(raw);
+            parse_response(&mut b, 8192).expect("ok").expect("c")
+        };
+        let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!(r.body_length(false).expect("len"), BodyLength::UntilClose);
+        assert!(r.has_other_codings());
+        let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(r.body_length(false).expect("len"), BodyLength::Chunked);
+        assert!(r.has_other_codings());
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: two\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(resp(bad).body_length(false).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
     fn hop_by_hop_and_connection_listed_fields_are_stripped() {
-        let mut h = req("GET / HTTP/1.1\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Keep: 2\r\nContent-Length: 0\r\n\r\n")
+        let mut h = req("GET / HTTP/1.0\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Keep: 2\r\nContent-Length: 0\r\n\r\n")
             .expect("ok")
             .expect("c");
         strip_hop_by_hop(&mut h.headers);

@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::body::{BodyDecoder, BodyError, Decoded};
-use crate::head::{parse_request, parse_response, ParseError, RequestHead, ResponseHead};
+use crate::head::{
+    parse_request, parse_response, HeadLimits, ParseError, RequestHead, ResponseHead,
+};
 
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -101,13 +103,13 @@ fn first_read(r: Result<io::Result<usize>, tokio::time::error::Elapsed>) -> Resu
 pub async fn read_request_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
-    max_head: usize,
+    limits: HeadLimits,
     deadline: Instant,
     limit: Duration,
 ) -> Result<RequestHead, HeadError> {
     loop {
         if !buf.is_empty() {
-            if let Some(head) = parse_request(buf, max_head).map_err(HeadError::Parse)? {
+            if let Some(head) = parse_request(buf, limits).map_err(HeadError::Parse)? {
                 return Ok(head);
             }
         }

@@ -13,7 +13,7 @@ pub mod io;
 pub mod small;
 
 pub use body::{BodyDecoder, BodyError, BodyLength, Decoded};
-pub use head::{Headers, ParseError, RequestHead, ResponseHead, Version};
+pub use head::{HeadLimits, Headers, ParseError, RequestHead, ResponseHead, Version};
 pub use io::{
     read_body_chunk, read_request_head, read_response_head, wait_first_byte,
     wait_first_byte_unbuffered, watch_gone, HeadError,

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::head::{put_content_length, put_header, put_status_line, reason_phrase, RequestHead};
-use crate::{read_body_chunk, read_request_head, wait_first_byte, BodyDecoder};
+use crate::{read_body_chunk, read_request_head, wait_first_byte, BodyDecoder, HeadLimits};
 
 /// Keep-alive idle limit of an API connection.
 const IDLE: Duration = Duration::from_secs(120);
@@ -62,12 +62,12 @@ where
             return;
         }
         let until = tokio::time::Instant::now() + HEAD;
-        let Ok(head) = read_request_head(&mut s, &mut buf, 64 * 1024, until, HEAD).await else {
+        let Ok(head) =
+            read_request_head(&mut s, &mut buf, HeadLimits::new(64 * 1024), until, HEAD).await
+        else {
             return;
         };
-        let Ok(length) = head.body_length() else {
-            return;
-        };
+        let length = head.body_length();
         let mut decoder = BodyDecoder::new(length);
         let mut body = Vec::new();
         loop {

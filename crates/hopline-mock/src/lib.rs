@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 use hopline_h1::head::{put_decimal, put_header, put_status_line, reason_phrase};
-use hopline_h1::{read_body_chunk, read_request_head, wait_first_byte, watch_gone, BodyDecoder};
+use hopline_h1::{
+    read_body_chunk, read_request_head, wait_first_byte, watch_gone, BodyDecoder, HeadLimits,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -88,7 +90,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, config: &MockConfig
         let Ok(head) = read_request_head(
             &mut stream,
             &mut buf,
-            64 * 1024,
+            HeadLimits::new(64 * 1024),
             until,
             Duration::from_secs(10),
         )
@@ -98,9 +100,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, config: &MockConfig
         };
         let arrived = Instant::now();
         let ts = SystemTime::now();
-        let Ok(length) = head.body_length() else {
-            return;
-        };
+        let length = head.body_length();
         let mut decoder = BodyDecoder::new(length);
         let mut body_bytes = 0;
         loop {

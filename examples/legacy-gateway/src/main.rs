@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, BytesMut};
-use hopline_h1::{read_body_chunk, read_request_head, read_response_head, watch_gone, BodyDecoder};
+use hopline_h1::{
+    read_body_chunk, read_request_head, read_response_head, watch_gone, BodyDecoder, HeadLimits,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -153,7 +155,7 @@ async fn connection(mut s: TcpStream, peer: SocketAddr, ups: Arc<Upstreams>) {
         let Ok(head) = read_request_head(
             &mut s,
             &mut buf,
-            1 << 20,
+            HeadLimits::new(1 << 20),
             tokio::time::Instant::now() + NO_TIMEOUT,
             NO_TIMEOUT,
         )
@@ -162,7 +164,7 @@ async fn connection(mut s: TcpStream, peer: SocketAddr, ups: Arc<Upstreams>) {
             return;
         };
         let start = Instant::now();
-        let Ok(len) = head.body_length() else { return };
+        let len = head.body_length();
         let mut dec = BodyDecoder::new(len);
         while let Ok(Some(_)) = read_body_chunk(&mut s, &mut buf, &mut dec).await {}
         let uid = head
