@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hopline_core::config::{AggregateMode, CallConfig, Config, PathMatch, RouteAction};
+use hopline_core::config::{AggregateMode, CallConfig, Config, LogConfig, PathMatch, RouteAction};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::limits::{InFlight, RateLimit};
@@ -75,6 +75,59 @@ pub struct Call {
     pub config: CallConfig,
 }
 
+/// A setting a reload could not put in force (it needs a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotApplied {
+    /// The config key, e.g. `server.listen`.
+    pub key: &'static str,
+    /// The value in the reloaded file.
+    pub wanted: String,
+    /// The value still in force.
+    pub in_force: String,
+}
+
+/// Keeps the settings only a restart can change (the bound listeners, the connection
+/// slots, the log) at their values in force, and lists those the new config wanted to change.
+fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
+    let mut out = Vec::new();
+    let mut note = |key: &'static str, wanted: String, in_force: String| {
+        if wanted != in_force {
+            out.push(NotApplied {
+                key,
+                wanted,
+                in_force,
+            });
+        }
+    };
+    let admin = |c: &Config| {
+        c.admin
+            .as_ref()
+            .map_or("off".into(), |a| a.listen.to_string())
+    };
+    let log = |c: &Config| match &c.log {
+        LogConfig::Stdout => "stdout".to_string(),
+        LogConfig::Off => "off".to_string(),
+        LogConfig::File(p) => p.display().to_string(),
+    };
+    note(
+        "server.listen",
+        new.server.listen.to_string(),
+        old.server.listen.to_string(),
+    );
+    note(
+        "server.max_connections",
+        new.server.max_connections.to_string(),
+        old.server.max_connections.to_string(),
+    );
+    note("admin.listen", admin(new), admin(old));
+    note("log.access", log(new), log(old));
+    new.server.listen = old.server.listen;
+    new.server.max_connections = old.server.max_connections;
+    new.admin = old.admin.clone();
+    new.log = old.log.clone();
+    out
+}
+
 /// Why the gateway could not be built from a valid config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -109,37 +162,90 @@ impl Gateway {
     /// Builds the runtime state: resolves endpoints, opens the access log.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
         let log = AccessLog::open(&config.log).map_err(BuildError::AccessLog)?;
-        Self::build(
-            config,
-            Arc::new(log),
-            Arc::new(Metrics::new()),
-            Arc::new(AtomicBool::new(false)),
-        )
-    }
-
-    /// A gateway for a reloaded config: new routes, upstreams and pools; the same access
-    /// log, metrics and draining state. (`[log]` and `listen` changes need a restart.)
-    pub fn reloaded(&self, config: Config) -> Result<Gateway, BuildError> {
-        Self::build(
-            config,
-            self.log.clone(),
-            self.metrics.clone(),
-            self.draining.clone(),
-        )
-    }
-
-    fn build(
-        config: Config,
-        log: Arc<AccessLog>,
-        metrics: Arc<Metrics>,
-        draining: Arc<AtomicBool>,
-    ) -> Result<Gateway, BuildError> {
         let rb = &config.retry_budget;
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::new(u.clone(), rb.ratio, rb.min_per_sec))
             .collect::<Result<Vec<_>, _>>()?;
+        let egress = config.egress.as_ref();
+        let egress = Egress {
+            in_flight: egress.and_then(|e| e.max_in_flight).map(InFlight::new),
+            new_connections: egress
+                .and_then(|e| e.max_new_connections_per_sec)
+                .map(|r| Arc::new(RateLimit::new(r))),
+        };
+        Ok(Self::assemble(
+            config,
+            upstreams,
+            egress,
+            Arc::new(log),
+            Arc::new(Metrics::new()),
+            Arc::new(AtomicBool::new(false)),
+        ))
+    }
+
+    /// A gateway for a reloaded config: new routes; the same access log, metrics and
+    /// draining state; and, by upstream name, the state that outlives a config (in-flight
+    /// counters, retry budgets, pools, the egress limits — changed limits apply to new
+    /// acquisitions). Settings a reload cannot change are kept as they are and listed in
+    /// the returned [`NotApplied`]s, so the new gateway's config says what is in force.
+    pub fn reloaded(&self, mut config: Config) -> Result<(Gateway, Vec<NotApplied>), BuildError> {
+        let not_applied = pin_restart_only(&self.config, &mut config);
+        let rb = &config.retry_budget;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(
+                |u| match self.upstreams.iter().find(|o| *o.name == *u.name) {
+                    Some(o) => o.reloaded(u.clone(), rb.ratio, rb.min_per_sec),
+                    None => Upstream::new(u.clone(), rb.ratio, rb.min_per_sec),
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        let egress = config.egress.as_ref();
+        let in_flight =
+            egress
+                .and_then(|e| e.max_in_flight)
+                .map(|limit| match &self.egress.in_flight {
+                    Some(l) => {
+                        l.set_limit(limit);
+                        l.clone()
+                    }
+                    None => InFlight::new(limit),
+                });
+        let new_connections = egress
+            .and_then(|e| e.max_new_connections_per_sec)
+            .map(|rate| match &self.egress.new_connections {
+                Some(r) => {
+                    r.set_rate(rate);
+                    r.clone()
+                }
+                None => Arc::new(RateLimit::new(rate)),
+            });
+        let egress = Egress {
+            in_flight,
+            new_connections,
+        };
+        let gw = Self::assemble(
+            config,
+            upstreams,
+            egress,
+            self.log.clone(),
+            self.metrics.clone(),
+            self.draining.clone(),
+        );
+        Ok((gw, not_applied))
+    }
+
+    fn assemble(
+        config: Config,
+        upstreams: Vec<Upstream>,
+        egress: Egress,
+        log: Arc<AccessLog>,
+        metrics: Arc<Metrics>,
+        draining: Arc<AtomicBool>,
+    ) -> Gateway {
         let routes = config
             .routes
             .iter()
@@ -173,19 +279,7 @@ impl Gateway {
                 }
             })
             .collect();
-        let egress = Egress {
-            in_flight: config
-                .egress
-                .as_ref()
-                .and_then(|e| e.max_in_flight)
-                .map(InFlight::new),
-            new_connections: config
-                .egress
-                .as_ref()
-                .and_then(|e| e.max_new_connections_per_sec)
-                .map(RateLimit::new),
-        };
-        Ok(Gateway {
+        Gateway {
             config,
             routes,
             upstreams,
@@ -194,7 +288,7 @@ impl Gateway {
             metrics,
             ids: RequestIds::new(),
             draining,
-        })
+        }
     }
 
     /// Writes the access log line of a finished request and counts it in the metrics.

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub use gateway::{BuildError, Current, Gateway};
+pub use gateway::{BuildError, Current, Gateway, NotApplied};
 
 /// How long in-flight requests get, after the drain period, to write their 503 `SD`.
 const KILL_GRACE: Duration = Duration::from_secs(1);

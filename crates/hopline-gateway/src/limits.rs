@@ -10,7 +10,7 @@ use std::time::Instant;
 /// A counter of calls in flight with a hard ceiling.
 #[derive(Debug)]
 pub struct InFlight {
-    limit: usize,
+    limit: AtomicUsize,
     current: AtomicUsize,
 }
 
@@ -24,7 +24,7 @@ impl InFlight {
     /// A counter allowing `limit` concurrent holders.
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(InFlight {
-            limit,
+            limit: AtomicUsize::new(limit),
             current: AtomicUsize::new(0),
         })
     }
@@ -32,7 +32,7 @@ impl InFlight {
     /// Takes a slot, or `None` when all `limit` are taken.
     pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
         let prev = self.current.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.limit {
+        if prev >= self.limit() {
             self.current.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -43,7 +43,13 @@ impl InFlight {
 
     /// The configured ceiling.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the ceiling (a reload): applies to new acquisitions; slots already taken
+    /// stay taken until released.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Slots taken now.
@@ -61,7 +67,7 @@ impl Drop for InFlightGuard {
 /// A token bucket: `rate` tokens per second, holding at most `rate` (one second of burst).
 #[derive(Debug)]
 pub struct RateLimit {
-    rate: u32,
+    rate: AtomicU32,
     state: Mutex<(f64, Instant)>,
 }
 
@@ -69,22 +75,28 @@ impl RateLimit {
     /// A bucket refilled at `rate` per second, starting full.
     pub fn new(rate: u32) -> Self {
         RateLimit {
-            rate,
+            rate: AtomicU32::new(rate),
             state: Mutex::new((f64::from(rate), Instant::now())),
         }
     }
 
     /// The configured rate.
     pub fn rate(&self) -> u32 {
-        self.rate
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    /// Changes the rate (a reload); tokens already in the bucket are kept.
+    pub fn set_rate(&self, rate: u32) {
+        self.rate.store(rate, Ordering::Relaxed);
     }
 
     /// Takes one token if there is one.
     pub fn try_take(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let refill = now.duration_since(s.1).as_secs_f64() * f64::from(self.rate);
-        s.0 = (s.0 + refill).min(f64::from(self.rate));
+        let rate = f64::from(self.rate());
+        let refill = now.duration_since(s.1).as_secs_f64() * rate;
+        s.0 = (s.0 + refill).min(rate);
         s.1 = now;
         if s.0 >= 1.0 {
             s.0 -= 1.0;
@@ -101,8 +113,8 @@ impl RateLimit {
 /// spends one from the per-second floor first, then from the deposits. Lock-free.
 #[derive(Debug)]
 pub struct RetryBudget {
-    deposit_milli: u64,
-    min_per_sec: u32,
+    deposit_milli: AtomicU64,
+    min_per_sec: AtomicU32,
     tokens_milli: AtomicU64,
     epoch: Instant,
     window: AtomicU64,
@@ -116,8 +128,8 @@ impl RetryBudget {
     /// A budget of `ratio` retries per request plus `min_per_sec` retries per second.
     pub fn new(ratio: f64, min_per_sec: u32) -> Self {
         RetryBudget {
-            deposit_milli: (ratio * 1000.0).round() as u64,
-            min_per_sec,
+            deposit_milli: AtomicU64::new((ratio * 1000.0).round() as u64),
+            min_per_sec: AtomicU32::new(min_per_sec),
             tokens_milli: AtomicU64::new(0),
             epoch: Instant::now(),
             window: AtomicU64::new(0),
@@ -125,13 +137,19 @@ impl RetryBudget {
         }
     }
 
+    /// Changes the ratio and floor (a reload); saved tokens are kept.
+    pub fn set_params(&self, ratio: f64, min_per_sec: u32) {
+        self.deposit_milli
+            .store((ratio * 1000.0).round() as u64, Ordering::Relaxed);
+        self.min_per_sec.store(min_per_sec, Ordering::Relaxed);
+    }
+
     /// Records one request.
     pub fn deposit(&self) {
         let cap = Self::CAP * 1000;
-        let prev = self
-            .tokens_milli
-            .fetch_add(self.deposit_milli, Ordering::Relaxed);
-        if prev + self.deposit_milli > cap {
+        let deposit = self.deposit_milli.load(Ordering::Relaxed);
+        let prev = self.tokens_milli.fetch_add(deposit, Ordering::Relaxed);
+        if prev + deposit > cap {
             self.tokens_milli.fetch_min(cap, Ordering::Relaxed);
         }
     }
@@ -148,7 +166,9 @@ impl RetryBudget {
         {
             self.used_in_window.store(0, Ordering::Relaxed);
         }
-        if self.used_in_window.fetch_add(1, Ordering::Relaxed) < self.min_per_sec {
+        if self.used_in_window.fetch_add(1, Ordering::Relaxed)
+            < self.min_per_sec.load(Ordering::Relaxed)
+        {
             return true;
         }
         self.tokens_milli

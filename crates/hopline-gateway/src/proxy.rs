@@ -27,7 +27,7 @@ use tokio::time::timeout_at;
 
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
-use crate::upstream::{millis_at_least_one, ClientConn, Upstream};
+use crate::upstream::{millis_at_least_one, ClientConn, ExchangeError, Upstream};
 
 /// The request as it will be sent upstream, rendered once for all attempts.
 #[derive(Debug)]
@@ -138,6 +138,7 @@ pub struct Opened {
     conn: ClientConn,
     until: Instant,
     by_deadline: bool,
+    reusable: bool,
     _slot: InFlightGuard,
     _egress_slot: Option<InFlightGuard>,
 }
@@ -172,6 +173,7 @@ pub async fn open(
     let mut last_error: Option<ProxyError> = None;
     let mut retries = 0;
     let mut stale_retry_used = false;
+    let mut fresh_only = false;
     loop {
         let now = Instant::now();
         if deadline.expired(now) {
@@ -185,7 +187,12 @@ pub async fn open(
             p.endpoint = Some(up.addr(ep));
             p.phase = Some(Phase::Connect);
         });
-        let (conn, now) = match up.checkout(ep, now) {
+        let pooled = if fresh_only {
+            None
+        } else {
+            up.checkout(ep, now)
+        };
+        let (conn, now) = match pooled {
             Some(c) => (c, now),
             None => match up.connect(ep, deadline, &gw.egress).await {
                 Ok(c) => (c, Instant::now()),
@@ -202,22 +209,25 @@ pub async fn open(
             },
         };
         match exchange(up, conn, req, deadline, progress, now).await {
-            Ok((head, conn, until, by_deadline)) => {
-                progress.update(|p| p.upstream_status = Some(head.status));
+            Ok(x) => {
+                progress.update(|p| p.upstream_status = Some(x.head.status));
                 return Ok(Opened {
-                    head,
-                    conn,
-                    until,
-                    by_deadline,
+                    head: x.head,
+                    conn: x.conn,
+                    until: x.until,
+                    by_deadline: x.by_deadline,
+                    reusable: x.reusable,
                     _slot: slot,
                     _egress_slot: egress_slot,
                 });
             }
             Err(Failed { error, stale }) => {
                 // The stale keep-alive race: the upstream closed a pooled connection just as
-                // we reused it, before any response byte. Safe to resend once on a new one.
-                if stale && req.idempotent && !stale_retry_used {
+                // we reused it, before any response byte. Safe to resend once, on a new
+                // connection (the next pooled one may be just as stale), within the budget.
+                if stale && req.idempotent && !stale_retry_used && up.budget.try_spend() {
                     stale_retry_used = true;
+                    fresh_only = true;
                     last_error = Some(error);
                     continue;
                 }
@@ -278,7 +288,7 @@ pub async fn collect(
             Ok(Ok(None)) => break,
         }
     }
-    if opened.head.keep_alive() && length != BodyLength::UntilClose {
+    if opened.reusable && opened.head.keep_alive() && length != BodyLength::UntilClose {
         up.checkin(opened.conn);
     }
     Ok((opened.head.status, body.freeze()))
@@ -313,6 +323,15 @@ struct Failed {
     stale: bool,
 }
 
+/// A response head, with the connection it came on and the attempt's limit.
+struct Exchanged {
+    head: ResponseHead,
+    conn: ClientConn,
+    until: Instant,
+    by_deadline: bool,
+    reusable: bool,
+}
+
 /// Sends the request and reads the response head, under `min(timeout, time left)`;
 /// the attempt starts at `started`.
 async fn exchange(
@@ -322,7 +341,7 @@ async fn exchange(
     deadline: &Deadline,
     progress: &ProgressCell,
     started: Instant,
-) -> Result<(ResponseHead, ClientConn, Instant, bool), Failed> {
+) -> Result<Exchanged, Failed> {
     let (until, by_deadline) = deadline.bound(started, up.config.timeout);
     let timeout_kind = |phase| attempt_timeout(up, deadline, by_deadline, phase);
     let addr = conn.addr;
@@ -346,30 +365,37 @@ async fn exchange(
     );
     wire.put_slice(b"\r\n\r\n");
     wire.extend_from_slice(&req.body);
-    match timeout_at(until.into(), conn.send(&wire)).await {
-        Err(_) => return Err(fail(timeout_kind(Phase::Request), false)),
-        Ok(Err(e)) => return Err(fail(UpstreamErrorKind::from_io(Phase::Request, e), reused)),
-        Ok(Ok(())) => {}
-    }
-
-    progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
-    match timeout_at(until.into(), conn.read_head()).await {
-        Err(_) => Err(fail(timeout_kind(Phase::ResponseHeaders), false)),
-        Ok(Ok(head)) => Ok((head, conn, until, by_deadline)),
-        Ok(Err(e)) => {
-            let stale = reused && conn.nothing_received();
+    let mut sent = false;
+    let result = timeout_at(until.into(), conn.exchange_head(&wire, &mut sent)).await;
+    let phase = if sent {
+        Phase::ResponseHeaders
+    } else {
+        Phase::Request
+    };
+    let stale = reused && conn.nothing_received();
+    match result {
+        Err(_) => Err(fail(timeout_kind(phase), false)),
+        Ok(Ok(head)) => Ok(Exchanged {
+            head,
+            conn,
+            until,
+            by_deadline,
+            // The upstream answered before taking the whole request: the rest of it would
+            // be read as the next request, so the connection is not reused.
+            reusable: sent,
+        }),
+        Ok(Err(ExchangeError::Send(e))) => Err(fail(UpstreamErrorKind::from_io(phase, e), stale)),
+        Ok(Err(ExchangeError::Read(e))) => {
             let kind = match e {
                 HeadError::Closed | HeadError::Incomplete | HeadError::Idle => {
-                    UpstreamErrorKind::Closed {
-                        phase: Phase::ResponseHeaders,
-                    }
+                    UpstreamErrorKind::Closed { phase }
                 }
-                HeadError::Io(e) => UpstreamErrorKind::from_io(Phase::ResponseHeaders, e),
+                HeadError::Io(e) => UpstreamErrorKind::from_io(phase, e),
                 HeadError::Parse(p) => UpstreamErrorKind::Protocol {
                     phase: Phase::ResponseHeaders,
                     source: Box::new(p),
                 },
-                HeadError::Timeout(_) => timeout_kind(Phase::ResponseHeaders),
+                HeadError::Timeout(_) => timeout_kind(phase),
             };
             Err(fail(kind, stale))
         }
@@ -390,28 +416,38 @@ async fn stream_response<W: AsyncWrite + Unpin>(
         mut conn,
         until,
         by_deadline,
+        reusable,
         ..
     } = opened;
     let started = Instant::now();
     let addr = conn.addr;
+    let protocol_error = |source: Box<dyn std::error::Error + Send + Sync>| {
+        up.error(
+            addr,
+            started,
+            UpstreamErrorKind::Protocol {
+                phase: Phase::ResponseHeaders,
+                source,
+            },
+        )
+    };
     let length = match head.body_length(req.is_head) {
         Ok(l) => l,
-        Err(p) => {
-            return Outcome::fail(up.error(
-                addr,
-                started,
-                UpstreamErrorKind::Protocol {
-                    phase: Phase::ResponseHeaders,
-                    source: Box::new(p),
-                },
-            ))
-        }
+        Err(p) => return Outcome::fail(protocol_error(Box::new(p))),
     };
+    // Transfer codings besides chunked (`gzip, chunked`, or a final `gzip`) are passed on
+    // as received: re-chunked when chunked is last, else close-delimited and raw. Only an
+    // HTTP/1.1 client can take them.
+    let codings = !req.is_head && length != BodyLength::Empty && head.has_other_codings();
+    if codings && !req.client_http11 {
+        let source = "transfer-coding that an HTTP/1.0 client cannot receive".into();
+        return Outcome::fail(protocol_error(source));
+    }
+    let raw_until_close = codings && length == BodyLength::UntilClose;
     progress.update(|p| p.phase = Some(Phase::ResponseBody));
-    let chunked =
-        matches!(length, BodyLength::Chunked | BodyLength::UntilClose) && req.client_http11;
-    let close_delimited =
-        matches!(length, BodyLength::Chunked | BodyLength::UntilClose) && !req.client_http11;
+    let delimited_by_us = matches!(length, BodyLength::Chunked | BodyLength::UntilClose);
+    let chunked = delimited_by_us && req.client_http11 && !raw_until_close;
+    let close_delimited = delimited_by_us && !chunked;
     let mut close = !req.client_keep_alive || close_delimited || gw.draining();
 
     let mut out = BytesMut::with_capacity(1024);
@@ -424,9 +460,18 @@ async fn stream_response<W: AsyncWrite + Unpin>(
     } else {
         None
     };
+    let te = codings.then(|| {
+        let values: Vec<&[u8]> = headers.get_all("transfer-encoding").collect();
+        values.join(&b", "[..])
+    });
     strip_hop_by_hop(&mut headers);
     headers.write_to(&mut out);
     match length {
+        _ if te.is_some() => put_header(
+            &mut out,
+            b"transfer-encoding",
+            te.as_deref().unwrap_or_default(),
+        ),
         _ if chunked => put_header(&mut out, b"transfer-encoding", b"chunked"),
         BodyLength::Length(n) => {
             put_content_length(&mut out, n);
@@ -463,9 +508,10 @@ async fn stream_response<W: AsyncWrite + Unpin>(
                 done = true;
                 break;
             }
+            // Nothing has gone to the client yet: it gets a 502 instead of a cut response.
             Err(e) => {
-                error = Some(body_error(up, addr, started, e));
-                break;
+                progress.update(|p| p.bytes_sent = 0);
+                return Outcome::fail(body_error(up, addr, started, e));
             }
         }
     }
@@ -518,7 +564,7 @@ async fn stream_response<W: AsyncWrite + Unpin>(
     if error.is_some() {
         // The response is cut short: closing is the only honest signal left to the client.
         close = true;
-    } else if upstream_keep_alive && length != BodyLength::UntilClose {
+    } else if reusable && upstream_keep_alive && length != BodyLength::UntilClose {
         up.checkin(conn);
     }
     Outcome { error, close }

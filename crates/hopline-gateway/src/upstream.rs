@@ -17,6 +17,8 @@ use hopline_core::{
     Deadline, DeadlineSource, Overflow, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind,
 };
 use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
+use std::pin::pin;
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -31,7 +33,7 @@ pub struct Egress {
     /// `[egress] max_in_flight`.
     pub in_flight: Option<Arc<InFlight>>,
     /// `[egress] max_new_connections_per_sec`.
-    pub new_connections: Option<RateLimit>,
+    pub new_connections: Option<Arc<RateLimit>>,
 }
 
 /// An upstream endpoint name that did not resolve at start.
@@ -69,8 +71,8 @@ pub struct Upstream {
     /// Calls in flight.
     pub in_flight: Arc<InFlight>,
     /// Retry budget.
-    pub budget: RetryBudget,
-    endpoints: Vec<Endpoint>,
+    pub budget: Arc<RetryBudget>,
+    endpoints: Arc<Vec<Endpoint>>,
     next: AtomicUsize,
 }
 
@@ -84,6 +86,17 @@ pub struct ClientConn {
     pub addr: SocketAddr,
     /// True when taken from the pool (it may have been closed by the upstream meanwhile).
     pub reused: bool,
+    /// Some response byte arrived on this exchange (an interim 1xx counts).
+    received: bool,
+}
+
+/// How sending a request while reading its response head failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// Writing the request failed, and no response head could be read after it.
+    Send(io::Error),
+    /// Reading the response head failed.
+    Read(HeadError),
 }
 
 impl Upstream {
@@ -110,9 +123,36 @@ impl Upstream {
         Ok(Upstream {
             name: config.name.as_str().into(),
             in_flight: InFlight::new(config.max_in_flight),
-            budget: RetryBudget::new(ratio, min_per_sec),
-            endpoints,
+            budget: Arc::new(RetryBudget::new(ratio, min_per_sec)),
+            endpoints: Arc::new(endpoints),
             next: AtomicUsize::new(0),
+            config,
+        })
+    }
+
+    /// This upstream under a reloaded `config`, keeping what outlives a config: the
+    /// in-flight counter (its new limit applies to new calls), the retry budget (saved
+    /// tokens kept), and the endpoints with their idle pools unless the endpoint list
+    /// changed (then they are resolved anew and the old pools closed).
+    pub fn reloaded(
+        &self,
+        config: UpstreamConfig,
+        ratio: f64,
+        min_per_sec: u32,
+    ) -> Result<Self, ResolveError> {
+        self.in_flight.set_limit(config.max_in_flight);
+        self.budget.set_params(ratio, min_per_sec);
+        let endpoints = if config.endpoints == self.config.endpoints {
+            self.endpoints.clone()
+        } else {
+            Upstream::new(config.clone(), ratio, min_per_sec)?.endpoints
+        };
+        Ok(Upstream {
+            name: self.name.clone(),
+            in_flight: self.in_flight.clone(),
+            budget: self.budget.clone(),
+            endpoints,
+            next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
             config,
         })
     }
@@ -153,6 +193,7 @@ impl Upstream {
                         endpoint: i,
                         addr: ep.addr,
                         reused: true,
+                        received: false,
                     })
                 }
                 _ => continue,
@@ -227,6 +268,7 @@ impl Upstream {
                     endpoint: i,
                     addr,
                     reused: false,
+                    received: false,
                 })
             }
         }
@@ -245,19 +287,47 @@ impl Upstream {
 }
 
 impl ClientConn {
-    /// Writes request bytes.
-    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
-    }
-
-    /// Reads the response head.
-    pub async fn read_head(&mut self) -> Result<ResponseHead, HeadError> {
-        hopline_h1::read_response_head(&mut self.stream, &mut self.buf, MAX_RESPONSE_HEAD).await
+    /// Writes `wire` while already reading the response head, and returns the head.
+    ///
+    /// An upstream may answer before it has read the whole request (413, 401 for an upload
+    /// it refuses): its answer is passed on rather than waited past. `sent` says whether
+    /// the whole request went out; when it did not, the connection must not be reused.
+    /// A failed write is reported only if no response head can be read after it.
+    pub async fn exchange_head(
+        &mut self,
+        wire: &[u8],
+        sent: &mut bool,
+    ) -> Result<ResponseHead, ExchangeError> {
+        let (mut rd, mut wr) = self.stream.split();
+        let mut send = pin!(wr.write_all(wire));
+        let mut send_error = None;
+        let mut read = pin!(hopline_h1::read_response_head_noting(
+            &mut rd,
+            &mut self.buf,
+            MAX_RESPONSE_HEAD,
+            &mut self.received,
+        ));
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut send, if !*sent && send_error.is_none() => match r {
+                    Ok(()) => *sent = true,
+                    Err(e) => send_error = Some(e),
+                },
+                head = &mut read => {
+                    return match (head, send_error) {
+                        (Ok(head), _) => Ok(head),
+                        (Err(_), Some(e)) => Err(ExchangeError::Send(e)),
+                        (Err(e), None) => Err(ExchangeError::Read(e)),
+                    }
+                }
+            }
+        }
     }
 
     /// True when no response byte has been received on this exchange.
     pub fn nothing_received(&self) -> bool {
-        self.buf.is_empty()
+        !self.received && self.buf.is_empty()
     }
 
     /// Decodes body bytes already buffered, without waiting.

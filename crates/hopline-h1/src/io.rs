@@ -130,8 +130,21 @@ pub async fn read_response_head<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<ResponseHead, HeadError> {
+    read_response_head_noting(io, buf, max_head, &mut false).await
+}
+
+/// [`read_response_head`] that sets `received` once any byte of a response arrived — an
+/// interim 1xx included, whose bytes are gone from `buf` once skipped. A connection that
+/// dies after that is not the stale keep-alive race and must not be retried.
+pub async fn read_response_head_noting<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max_head: usize,
+    received: &mut bool,
+) -> Result<ResponseHead, HeadError> {
     loop {
         if !buf.is_empty() {
+            *received = true;
             if let Some(head) = parse_response(buf, max_head).map_err(HeadError::Parse)? {
                 if (100..200).contains(&head.status) && head.status != 101 {
                     continue;
@@ -140,7 +153,7 @@ pub async fn read_response_head<R: AsyncRead + Unpin>(
             }
         }
         match fill(io, buf).await {
-            Ok(0) if buf.is_empty() => return Err(HeadError::Closed),
+            Ok(0) if buf.is_empty() && !*received => return Err(HeadError::Closed),
             Ok(0) => return Err(HeadError::Incomplete),
             Ok(_) => {}
             Err(e) => return Err(HeadError::Io(e)),

@@ -15,6 +15,6 @@ pub mod small;
 pub use body::{BodyDecoder, BodyError, BodyLength, Decoded};
 pub use head::{HeadLimits, Headers, ParseError, RequestHead, ResponseHead, Version};
 pub use io::{
-    read_body_chunk, read_request_head, read_response_head, wait_first_byte,
-    wait_first_byte_unbuffered, watch_gone, HeadError,
+    read_body_chunk, read_request_head, read_response_head, read_response_head_noting,
+    wait_first_byte, wait_first_byte_unbuffered, watch_gone, HeadError,
 };

@@ -209,18 +209,16 @@ fn check(path: &std::path::Path, format: Format) -> ExitCode {
     }
 }
 
-fn serve(path: &std::path::Path, threads: Option<usize>, strict: bool) -> anyhow::Result<ExitCode> {
-    let config = match hopline_config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("hopline: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    // The same audit as `hopline check`, one line per finding.
+/// Runs the audit of `hopline check` on a loaded config and prints one line per finding,
+/// each starting with `prefix`.
+fn print_audit(
+    path: &std::path::Path,
+    config: &hopline_core::config::Config,
+    prefix: &str,
+) -> Vec<hopline_config::audit::Finding> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let resolver = hopline_config::audit::system_resolver(RESOLVE_LIMIT);
-    let findings = hopline_config::audit::audit(&config, &text, &resolver);
+    let findings = hopline_config::audit::audit(config, &text, &resolver);
     for f in &findings {
         let at = f
             .span
@@ -229,12 +227,24 @@ fn serve(path: &std::path::Path, threads: Option<usize>, strict: bool) -> anyhow
             .map(|l| format!("{}:{}:{}", path.display(), l.line, l.column))
             .unwrap_or_else(|| path.display().to_string());
         eprintln!(
-            "hopline serve: check {}[{}] {at}: {}",
+            "{prefix} {}[{}] {at}: {}",
             f.severity.as_str(),
             f.rule,
             f.message
         );
     }
+    findings
+}
+
+fn serve(path: &std::path::Path, threads: Option<usize>, strict: bool) -> anyhow::Result<ExitCode> {
+    let config = match hopline_config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hopline: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let findings = print_audit(path, &config, "hopline serve: check");
     if strict
         && findings
             .iter()
@@ -287,20 +297,26 @@ async fn reload_on_sighup(path: PathBuf, current: std::sync::Arc<hopline_gateway
     };
     while hup.recv().await.is_some() {
         let old = current.load();
-        let result = hopline_config::load(&path).map_err(anyhow::Error::from).and_then(|config| {
-            if config.server.listen != old.config.server.listen {
-                eprintln!(
-                    "hopline serve: reload: server.listen changed to {} — needs a restart; still listening on {}",
-                    config.server.listen, old.config.server.listen
-                );
+        let result = match hopline_config::load(&path) {
+            Ok(config) => {
+                // The audit may resolve names (bounded by RESOLVE_LIMIT): off the runtime.
+                let (p, c) = (path.clone(), config.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    print_audit(&p, &c, "hopline serve: reload: check")
+                })
+                .await;
+                old.reloaded(config).map_err(anyhow::Error::from)
             }
-            if config.log != old.config.log {
-                eprintln!("hopline serve: reload: [log] changed — needs a restart; the access log stays where it is");
-            }
-            old.reloaded(config).map_err(anyhow::Error::from)
-        });
+            Err(e) => Err(anyhow::Error::from(e)),
+        };
         match result {
-            Ok(gw) => {
+            Ok((gw, not_applied)) => {
+                for n in &not_applied {
+                    eprintln!(
+                        "hopline serve: reload: {} changed to {} — not applied, needs a restart; still {}",
+                        n.key, n.wanted, n.in_force
+                    );
+                }
                 current.store(gw);
                 old.metrics.reload(true);
                 eprintln!("hopline serve: reloaded {}", path.display());
