@@ -387,7 +387,9 @@ async fn handle(
             // Refused before the body is read: the connection stays usable only without a
             // body to skip; otherwise it closes, lingering so the client reads the answer.
             rec.route = route.map(|r| r.name.clone());
-            let close = !keep_alive || length != BodyLength::Empty;
+            // After a refused CONNECT the client may already be sending tunnel bytes.
+            let unread = length != BodyLength::Empty || &head.method[..] == b"CONNECT";
+            let close = !keep_alive || unread;
             respond_error(gw, stream, &mut rec, &cx, &err, close).await;
             if close {
                 linger(stream, buf).await;
