@@ -102,15 +102,13 @@ fn rejected_framing_is_logged_with_its_request_line() {
     );
 }
 
+/// (connection index, request path) of every request a scripted upstream saw.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(usize, String)>>>;
+
 /// An upstream that answers every request on a connection with `responses[i]` for the
 /// i-th request of the test (by path `/r/i`), recording (connection, path).
-fn scripted(
-    responses: Vec<&'static [u8]>,
-) -> (
-    FakeUpstream,
-    std::sync::Arc<std::sync::Mutex<Vec<(usize, String)>>>,
-) {
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, String)>>> = Default::default();
+fn scripted(responses: Vec<&'static [u8]>) -> (FakeUpstream, Seen) {
+    let seen: Seen = Default::default();
     let seen2 = seen.clone();
     let up = FakeUpstream::start(move |conn, mut s| {
         while let Some(head) = read_request(&mut s) {
