@@ -1,0 +1,353 @@
+//! Drain and reload lose nothing: every request a client sent is answered during a
+//! SIGTERM drain, a reload under load never lets an upstream see more than its limit, and
+//! a reload says what it could not apply.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What one keep-alive client saw.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    answered: usize,
+    lost: usize,
+}
+
+/// Sends requests back to back on one keep-alive connection until the gateway closes it
+/// (after a `connection: close` response), or `max` requests. A request that was written
+/// but got no response is lost.
+fn client(addr: SocketAddr, max: usize, started: &AtomicUsize) -> Tally {
+    let mut t = Tally::default();
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return t;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    s.set_nodelay(true).ok();
+    started.fetch_add(1, Ordering::SeqCst);
+    let mut pending = Vec::new();
+    for i in 0..max {
+        if write!(s, "GET /ok/{i} HTTP/1.1\r\nHost: t\r\n\r\n").is_err() {
+            break;
+        }
+        t.sent += 1;
+        match read_one(&mut s, &mut pending) {
+            Some(close) => {
+                t.answered += 1;
+                if close {
+                    break;
+                }
+            }
+            None => {
+                t.lost += 1;
+                break;
+            }
+        }
+    }
+    t
+}
+
+/// Reads one content-length response; `Some(connection: close?)`, `None` at EOF or error.
+fn read_one(s: &mut TcpStream, pending: &mut Vec<u8>) -> Option<bool> {
+    use std::io::Read;
+    let mut b = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())?;
+            while pending.len() < end + 4 + len {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => pending.extend_from_slice(&b[..n]),
+                }
+            }
+            pending.drain(..end + 4 + len);
+            return Some(head.contains("connection: close"));
+        }
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&b[..n]),
+        }
+    }
+}
+
+#[test]
+fn sigterm_drain_answers_every_request_keep_alive_clients_sent() {
+    let up = mock(&[
+        "--status",
+        "200",
+        "--body",
+        "ok",
+        "--latency",
+        "1ms",
+        "--quiet",
+    ]);
+    for run in 0..10 {
+        let mut gw = gateway(
+            "drain_timeout = \"5s\"\ndrain_idle_grace = \"1s\"",
+            &format!(
+                "[upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+                up.addr
+            ),
+        );
+        let started = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = (0..100)
+            .map(|_| {
+                let (addr, started) = (gw.addr, started.clone());
+                std::thread::spawn(move || client(addr, 5_000, &started))
+            })
+            .collect();
+        // Terminate once every client is connected and traffic is flowing.
+        let end = Instant::now() + WAIT;
+        while started.load(Ordering::SeqCst) < 100 || gw.json_lines().len() < 500 {
+            assert!(Instant::now() < end, "run {run}: load did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        gw.terminate();
+        let tallies: Vec<Tally> = clients
+            .into_iter()
+            .map(|c| c.join().expect("client"))
+            .collect();
+        let status = gw.wait_exit(WAIT).expect("gateway exits after draining");
+        assert!(status.success(), "run {run}: {status:?}");
+        let sent: usize = tallies.iter().map(|t| t.sent).sum();
+        let answered: usize = tallies.iter().map(|t| t.answered).sum();
+        let lost: usize = tallies.iter().map(|t| t.lost).sum();
+        assert_eq!(
+            lost, 0,
+            "run {run}: {lost} of {sent} requests got no response"
+        );
+        // Every response has its log line (the log is flushed before exit).
+        let end = Instant::now() + WAIT;
+        while gw.json_lines().len() < answered && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            gw.json_lines().len(),
+            answered,
+            "run {run}: log lines vs responses"
+        );
+    }
+}
+
+#[test]
+fn a_drained_connection_that_stays_idle_closes_after_the_grace_period() {
+    let up = mock(&["--status", "200", "--quiet"]);
+    let mut gw = gateway(
+        "drain_timeout = \"10s\"\ndrain_idle_grace = \"300ms\"",
+        &format!(
+            "[upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            up.addr
+        ),
+    );
+    let mut idle = connect(gw.addr);
+    idle.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut idle).status, 200);
+    let begun = Instant::now();
+    gw.terminate();
+    gw.wait_exit(WAIT).expect("exit");
+    let took = begun.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "drain waited {took:?} for an idle connection"
+    );
+}
+
+#[test]
+fn reload_under_load_never_lets_the_upstream_see_more_than_its_limit() {
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n2, p2) = (now.clone(), peak.clone());
+    let up = FakeUpstream::start(move |_, mut s| {
+        while read_request(&mut s).is_some() {
+            let c = n2.fetch_add(1, Ordering::SeqCst) + 1;
+            p2.fetch_max(c, Ordering::SeqCst);
+            // The upstream's own service time, so that requests overlap.
+            std::thread::sleep(Duration::from_millis(20));
+            n2.fetch_sub(1, Ordering::SeqCst);
+            if s.write_all(OK_RESPONSE).is_err() {
+                return;
+            }
+        }
+    });
+    let config = |timeout: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.s]\nendpoints = [\"{}\"]\nmax_in_flight = 32\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"s\"\ntimeout = \"{timeout}\"\n",
+            up.addr
+        )
+    };
+    let path = temp_file("reload-load.toml", &config("2s"));
+    let gw = Proc::spawn(&["serve", "-c", path.to_str().expect("utf8")]);
+    let admin: SocketAddr = gw
+        .stderr
+        .wait_for(WAIT, "admin", |l| l.contains("admin on "))
+        .rsplit("admin on ")
+        .next()
+        .expect("addr")
+        .trim()
+        .parse()
+        .expect("addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..64)
+        .map(|_| {
+            let (addr, stop) = (gw.addr, stop.clone());
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut pending = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 2_000 {
+                    if s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").is_err() {
+                        break;
+                    }
+                    if read_one(&mut s, &mut pending).is_none_or(|close| close) {
+                        s = connect(addr);
+                        pending.clear();
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut gauge_seen = 0.0f64;
+    for i in 0..5 {
+        // Wait for the upstream to be at its limit, then reload with a changed route.
+        let end = Instant::now() + WAIT;
+        while now.load(Ordering::SeqCst) < 16 {
+            assert!(Instant::now() < end, "load did not build up");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::fs::write(&path, config(if i % 2 == 0 { "3s" } else { "2s" })).expect("write");
+        let reloads = gw
+            .stderr
+            .all()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &gw.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let end = Instant::now() + WAIT;
+        while gw
+            .stderr
+            .all()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count()
+            <= reloads
+        {
+            assert!(Instant::now() < end, "reload {i} not done");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The in-flight gauge counts the calls that started before the reload too.
+        let metrics = get(admin, "/metrics", "").body;
+        let v = metrics
+            .lines()
+            .find(|l| l.starts_with("hopline_upstream_in_flight{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        gauge_seen = gauge_seen.max(v);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.join().expect("load thread");
+    }
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 32,
+        "the upstream saw {peak} concurrent requests (limit 32)"
+    );
+    assert!(peak >= 16, "the load never reached the limit ({peak})");
+    assert!(
+        gauge_seen >= 1.0,
+        "hopline_upstream_in_flight read 0 under load after reloads"
+    );
+}
+
+#[test]
+fn reload_reports_what_it_cannot_apply_and_config_shows_what_is_in_force() {
+    let up = mock(&["--status", "200", "--quiet"]);
+    let text = |listen: &str, max_conn: u32| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\nmax_connections = {max_conn}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            up.addr
+        )
+    };
+    let path = temp_file("reload-truth.toml", &text("127.0.0.1:0", 100));
+    let gw = Proc::spawn(&["serve", "-c", path.to_str().expect("utf8")]);
+    let admin: SocketAddr = gw
+        .stderr
+        .wait_for(WAIT, "admin", |l| l.contains("admin on "))
+        .rsplit("admin on ")
+        .next()
+        .expect("addr")
+        .trim()
+        .parse()
+        .expect("addr");
+    let other = closed_port();
+    std::fs::write(&path, text(&other.to_string(), 200)).expect("write");
+    let hup = || {
+        std::process::Command::new("kill")
+            .args(["-HUP", &gw.pid().to_string()])
+            .status()
+            .expect("kill")
+    };
+    assert!(hup().success());
+    let line = gw
+        .stderr
+        .wait_for(WAIT, "not applied", |l| l.contains("server.listen changed"));
+    assert!(
+        line.contains(&other.to_string()) && line.contains("not applied"),
+        "{line}"
+    );
+    gw.stderr
+        .wait_for(WAIT, "max_connections not applied", |l| {
+            l.contains("server.max_connections changed to 200") && l.contains("still 100")
+        });
+    let config = get(admin, "/config", "").body;
+    assert!(
+        !config.contains(&other.to_string()),
+        "/config claims the unbound address: {config}"
+    );
+    // A second reload compares against what is really in force.
+    assert!(hup().success());
+    let end = Instant::now() + WAIT;
+    while gw
+        .stderr
+        .all()
+        .iter()
+        .filter(|l| l.contains("server.listen changed"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < end, "second reload not reported");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = gw
+        .stderr
+        .all()
+        .into_iter()
+        .filter(|l| l.contains("server.listen changed"))
+        .last()
+        .expect("line");
+    assert!(second.contains("still 127.0.0.1:0"), "{second}");
+    // The gateway still serves on the address it has.
+    assert_eq!(get(gw.addr, "/x", "").status, 200);
+}
