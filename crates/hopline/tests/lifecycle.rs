@@ -344,8 +344,7 @@ fn reload_reports_what_it_cannot_apply_and_config_shows_what_is_in_force() {
         .stderr
         .all()
         .into_iter()
-        .filter(|l| l.contains("server.listen changed"))
-        .last()
+        .rfind(|l| l.contains("server.listen changed"))
         .expect("line");
     assert!(second.contains("still 127.0.0.1:0"), "{second}");
     // The gateway still serves on the address it has.
