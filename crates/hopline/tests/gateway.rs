@@ -5,7 +5,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -472,6 +474,44 @@ fn stale_pooled_connection_is_retried_not_reported() {
     assert_eq!(
         (line["status"].as_u64(), line["attempts"].as_u64()),
         (Some(200), Some(2))
+    );
+}
+
+#[test]
+fn the_stale_retry_goes_to_a_new_connection_and_a_1xx_then_close_is_not_retried() {
+    // Connection 0 serves one request; on the next it sends an interim 100 and closes.
+    // That is not the stale keep-alive race (a response byte arrived): no retry.
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c2 = conns.clone();
+    let up = FakeUpstream::start(move |i, mut s| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        let mut served = 0;
+        while read_request(&mut s).is_some() {
+            if i == 0 && served == 1 {
+                let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                return;
+            }
+            served += 1;
+            if s.write_all(OK_RESPONSE).is_err() {
+                return;
+            }
+        }
+    });
+    let gw = gateway("", &route_to(&[up.addr.to_string()], "max_retries = 0", ""));
+    let mut c = connect(gw.addr);
+    c.write_all(b"GET /one HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut c).status, 200);
+    c.write_all(b"GET /interim HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("write");
+    let r = read_response(&mut c);
+    assert_eq!((r.status, r.header("x-hopline-flags")), (502, Some("UC")));
+    let line = log_for(&gw, "/interim");
+    assert_eq!(line["attempts"].as_u64(), Some(1), "{line}");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "no second connection was opened"
     );
 }
 

@@ -350,3 +350,68 @@ fn reload_reports_what_it_cannot_apply_and_config_shows_what_is_in_force() {
     // The gateway still serves on the address it has.
     assert_eq!(get(gw.addr, "/x", "").status, 200);
 }
+
+#[test]
+fn beyond_max_connections_overload_close_refuses_at_once_and_counts_it() {
+    let up = mock(&["--status", "200", "--quiet"]);
+    let gw = gateway(
+        "max_connections = 1\noverload = \"close\"",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            up.addr
+        ),
+    );
+    let admin: SocketAddr = gw
+        .stderr
+        .wait_for(WAIT, "admin", |l| l.contains("admin on "))
+        .rsplit("admin on ")
+        .next()
+        .expect("addr")
+        .trim()
+        .parse()
+        .expect("addr");
+    // The one slot, held by a keep-alive connection.
+    let mut held = connect(gw.addr);
+    held.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut held).status, 200);
+    // The next connection is accepted and closed at once, not left in the backlog.
+    let mut refused = connect(gw.addr);
+    let begun = Instant::now();
+    let mut b = [0u8; 1];
+    let n = std::io::Read::read(&mut refused, &mut b).unwrap_or(0);
+    assert_eq!(n, 0, "refused connection got data");
+    assert!(
+        begun.elapsed() < Duration::from_secs(2),
+        "refusal took {:?}",
+        begun.elapsed()
+    );
+    let end = Instant::now() + WAIT;
+    loop {
+        let m = get(admin, "/metrics", "").body;
+        if m.lines()
+            .any(|l| l == "hopline_connections_refused_total 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "refusal not counted:\n{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Once the slot is free, connections are served again.
+    drop(held);
+    let end = Instant::now() + WAIT;
+    loop {
+        let mut s = connect(gw.addr);
+        if s.write_all(b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .is_ok()
+        {
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut got);
+            if got.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(Instant::now() < end, "slot never freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

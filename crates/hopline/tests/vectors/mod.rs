@@ -298,6 +298,45 @@ pub fn closes_within(s: &mut TcpStream, within: Duration) -> bool {
     false
 }
 
+/// The length of the chunked body starting at `start` in `pending` (reading more as
+/// needed), trailers included; `None` when the connection ends first.
+fn chunked_len(s: &mut TcpStream, pending: &mut Vec<u8>, start: usize) -> Option<usize> {
+    let mut at = start;
+    loop {
+        let i = line_at(s, pending, at)?;
+        let text = String::from_utf8_lossy(&pending[at..at + i]).into_owned();
+        let size = usize::from_str_radix(text.split(';').next()?.trim(), 16).ok()?;
+        at += i + 2;
+        if size == 0 {
+            loop {
+                let i = line_at(s, pending, at)?;
+                at += i + 2;
+                if i == 0 {
+                    return Some(at - start);
+                }
+            }
+        }
+        while pending.len() < at + size + 2 {
+            if !fill(s, pending) {
+                return None;
+            }
+        }
+        at += size + 2;
+    }
+}
+
+/// The length of the CRLF-ended line at `at` (reading more as needed).
+fn line_at(s: &mut TcpStream, pending: &mut Vec<u8>, at: usize) -> Option<usize> {
+    loop {
+        if let Some(i) = find(&pending[at..], b"\r\n") {
+            return Some(i);
+        }
+        if !fill(s, pending) {
+            return None;
+        }
+    }
+}
+
 /// An upstream that records every request it receives (raw head + body, per connection)
 /// and answers each `200 ok` (no body for HEAD), keeping connections open.
 pub struct Recorder {
@@ -328,11 +367,22 @@ impl Recorder {
                         };
                         let head = String::from_utf8_lossy(&pending[..end]).into_owned();
                         let lower = head.to_ascii_lowercase();
-                        let n: usize = lower
+                        let chunked = lower
                             .split("\r\n")
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
+                            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+                        let n = if chunked {
+                            // Other proxies forward chunked bodies as they are.
+                            match chunked_len(&mut s, &mut pending, end) {
+                                Some(n) => n,
+                                None => return,
+                            }
+                        } else {
+                            lower
+                                .split("\r\n")
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0)
+                        };
                         while pending.len() < end + n {
                             if !fill(&mut s, &mut pending) {
                                 return;
@@ -420,4 +470,59 @@ pub fn check(addr: SocketAddr, rec: &Recorder, v: &Vector) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// What a gateway did with a vector, as a client and the upstream see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Final statuses read (as many as the vector expects at most).
+    pub statuses: Vec<u16>,
+    /// The connection was closed after them (a probe on it got no answer).
+    pub closed: bool,
+    /// Requests that reached the upstream.
+    pub upstream: usize,
+}
+
+impl std::fmt::Display for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let statuses: Vec<String> = self.statuses.iter().map(u16::to_string).collect();
+        let statuses = if statuses.is_empty() {
+            "no answer".to_string()
+        } else {
+            statuses.join("+")
+        };
+        let fate = if self.closed { "closed" } else { "kept" };
+        write!(f, "{statuses}, {fate}, {} upstream", self.upstream)
+    }
+}
+
+/// Sends a vector to any gateway and records what happened, without judging it.
+pub fn observe(addr: SocketAddr, rec: &Recorder, v: &Vector) -> Observed {
+    let before = rec.requests().len();
+    let mut statuses = Vec::new();
+    let mut closed = true;
+    if let Ok(mut s) = TcpStream::connect(addr) {
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        let _ = s.write_all(&v.raw);
+        let head_req = v.raw.starts_with(b"HEAD ");
+        let mut pending = Vec::new();
+        for _ in &v.statuses {
+            match read_one(&mut s, &mut pending, head_req) {
+                Some(r) => statuses.push(r.status),
+                None => break,
+            }
+        }
+        if s.write_all(b"GET /probe HTTP/1.1\r\nHost: t\r\n\r\n")
+            .is_ok()
+        {
+            closed = !matches!(read_one(&mut s, &mut pending, false), Some(r) if r.status == 200);
+        }
+    }
+    // The recorder logs a request before answering it, and the probe was answered (or
+    // refused) after everything the gateway forwarded before it.
+    Observed {
+        statuses,
+        closed,
+        upstream: rec.requests().len() - before,
+    }
 }
