@@ -369,3 +369,38 @@ fn a_client_that_stops_reading_is_logged_wt_with_the_status_being_sent() {
     );
     drop(s);
 }
+
+#[test]
+fn an_upstream_that_answers_before_taking_the_whole_body_has_its_answer_passed_through() {
+    // The upstream refuses the upload on its head: 413 at once, then it stops reading and
+    // closes. The request body (8 MiB) is far more than the socket buffers hold.
+    let up = FakeUpstream::start(|_, mut s| {
+        if read_request(&mut s).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let gw = gateway(
+        "",
+        &format!("[upstreams.s]\nendpoints = [\"{}\"]\ntimeout = \"5s\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"s\"\n", up.addr),
+    );
+    let body = vec![b'u'; 8 << 20];
+    let mut s = connect(gw.addr);
+    write!(
+        s,
+        "PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("head");
+    s.write_all(&body).expect("body");
+    let r = read_response(&mut s);
+    assert_eq!((r.status, r.body.as_str()), (413, "too big\n"));
+    let line = gw.wait_json(Duration::from_secs(5), "upload line", |v| {
+        v["path"] == "/upload"
+    });
+    assert_eq!(
+        (line["status"].as_u64(), line["flags"].clone()),
+        (Some(413), serde_json::json!([])),
+        "{line}"
+    );
+}
