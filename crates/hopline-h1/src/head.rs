@@ -669,8 +669,17 @@ pub fn put_decimal(out: &mut BytesMut, n: u64) {
 /// Where a parsed slice lies in the buffer it was parsed from: (offset, length).
 type Span = (usize, usize);
 
-fn span_of(base: usize, s: &[u8]) -> Span {
-    (s.as_ptr() as usize - base, s.len())
+/// Where `s` lies in the buffer of `len` bytes starting at address `base`. httparse returns
+/// slices of the buffer, except that a reason phrase that is not UTF-8 comes back as a
+/// static `""` elsewhere in memory: anything outside the buffer is the empty span at 0
+/// (found by fuzzing: subtracting the addresses used to panic).
+fn span_of(base: usize, len: usize, s: &[u8]) -> Span {
+    let at = (s.as_ptr() as usize).wrapping_sub(base);
+    if at <= len && s.len() <= len - at {
+        (at, s.len())
+    } else {
+        (0, 0)
+    }
 }
 
 /// The head's length once complete, `None` while partial; errors for bad or oversized heads.
@@ -737,13 +746,18 @@ pub fn parse_request(
         return Ok(None);
     };
     let base = buf.as_ptr() as usize;
-    let method = span_of(base, req.method.unwrap_or_default().as_bytes());
-    let target = span_of(base, req.path.unwrap_or_default().as_bytes());
+    let method = span_of(base, len, req.method.unwrap_or_default().as_bytes());
+    let target = span_of(base, len, req.path.unwrap_or_default().as_bytes());
     let version = version_of(req.version);
     let spans = req
         .headers
         .iter()
-        .map(|h| (span_of(base, h.name.as_bytes()), span_of(base, h.value)))
+        .map(|h| {
+            (
+                span_of(base, len, h.name.as_bytes()),
+                span_of(base, len, h.value),
+            )
+        })
         .collect();
     let (bytes, headers) = split_head(buf, len, spans);
     let slice = |(off, n): Span| bytes.slice(off..off + n);
@@ -802,12 +816,17 @@ pub fn parse_response(
     };
     let base = buf.as_ptr() as usize;
     let status = res.code.unwrap_or(0);
-    let reason = res.reason.map(|r| span_of(base, r.as_bytes()));
+    let reason = res.reason.map(|r| span_of(base, len, r.as_bytes()));
     let version = version_of(res.version);
     let spans = res
         .headers
         .iter()
-        .map(|h| (span_of(base, h.name.as_bytes()), span_of(base, h.value)))
+        .map(|h| {
+            (
+                span_of(base, len, h.name.as_bytes()),
+                span_of(base, len, h.value),
+            )
+        })
         .collect();
     let (bytes, headers) = split_head(buf, len, spans);
     let reason = reason
@@ -1031,6 +1050,16 @@ mod tests {
         let mut b =
             BytesMut::from(format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(80)).as_str());
         assert!(parse_request(&mut b, limits).expect("ok").is_some());
+    }
+
+    #[test]
+    fn a_reason_phrase_that_is_not_utf8_parses_with_an_empty_reason() {
+        // Found by the response_head fuzz target: this panicked.
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\x95\x95\r\ncontent-length: 2\r\n\r\nok"[..]);
+        let r = parse_response(&mut b, 8192).expect("ok").expect("complete");
+        assert_eq!((r.status, &r.reason[..]), (200, &b""[..]));
+        assert_eq!(r.headers.get("content-length"), Some(&b"2"[..]));
+        assert_eq!(&b[..], b"ok");
     }
 
     #[test]

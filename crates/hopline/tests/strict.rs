@@ -156,6 +156,8 @@ fn upstream_responses_with_bad_framing_are_502_before_any_byte_and_never_reused(
         (b"HTTP/1.1 200 OK\r\n\r\nclose-delimited", 200, true, Some("chunked")),
         (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 200, true, None),
         (b"HTTP/1.1 2OO OK\r\ncontent-length: 2\r\n\r\nok", 502, true, None),
+        // A reason phrase with obs-text (found by fuzzing: it used to panic the parser).
+        (b"HTTP/1.1 200 OK\x95\x95\r\ncontent-length: 2\r\n\r\nok", 200, true, None),
     ];
     let (up, seen) = scripted(cases.iter().map(|c| c.0).collect());
     let gw = gateway("", &format!("[upstreams.s]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"s\"\n", up.addr));
