@@ -1,87 +1,190 @@
-//! The REST API, compatible with Toxiproxy 2.x: same paths, JSON shapes and status codes,
-//! so existing Toxiproxy clients drive `hopline chaos` unchanged.
+//! The REST API, compatible with Toxiproxy 2.12: same paths, JSON shapes, status codes,
+//! error texts, content types and headers, so existing Toxiproxy clients drive
+//! `hopline chaos` unchanged.
+//!
+//! As Toxiproxy's: every answer carries `X-Toxiproxy-Request-Id`; a browser-like user
+//! agent (`Mozilla/…`) gets 403, so a web page cannot drive the proxy across sites; a
+//! known path with the wrong method gets 405 with no body; an unknown path (a trailing
+//! slash included) gets `404 page not found`; errors are `{"error": …, "status": …}`
+//! written as Go's `http.Error` writes them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hopline_h1::small::Reply;
+use hopline_h1::RequestHead;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::registry::{ApiError, ProxySpec, Registry};
+use crate::registry::{ApiError, ProxySpec, ProxyStats, Registry};
 use crate::toxic::Toxic;
 
 /// The Toxiproxy API version this server mirrors.
 pub const VERSION: &str = "2.12.0";
 
+const JSON: &str = "application/json";
+/// What Go's `http.Error` sends.
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Switches of the API server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Serve `/metrics` with per-proxy counters (Toxiproxy's `-proxy-metrics`).
+    pub proxy_metrics: bool,
+}
+
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
+    options: Options,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let ids = Arc::new(RequestIds::default());
     hopline_h1::small::serve(listener, shutdown, move |head, body| {
-        let (status, value) = match route(&registry, head.method_str(), head.path(), body) {
-            Ok((status, v)) => (status, v),
-            Err(e) => (
-                e.status(),
-                Some(json!({"error": e.to_string(), "status": e.status()})),
-            ),
-        };
-        Reply {
-            status,
-            content_type: "application/json",
-            body: value.map(|v| format!("{v}\n")).unwrap_or_default(),
+        let (registry, ids) = (registry.clone(), ids.clone());
+        async move {
+            let mut reply = answer(&registry, options, &head, &body).await;
+            reply.headers.push(("x-toxiproxy-request-id", ids.next()));
+            reply
         }
     })
     .await;
 }
 
-fn parse(body: &[u8]) -> Result<Value, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
+/// Request ids in the shape of Toxiproxy's (20 characters of base32hex).
+#[derive(Debug, Default)]
+struct RequestIds(AtomicU64);
+
+impl RequestIds {
+    fn next(&self) -> String {
+        const DIGITS: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let v = (u128::from(t) << 40) ^ u128::from(n) ^ (u128::from(std::process::id()) << 20);
+        (0..20)
+            .map(|i| char::from(DIGITS[((v >> (5 * (19 - i))) & 31) as usize]))
+            .collect()
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
 }
 
-type Answer = Result<(u16, Option<Value>), ApiError>;
+fn ok(status: u16, v: Option<Value>) -> Reply {
+    Reply::new(status, JSON, v.map(|v| v.to_string()).unwrap_or_default())
+}
 
-/// Dispatches one API call.
-pub fn route(r: &Registry, method: &str, path: &str, body: &[u8]) -> Answer {
-    let parts: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .collect();
-    match (method, parts.as_slice()) {
-        ("GET", ["version"]) => Ok((200, Some(json!({"version": VERSION})))),
-        ("POST", ["reset"]) => r.reset().map(|()| (204, None)),
-        ("GET", ["proxies"]) => Ok((200, Some(r.list()))),
+/// An error as Go's `http.Error` writes it: plain text content type, `nosniff`, the
+/// JSON body and a newline.
+fn error_reply(status: u16, body: String) -> Reply {
+    let mut r = Reply::new(status, TEXT, body + "\n");
+    r.headers.push(("x-content-type-options", "nosniff".into()));
+    r
+}
+
+fn api_error(e: &ApiError) -> Reply {
+    error_reply(
+        e.status(),
+        json!({"error": e.to_string(), "status": e.status()}).to_string(),
+    )
+}
+
+fn parse(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequestBody(e.to_string()))
+}
+
+/// The methods a known path takes, or `None` for an unknown path.
+fn methods(parts: &[&str]) -> Option<&'static [&'static str]> {
+    Some(match parts {
+        ["version"] => &["GET"],
+        ["reset"] | ["populate"] => &["POST"],
+        ["metrics"] => &["GET"],
+        ["proxies"] | ["proxies", _, "toxics"] => &["GET", "POST"],
+        ["proxies", _] | ["proxies", _, "toxics", _] => &["GET", "POST", "PATCH", "DELETE"],
+        _ => return None,
+    })
+}
+
+/// Answers one API request.
+pub async fn answer(r: &Registry, options: Options, head: &RequestHead, body: &[u8]) -> Reply {
+    if head
+        .headers
+        .get("user-agent")
+        .is_some_and(|ua| ua.starts_with(b"Mozilla/"))
+    {
+        return error_reply(403, "User agent not allowed".into());
+    }
+    let method = head.method_str();
+    let path = head.path();
+    // Exact segments: `/proxies/` is not `/proxies` (as gorilla/mux routes them).
+    let parts: Vec<&str> = path.strip_prefix('/').unwrap_or("\0").split('/').collect();
+    let known = methods(&parts).filter(|_| !parts.iter().any(|p| p.is_empty()));
+    let known = known.filter(|_| parts != ["metrics"] || options.proxy_metrics);
+    match known {
+        None => return error_reply(404, "404 page not found".into()),
+        Some(allowed) if !allowed.contains(&method) => return Reply::new(405, TEXT, ""),
+        Some(_) => {}
+    }
+    match route(r, method, &parts, body).await {
+        Ok(reply) => reply,
+        Err(e) => api_error(&e),
+    }
+}
+
+async fn route(r: &Registry, method: &str, parts: &[&str], body: &[u8]) -> Result<Reply, ApiError> {
+    Ok(match (method, parts) {
+        ("GET", ["version"]) => Reply::new(
+            200,
+            "application/json;charset=utf-8",
+            format!("{{\"version\": \"{VERSION}\"}}\n"),
+        ),
+        ("GET", ["metrics"]) => Reply::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(r).await,
+        ),
+        ("POST", ["reset"]) => {
+            r.reset().await?;
+            ok(204, None)
+        }
+        ("GET", ["proxies"]) => ok(200, Some(r.list().await)),
         ("POST", ["proxies"]) => {
             let v = parse(body)?;
             let toxics = toxics_of(&v)?;
-            r.create(ProxySpec::from_json(&v)?, toxics)
-                .map(|p| (201, Some(p)))
+            ok(
+                201,
+                Some(r.create(ProxySpec::from_json(&v)?, toxics).await?),
+            )
         }
-        ("POST", ["populate"]) => populate(r, &parse(body)?),
-        ("GET", ["proxies", name]) => r.get(name).map(|p| (200, Some(p))),
+        ("POST", ["populate"]) => populate(r, body).await?,
+        ("GET", ["proxies", name]) => ok(200, Some(r.get(name).await?)),
         ("POST" | "PATCH", ["proxies", name]) => {
-            r.update(name, &parse(body)?).map(|p| (200, Some(p)))
+            // Toxiproxy checks the proxy before it reads the body.
+            r.get(name).await?;
+            ok(200, Some(r.update(name, &parse(body)?).await?))
         }
-        ("DELETE", ["proxies", name]) => r.delete(name).map(|()| (204, None)),
-        ("GET", ["proxies", name, "toxics"]) => r.toxics(name).map(|t| (200, Some(t))),
+        ("DELETE", ["proxies", name]) => {
+            r.delete(name).await?;
+            ok(204, None)
+        }
+        ("GET", ["proxies", name, "toxics"]) => ok(200, Some(r.toxics(name).await?)),
         ("POST", ["proxies", name, "toxics"]) => {
+            r.get(name).await?;
             let t = Toxic::from_json(&parse(body)?)?;
-            r.add_toxic(name, t).map(|t| (200, Some(t)))
+            ok(200, Some(r.add_toxic(name, t).await?))
         }
-        ("GET", ["proxies", name, "toxics", toxic]) => r.toxic(name, toxic).map(|t| (200, Some(t))),
-        ("POST" | "PATCH", ["proxies", name, "toxics", toxic]) => r
-            .update_toxic(name, toxic, &parse(body)?)
-            .map(|t| (200, Some(t))),
+        ("GET", ["proxies", name, "toxics", toxic]) => ok(200, Some(r.toxic(name, toxic).await?)),
+        ("POST" | "PATCH", ["proxies", name, "toxics", toxic]) => {
+            r.get(name).await?;
+            ok(200, Some(r.update_toxic(name, toxic, &parse(body)?).await?))
+        }
         ("DELETE", ["proxies", name, "toxics", toxic]) => {
-            r.delete_toxic(name, toxic).map(|()| (204, None))
+            r.delete_toxic(name, toxic).await?;
+            ok(204, None)
         }
-        _ => Err(ApiError::NotFound(format!("{method} {path}"))),
-    }
+        _ => Reply::new(405, TEXT, ""),
+    })
 }
 
 fn toxics_of(v: &Value) -> Result<Vec<Toxic>, ApiError> {
@@ -94,29 +197,92 @@ fn toxics_of(v: &Value) -> Result<Vec<Toxic>, ApiError> {
     }
 }
 
-/// `POST /populate`: creates the listed proxies, replacing any whose listen address or
-/// upstream differ; answers 201 with every listed proxy.
-fn populate(r: &Registry, v: &Value) -> Answer {
-    let list = v
-        .as_array()
-        .ok_or_else(|| ApiError::BadRequest("populate takes a JSON array of proxies".into()))?;
-    let specs = list
-        .iter()
-        .map(ProxySpec::from_json)
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut out = Vec::new();
-    for spec in specs {
-        if let Ok(existing) = r.get(&spec.name) {
-            let same_up = existing["upstream"] == spec.upstream.as_str();
-            let same_listen =
-                existing["listen"] == spec.listen.as_str() || spec.listen.ends_with(":0");
-            if same_up && same_listen {
-                out.push(existing);
-                continue;
+/// `POST /populate`: 201 with `{"proxies": [...]}`; on a failure, the failure's status
+/// with `{"error", "status", "proxies"}` listing the proxies handled before it.
+async fn populate(r: &Registry, body: &[u8]) -> Result<Reply, ApiError> {
+    let v = parse(body)?;
+    let list = v.as_array().ok_or_else(|| {
+        ApiError::BadRequestBody("json: cannot unmarshal object into a list of proxies".into())
+    })?;
+    let (proxies, error) = r.populate(list).await;
+    Ok(match error {
+        None => ok(201, Some(json!({"proxies": proxies}))),
+        Some(e) => Reply::new(
+            e.status(),
+            JSON,
+            json!({"error": e.to_string(), "status": e.status(), "proxies": proxies}).to_string(),
+        ),
+    })
+}
+
+/// Toxiproxy's proxy metrics, plus hopline's counters of connections and of what the NAT
+/// model did to them.
+async fn metrics(r: &Registry) -> String {
+    let mut out = String::new();
+    let stats = r.stats().await;
+    let families: [(&str, &str); 2] = [
+        (
+            "toxiproxy_proxy_received_bytes_total",
+            "Bytes read from the source, per proxy and direction",
+        ),
+        (
+            "toxiproxy_proxy_sent_bytes_total",
+            "Bytes written to the destination, per proxy and direction",
+        ),
+    ];
+    for (i, (family, help)) in families.iter().enumerate() {
+        out.push_str(&format!(
+            "# HELP {family} {help}\n# TYPE {family} counter\n"
+        ));
+        for (name, listen, upstream, s) in &stats {
+            for (dir, d) in [("upstream", &s.upstream), ("downstream", &s.downstream)] {
+                let n = if i == 0 { &d.received } else { &d.sent };
+                out.push_str(&format!(
+                    "{family}{{direction=\"{dir}\",listener=\"{}\",proxy=\"{}\",upstream=\"{}\"}} {}\n",
+                    escape(listen),
+                    escape(name),
+                    escape(upstream),
+                    n.load(Ordering::Relaxed)
+                ));
             }
-            r.delete(&spec.name)?;
         }
-        out.push(r.create(spec, Vec::new())?);
     }
-    Ok((201, Some(json!({"proxies": out}))))
+    type Count = fn(&ProxyStats) -> u64;
+    let counters: [(&str, &str, Count); 3] = [
+        (
+            "hopline_chaos_connections_total",
+            "Connections accepted per proxy",
+            |s| s.connections.load(Ordering::Relaxed),
+        ),
+        (
+            "hopline_chaos_nat_stalled_total",
+            "Connections the NAT model (conn_rate_limit) stalled",
+            |s| s.nat_stalled.load(Ordering::Relaxed),
+        ),
+        (
+            "hopline_chaos_nat_reset_total",
+            "Connections the NAT model reset after max_stall",
+            |s| s.nat_reset.load(Ordering::Relaxed),
+        ),
+    ];
+    for (family, help, get) in counters {
+        out.push_str(&format!(
+            "# HELP {family} {help}\n# TYPE {family} counter\n"
+        ));
+        for (name, _, _, s) in &stats {
+            out.push_str(&format!(
+                "{family}{{proxy=\"{}\"}} {}\n",
+                escape(name),
+                get(s)
+            ));
+        }
+    }
+    out
+}
+
+/// A Prometheus label value.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -9,7 +9,7 @@ use hopline_config::Location;
 use toml_edit::{ImDocument, Item, TableLike};
 
 use crate::registry::ProxySpec;
-use crate::toxic::Toxic;
+use crate::toxic::{Toxic, ToxicKind};
 
 /// A parsed chaos file.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,7 +139,36 @@ pub fn parse(text: &str) -> Result<ChaosFile, Vec<String>> {
                             report(span_of(tt, k), &format!("{tkey}.{k}"), "unknown key".into());
                         }
                     }
+                    // Unknown attributes are errors here, like unknown keys everywhere else
+                    // (the API ignores them, as Toxiproxy's does).
+                    let ty = tt.get("type").and_then(|v| v.as_str()).unwrap_or("");
+                    if let (Some(known), Some(attrs)) = (
+                        ToxicKind::attribute_names(ty),
+                        tt.get("attributes").and_then(|a| a.as_table_like()),
+                    ) {
+                        for (k, _) in attrs.iter() {
+                            if !known.contains(&k) {
+                                report(
+                                    span_of(attrs, k),
+                                    &format!("{tkey}.attributes.{k}"),
+                                    format!(
+                                        "unknown attribute of a {ty} toxic (known: {})",
+                                        known.join(", ")
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    let http = t.get("http").and_then(|v| v.as_bool()).unwrap_or(false);
                     match Toxic::from_json(&table_json(tt)) {
+                        Ok(x) if x.kind.is_http() && !http => report(
+                            span_of(tt, "type"),
+                            &tkey,
+                            format!(
+                                "a {} toxic needs the proxy to set http = true",
+                                x.kind.type_name()
+                            ),
+                        ),
                         Ok(x) if toxics.iter().any(|y: &Toxic| y.name == x.name) => report(
                             span_of(tt, "type"),
                             &tkey,

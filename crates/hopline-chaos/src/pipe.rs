@@ -3,6 +3,7 @@
 //! changes, so adding or removing a toxic acts on live connections.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ impl Dice {
     }
 
     /// When `toxic` started acting on this connection.
-    fn since(&mut self, toxic: &Toxic) -> Instant {
+    pub fn since(&mut self, toxic: &Toxic) -> Instant {
         *self
             .since
             .entry(toxic.name.clone())
@@ -75,6 +76,73 @@ async fn changed(rx: &mut watch::Receiver<ToxicList>) {
     }
 }
 
+/// Bytes through one direction of a proxy: read from the source, written to the
+/// destination (Toxiproxy's `received` and `sent`).
+#[derive(Debug, Default)]
+pub struct DirectionStats {
+    /// Read from the source.
+    pub received: AtomicU64,
+    /// Written to the destination.
+    pub sent: AtomicU64,
+}
+
+/// What the active toxics of one direction add up to. Several toxics of one type act as
+/// Toxiproxy's chain makes them act: latencies add up, the slowest bandwidth wins, the
+/// smallest `limit_data` wins, `slow_close` delays add up, each `loss` draws on its own.
+#[derive(Debug, Default)]
+struct Effect {
+    /// `timeout` toxics: close at the earliest of these instants (`None`: never close).
+    timeout: Option<Option<Instant>>,
+    /// `reset_peer`: reset this long after the first data.
+    reset_after: Option<Duration>,
+    latencies: Vec<(u64, u64)>,
+    losses: Vec<(f64, u64)>,
+    bandwidth: Option<u64>,
+    slicer: Option<(u64, u64, u64)>,
+    limit: Option<u64>,
+    slow_close: u64,
+}
+
+impl Effect {
+    fn of(active: &[Toxic], dice: &mut Dice) -> Effect {
+        let mut e = Effect::default();
+        for t in active {
+            match &t.kind {
+                ToxicKind::Timeout { timeout } => {
+                    let at =
+                        (*timeout > 0).then(|| dice.since(t) + Duration::from_millis(*timeout));
+                    e.timeout = Some(match (e.timeout.flatten(), at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    });
+                }
+                ToxicKind::ResetPeer { timeout } => {
+                    e.reset_after.get_or_insert(Duration::from_millis(*timeout));
+                }
+                ToxicKind::Latency { latency, jitter } => e.latencies.push((*latency, *jitter)),
+                ToxicKind::Loss { probability, stall } => e.losses.push((*probability, *stall)),
+                ToxicKind::Bandwidth { rate } => {
+                    e.bandwidth = Some(e.bandwidth.map_or(*rate, |r| r.min(*rate)));
+                }
+                ToxicKind::Slicer {
+                    average_size,
+                    size_variation,
+                    delay,
+                } => {
+                    e.slicer
+                        .get_or_insert((*average_size, *size_variation, *delay));
+                }
+                ToxicKind::LimitData { bytes } => {
+                    e.limit = Some(e.limit.map_or(*bytes, |l| l.min(*bytes)));
+                }
+                ToxicKind::SlowClose { delay } => e.slow_close += delay,
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
 /// Forwards `src` to `dst`, applying the toxics of direction `dir`.
 pub async fn pump<R, W>(
     dir: Stream,
@@ -82,6 +150,7 @@ pub async fn pump<R, W>(
     dst: &mut W,
     mut rx: watch::Receiver<ToxicList>,
     mut dice: Dice,
+    stats: &DirectionStats,
 ) -> End
 where
     R: AsyncRead + Unpin,
@@ -89,56 +158,26 @@ where
 {
     let mut buf = vec![0u8; 128 * 1024];
     let mut sent: u64 = 0;
-    // The toxics acting on this direction of this connection; recomputed only when the
-    // proxy's list changes, so an untoxic pump costs one read and one write per chunk.
-    let mut active: Vec<Toxic> = Vec::new();
+    // What the toxics acting on this direction of this connection add up to; recomputed
+    // only when the proxy's list changes, so an untoxic pump costs one read and one write
+    // per chunk.
+    let mut effect = Effect::default();
     let mut dirty = true;
     loop {
         if dirty {
             let list = rx.borrow_and_update().clone();
-            active = list
+            let active: Vec<Toxic> = list
                 .iter()
                 .filter(|t| t.stream == dir && !t.kind.is_http() && dice.active(t))
                 .cloned()
                 .collect();
+            effect = Effect::of(&active, &mut dice);
             dirty = false;
         }
-        if let Some(t) = active
-            .iter()
-            .find(|t| matches!(t.kind, ToxicKind::Timeout { .. }))
-        {
-            let ToxicKind::Timeout { timeout } = t.kind else {
-                unreachable!()
-            };
-            let since = dice.since(t);
-            if timeout == 0 {
-                changed(&mut rx).await;
-                dirty = true;
-                continue;
-            }
-            tokio::select! {
-                _ = changed(&mut rx) => {
-                dirty = true;
-                continue;
-            }
-                _ = sleep_until(since + Duration::from_millis(timeout)) => return End::Close,
-            }
-        }
-        let reset_at = match active
-            .iter()
-            .find(|t| matches!(t.kind, ToxicKind::ResetPeer { .. }))
-        {
-            Some(t) => {
-                let ToxicKind::ResetPeer { timeout } = t.kind else {
-                    unreachable!()
-                };
-                Some(dice.since(t) + Duration::from_millis(timeout))
-            }
-            None => None,
-        };
         let read = tokio::select! {
             biased;
-            _ = sleep_until(reset_at.unwrap_or_else(Instant::now)), if reset_at.is_some() => return End::Reset,
+            _ = sleep_until(effect.timeout.flatten().unwrap_or_else(Instant::now)),
+                if effect.timeout.flatten().is_some() => return End::Close,
             _ = changed(&mut rx) => {
                 dirty = true;
                 continue;
@@ -147,54 +186,51 @@ where
         };
         let n = match read {
             Ok(0) | Err(_) => {
-                if let Some(ToxicKind::SlowClose { delay }) = active
-                    .iter()
-                    .map(|t| &t.kind)
-                    .find(|k| matches!(k, ToxicKind::SlowClose { .. }))
-                {
-                    sleep(Duration::from_millis(*delay)).await;
+                if effect.slow_close > 0 {
+                    sleep(Duration::from_millis(effect.slow_close)).await;
                 }
                 let _ = dst.shutdown().await;
                 return End::Eof;
             }
             Ok(n) => n,
         };
+        stats.received.fetch_add(n as u64, Ordering::Relaxed);
+        if effect.timeout.is_some() {
+            // Nothing passes a timeout toxic: what arrives meanwhile is dropped.
+            continue;
+        }
+        if let Some(after) = effect.reset_after {
+            // reset_peer acts on the first data: that data is dropped, and the connection
+            // reset `timeout` later (at once for 0).
+            sleep(after).await;
+            return End::Reset;
+        }
         let read_at = Instant::now();
         let mut data = &buf[..n];
         let mut stop_after = false;
-        for t in &active {
-            match &t.kind {
-                ToxicKind::LimitData { bytes } => {
-                    let left = bytes.saturating_sub(sent);
-                    if (data.len() as u64) >= left {
-                        data = &data[..left as usize];
-                        stop_after = true;
-                    }
-                }
-                ToxicKind::Latency { latency, jitter } => {
-                    let ms = dice.rng().around(*latency, *jitter);
-                    sleep_until(read_at + Duration::from_millis(ms)).await;
-                }
-                ToxicKind::Loss { probability, stall } if dice.rng().chance(*probability) => {
-                    sleep(Duration::from_millis(*stall)).await;
-                }
-                _ => {}
+        if let Some(bytes) = effect.limit {
+            let left = bytes.saturating_sub(sent);
+            if (data.len() as u64) >= left {
+                data = &data[..left as usize];
+                stop_after = true;
             }
         }
-        let slicer = active.iter().find_map(|t| match t.kind {
-            ToxicKind::Slicer {
-                average_size,
-                size_variation,
-                delay,
-            } => Some((average_size, size_variation, delay)),
-            _ => None,
-        });
-        let bandwidth = active.iter().find_map(|t| match t.kind {
-            ToxicKind::Bandwidth { rate } => Some(rate),
-            _ => None,
-        });
+        let delay: u64 = effect
+            .latencies
+            .iter()
+            .map(|(latency, jitter)| dice.rng().around(*latency, *jitter))
+            .sum();
+        if delay > 0 {
+            sleep_until(read_at + Duration::from_millis(delay)).await;
+        }
+        for (probability, stall) in &effect.losses {
+            if dice.rng().chance(*probability) {
+                sleep(Duration::from_millis(*stall)).await;
+            }
+        }
         let write_started = Instant::now();
-        let ok = match (slicer, bandwidth.filter(|r| *r > 0)) {
+        let bandwidth = effect.bandwidth.filter(|r| *r > 0);
+        let ok = match (effect.slicer, bandwidth) {
             (_, Some(rate)) => {
                 // rate is KB/s: write 10 ms worth at a time, each slice at its paced instant.
                 let slice = (rate as usize * 10).max(1);
@@ -228,7 +264,8 @@ where
             return End::Close;
         }
         sent += data.len() as u64;
-        if let Some(rate) = bandwidth.filter(|r| *r > 0) {
+        stats.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(rate) = bandwidth {
             // The next chunk may not start before this one's share of a second is over.
             let secs = data.len() as f64 / (rate as f64 * 1000.0);
             sleep_until(write_started + Duration::from_secs_f64(secs)).await;
@@ -239,22 +276,30 @@ where
     }
 }
 
-/// Runs both pumps of a connection and closes or resets it as they decide.
+/// Runs both pumps of a connection and closes or resets it as they decide. A FIN from
+/// either side is passed on at once while the other direction stays open (half-close).
 pub async fn pipe(
     mut client: TcpStream,
     mut upstream: TcpStream,
     rx: watch::Receiver<ToxicList>,
     rng: &mut Rng,
+    stats: (&DirectionStats, &DirectionStats),
 ) {
     let up_dice = Dice::new(Rng::new(rng.next_u64()));
     let down_dice = Dice::new(Rng::new(rng.next_u64()));
     let end = {
         let (mut cr, mut cw) = client.split();
         let (mut ur, mut uw) = upstream.split();
-        let up = pump(Stream::Upstream, &mut cr, &mut uw, rx.clone(), up_dice);
-        let down = pump(Stream::Downstream, &mut ur, &mut cw, rx, down_dice);
+        let up = pump(
+            Stream::Upstream,
+            &mut cr,
+            &mut uw,
+            rx.clone(),
+            up_dice,
+            stats.0,
+        );
+        let down = pump(Stream::Downstream, &mut ur, &mut cw, rx, down_dice, stats.1);
         tokio::pin!(up, down);
-        // Half-close is respected: one side's EOF waits for the other; Close/Reset end both.
         tokio::select! {
             e = &mut up => if e == End::Eof { down.await } else { e },
             e = &mut down => if e == End::Eof { up.await } else { e },

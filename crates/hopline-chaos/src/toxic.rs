@@ -25,6 +25,8 @@ impl Stream {
 /// What a toxic does. Times are milliseconds unless noted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToxicKind {
+    /// Does nothing (Toxiproxy's `noop`).
+    Noop,
     /// Delay every chunk by `latency` ± `jitter`.
     Latency {
         /// Base delay (ms).
@@ -127,8 +129,8 @@ pub enum ToxicError {
     /// Bad `stream`.
     #[error("stream must be \"upstream\" or \"downstream\", got {0:?}")]
     BadStream(String),
-    /// Bad toxicity.
-    #[error("toxicity must be a number between 0 and 1")]
+    /// A toxicity that is not a number.
+    #[error("toxicity must be a number")]
     BadToxicity,
     /// An attribute of the wrong type or range.
     #[error("attribute {name:?}: {why}")]
@@ -147,6 +149,7 @@ impl ToxicKind {
     /// The Toxiproxy type name.
     pub fn type_name(&self) -> &'static str {
         match self {
+            ToxicKind::Noop => "noop",
             ToxicKind::Latency { .. } => "latency",
             ToxicKind::Bandwidth { .. } => "bandwidth",
             ToxicKind::SlowClose { .. } => "slow_close",
@@ -161,6 +164,24 @@ impl ToxicKind {
         }
     }
 
+    /// The attribute names a toxic type takes (`None` for an unknown type).
+    pub fn attribute_names(type_name: &str) -> Option<&'static [&'static str]> {
+        Some(match type_name {
+            "noop" => &[],
+            "latency" => &["latency", "jitter"],
+            "bandwidth" => &["rate"],
+            "slow_close" => &["delay"],
+            "timeout" | "reset_peer" => &["timeout"],
+            "slicer" => &["average_size", "size_variation", "delay"],
+            "limit_data" => &["bytes"],
+            "conn_rate_limit" => &["rate", "burst", "max_stall"],
+            "loss" => &["probability", "stall"],
+            "abort" => &["status", "probability"],
+            "cc_defense" => &["max_rps_per_client", "status", "location"],
+            _ => return None,
+        })
+    }
+
     /// True for toxics that act on parsed HTTP requests.
     pub fn is_http(&self) -> bool {
         matches!(self, ToxicKind::Abort { .. } | ToxicKind::CcDefense { .. })
@@ -168,6 +189,7 @@ impl ToxicKind {
 
     fn attributes(&self) -> Value {
         match self {
+            ToxicKind::Noop => json!({}),
             ToxicKind::Latency { latency, jitter } => json!({"latency": latency, "jitter": jitter}),
             ToxicKind::Bandwidth { rate } => json!({"rate": rate}),
             ToxicKind::SlowClose { delay } => json!({"delay": delay}),
@@ -213,16 +235,19 @@ impl Attrs<'_> {
     fn uint(&self, name: &'static str, default: u64) -> Result<u64, ToxicError> {
         match self.0.and_then(|m| m.get(name)) {
             None | Some(Value::Null) => Ok(default),
+            // Toxiproxy's attributes are Go int64s: a negative one is accepted and acts
+            // as 0 (no delay, no bytes).
             Some(v) => v
                 .as_u64()
+                .or_else(|| v.as_i64().map(|_| 0))
                 .or_else(|| {
                     v.as_f64()
-                        .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                        .map(|f| f as u64)
+                        .filter(|f| f.fract() == 0.0)
+                        .map(|f| f.max(0.0) as u64)
                 })
                 .ok_or(ToxicError::BadAttribute {
                     name,
-                    why: "must be a non-negative integer",
+                    why: "must be an integer",
                 }),
         }
     }
@@ -278,15 +303,14 @@ impl Toxic {
             Some("upstream") => Stream::Upstream,
             Some(other) => return Err(ToxicError::BadStream(other.to_string())),
         };
+        // Any number, as Toxiproxy takes it: at or below 0 never, at or above 1 always.
         let toxicity = match obj.get("toxicity") {
             None | Some(Value::Null) => 1.0,
-            Some(t) => t
-                .as_f64()
-                .filter(|t| (0.0..=1.0).contains(t))
-                .ok_or(ToxicError::BadToxicity)?,
+            Some(t) => t.as_f64().ok_or(ToxicError::BadToxicity)?,
         };
         let a = Attrs(obj.get("attributes").and_then(Value::as_object));
         let kind = match ty {
+            "noop" => ToxicKind::Noop,
             "latency" => ToxicKind::Latency {
                 latency: a.uint("latency", 0)?,
                 jitter: a.uint("jitter", 0)?,
@@ -418,9 +442,22 @@ mod tests {
             Err(ToxicError::BadAttribute { .. })
         ));
         assert!(matches!(
-            Toxic::from_json(&json!({"type": "latency", "toxicity": 2})),
+            Toxic::from_json(&json!({"type": "latency", "toxicity": "high"})),
             Err(ToxicError::BadToxicity)
         ));
+        // Toxiproxy's ranges: any toxicity, negative integers act as 0.
+        let t = Toxic::from_json(
+            &json!({"type": "latency", "toxicity": 2, "attributes": {"latency": -5}}),
+        )
+        .expect("accepted");
+        assert_eq!(
+            t.kind,
+            ToxicKind::Latency {
+                latency: 0,
+                jitter: 0
+            }
+        );
+        assert!(Toxic::from_json(&json!({"type": "noop"})).is_ok());
     }
 
     #[test]

@@ -18,37 +18,39 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     hopline_h1::small::serve(listener, shutdown, move |head, _body| {
-        let gw = current.load();
-        let (status, ctype, body) = match (head.method_str(), head.path()) {
-            ("GET", "/healthz") => (200, "text/plain", "ok\n".to_string()),
-            ("GET", "/readyz") if gw.draining() => (503, "text/plain", "draining\n".to_string()),
-            ("GET", "/readyz") => (200, "text/plain", "ready\n".to_string()),
-            ("GET", "/config") => (
-                200,
-                "application/json",
-                format!("{:#}\n", effective_config(&gw)),
-            ),
-            ("GET", "/metrics") => (
-                200,
-                crate::metrics::CONTENT_TYPE,
-                gw.metrics.encode(&gw.in_flight()),
-            ),
-            (_, "/healthz" | "/readyz" | "/config" | "/metrics") => {
-                (405, "text/plain", "method not allowed\n".into())
-            }
-            _ => (
-                404,
-                "text/plain",
-                "not found: try /healthz /readyz /config /metrics\n".into(),
-            ),
-        };
-        Reply {
-            status,
-            content_type: ctype,
-            body,
-        }
+        let reply = answer(&current, &head);
+        async move { reply }
     })
     .await;
+}
+
+/// Answers one admin request.
+fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
+    let gw = current.load();
+    let (status, ctype, body) = match (head.method_str(), head.path()) {
+        ("GET", "/healthz") => (200, "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") if gw.draining() => (503, "text/plain", "draining\n".to_string()),
+        ("GET", "/readyz") => (200, "text/plain", "ready\n".to_string()),
+        ("GET", "/config") => (
+            200,
+            "application/json",
+            format!("{:#}\n", effective_config(&gw)),
+        ),
+        ("GET", "/metrics") => (
+            200,
+            crate::metrics::CONTENT_TYPE,
+            gw.metrics.encode(&gw.in_flight()),
+        ),
+        (_, "/healthz" | "/readyz" | "/config" | "/metrics") => {
+            (405, "text/plain", "method not allowed\n".into())
+        }
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /healthz /readyz /config /metrics\n".into(),
+        ),
+    };
+    Reply::new(status, ctype, body)
 }
 
 fn ms(d: Duration) -> Value {

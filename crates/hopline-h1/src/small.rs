@@ -21,20 +21,36 @@ const HEAD: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 1 << 20;
 
 /// An API answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Reply {
     /// Status code.
     pub status: u16,
     /// `content-type` (sent only with a body).
     pub content_type: &'static str,
+    /// More header fields.
+    pub headers: Vec<(&'static str, String)>,
     /// Body.
     pub body: String,
 }
 
-/// Serves `listener` until `shutdown` resolves, answering each request with `handler`.
-pub async fn serve<F>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
+impl Reply {
+    /// A reply with a body of `content_type` and no extra fields.
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<String>) -> Self {
+        Reply {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, answering each request with `handler`
+/// (which may wait, e.g. for a listener to close, before it answers).
+pub async fn serve<F, Fut>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
 where
-    F: Fn(&RequestHead, &[u8]) -> Reply + Send + Sync + 'static,
+    F: Fn(RequestHead, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send,
 {
     let handler = Arc::new(handler);
     let mut conns = JoinSet::new();
@@ -52,9 +68,10 @@ where
     conns.abort_all();
 }
 
-async fn connection<F>(mut s: TcpStream, handler: &F)
+async fn connection<F, Fut>(mut s: TcpStream, handler: &F)
 where
-    F: Fn(&RequestHead, &[u8]) -> Reply,
+    F: Fn(RequestHead, Vec<u8>) -> Fut,
+    Fut: Future<Output = Reply>,
 {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
@@ -77,7 +94,8 @@ where
                 Ok(None) => break,
             }
         }
-        let reply = handler(&head, &body);
+        let keep_alive = head.keep_alive();
+        let reply = handler(head, body).await;
         let mut out = BytesMut::with_capacity(reply.body.len() + 160);
         put_status_line(
             &mut out,
@@ -87,13 +105,19 @@ where
         if !reply.body.is_empty() {
             put_header(&mut out, b"content-type", reply.content_type.as_bytes());
         }
-        if !head.keep_alive() {
+        for (name, value) in &reply.headers {
+            put_header(&mut out, name.as_bytes(), value.as_bytes());
+        }
+        if !keep_alive {
             put_header(&mut out, b"connection", b"close");
         }
-        put_content_length(&mut out, reply.body.len() as u64);
+        // RFC 9110 §8.6: no Content-Length on 204 and 304.
+        if reply.status != 204 && reply.status != 304 {
+            put_content_length(&mut out, reply.body.len() as u64);
+        }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(reply.body.as_bytes());
-        if s.write_all(&out).await.is_err() || !head.keep_alive() {
+        if s.write_all(&out).await.is_err() || !keep_alive {
             return;
         }
     }

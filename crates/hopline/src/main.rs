@@ -87,6 +87,10 @@ enum Command {
         /// Seed for every random draw (default: from the clock; always printed).
         #[arg(long)]
         seed: Option<u64>,
+        /// Serve /metrics: bytes per proxy and direction (Toxiproxy's proxy metrics),
+        /// connections, and what the NAT model stalled or reset.
+        #[arg(long)]
+        proxy_metrics: bool,
     },
 }
 
@@ -132,7 +136,17 @@ fn main() -> ExitCode {
             cfg.headers.extend(headers);
             mock(listen, cfg)
         }
-        Command::Chaos { config, api, seed } => chaos(config.as_deref(), api, seed),
+        Command::Chaos {
+            config,
+            api,
+            seed,
+            proxy_metrics,
+        } => chaos(
+            config.as_deref(),
+            api,
+            seed,
+            hopline_chaos::api::Options { proxy_metrics },
+        ),
         Command::Drill { scenarios, out } => drill(&scenarios, &out),
     };
     match result {
@@ -345,6 +359,7 @@ fn chaos(
     file: Option<&std::path::Path>,
     api: Option<SocketAddr>,
     seed: Option<u64>,
+    options: hopline_chaos::api::Options,
 ) -> anyhow::Result<ExitCode> {
     let parsed = match file.map(hopline_chaos::file::load).transpose() {
         Ok(f) => f,
@@ -376,6 +391,7 @@ fn chaos(
             let name = spec.name.clone();
             let p = registry
                 .create(spec, toxics)
+                .await
                 .map_err(|e| anyhow::anyhow!("proxy {name}: {e}"))?;
             eprintln!(
                 "hopline chaos: proxy {name} on {} -> {} ({} toxics)",
@@ -384,7 +400,7 @@ fn chaos(
                 p["toxics"].as_array().map_or(0, Vec::len)
             );
         }
-        hopline_chaos::api::serve(listener, registry, termination()).await;
+        hopline_chaos::api::serve(listener, registry, options, termination()).await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -238,18 +238,29 @@ fn limit_data_closes_after_the_byte_budget() {
 }
 
 #[test]
-fn reset_peer_sends_rst_after_its_timeout() {
+fn reset_peer_sends_rst_its_timeout_after_the_first_data() {
     let c = chaos(&[]);
     let up = echo_upstream();
     let addr = proxy(&c, "rst", up.addr, false);
     add_toxic(
         &c,
         "rst",
-        r#"{"type":"reset_peer","attributes":{"timeout":200}}"#,
+        r#"{"type":"reset_peer","stream":"upstream","attributes":{"timeout":200}}"#,
     );
     let mut s = connect(addr);
-    let t0 = Instant::now();
+    // As Toxiproxy's: nothing happens until data arrives; the timeout counts from there.
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
     let mut b = [0u8; 16];
+    let idle = s.read(&mut b).expect_err("no reset without data");
+    assert!(
+        matches!(idle.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{idle:?}"
+    );
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let t0 = Instant::now();
+    s.write_all(b"hello").expect("write");
     let err = s.read(&mut b).expect_err("reset");
     assert_eq!(err.kind(), ErrorKind::ConnectionReset);
     assert!(
@@ -501,7 +512,7 @@ fn config_file_starts_proxies_and_bad_files_name_the_line() {
     assert_eq!(r.status, 200);
     assert!(took >= Duration::from_millis(95), "{took:?}");
 
-    let bad = temp_file("bad-chaos.toml", "[[proxies]]\nname = \"x\"\nupstream = \"127.0.0.1:1\"\n[[proxies.toxics]]\ntype = \"latency\"\nattributes = { latency = -5 }\n");
+    let bad = temp_file("bad-chaos.toml", "[[proxies]]\nname = \"x\"\nupstream = \"127.0.0.1:1\"\n[[proxies.toxics]]\ntype = \"latency\"\nattributes = { latency = 100, jiter = 5 }\n");
     let out = std::process::Command::new(bin())
         .args(["chaos", "-c", bad.to_str().expect("utf8")])
         .output()
@@ -510,7 +521,7 @@ fn config_file_starts_proxies_and_bad_files_name_the_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "{}:5:1: key `proxies[0].toxics[0]`",
+            "{}:6:31: key `proxies[0].toxics[0].attributes.jiter`: unknown attribute",
             bad.display()
         )),
         "{err}"
@@ -531,6 +542,31 @@ fn third_party_toxiproxy_python_client_drives_the_api() {
         .arg(up.addr.to_string())
         .output()
         .expect("python3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all checks passed"), "{text}");
+}
+
+/// Needs npm's `toxiproxy-node-client@4.1.0` under `target/node` (installed by `.ci/run`).
+#[test]
+#[ignore = "needs the third-party Node client toxiproxy-node-client (installed by .ci/run)"]
+fn third_party_toxiproxy_node_client_drives_the_api() {
+    let c = chaos(&[]);
+    let up = mock(&[]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let modules = root.join("../../target/node/node_modules");
+    let out = std::process::Command::new("node")
+        .arg(root.join("tests/third_party/toxiproxy_node.js"))
+        .arg(c.addr.port().to_string())
+        .arg(up.addr.to_string())
+        .env("NODE_PATH", modules)
+        .output()
+        .expect("node runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
