@@ -344,7 +344,7 @@ fn slicer_splits_data_with_delays_and_keeps_it_intact() {
 
 #[test]
 fn conn_rate_limit_stalls_like_dropped_syns_then_resets_after_max_stall() {
-    let c = chaos(&[]);
+    let c = chaos(&["--proxy-metrics"]);
     let up = mock(&[]);
     let addr = proxy(&c, "nat", up.addr, false);
     add_toxic(
@@ -387,6 +387,18 @@ fn conn_rate_limit_stalls_like_dropped_syns_then_resets_after_max_stall() {
         took >= Duration::from_millis(350) && took < Duration::from_millis(1500),
         "{took:?}"
     );
+    // What the NAT model did is counted: 3 connections, 2 stalled, 1 reset.
+    let metrics = get(c.addr, "/metrics", "").body;
+    for line in [
+        "hopline_chaos_connections_total{proxy=\"nat\"} 3",
+        "hopline_chaos_nat_stalled_total{proxy=\"nat\"} 2",
+        "hopline_chaos_nat_reset_total{proxy=\"nat\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
 }
 
 #[test]
