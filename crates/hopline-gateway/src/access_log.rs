@@ -22,6 +22,9 @@ use hopline_core::config::LogConfig;
 use hopline_core::text::{push_json_str, push_millis3, push_socket_addr, push_u64};
 use hopline_core::time::push_rfc3339;
 
+/// What the access log and the metrics say for a request that matched no route.
+pub const NO_ROUTE: &str = "(none)";
+
 /// One request, as logged. Fields borrow what the request already holds (shared names,
 /// the head's bytes, socket addresses) and are only rendered as text when the line is written.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +41,7 @@ pub struct AccessRecord {
     pub method: Bytes,
     /// Path and query as received.
     pub path: Bytes,
-    /// Route name; none when no route matched (logged as `""`).
+    /// Route name; none when no route matched (logged as [`NO_ROUTE`]).
     pub route: Option<Arc<str>>,
     /// Status sent (499 when the client left first).
     pub status: u16,
@@ -93,7 +96,8 @@ impl AccessRecord {
         s.extend_from_slice(b",\"path\":");
         push_json_str(s, &String::from_utf8_lossy(&self.path));
         s.extend_from_slice(b",\"route\":");
-        push_json_str(s, self.route.as_deref().unwrap_or(""));
+        // The same spelling as the metrics' route label when no route matched.
+        push_json_str(s, self.route.as_deref().unwrap_or(NO_ROUTE));
         s.extend_from_slice(b",\"status\":");
         push_u64(s, u64::from(self.status));
         s.extend_from_slice(b",\"upstream_status\":");

@@ -310,7 +310,7 @@ impl Metrics {
         let flag = rec.flags.first().copied().unwrap_or("");
         let secs = rec.duration.as_secs_f64();
         let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
-        let route_name = rec.route.as_deref().unwrap_or("(none)");
+        let route_name = rec.route.as_deref().unwrap_or(crate::access_log::NO_ROUTE);
         let route = self.route_series(&mut hot, route_name);
         route
             .requests(&self.requests, route_name, rec.status, flag)

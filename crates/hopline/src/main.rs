@@ -27,9 +27,9 @@ enum Command {
         /// Config file (TOML).
         #[arg(short, long, default_value = "hopline.toml")]
         config: PathBuf,
-        /// Worker threads (default: one per core).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// Worker threads, 1 or more (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
         /// Refuse to start when `hopline check` finds errors.
         #[arg(long)]
         strict: bool,
@@ -51,8 +51,8 @@ enum Command {
         /// Wait this long before answering, e.g. `200ms`.
         #[arg(long, value_parser = duration, default_value = "0s")]
         latency: Duration,
-        /// Status code to answer with.
-        #[arg(long, default_value_t = 200)]
+        /// Status code to answer with (100–599).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..=599))]
         status: u16,
         /// Response body.
         #[arg(long, default_value = "{\"ok\":true}")]
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             config,
             threads,
             strict,
-        } => serve(&config, threads, strict),
+        } => serve(&config, threads.map(usize::from), strict),
         Command::Check { config, format } => Ok(check(&config, format)),
         Command::Mock {
             listen,
@@ -133,7 +133,12 @@ fn main() -> ExitCode {
                 log: !quiet,
                 ..hopline_mock::MockConfig::default()
             };
-            cfg.headers.extend(headers);
+            // A --header replaces a default header of the same name instead of adding a
+            // second one.
+            for (name, value) in headers {
+                cfg.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+                cfg.headers.push((name, value));
+            }
             mock(listen, cfg)
         }
         Command::Chaos {

@@ -1,0 +1,57 @@
+//! Command-line edges a new user hits: arguments that make no sense are refused with a
+//! clear message, and `mock --header` replaces a default header instead of doubling it.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn nonsense_arguments_are_refused_with_the_reason() {
+    let (code, err) = run(&["serve", "--threads", "0", "-c", "x.toml"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("'--threads <THREADS>': 0 is not in 1..="),
+        "{err}"
+    );
+    for status in ["0", "999"] {
+        let (code, err) = run(&["mock", "--status", status]);
+        assert_eq!(code, Some(2));
+        assert!(err.contains("is not in 100..=599"), "{err}");
+    }
+}
+
+#[test]
+fn a_mock_header_replaces_the_default_of_the_same_name() {
+    let m = mock(&[
+        "--header",
+        "Content-Type:text/plain",
+        "--body",
+        "hi",
+        "--quiet",
+    ]);
+    let mut s = connect(m.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("write");
+    let r = read_response(&mut s);
+    let types: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(types, ["text/plain"]);
+    assert_eq!(r.body, "hi");
+}
