@@ -1,5 +1,9 @@
 //! The admin API, on its own listener (loopback by default): `/healthz`, `/readyz`
 //! (503 while draining), `/config` (effective timeouts as JSON) and `/metrics`.
+//!
+//! As Toxiproxy's API does, it refuses what a web page could make a browser send (any
+//! `Origin`, or a browser user agent on anything but GET/HEAD) with 403, so a page the
+//! operator visits cannot reach it through their loopback.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +28,26 @@ pub async fn serve(
     .await;
 }
 
+/// True for a request a web page could have made a browser send: any `Origin` (the admin
+/// API has no page of its own, so every origin is cross-site), or a browser user agent on
+/// a method that is not a plain GET/HEAD. Prometheus and kubelet probes send neither.
+fn from_a_browser(head: &hopline_h1::RequestHead) -> bool {
+    let browser = head
+        .headers
+        .get("user-agent")
+        .is_some_and(|ua| ua.starts_with(b"Mozilla/"));
+    head.headers.contains("origin") || (browser && !matches!(&head.method[..], b"GET" | b"HEAD"))
+}
+
 /// Answers one admin request.
 fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
+    if from_a_browser(head) {
+        return Reply::new(
+            403,
+            "text/plain",
+            "forbidden: requests from web pages are not allowed\n",
+        );
+    }
     let gw = current.load();
     let (status, ctype, body) = match (head.method_str(), head.path()) {
         ("GET", "/healthz") => (200, "text/plain", "ok\n".to_string()),

@@ -293,3 +293,36 @@ fn hup(pid: u32) {
         .expect("kill");
     assert!(status.success());
 }
+
+#[test]
+fn web_pages_cannot_reach_the_admin_api_but_probes_can() {
+    let up = mock(&[]);
+    let gw = gateway("", &base_config(up.addr));
+    let admin = admin_addr(&gw);
+    let ask = |method: &str, path: &str, extra: &str| {
+        let mut s = connect(admin);
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nhost: a\r\n{extra}content-length: 0\r\n\r\n"
+        )
+        .expect("write");
+        read_response(&mut s).status
+    };
+    // Prometheus, kubelet and curl: no Origin, no browser.
+    assert_eq!(
+        ask("GET", "/metrics", "user-agent: Prometheus/2.45\r\n"),
+        200
+    );
+    assert_eq!(
+        ask("GET", "/healthz", "user-agent: kube-probe/1.29\r\n"),
+        200
+    );
+    assert_eq!(ask("GET", "/readyz", ""), 200);
+    // A page's fetch carries an Origin; a browser's non-GET is refused too.
+    assert_eq!(
+        ask("GET", "/config", "origin: https://evil.example\r\n"),
+        403
+    );
+    assert_eq!(ask("GET", "/metrics", "origin: null\r\n"), 403);
+    assert_eq!(ask("POST", "/healthz", "user-agent: Mozilla/5.0\r\n"), 403);
+}
