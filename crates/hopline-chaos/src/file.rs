@@ -22,25 +22,37 @@ pub struct ChaosFile {
     pub proxies: Vec<(ProxySpec, Vec<Toxic>)>,
 }
 
-/// A chaos file that cannot be used; lists every problem as `file:line:col: key: what`.
+/// A chaos file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid chaos file {}:{}", path.display(), problems.iter().map(|p| format!("\n  {}:{p}", path.display())).collect::<String>())]
-pub struct FileError {
-    /// The file.
-    pub path: PathBuf,
-    /// `line:col: key `k`: message` entries.
-    pub problems: Vec<String>,
+pub enum FileError {
+    /// The file could not be read.
+    #[error("cannot read chaos file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid chaos file; every problem as `file:line:col: key: what`.
+    #[error("invalid chaos file {}:{}", path.display(), problems.iter().map(|p| format!("\n  {}:{p}", path.display())).collect::<String>())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// `line:col: key `k`: message` entries.
+        problems: Vec<String>,
+    },
 }
 
 /// Reads and validates a chaos file.
 pub fn load(path: &Path) -> Result<ChaosFile, FileError> {
-    let fail = |problems| FileError {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|problems| FileError::Invalid {
         path: path.to_path_buf(),
         problems,
-    };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| fail(vec![format!("0:0: cannot read: {e}")]))?;
-    parse(&text).map_err(fail)
+    })
 }
 
 /// Validates chaos file text.

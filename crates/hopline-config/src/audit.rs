@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hopline_core::config::{AggregateMode, Config, RouteAction, UpstreamConfig, Zone};
+use hopline_core::config::{AggregateMode, Config, PathMatch, RouteAction, UpstreamConfig, Zone};
 use hopline_core::time::Human;
 use toml_edit::{ImDocument, Item, TableLike};
 
@@ -208,6 +208,29 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
                 "lower the route timeout or raise deadline.max so the file says what runs".into(),
             );
         }
+        // A route an earlier one always matches first can never be reached.
+        if let Some(earlier) = config.routes[..ri]
+            .iter()
+            .find(|e| shadows(&e.path, &r.path))
+        {
+            let key = match r.path {
+                PathMatch::Exact(_) => "path",
+                PathMatch::Prefix(_) => "path_prefix",
+            };
+            a.add(
+                Severity::Warning,
+                "route-shadowed",
+                &["routes", &idx, key],
+                format!(
+                    "route {} can never match: every path it matches is matched first by route {}",
+                    r.name, earlier.name
+                ),
+                format!(
+                    "move route {} above route {}, or narrow route {}",
+                    r.name, earlier.name, earlier.name
+                ),
+            );
+        }
         // Rule 2: the front proxy must not give up first.
         if let Some(front) = config.front.as_ref().and_then(|f| f.timeout) {
             if deadline + margin >= front {
@@ -223,7 +246,10 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
                 let Some(u) = config.upstream(upstream) else {
                     continue;
                 };
-                if u.timeout >= deadline {
+                // Only a timeout written in the file is worth a note: the defaults (5 s
+                // attempt, 3 s deadline) are meant to leave the deadline in charge.
+                let written = locate_exact(text, &["upstreams", upstream, "timeout"]).is_some();
+                if written && u.timeout >= deadline {
                     a.add(Severity::Note, "timeout-cut-by-deadline", &["upstreams", upstream, "timeout"],
                         format!("upstream {} timeout {} can never fire on route {}: its deadline {} cuts first", u.name, secs(u.timeout), r.name, secs(deadline)),
                         "the deadline bounds the call anyway; lower the timeout if a single attempt should give up sooner".into());
@@ -315,17 +341,9 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
         ("write_timeout", s.write_timeout, Duration::from_secs(600)),
         ("idle_timeout", s.idle_timeout, Duration::from_secs(3600)),
     ] {
+        // A timeout left to its default is not a finding: the defaults are the reviewed values.
         if locate_exact(text, &["server", key]).is_none() {
-            a.add(
-                Severity::Note,
-                "server-timeout-default",
-                &["server"],
-                format!(
-                    "server.{key} is not set: the default {} applies",
-                    secs(value)
-                ),
-                format!("write server.{key} explicitly so the budget is reviewed with the file"),
-            );
+            continue;
         } else if value > absurd {
             a.add(Severity::Warning, "server-timeout-absurd", &["server", key],
                 format!("server.{key} {} is above {}: slow or idle clients can hold connections that long", secs(value), secs(absurd)),
@@ -338,30 +356,32 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
         .as_ref()
         .is_some_and(|e| e.max_in_flight.is_some() || e.max_new_connections_per_sec.is_some());
     for u in &config.upstreams {
-        match u.zone {
-            Zone::Internal => {
-                for (ei, ep) in u.endpoints.iter().enumerate() {
-                    match resolve(ep) {
-                        Ok(ips) => {
-                            if let Some(ip) = ips.iter().find(|ip| is_public(**ip)) {
-                                a.add(Severity::Warning, "internal-public-address", &["upstreams", &u.name, "endpoints"],
-                                    format!("internal upstream {} endpoint {ep} resolves to public address {ip}: its traffic leaves through the egress/NAT path", u.name),
-                                    "use the service's private address or internal name, or declare zone = \"egress\" so the egress limits apply".into());
-                            }
-                        }
-                        Err(why) => a.add(
-                            Severity::Warning,
-                            "resolve-failed",
-                            &["upstreams", &u.name, "endpoints"],
-                            format!(
-                                "upstream {} endpoint {} (#{ei}) does not resolve: {why}",
-                                u.name, ep
-                            ),
-                            "fix the name, or check this machine's resolver".into(),
-                        ),
+        for (ei, ep) in u.endpoints.iter().enumerate() {
+            match resolve(ep) {
+                Ok(ips) if u.zone == Zone::Internal => {
+                    if let Some(ip) = ips.iter().find(|ip| is_public(**ip)) {
+                        a.add(Severity::Warning, "internal-public-address", &["upstreams", &u.name, "endpoints"],
+                            format!("internal upstream {} endpoint {ep} resolves to public address {ip}: its traffic leaves through the egress/NAT path", u.name),
+                            "use the service's private address or internal name, or declare zone = \"egress\" so the egress limits apply".into());
                     }
                 }
+                Ok(_) => {}
+                // `serve` resolves every endpoint at start and refuses to start without
+                // them: the same verdict here.
+                Err(why) => a.add(
+                    Severity::Error,
+                    "resolve-failed",
+                    &["upstreams", &u.name, "endpoints"],
+                    format!(
+                        "upstream {} endpoint {} (#{ei}) does not resolve: {why}; hopline serve would not start",
+                        u.name, ep
+                    ),
+                    "fix the name, or check this machine's resolver".into(),
+                ),
             }
+        }
+        match u.zone {
+            Zone::Internal => {}
             Zone::Egress if !egress_limited => {
                 a.add(Severity::Warning, "egress-unlimited", &["upstreams", &u.name, "zone"],
                     format!("egress upstream {} has no shared [egress] limits: one surge can exhaust the NAT gateway for every egress call", u.name),
@@ -373,6 +393,17 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
     a.findings
         .sort_by_key(|f| (f.span.as_ref().map_or(0, |s| s.start), f.severity));
     a.findings
+}
+
+/// True when every path `later` matches is matched by `earlier` (routes match first-wins).
+fn shadows(earlier: &PathMatch, later: &PathMatch) -> bool {
+    match (earlier, later) {
+        (PathMatch::Exact(e), PathMatch::Exact(l)) => e == l,
+        (PathMatch::Prefix(e), PathMatch::Exact(l) | PathMatch::Prefix(l)) => {
+            l.starts_with(e.as_str())
+        }
+        (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+    }
 }
 
 fn locate_exact(text: &str, path: &[&str]) -> Option<()> {
@@ -441,5 +472,39 @@ pub fn render_json(findings: &[Finding], path: &str, text: &str) -> String {
             })
         })
         .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+/// A config that could not be loaded, in the shape of [`render_json`]'s findings, so a
+/// script reading `check --format json` gets JSON whatever happened.
+pub fn render_load_error_json(err: &crate::LoadError, path: &str) -> String {
+    let list: Vec<serde_json::Value> = match err {
+        crate::LoadError::Invalid(c) => c
+            .problems
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "severity": "error",
+                    "rule": "invalid-config",
+                    "message": p.kind.to_string(),
+                    "help": null,
+                    "key": p.key,
+                    "file": path,
+                    "line": p.location.line,
+                    "column": p.location.column,
+                })
+            })
+            .collect(),
+        crate::LoadError::Read { source, .. } => vec![serde_json::json!({
+            "severity": "error",
+            "rule": "unreadable",
+            "message": format!("{err}: {source}"),
+            "help": null,
+            "key": null,
+            "file": path,
+            "line": null,
+            "column": null,
+        })],
+    };
     serde_json::Value::Array(list).to_string()
 }

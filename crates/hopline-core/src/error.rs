@@ -468,18 +468,18 @@ impl ProxyError {
     }
 }
 
-/// Joins an error's message with all of its sources, skipping repeats.
+/// Joins an error's message with all of its sources, skipping any source whose text the
+/// message already holds (an [`UpstreamError`] prints its kind inline, so the kind is not
+/// repeated: `connect error after 180us: Connection refused (os error 111)`).
 pub fn cause_chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
-    let mut last = out.clone();
     let mut src = err.source();
     while let Some(e) = src {
         let s = e.to_string();
-        if !last.ends_with(&s) {
+        if !out.contains(&s) {
             out.push_str(": ");
             out.push_str(&s);
         }
-        last = s;
         src = e.source();
     }
     out
@@ -523,6 +523,7 @@ mod tests {
             "{cause}"
         );
         assert!(cause.contains("os error 104"), "{cause}");
+        assert_eq!(cause.matches("connection reset").count(), 1, "{cause}");
         assert_eq!(e.disposition().status, 502);
         assert_eq!(e.disposition().flag.code(), "UC");
         let ProxyError::Upstream(u) = &e else {

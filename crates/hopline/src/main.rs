@@ -33,6 +33,9 @@ enum Command {
         /// Refuse to start when `hopline check` finds errors.
         #[arg(long)]
         strict: bool,
+        /// Also print the audit's notes (errors and warnings are always printed).
+        #[arg(long)]
+        verbose: bool,
     },
     /// Audit a config's timeout budget and the chain in front of it.
     Check {
@@ -114,7 +117,8 @@ fn main() -> ExitCode {
             config,
             threads,
             strict,
-        } => serve(&config, threads.map(usize::from), strict),
+            verbose,
+        } => serve(&config, threads.map(usize::from), strict, verbose),
         Command::Check { config, format } => Ok(check(&config, format)),
         Command::Mock {
             listen,
@@ -200,7 +204,17 @@ fn check(path: &std::path::Path, format: Format) -> ExitCode {
     let config = match hopline_config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hopline: {e}");
+            let message = hopline_core::error::cause_chain(&e);
+            if format == Format::Json {
+                // Scripts get JSON whatever happened: the problems, each with its place.
+                let name = path.display().to_string();
+                println!(
+                    "{}",
+                    hopline_config::audit::render_load_error_json(&e, &name)
+                );
+            } else {
+                eprintln!("hopline: {message}");
+            }
             return ExitCode::from(2);
         }
     };
@@ -234,11 +248,15 @@ fn print_audit(
     path: &std::path::Path,
     config: &hopline_core::config::Config,
     prefix: &str,
+    notes: bool,
 ) -> Vec<hopline_config::audit::Finding> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let resolver = hopline_config::audit::system_resolver(RESOLVE_LIMIT);
     let findings = hopline_config::audit::audit(config, &text, &resolver);
-    for f in &findings {
+    let shown = findings
+        .iter()
+        .filter(|f| notes || f.severity != hopline_config::audit::Severity::Note);
+    for f in shown {
         let at = f
             .span
             .as_ref()
@@ -255,15 +273,20 @@ fn print_audit(
     findings
 }
 
-fn serve(path: &std::path::Path, threads: Option<usize>, strict: bool) -> anyhow::Result<ExitCode> {
+fn serve(
+    path: &std::path::Path,
+    threads: Option<usize>,
+    strict: bool,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
     let config = match hopline_config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hopline: {e}");
+            eprintln!("hopline: {}", hopline_core::error::cause_chain(&e));
             return Ok(ExitCode::from(2));
         }
     };
-    let findings = print_audit(path, &config, "hopline serve: check");
+    let findings = print_audit(path, &config, "hopline serve: check", verbose);
     if strict
         && findings
             .iter()
@@ -295,7 +318,11 @@ fn serve(path: &std::path::Path, threads: Option<usize>, strict: bool) -> anyhow
         if let Some(a) = &admin {
             eprintln!("hopline serve: admin on {}", a.local_addr()?);
         }
-        let reloader = tokio::spawn(reload_on_sighup(path.to_path_buf(), current.clone()));
+        let reloader = tokio::spawn(reload_on_sighup(
+            path.to_path_buf(),
+            current.clone(),
+            verbose,
+        ));
         hopline_gateway::run(listener, admin, current, async {
             termination().await;
             eprintln!("hopline serve: draining");
@@ -309,7 +336,11 @@ fn serve(path: &std::path::Path, threads: Option<usize>, strict: bool) -> anyhow
 
 /// On SIGHUP, re-reads the config: a valid one is put in force for new requests; an
 /// invalid one is reported (file:line:key) and the old one stays.
-async fn reload_on_sighup(path: PathBuf, current: std::sync::Arc<hopline_gateway::Current>) {
+async fn reload_on_sighup(
+    path: PathBuf,
+    current: std::sync::Arc<hopline_gateway::Current>,
+    notes: bool,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -321,7 +352,7 @@ async fn reload_on_sighup(path: PathBuf, current: std::sync::Arc<hopline_gateway
                 // The audit may resolve names (bounded by RESOLVE_LIMIT): off the runtime.
                 let (p, c) = (path.clone(), config.clone());
                 let _ = tokio::task::spawn_blocking(move || {
-                    print_audit(&p, &c, "hopline serve: reload: check")
+                    print_audit(&p, &c, "hopline serve: reload: check", notes)
                 })
                 .await;
                 old.reloaded(config).map_err(anyhow::Error::from)
@@ -369,7 +400,7 @@ fn chaos(
     let parsed = match file.map(hopline_chaos::file::load).transpose() {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("hopline: {e}");
+            eprintln!("hopline: {}", hopline_core::error::cause_chain(&e));
             return Ok(ExitCode::from(2));
         }
     };
@@ -427,14 +458,14 @@ fn drill(files: &[PathBuf], out: &std::path::Path) -> anyhow::Result<ExitCode> {
         let text = match std::fs::read_to_string(f) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("hopline: cannot read scenario {}: {e}", f.display());
+                eprintln!("hopline: cannot read scenario file {}: {e}", f.display());
                 return Ok(ExitCode::from(2));
             }
         };
         match hopline_drill::parse(&text, &f.display().to_string()) {
             Ok(s) => scenarios.push(s),
             Err(e) => {
-                eprintln!("hopline: {e}");
+                eprintln!("hopline: {}", hopline_core::error::cause_chain(&e));
                 return Ok(ExitCode::from(2));
             }
         }

@@ -56,7 +56,6 @@ fn the_incident_config_trips_every_rule_it_broke() {
         "sequential-budget",
         "internal-public-address",
         "egress-unlimited",
-        "server-timeout-default",
     ] {
         assert!(r.contains(&rule.to_string()), "{rule} missing from {r:?}");
     }
@@ -111,7 +110,16 @@ fn each_rule_trips_on_a_bad_config_and_not_on_a_good_one() {
             with("[[routes]]\nname = \"s\"\npath = \"/s\"\ntimeout = \"1s\"\naggregate.mode = \"sequential\"\n[[routes.aggregate.calls]]\nname = \"x\"\nupstream = \"a\"\npath = \"/x\"\ntimeout = \"400ms\"\n[[routes.aggregate.calls]]\nname = \"y\"\nupstream = \"a\"\npath = \"/y\"\ntimeout = \"400ms\"\n"),
         ),
         ("server-timeout-absurd", with("").replace("header_read_timeout = \"5s\"", "header_read_timeout = \"2m\""), with("")),
-        ("server-timeout-default", with("").replace("write_timeout = \"10s\"\n", ""), with("")),
+        (
+            "route-shadowed",
+            with("[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"a\"\n[[routes]]\nname = \"x\"\npath = \"/x\"\nupstream = \"a\"\n"),
+            with("[[routes]]\nname = \"x\"\npath = \"/x\"\nupstream = \"a\"\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"a\"\n"),
+        ),
+        (
+            "resolve-failed",
+            with("[egress]\nmax_in_flight = 10\n[upstreams.b]\nendpoints = [\"no-such-host.invalid:80\"]\nzone = \"egress\"\n"),
+            with("[egress]\nmax_in_flight = 10\n[upstreams.b]\nendpoints = [\"127.0.0.1:80\"]\nzone = \"egress\"\n"),
+        ),
         (
             "internal-public-address",
             with("[upstreams.b]\nendpoints = [\"198.51.100.7:80\"]\n"),
@@ -135,6 +143,30 @@ fn each_rule_trips_on_a_bad_config_and_not_on_a_good_one() {
             "{rule} found in the good config: {f:?}\n{good}"
         );
     }
+}
+
+#[test]
+fn a_config_that_leaves_everything_to_the_defaults_is_clean() {
+    let plain = "[upstreams.a]\nendpoints = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"a\"\n";
+    let (code, findings) = check(&temp_file("defaults.toml", plain));
+    assert_eq!((code, findings.len()), (Some(0), 0), "{findings:?}");
+}
+
+#[test]
+fn check_and_serve_agree_on_an_endpoint_that_does_not_resolve() {
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nendpoints = [\"no-such-host.invalid:80\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"a\"\n";
+    let path = temp_file("unresolvable.toml", text);
+    let (code, findings) = check(&path);
+    assert_eq!(code, Some(1), "{findings:?}");
+    assert!(rules(&findings).contains(&"resolve-failed".to_string()));
+    let out = Command::new(bin())
+        .args(["serve", "-c", path.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "serve started with an unresolvable endpoint"
+    );
 }
 
 #[test]
