@@ -30,7 +30,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-cargo build --release --locked -p hopline -p hopline-bench >/dev/null 2>&1
+cargo build --profile dist --locked -p hopline -p hopline-bench >/dev/null 2>&1
 
 DIR=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -54,7 +54,7 @@ start_proxy() { # name port [hopline config] -> pid
     # Output goes to files: this runs inside $(...), which would otherwise wait for it.
     nginx) taskset -c 0 nginx -c "$(render proxy-nginx.conf "$2")" >"$DIR/nginx-proxy.out" 2>&1 & ;;
     haproxy) taskset -c 0 haproxy -f "$(render proxy-haproxy.cfg "$2")" >"$DIR/haproxy-access.log" 2>&1 & ;;
-    hopline) taskset -c 0 ./target/release/hopline serve --threads 1 -c "$(render "${3:-proxy-hopline.toml}" "$2")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
+    hopline) taskset -c 0 ./target/dist/hopline serve --threads 1 -c "$(render "${3:-proxy-hopline.toml}" "$2")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
   esac
   echo $!
 }
@@ -92,7 +92,7 @@ declare -A FIX
 for round in $(seq "$ROUNDS"); do
   for name in nginx haproxy hopline; do
     port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
-    FIX[$name]+="$(taskset -c 1 ./target/release/fixed-rate "127.0.0.1:$port" "$FIXED" "$FIXED_SECS")|"
+    FIX[$name]+="$(taskset -c 1 ./target/dist/fixed-rate "127.0.0.1:$port" "$FIXED" "$FIXED_SECS")|"
     echo "round $round fixed $name: $(echo "${FIX[$name]}" | tr '|' '\n' | tail -2 | head -1)" >&2
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
@@ -120,7 +120,7 @@ for name in nginx haproxy hopline; do
   worker=$pid
   # nginx serves from a worker process, a child of the master started here.
   [ "$name" = nginx ] && worker=$(pgrep -P "$pid" | head -1)
-  IDLE[$name]=$(taskset -c 1 ./target/release/idle-conns "127.0.0.1:$port" "$worker" "$IDLE_CONNS")
+  IDLE[$name]=$(taskset -c 1 ./target/dist/idle-conns "127.0.0.1:$port" "$worker" "$IDLE_CONNS")
   echo "idle $name: ${IDLE[$name]}" >&2
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The two build profiles side by side: how long a cold `cargo build --release` and
+# `cargo build --profile dist` of the whole workspace take (each in an empty target dir),
+# and hopline's saturation throughput with each binary (nginx `return 200` upstream,
+# proxy and upstream pinned to cpu 0, wrk -t1 -c64 on cpu 1, interleaved rounds, medians).
+#
+#   bench/profiles.sh            # ROUNDS=3 DURATION=10s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+DIR=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+declare -A BUILD
+for profile in release dist; do
+  target=$(mktemp -d)
+  start=$(date +%s.%N)
+  CARGO_TARGET_DIR=$target cargo build --locked --profile "$profile" >/dev/null 2>&1
+  BUILD[$profile]=$(python3 -c "print(round($(date +%s.%N) - $start))")
+  cp "$target/$profile/hopline" "$DIR/hopline-$profile"
+  rm -rf "$target"
+  echo "cold cargo build --profile $profile (whole workspace): ${BUILD[$profile]} s"
+done
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port)
+render() { # template port -> file
+  sed -e "s#__DIR__#$DIR#g" -e "s#__UPSTREAM_PORT__#$UP#g" -e "s#__PROXY_PORT__#$2#g" "bench/conf/$1" > "$DIR/$1"
+  echo "$DIR/$1"
+}
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not ready" >&2; return 1; }
+
+taskset -c 0 nginx -c "$(render upstream-nginx.conf 0)" >"$DIR/upstream.out" 2>&1 &
+PIDS+=($!)
+wait_port "$UP"
+
+declare -A RPS
+for round in $(seq "$ROUNDS"); do
+  for profile in release dist; do
+    port=$(free_port)
+    taskset -c 0 "$DIR/hopline-$profile" serve --threads 1 -c "$(render proxy-hopline.toml "$port")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" &
+    pid=$!
+    wait_port "$port"
+    rps=$(taskset -c 1 wrk -t1 -c64 -d"$DURATION" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    RPS[$profile]+="$rps "
+    echo "round $round $profile: $rps req/s"
+  done
+done
+python3 - "${RPS[release]}" "${RPS[dist]}" "${BUILD[release]}" "${BUILD[dist]}" <<'PY'
+import statistics, sys
+rel = [float(x) for x in sys.argv[1].split()]
+dist = [float(x) for x in sys.argv[2].split()]
+r, d = statistics.median(rel), statistics.median(dist)
+print(f"\ncold build: release {sys.argv[3]} s, dist {sys.argv[4]} s")
+print(f"saturation medians: release {r:,.0f} req/s, dist {d:,.0f} req/s, release/dist {r/d:.3f}")
+PY
