@@ -23,11 +23,11 @@ impl fmt::Display for Human {
             } else {
                 write!(f, "{}.{}ms", ms, frac / 100)
             }
-        } else if micros % 1_000_000 == 0 {
+        } else if micros.is_multiple_of(1_000_000) {
             write!(f, "{}s", micros / 1_000_000)
         } else {
             let ms = d.as_millis();
-            if ms % 1_000 == 0 {
+            if ms.is_multiple_of(1_000) {
                 write!(f, "{}s", ms / 1_000)
             } else {
                 write!(f, "{}.{:03}s", ms / 1_000, ms % 1_000)

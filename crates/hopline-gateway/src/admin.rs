@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hopline_core::config::{RouteAction, Zone};
+use hopline_core::config::{LogConfig, RouteAction, Zone};
 use hopline_h1::small::Reply;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -110,6 +110,7 @@ pub fn effective_config(gw: &Gateway) -> Value {
                     hopline_core::config::PathMatch::Prefix(p) => json!({"path_prefix": p}),
                 },
                 "deadline_ms": ms(d),
+                "methods": r.methods,
             });
             match &r.action {
                 RouteAction::Proxy { upstream } => v["proxy"] = up_json(upstream, d, None),
@@ -129,6 +130,26 @@ pub fn effective_config(gw: &Gateway) -> Value {
             v
         })
         .collect();
+    let upstreams: Vec<Value> = c
+        .upstreams
+        .iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "endpoints": u.endpoints,
+                "zone": u.zone.as_str(),
+                "connect_timeout_ms": ms(u.connect_timeout),
+                "timeout_ms": ms(u.timeout),
+                "max_in_flight": u.max_in_flight,
+                "pool_idle_timeout_ms": ms(u.pool_idle_timeout),
+                "pool_max_idle": u.pool_max_idle,
+                "server_idle_timeout_ms": u.server_idle_timeout.map(ms),
+                "max_retries": u.max_retries,
+            })
+        })
+        .collect();
+    // Nothing in the config is a secret today (no credentials, no keys); when TLS keys
+    // arrive they are shown as paths only.
     json!({
         "server": {
             "listen": s.listen.to_string(),
@@ -137,11 +158,31 @@ pub fn effective_config(gw: &Gateway) -> Value {
             "write_timeout_ms": ms(s.write_timeout),
             "idle_timeout_ms": ms(s.idle_timeout),
             "drain_timeout_ms": ms(s.drain_timeout),
+            "drain_idle_grace_ms": ms(s.drain_idle_grace),
             "max_connections": s.max_connections,
+            "overload": s.overload.as_str(),
             "max_header_bytes": s.max_header_bytes,
+            "max_request_line_bytes": s.max_request_line_bytes,
             "max_body_bytes": s.max_body_bytes,
+            "expose_cause": s.expose_cause,
         },
+        "log": match &c.log {
+            LogConfig::Stdout => json!({"access": "stdout"}),
+            LogConfig::Off => json!({"access": "off"}),
+            LogConfig::File(p) => json!({"access": p.display().to_string()}),
+        },
+        "front": c.front.as_ref().map(|f| json!({
+            "timeout_ms": f.timeout.map(ms),
+            "idle_timeout_ms": f.idle_timeout.map(ms),
+        })),
         "deadline": {"default_ms": ms(c.deadline.default), "max_ms": ms(c.deadline.max), "margin_ms": ms(c.deadline.margin)},
+        "admin": c.admin.as_ref().map(|a| json!({"listen": a.listen.to_string()})),
+        "retry_budget": {"ratio": c.retry_budget.ratio, "min_per_sec": c.retry_budget.min_per_sec},
+        "egress": c.egress.as_ref().map(|e| json!({
+            "max_in_flight": e.max_in_flight,
+            "max_new_connections_per_sec": e.max_new_connections_per_sec,
+        })),
+        "upstreams": upstreams,
         "routes": routes,
     })
 }

@@ -76,6 +76,27 @@ impl CallsCell {
     }
 }
 
+/// A call in flight; on drop (finished, or aborted with its request) it writes what the
+/// call did into its record.
+struct RunningCall<'a> {
+    calls: &'a CallsCell,
+    i: usize,
+    started: Instant,
+    progress: ProgressCell,
+}
+
+impl Drop for RunningCall<'_> {
+    fn drop(&mut self) {
+        let (attempts, status) = self.progress.read(|p| (p.attempts, p.upstream_status));
+        let elapsed = self.started.elapsed();
+        self.calls.update(self.i, |r| {
+            r.attempts = attempts;
+            r.status = status;
+            r.duration = elapsed;
+        });
+    }
+}
+
 /// Why a call did not give a usable answer.
 #[derive(Debug, thiserror::Error)]
 enum CallFailure {
@@ -276,14 +297,15 @@ async fn one(
     } else {
         calls.update(i, |r| r.state = CallState::Running);
         let d = deadline.narrowed(started, call.config.timeout);
-        let progress = ProgressCell::default();
-        let result = attempt(gw, call, fwd, &d, &progress).await;
-        let p = progress.into_inner();
-        calls.update(i, |r| {
-            r.status = p.upstream_status;
-            r.attempts = p.attempts;
-        });
-        result
+        // Records attempts, status and time also when this future is dropped mid-call
+        // (client gone): the log then says what the upstream really saw.
+        let running = RunningCall {
+            calls,
+            i,
+            started,
+            progress: ProgressCell::default(),
+        };
+        attempt(gw, call, fwd, &d, &running.progress).await
     };
     calls.update(i, |r| {
         r.state = CallState::Done;

@@ -78,6 +78,11 @@ impl ProgressCell {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
+    /// Reads the progress so far.
+    pub fn read<T>(&self, f: impl FnOnce(&Progress) -> T) -> T {
+        f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// The final progress.
     pub fn into_inner(self) -> Progress {
         self.0.into_inner().unwrap_or_else(|p| p.into_inner())

@@ -80,6 +80,19 @@ fn health_ready_and_effective_config() {
     );
     assert_eq!(slow["proxy"]["connect_timeout_ms"], 100);
     assert_eq!(cfg["server"]["idle_timeout_ms"], 75_000);
+    // The whole effective configuration: upstreams with endpoints and pools, log, budget.
+    let svc = cfg["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .find(|u| u["name"] == "svc")
+        .expect("svc")
+        .clone();
+    assert_eq!(svc["endpoints"], json!([up.addr.to_string()]));
+    assert_eq!(svc["pool_max_idle"], 128);
+    assert_eq!(cfg["log"]["access"], "stdout");
+    assert_eq!(cfg["retry_budget"]["min_per_sec"], 10);
+    assert_eq!(cfg["server"]["overload"], "pause");
 }
 
 #[test]

@@ -232,6 +232,12 @@ fn client_leaving_cancels_the_running_call_and_starts_no_more() {
         "{line}"
     );
     assert_eq!(line["calls"][0]["cause"], "aborted: client gone");
+    // The aborted call logs what the upstream saw: one attempt, running until the abort.
+    assert_eq!(line["calls"][0]["attempts"], 1, "{line}");
+    assert!(
+        line["calls"][0]["duration_ms"].as_f64().expect("duration") > 0.0,
+        "{line}"
+    );
     assert_eq!(line["calls"][1]["cause"], "not started: client gone");
     assert!(s.coin.json_lines().is_empty(), "no further call started");
 }
