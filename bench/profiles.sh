@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The two build profiles side by side: how long a cold `cargo build --release` and
-# `cargo build --profile dist` of the whole workspace take (each in an empty target dir),
+# The two build profiles side by side: how long a cold build of what README's first
+# command builds (`-p hopline -p legacy-gateway`) takes with `--release` and with
+# `--profile dist` (each in an empty target dir),
 # and hopline's saturation throughput with each binary (nginx `return 200` upstream,
 # proxy and upstream pinned to cpu 0, wrk -t1 -c64 on cpu 1, interleaved rounds, medians).
 #
@@ -27,11 +28,11 @@ declare -A BUILD
 for profile in release dist; do
   target=$(mktemp -d)
   start=$(date +%s.%N)
-  CARGO_TARGET_DIR=$target cargo build --locked --profile "$profile" >/dev/null 2>&1
+  CARGO_TARGET_DIR=$target cargo build --locked --profile "$profile" -p hopline -p legacy-gateway >/dev/null 2>&1
   BUILD[$profile]=$(python3 -c "print(round($(date +%s.%N) - $start))")
   cp "$target/$profile/hopline" "$DIR/hopline-$profile"
   rm -rf "$target"
-  echo "cold cargo build --profile $profile (whole workspace): ${BUILD[$profile]} s"
+  echo "cold cargo build --profile $profile -p hopline -p legacy-gateway: ${BUILD[$profile]} s"
 done
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
