@@ -482,7 +482,7 @@ fn drill(files: &[PathBuf], out: &std::path::Path) -> anyhow::Result<ExitCode> {
     }) && !programs.legacy.exists()
     {
         anyhow::bail!(
-            "{} not found: build it with `cargo build --release` (the workspace builds it)",
+            "{} not found: build it next to hopline with `cargo build --release -p hopline -p legacy-gateway` (or `cargo install --locked --path examples/legacy-gateway`)",
             programs.legacy.display()
         );
     }
