@@ -221,7 +221,12 @@ pub fn html(
         );
     }
     page.push_str("</table><h2>Client's view</h2><table><tr><th>phase</th><th>requests</th><th>non-2xx</th><th>degraded</th><th>p50</th><th>p99</th><th>max</th></tr>");
-    for (label, p) in [("whole run", stats.0), ("fault window", stats.1)] {
+    // No fault window row for a run without faults (it would show zeros as data).
+    let phases = [("whole run", stats.0), ("fault window", stats.1)];
+    for (label, p) in phases
+        .into_iter()
+        .filter(|(l, p)| *l == "whole run" || p.total > 0)
+    {
         let _ = write!(page, "<tr><td>{label}</td><td>{}</td><td>{:.2} %</td><td>{:.2} %</td><td>{:.1} ms</td><td>{:.1} ms</td><td>{:.1} ms</td></tr>", p.total, p.non_2xx_ratio * 100.0, p.degraded_ratio * 100.0, p.p50_ms, p.p99_ms, p.max_ms);
     }
     page.push_str("</table>");
@@ -306,7 +311,12 @@ pub fn summary(
         "  {:<14} {:>9} {:>9} {:>9} {:>10} {:>10}",
         "phase", "requests", "non-2xx", "degraded", "p99", "max"
     );
-    for (label, p) in [("whole run", stats.0), ("fault window", stats.1)] {
+    // No fault window row for a run without faults (it would show zeros as data).
+    let phases = [("whole run", stats.0), ("fault window", stats.1)];
+    for (label, p) in phases
+        .into_iter()
+        .filter(|(l, p)| *l == "whole run" || p.total > 0)
+    {
         let _ = writeln!(
             s,
             "  {label:<14} {:>9} {:>8.2}% {:>8.2}% {:>8.1}ms {:>8.1}ms",
@@ -395,9 +405,7 @@ pub fn side_by_side(results: &[crate::RunResult]) -> String {
                     .and_then(|h| h.iter().find(|x| x["name"] == "gateway"))
                     .and_then(|g| g["top_causes"][0][0].as_str())
                     .unwrap_or("-")
-                    .chars()
-                    .take(70)
-                    .collect()
+                    .to_string()
             }),
         ),
         (
@@ -412,17 +420,115 @@ pub fn side_by_side(results: &[crate::RunResult]) -> String {
             }),
         ),
     ];
-    let _ = write!(s, "\n{:<30}", "");
-    for r in results {
-        let _ = write!(s, " | {:<40}", r.name);
-    }
+    // Columns as wide as their widest cell (no cause is cut), measured in terminal
+    // columns so CJK text lines up.
+    let table: Vec<Vec<String>> = std::iter::once(
+        std::iter::once(String::new())
+            .chain(results.iter().map(|r| r.name.clone()))
+            .collect(),
+    )
+    .chain(rows.iter().map(|(label, f)| {
+        std::iter::once(label.to_string())
+            .chain(results.iter().map(|r| f(&r.data)))
+            .collect()
+    }))
+    .collect();
+    let widths: Vec<usize> = (0..=results.len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| display_width(&row[c]))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     s.push('\n');
-    for (label, f) in &rows {
-        let _ = write!(s, "{label:<30}");
-        for r in results {
-            let _ = write!(s, " | {:<40}", f(&r.data));
+    for row in &table {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c > 0 {
+                line.push_str(" | ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', widths[c] - display_width(cell)));
         }
+        s.push_str(line.trim_end());
         s.push('\n');
     }
     s
+}
+
+/// Terminal columns `s` takes: East Asian wide characters take two.
+pub fn display_width(s: &str) -> usize {
+    s.chars()
+        .map(|c| {
+            let wide = matches!(
+                u32::from(c),
+                0x1100..=0x115F
+                    | 0x2E80..=0xA4CF
+                    | 0xAC00..=0xD7A3
+                    | 0xF900..=0xFAFF
+                    | 0xFE30..=0xFE4F
+                    | 0xFF00..=0xFF60
+                    | 0xFFE0..=0xFFE6
+                    | 0x20000..=0x3FFFD
+            );
+            if wide {
+                2
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, cause: &str) -> crate::RunResult {
+        crate::RunResult {
+            name: name.into(),
+            summary: String::new(),
+            data: serde_json::json!({
+                "fault_window": {"non_2xx_ratio": 0.5, "degraded_ratio": 0.0, "p99_ms": 5009.0},
+                "alerts": [],
+                "hops": [{"name": "gateway", "top_causes": [[cause, 10]]}],
+                "expectations": [{"passed": true}],
+            }),
+            passed: true,
+            out: std::path::PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn side_by_side_keeps_whole_causes_and_aligns_wide_text() {
+        let long = "upstream coupon 127.0.0.1:* (egress): response headers timed out after 300ms (call timeout)";
+        let table = side_by_side(&[run("legacy", "下游服务器超时"), run("hopline", long)]);
+        assert!(table.contains(long), "{table}");
+        assert_eq!(display_width("下游服务器超时"), 14);
+        // Every row's column separators sit at the same terminal columns.
+        let columns = |line: &str| -> Vec<usize> {
+            let mut at = Vec::new();
+            let mut w = 0;
+            for c in line.chars() {
+                if c == '|' {
+                    at.push(w);
+                }
+                w += display_width(&c.to_string());
+            }
+            at
+        };
+        let rows: Vec<&str> = table.lines().filter(|l| l.contains('|')).collect();
+        assert!(rows.len() >= 6, "{table}");
+        let first = columns(rows[0]);
+        for r in &rows {
+            assert_eq!(columns(r)[..1], first[..1], "{table}");
+        }
+        let cause_row = rows
+            .iter()
+            .find(|r| r.starts_with("top cause"))
+            .expect("row");
+        assert_eq!(columns(cause_row), first, "{table}");
+    }
 }
