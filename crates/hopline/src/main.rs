@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// hopline: an HTTP gateway in which every hop knows its deadline and every failure names
 /// its real cause.
@@ -95,6 +95,14 @@ enum Command {
         #[arg(long)]
         proxy_metrics: bool,
     },
+    /// Print a shell completion script, e.g. `hopline completions bash > /etc/bash_completion.d/hopline`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `hopline man > /usr/local/share/man/man1/hopline.1`.
+    Man,
 }
 
 /// Output format of `check`.
@@ -113,6 +121,19 @@ fn duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "hopline",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
         Command::Serve {
             config,
             threads,

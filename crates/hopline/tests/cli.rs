@@ -55,3 +55,26 @@ fn a_mock_header_replaces_the_default_of_the_same_name() {
     assert_eq!(types, ["text/plain"]);
     assert_eq!(r.body, "hi");
 }
+
+#[test]
+fn completions_and_the_man_page_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(bin())
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for cmd in ["serve", "check", "mock", "chaos", "drill"] {
+            assert!(text.contains(cmd), "{shell} completion lacks {cmd}");
+        }
+    }
+    let out = std::process::Command::new(bin())
+        .arg("man")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(man.contains(".TH hopline 1"), "{man}");
+    assert!(man.contains("serve") && man.contains("chaos"), "{man}");
+}
