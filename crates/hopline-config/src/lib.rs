@@ -9,6 +9,7 @@ pub mod audit;
 pub mod duration;
 pub mod json;
 mod reader;
+pub mod schema;
 mod source;
 
 use std::fmt;

@@ -103,6 +103,8 @@ enum Command {
     },
     /// Print the man page (roff), e.g. `hopline man > /usr/local/share/man/man1/hopline.1`.
     Man,
+    /// Print a JSON Schema of the config file, for editors (`#:schema` in a TOML file).
+    Schema,
 }
 
 /// Output format of `check`.
@@ -128,6 +130,10 @@ fn main() -> ExitCode {
                 "hopline",
                 &mut std::io::stdout(),
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!("{:#}", hopline_config::schema::schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => clap_mangen::Man::new(Cli::command())

@@ -65,7 +65,7 @@ fn the_incident_config_trips_every_rule_it_broke() {
         .expect("front-timeout");
     assert_eq!(
         (front["severity"].as_str(), front["line"].as_u64()),
-        (Some("error"), Some(41))
+        (Some("error"), Some(42))
     );
     assert!(front["message"]
         .as_str()
@@ -186,7 +186,7 @@ fn exit_codes_and_text_diagnostics() {
             && text.contains("help: set this route's timeout below 4.995s"),
         "{text}"
     );
-    assert!(text.contains("incident.toml:41:1"), "{text}");
+    assert!(text.contains("incident.toml:42:1"), "{text}");
     assert!(text.contains("3 error(s)"), "{text}");
 }
 

@@ -1,0 +1,205 @@
+//! A JSON Schema of the config file, for editors: `hopline schema` prints it, and the
+//! example configs point at the copy in `docs/` (`#:schema`), so TOML editors complete and
+//! check keys as the reader does (unknown keys are errors in both).
+
+use serde_json::{json, Value};
+
+fn duration(description: &str) -> Value {
+    json!({"$ref": "#/$defs/duration", "description": description})
+}
+
+fn int(description: &str, min: u64) -> Value {
+    json!({"type": "integer", "minimum": min, "description": description})
+}
+
+fn closed(properties: Value) -> Value {
+    json!({"type": "object", "additionalProperties": false, "properties": properties})
+}
+
+/// The schema (JSON Schema 2020-12) of a `hopline serve` config file.
+pub fn schema() -> Value {
+    let call = closed(json!({
+        "name": {"type": "string", "description": "key of the call's result in the answer"},
+        "upstream": {"type": "string", "description": "an [upstreams.NAME]"},
+        "path": {"type": "string", "description": "path with {query.NAME} / {header.NAME} placeholders"},
+        "method": {"type": "string", "pattern": "^[A-Z]+$", "default": "GET"},
+        "forward_query": {"type": "boolean", "default": false},
+        "forward_headers": {"type": "array", "items": {"type": "string"}},
+        "fallback": {"description": "any value, served as JSON when the call fails (default null)"},
+        "required": {"type": "boolean", "default": false, "description": "a failure fails the whole request"},
+        "timeout": duration("the call's own timeout, capped by the time left"),
+    }));
+    let mut call = call;
+    call["required"] = json!(["name", "upstream", "path"]);
+    let mut route = closed(json!({
+        "name": {"type": "string"},
+        "path": {"type": "string", "pattern": "^/", "description": "exact path (without query)"},
+        "path_prefix": {"type": "string", "pattern": "^/", "description": "path prefix"},
+        "upstream": {"type": "string", "description": "proxy to this [upstreams.NAME]"},
+        "timeout": duration("route deadline (default: deadline.default)"),
+        "methods": {"type": "array", "items": {"type": "string", "pattern": "^[A-Z_-]+$"}, "minItems": 1,
+            "description": "methods served; others get 405 (default: all; aggregate routes GET, HEAD)"},
+        "aggregate": closed(json!({
+            "mode": {"enum": ["parallel", "sequential"], "default": "parallel"},
+            "calls": {"type": "array", "items": call, "minItems": 1},
+        })),
+    }));
+    route["required"] = json!(["name"]);
+    let mut upstream = closed(json!({
+        "endpoints": {"type": "array", "items": {"type": "string", "description": "host:port"}, "minItems": 1},
+        "zone": {"enum": ["internal", "egress"], "default": "internal"},
+        "connect_timeout": duration("default 1s, capped by the time left"),
+        "timeout": duration("per attempt, default 5s, capped by the time left"),
+        "max_in_flight": int("default 1024; beyond: 503 UO", 1),
+        "pool_idle_timeout": duration("default 30s"),
+        "pool_max_idle": int("default 128", 0),
+        "server_idle_timeout": duration("the upstream's own keep-alive idle (for check)"),
+        "max_retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 2},
+    }));
+    upstream["required"] = json!(["endpoints"]);
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "hopline serve configuration",
+        "type": "object",
+        "additionalProperties": false,
+        "$defs": {
+            "duration": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(us|µs|ms|s|m|h)$",
+                "description": "a duration such as \"250ms\", \"5s\", \"1.5s\", \"2m\""},
+        },
+        "properties": {
+            "server": closed(json!({
+                "listen": {"type": "string", "default": "127.0.0.1:8080", "description": "IP:port"},
+                "header_read_timeout": duration("default 5s; 408 RT"),
+                "body_read_timeout": duration("default 30s; 408 RT"),
+                "write_timeout": duration("default 30s; WT"),
+                "idle_timeout": duration("default 75s; must exceed the front's"),
+                "drain_timeout": duration("default 10s"),
+                "drain_idle_grace": duration("default 1s"),
+                "max_connections": int("default 10000", 1),
+                "overload": {"enum": ["pause", "close"], "default": "pause"},
+                "max_header_bytes": {"type": "integer", "minimum": 1024, "maximum": 16777216, "default": 65536},
+                "max_request_line_bytes": {"type": "integer", "minimum": 256, "maximum": 16777216, "default": 8192},
+                "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": 1073741824, "default": 16777216},
+                "expose_cause": {"type": "boolean", "default": false},
+            })),
+            "log": closed(json!({
+                "access": {"type": "string", "description": "\"stdout\" (default), \"off\" or a file path"},
+            })),
+            "front": closed(json!({
+                "timeout": duration("the front proxy's upstream timeout"),
+                "idle_timeout": duration("the front proxy's keep-alive idle towards us"),
+            })),
+            "deadline": closed(json!({
+                "default": duration("default 3s"),
+                "max": duration("default 30s"),
+                "margin": duration("default 5ms"),
+            })),
+            "admin": closed(json!({"listen": {"type": "string", "description": "IP:port"}})),
+            "retry_budget": closed(json!({
+                "ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
+                "min_per_sec": {"type": "integer", "minimum": 0, "default": 10},
+            })),
+            "egress": closed(json!({
+                "max_in_flight": int("shared by all egress upstreams", 1),
+                "max_new_connections_per_sec": int("shared by all egress upstreams", 1),
+            })),
+            "upstreams": {"type": "object", "additionalProperties": upstream},
+            "routes": {"type": "array", "items": route},
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toml_edit::{ImDocument, Item, Value as TomlValue};
+
+    /// Every key of `item` must be allowed by `schema` at its place (the walk a TOML
+    /// editor does with the schema); pushes the dotted keys that are not.
+    fn unknown_keys(item: &Item, schema: &Value, defs: &Value, path: &str, out: &mut Vec<String>) {
+        let schema = if schema.get("$ref").is_some() {
+            defs
+        } else {
+            schema
+        };
+        match item {
+            Item::ArrayOfTables(a) => {
+                for (i, t) in a.iter().enumerate() {
+                    let it = Item::Table(t.clone());
+                    unknown_keys(&it, &schema["items"], defs, &format!("{path}[{i}]"), out);
+                }
+            }
+            Item::Value(TomlValue::Array(a)) => {
+                for (i, v) in a.iter().enumerate() {
+                    let it = Item::Value(v.clone());
+                    unknown_keys(&it, &schema["items"], defs, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {
+                // Only object schemas constrain keys; "any value" (fallback) does not.
+                let (Some(table), true) = (
+                    item.as_table_like(),
+                    schema.get("properties").is_some()
+                        || schema.get("additionalProperties").is_some(),
+                ) else {
+                    return;
+                };
+                for (k, v) in table.iter() {
+                    let key = if path.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let sub = match (
+                        schema.get("properties").and_then(|p| p.get(k)),
+                        schema.get("additionalProperties"),
+                    ) {
+                        (Some(s), _) => s,
+                        (None, Some(s)) if s.is_object() => s,
+                        _ => {
+                            out.push(key);
+                            continue;
+                        }
+                    };
+                    unknown_keys(v, sub, defs, &key, out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_of_the_example_configs_is_in_the_schema() {
+        let s = schema();
+        let defs = s["$defs"]["duration"].clone();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        for name in ["gateway.toml", "benefits.toml", "incident.toml"] {
+            let text = std::fs::read_to_string(dir.join(name)).expect("example");
+            let doc = ImDocument::parse(text).expect("toml");
+            let mut out = Vec::new();
+            unknown_keys(doc.as_item(), &s, &defs, "", &mut out);
+            assert!(
+                out.is_empty(),
+                "{name}: keys missing from the schema: {out:?}"
+            );
+        }
+        // And a key the reader rejects is one the schema rejects.
+        let doc = ImDocument::parse("[server]\ncolour = 1\n".to_string()).expect("toml");
+        let mut out = Vec::new();
+        unknown_keys(doc.as_item(), &s, &defs, "", &mut out);
+        assert_eq!(out, ["server.colour"]);
+    }
+
+    #[test]
+    fn the_committed_schema_is_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/hopline.schema.json");
+        let committed: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("docs/hopline.schema.json"))
+                .expect("json");
+        assert_eq!(
+            committed,
+            schema(),
+            "run `hopline schema > docs/hopline.schema.json`"
+        );
+    }
+}
