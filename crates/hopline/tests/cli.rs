@@ -78,3 +78,26 @@ fn completions_and_the_man_page_cover_every_command() {
     assert!(man.contains(".TH hopline 1"), "{man}");
     assert!(man.contains("serve") && man.contains("chaos"), "{man}");
 }
+
+#[test]
+fn schema_prints_the_committed_json_schema() {
+    let out = std::process::Command::new(bin())
+        .arg("schema")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/hopline.schema.json"
+        ))
+        .expect("docs/hopline.schema.json"),
+    )
+    .expect("json");
+    assert_eq!(printed, committed);
+    assert_eq!(
+        printed["properties"]["server"]["additionalProperties"],
+        false
+    );
+}
