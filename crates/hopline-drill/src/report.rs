@@ -28,11 +28,14 @@ fn chart(
     faults: &[(f64, f64)],
     alerts: &[AlertEvent],
 ) -> String {
-    let y_max = series
+    let peak = series
         .iter()
         .flat_map(|s| s.2.iter().map(|p| p.1))
         .fold(1.0f64, f64::max)
         * 1.1;
+    // Ticks at round values (1, 2 or 5 times a power of ten); the top one is the axis end.
+    let y_step = nice_step(peak / 4.0);
+    let y_max = (peak / y_step).ceil() * y_step;
     let x = |v: f64| PAD + v / x_max.max(1.0) * (W - 2.0 * PAD);
     let y = |v: f64| H - PAD + -(v / y_max) * (H - 2.0 * PAD);
     let mut s = String::new();
@@ -57,20 +60,21 @@ fn chart(
         H - PAD,
         W - PAD
     );
-    for i in 0..=4 {
-        let v = y_max * f64::from(i) / 4.0;
+    let y_ticks = (y_max / y_step).round() as u32;
+    for i in 0..=y_ticks {
+        let v = y_step * f64::from(i);
         let _ = write!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end">{:.1}</text><line x1="{PAD}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            r##"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end">{}</text><line x1="{PAD}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
             PAD - 4.0,
             y(v) + 3.0,
-            v,
+            tick_label(v, y_step),
             W - PAD,
             y(v),
             y(v)
         );
     }
-    let step = (x_max / 10.0).ceil().max(1.0);
+    let step = nice_step(x_max / 10.0).max(1.0);
     let mut t = 0.0;
     while t <= x_max {
         let _ = write!(
@@ -129,8 +133,73 @@ fn chart(
             esc(name)
         );
     }
+    // Every marker drawn is in the legend, below the series.
+    let mut markers: Vec<(&str, &str)> = Vec::new();
+    if !faults.is_empty() {
+        markers.push(("fault window", r##"fill="#f8d7a8""##));
+    }
+    if !alerts.is_empty() {
+        markers.push(("alert fired", r##"stroke="#c00" stroke-dasharray="4 3""##));
+    }
+    if alerts.iter().any(|a| a.resolved.is_some()) {
+        markers.push((
+            "alert resolved",
+            r##"stroke="#080" stroke-dasharray="2 3""##,
+        ));
+    }
+    let left = W - PAD - 150.0;
+    for (i, (label, style)) in markers.into_iter().enumerate() {
+        let top = PAD + 14.0 * (series.len() + i) as f64;
+        if label == "fault window" {
+            let _ = write!(
+                s,
+                r#"<rect x="{left:.1}" y="{top:.1}" width="10" height="10" {style}/>"#
+            );
+        } else {
+            let (right, mid) = (left + 10.0, top + 5.0);
+            let _ = write!(
+                s,
+                r#"<line x1="{left:.1}" x2="{right:.1}" y1="{mid:.1}" y2="{mid:.1}" {style}/>"#
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="11">{label}</text>"#,
+            W - PAD - 135.0,
+            top + 9.0
+        );
+    }
     s.push_str("</svg></figure>");
     s
+}
+
+/// The round step (1, 2 or 5 times a power of ten) at or above `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if raw <= 0.0 || !raw.is_finite() {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let f = raw / magnitude;
+    let nice = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * magnitude
+}
+
+/// A tick label with as many decimals as the step needs (none for steps of 1 or more).
+fn tick_label(v: f64, step: f64) -> String {
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10().floor()) as usize
+    };
+    format!("{v:.decimals$}")
 }
 
 const COLORS: [&str; 8] = [
@@ -498,6 +567,33 @@ mod tests {
             }),
             passed: true,
             out: std::path::PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn chart_ticks_are_round_and_every_marker_is_in_the_legend() {
+        assert_eq!(nice_step(60.75), 100.0);
+        assert_eq!(nice_step(0.3), 0.5);
+        assert_eq!(nice_step(3.6), 5.0);
+        assert_eq!(tick_label(150.0, 50.0), "150");
+        assert_eq!(tick_label(0.5, 0.5), "0.5");
+        let series: Vec<Series> = vec![("2xx", COLORS[0], vec![(0.0, 10.0), (36.0, 221.0)])];
+        let alert = AlertEvent {
+            name: "non-2xx > 5%".into(),
+            fired: 9.0,
+            resolved: Some(30.0),
+        };
+        let svg = chart("t", "req/s", 36.0, &series, &[(8.0, 26.0)], &[alert]);
+        // y: peak 243.1 -> step 100, axis 0..300; x: every 5 s.
+        for label in [">0<", ">100<", ">200<", ">300<", ">5s<", ">35s<"] {
+            assert!(svg.contains(label), "{label} missing");
+        }
+        assert!(!svg.contains(">60.8<"), "a tick at a non-round value");
+        for entry in ["2xx", "fault window", "alert fired", "alert resolved"] {
+            assert!(
+                svg.contains(&format!(">{entry}</text>")),
+                "{entry} not in the legend"
+            );
         }
     }
 
