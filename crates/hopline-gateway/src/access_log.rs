@@ -72,6 +72,13 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// The `x-request-id` the request travels under: the client's, or hopline's own.
+    pub fn trace_id(&self) -> &str {
+        self.client_request_id
+            .as_deref()
+            .unwrap_or(&self.request_id)
+    }
+
     /// The record as one JSON line (with the trailing newline).
     pub fn to_json(&self) -> String {
         let mut out = Vec::with_capacity(384);

@@ -316,15 +316,21 @@ fn record_error(rec: &mut AccessRecord, err: &ProxyError) {
     rec.cause = Some(err.cause());
 }
 
+/// Answers `err` for the request of `rec` (its ids, its method) and records it.
 async fn respond_error<W: AsyncWrite + Unpin>(
     gw: &Gateway,
     w: &mut W,
     rec: &mut AccessRecord,
-    cx: &ErrorContext<'_>,
     err: &ProxyError,
     close: bool,
 ) {
-    let out = error_response(err, cx, close);
+    let cx = ErrorContext {
+        request_id: &rec.request_id,
+        trace_id: rec.trace_id(),
+        expose_cause: gw.config.server.expose_cause,
+        head_only: &rec.method[..] == b"HEAD",
+    };
+    let out = error_response(err, &cx, close);
     let _ = tokio::time::timeout(gw.config.server.write_timeout, w.write_all(&out)).await;
     record_error(rec, err);
 }
@@ -362,17 +368,6 @@ async fn handle(
         path: head.target.clone(),
         ..AccessRecord::default()
     };
-    let trace_id = rec
-        .client_request_id
-        .clone()
-        .unwrap_or_else(|| rec.request_id.clone());
-    let own_id = rec.request_id.clone();
-    let cx = ErrorContext {
-        request_id: &own_id,
-        trace_id: &trace_id,
-        expose_cause: cfg.expose_cause,
-        head_only: &head.method[..] == b"HEAD",
-    };
     let finish = |mut rec: AccessRecord, next: Next| {
         rec.duration = arrival.elapsed();
         gw.record(&rec);
@@ -390,7 +385,7 @@ async fn handle(
             // After a refused CONNECT the client may already be sending tunnel bytes.
             let unread = length != BodyLength::Empty || &head.method[..] == b"CONNECT";
             let close = !keep_alive || unread;
-            respond_error(gw, stream, &mut rec, &cx, &err, close).await;
+            respond_error(gw, stream, &mut rec, &err, close).await;
             if close {
                 linger(stream, buf).await;
             }
@@ -409,7 +404,7 @@ async fn handle(
     let body = match read_body(gw, stream, buf, &head, length).await {
         Ok(b) => b,
         Err(BodyFailure::Respond(err)) => {
-            respond_error(gw, stream, &mut rec, &cx, &err, true).await;
+            respond_error(gw, stream, &mut rec, &err, true).await;
             linger(stream, buf).await;
             return finish(rec, Next::Close);
         }
@@ -439,19 +434,20 @@ async fn handle(
 
     let progress = ProgressCell::default();
     let calls = CallsCell::default();
+    let trace_id = rec.trace_id();
     let ended = {
         let (mut rd, mut wr) = stream.split();
         // Pinned where it is built: moving this large future into the select would copy it.
         let work = pin!(async {
             match &route.action {
                 Action::Proxy { upstream } => {
-                    let fwd = forward(gw, &mut head, body, &trace_id, peer, keep_alive, *upstream);
+                    let fwd = forward(gw, &mut head, body, trace_id, peer, keep_alive, *upstream);
                     proxy(gw, *upstream, &fwd, deadline, &progress, &mut wr).await
                 }
                 Action::Aggregate(agg) => {
                     let req = aggregate::Request {
                         head: &head,
-                        request_id: &trace_id,
+                        request_id: trace_id,
                         deadline,
                         keep_alive,
                     };
@@ -507,7 +503,7 @@ async fn handle(
             if p.response_started {
                 record_error(&mut rec, &err);
             } else {
-                respond_error(gw, stream, &mut rec, &cx, &err, true).await;
+                respond_error(gw, stream, &mut rec, &err, true).await;
             }
             finish(rec, Next::Close)
         }
@@ -539,7 +535,7 @@ async fn handle(
                 finish(rec, Next::Close)
             } else {
                 let close = close || !keep_alive || gw.draining();
-                respond_error(gw, stream, &mut rec, &cx, &err, close).await;
+                respond_error(gw, stream, &mut rec, &err, close).await;
                 finish(rec, if close { Next::Close } else { Next::KeepAlive })
             }
         }

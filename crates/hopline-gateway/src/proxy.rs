@@ -436,14 +436,15 @@ async fn stream_response<W: AsyncWrite + Unpin>(
             },
         )
     };
-    let length = match head.body_length(req.is_head) {
-        Ok(l) => l,
+    let framing = match head.framing(req.is_head) {
+        Ok(f) => f,
         Err(p) => return Outcome::fail(protocol_error(Box::new(p))),
     };
+    let length = framing.length;
     // Transfer codings besides chunked (`gzip, chunked`, or a final `gzip`) are passed on
     // as received: re-chunked when chunked is last, else close-delimited and raw. Only an
     // HTTP/1.1 client can take them.
-    let codings = !req.is_head && length != BodyLength::Empty && head.has_other_codings();
+    let codings = length != BodyLength::Empty && framing.other_codings;
     if codings && !req.client_http11 {
         let source = "transfer-coding that an HTTP/1.0 client cannot receive".into();
         return Outcome::fail(protocol_error(source));

@@ -334,35 +334,54 @@ impl ResponseHead {
     /// `Transfer-Encoding` in an HTTP/1.0 response. A final coding other than `chunked`
     /// makes the body close-delimited ([`BodyLength::UntilClose`]).
     pub fn body_length(&self, request_was_head: bool) -> Result<BodyLength, ParseError> {
+        self.framing(request_was_head).map(|f| f.length)
+    }
+
+    /// [`ResponseHead::body_length`] and whether the body carries transfer codings besides
+    /// `chunked` (`gzip, chunked`, or a final non-chunked coding) — then the
+    /// `Transfer-Encoding` field must be forwarded as received, and only to HTTP/1.1
+    /// clients — read in one pass over the fields.
+    pub fn framing(&self, request_was_head: bool) -> Result<ResponseFraming, ParseError> {
         if request_was_head
             || (100..200).contains(&self.status)
             || self.status == 204
             || self.status == 304
         {
-            return Ok(BodyLength::Empty);
+            return Ok(ResponseFraming {
+                length: BodyLength::Empty,
+                other_codings: false,
+            });
         }
-        match framing(self.version, &self.headers)? {
-            Framing::Chunked { .. } => Ok(BodyLength::Chunked),
-            Framing::Length(0) => Ok(BodyLength::Empty),
-            Framing::Length(n) => Ok(BodyLength::Length(n)),
-            Framing::None | Framing::OtherCoding { .. } => Ok(BodyLength::UntilClose),
-        }
-    }
-
-    /// True when the body carries transfer codings besides `chunked` (`gzip, chunked`, or
-    /// a final non-chunked coding): the `Transfer-Encoding` field must then be forwarded
-    /// as received, and only to HTTP/1.1 clients.
-    pub fn has_other_codings(&self) -> bool {
-        matches!(
-            framing(self.version, &self.headers),
-            Ok(Framing::Chunked { others: true } | Framing::OtherCoding { .. })
-        )
+        let f = framing(self.version, &self.headers)?;
+        let length = match f {
+            Framing::Chunked { .. } => BodyLength::Chunked,
+            Framing::Length(0) => BodyLength::Empty,
+            Framing::Length(n) => BodyLength::Length(n),
+            Framing::None | Framing::OtherCoding { .. } => BodyLength::UntilClose,
+        };
+        let other_codings = matches!(
+            f,
+            Framing::Chunked { others: true } | Framing::OtherCoding { .. }
+        );
+        Ok(ResponseFraming {
+            length,
+            other_codings,
+        })
     }
 
     /// True when the connection may be reused after this response.
     pub fn keep_alive(&self) -> bool {
         keep_alive(self.version, &self.headers)
     }
+}
+
+/// How a response body is delimited, as [`ResponseHead::framing`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseFraming {
+    /// How the body is delimited.
+    pub length: BodyLength,
+    /// Transfer codings other than `chunked` are applied (forward `Transfer-Encoding`).
+    pub other_codings: bool,
 }
 
 /// How a message is framed, from its `Content-Length` and `Transfer-Encoding` fields.
@@ -1070,10 +1089,10 @@ mod tests {
         };
         let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!(r.body_length(false).expect("len"), BodyLength::UntilClose);
-        assert!(r.has_other_codings());
+        assert!(r.framing(false).expect("framing").other_codings);
         let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(r.body_length(false).expect("len"), BodyLength::Chunked);
-        assert!(r.has_other_codings());
+        assert!(r.framing(false).expect("framing").other_codings);
         for bad in [
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
