@@ -11,18 +11,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source bench/lib.sh
+install_missing nginx:nginx-light wrk:wrk
 
 declare -A BUILD
 for profile in release dist; do
@@ -35,17 +25,7 @@ for profile in release dist; do
   echo "cold cargo build --profile $profile -p hopline -p legacy-gateway: ${BUILD[$profile]} s"
 done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port)
-render() { # template port -> file
-  sed -e "s#__DIR__#$DIR#g" -e "s#__UPSTREAM_PORT__#$UP#g" -e "s#__PROXY_PORT__#$2#g" "bench/conf/$1" > "$DIR/$1"
-  echo "$DIR/$1"
-}
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not ready" >&2; return 1; }
-
-taskset -c 0 nginx -c "$(render upstream-nginx.conf 0)" >"$DIR/upstream.out" 2>&1 &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream
 
 declare -A RPS
 for round in $(seq "$ROUNDS"); do

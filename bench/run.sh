@@ -22,32 +22,10 @@ CONNS=${CONNS:-64}
 FIXED_SECS=${FIXED_SECS:-10}
 IDLE_CONNS=${IDLE_CONNS:-8000}
 
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
-command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+source bench/lib.sh
+install_missing nginx:nginx-light haproxy:haproxy wrk:wrk
 cargo build --profile dist --locked -p hopline -p hopline-bench >/dev/null 2>&1
-
-DIR=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-render() { # template port -> file
-  sed -e "s#__DIR__#$DIR#g" -e "s#__UPSTREAM_PORT__#$UP#g" -e "s#__PROXY_PORT__#$2#g" "bench/conf/$1" > "$DIR/$1"
-  echo "$DIR/$1"
-}
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not ready" >&2; return 1; }
-
-taskset -c 0 nginx -c "$(render upstream-nginx.conf 0)" >"$DIR/upstream.out" 2>&1 &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream
 
 start_proxy() { # name port [hopline config] -> pid
   case "$1" in

@@ -12,18 +12,6 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn admin_addr(gw: &Proc) -> SocketAddr {
-    let line = gw
-        .stderr
-        .wait_for(WAIT, "admin line", |l| l.contains("admin on "));
-    line.rsplit("admin on ")
-        .next()
-        .expect("addr")
-        .trim()
-        .parse()
-        .expect("addr")
-}
-
 fn scrape(admin: SocketAddr) -> String {
     let r = get(admin, "/metrics", "");
     assert_eq!(r.status, 200);

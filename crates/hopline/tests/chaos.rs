@@ -540,20 +540,19 @@ fn config_file_starts_proxies_and_bad_files_name_the_line() {
     );
 }
 
-/// Needs PyPI's `toxiproxy-python==0.1.1` (installed by `.ci/run`); run with `--ignored`.
-#[test]
-#[ignore = "needs the third-party Python client toxiproxy-python (installed by .ci/run)"]
-fn third_party_toxiproxy_python_client_drives_the_api() {
+/// Runs a third-party Toxiproxy client script against a fresh `hopline chaos` and a mock
+/// upstream (`PROGRAM SCRIPT API_PORT UPSTREAM`); it must exit 0 and say so.
+fn third_party_client(program: &str, script: &str, env: &[(&str, std::path::PathBuf)]) {
     let c = chaos(&[]);
     let up = mock(&[]);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/third_party/toxiproxy_python.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(program)
+        .arg(root.join("tests/third_party").join(script))
         .arg(c.addr.port().to_string())
         .arg(up.addr.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, v)))
         .output()
-        .expect("python3 runs");
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -564,27 +563,18 @@ fn third_party_toxiproxy_python_client_drives_the_api() {
     assert!(text.contains("all checks passed"), "{text}");
 }
 
+/// Needs PyPI's `toxiproxy-python==0.1.1` (installed by `.ci/run`); run with `--ignored`.
+#[test]
+#[ignore = "needs the third-party Python client toxiproxy-python (installed by .ci/run)"]
+fn third_party_toxiproxy_python_client_drives_the_api() {
+    third_party_client("python3", "toxiproxy_python.py", &[]);
+}
+
 /// Needs npm's `toxiproxy-node-client@4.1.0` under `target/node` (installed by `.ci/run`).
 #[test]
 #[ignore = "needs the third-party Node client toxiproxy-node-client (installed by .ci/run)"]
 fn third_party_toxiproxy_node_client_drives_the_api() {
-    let c = chaos(&[]);
-    let up = mock(&[]);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let modules = root.join("../../target/node/node_modules");
-    let out = std::process::Command::new("node")
-        .arg(root.join("tests/third_party/toxiproxy_node.js"))
-        .arg(c.addr.port().to_string())
-        .arg(up.addr.to_string())
-        .env("NODE_PATH", modules)
-        .output()
-        .expect("node runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("all checks passed"), "{text}");
+    let modules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/node/node_modules");
+    third_party_client("node", "toxiproxy_node.js", &[("NODE_PATH", modules)]);
 }

@@ -96,10 +96,7 @@ fn sigterm_drain_answers_every_request_keep_alive_clients_sent() {
     for run in 0..10 {
         let mut gw = gateway(
             "drain_timeout = \"5s\"\ndrain_idle_grace = \"1s\"",
-            &format!(
-                "[upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
-                up.addr
-            ),
+            &route_all(up.addr),
         );
         let started = Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..100)
@@ -146,10 +143,7 @@ fn a_drained_connection_that_stays_idle_closes_after_the_grace_period() {
     let up = mock(&["--status", "200", "--quiet"]);
     let mut gw = gateway(
         "drain_timeout = \"10s\"\ndrain_idle_grace = \"300ms\"",
-        &format!(
-            "[upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
-            up.addr
-        ),
+        &route_all(up.addr),
     );
     let mut idle = connect(gw.addr);
     idle.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -192,15 +186,7 @@ fn reload_under_load_never_lets_the_upstream_see_more_than_its_limit() {
     };
     let path = temp_file("reload-load.toml", &config("2s"));
     let gw = Proc::spawn(&["serve", "-c", path.to_str().expect("utf8")]);
-    let admin: SocketAddr = gw
-        .stderr
-        .wait_for(WAIT, "admin", |l| l.contains("admin on "))
-        .rsplit("admin on ")
-        .next()
-        .expect("addr")
-        .trim()
-        .parse()
-        .expect("addr");
+    let admin = admin_addr(&gw);
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = (0..64)
         .map(|_| {
@@ -292,15 +278,7 @@ fn reload_reports_what_it_cannot_apply_and_config_shows_what_is_in_force() {
     };
     let path = temp_file("reload-truth.toml", &text("127.0.0.1:0", 100));
     let gw = Proc::spawn(&["serve", "-c", path.to_str().expect("utf8")]);
-    let admin: SocketAddr = gw
-        .stderr
-        .wait_for(WAIT, "admin", |l| l.contains("admin on "))
-        .rsplit("admin on ")
-        .next()
-        .expect("addr")
-        .trim()
-        .parse()
-        .expect("addr");
+    let admin = admin_addr(&gw);
     let other = closed_port();
     std::fs::write(&path, text(&other.to_string(), 200)).expect("write");
     let hup = || {
@@ -356,20 +334,9 @@ fn beyond_max_connections_overload_close_refuses_at_once_and_counts_it() {
     let up = mock(&["--status", "200", "--quiet"]);
     let gw = gateway(
         "max_connections = 1\noverload = \"close\"",
-        &format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
-            up.addr
-        ),
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", route_all(up.addr)),
     );
-    let admin: SocketAddr = gw
-        .stderr
-        .wait_for(WAIT, "admin", |l| l.contains("admin on "))
-        .rsplit("admin on ")
-        .next()
-        .expect("addr")
-        .trim()
-        .parse()
-        .expect("addr");
+    let admin = admin_addr(&gw);
     // The one slot, held by a keep-alive connection.
     let mut held = connect(gw.addr);
     held.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -233,22 +233,9 @@ fn odd_deadline_headers_never_panic_and_the_connection_gauge_returns_to_zero() {
     let up = mock(&["--status", "200", "--quiet"]);
     let gw = gateway(
         "",
-        &format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
-            up.addr
-        ),
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", route_all(up.addr)),
     );
-    let admin: std::net::SocketAddr = gw
-        .stderr
-        .wait_for(Duration::from_secs(5), "admin line", |l| {
-            l.contains("admin on ")
-        })
-        .rsplit("admin on ")
-        .next()
-        .expect("addr")
-        .trim()
-        .parse()
-        .expect("addr");
+    let admin = admin_addr(&gw);
     let values: Vec<Vec<u8>> = vec![
         "1é".into(),
         "é".into(),

@@ -69,6 +69,12 @@ fn create(api: SocketAddr, name: &str, listen: &str, upstream: &str) -> Response
     )
 }
 
+/// Creates a proxy on a port of the OS's choosing and returns where it listens.
+fn started(api: SocketAddr, name: &str, upstream: &str) -> SocketAddr {
+    let p = json(&create(api, name, "127.0.0.1:0", upstream));
+    p["listen"].as_str().expect("listen").parse().expect("addr")
+}
+
 fn refused(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err()
 }
@@ -369,8 +375,7 @@ fn a_failed_bind_says_so_and_leaves_the_proxy_disabled_until_reset() {
 fn an_update_that_changes_nothing_keeps_live_connections() {
     let c = chaos(&[]);
     let up = echo_upstream();
-    let p = json(&create(c.addr, "same", "127.0.0.1:0", &up.addr.to_string()));
-    let listen: SocketAddr = p["listen"].as_str().expect("listen").parse().expect("addr");
+    let listen = started(c.addr, "same", &up.addr.to_string());
     let mut s = connect(listen);
     echo_round_trip(&mut s, b"before");
     let r = call(
@@ -390,13 +395,7 @@ fn an_update_that_changes_nothing_keeps_live_connections() {
 #[test]
 fn an_unreachable_upstream_closes_the_client_with_a_fin() {
     let c = chaos(&[]);
-    let p = json(&create(
-        c.addr,
-        "dead",
-        "127.0.0.1:0",
-        &closed_port().to_string(),
-    ));
-    let listen: SocketAddr = p["listen"].as_str().expect("listen").parse().expect("addr");
+    let listen = started(c.addr, "dead", &closed_port().to_string());
     let mut s = connect(listen);
     let mut b = [0u8; 8];
     assert_eq!(s.read(&mut b).expect("a FIN, not a reset"), 0);
@@ -419,8 +418,7 @@ fn half_close_is_passed_on_at_once_in_both_directions() {
         let _ = tx.send(rest);
     });
     let c = chaos(&[]);
-    let p = json(&create(c.addr, "half", "127.0.0.1:0", &up.addr.to_string()));
-    let listen: SocketAddr = p["listen"].as_str().expect("listen").parse().expect("addr");
+    let listen = started(c.addr, "half", &up.addr.to_string());
     let mut s = connect(listen);
     s.write_all(b"hello").expect("write");
     let t0 = Instant::now();
@@ -518,8 +516,7 @@ fn populate_keeps_equal_proxies_and_reports_what_it_created_on_failure() {
 fn toxics_of_one_type_add_up_and_timeout_zero_drops_what_arrives() {
     let c = chaos(&["--proxy-metrics"]);
     let up = echo_upstream();
-    let p = json(&create(c.addr, "t", "127.0.0.1:0", &up.addr.to_string()));
-    let listen: SocketAddr = p["listen"].as_str().expect("listen").parse().expect("addr");
+    let listen = started(c.addr, "t", &up.addr.to_string());
     for name in ["l1", "l2"] {
         let r = call(
             c.addr,
@@ -580,8 +577,7 @@ fn toxics_of_one_type_add_up_and_timeout_zero_drops_what_arrives() {
 fn proxy_metrics_count_bytes_per_direction_as_toxiproxy_names_them() {
     let c = chaos(&["--proxy-metrics"]);
     let up = echo_upstream();
-    let p = json(&create(c.addr, "m", "127.0.0.1:0", &up.addr.to_string()));
-    let listen: SocketAddr = p["listen"].as_str().expect("listen").parse().expect("addr");
+    let listen = started(c.addr, "m", &up.addr.to_string());
     let mut s = connect(listen);
     echo_round_trip(&mut s, &[7u8; 1000]);
     let want = |family: &str, dir: &str| {

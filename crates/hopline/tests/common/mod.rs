@@ -196,6 +196,25 @@ pub fn gateway(server_extra: &str, rest: &str) -> Proc {
     ])
 }
 
+/// Config that sends every path to the upstream at `up` (upstream `m`, route `r`).
+pub fn route_all(up: SocketAddr) -> String {
+    format!("[upstreams.m]\nendpoints = [\"{up}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n")
+}
+
+/// The admin API address a gateway printed ("admin on ADDR").
+pub fn admin_addr(gw: &Proc) -> SocketAddr {
+    gw.stderr
+        .wait_for(Duration::from_secs(10), "admin line", |l| {
+            l.contains("admin on ")
+        })
+        .rsplit("admin on ")
+        .next()
+        .expect("addr")
+        .trim()
+        .parse()
+        .expect("admin addr")
+}
+
 /// Starts `hopline mock` on a free port with extra args.
 pub fn mock(args: &[&str]) -> Proc {
     let mut all = vec!["mock", "--listen", "127.0.0.1:0"];
