@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(head)) = parse_response(&mut buf, 4096) {
         let _ = (
             head.keep_alive(),
-            head.has_other_codings(),
+            head.framing(false),
             head.body_length(true),
         );
         if let Ok(length) = head.body_length(false) {
