@@ -350,6 +350,31 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
                 format!("lower server.{key}"));
         }
     }
+    // Listen addresses given as host names are resolved by `serve` at start; one that
+    // does not resolve stops it, so it stops `check` too.
+    let listens = std::iter::once((&config.server.listen, ["server", "listen"])).chain(
+        config
+            .admin
+            .iter()
+            .map(|a| (&a.listen, ["admin", "listen"])),
+    );
+    for (l, key) in listens {
+        if l.ip().is_some() {
+            continue;
+        }
+        if let Err(why) = resolve(&l.to_string()) {
+            a.add(
+                Severity::Error,
+                "resolve-failed",
+                &key,
+                format!(
+                    "{} {l} does not resolve: {why}; hopline serve would not start",
+                    key.join(".")
+                ),
+                "use an IP address, or fix the name or this machine's resolver".into(),
+            );
+        }
+    }
     // Rule 5: zones.
     let egress_limited = config
         .egress

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use hopline_core::config::{
     AdminConfig, AggregateConfig, AggregateMode, CallConfig, Config, DeadlineConfig, EgressConfig,
-    FrontConfig, LogConfig, Overload, PathMatch, RetryBudgetConfig, RouteAction, RouteConfig,
-    ServerConfig, UpstreamConfig, Zone,
+    FrontConfig, ListenAddr, LogConfig, Overload, PathMatch, RetryBudgetConfig, RouteAction,
+    RouteConfig, ServerConfig, UpstreamConfig, Zone,
 };
 use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 
@@ -378,35 +378,61 @@ impl<'a> Tbl<'a> {
     }
 }
 
-fn socket_addr(
+fn listen_addr(
     cx: &mut Cx,
     t: &mut Tbl,
     key: &'static str,
-    default: Option<SocketAddr>,
-) -> Option<SocketAddr> {
+    default: Option<ListenAddr>,
+) -> Option<ListenAddr> {
     let Some((s, span)) = t.str(cx, key) else {
         if default.is_none() && t.table.get(key).is_none() {
             cx.report(t.span(), t.key_path(key), ProblemKind::Missing);
         }
         return default;
     };
-    match s.parse() {
-        Ok(a) => Some(a),
-        Err(_) => {
+    match parse_listen(s) {
+        Some(a) => Some(a),
+        None => {
             cx.report(
                 span,
                 t.key_path(key),
-                ProblemKind::Invalid(format!("{s:?} is not an IP:port address")),
+                ProblemKind::Invalid(format!(
+                    "{s:?} is not host:port (an IP address or a host name, e.g. \"0.0.0.0:8080\", \"[::]:8080\", \"localhost:8080\")"
+                )),
             );
             default
         }
     }
 }
 
+/// `IP:port`, `[IPv6]:port` or `name:port`, where a name is dot-separated labels of
+/// letters, digits and hyphens.
+fn parse_listen(s: &str) -> Option<ListenAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a.into());
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let name_ok = host.len() <= 253
+        && host.split('.').all(label_ok)
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    name_ok.then(|| ListenAddr {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
 fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
     let d = ServerConfig::default();
     let s = ServerConfig {
-        listen: socket_addr(cx, &mut t, "listen", Some(d.listen)).unwrap_or(d.listen),
+        listen: listen_addr(cx, &mut t, "listen", Some(d.listen.clone())).unwrap_or(d.listen),
         header_read_timeout: t.duration(cx, "header_read_timeout", d.header_read_timeout),
         body_read_timeout: t.duration(cx, "body_read_timeout", d.body_read_timeout),
         write_timeout: t.duration(cx, "write_timeout", d.write_timeout),
@@ -831,7 +857,7 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
         })
         .unwrap_or_default();
     let admin = root.sub(&mut cx, "admin").and_then(|mut t| {
-        let a = socket_addr(&mut cx, &mut t, "listen", None).map(|listen| AdminConfig { listen });
+        let a = listen_addr(&mut cx, &mut t, "listen", None).map(|listen| AdminConfig { listen });
         t.finish(&mut cx);
         a
     });
@@ -905,6 +931,31 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_takes_ips_and_host_names() {
+        let host = |s: &str| parse_listen(s).map(|a| a.to_string());
+        assert_eq!(host("0.0.0.0:80").as_deref(), Some("0.0.0.0:80"));
+        assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(host("LocalHost:8080").as_deref(), Some("localhost:8080"));
+        assert_eq!(
+            host("gw-1.example.com:0").as_deref(),
+            Some("gw-1.example.com:0")
+        );
+        for bad in [
+            "nope",
+            ":80",
+            "host:",
+            "host:99999",
+            "-a:80",
+            "a..b:80",
+            "1.2.3:80",
+            "a b:80",
+            "::1:80",
+        ] {
+            assert_eq!(host(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn minimal_config_gets_documented_defaults() {

@@ -68,7 +68,7 @@ pub fn schema() -> Value {
         },
         "properties": {
             "server": closed(json!({
-                "listen": {"type": "string", "default": "127.0.0.1:8080", "description": "IP:port"},
+                "listen": {"type": "string", "default": "127.0.0.1:8080", "description": "host:port — an IP address or a host name (a name binds every address it resolves to)"},
                 "header_read_timeout": duration("default 5s; 408 RT"),
                 "body_read_timeout": duration("default 30s; 408 RT"),
                 "write_timeout": duration("default 30s; WT"),
@@ -94,7 +94,7 @@ pub fn schema() -> Value {
                 "max": duration("default 30s"),
                 "margin": duration("default 5ms"),
             })),
-            "admin": closed(json!({"listen": {"type": "string", "description": "IP:port"}})),
+            "admin": closed(json!({"listen": {"type": "string", "description": "host:port — an IP address or a host name (a name binds every address it resolves to)"}})),
             "retry_budget": closed(json!({
                 "ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
                 "min_per_sec": {"type": "integer", "minimum": 0, "default": 10},

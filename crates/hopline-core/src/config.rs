@@ -33,8 +33,9 @@ pub struct Config {
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// Listen address. Default `127.0.0.1:8080`.
-    pub listen: SocketAddr,
+    /// Listen address: an IP or a host name, and a port. A host name binds every address
+    /// it resolves to. Default `127.0.0.1:8080`.
+    pub listen: ListenAddr,
     /// Time to receive a whole request head, from accept (first request) or from the first
     /// byte (later requests). Default 5 s. Answered with 408 `RT`.
     pub header_read_timeout: Duration,
@@ -117,11 +118,50 @@ pub struct DeadlineConfig {
     pub margin: Duration,
 }
 
+/// A listen address as written: host (an IP address or a name) and port. Resolved when
+/// the listener is bound, so the config stays free of I/O.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    /// An IP address (IPv6 without brackets) or a host name.
+    pub host: String,
+    /// The port; 0 lets the system pick one.
+    pub port: u16,
+}
+
+impl ListenAddr {
+    /// The address itself when `host` is an IP address (no resolution needed).
+    pub fn ip(&self) -> Option<SocketAddr> {
+        self.host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(a: SocketAddr) -> Self {
+        ListenAddr {
+            host: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
-    /// Listen address of the admin API.
-    pub listen: SocketAddr,
+    /// Listen address of the admin API (an IP or a host name, and a port).
+    pub listen: ListenAddr,
 }
 
 /// `[retry_budget]`: retries allowed on top of first attempts.
@@ -315,7 +355,7 @@ impl Config {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], 8080))),
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),

@@ -121,7 +121,7 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
     );
     note("admin.listen", admin(new), admin(old));
     note("log.access", log(new), log(old));
-    new.server.listen = old.server.listen;
+    new.server.listen = old.server.listen.clone();
     new.server.max_connections = old.server.max_connections;
     new.admin = old.admin.clone();
     new.log = old.log.clone();

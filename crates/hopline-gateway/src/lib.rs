@@ -37,20 +37,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BuildError> {
     let current = Current::new(Gateway::new(config)?);
-    run(listener, None, current, shutdown).await;
+    run(vec![listener], Vec::new(), current, shutdown).await;
     Ok(())
 }
 
-/// Serves `listener` (and the admin API on `admin`, if given) with the gateway in
-/// `current` — which a reload may swap meanwhile — until `shutdown` resolves.
+/// Serves `listeners` (and the admin API on `admin`) with the gateway in `current` —
+/// which a reload may swap meanwhile — until `shutdown` resolves.
 ///
 /// Draining: stop accepting, close idle keep-alive connections, let in-flight requests
 /// finish (their responses say `connection: close`) for up to `drain_timeout`; then answer
 /// the rest 503 `SD` and close. Every request is logged exactly once; the log is flushed
 /// before returning.
 pub async fn run(
-    listener: TcpListener,
-    admin: Option<TcpListener>,
+    listeners: Vec<TcpListener>,
+    admin: Vec<TcpListener>,
     current: Arc<Current>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -66,13 +66,17 @@ pub async fn run(
     // The access log is shared across reloads; one task writes it out periodically.
     let log = first.log.clone();
     let flusher = tokio::spawn(async move { log.flush_every().await });
-    let admin_task = admin.map(|l| {
-        let mut stop = kill_rx.clone();
-        let current = current.clone();
-        tokio::spawn(admin::serve(l, current, async move {
-            let _ = stop.wait_for(|v| *v).await;
-        }))
-    });
+    let admin_tasks: Vec<_> = admin
+        .into_iter()
+        .map(|l| {
+            let mut stop = kill_rx.clone();
+            let current = current.clone();
+            tokio::spawn(admin::serve(l, current, async move {
+                let _ = stop.wait_for(|v| *v).await;
+            }))
+        })
+        .collect();
+    let mut accept = Accept { listeners, next: 0 };
     tokio::pin!(shutdown);
     loop {
         let slot = match slots.clone().try_acquire_owned() {
@@ -83,7 +87,7 @@ pub async fn run(
                 let accepted = tokio::select! {
                     biased;
                     _ = &mut shutdown => break,
-                    a = listener.accept() => a,
+                    a = accept.any() => a,
                 };
                 if let Ok((stream, _)) = accepted {
                     drop(stream);
@@ -103,7 +107,7 @@ pub async fn run(
         let accepted = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            a = listener.accept() => a,
+            a = accept.any() => a,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -124,7 +128,7 @@ pub async fn run(
         }
         while tasks.try_join_next().is_some() {}
     }
-    drop(listener);
+    drop(accept);
     let gw = current.load();
     gw.start_draining();
     let _ = drain_tx.send(true);
@@ -142,9 +146,36 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
     }
     let _ = kill_tx.send(true);
-    if let Some(t) = admin_task {
+    for t in admin_tasks {
         let _ = t.await;
     }
     flusher.abort();
     gw.log.flush();
+}
+
+/// Accepts from several listeners, starting each poll at the next one so that a busy
+/// listener cannot starve the others.
+struct Accept {
+    listeners: Vec<TcpListener>,
+    next: usize,
+}
+
+impl Accept {
+    async fn any(&mut self) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+        let n = self.listeners.len();
+        if n == 0 {
+            return std::future::pending().await;
+        }
+        std::future::poll_fn(|cx| {
+            for k in 0..n {
+                let i = (self.next + k) % n;
+                if let std::task::Poll::Ready(r) = self.listeners[i].poll_accept(cx) {
+                    self.next = (i + 1) % n;
+                    return std::task::Poll::Ready(r);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
 }

@@ -327,22 +327,17 @@ fn serve(
     }
     let rt = runtime(threads)?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let addr = listener.local_addr()?;
+        let listeners = bind_all(&config.server.listen, "").await?;
         let admin = match &config.admin {
-            Some(a) => Some(
-                tokio::net::TcpListener::bind(a.listen)
-                    .await
-                    .with_context(|| format!("cannot listen on admin address {}", a.listen))?,
-            ),
-            None => None,
+            Some(a) => bind_all(&a.listen, "admin ").await?,
+            None => Vec::new(),
         };
         let gw = hopline_gateway::Gateway::new(config).context("cannot start the gateway")?;
         let current = hopline_gateway::Current::new(gw);
-        eprintln!("hopline serve: listening on {addr}");
-        if let Some(a) = &admin {
+        for l in &listeners {
+            eprintln!("hopline serve: listening on {}", l.local_addr()?);
+        }
+        for a in &admin {
             eprintln!("hopline serve: admin on {}", a.local_addr()?);
         }
         let reloader = tokio::spawn(reload_on_sighup(
@@ -350,7 +345,7 @@ fn serve(
             current.clone(),
             verbose,
         ));
-        hopline_gateway::run(listener, admin, current, async {
+        hopline_gateway::run(listeners, admin, current, async {
             termination().await;
             eprintln!("hopline serve: draining");
         })
@@ -359,6 +354,54 @@ fn serve(
         eprintln!("hopline serve: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Binds `addr`: the address itself, or every address its host name resolves to. An
+/// address the machine does not have (say `::1` with IPv6 off) is skipped with a warning
+/// when another one was bound; any other failure is an error.
+async fn bind_all(
+    addr: &hopline_core::config::ListenAddr,
+    what: &str,
+) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let mut addrs: Vec<SocketAddr> = match addr.ip() {
+        Some(a) => vec![a],
+        None => tokio::net::lookup_host((addr.host.as_str(), addr.port))
+            .await
+            .with_context(|| format!("cannot resolve {what}listen address {addr}"))?
+            .collect(),
+    };
+    addrs.sort();
+    addrs.dedup();
+    let mut bound = Vec::new();
+    let mut skipped = Vec::new();
+    for a in &addrs {
+        match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => bound.push(l),
+            Err(e)
+                if addrs.len() > 1
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
+                    ) =>
+            {
+                skipped.push(format!("{a} ({e})"));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("cannot listen on {what}address {addr} ({a})"))
+            }
+        }
+    }
+    if bound.is_empty() {
+        anyhow::bail!(
+            "cannot listen on {what}address {addr}: it resolves to no address this machine has ({})",
+            skipped.join(", ")
+        );
+    }
+    for s in skipped {
+        eprintln!("hopline serve: warning: {what}listen address {addr}: skipping {s}");
+    }
+    Ok(bound)
 }
 
 /// On SIGHUP, re-reads the config: a valid one is put in force for new requests; an

@@ -152,20 +152,39 @@ fn a_config_that_leaves_everything_to_the_defaults_is_clean() {
     assert_eq!((code, findings.len()), (Some(0), 0), "{findings:?}");
 }
 
-#[test]
-fn check_and_serve_agree_on_an_endpoint_that_does_not_resolve() {
-    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nendpoints = [\"no-such-host.invalid:80\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"a\"\n";
-    let path = temp_file("unresolvable.toml", text);
+/// Checks `text` and serves it: `check` must fail with `resolve-failed` on `key` and
+/// `serve` must refuse to start. Returns what `serve` printed on stderr.
+fn check_and_serve_refuse(name: &str, text: &str, key: &str) -> String {
+    let path = temp_file(name, text);
     let (code, findings) = check(&path);
     assert_eq!(code, Some(1), "{findings:?}");
-    assert!(rules(&findings).contains(&"resolve-failed".to_string()));
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["rule"] == "resolve-failed" && f["key"] == key),
+        "{findings:?}"
+    );
     let out = Command::new(bin())
         .args(["serve", "-c", path.to_str().expect("utf8")])
         .output()
         .expect("run");
+    assert!(!out.status.success(), "serve started with {text}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_and_serve_agree_on_an_endpoint_that_does_not_resolve() {
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nendpoints = [\"no-such-host.invalid:80\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"a\"\n";
+    check_and_serve_refuse("unresolvable.toml", text, "upstreams.a.endpoints");
+}
+
+#[test]
+fn check_and_serve_agree_on_a_listen_name_that_does_not_resolve() {
+    let text = "[server]\nlisten = \"no-such-host.invalid:0\"\n";
+    let err = check_and_serve_refuse("unresolvable-listen.toml", text, "server.listen");
     assert!(
-        !out.status.success(),
-        "serve started with an unresolvable endpoint"
+        err.contains("cannot resolve listen address no-such-host.invalid:0"),
+        "{err}"
     );
 }
 

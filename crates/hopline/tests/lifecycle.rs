@@ -382,3 +382,44 @@ fn beyond_max_connections_overload_close_refuses_at_once_and_counts_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_host_name_listen_binds_every_address_it_resolves_to() {
+    let path = temp_file(
+        "hopline.toml",
+        "[server]\nlisten = \"localhost:0\"\n[admin]\nlisten = \"localhost:0\"\n",
+    );
+    let gw = Proc::spawn(&["serve", "-c", path.to_str().expect("utf8")]);
+    // The admin lines follow every listener line.
+    admin_addr(&gw);
+    let bound = |prefix: &str| -> Vec<SocketAddr> {
+        gw.stderr
+            .all()
+            .iter()
+            .filter_map(|l| l.split_once(prefix))
+            .map(|(_, a)| a.trim().parse().expect("addr"))
+            .collect()
+    };
+    let want: Vec<std::net::IpAddr> = {
+        let mut ips: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs("localhost:0")
+            .expect("localhost resolves")
+            .map(|a| a.ip())
+            .filter(|ip| std::net::TcpListener::bind((*ip, 0)).is_ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    };
+    for prefix in ["listening on ", "admin on "] {
+        let addrs = bound(prefix);
+        let ips: Vec<_> = addrs.iter().map(|a| a.ip()).collect();
+        assert_eq!(ips, want, "{prefix}: {addrs:?}");
+    }
+    // Every listener serves: a request to each gets the gateway's 404 (no routes).
+    for a in bound("listening on ") {
+        let mut s = TcpStream::connect(a).expect("connect");
+        s.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            .expect("write");
+        assert_eq!(read_response(&mut s).status, 404, "{a}");
+    }
+}
