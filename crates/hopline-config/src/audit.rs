@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hopline_core::config::{AggregateMode, Config, PathMatch, RouteAction, UpstreamConfig, Zone};
 use hopline_core::time::Human;
@@ -415,9 +415,142 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
             Zone::Egress => {}
         }
     }
+    tls_rules(&mut a, config, SystemTime::now(), resolve);
     a.findings
         .sort_by_key(|f| (f.span.as_ref().map_or(0, |s| s.start), f.severity));
     a.findings
+}
+
+/// A certificate expiring within this long is a warning.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// TLS: certificates expired or expiring, keys that do not match, files that do not parse
+/// (serve would not start), `insecure_skip_verify`, egress calls in plain text.
+fn tls_rules(a: &mut Audit, config: &Config, now: SystemTime, resolve: Resolver) {
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let pair = |a: &mut Audit, key: &[&str], cert: &std::path::Path, keyfile: &std::path::Path| {
+        match hopline_tls::files::certified_key(cert, keyfile) {
+            Err(e @ hopline_tls::TlsFileError::KeyMismatch { .. }) => a.add(
+                Severity::Error,
+                "tls-key-mismatch",
+                key,
+                hopline_core::error::cause_chain(&e),
+                "point key at the private key this certificate was issued for".into(),
+            ),
+            Err(e) => a.add(
+                Severity::Error,
+                "tls-file-invalid",
+                key,
+                format!(
+                    "{}; hopline serve would not start",
+                    hopline_core::error::cause_chain(&e)
+                ),
+                "fix the path, the file's permissions or its PEM content".into(),
+            ),
+            Ok(_) => expiry(a, key, cert, now),
+        }
+    };
+    if let Some(t) = &config.server.tls {
+        // The default certificate is [server.tls] cert/key (listed first), the others
+        // [[server.tls.certs]] in file order.
+        let first = usize::from(t.default_cert().is_some());
+        for (i, c) in t.certs.iter().enumerate() {
+            if c.server_names.is_empty() {
+                pair(a, &["server", "tls", "cert"], &c.cert, &c.key);
+            } else {
+                let n = (i - first).to_string();
+                pair(a, &["server", "tls", "certs", &n, "cert"], &c.cert, &c.key);
+            }
+        }
+    }
+    for u in &config.upstreams {
+        let Some(t) = &u.tls else {
+            // Plain text to loopback (a local egress proxy that originates TLS, a lab) does
+            // not cross the network.
+            let off_host = u
+                .endpoints
+                .iter()
+                .any(|ep| resolve(ep).is_ok_and(|ips| ips.iter().any(|ip| !ip.is_loopback())));
+            if u.zone == Zone::Egress && off_host {
+                a.add(Severity::Note, "egress-plaintext", &["upstreams", &u.name, "endpoints"],
+                    format!("egress upstream {} is called over plain HTTP: its traffic crosses the NAT and the internet unencrypted", u.name),
+                    "write its endpoints as https://host:port (or set tls = true)".into());
+            }
+            continue;
+        };
+        if let Some(ca) = &t.ca {
+            if let Err(e) = hopline_tls::files::roots(ca) {
+                a.add(
+                    Severity::Error,
+                    "tls-file-invalid",
+                    &["upstreams", &u.name, "ca"],
+                    format!(
+                        "{}; hopline serve would not start",
+                        hopline_core::error::cause_chain(&e)
+                    ),
+                    "point ca at a PEM bundle of CA certificates".into(),
+                );
+            }
+        }
+        if let (Some(cert), Some(key)) = (&t.client_cert, &t.client_key) {
+            pair(a, &["upstreams", &u.name, "client_cert"], cert, key);
+        }
+        if t.insecure_skip_verify {
+            let (severity, why) = if u.zone == Zone::Egress {
+                (Severity::Error, "an egress upstream crosses the internet: anyone on the path can impersonate it")
+            } else {
+                (
+                    Severity::Warning,
+                    "any certificate is accepted, so the upstream is not authenticated",
+                )
+            };
+            a.add(
+                severity,
+                "tls-insecure-skip-verify",
+                &["upstreams", &u.name, "insecure_skip_verify"],
+                format!("upstream {}: insecure_skip_verify = true: {why}", u.name),
+                "remove it and set ca to the CA that issued the upstream's certificate".into(),
+            );
+        }
+    }
+}
+
+/// Expired (error) or expiring within [`EXPIRY_WARNING`] (warning) leaf certificate.
+fn expiry(a: &mut Audit, key: &[&str], cert: &std::path::Path, now: i64) {
+    let Ok(info) = hopline_tls::files::leaf_info(cert) else {
+        return;
+    };
+    let left = info.not_after - now;
+    if left <= 0 {
+        a.add(
+            Severity::Error,
+            "tls-cert-expired",
+            key,
+            format!(
+                "certificate {} ({}) expired on {}",
+                cert.display(),
+                info.subject,
+                info.not_after_date
+            ),
+            "renew it; clients refuse an expired certificate".into(),
+        );
+    } else if left < EXPIRY_WARNING.as_secs() as i64 {
+        a.add(
+            Severity::Warning,
+            "tls-cert-expiring",
+            key,
+            format!(
+                "certificate {} ({}) expires on {}, in {} days",
+                cert.display(),
+                info.subject,
+                info.not_after_date,
+                left / 86_400
+            ),
+            "renew it, then reload (SIGHUP) — connections are kept".into(),
+        );
+    }
 }
 
 /// True when every path `later` matches is matched by `earlier` (routes match first-wins).

@@ -73,10 +73,41 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     Ok(parse(&text, path)?)
 }
 
-/// Validates config text; `path` is used in messages only.
+/// Validates config text read from `path` (used in messages, and as the base of relative
+/// certificate and key paths).
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    reader::read(text).map_err(|problems| ConfigError {
+    let mut config = reader::read(text).map_err(|problems| ConfigError {
         path: path.to_path_buf(),
         problems,
-    })
+    })?;
+    if let Some(dir) = path.parent() {
+        relative_to(&mut config, dir);
+    }
+    Ok(config)
+}
+
+/// Makes the TLS file paths that are relative absolute against the config file's
+/// directory `dir`, so a config works from any working directory.
+fn relative_to(config: &mut Config, dir: &Path) {
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    };
+    if let Some(tls) = &mut config.server.tls {
+        for c in &mut tls.certs {
+            fix(&mut c.cert);
+            fix(&mut c.key);
+        }
+    }
+    for u in &mut config.upstreams {
+        if let Some(tls) = &mut u.tls {
+            for p in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
+    }
 }

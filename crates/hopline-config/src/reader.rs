@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hopline_core::config::{
-    AdminConfig, AggregateConfig, AggregateMode, CallConfig, Config, DeadlineConfig, EgressConfig,
-    FrontConfig, ListenAddr, LogConfig, Overload, PathMatch, RetryBudgetConfig, RouteAction,
-    RouteConfig, ServerConfig, UpstreamConfig, Zone,
+    AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
+    DeadlineConfig, EgressConfig, FrontConfig, ListenAddr, LogConfig, Overload, PathMatch,
+    RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig, TlsVersion,
+    UpstreamConfig, UpstreamTlsConfig, Zone,
 };
 use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 
@@ -474,32 +475,133 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
             }
         },
         drain_idle_grace: t.duration(cx, "drain_idle_grace", d.drain_idle_grace),
+        tls: t.sub(cx, "tls").and_then(|t| server_tls(cx, t)),
     };
     t.finish(cx);
     s
 }
 
+/// `[server.tls]`: `listen`, the default `cert`/`key`, `[[server.tls.certs]]` selected by
+/// SNI, `min_version`.
+fn server_tls(cx: &mut Cx, mut t: Tbl) -> Option<ServerTlsConfig> {
+    let listen = listen_addr(cx, &mut t, "listen", None);
+    let mut certs = Vec::new();
+    let cert = t.str(cx, "cert").map(|(c, _)| PathBuf::from(c));
+    let key = t.str(cx, "key").map(|(k, _)| PathBuf::from(k));
+    match (cert, key) {
+        (Some(cert), Some(key)) => certs.push(CertKeyPair {
+            cert,
+            key,
+            server_names: Vec::new(),
+        }),
+        (None, None) => {}
+        (Some(_), None) => cx.report(t.span(), t.key_path("key"), ProblemKind::Missing),
+        (None, Some(_)) => cx.report(t.span(), t.key_path("cert"), ProblemKind::Missing),
+    }
+    let present = t.table.contains_key("certs");
+    for mut c in t.array(cx, "certs") {
+        let cert = c.req_str(cx, "cert").map(|(c, _)| PathBuf::from(c));
+        let key = c.req_str(cx, "key").map(|(k, _)| PathBuf::from(k));
+        let mut names = Vec::new();
+        match c.str_list(cx, "server_names") {
+            None if c.table.get("server_names").is_none() => {
+                cx.report(c.span(), c.key_path("server_names"), ProblemKind::Missing);
+            }
+            None => {}
+            Some(list) => {
+                if list.is_empty() {
+                    cx.report(
+                        c.value_span("server_names"),
+                        c.key_path("server_names"),
+                        ProblemKind::Invalid("needs at least one name (the default certificate is [server.tls] cert/key)".into()),
+                    );
+                }
+                for (i, (n, span)) in list.into_iter().enumerate() {
+                    if valid_server_name(n) {
+                        names.push(n.to_ascii_lowercase());
+                    } else {
+                        cx.report(
+                            span,
+                            format!("{}[{i}]", c.key_path("server_names")),
+                            ProblemKind::Invalid(format!(
+                                "{n:?} is not a DNS name (a leading \"*.\" matches one label)"
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+        c.finish(cx);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            certs.push(CertKeyPair {
+                cert,
+                key,
+                server_names: names,
+            });
+        }
+    }
+    if certs.is_empty() && !present && !t.table.contains_key("cert") {
+        cx.report(t.span(), t.key_path("cert"), ProblemKind::Missing);
+    }
+    let min_version = match t.str(cx, "min_version") {
+        None | Some(("1.2", _)) => TlsVersion::Tls12,
+        Some(("1.3", _)) => TlsVersion::Tls13,
+        Some((other, span)) => {
+            cx.report(
+                span,
+                t.key_path("min_version"),
+                ProblemKind::Invalid(format!("{other:?} is not \"1.2\" or \"1.3\"")),
+            );
+            TlsVersion::Tls12
+        }
+    };
+    t.finish(cx);
+    Some(ServerTlsConfig {
+        listen: listen?,
+        certs,
+        min_version,
+    })
+}
+
+/// A DNS name for SNI matching: labels of letters, digits and hyphens; the first label
+/// may be `*`.
+fn valid_server_name(n: &str) -> bool {
+    let rest = n.strip_prefix("*.").unwrap_or(n);
+    !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 fn log(cx: &mut Cx, mut t: Tbl) -> LogConfig {
-    let l = match t.str(cx, "access") {
-        None | Some(("stdout", _)) => LogConfig::Stdout,
-        Some(("off", _)) => LogConfig::Off,
+    let access = match t.str(cx, "access") {
+        None | Some(("stdout", _)) => AccessLogSink::Stdout,
+        Some(("off", _)) => AccessLogSink::Off,
         Some(("", span)) => {
             cx.report(
                 span,
                 t.key_path("access"),
                 ProblemKind::Invalid("use \"stdout\", \"off\" or a file path".into()),
             );
-            LogConfig::Stdout
+            AccessLogSink::Stdout
         }
-        Some((path, _)) => LogConfig::File(PathBuf::from(path)),
+        Some((path, _)) => AccessLogSink::File(PathBuf::from(path)),
     };
+    let tls_errors = t.bool(cx, "tls_errors", false);
     t.finish(cx);
-    l
+    LogConfig { access, tls_errors }
 }
 
 fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
     let d = UpstreamConfig::with_defaults(name, Vec::new());
     let mut endpoints = Vec::new();
+    // Endpoints written https:// and without a scheme.
+    let mut schemes = (0, 0);
     match t.str_list(cx, "endpoints") {
         None if t.table.get("endpoints").is_none() => {
             cx.report(t.span(), t.key_path("endpoints"), ProblemKind::Missing);
@@ -514,11 +616,26 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
                 );
             }
             for (i, (ep, span)) in list.into_iter().enumerate() {
+                let (https, ep) = match ep.strip_prefix("https://") {
+                    Some(rest) => (true, rest.strip_suffix('/').unwrap_or(rest)),
+                    None => (false, ep),
+                };
+                // https:// without a port means 443.
+                let ep = if https && (ep.ends_with(']') || !ep.contains(':')) {
+                    format!("{ep}:443")
+                } else {
+                    ep.to_string()
+                };
                 let ok = ep.rsplit_once(':').is_some_and(|(host, port)| {
                     !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
                 });
+                if https {
+                    schemes.0 += 1;
+                } else {
+                    schemes.1 += 1;
+                }
                 if ok {
-                    endpoints.push(ep.to_string());
+                    endpoints.push(ep);
                 } else {
                     cx.report(
                         span,
@@ -552,9 +669,115 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
         pool_max_idle: t.uint(cx, "pool_max_idle", d.pool_max_idle as u64, 0, 1_000_000) as usize,
         server_idle_timeout: t.opt_duration(cx, "server_idle_timeout"),
         max_retries: t.uint(cx, "max_retries", u64::from(d.max_retries), 0, 10) as u32,
+        tls: upstream_tls(cx, &mut t, schemes),
     };
     t.finish(cx);
     u
+}
+
+/// An upstream's TLS keys: `tls`, `sni`, `ca`, `client_cert`, `client_key`,
+/// `insecure_skip_verify`, `alpn`. `schemes` counts endpoints written with and without
+/// `https://`.
+fn upstream_tls(cx: &mut Cx, t: &mut Tbl, schemes: (usize, usize)) -> Option<UpstreamTlsConfig> {
+    let explicit = t
+        .table
+        .contains_key("tls")
+        .then(|| t.bool(cx, "tls", false));
+    if schemes.0 > 0 && schemes.1 > 0 {
+        cx.report(
+            t.value_span("endpoints"),
+            t.key_path("endpoints"),
+            ProblemKind::Conflict(
+                "mixes https:// endpoints with plain ones; one upstream speaks one protocol".into(),
+            ),
+        );
+    }
+    if schemes.0 > 0 && explicit == Some(false) {
+        cx.report(
+            t.value_span("tls"),
+            t.key_path("tls"),
+            ProblemKind::Conflict("tls = false with https:// endpoints".into()),
+        );
+    }
+    let on = explicit.unwrap_or(schemes.0 > 0);
+    let sni = t.str(cx, "sni").and_then(|(n, span)| {
+        if valid_server_name(n) && !n.starts_with("*.") {
+            Some(n.to_ascii_lowercase())
+        } else {
+            cx.report(
+                span,
+                t.key_path("sni"),
+                ProblemKind::Invalid(format!("{n:?} is not a DNS name")),
+            );
+            None
+        }
+    });
+    let path =
+        |cx: &mut Cx, t: &mut Tbl, k: &'static str| t.str(cx, k).map(|(p, _)| PathBuf::from(p));
+    let ca = path(cx, t, "ca");
+    let client_cert = path(cx, t, "client_cert");
+    let client_key = path(cx, t, "client_key");
+    if client_cert.is_some() != client_key.is_some() {
+        let missing = if client_cert.is_some() {
+            "client_key"
+        } else {
+            "client_cert"
+        };
+        cx.report(t.span(), t.key_path(missing), ProblemKind::Missing);
+    }
+    let insecure_skip_verify = t.bool(cx, "insecure_skip_verify", false);
+    let alpn = match t.str_list(cx, "alpn") {
+        None => vec!["http/1.1".to_string()],
+        Some(list) => list
+            .into_iter()
+            .filter_map(|(p, span)| {
+                if p == "http/1.1" {
+                    Some(p.to_string())
+                } else {
+                    cx.report(
+                        span,
+                        t.key_path("alpn"),
+                        ProblemKind::Invalid(format!(
+                            "{p:?}: hopline speaks \"http/1.1\" to upstreams"
+                        )),
+                    );
+                    None
+                }
+            })
+            .collect(),
+    };
+    let set: Vec<&str> = [
+        ("sni", sni.is_some()),
+        ("ca", ca.is_some()),
+        ("client_cert", client_cert.is_some()),
+        ("client_key", client_key.is_some()),
+        (
+            "insecure_skip_verify",
+            t.table.contains_key("insecure_skip_verify"),
+        ),
+        ("alpn", t.table.contains_key("alpn")),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.then_some(k))
+    .collect();
+    if !on {
+        if let Some(k) = set.first() {
+            cx.report(
+                t.value_span(k),
+                t.key_path(k),
+                ProblemKind::Conflict("a TLS setting, but TLS is off: add tls = true or write the endpoints as https://host:port".into()),
+            );
+        }
+        return None;
+    }
+    Some(UpstreamTlsConfig {
+        sni,
+        ca,
+        client_cert,
+        client_key,
+        insecure_skip_verify,
+        alpn,
+    })
 }
 
 fn route(
@@ -818,7 +1041,7 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
     let log = root
         .sub(&mut cx, "log")
         .map(|t| log(&mut cx, t))
-        .unwrap_or(LogConfig::Stdout);
+        .unwrap_or_default();
     let front = root.sub(&mut cx, "front").map(|mut t| {
         let f = FrontConfig {
             timeout: t.opt_duration(&mut cx, "timeout"),

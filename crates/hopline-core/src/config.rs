@@ -65,6 +65,8 @@ pub struct ServerConfig {
     /// While draining, how long an idle keep-alive connection may stay idle before it is
     /// closed (a request already on its way still gets served). Default 1 s.
     pub drain_idle_grace: Duration,
+    /// `[server.tls]`: a second listener that terminates TLS. Default none.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// `server.overload`: what happens to connections beyond `max_connections`.
@@ -87,9 +89,21 @@ impl Overload {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogConfig {
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// `log.access`: where access log lines go. Default stdout.
+    pub access: AccessLogSink,
+    /// `log.tls_errors`: write an access-log line (`"tls_error"`) for every failed client
+    /// TLS handshake. Default false: failures are only counted in
+    /// `hopline_tls_handshake_errors_total`, so a scanner cannot flood the log.
+    pub tls_errors: bool,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogSink {
     /// One JSON line per request on stdout (default).
+    #[default]
     Stdout,
     /// One JSON line per request appended to a file.
     File(PathBuf),
@@ -116,6 +130,77 @@ pub struct DeadlineConfig {
     /// Subtracted from the caller's remaining time, and from ours when sent upstream.
     /// Default 5 ms.
     pub margin: Duration,
+}
+
+/// `[server.tls]`: the TLS listener and its certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsConfig {
+    /// Where TLS connections are accepted (host name or IP, and port).
+    pub listen: ListenAddr,
+    /// Certificates; the one without `server_names` (the `[server.tls]` `cert`/`key`) is
+    /// the default, served when the client's SNI matches no other. At least one.
+    pub certs: Vec<CertKeyPair>,
+    /// Lowest protocol version accepted. Default TLS 1.2.
+    pub min_version: TlsVersion,
+}
+
+impl ServerTlsConfig {
+    /// The default certificate (served without a matching SNI), if any.
+    pub fn default_cert(&self) -> Option<&CertKeyPair> {
+        self.certs.iter().find(|c| c.server_names.is_empty())
+    }
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKeyPair {
+    /// PEM file: the leaf certificate first, then its chain.
+    pub cert: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names this certificate is served for (`*.example.com` matches one label);
+    /// empty for the default certificate.
+    pub server_names: Vec<String>,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[default]
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl TlsVersion {
+    /// As written in the config and the access log: `"1.2"`, `"1.3"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    }
+}
+
+/// `[upstreams.X]` TLS settings: hopline originates TLS to every endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTlsConfig {
+    /// Server name sent (SNI) and verified. Default: each endpoint's host name (an IP
+    /// endpoint sends no SNI and is verified against the certificate's IP addresses).
+    pub sni: Option<String>,
+    /// PEM bundle of trusted CAs. Default: the system roots, with the Mozilla roots
+    /// (webpki-roots) when the system has none.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS; with `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate. For tests only: `hopline check` flags it (an error
+    /// on egress upstreams).
+    pub insecure_skip_verify: bool,
+    /// ALPN protocols offered. Default `["http/1.1"]`.
+    pub alpn: Vec<String>,
 }
 
 /// A listen address as written: host (an IP address or a name) and port. Resolved when
@@ -225,6 +310,8 @@ pub struct UpstreamConfig {
     pub server_idle_timeout: Option<Duration>,
     /// Retries after a safe failure. Default 2.
     pub max_retries: u32,
+    /// `tls = true` (or `https://` endpoints): TLS to every endpoint. Default none.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// How a route matches the request path.
@@ -368,6 +455,7 @@ impl Default for ServerConfig {
             expose_cause: false,
             overload: Overload::Pause,
             drain_idle_grace: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -405,6 +493,7 @@ impl UpstreamConfig {
             pool_max_idle: 128,
             server_idle_timeout: None,
             max_retries: 2,
+            tls: None,
         }
     }
 }

@@ -31,6 +31,8 @@ pub enum Side {
 pub enum Phase {
     /// Establishing the TCP connection.
     Connect,
+    /// The TLS handshake on a new upstream connection.
+    Tls,
     /// Writing the request head and body.
     Request,
     /// Waiting for and reading the response head.
@@ -44,6 +46,7 @@ impl Phase {
     pub const fn as_str(self) -> &'static str {
         match self {
             Phase::Connect => "connect",
+            Phase::Tls => "TLS handshake",
             Phase::Request => "request",
             Phase::ResponseHeaders => "response headers",
             Phase::ResponseBody => "response body",
@@ -114,6 +117,17 @@ pub enum UpstreamErrorKind {
     /// The connection could not be made for another reason (unreachable, no route, ...).
     #[error("connect error")]
     ConnectFailed(#[source] io::Error),
+    /// The TLS handshake did not finish in time.
+    #[error("TLS handshake timed out after {} ({})", Human(*limit), source_limit.as_str())]
+    TlsTimeout {
+        /// The limit that fired.
+        limit: Duration,
+        /// Which limit it was (the connect timeout or the deadline).
+        source_limit: TimeoutSource,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(#[source] Box<TlsFailure>),
     /// A wait after connecting timed out.
     #[error("{phase} timed out after {} ({})", Human(*limit), source_limit.as_str())]
     Timeout {
@@ -182,6 +196,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::ConnectTimeout { .. }
             | UpstreamErrorKind::ConnectRefused(_)
             | UpstreamErrorKind::ConnectFailed(_) => Phase::Connect,
+            UpstreamErrorKind::TlsTimeout { .. } | UpstreamErrorKind::Tls(_) => Phase::Tls,
             UpstreamErrorKind::Timeout { phase, .. }
             | UpstreamErrorKind::Reset { phase, .. }
             | UpstreamErrorKind::Closed { phase }
@@ -193,7 +208,72 @@ impl UpstreamErrorKind {
     /// True for failures that happened before any byte of the request left us, so a
     /// retry cannot duplicate work on the upstream.
     pub fn before_request_sent(&self) -> bool {
-        self.phase() == Phase::Connect
+        matches!(self.phase(), Phase::Connect | Phase::Tls)
+    }
+}
+
+/// Why a TLS handshake with an upstream failed: what an operator acts on, from the
+/// certificate the upstream presented where there was one.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFailure {
+    /// The certificate's validity ended.
+    #[error("certificate expired on {not_after} (subject {subject})")]
+    CertExpired {
+        /// The certificate's `notAfter`, as a UTC date (`2026-10-01`).
+        not_after: String,
+        /// The certificate's subject, e.g. `CN=pay.example`.
+        subject: String,
+    },
+    /// The certificate's validity has not begun.
+    #[error("certificate not valid before {not_before} (subject {subject})")]
+    CertNotYetValid {
+        /// The certificate's `notBefore`, as a UTC date.
+        not_before: String,
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// The certificate does not name the server we asked for.
+    #[error("certificate not valid for name {name:?} (subject {subject})")]
+    WrongName {
+        /// The name verified (the SNI, or the endpoint's IP).
+        name: String,
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// The certificate chain does not lead to a trusted CA.
+    #[error("unknown issuer (subject {subject})")]
+    UnknownIssuer {
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// The certificate is unusable for another reason (bad encoding, revoked, wrong use).
+    #[error("invalid certificate")]
+    BadCertificate(#[source] Box<dyn StdError + Send + Sync>),
+    /// The upstream aborted the handshake with an alert (e.g. it requires a client
+    /// certificate, or shares no protocol version or cipher with us).
+    #[error("upstream refused the handshake")]
+    PeerAlert(#[source] Box<dyn StdError + Send + Sync>),
+    /// The handshake broke the protocol (not TLS, corrupt message).
+    #[error("handshake failed")]
+    Handshake(#[source] Box<dyn StdError + Send + Sync>),
+    /// The connection failed during the handshake.
+    #[error("connection lost during the handshake")]
+    Io(#[source] io::Error),
+}
+
+impl TlsFailure {
+    /// The `reason` label of the handshake-failure metrics.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            TlsFailure::CertExpired { .. } => "cert_expired",
+            TlsFailure::CertNotYetValid { .. } => "cert_not_yet_valid",
+            TlsFailure::WrongName { .. } => "cert_wrong_name",
+            TlsFailure::UnknownIssuer { .. } => "unknown_issuer",
+            TlsFailure::BadCertificate(_) => "bad_certificate",
+            TlsFailure::PeerAlert(_) => "peer_alert",
+            TlsFailure::Handshake(_) => "protocol",
+            TlsFailure::Io(_) => "io",
+        }
     }
 }
 
@@ -209,7 +289,9 @@ impl fmt::Display for UpstreamError {
         )?;
         if !matches!(
             self.kind,
-            UpstreamErrorKind::ConnectTimeout { .. } | UpstreamErrorKind::Timeout { .. }
+            UpstreamErrorKind::ConnectTimeout { .. }
+                | UpstreamErrorKind::TlsTimeout { .. }
+                | UpstreamErrorKind::Timeout { .. }
         ) {
             write!(f, " after {}", Human(self.elapsed))?;
         }
@@ -396,7 +478,9 @@ impl ProxyError {
             ProxyError::BadCallResponse { .. } => (502, UpstreamProtocolError, Side::Upstream),
             ProxyError::Upstream(e) => {
                 let (status, flag) = match &e.kind {
-                    UpstreamErrorKind::ConnectTimeout { .. } => (504, UpstreamConnectFailure),
+                    UpstreamErrorKind::ConnectTimeout { .. }
+                    | UpstreamErrorKind::TlsTimeout { .. } => (504, UpstreamConnectFailure),
+                    UpstreamErrorKind::Tls(_) => (502, UpstreamConnectFailure),
                     UpstreamErrorKind::ConnectRefused(_) | UpstreamErrorKind::ConnectFailed(_) => {
                         (502, UpstreamConnectFailure)
                     }
@@ -445,6 +529,8 @@ impl ProxyError {
                     UpstreamErrorKind::ConnectTimeout { .. } => "connect timed out",
                     UpstreamErrorKind::ConnectRefused(_) => "refused the connection",
                     UpstreamErrorKind::ConnectFailed(_) => "could not be reached",
+                    UpstreamErrorKind::TlsTimeout { .. } => "TLS handshake timed out",
+                    UpstreamErrorKind::Tls(_) => "TLS handshake failed",
                     UpstreamErrorKind::Timeout { .. } => "timed out",
                     UpstreamErrorKind::Reset { .. } => "reset the connection",
                     UpstreamErrorKind::Closed { .. } => "closed the connection",

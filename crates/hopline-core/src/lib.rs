@@ -12,6 +12,7 @@ pub mod time;
 
 pub use deadline::{Deadline, DeadlineSource};
 pub use error::{
-    Disposition, Overflow, Phase, ProxyError, Side, TimeoutSource, UpstreamError, UpstreamErrorKind,
+    Disposition, Overflow, Phase, ProxyError, Side, TimeoutSource, TlsFailure, UpstreamError,
+    UpstreamErrorKind,
 };
 pub use flag::Flag;

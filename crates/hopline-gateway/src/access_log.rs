@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use hopline_core::config::LogConfig;
+use hopline_core::config::AccessLogSink;
 use hopline_core::text::{push_json_str, push_millis3, push_socket_addr, push_u64};
 use hopline_core::time::push_rfc3339;
 
@@ -37,6 +37,8 @@ pub struct AccessRecord {
     pub client_request_id: Option<String>,
     /// Client address.
     pub client: Option<SocketAddr>,
+    /// The connection's TLS session (TLS listener only).
+    pub tls: Option<Arc<crate::tls::TlsSession>>,
     /// Method.
     pub method: Bytes,
     /// Path and query as received.
@@ -98,7 +100,16 @@ impl AccessRecord {
         if let Some(c) = self.client {
             push_socket_addr(s, c);
         }
-        s.extend_from_slice(b"\",\"method\":");
+        s.push(b'"');
+        if let Some(t) = &self.tls {
+            s.extend_from_slice(b",\"tls_version\":\"");
+            s.extend_from_slice(t.version.as_bytes());
+            s.extend_from_slice(b"\",\"tls_handshake_ms\":");
+            push_millis3(s, t.handshake);
+            s.extend_from_slice(b",\"sni\":");
+            json_opt(s, t.sni.as_deref());
+        }
+        s.extend_from_slice(b",\"method\":");
         push_json_str(s, &String::from_utf8_lossy(&self.method));
         s.extend_from_slice(b",\"path\":");
         push_json_str(s, &String::from_utf8_lossy(&self.path));
@@ -246,11 +257,11 @@ impl Sink {
 
 impl AccessLog {
     /// Opens the sink named by the config.
-    pub fn open(config: &LogConfig) -> io::Result<AccessLog> {
+    pub fn open(config: &AccessLogSink) -> io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match config {
-            LogConfig::Off => return Ok(AccessLog { sink: None }),
-            LogConfig::Stdout => Box::new(io::stdout()),
-            LogConfig::File(p) => Box::new(open_append(p)?),
+            AccessLogSink::Off => return Ok(AccessLog { sink: None }),
+            AccessLogSink::Stdout => Box::new(io::stdout()),
+            AccessLogSink::File(p) => Box::new(open_append(p)?),
         };
         Ok(AccessLog {
             sink: Some(Sink {
@@ -284,11 +295,33 @@ impl AccessLog {
 
     /// Appends one record.
     pub fn write(&self, record: &AccessRecord) {
+        self.append(|line| record.write_json(line));
+    }
+
+    /// Writes a line for a client TLS handshake that failed (with `log.tls_errors`):
+    /// `{"ts":…,"event":"tls_error","client":…,"reason":…,"cause":…,"duration_ms":…}`.
+    pub fn write_tls_error(&self, client: SocketAddr, reason: &str, cause: &str, took: Duration) {
+        self.append(|s| {
+            s.extend_from_slice(b"{\"ts\":\"");
+            push_rfc3339(s, SystemTime::now());
+            s.extend_from_slice(b"\",\"event\":\"tls_error\",\"client\":\"");
+            push_socket_addr(s, client);
+            s.extend_from_slice(b"\",\"reason\":");
+            push_json_str(s, reason);
+            s.extend_from_slice(b",\"cause\":");
+            push_json_str(s, cause);
+            s.extend_from_slice(b",\"duration_ms\":");
+            push_millis3(s, took);
+            s.extend_from_slice(b"}\n");
+        });
+    }
+
+    fn append(&self, render: impl FnOnce(&mut Vec<u8>)) {
         let Some(sink) = &self.sink else { return };
         let full = SCRATCH.with(|scratch| {
             let mut line = scratch.borrow_mut();
             line.clear();
-            record.write_json(&mut line);
+            render(&mut line);
             let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
             buf.extend_from_slice(&line);
             buf.len() >= BUFFER

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hopline_core::config::{LogConfig, RouteAction, Zone};
+use hopline_core::config::{AccessLogSink, RouteAction, Zone};
 use hopline_h1::small::Reply;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -73,6 +73,11 @@ fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
         ),
     };
     Reply::new(status, ctype, body)
+}
+
+fn path(p: &Option<std::path::PathBuf>) -> Value {
+    p.as_ref()
+        .map_or(Value::Null, |p| Value::String(p.display().to_string()))
 }
 
 fn ms(d: Duration) -> Value {
@@ -145,11 +150,18 @@ pub fn effective_config(gw: &Gateway) -> Value {
                 "pool_max_idle": u.pool_max_idle,
                 "server_idle_timeout_ms": u.server_idle_timeout.map(ms),
                 "max_retries": u.max_retries,
+                "tls": u.tls.as_ref().map(|t| json!({
+                    "sni": t.sni,
+                    "ca": path(&t.ca),
+                    "client_cert": path(&t.client_cert),
+                    "client_key": path(&t.client_key),
+                    "insecure_skip_verify": t.insecure_skip_verify,
+                    "alpn": t.alpn,
+                })),
             })
         })
         .collect();
-    // Nothing in the config is a secret today (no credentials, no keys); when TLS keys
-    // arrive they are shown as paths only.
+    // Keys are shown as paths only, never their contents.
     json!({
         "server": {
             "listen": s.listen.to_string(),
@@ -165,11 +177,23 @@ pub fn effective_config(gw: &Gateway) -> Value {
             "max_request_line_bytes": s.max_request_line_bytes,
             "max_body_bytes": s.max_body_bytes,
             "expose_cause": s.expose_cause,
+            "tls": s.tls.as_ref().map(|t| json!({
+                "listen": t.listen.to_string(),
+                "min_version": t.min_version.as_str(),
+                "certs": t.certs.iter().map(|c| json!({
+                    "cert": c.cert.display().to_string(),
+                    "key": c.key.display().to_string(),
+                    "server_names": c.server_names,
+                })).collect::<Vec<_>>(),
+            })),
         },
-        "log": match &c.log {
-            LogConfig::Stdout => json!({"access": "stdout"}),
-            LogConfig::Off => json!({"access": "off"}),
-            LogConfig::File(p) => json!({"access": p.display().to_string()}),
+        "log": {
+            "access": match &c.log.access {
+                AccessLogSink::Stdout => "stdout".to_string(),
+                AccessLogSink::Off => "off".to_string(),
+                AccessLogSink::File(p) => p.display().to_string(),
+            },
+            "tls_errors": c.log.tls_errors,
         },
         "front": c.front.as_ref().map(|f| json!({
             "timeout_ms": f.timeout.map(ms),

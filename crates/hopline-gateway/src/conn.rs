@@ -25,7 +25,6 @@ use hopline_h1::{
     BodyDecoder, BodyError, BodyLength, HeadError, HeadLimits, ParseError, RequestHead, Version,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout_at;
 
@@ -35,6 +34,8 @@ use crate::gateway::Action;
 use crate::gateway::{Current, Gateway, Route};
 use crate::proxy::{proxy, Forward, Outcome, Progress, ProgressCell};
 use crate::response::{error_response, ErrorContext, CONTINUE};
+use crate::stream::{ClientStream, Stream};
+use crate::tls::TlsSession;
 
 /// Signals from the server to its connections.
 #[derive(Debug, Clone)]
@@ -70,15 +71,26 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 /// ... and at most this many bytes.
 const LINGER_BYTES: usize = 1 << 20;
 
-/// Serves one accepted connection until it closes.
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The TLS session, on the TLS listener.
+    pub tls: Option<Arc<TlsSession>>,
+}
+
+/// Serves one accepted connection (after its TLS handshake, if any) until it closes.
+/// `accepted` is when the TCP connection was accepted: the first request head is due
+/// `header_read_timeout` after it, handshake included.
 pub async fn serve_connection(
     current: Arc<Current>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: ClientStream,
+    client: Client,
     mut signals: Signals,
+    accepted: Instant,
 ) {
-    let _ = stream.set_nodelay(true);
-    let accepted = Instant::now();
+    let _ = stream.tcp().set_nodelay(true);
     let mut idle_since = accepted;
     let mut buf = BytesMut::new();
     let mut first = true;
@@ -94,7 +106,7 @@ pub async fn serve_connection(
             };
             let r = tokio::select! {
                 biased;
-                r = wait_first_byte_unbuffered(&mut stream, &mut buf, wait) => r,
+                r = idle_wait(&mut stream, &mut buf, wait) => r,
                 _ = raised(&mut signals.drain) => {
                     let grace = cfg.drain_idle_grace;
                     drain_wait(&mut stream, &mut buf, idle_since, grace).await
@@ -106,7 +118,7 @@ pub async fn serve_connection(
                     let err = ProxyError::HeaderReadTimeout {
                         limit: cfg.header_read_timeout,
                     };
-                    Box::pin(reject(&gw, &mut stream, &mut buf, peer, None, err)).await;
+                    Box::pin(reject(&gw, &mut stream, &mut buf, &client, None, err)).await;
                     return;
                 }
                 Err(_) => return,
@@ -122,7 +134,7 @@ pub async fn serve_connection(
             &mut stream,
             &mut buf,
             head_deadline,
-            peer,
+            &client,
             &mut signals,
             &mut idle_since,
         ))
@@ -134,17 +146,30 @@ pub async fn serve_connection(
     }
 }
 
+/// Waits up to `wait` for the first byte of the next request. A plain connection holds
+/// no read buffer meanwhile; a TLS one reads through its session (which buffers anyway).
+async fn idle_wait(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    wait: Duration,
+) -> Result<(), HeadError> {
+    match stream {
+        Stream::Plain(tcp) => wait_first_byte_unbuffered(tcp, buf, wait).await,
+        Stream::Tls(tls) => wait_first_byte(&mut **tls, buf, wait).await,
+    }
+}
+
 /// Draining, with no request on the connection: a client that is just sending still gets
 /// served, so the connection closes only once it has been idle for `grace` (counted
 /// from `idle_since`). A silent connection ends as `Closed`, never with a 408.
 async fn drain_wait(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     idle_since: Instant,
     grace: Duration,
 ) -> Result<(), HeadError> {
     let left = (idle_since + grace).saturating_duration_since(Instant::now());
-    match wait_first_byte_unbuffered(stream, buf, left).await {
+    match idle_wait(stream, buf, left).await {
         Err(HeadError::Idle) => Err(HeadError::Closed),
         r => r,
     }
@@ -154,10 +179,10 @@ async fn drain_wait(
 /// `KeepAlive` once it goes quiet (with `buf` empty), `Close` when the connection ends.
 async fn busy(
     current: &Current,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     mut head_deadline: Instant,
-    peer: SocketAddr,
+    client: &Client,
     signals: &mut Signals,
     idle_since: &mut Instant,
 ) -> Next {
@@ -168,7 +193,7 @@ async fn busy(
         // Each request runs on the config current when it starts (reloads apply to
         // requests on existing keep-alive connections too).
         let gw = current.load();
-        let served = request(&gw, stream, buf, head_deadline, peer, kill.as_mut()).await;
+        let served = request(&gw, stream, buf, head_deadline, client, kill.as_mut()).await;
         *idle_since = Instant::now();
         if let Next::Close = served {
             return Next::Close;
@@ -208,10 +233,10 @@ fn head_error(cfg: &ServerConfig, e: ParseError) -> ProxyError {
 /// Reads one request head (whose first bytes are in `buf`) by `head_deadline` and serves it.
 async fn request(
     gw: &Gateway,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     head_deadline: Instant,
-    peer: SocketAddr,
+    client: &Client,
     kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let cfg = &gw.config.server;
@@ -245,27 +270,28 @@ async fn request(
                     return Next::Close
                 }
             };
-            reject(gw, stream, buf, peer, line, err).await;
+            reject(gw, stream, buf, client, line, err).await;
             return Next::Close;
         }
     };
-    handle(gw, stream, buf, head, peer, kill).await
+    handle(gw, stream, buf, head, client, kill).await
 }
 
 /// Answers a request that could not even be read (with its method and target, when its
 /// head was complete), logs it, and closes politely.
 async fn reject(
     gw: &Gateway,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
-    peer: SocketAddr,
+    client: &Client,
     line: Option<(Bytes, Bytes)>,
     err: ProxyError,
 ) {
     let (method, path) = line.unwrap_or_default();
     let mut rec = AccessRecord {
         ts: Some(SystemTime::now()),
-        client: Some(peer),
+        client: Some(client.peer),
+        tls: client.tls.clone(),
         request_id: gw.next_request_id(),
         method,
         path,
@@ -288,7 +314,7 @@ async fn reject(
 /// sending is read and dropped until it closes, for at most [`LINGER_TIME`] and
 /// [`LINGER_BYTES`]. Closing with unread input would make the kernel send an RST, which
 /// can destroy the answer before the client reads it.
-async fn linger(stream: &mut TcpStream, buf: &mut BytesMut) {
+async fn linger(stream: &mut ClientStream, buf: &mut BytesMut) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -351,10 +377,10 @@ enum Ended {
 
 async fn handle(
     gw: &Gateway,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     mut head: RequestHead,
-    peer: SocketAddr,
+    client: &Client,
     kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let arrival = Instant::now();
@@ -363,7 +389,8 @@ async fn handle(
         ts: Some(SystemTime::now()),
         request_id: gw.next_request_id(),
         client_request_id: client_request_id(&head),
-        client: Some(peer),
+        client: Some(client.peer),
+        tls: client.tls.clone(),
         method: head.method.clone(),
         path: head.target.clone(),
         ..AccessRecord::default()
@@ -441,7 +468,15 @@ async fn handle(
         let work = pin!(async {
             match &route.action {
                 Action::Proxy { upstream } => {
-                    let fwd = forward(gw, &mut head, body, trace_id, peer, keep_alive, *upstream);
+                    let fwd = forward(
+                        gw,
+                        &mut head,
+                        body,
+                        trace_id,
+                        client.peer,
+                        keep_alive,
+                        *upstream,
+                    );
                     proxy(gw, *upstream, &fwd, deadline, &progress, &mut wr).await
                 }
                 Action::Aggregate(agg) => {
@@ -603,7 +638,7 @@ enum BodyFailure {
 
 async fn read_body(
     gw: &Gateway,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     head: &RequestHead,
     length: BodyLength,

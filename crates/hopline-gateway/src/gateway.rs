@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hopline_core::config::{AggregateMode, CallConfig, Config, LogConfig, PathMatch, RouteAction};
+use hopline_core::config::{
+    AccessLogSink, AggregateMode, CallConfig, Config, PathMatch, RouteAction,
+};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::limits::{InFlight, RateLimit};
@@ -104,10 +106,16 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
             .as_ref()
             .map_or("off".into(), |a| a.listen.to_string())
     };
-    let log = |c: &Config| match &c.log {
-        LogConfig::Stdout => "stdout".to_string(),
-        LogConfig::Off => "off".to_string(),
-        LogConfig::File(p) => p.display().to_string(),
+    let log = |c: &Config| match &c.log.access {
+        AccessLogSink::Stdout => "stdout".to_string(),
+        AccessLogSink::Off => "off".to_string(),
+        AccessLogSink::File(p) => p.display().to_string(),
+    };
+    let tls_listen = |c: &Config| {
+        c.server
+            .tls
+            .as_ref()
+            .map_or("off".into(), |t| t.listen.to_string())
     };
     note(
         "server.listen",
@@ -121,10 +129,45 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
     );
     note("admin.listen", admin(new), admin(old));
     note("log.access", log(new), log(old));
+    note("server.tls.listen", tls_listen(new), tls_listen(old));
     new.server.listen = old.server.listen.clone();
     new.server.max_connections = old.server.max_connections;
     new.admin = old.admin.clone();
-    new.log = old.log.clone();
+    new.log.access = old.log.access.clone();
+    // The TLS listener is bound once: without one, new certificates have nowhere to go;
+    // with one, a config that drops [server.tls] keeps the old settings.
+    match (&mut new.server.tls, &old.server.tls) {
+        (Some(n), Some(o)) => n.listen = o.listen.clone(),
+        (n, o) => *n = o.clone(),
+    }
+    out
+}
+
+/// Every configured certificate (the listener's and upstreams' client certificates) with
+/// its subject and expiry, for `hopline_tls_cert_not_after_seconds`. A file that cannot be
+/// read is left out here: building the TLS settings reports it.
+fn certificates(config: &Config) -> Vec<crate::metrics::CertExpiry> {
+    let mut out = Vec::new();
+    let mut add = |listener: String, upstream: String, path: &std::path::Path| {
+        if let Ok(info) = hopline_tls::files::leaf_info(path) {
+            out.push(crate::metrics::CertExpiry {
+                listener,
+                upstream,
+                subject: info.subject,
+                not_after: info.not_after,
+            });
+        }
+    };
+    if let Some(t) = &config.server.tls {
+        for c in &t.certs {
+            add(t.listen.to_string(), String::new(), &c.cert);
+        }
+    }
+    for u in &config.upstreams {
+        if let Some(cert) = u.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
+            add(String::new(), u.name.clone(), cert);
+        }
+    }
     out
 }
 
@@ -137,6 +180,17 @@ pub enum BuildError {
     /// The access log could not be opened.
     #[error("cannot open access log")]
     AccessLog(#[source] io::Error),
+    /// A `[server.tls]` certificate or key cannot be used.
+    #[error("server.tls")]
+    ServerTls(#[source] hopline_tls::TlsFileError),
+    /// An upstream's TLS files cannot be used.
+    #[error("upstream {upstream}: TLS")]
+    UpstreamTls {
+        /// The upstream.
+        upstream: String,
+        /// Why.
+        source: hopline_tls::TlsFileError,
+    },
 }
 
 /// Everything a request needs, shared by all connections.
@@ -154,6 +208,8 @@ pub struct Gateway {
     pub log: Arc<AccessLog>,
     /// Metrics (shared across reloads).
     pub metrics: Arc<Metrics>,
+    /// The TLS listener's handshake settings (certificates re-read on every reload).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     ids: RequestIds,
     draining: Arc<AtomicBool>,
 }
@@ -161,7 +217,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the runtime state: resolves endpoints, opens the access log.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
-        let log = AccessLog::open(&config.log).map_err(BuildError::AccessLog)?;
+        let log = AccessLog::open(&config.log.access).map_err(BuildError::AccessLog)?;
         let rb = &config.retry_budget;
         let upstreams = config
             .upstreams
@@ -175,14 +231,14 @@ impl Gateway {
                 .and_then(|e| e.max_new_connections_per_sec)
                 .map(|r| Arc::new(RateLimit::new(r))),
         };
-        Ok(Self::assemble(
+        Self::assemble(
             config,
             upstreams,
             egress,
             Arc::new(log),
             Arc::new(Metrics::new()),
             Arc::new(AtomicBool::new(false)),
-        ))
+        )
     }
 
     /// A gateway for a reloaded config: new routes; the same access log, metrics and
@@ -234,7 +290,7 @@ impl Gateway {
             self.log.clone(),
             self.metrics.clone(),
             self.draining.clone(),
-        );
+        )?;
         Ok((gw, not_applied))
     }
 
@@ -245,7 +301,12 @@ impl Gateway {
         log: Arc<AccessLog>,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
-    ) -> Gateway {
+    ) -> Result<Gateway, BuildError> {
+        let tls = match &config.server.tls {
+            Some(t) => Some(hopline_tls::server::server_config(t).map_err(BuildError::ServerTls)?),
+            None => None,
+        };
+        metrics.set_certificates(&certificates(&config));
         let routes = config
             .routes
             .iter()
@@ -279,16 +340,17 @@ impl Gateway {
                 }
             })
             .collect();
-        Gateway {
+        Ok(Gateway {
             config,
             routes,
             upstreams,
             egress,
             log,
             metrics,
+            tls,
             ids: RequestIds::new(),
             draining,
-        }
+        })
     }
 
     /// Writes the access log line of a finished request and counts it in the metrics.

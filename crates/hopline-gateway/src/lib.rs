@@ -14,6 +14,8 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod response;
+pub mod stream;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -37,7 +39,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BuildError> {
     let current = Current::new(Gateway::new(config)?);
-    run(vec![listener], Vec::new(), current, shutdown).await;
+    run(
+        vec![Listener::plain(listener)],
+        Vec::new(),
+        current,
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 
@@ -49,7 +57,7 @@ pub async fn serve(
 /// the rest 503 `SD` and close. Every request is logged exactly once; the log is flushed
 /// before returning.
 pub async fn run(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     admin: Vec<TcpListener>,
     current: Arc<Current>,
     shutdown: impl Future<Output = ()>,
@@ -89,7 +97,7 @@ pub async fn run(
                     _ = &mut shutdown => break,
                     a = accept.any() => a,
                 };
-                if let Ok((stream, _)) = accepted {
+                if let Ok((stream, _, _)) = accepted {
                     drop(stream);
                     current.load().metrics.connection_refused();
                 }
@@ -110,14 +118,26 @@ pub async fn run(
             a = accept.any() => a,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, peer, tls)) => {
+                let accepted = std::time::Instant::now();
                 let current = current.clone();
                 let signals = signals.clone();
                 // Released by drop even if the connection's task panics or is aborted.
                 let guard = (current.load().metrics.open_connection(), slot);
                 tasks.spawn(async move {
                     let _guard = guard;
-                    conn::serve_connection(current, stream, peer, signals).await;
+                    let (stream, tls) = if tls {
+                        let gw = current.load();
+                        let Some(config) = gw.tls.clone() else { return };
+                        match tls::handshake(&gw, config, stream, peer, accepted).await {
+                            Some((s, session)) => (s, Some(Arc::new(session))),
+                            None => return,
+                        }
+                    } else {
+                        (stream::Stream::Plain(stream), None)
+                    };
+                    let client = conn::Client { peer, tls };
+                    conn::serve_connection(current, stream, client, signals, accepted).await;
                 });
             }
             Err(e) => {
@@ -153,15 +173,39 @@ pub async fn run(
     gw.log.flush();
 }
 
+/// A bound listener: plain HTTP, or TLS (handshake with the gateway's current
+/// `[server.tls]` certificates).
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub tcp: TcpListener,
+    /// True for the TLS listener.
+    pub tls: bool,
+}
+
+impl Listener {
+    /// A plain-HTTP listener.
+    pub fn plain(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: false }
+    }
+
+    /// A TLS listener.
+    pub fn tls(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: true }
+    }
+}
+
 /// Accepts from several listeners, starting each poll at the next one so that a busy
 /// listener cannot starve the others.
 struct Accept {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     next: usize,
 }
 
+type Accepted = (tokio::net::TcpStream, std::net::SocketAddr, bool);
+
 impl Accept {
-    async fn any(&mut self) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    async fn any(&mut self) -> std::io::Result<Accepted> {
         let n = self.listeners.len();
         if n == 0 {
             return std::future::pending().await;
@@ -169,9 +213,10 @@ impl Accept {
         std::future::poll_fn(|cx| {
             for k in 0..n {
                 let i = (self.next + k) % n;
-                if let std::task::Poll::Ready(r) = self.listeners[i].poll_accept(cx) {
+                let l = &self.listeners[i];
+                if let std::task::Poll::Ready(r) = l.tcp.poll_accept(cx) {
                     self.next = (i + 1) % n;
-                    return std::task::Poll::Ready(r);
+                    return std::task::Poll::Ready(r.map(|(s, a)| (s, a, l.tls)));
                 }
             }
             std::task::Poll::Pending

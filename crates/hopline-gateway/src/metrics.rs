@@ -52,6 +52,38 @@ struct DegradedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamReason {
+    upstream: String,
+    zone: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    listener: String,
+    upstream: String,
+    subject: String,
+}
+
+/// One configured certificate's expiry, for `hopline_tls_cert_not_after_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    /// The TLS listener's address (server certificates), else empty.
+    pub listener: String,
+    /// The upstream (client certificates), else empty.
+    pub upstream: String,
+    /// The certificate's subject.
+    pub subject: String,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -212,6 +244,11 @@ pub struct Metrics {
     cancelled: Family<RouteLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     refused: Counter,
+    tls_errors: Family<ReasonLabel, Counter>,
+    tls_handshake: Histogram,
+    upstream_tls_errors: Family<UpstreamReason, Counter>,
+    upstream_tls_handshake: Family<UpstreamZone, Histogram, fn() -> Histogram>,
+    cert_not_after: Family<CertLabels, Gauge>,
     connections: AtomicI64,
     hot: Mutex<Hot>,
 }
@@ -288,8 +325,46 @@ impl Metrics {
             "Connections closed at once because max_connections was reached (server.overload = \"close\")",
             refused.clone(),
         );
+        let tls_errors = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tls_handshake_errors",
+            "Client TLS handshakes that failed, by reason (timeout, plain_http, protocol, io, ...)",
+            tls_errors.clone(),
+        );
+        let tls_handshake = latency_histogram();
+        registry.register(
+            "tls_handshake_duration_seconds",
+            "Client TLS handshake duration, from accept",
+            tls_handshake.clone(),
+        );
+        let upstream_tls_errors = Family::<UpstreamReason, Counter>::default();
+        registry.register(
+            "upstream_tls_handshake_errors",
+            "Upstream TLS handshakes that failed, by upstream, zone and reason (timeout, cert_expired, cert_wrong_name, unknown_issuer, ...)",
+            upstream_tls_errors.clone(),
+        );
+        let upstream_tls_handshake =
+            Family::<UpstreamZone, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "upstream_tls_handshake_duration_seconds",
+            "Upstream TLS handshake duration (after the TCP connect)",
+            upstream_tls_handshake.clone(),
+        );
+        let cert_not_after = Family::<CertLabels, Gauge>::default();
+        registry.register(
+            "tls_cert_not_after_seconds",
+            "Expiry (notAfter, Unix seconds) of every configured certificate: the listener's (listener label) and upstream client certificates (upstream label)",
+            cert_not_after.clone(),
+        );
         Metrics {
             registry,
+            tls_errors,
+            tls_handshake,
+            upstream_tls_errors,
+            upstream_tls_handshake,
+            cert_not_after,
             requests,
             request_duration,
             upstream_requests,
@@ -437,6 +512,55 @@ impl Metrics {
     /// Counts a connection refused because `max_connections` was reached.
     pub fn connection_refused(&self) {
         self.refused.inc();
+    }
+
+    /// Counts a failed client TLS handshake.
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        self.tls_errors
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Observes a completed client TLS handshake.
+    pub fn tls_handshake_done(&self, took: std::time::Duration) {
+        self.tls_handshake.observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed upstream TLS handshake.
+    pub fn upstream_tls_failed(&self, upstream: &str, zone: &str, reason: &str) {
+        self.upstream_tls_errors
+            .get_or_create(&UpstreamReason {
+                upstream: upstream.to_string(),
+                zone: zone.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Observes a completed upstream TLS handshake.
+    pub fn upstream_tls_done(&self, upstream: &str, zone: &str, took: std::time::Duration) {
+        self.upstream_tls_handshake
+            .get_or_create(&UpstreamZone {
+                upstream: upstream.to_string(),
+                zone: zone.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Replaces the certificate expiry gauges with `certs` (at start and every reload).
+    pub fn set_certificates(&self, certs: &[CertExpiry]) {
+        self.cert_not_after.clear();
+        for c in certs {
+            self.cert_not_after
+                .get_or_create(&CertLabels {
+                    listener: c.listener.clone(),
+                    upstream: c.upstream.clone(),
+                    subject: c.subject.clone(),
+                })
+                .set(c.not_after);
+        }
     }
 
     /// Open client connections now.

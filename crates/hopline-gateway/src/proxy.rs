@@ -199,7 +199,7 @@ pub async fn open(
         };
         let (conn, now) = match pooled {
             Some(c) => (c, now),
-            None => match up.connect(ep, deadline, &gw.egress).await {
+            None => match up.connect(ep, deadline, &gw.egress, &gw.metrics).await {
                 Ok(c) => (c, Instant::now()),
                 Err(e) => {
                     let connect_failure =

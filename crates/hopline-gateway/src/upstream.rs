@@ -19,10 +19,14 @@ use hopline_core::{
 use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
 use std::pin::pin;
 
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::gateway::BuildError;
 use crate::limits::{InFlight, RateLimit, RetryBudget};
+use crate::metrics::Metrics;
+use crate::stream::{Stream, UpstreamStream};
 
 /// Largest upstream response head accepted.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -52,12 +56,14 @@ pub struct ResolveError {
 #[derive(Debug)]
 struct Endpoint {
     addr: SocketAddr,
+    /// The name its certificate is verified against (TLS upstreams).
+    server_name: Option<ServerName<'static>>,
     idle: Mutex<Vec<IdleConn>>,
 }
 
 #[derive(Debug)]
 struct IdleConn {
-    stream: TcpStream,
+    stream: UpstreamStream,
     since: Instant,
 }
 
@@ -74,12 +80,14 @@ pub struct Upstream {
     pub budget: Arc<RetryBudget>,
     endpoints: Arc<Vec<Endpoint>>,
     next: AtomicUsize,
+    /// TLS client settings, when the upstream speaks TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A connection to an upstream endpoint, owned by one request at a time.
 #[derive(Debug)]
 pub struct ClientConn {
-    stream: TcpStream,
+    stream: UpstreamStream,
     buf: BytesMut,
     endpoint: usize,
     /// The endpoint address.
@@ -100,8 +108,33 @@ pub enum ExchangeError {
 }
 
 impl Upstream {
-    /// Builds the upstream, resolving its endpoints once.
-    pub fn new(config: UpstreamConfig, ratio: f64, min_per_sec: u32) -> Result<Self, ResolveError> {
+    /// Builds the upstream: resolves its endpoints once, reads its TLS files.
+    pub fn new(config: UpstreamConfig, ratio: f64, min_per_sec: u32) -> Result<Self, BuildError> {
+        Ok(Upstream {
+            name: config.name.as_str().into(),
+            in_flight: InFlight::new(config.max_in_flight),
+            budget: Arc::new(RetryBudget::new(ratio, min_per_sec)),
+            endpoints: Arc::new(Self::resolve(&config)?),
+            next: AtomicUsize::new(0),
+            tls: Self::tls(&config)?,
+            config,
+        })
+    }
+
+    fn tls(config: &UpstreamConfig) -> Result<Option<Arc<rustls::ClientConfig>>, BuildError> {
+        config
+            .tls
+            .as_ref()
+            .map(|t| {
+                hopline_tls::client::client_config(t).map_err(|source| BuildError::UpstreamTls {
+                    upstream: config.name.clone(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    fn resolve(config: &UpstreamConfig) -> Result<Vec<Endpoint>, ResolveError> {
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
             let addr = ep
@@ -115,19 +148,24 @@ impl Upstream {
                     endpoint: ep.clone(),
                     source,
                 })?;
+            let server_name = config.tls.as_ref().map(|t| match &t.sni {
+                Some(n) => ServerName::try_from(n.clone()),
+                None => ServerName::try_from(host_of(ep).to_string()),
+            });
+            let server_name = match server_name {
+                None => None,
+                Some(Ok(n)) => Some(n),
+                // The reader only lets DNS names and IPs through; an endpoint that is
+                // neither gets its address verified.
+                Some(Err(_)) => Some(ServerName::IpAddress(addr.ip().into())),
+            };
             endpoints.push(Endpoint {
                 addr,
+                server_name,
                 idle: Mutex::new(Vec::new()),
             });
         }
-        Ok(Upstream {
-            name: config.name.as_str().into(),
-            in_flight: InFlight::new(config.max_in_flight),
-            budget: Arc::new(RetryBudget::new(ratio, min_per_sec)),
-            endpoints: Arc::new(endpoints),
-            next: AtomicUsize::new(0),
-            config,
-        })
+        Ok(endpoints)
     }
 
     /// This upstream under a reloaded `config`, keeping what outlives a config: the
@@ -139,20 +177,25 @@ impl Upstream {
         config: UpstreamConfig,
         ratio: f64,
         min_per_sec: u32,
-    ) -> Result<Self, ResolveError> {
+    ) -> Result<Self, BuildError> {
+        // TLS files are re-read on every reload (rotated certificates apply to new
+        // connections); pooled connections stay unless the endpoints or TLS settings changed.
+        let tls = Self::tls(&config)?;
+        let endpoints =
+            if config.endpoints == self.config.endpoints && config.tls == self.config.tls {
+                self.endpoints.clone()
+            } else {
+                Arc::new(Self::resolve(&config)?)
+            };
         self.in_flight.set_limit(config.max_in_flight);
         self.budget.set_params(ratio, min_per_sec);
-        let endpoints = if config.endpoints == self.config.endpoints {
-            self.endpoints.clone()
-        } else {
-            Upstream::new(config.clone(), ratio, min_per_sec)?.endpoints
-        };
         Ok(Upstream {
             name: self.name.clone(),
             in_flight: self.in_flight.clone(),
             budget: self.budget.clone(),
             endpoints,
             next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
+            tls,
             config,
         })
     }
@@ -185,7 +228,7 @@ impl Upstream {
                 continue;
             }
             let mut probe = [0u8; 1];
-            match idle.stream.try_read(&mut probe) {
+            match idle.stream.tcp().try_read(&mut probe) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Some(ClientConn {
                         stream: idle.stream,
@@ -217,12 +260,14 @@ impl Upstream {
         });
     }
 
-    /// Opens a new connection to endpoint `i`, bounded by `min(connect_timeout, time left)`.
+    /// Opens a new connection to endpoint `i`: the TCP connect, then (TLS upstreams) the
+    /// handshake, each bounded by `min(connect_timeout, time left)`.
     pub async fn connect(
         &self,
         i: usize,
         deadline: &Deadline,
         egress: &Egress,
+        metrics: &Metrics,
     ) -> Result<ClientConn, ProxyError> {
         if self.zone() == Zone::Egress {
             if let Some(rate) = &egress.new_connections {
@@ -246,32 +291,68 @@ impl Upstream {
                 kind,
             })
         };
-        match tokio::time::timeout_at(until.into(), TcpStream::connect(addr)).await {
-            Err(_) => Err(fail(UpstreamErrorKind::ConnectTimeout {
-                limit: if by_deadline {
-                    deadline.budget()
-                } else {
-                    self.config.connect_timeout
-                },
-                source_limit: match (by_deadline, deadline.source()) {
-                    (false, _) => TimeoutSource::ConnectTimeout,
-                    (true, DeadlineSource::Call) => TimeoutSource::CallTimeout,
-                    (true, _) => TimeoutSource::Deadline,
-                },
-            })),
-            Ok(Err(e)) => Err(fail(UpstreamErrorKind::from_connect(e))),
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                Ok(ClientConn {
-                    stream,
-                    buf: BytesMut::with_capacity(8 * 1024),
-                    endpoint: i,
-                    addr,
-                    reused: false,
-                    received: false,
-                })
+        let limit = |by_deadline: bool| {
+            let limit = if by_deadline {
+                deadline.budget()
+            } else {
+                self.config.connect_timeout
+            };
+            let source_limit = match (by_deadline, deadline.source()) {
+                (false, _) => TimeoutSource::ConnectTimeout,
+                (true, DeadlineSource::Call) => TimeoutSource::CallTimeout,
+                (true, _) => TimeoutSource::Deadline,
+            };
+            (limit, source_limit)
+        };
+        let tcp = match tokio::time::timeout_at(until.into(), TcpStream::connect(addr)).await {
+            Err(_) => {
+                let (limit, source_limit) = limit(by_deadline);
+                return Err(fail(UpstreamErrorKind::ConnectTimeout {
+                    limit,
+                    source_limit,
+                }));
             }
-        }
+            Ok(Err(e)) => return Err(fail(UpstreamErrorKind::from_connect(e))),
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = tcp.set_nodelay(true);
+        let stream = match (&self.tls, &self.endpoints[i].server_name) {
+            (Some(tls), Some(name)) => {
+                let zone = self.zone().as_str();
+                let shaking = Instant::now();
+                let (until, by_deadline) = deadline.bound(shaking, self.config.connect_timeout);
+                let connector = tokio_rustls::TlsConnector::from(tls.clone());
+                let handshake = connector.connect(name.clone(), tcp);
+                match tokio::time::timeout_at(until.into(), handshake).await {
+                    Err(_) => {
+                        metrics.upstream_tls_failed(&self.name, zone, "timeout");
+                        let (limit, source_limit) = limit(by_deadline);
+                        return Err(fail(UpstreamErrorKind::TlsTimeout {
+                            limit,
+                            source_limit,
+                        }));
+                    }
+                    Ok(Err(e)) => {
+                        let failure = hopline_tls::client::classify(e);
+                        metrics.upstream_tls_failed(&self.name, zone, failure.reason());
+                        return Err(fail(UpstreamErrorKind::Tls(Box::new(failure))));
+                    }
+                    Ok(Ok(s)) => {
+                        metrics.upstream_tls_done(&self.name, zone, shaking.elapsed());
+                        Stream::Tls(Box::new(s))
+                    }
+                }
+            }
+            _ => Stream::Plain(tcp),
+        };
+        Ok(ClientConn {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            endpoint: i,
+            addr,
+            reused: false,
+            received: false,
+        })
     }
 
     /// An [`UpstreamError`] for this upstream.
@@ -345,6 +426,14 @@ impl ClientConn {
     ) -> Result<Option<Bytes>, BodyError> {
         hopline_h1::read_body_chunk(&mut self.stream, &mut self.buf, decoder).await
     }
+}
+
+/// The host part of a `host:port` endpoint, without IPv6 brackets.
+fn host_of(endpoint: &str) -> &str {
+    let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 /// How long `d` is in whole milliseconds, at least 1 (for the deadline header).

@@ -16,8 +16,8 @@ use hopline_h1::head::{put_decimal, put_header, put_status_line, reason_phrase};
 use hopline_h1::{
     read_body_chunk, read_request_head, wait_first_byte, watch_gone, BodyDecoder, HeadLimits,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// What the mock answers.
@@ -35,6 +35,8 @@ pub struct MockConfig {
     pub idle_timeout: Duration,
     /// Write one JSON line per request to stdout. Default true.
     pub log: bool,
+    /// Serve TLS with this config (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for MockConfig {
@@ -46,6 +48,7 @@ impl Default for MockConfig {
             headers: vec![("content-type".into(), "application/json".into())],
             idle_timeout: Duration::from_secs(60),
             log: true,
+            tls: None,
         }
     }
 }
@@ -65,7 +68,21 @@ pub async fn run(
             a = listener.accept() => match a {
                 Ok((stream, peer)) => {
                     let config = config.clone();
-                    tasks.spawn(async move { connection(stream, peer, &config).await });
+                    tasks.spawn(async move {
+                        let _ = stream.set_nodelay(true);
+                        match &config.tls {
+                            None => connection(stream, peer, &config).await,
+                            Some(tls) => {
+                                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                                let shake = acceptor.accept(stream);
+                                match tokio::time::timeout(Duration::from_secs(10), shake).await {
+                                    Ok(Ok(s)) => connection(s, peer, &config).await,
+                                    Ok(Err(e)) if config.log => tls_error_line(peer, &e.to_string()),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
@@ -75,8 +92,11 @@ pub async fn run(
     tasks.abort_all();
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, config: &MockConfig) {
-    let _ = stream.set_nodelay(true);
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    config: &MockConfig,
+) {
     let mut buf = BytesMut::with_capacity(4096);
     let response = render(config);
     loop {
@@ -113,7 +133,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, config: &MockConfig
         // No timer at all without latency: a zero sleep still waits for the next timer
         // tick (about 1 ms), which would dominate every fast measurement.
         let cancelled = !config.latency.is_zero() && {
-            let (mut rd, _) = stream.split();
+            let (mut rd, _) = tokio::io::split(&mut stream);
             tokio::select! {
                 biased;
                 _ = watch_gone(&mut rd, &mut buf, 64 * 1024) => true,
@@ -180,6 +200,19 @@ fn log_line(
         "status": status,
         "cancelled": cancelled,
         "elapsed_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+    });
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// A handshake the mock refused (or the client aborted), as one JSON line.
+fn tls_error_line(peer: SocketAddr, error: &str) {
+    let line = serde_json::json!({
+        "ts": hopline_core::time::rfc3339(SystemTime::now()),
+        "client": peer.to_string(),
+        "event": "tls_error",
+        "error": error,
     });
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{line}");

@@ -69,6 +69,15 @@ enum Command {
         /// Do not log requests.
         #[arg(long)]
         quiet: bool,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates issued by this CA (PEM): mutual TLS.
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Run fault drills: the embedded incident (legacy gateway, then hopline) or scenario files.
     Drill {
@@ -155,13 +164,33 @@ fn main() -> ExitCode {
             headers,
             idle_timeout,
             quiet,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => {
+                    match hopline_tls::server::single_cert_config(
+                        cert,
+                        key,
+                        tls_client_ca.as_deref(),
+                    ) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            eprintln!("hopline mock: {}", hopline_core::error::cause_chain(&e));
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                _ => None,
+            };
             let mut cfg = hopline_mock::MockConfig {
                 latency,
                 status,
                 body,
                 idle_timeout,
                 log: !quiet,
+                tls,
                 ..hopline_mock::MockConfig::default()
             };
             // A --header replaces a default header of the same name instead of adding a
@@ -327,7 +356,15 @@ fn serve(
     }
     let rt = runtime(threads)?;
     rt.block_on(async {
-        let listeners = bind_all(&config.server.listen, "").await?;
+        let mut listeners: Vec<_> = bind_all(&config.server.listen, "")
+            .await?
+            .into_iter()
+            .map(hopline_gateway::Listener::plain)
+            .collect();
+        if let Some(tls) = &config.server.tls {
+            let bound = bind_all(&tls.listen, "TLS ").await?;
+            listeners.extend(bound.into_iter().map(hopline_gateway::Listener::tls));
+        }
         let admin = match &config.admin {
             Some(a) => bind_all(&a.listen, "admin ").await?,
             None => Vec::new(),
@@ -335,7 +372,12 @@ fn serve(
         let gw = hopline_gateway::Gateway::new(config).context("cannot start the gateway")?;
         let current = hopline_gateway::Current::new(gw);
         for l in &listeners {
-            eprintln!("hopline serve: listening on {}", l.local_addr()?);
+            let addr = l.tcp.local_addr()?;
+            if l.tls {
+                eprintln!("hopline serve: TLS on {addr}");
+            } else {
+                eprintln!("hopline serve: listening on {addr}");
+            }
         }
         for a in &admin {
             eprintln!("hopline serve: admin on {}", a.local_addr()?);

@@ -1,0 +1,202 @@
+//! A connection that is plain TCP or TLS over TCP, and its borrowed halves.
+//!
+//! An enum rather than a trait object or generics: one branch per poll, and the plain
+//! path keeps tokio's lock-free borrowed TCP split (a TLS stream splits through
+//! `tokio::io::split`, whose halves share the one TLS session).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The TLS streams hopline uses: both wrap a TCP stream.
+pub trait TlsIo: AsyncRead + AsyncWrite + Unpin {
+    /// The TCP stream under the TLS session.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TlsIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl TlsIo for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Plain TCP, or TLS over TCP.
+#[derive(Debug)]
+pub enum Stream<T> {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS (boxed: the session state is large).
+    Tls(Box<T>),
+}
+
+/// A client connection.
+pub type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
+/// An upstream connection.
+pub type UpstreamStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl<T: TlsIo> Stream<T> {
+    /// The TCP stream (under TLS, if any).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => t.tcp(),
+        }
+    }
+
+    /// Borrowed read and write halves, usable at the same time.
+    pub fn split(&mut self) -> (ReadHalf<'_, T>, WriteHalf<'_, T>) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+            Stream::Tls(t) => {
+                let (r, w) = tokio::io::split(&mut **t);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+        }
+    }
+}
+
+/// The read half of a [`Stream`].
+#[derive(Debug)]
+pub enum ReadHalf<'a, T> {
+    /// Plain TCP.
+    Plain(tokio::net::tcp::ReadHalf<'a>),
+    /// TLS.
+    Tls(tokio::io::ReadHalf<&'a mut T>),
+}
+
+/// The write half of a [`Stream`].
+#[derive(Debug)]
+pub enum WriteHalf<'a, T> {
+    /// Plain TCP.
+    Plain(tokio::net::tcp::WriteHalf<'a>),
+    /// TLS.
+    Tls(tokio::io::WriteHalf<&'a mut T>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Self::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Self::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
+macro_rules! dispatch_half {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Self::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Self::Tls($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl<T: TlsIo> AsyncRead for Stream<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        dispatch!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl<T: TlsIo> AsyncWrite for Stream<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        dispatch!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        dispatch!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+impl<T: TlsIo> AsyncRead for ReadHalf<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        dispatch_half!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl<T: TlsIo> AsyncWrite for WriteHalf<'_, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        dispatch_half!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        dispatch_half!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteHalf::Plain(s) => s.is_write_vectored(),
+            WriteHalf::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch_half!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch_half!(self, s => s.poll_shutdown(cx))
+    }
+}

@@ -1,0 +1,118 @@
+//! The TLS listener's side of a connection: the handshake, bounded by
+//! `header_read_timeout` from accept; a plain-HTTP request answered 400 instead of a hang;
+//! every failure counted by reason (and logged only with `log.tls_errors`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ProtocolVersion;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+
+use crate::gateway::Gateway;
+use crate::stream::{ClientStream, Stream};
+
+/// A client connection's TLS session, as the access log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSession {
+    /// From accept to the end of the handshake.
+    pub handshake: Duration,
+    /// `"1.2"` or `"1.3"`.
+    pub version: &'static str,
+    /// The server name the client asked for, if any.
+    pub sni: Option<Box<str>>,
+}
+
+/// The first byte of a TLS handshake record.
+const HANDSHAKE_RECORD: u8 = 0x16;
+
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 56\r\n\r\nhopline: plain HTTP sent to the TLS port; use https://\r\n";
+
+/// Why a client handshake failed: the `reason` label of
+/// `hopline_tls_handshake_errors_total`.
+fn reason(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        None => "io",
+        // The client refused us: usually it does not trust our certificate.
+        Some(rustls::Error::AlertReceived(_)) => "client_alert",
+        Some(rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol) => {
+            "incompatible"
+        }
+        Some(_) => "protocol",
+    }
+}
+
+/// Runs the server handshake on `tcp`, accepted at `accepted`. `None` when the
+/// connection ended in the handshake (counted, logged if asked, closed).
+pub async fn handshake(
+    gw: &Gateway,
+    config: Arc<rustls::ServerConfig>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+) -> Option<(ClientStream, TlsSession)> {
+    let until = accepted + gw.config.server.header_read_timeout;
+    let mut first = [0u8; 1];
+    let failed = |reason: &'static str, detail: String| {
+        gw.metrics.tls_handshake_failed(reason);
+        if gw.config.log.tls_errors {
+            gw.log
+                .write_tls_error(peer, reason, &detail, accepted.elapsed());
+        }
+    };
+    match timeout_at(until.into(), tcp.peek(&mut first)).await {
+        Err(_) => {
+            failed(
+                "timeout",
+                "no TLS client hello within header_read_timeout".into(),
+            );
+            return None;
+        }
+        // Connected and left (a probe): not a handshake.
+        Ok(Ok(0)) => return None,
+        Ok(Err(e)) => {
+            failed("io", e.to_string());
+            return None;
+        }
+        Ok(Ok(_)) if first[0] != HANDSHAKE_RECORD && first[0].is_ascii_alphabetic() => {
+            failed("plain_http", "plain HTTP request on the TLS port".into());
+            let _ = timeout_at(until.into(), async {
+                tcp.write_all(PLAIN_HTTP_ANSWER).await?;
+                tcp.shutdown().await
+            })
+            .await;
+            return None;
+        }
+        Ok(Ok(_)) => {}
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match timeout_at(until.into(), acceptor.accept(tcp)).await {
+        Err(_) => {
+            failed(
+                "timeout",
+                "TLS handshake not done within header_read_timeout".into(),
+            );
+            None
+        }
+        Ok(Err(e)) => {
+            failed(reason(&e), hopline_core::error::cause_chain(&e));
+            None
+        }
+        Ok(Ok(tls)) => {
+            let took = accepted.elapsed();
+            gw.metrics.tls_handshake_done(took);
+            let conn = tls.get_ref().1;
+            let session = TlsSession {
+                handshake: took,
+                version: match conn.protocol_version() {
+                    Some(ProtocolVersion::TLSv1_3) => "1.3",
+                    _ => "1.2",
+                },
+                sni: conn.server_name().map(Into::into),
+            };
+            Some((Stream::Tls(Box::new(tls)), session))
+        }
+    }
+}
