@@ -1212,6 +1212,37 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_are_read_and_their_problems_reported() {
+        let ok = read("[server.tls]\nlisten = \"[::]:443\"\ncert = \"a.pem\"\nkey = \"a.key\"\nmin_version = \"1.3\"\n[[server.tls.certs]]\nserver_names = [\"*.Example.com\"]\ncert = \"b.pem\"\nkey = \"b.key\"\n[upstreams.pay]\nendpoints = [\"https://pay.example\", \"https://[::1]\"]\nzone = \"egress\"\n")
+            .expect("valid");
+        let tls = ok.server.tls.expect("tls");
+        assert_eq!(tls.listen.to_string(), "[::]:443");
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert_eq!(tls.certs[1].server_names, vec!["*.example.com"]);
+        assert_eq!(
+            ok.upstreams[0].endpoints,
+            vec!["pay.example:443", "[::1]:443"]
+        );
+        assert_eq!(
+            ok.upstreams[0].tls.as_ref().expect("tls").alpn,
+            vec!["http/1.1"]
+        );
+        let text = "[server.tls]\nlisten = \"127.0.0.1:443\"\ncert = \"a.pem\"\nmin_version = \"1.1\"\n[[server.tls.certs]]\nserver_names = [\"bad name\"]\ncert = \"b.pem\"\nkey = \"b.key\"\n[upstreams.a]\nendpoints = [\"https://a:1\", \"b:2\"]\n[upstreams.b]\nendpoints = [\"b:2\"]\nsni = \"b.example\"\n[upstreams.c]\nendpoints = [\"c:2\"]\ntls = true\nclient_cert = \"c.pem\"\n";
+        let problems = read(text).expect_err("invalid");
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "server.tls.key",
+            "server.tls.min_version",
+            "server.tls.certs[0].server_names[0]",
+            "upstreams.a.endpoints",
+            "upstreams.b.sni",
+            "upstreams.c.client_key",
+        ] {
+            assert!(keys.contains(&want), "{want} not in {keys:?}");
+        }
+    }
+
+    #[test]
     fn missing_keys_and_syntax_errors() {
         let p = read("[[routes]]\npath = \"/x\"\n").expect_err("invalid");
         let keys: Vec<_> = p.iter().map(|p| (p.key.as_str(), p.kind.clone())).collect();

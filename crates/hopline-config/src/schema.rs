@@ -55,8 +55,27 @@ pub fn schema() -> Value {
         "pool_max_idle": int("default 128", 0),
         "server_idle_timeout": duration("the upstream's own keep-alive idle (for check)"),
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 2},
+        "tls": {"type": "boolean", "description": "TLS to every endpoint (implied by https:// endpoints)"},
+        "sni": {"type": "string", "description": "server name sent and verified; default each endpoint's host"},
+        "ca": {"type": "string", "description": "PEM bundle of trusted CAs; default the system roots"},
+        "client_cert": {"type": "string", "description": "client certificate chain (PEM) for mutual TLS"},
+        "client_key": {"type": "string", "description": "client private key (PEM) for mutual TLS"},
+        "insecure_skip_verify": {"type": "boolean", "default": false, "description": "accept any certificate (tests only; check flags it)"},
+        "alpn": {"type": "array", "items": {"enum": ["http/1.1"]}, "default": ["http/1.1"]},
     }));
     upstream["required"] = json!(["endpoints"]);
+    let mut tls = closed(json!({
+        "listen": {"type": "string", "description": "host:port of the TLS listener"},
+        "cert": {"type": "string", "description": "default certificate chain (PEM), relative to the config file"},
+        "key": {"type": "string", "description": "its private key (PEM)"},
+        "min_version": {"enum": ["1.2", "1.3"], "default": "1.2"},
+        "certs": {"type": "array", "items": closed(json!({
+            "server_names": {"type": "array", "items": {"type": "string"}, "description": "SNI names; *.example.com matches one label"},
+            "cert": {"type": "string"},
+            "key": {"type": "string"},
+        }))},
+    }));
+    tls["required"] = json!(["listen"]);
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "hopline serve configuration",
@@ -81,9 +100,11 @@ pub fn schema() -> Value {
                 "max_request_line_bytes": {"type": "integer", "minimum": 256, "maximum": 16777216, "default": 8192},
                 "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": 1073741824, "default": 16777216},
                 "expose_cause": {"type": "boolean", "default": false},
+                "tls": tls,
             })),
             "log": closed(json!({
                 "access": {"type": "string", "description": "\"stdout\" (default), \"off\" or a file path"},
+                "tls_errors": {"type": "boolean", "default": false, "description": "one log line per failed client TLS handshake"},
             })),
             "front": closed(json!({
                 "timeout": duration("the front proxy's upstream timeout"),

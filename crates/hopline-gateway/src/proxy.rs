@@ -213,7 +213,7 @@ pub async fn open(
                 }
             },
         };
-        match exchange(up, conn, req, deadline, progress, now).await {
+        match exchange(&gw.metrics, up, conn, req, deadline, progress, now).await {
             Ok(x) => {
                 progress.update(|p| p.upstream_status = Some(x.head.status));
                 return Ok(Opened {
@@ -340,6 +340,7 @@ struct Exchanged {
 /// Sends the request and reads the response head, under `min(timeout, time left)`;
 /// the attempt starts at `started`.
 async fn exchange(
+    gw_metrics: &crate::metrics::Metrics,
     up: &Upstream,
     mut conn: ClientConn,
     req: &Forward,
@@ -389,13 +390,13 @@ async fn exchange(
             // be read as the next request, so the connection is not reused.
             reusable: sent,
         }),
-        Ok(Err(ExchangeError::Send(e))) => Err(fail(UpstreamErrorKind::from_io(phase, e), stale)),
+        Ok(Err(ExchangeError::Send(e))) => Err(fail(io_kind(up, gw_metrics, phase, e), stale)),
         Ok(Err(ExchangeError::Read(e))) => {
             let kind = match e {
                 HeadError::Closed | HeadError::Incomplete | HeadError::Idle => {
                     UpstreamErrorKind::Closed { phase }
                 }
-                HeadError::Io(e) => UpstreamErrorKind::from_io(phase, e),
+                HeadError::Io(e) => io_kind(up, gw_metrics, phase, e),
                 HeadError::Parse(p) => UpstreamErrorKind::Protocol {
                     phase: Phase::ResponseHeaders,
                     source: Box::new(p),
@@ -404,6 +405,24 @@ async fn exchange(
             };
             Err(fail(kind, stale))
         }
+    }
+}
+
+/// An I/O error on an upstream connection: a TLS alert (say, the upstream refusing our
+/// client certificate, which TLS 1.3 reports on the first read) is a TLS failure of
+/// phase `TLS handshake`, counted like one; anything else by its kind.
+fn io_kind(
+    up: &Upstream,
+    metrics: &crate::metrics::Metrics,
+    phase: Phase,
+    e: std::io::Error,
+) -> UpstreamErrorKind {
+    match hopline_tls::client::tls_failure(e) {
+        Ok(f) => {
+            metrics.upstream_tls_failed(&up.name, up.zone().as_str(), f.reason());
+            UpstreamErrorKind::Tls(Box::new(f))
+        }
+        Err(e) => UpstreamErrorKind::from_io(phase, e),
     }
 }
 

@@ -199,6 +199,17 @@ pub fn classify(e: io::Error) -> TlsFailure {
     }
 }
 
+/// An I/O error on an established TLS connection that is really a TLS failure: with
+/// TLS 1.3, a server that refuses our client certificate says so (alert) only after the
+/// client's side of the handshake ended, on the first read. Anything else is returned.
+pub fn tls_failure(e: io::Error) -> Result<TlsFailure, io::Error> {
+    if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+        Ok(classify(e))
+    } else {
+        Err(e)
+    }
+}
+
 fn rejected(r: &Rejected, original: Arc<dyn std::error::Error + Send + Sync>) -> TlsFailure {
     let subject = || {
         r.cert

@@ -226,3 +226,102 @@ fn serve_logs_the_audit_and_strict_refuses_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--strict"));
 }
+
+#[test]
+fn tls_certificates_keys_and_settings_are_checked() {
+    use common::pki::{Ca, Validity};
+    let ca = Ca::new("check");
+    let good = ca.leaf("good", "good", &["localhost"], Validity::Good);
+    let expired = ca.leaf(
+        "expired",
+        "expired",
+        &["localhost"],
+        Validity::ExpiredOn(2026, 10, 1),
+    );
+    let expiring = ca.leaf(
+        "expiring",
+        "expiring",
+        &["localhost"],
+        Validity::EndsInDays(5),
+    );
+    let other = ca.leaf("other", "other", &["localhost"], Validity::Good);
+    let garbage = temp_file("garbage.pem", "not a certificate\n");
+    let p = |p: &Path| p.to_str().expect("utf8").to_string();
+    let listener = |cert: &Path, key: &Path| {
+        format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            p(cert),
+            p(key)
+        )
+    };
+    let upstream = |zone: &str, endpoint: &str, extra: &str| {
+        format!("[egress]\nmax_in_flight = 10\n[upstreams.u]\nendpoints = [\"{endpoint}\"]\nzone = \"{zone}\"\n{extra}\n")
+    };
+    let ca_line = format!("ca = \"{}\"", p(&ca.cert));
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "tls-cert-expired",
+            "error",
+            listener(&expired.cert, &expired.key),
+        ),
+        (
+            "tls-cert-expiring",
+            "warning",
+            listener(&expiring.cert, &expiring.key),
+        ),
+        (
+            "tls-key-mismatch",
+            "error",
+            listener(&good.cert, &other.key),
+        ),
+        ("tls-file-invalid", "error", listener(&garbage, &good.key)),
+        (
+            "tls-file-invalid",
+            "error",
+            upstream(
+                "internal",
+                "https://localhost:1",
+                &format!("ca = \"{}\"", p(&garbage)),
+            ),
+        ),
+        (
+            "tls-insecure-skip-verify",
+            "error",
+            upstream(
+                "egress",
+                "https://localhost:1",
+                "insecure_skip_verify = true",
+            ),
+        ),
+        (
+            "tls-insecure-skip-verify",
+            "warning",
+            upstream(
+                "internal",
+                "https://localhost:1",
+                "insecure_skip_verify = true",
+            ),
+        ),
+        (
+            "egress-plaintext",
+            "note",
+            upstream("egress", "198.51.100.7:80", ""),
+        ),
+    ];
+    for (rule, severity, text) in cases {
+        let (_, f) = check(&temp_file("tls.toml", &text));
+        assert!(
+            f.iter()
+                .any(|x| x["rule"] == rule && x["severity"] == severity),
+            "{rule}/{severity} not in {f:?}\n{text}"
+        );
+    }
+    // A good listener and a verified egress upstream over TLS: nothing to say.
+    let clean = format!(
+        "{}{}",
+        listener(&good.cert, &good.key),
+        upstream("egress", "https://localhost:1", &ca_line)
+    );
+    let (code, f) = check(&temp_file("tls-good.toml", &clean));
+    assert_eq!((code, f.len()), (Some(0), 0), "{f:?}\n{clean}");
+}

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod pki;
+
 /// Lines a process printed, with a condvar to wait for more.
 #[derive(Default)]
 pub struct Lines {
@@ -175,12 +177,17 @@ static CONFIGS: AtomicUsize = AtomicUsize::new(0);
 
 /// Writes `text` to a fresh temp file and returns its path.
 pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let path = temp_dir().join(name);
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+/// A fresh directory under the system's temp directory.
+pub fn temp_dir() -> PathBuf {
     let n = CONFIGS.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("hopline-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write temp file");
-    path
+    dir
 }
 
 /// Starts a gateway with `[server] listen = 127.0.0.1:0` plus `rest`.

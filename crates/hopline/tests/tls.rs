@@ -1,0 +1,346 @@
+//! TLS both ways, against the real binary over loopback with certificates made at test
+//! time: SNI and ALPN on the listener, the handshake bounded like a request head, plain
+//! HTTP on the TLS port, certificate rotation by SIGHUP; upstream TLS verified, with every
+//! certificate failure named and counted.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::pki::{connect, connect_with, get_tls, Ca, Leaf, Validity};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The TLS listener's address ("TLS on ADDR").
+fn tls_addr(gw: &Proc) -> SocketAddr {
+    gw.stderr
+        .wait_for(WAIT, "TLS line", |l| l.contains("TLS on "))
+        .rsplit("TLS on ")
+        .next()
+        .expect("addr")
+        .trim()
+        .parse()
+        .expect("tls addr")
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf8")
+}
+
+/// A gateway with a TLS listener (`tls_extra` goes into `[server.tls]`), an admin API and
+/// every path routed to `up`.
+fn tls_gateway(default: &Leaf, tls_extra: &str, server_extra: &str, up: SocketAddr) -> Proc {
+    gateway(
+        &format!(
+            "{server_extra}\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{tls_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            path(&default.cert),
+            path(&default.key)
+        ),
+        &route_all(up),
+    )
+}
+
+fn metric(gw: &Proc, prefix: &str) -> f64 {
+    let body = get(admin_addr(gw), "/metrics", "").body;
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn sni_picks_the_certificate_alpn_is_http11_and_the_log_shows_the_session() {
+    let ca = Ca::new("sni");
+    let default = ca.leaf("default", "default", &["default.test"], Validity::Good);
+    let a = ca.leaf("a", "a", &["a.test"], Validity::Good);
+    let b = ca.leaf("b", "b", &["*.b.test"], Validity::Good);
+    let up = mock(&["--quiet"]);
+    let extra = format!(
+        "[[server.tls.certs]]\nserver_names = [\"a.test\"]\ncert = \"{}\"\nkey = \"{}\"\n[[server.tls.certs]]\nserver_names = [\"*.b.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        path(&a.cert), path(&a.key), path(&b.cert), path(&b.key)
+    );
+    let gw = tls_gateway(&default, &extra, "", up.addr);
+    let addr = tls_addr(&gw);
+    // Each name verifies only against the certificate issued for it: a handshake that
+    // succeeds proves which certificate was served.
+    for sni in ["a.test", "x.b.test", "default.test"] {
+        let mut s = connect(addr, &ca.cert, sni, &["h2", "http/1.1"])
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]), "{sni}");
+        assert_eq!(get_tls(&mut s, "/x").0, 200, "{sni}");
+    }
+    // An unknown name gets the default certificate, which is not valid for it.
+    let e = connect(addr, &ca.cert, "other.test", &[]).expect_err("wrong name accepted");
+    assert!(
+        e.to_string()
+            .contains("certificate is only valid for DnsName(\"default.test\")"),
+        "{e}"
+    );
+    // A client that speaks only h2 shares no protocol with us: refused, counted.
+    assert!(connect(addr, &ca.cert, "a.test", &["h2"]).is_err());
+    let line = gw.wait_json(WAIT, "a.test line", |v| v["sni"] == "a.test");
+    assert_eq!(line["tls_version"], "1.3");
+    let ms = line["tls_handshake_ms"].as_f64().expect("tls_handshake_ms");
+    assert!(ms > 0.0 && ms < 5000.0, "{ms}");
+    // Plain listener lines carry no TLS fields.
+    let plain = get(gw.addr, "/plain", "");
+    assert_eq!(plain.status, 200);
+    let line = gw.wait_json(WAIT, "plain line", |v| v["path"] == "/plain");
+    assert!(line.get("tls_version").is_none(), "{line}");
+    assert!(
+        metric(
+            &gw,
+            "hopline_tls_handshake_errors_total{reason=\"incompatible\"}"
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn a_stalled_handshake_is_cut_at_header_read_timeout_and_plain_http_gets_400() {
+    let ca = Ca::new("stall");
+    let leaf = ca.leaf("leaf", "leaf", &["localhost"], Validity::Good);
+    let up = mock(&["--quiet"]);
+    let gw = tls_gateway(&leaf, "", "header_read_timeout = \"300ms\"", up.addr);
+    let addr = tls_addr(&gw);
+    // A client that starts a TLS record and stalls.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(&[0x16, 0x03, 0x01]).expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+    let took = start.elapsed();
+    assert_eq!(n, 0, "expected a close");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    // Plain HTTP on the TLS port: a 400 that says why, then close.
+    let r = get(addr, "/x", "");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("plain HTTP"), "{}", r.body);
+    assert_eq!(
+        metric(
+            &gw,
+            "hopline_tls_handshake_errors_total{reason=\"timeout\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "hopline_tls_handshake_errors_total{reason=\"plain_http\"}"
+        ),
+        1.0
+    );
+    // Without log.tls_errors, failed handshakes write no log line.
+    assert!(gw.json_lines().iter().all(|v| v.get("event").is_none()));
+}
+
+#[test]
+fn min_version_1_3_refuses_a_tls12_client_and_tls_errors_can_be_logged() {
+    let ca = Ca::new("v13");
+    let leaf = ca.leaf("leaf", "leaf", &["localhost"], Validity::Good);
+    let up = mock(&["--quiet"]);
+    let gw = gateway(
+        &format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nmin_version = \"1.3\"\n[log]\ntls_errors = true\n",
+            path(&leaf.cert),
+            path(&leaf.key)
+        ),
+        &route_all(up.addr),
+    );
+    let addr = tls_addr(&gw);
+    let tls12 = [&rustls::version::TLS12];
+    assert!(connect_with(addr, &ca.cert, "localhost", &[], &tls12).is_err());
+    let mut s = connect(addr, &ca.cert, "localhost", &[]).expect("TLS 1.3");
+    assert_eq!(get_tls(&mut s, "/x").0, 200);
+    let e = gw.wait_json(WAIT, "tls_error line", |v| v["event"] == "tls_error");
+    assert_eq!(e["reason"], "incompatible", "{e}");
+}
+
+#[test]
+fn sighup_rotates_certificates_keeps_open_connections_and_refuses_a_bad_key() {
+    let old_ca = Ca::new("gen1");
+    let new_ca = Ca::new("gen2");
+    let leaf = old_ca.leaf("leaf", "gen1", &["localhost"], Validity::Good);
+    let up = mock(&["--quiet"]);
+    let gw = tls_gateway(&leaf, "", "", up.addr);
+    let addr = tls_addr(&gw);
+    let mut kept = connect(addr, &old_ca.cert, "localhost", &[]).expect("gen1");
+    assert_eq!(get_tls(&mut kept, "/before").0, 200);
+    // Rotate: the same file names, a certificate from another CA.
+    let rotated = new_ca.leaf("rotated", "gen2", &["localhost"], Validity::Good);
+    std::fs::copy(&rotated.cert, &leaf.cert).expect("copy cert");
+    std::fs::copy(&rotated.key, &leaf.key).expect("copy key");
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &gw.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    hup();
+    gw.stderr
+        .wait_for(WAIT, "reloaded", |l| l.contains("reloaded"));
+    // The open connection is kept and still serves.
+    assert_eq!(get_tls(&mut kept, "/after").0, 200);
+    // New connections get the new certificate.
+    assert!(connect(addr, &old_ca.cert, "localhost", &[]).is_err());
+    let mut s = connect(addr, &new_ca.cert, "localhost", &[]).expect("gen2");
+    assert_eq!(get_tls(&mut s, "/new").0, 200);
+    // A key that does not match: the reload fails as a whole, naming the file.
+    let other = new_ca.leaf("other", "other", &["localhost"], Validity::Good);
+    std::fs::copy(&other.key, &leaf.key).expect("copy key");
+    hup();
+    let failed = gw
+        .stderr
+        .wait_for(WAIT, "reload failed", |l| l.contains("reload failed"));
+    assert!(
+        failed.contains("does not match the certificate"),
+        "{failed}"
+    );
+    assert!(failed.contains(path(&leaf.key)), "{failed}");
+    let mut s = connect(addr, &new_ca.cert, "localhost", &[]).expect("still gen2");
+    assert_eq!(get_tls(&mut s, "/still").0, 200);
+}
+
+/// An upstream that accepts TCP and never says anything.
+fn silent_upstream() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    (l, a)
+}
+
+#[test]
+fn upstream_tls_is_verified_and_every_failure_names_its_cause() {
+    let ca = Ca::new("up");
+    let stranger = Ca::new("stranger");
+    let good = ca.leaf("good", "pay.test", &["localhost"], Validity::Good);
+    let expired = ca.leaf(
+        "expired",
+        "old.test",
+        &["localhost"],
+        Validity::ExpiredOn(2026, 10, 1),
+    );
+    let wrong = ca.leaf("wrong", "wrong.test", &["wrong.test"], Validity::Good);
+    let unknown = stranger.leaf("unknown", "unknown.test", &["localhost"], Validity::Good);
+    let client = ca.leaf(
+        "client",
+        "gateway-client",
+        &["gateway.test"],
+        Validity::Good,
+    );
+    let serve = |leaf: &Leaf, extra: &[&str]| {
+        let mut args = vec![
+            "--quiet",
+            "--tls-cert",
+            path(&leaf.cert),
+            "--tls-key",
+            path(&leaf.key),
+        ];
+        args.extend_from_slice(extra);
+        mock(&args)
+    };
+    let m_good = serve(&good, &[]);
+    let m_expired = serve(&expired, &[]);
+    let m_wrong = serve(&wrong, &[]);
+    let m_unknown = serve(&unknown, &[]);
+    let m_mtls = serve(&good, &["--tls-client-ca", path(&ca.cert)]);
+    let (_silent, silent) = silent_upstream();
+    let ca_line = format!("ca = \"{}\"", path(&ca.cert));
+    let client_lines = format!(
+        "client_cert = \"{}\"\nclient_key = \"{}\"",
+        path(&client.cert),
+        path(&client.key)
+    );
+    let ups = [
+        ("good", m_good.addr, ca_line.clone()),
+        ("expired", m_expired.addr, ca_line.clone()),
+        ("wrong", m_wrong.addr, ca_line.clone()),
+        ("unknown", m_unknown.addr, ca_line.clone()),
+        ("nocert", m_mtls.addr, ca_line.clone()),
+        ("mtls", m_mtls.addr, format!("{ca_line}\n{client_lines}")),
+        (
+            "stall",
+            silent,
+            format!("{ca_line}\nconnect_timeout = \"250ms\""),
+        ),
+    ];
+    let mut config = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for (name, addr, extra) in &ups {
+        config.push_str(&format!(
+            "[upstreams.{name}]\nendpoints = [\"https://localhost:{}\"]\nmax_retries = 0\n{extra}\n[[routes]]\nname = \"{name}\"\npath = \"/{name}\"\nupstream = \"{name}\"\n",
+            addr.port()
+        ));
+    }
+    let gw = gateway("", &config);
+    let cause = |p: &str| -> (u16, String, String) {
+        let r = get(gw.addr, p, "");
+        let line = gw.wait_json(WAIT, p, |v| v["path"] == p);
+        (
+            r.status,
+            line["flags"][0].as_str().unwrap_or("").to_string(),
+            line["cause"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(cause("/good").0, 200);
+    assert_eq!(cause("/mtls").0, 200);
+    let cases = [
+        (
+            "/expired",
+            502,
+            "TLS: certificate expired on 2026-10-01 (subject CN=old.test)",
+        ),
+        (
+            "/wrong",
+            502,
+            "TLS: certificate not valid for name \"localhost\" (subject CN=wrong.test)",
+        ),
+        (
+            "/unknown",
+            502,
+            "TLS: unknown issuer (subject CN=unknown.test)",
+        ),
+        ("/nocert", 502, "TLS: upstream refused the handshake"),
+        (
+            "/stall",
+            504,
+            "TLS handshake timed out after 250ms (connect_timeout)",
+        ),
+    ];
+    for (p, status, want) in cases {
+        let (got, flag, cause) = cause(p);
+        assert_eq!((got, flag.as_str()), (status, "UF"), "{p}: {cause}");
+        assert!(cause.contains(want), "{p}: {cause}");
+    }
+    for (upstream, reason) in [
+        ("expired", "cert_expired"),
+        ("wrong", "cert_wrong_name"),
+        ("unknown", "unknown_issuer"),
+        ("nocert", "peer_alert"),
+        ("stall", "timeout"),
+    ] {
+        let series = format!(
+            "hopline_upstream_tls_handshake_errors_total{{upstream=\"{upstream}\",zone=\"internal\",reason=\"{reason}\"}}"
+        );
+        assert_eq!(metric(&gw, &series), 1.0, "{series}");
+    }
+    assert!(
+        metric(
+            &gw,
+            "hopline_upstream_tls_handshake_duration_seconds_count{upstream=\"good\""
+        ) >= 1.0
+    );
+    let not_after = metric(
+        &gw,
+        "hopline_tls_cert_not_after_seconds{listener=\"\",upstream=\"mtls\",subject=\"CN=gateway-client\"}",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(not_after > now + 300.0 * 86_400.0, "{not_after}");
+}
