@@ -14,22 +14,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The TLS listener's address ("TLS on ADDR").
-fn tls_addr(gw: &Proc) -> SocketAddr {
-    gw.stderr
-        .wait_for(WAIT, "TLS line", |l| l.contains("TLS on "))
-        .rsplit("TLS on ")
-        .next()
-        .expect("addr")
-        .trim()
-        .parse()
-        .expect("tls addr")
-}
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().expect("utf8")
-}
-
 /// A gateway with a TLS listener (`tls_extra` goes into `[server.tls]`), an admin API and
 /// every path routed to `up`.
 fn tls_gateway(default: &Leaf, tls_extra: &str, server_extra: &str, up: SocketAddr) -> Proc {

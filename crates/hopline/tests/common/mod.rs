@@ -182,6 +182,25 @@ pub fn temp_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The TLS listener's address a gateway printed ("TLS on ADDR").
+pub fn tls_addr(gw: &Proc) -> SocketAddr {
+    gw.stderr
+        .wait_for(Duration::from_secs(10), "TLS line", |l| {
+            l.contains("TLS on ")
+        })
+        .rsplit("TLS on ")
+        .next()
+        .expect("addr")
+        .trim()
+        .parse()
+        .expect("tls addr")
+}
+
+/// A path as the `&str` a config or a command line needs.
+pub fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf8")
+}
+
 /// A fresh directory under the system's temp directory.
 pub fn temp_dir() -> PathBuf {
     let n = CONFIGS.fetch_add(1, Ordering::Relaxed);
