@@ -10,6 +10,7 @@ pub mod record;
 pub mod report;
 pub mod scenario;
 pub mod services;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -44,6 +44,9 @@ pub enum StartError {
         /// Its stderr file.
         log: String,
     },
+    /// The run's throw-away TLS certificates could not be made.
+    #[error(transparent)]
+    Certificates(#[from] crate::tls::PkiError),
     /// Files in the output folder.
     #[error("cannot write {path}")]
     Io {
@@ -151,6 +154,26 @@ pub fn start(
     })?;
     let addrs: HashMap<String, SocketAddr> = names.into_iter().zip(picked).collect();
     let out = &std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    // Certificates only for scenarios that use them.
+    let uses_tls = s.services.iter().any(|svc| {
+        svc.args
+            .iter()
+            .chain(svc.config.iter())
+            .chain(svc.env.iter().map(|(_, v)| v))
+            .any(|t| t.contains("{tls:"))
+    });
+    let pki = if uses_tls {
+        Some(crate::tls::generate(&out.join("tls"))?)
+    } else {
+        None
+    };
+    let fill = |text: &str, addrs: &HashMap<String, SocketAddr>| {
+        let text = fill(text, addrs);
+        match &pki {
+            Some(p) => crate::tls::fill(&text, p),
+            None => text,
+        }
+    };
     let mut topo = Topology {
         children: Vec::new(),
         addrs,

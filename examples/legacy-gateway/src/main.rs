@@ -1,7 +1,12 @@
 //! The incident's Go business gateway re-created in Rust, bugs included on purpose, for
 //! drills. DO NOT copy anything from here into a real service.
 //!
-//! Usage: `legacy-gateway --listen ADDR --coupon HOST:PORT --coin HOST:PORT --sub-coin HOST:PORT`
+//! Usage: `legacy-gateway --listen ADDR --coupon HOST:PORT --coin HOST:PORT --sub-coin HOST:PORT
+//! [--coupon-ca FILE --coupon-sni NAME]`
+//!
+//! With `--coupon-ca`, the coupon (payment channel) call is HTTPS, as in the Go original:
+//! verified against that CA under the name `--coupon-sni`, the handshake bounded only by Go's
+//! `DefaultTransport` `TLSHandshakeTimeout` (10 s) — the one timeout the Go client had.
 //!
 //! `GET /api/benefits?uid=N` calls coupons → coin → sub-coin **in sequence**, as the Go
 //! handler did, and reproduces each defect the post-mortem found:
@@ -29,7 +34,7 @@ use bytes::{BufMut, BytesMut};
 use hopline_h1::{
     read_body_chunk, read_request_head, read_response_head, watch_gone, BodyDecoder, HeadLimits,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -39,8 +44,18 @@ const ERR_CLIENT_TIMEOUT: (u32, &str) = (64012, "下游服务器超时");
 /// Effectively forever: Go's zero timeout, i.e. none.
 const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How the coupon call speaks TLS: the client config and the name verified.
+type Tls = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
+/// Go's `http.DefaultTransport.TLSHandshakeTimeout`.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Upstreams {
     coupon: String,
+    coupon_tls: Option<Tls>,
     coin: String,
     sub_coin: String,
 }
@@ -65,11 +80,34 @@ fn ts() -> f64 {
 }
 
 /// `utils.HttpSend`: one GET, with the options ignored (BUG 1).
-async fn http_send(addr: String, path: String, opts: ClientOptions) -> Result<Vec<u8>, String> {
+async fn http_send(
+    addr: String,
+    path: String,
+    opts: ClientOptions,
+    tls: Option<Tls>,
+) -> Result<Vec<u8>, String> {
     let _ = opts; // the missing line: `client.Timeout = options.timeout`
-    let mut s = TcpStream::connect(&addr)
+    let s = TcpStream::connect(&addr)
         .await
         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+    match tls {
+        None => exchange(s, &addr, &path).await,
+        Some((config, name)) => {
+            let connector = tokio_rustls::TlsConnector::from(config);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, s)).await {
+                Err(_) => Err("net/http: TLS handshake timeout".into()),
+                Ok(Err(e)) => Err(format!("tls: {e}")),
+                Ok(Ok(s)) => exchange(s, &addr, &path).await,
+            }
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    addr: &str,
+    path: &str,
+) -> Result<Vec<u8>, String> {
     let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
         .await
@@ -99,11 +137,12 @@ async fn send(
     ctx: &mut watch::Receiver<bool>,
     addr: &str,
     path: &str,
+    tls: Option<Tls>,
 ) -> Result<Vec<u8>, (u32, String)> {
     let opts = ClientOptions {
         timeout: Duration::from_secs(1),
     };
-    let call = tokio::spawn(http_send(addr.to_string(), path.to_string(), opts));
+    let call = tokio::spawn(http_send(addr.to_string(), path.to_string(), opts, tls));
     tokio::select! {
         r = call => match r {
             Ok(Ok(body)) => Ok(body),
@@ -117,10 +156,10 @@ async fn send(
 }
 
 async fn benefits(ups: &Upstreams, uid: &str, ctx: &mut watch::Receiver<bool>) -> String {
-    let get = |name: &'static str, addr: String, path: String| {
+    let get = |name: &'static str, addr: String, path: String, tls: Option<Tls>| {
         let mut ctx = ctx.clone();
         async move {
-            match send(&mut ctx, &addr, &path).await {
+            match send(&mut ctx, &addr, &path, tls).await {
                 Ok(body) => String::from_utf8_lossy(&body).into_owned(),
                 Err((code, msg)) => {
                     // "不返回错误 降级" — degrade, log, and carry on (BUG 4).
@@ -136,13 +175,21 @@ async fn benefits(ups: &Upstreams, uid: &str, ctx: &mut watch::Receiver<bool>) -
         "account coupon",
         ups.coupon.clone(),
         format!("/coupons?uid={uid}"),
+        ups.coupon_tls.clone(),
     )
     .await;
-    let coins = get("account coin", ups.coin.clone(), format!("/coin?uid={uid}")).await;
+    let coins = get(
+        "account coin",
+        ups.coin.clone(),
+        format!("/coin?uid={uid}"),
+        None,
+    )
+    .await;
     let sub_coins = get(
         "sub account coin",
         ups.sub_coin.clone(),
         format!("/sub-coin?uid={uid}"),
+        None,
     )
     .await;
     format!("{{\"coupons\":{coupons},\"coin\":{coins},\"sub_coin\":{sub_coins}}}")
@@ -228,9 +275,31 @@ fn main() {
         arg(&args, "--coin"),
         arg(&args, "--sub-coin"),
     ) else {
-        eprintln!("usage: legacy-gateway --listen ADDR --coupon HOST:PORT --coin HOST:PORT --sub-coin HOST:PORT");
+        eprintln!("usage: legacy-gateway --listen ADDR --coupon HOST:PORT --coin HOST:PORT --sub-coin HOST:PORT [--coupon-ca FILE --coupon-sni NAME]");
         std::process::exit(2);
     };
+    let coupon_tls = arg(&args, "--coupon-ca").map(|ca| {
+        let sni = arg(&args, "--coupon-sni").unwrap_or_else(|| {
+            coupon
+                .rsplit_once(':')
+                .map_or(coupon.as_str(), |(h, _)| h)
+                .to_string()
+        });
+        let settings = hopline_core::config::UpstreamTlsConfig {
+            ca: Some(ca.into()),
+            alpn: vec!["http/1.1".into()],
+            ..Default::default()
+        };
+        let config = hopline_tls::client::client_config(&settings).unwrap_or_else(|e| {
+            eprintln!("legacy-gateway: {}", hopline_core::error::cause_chain(&e));
+            std::process::exit(2);
+        });
+        let name = rustls::pki_types::ServerName::try_from(sni).unwrap_or_else(|e| {
+            eprintln!("legacy-gateway: --coupon-sni: {e}");
+            std::process::exit(2);
+        });
+        (config, name)
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -254,6 +323,7 @@ fn main() {
         }
         let ups = Arc::new(Upstreams {
             coupon,
+            coupon_tls,
             coin,
             sub_coin,
         });
