@@ -328,3 +328,103 @@ fn upstream_tls_is_verified_and_every_failure_names_its_cause() {
         .as_secs_f64();
     assert!(not_after > now + 300.0 * 86_400.0, "{not_after}");
 }
+
+#[test]
+fn every_chaos_toxic_applies_to_tls_bytes_unchanged() {
+    let ca = Ca::new("chaos");
+    let leaf = ca.leaf("leaf", "coupon.test", &["localhost"], Validity::Good);
+    let up = mock(&[
+        "--quiet",
+        "--tls-cert",
+        path(&leaf.cert),
+        "--tls-key",
+        path(&leaf.key),
+    ]);
+    let c = chaos(&[]);
+    // toxic name, toxic JSON, expected status, flag, and a piece of the cause.
+    let cases = [
+        (
+            "latency",
+            r#"{"type":"latency","stream":"downstream","attributes":{"latency":200}}"#,
+            200,
+            "",
+            "",
+        ),
+        (
+            "bandwidth",
+            r#"{"type":"bandwidth","stream":"downstream","attributes":{"rate":64}}"#,
+            200,
+            "",
+            "",
+        ),
+        (
+            "slicer",
+            r#"{"type":"slicer","stream":"downstream","attributes":{"average_size":8,"size_variation":4,"delay":10}}"#,
+            200,
+            "",
+            "",
+        ),
+        (
+            "slow_close",
+            r#"{"type":"slow_close","stream":"downstream","attributes":{"delay":100}}"#,
+            200,
+            "",
+            "",
+        ),
+        (
+            "timeout",
+            r#"{"type":"timeout","stream":"upstream","attributes":{"timeout":0}}"#,
+            504,
+            "UF",
+            "TLS handshake timed out after 500ms (connect_timeout)",
+        ),
+        (
+            "loss",
+            r#"{"type":"loss","stream":"downstream","attributes":{"probability":1.0,"stall":1000}}"#,
+            504,
+            "UF",
+            "TLS handshake timed out",
+        ),
+        (
+            "reset_peer",
+            r#"{"type":"reset_peer","stream":"upstream","attributes":{"timeout":0}}"#,
+            502,
+            "UF",
+            "TLS: connection lost during the handshake",
+        ),
+        (
+            "limit_data",
+            r#"{"type":"limit_data","stream":"downstream","attributes":{"bytes":100}}"#,
+            502,
+            "UF",
+            "TLS: ",
+        ),
+    ];
+    let mut config = String::new();
+    for (name, toxic, ..) in &cases {
+        let listen = proxy(&c, name, up.addr, false);
+        add_toxic(&c, name, toxic);
+        config.push_str(&format!(
+            "[upstreams.{name}]\nendpoints = [\"https://{listen}\"]\nsni = \"localhost\"\nca = \"{}\"\nconnect_timeout = \"500ms\"\ntimeout = \"3s\"\nmax_retries = 0\npool_max_idle = 0\n[[routes]]\nname = \"{name}\"\npath = \"/{name}\"\nupstream = \"{name}\"\ntimeout = \"5s\"\n",
+            path(&ca.cert)
+        ));
+    }
+    let gw = gateway("", &config);
+    for (name, _, status, flag, cause) in cases {
+        let p = format!("/{name}");
+        let r = get(gw.addr, &p, "");
+        let line = gw.wait_json(WAIT, &p, |v| v["path"] == p.as_str());
+        assert_eq!(r.status, status, "{name}: {line}");
+        assert_eq!(
+            line["flags"][0].as_str().unwrap_or(""),
+            flag,
+            "{name}: {line}"
+        );
+        let got = line["cause"].as_str().unwrap_or("");
+        assert!(got.contains(cause), "{name}: {got}");
+        if name == "latency" {
+            let ms = line["duration_ms"].as_f64().expect("duration");
+            assert!(ms >= 200.0, "latency toxic not applied: {ms} ms");
+        }
+    }
+}
