@@ -191,6 +191,15 @@ fn sighup_rotates_certificates_keeps_open_connections_and_refuses_a_bad_key() {
     assert_eq!(get_tls(&mut s, "/still").0, 200);
 }
 
+/// GETs `p` and returns the status, the first flag, the cause and the access-log line.
+fn outcome(gw: &Proc, p: &str) -> (u16, String, String, serde_json::Value) {
+    let r = get(gw.addr, p, "");
+    let line = gw.wait_json(WAIT, p, |v| v["path"] == p);
+    let flag = line["flags"][0].as_str().unwrap_or("").to_string();
+    let cause = line["cause"].as_str().unwrap_or("").to_string();
+    (r.status, flag, cause, line)
+}
+
 /// An upstream that accepts TCP and never says anything.
 fn silent_upstream() -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -261,14 +270,9 @@ fn upstream_tls_is_verified_and_every_failure_names_its_cause() {
         ));
     }
     let gw = gateway("", &config);
-    let cause = |p: &str| -> (u16, String, String) {
-        let r = get(gw.addr, p, "");
-        let line = gw.wait_json(WAIT, p, |v| v["path"] == p);
-        (
-            r.status,
-            line["flags"][0].as_str().unwrap_or("").to_string(),
-            line["cause"].as_str().unwrap_or("").to_string(),
-        )
+    let cause = |p: &str| {
+        let (status, flag, cause, _) = outcome(&gw, p);
+        (status, flag, cause)
     };
     assert_eq!(cause("/good").0, 200);
     assert_eq!(cause("/mtls").0, 200);
