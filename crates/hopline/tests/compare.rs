@@ -7,20 +7,13 @@ mod common;
 mod vectors;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vectors::{observe, table, Observed, Recorder};
 
-/// A third-party proxy, killed when dropped.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A third-party proxy, stopped when dropped.
+type Peer = Daemon;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -68,7 +61,7 @@ fn nginx(dir: &std::path::Path, port: u16, up: SocketAddr) -> Peer {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx (apt install nginx-light)");
-    Peer(child)
+    Daemon(child)
 }
 
 fn haproxy(dir: &std::path::Path, port: u16, up: SocketAddr) -> Peer {
@@ -91,7 +84,7 @@ fn haproxy(dir: &std::path::Path, port: u16, up: SocketAddr) -> Peer {
         .stderr(Stdio::null())
         .spawn()
         .expect("haproxy (apt install haproxy)");
-    Peer(child)
+    Daemon(child)
 }
 
 /// README rows between the compare markers: vector name → (nginx, HAProxy) as written.

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pki::{Ca, Validity};
@@ -96,14 +96,7 @@ fn curl_and_openssl_s_client_speak_to_the_tls_listener() {
 }
 
 /// Debian's nginx serving HTTPS with `cert`/`key`.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+type Nginx = Daemon;
 
 fn nginx_tls(
     dir: &std::path::Path,
@@ -135,7 +128,7 @@ fn nginx_tls(
         assert!(Instant::now() < end, "nginx never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Nginx(child)
+    Daemon(child)
 }
 
 #[test]

@@ -201,6 +201,28 @@ pub fn path(p: &std::path::Path) -> &str {
     p.to_str().expect("utf8")
 }
 
+/// A third-party server (nginx, HAProxy) started by a test: stopped with SIGTERM when
+/// dropped, so a master process takes its workers down with it (SIGKILL would leave
+/// them running), and killed if it has not exited within 3 s.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A fresh directory under the system's temp directory.
 pub fn temp_dir() -> PathBuf {
     let n = CONFIGS.fetch_add(1, Ordering::Relaxed);
