@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Daemon;
 use vectors::{observe, table, Observed, Recorder};
 
 /// A third-party proxy, stopped when dropped.
