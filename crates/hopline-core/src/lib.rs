@@ -7,6 +7,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod flag;
+pub mod policy;
 pub mod text;
 pub mod time;
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::ServerConfig;
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
+use hopline_core::policy::{self, fail_to_proxy, Stage};
 use hopline_core::text::push_ip;
 use hopline_core::{Deadline, Flag, Phase, ProxyError};
 use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop};
@@ -24,7 +25,7 @@ use hopline_h1::{
 use hopline_h1::{
     BodyDecoder, BodyError, BodyLength, HeadError, HeadLimits, ParseError, RequestHead, Version,
 };
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::timeout_at;
 
@@ -278,7 +279,7 @@ async fn request(
 }
 
 /// Answers a request that could not even be read (with its method and target, when its
-/// head was complete), logs it, and closes politely.
+/// head was complete) as the failure policy decides, and logs it.
 async fn reject(
     gw: &Gateway,
     stream: &mut ClientStream,
@@ -297,17 +298,14 @@ async fn reject(
         path,
         ..AccessRecord::default()
     };
-    let cx = ErrorContext {
-        request_id: &rec.request_id,
-        trace_id: &rec.request_id,
-        expose_cause: gw.config.server.expose_cause,
-        head_only: false,
+    let progress = policy::Progress {
+        stage: Stage::Head,
+        response_started: false,
+        keep_alive: false,
+        upstream_status: None,
     };
-    let out = error_response(&err, &cx, true);
-    let _ = tokio::time::timeout(gw.config.server.write_timeout, stream.write_all(&out)).await;
-    record_error(&mut rec, &err);
+    conclude(gw, stream, buf, &mut rec, &err, progress).await;
     gw.record(&rec);
-    linger(stream, buf).await;
 }
 
 /// Lingering close: our answer is complete (FIN sent), then whatever the client is still
@@ -333,32 +331,41 @@ async fn linger(stream: &mut ClientStream, buf: &mut BytesMut) {
     }
 }
 
-fn record_error(rec: &mut AccessRecord, err: &ProxyError) {
-    let d = err.disposition();
+/// Carries out the failure policy's decision for `err` at `progress`: writes the error
+/// response and lingers when it says so, and puts the logged status, flag and cause into
+/// `rec`. Whether the connection is kept is the policy's too.
+async fn conclude(
+    gw: &Gateway,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    rec: &mut AccessRecord,
+    err: &ProxyError,
+    progress: policy::Progress,
+) -> Next {
+    let d = fail_to_proxy(err, progress);
+    if d.respond {
+        let cx = ErrorContext {
+            request_id: &rec.request_id,
+            trace_id: rec.trace_id(),
+            expose_cause: gw.config.server.expose_cause,
+            head_only: &rec.method[..] == b"HEAD",
+        };
+        let out = error_response(err, &cx, !d.keep);
+        let _ = tokio::time::timeout(gw.config.server.write_timeout, stream.write_all(&out)).await;
+    }
     rec.status = d.status;
     if !rec.flags.contains(&d.flag.code()) {
         rec.flags.push(d.flag.code());
     }
     rec.cause = Some(err.cause());
-}
-
-/// Answers `err` for the request of `rec` (its ids, its method) and records it.
-async fn respond_error<W: AsyncWrite + Unpin>(
-    gw: &Gateway,
-    w: &mut W,
-    rec: &mut AccessRecord,
-    err: &ProxyError,
-    close: bool,
-) {
-    let cx = ErrorContext {
-        request_id: &rec.request_id,
-        trace_id: rec.trace_id(),
-        expose_cause: gw.config.server.expose_cause,
-        head_only: &rec.method[..] == b"HEAD",
-    };
-    let out = error_response(err, &cx, close);
-    let _ = tokio::time::timeout(gw.config.server.write_timeout, w.write_all(&out)).await;
-    record_error(rec, err);
+    if d.linger {
+        linger(stream, buf).await;
+    }
+    if d.keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
 }
 
 /// The client's `x-request-id`, when it is a sane one to forward and log.
@@ -406,17 +413,18 @@ async fn handle(
     let route = match admit(gw, &head) {
         Ok(route) => route,
         Err((route, err)) => {
-            // Refused before the body is read: the connection stays usable only without a
-            // body to skip; otherwise it closes, lingering so the client reads the answer.
+            // Refused before the body is read: with a body still to come (after a refused
+            // CONNECT, tunnel bytes may be), the request is not read whole.
             rec.route = route.map(|r| r.name.clone());
-            // After a refused CONNECT the client may already be sending tunnel bytes.
             let unread = length != BodyLength::Empty || &head.method[..] == b"CONNECT";
-            let close = !keep_alive || unread;
-            respond_error(gw, stream, &mut rec, &err, close).await;
-            if close {
-                linger(stream, buf).await;
-            }
-            return finish(rec, if close { Next::Close } else { Next::KeepAlive });
+            let progress = policy::Progress {
+                stage: if unread { Stage::Body } else { Stage::Done },
+                response_started: false,
+                keep_alive,
+                upstream_status: None,
+            };
+            let next = conclude(gw, stream, buf, &mut rec, &err, progress).await;
+            return finish(rec, next);
         }
     };
     rec.route = Some(route.name.clone());
@@ -430,19 +438,23 @@ async fn handle(
     // it, and a slow uploader never holds an upstream connection.
     let body = match read_body(gw, stream, buf, &head, length).await {
         Ok(b) => b,
-        Err(BodyFailure::Respond(err)) => {
-            respond_error(gw, stream, &mut rec, &err, true).await;
-            linger(stream, buf).await;
-            return finish(rec, Next::Close);
-        }
-        Err(BodyFailure::Gone(source)) => {
-            let err = ProxyError::ClientGone {
-                elapsed: arrival.elapsed(),
-                waiting_on: Some("the request body".into()),
-                source,
+        Err(failure) => {
+            let err = match failure {
+                BodyFailure::Respond(err) => err,
+                BodyFailure::Gone(source) => ProxyError::ClientGone {
+                    elapsed: arrival.elapsed(),
+                    waiting_on: Some("the request body".into()),
+                    source,
+                },
             };
-            record_error(&mut rec, &err);
-            return finish(rec, Next::Close);
+            let progress = policy::Progress {
+                stage: Stage::Body,
+                response_started: false,
+                keep_alive,
+                upstream_status: None,
+            };
+            let next = conclude(gw, stream, buf, &mut rec, &err, progress).await;
+            return finish(rec, next);
         }
     };
 
@@ -508,7 +520,32 @@ async fn handle(
     rec.endpoint = p.endpoint;
     rec.upstream_status = p.upstream_status;
     rec.bytes_sent = p.bytes_sent;
-    match ended {
+    let progress = policy::Progress {
+        stage: Stage::Done,
+        response_started: p.response_started,
+        keep_alive: keep_alive && !gw.draining(),
+        upstream_status: p.upstream_status,
+    };
+    let err = match ended {
+        Ended::Done(Outcome { error: None, close }) => {
+            rec.status = p.upstream_status.unwrap_or(0);
+            if !rec.degraded.is_empty() {
+                rec.flags.push(Flag::Degraded.code());
+            }
+            rec.calls = calls;
+            let next = if close || !keep_alive {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            };
+            return finish(rec, next);
+        }
+        Ended::Done(Outcome {
+            error: Some(err), ..
+        }) => {
+            rec.calls = calls;
+            err
+        }
         Ended::ClientGone(source) => {
             let waiting = if calls.is_empty() {
                 waiting_on(gw, &p)
@@ -523,58 +560,18 @@ async fn handle(
                 });
             }
             rec.degraded.clear();
-            let err = ProxyError::ClientGone {
+            ProxyError::ClientGone {
                 elapsed: arrival.elapsed(),
                 waiting_on: waiting,
                 source,
-            };
-            record_error(&mut rec, &err);
-            finish(rec, Next::Close)
-        }
-        Ended::Killed => {
-            let err = ProxyError::Shutdown {
-                drain: cfg.drain_timeout,
-            };
-            if p.response_started {
-                record_error(&mut rec, &err);
-            } else {
-                respond_error(gw, stream, &mut rec, &err, true).await;
-            }
-            finish(rec, Next::Close)
-        }
-        Ended::Done(Outcome { error: None, close }) => {
-            rec.status = p.upstream_status.unwrap_or(0);
-            if !rec.degraded.is_empty() {
-                rec.flags.push(Flag::Degraded.code());
-            }
-            rec.calls = calls;
-            finish(
-                rec,
-                if close || !keep_alive {
-                    Next::Close
-                } else {
-                    Next::KeepAlive
-                },
-            )
-        }
-        Ended::Done(Outcome {
-            error: Some(err),
-            close,
-        }) => {
-            if p.response_started {
-                // The status line is already out; log what the client got and the true cause.
-                record_error(&mut rec, &err);
-                if !matches!(err, ProxyError::ClientGone { .. }) {
-                    rec.status = p.upstream_status.unwrap_or(rec.status);
-                }
-                finish(rec, Next::Close)
-            } else {
-                let close = close || !keep_alive || gw.draining();
-                respond_error(gw, stream, &mut rec, &err, close).await;
-                finish(rec, if close { Next::Close } else { Next::KeepAlive })
             }
         }
-    }
+        Ended::Killed => ProxyError::Shutdown {
+            drain: cfg.drain_timeout,
+        },
+    };
+    let next = conclude(gw, stream, buf, &mut rec, &err, progress).await;
+    finish(rec, next)
 }
 
 /// The route that serves `head`, or why none does (with the route, if one matched).
