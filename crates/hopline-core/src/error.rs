@@ -571,19 +571,21 @@ pub fn cause_chain(err: &(dyn StdError + 'static)) -> String {
     out
 }
 
+/// A failure of upstream `coupon` at 127.0.0.1:9001 (egress), 12 ms in, for tests.
+#[cfg(test)]
+pub(crate) fn upstream(kind: UpstreamErrorKind) -> ProxyError {
+    ProxyError::Upstream(UpstreamError {
+        upstream: "coupon".into(),
+        endpoint: "127.0.0.1:9001".parse().expect("addr"),
+        zone: Zone::Egress,
+        elapsed: Duration::from_millis(12),
+        kind,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn upstream(kind: UpstreamErrorKind) -> ProxyError {
-        ProxyError::Upstream(UpstreamError {
-            upstream: "coupon".into(),
-            endpoint: "127.0.0.1:9001".parse().expect("addr"),
-            zone: Zone::Egress,
-            elapsed: Duration::from_millis(12),
-            kind,
-        })
-    }
 
     #[test]
     fn connect_timeout_cause_names_upstream_endpoint_zone_phase() {

@@ -118,18 +118,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Zone;
-    use crate::error::{Overflow, Phase, TimeoutSource, UpstreamError, UpstreamErrorKind};
-
-    fn upstream(kind: UpstreamErrorKind) -> ProxyError {
-        ProxyError::Upstream(UpstreamError {
-            upstream: "coupon".into(),
-            endpoint: "127.0.0.1:9001".parse().expect("addr"),
-            zone: Zone::Egress,
-            elapsed: Duration::from_millis(3),
-            kind,
-        })
-    }
+    use crate::error::{upstream, Overflow, Phase, TimeoutSource, UpstreamErrorKind};
 
     /// One row of the policy table: a failure, where it happened, and the decision.
     struct Row {
