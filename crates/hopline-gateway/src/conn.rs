@@ -382,6 +382,8 @@ enum Ended {
     Killed,
 }
 
+/// Serves a request whose head was read: admits it, reads its body, runs its route,
+/// concludes it, and writes its one record.
 async fn handle(
     gw: &Gateway,
     stream: &mut ClientStream,
@@ -391,7 +393,6 @@ async fn handle(
     kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let arrival = Instant::now();
-    let cfg = &gw.config.server;
     let mut rec = AccessRecord {
         ts: Some(SystemTime::now()),
         request_id: gw.next_request_id(),
@@ -402,29 +403,59 @@ async fn handle(
         path: head.target.clone(),
         ..AccessRecord::default()
     };
-    let finish = |mut rec: AccessRecord, next: Next| {
-        rec.duration = arrival.elapsed();
-        gw.record(&rec);
-        next
-    };
     let keep_alive = head.keep_alive() && !gw.draining();
-    let length = head.body_length();
+    let next = match prepare(gw, stream, buf, &head, &mut rec, keep_alive, arrival).await {
+        Err(next) => next,
+        Ok((route, body)) => {
+            let deadline = request_deadline(gw, &head, route, arrival);
+            rec.deadline = Some(deadline.budget());
+            let ran = run(
+                gw,
+                stream,
+                buf,
+                (&mut head, body, client),
+                (route, deadline, keep_alive),
+                rec.trace_id(),
+                kill,
+            )
+            .await;
+            settle(gw, stream, buf, &mut rec, ran, keep_alive, arrival).await
+        }
+    };
+    rec.duration = arrival.elapsed();
+    gw.record(&rec);
+    next
+}
 
-    let route = match admit(gw, &head) {
+/// Admits the request and reads its body (buffered before proxying, as nginx does by
+/// default: retries can resend it, and a slow uploader never holds an upstream
+/// connection). A request refused or failed on the way is concluded here: `Err` says
+/// what becomes of the connection.
+async fn prepare<'g>(
+    gw: &'g Gateway,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    rec: &mut AccessRecord,
+    keep_alive: bool,
+    arrival: Instant,
+) -> Result<(&'g Route, Bytes), Next> {
+    let length = head.body_length();
+    let unanswered = |stage| policy::Progress {
+        stage,
+        response_started: false,
+        keep_alive,
+        upstream_status: None,
+    };
+    let route = match admit(gw, head) {
         Ok(route) => route,
         Err((route, err)) => {
-            // Refused before the body is read: with a body still to come (after a refused
-            // CONNECT, tunnel bytes may be), the request is not read whole.
             rec.route = route.map(|r| r.name.clone());
+            // With a body still to come (after a refused CONNECT, tunnel bytes may be),
+            // the request is not read whole.
             let unread = length != BodyLength::Empty || &head.method[..] == b"CONNECT";
-            let progress = policy::Progress {
-                stage: if unread { Stage::Body } else { Stage::Done },
-                response_started: false,
-                keep_alive,
-                upstream_status: None,
-            };
-            let next = conclude(gw, stream, buf, &mut rec, &err, progress).await;
-            return finish(rec, next);
+            let stage = if unread { Stage::Body } else { Stage::Done };
+            return Err(conclude(gw, stream, buf, rec, &err, unanswered(stage)).await);
         }
     };
     rec.route = Some(route.name.clone());
@@ -433,11 +464,8 @@ async fn handle(
         rec.upstream = Some(up.name.clone());
         rec.zone = Some(up.zone().as_str());
     }
-
-    // The body is buffered before proxying (as nginx does by default): retries can resend
-    // it, and a slow uploader never holds an upstream connection.
-    let body = match read_body(gw, stream, buf, &head, length).await {
-        Ok(b) => b,
+    match read_body(gw, stream, buf, head, length).await {
+        Ok(body) => Ok((route, body)),
         Err(failure) => {
             let err = match failure {
                 BodyFailure::Respond(err) => err,
@@ -447,17 +475,15 @@ async fn handle(
                     source,
                 },
             };
-            let progress = policy::Progress {
-                stage: Stage::Body,
-                response_started: false,
-                keep_alive,
-                upstream_status: None,
-            };
-            let next = conclude(gw, stream, buf, &mut rec, &err, progress).await;
-            return finish(rec, next);
+            Err(conclude(gw, stream, buf, rec, &err, unanswered(Stage::Body)).await)
         }
-    };
+    }
+}
 
+/// The request's deadline: the route's timeout, shortened by the caller's
+/// (`x-envoy-expected-rq-timeout-ms` or `grpc-timeout`, less the margin), capped by
+/// `deadline.max`.
+fn request_deadline(gw: &Gateway, head: &RequestHead, route: &Route, arrival: Instant) -> Deadline {
     let caller = head
         .headers
         .get("x-envoy-expected-rq-timeout-ms")
@@ -468,32 +494,41 @@ async fn handle(
                 .and_then(parse_grpc_timeout)
         });
     let dl = &gw.config.deadline;
-    let deadline = Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max);
-    rec.deadline = Some(deadline.budget());
+    Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max)
+}
 
+/// How running a route ended, with what it got done.
+struct Ran {
+    ended: Ended,
+    progress: Progress,
+    calls: Vec<CallRecord>,
+}
+
+/// Runs the route (proxy or aggregate) while watching the client and the drain: the
+/// first of the three to finish ends the request, dropping the others' work.
+async fn run(
+    gw: &Gateway,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    (head, body, client): (&mut RequestHead, Bytes, &Client),
+    (route, deadline, keep_alive): (&Route, Deadline, bool),
+    trace_id: &str,
+    kill: Pin<&mut impl Future<Output = ()>>,
+) -> Ran {
     let progress = ProgressCell::default();
     let calls = CallsCell::default();
-    let trace_id = rec.trace_id();
     let ended = {
         let (mut rd, mut wr) = stream.split();
         // Pinned where it is built: moving this large future into the select would copy it.
         let work = pin!(async {
             match &route.action {
                 Action::Proxy { upstream } => {
-                    let fwd = forward(
-                        gw,
-                        &mut head,
-                        body,
-                        trace_id,
-                        client.peer,
-                        keep_alive,
-                        *upstream,
-                    );
+                    let fwd = forward(gw, head, body, trace_id, client.peer, keep_alive, *upstream);
                     proxy(gw, *upstream, &fwd, deadline, &progress, &mut wr).await
                 }
                 Action::Aggregate(agg) => {
                     let req = aggregate::Request {
-                        head: &head,
+                        head,
                         request_id: trace_id,
                         deadline,
                         keep_alive,
@@ -504,28 +539,42 @@ async fn handle(
         });
         tokio::select! {
             biased;
-            gone = watch_gone(&mut rd, buf, cfg.max_header_bytes) => Ended::ClientGone(gone),
+            gone = watch_gone(&mut rd, buf, gw.config.server.max_header_bytes) => Ended::ClientGone(gone),
             _ = kill => Ended::Killed,
             o = work => Ended::Done(o),
         }
     };
-    let calls = calls.into_inner();
+    Ran {
+        ended,
+        progress: progress.into_inner(),
+        calls: calls.into_inner(),
+    }
+}
+
+/// Puts what a run got done into the record, and concludes it: a success keeps or closes
+/// the connection as the response said; a failure goes to the failure policy.
+async fn settle(
+    gw: &Gateway,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    rec: &mut AccessRecord,
+    Ran {
+        ended,
+        progress: p,
+        calls,
+    }: Ran,
+    keep_alive: bool,
+    arrival: Instant,
+) -> Next {
     rec.degraded = calls
         .iter()
         .filter(|c| c.fallback)
         .map(|c| c.name.clone())
         .collect();
-    let p = progress.into_inner();
     rec.attempts = p.attempts;
     rec.endpoint = p.endpoint;
     rec.upstream_status = p.upstream_status;
     rec.bytes_sent = p.bytes_sent;
-    let progress = policy::Progress {
-        stage: Stage::Done,
-        response_started: p.response_started,
-        keep_alive: keep_alive && !gw.draining(),
-        upstream_status: p.upstream_status,
-    };
     let err = match ended {
         Ended::Done(Outcome { error: None, close }) => {
             rec.status = p.upstream_status.unwrap_or(0);
@@ -533,12 +582,11 @@ async fn handle(
                 rec.flags.push(Flag::Degraded.code());
             }
             rec.calls = calls;
-            let next = if close || !keep_alive {
+            return if close || !keep_alive {
                 Next::Close
             } else {
                 Next::KeepAlive
             };
-            return finish(rec, next);
         }
         Ended::Done(Outcome {
             error: Some(err), ..
@@ -546,32 +594,47 @@ async fn handle(
             rec.calls = calls;
             err
         }
-        Ended::ClientGone(source) => {
-            let waiting = if calls.is_empty() {
-                waiting_on(gw, &p)
-            } else {
-                calls_waiting(&calls)
-            };
-            rec.calls = calls;
-            for c in rec.calls.iter_mut().filter(|c| c.state != CallState::Done) {
-                c.cause = Some(match c.state {
-                    CallState::Pending => "not started: client gone".into(),
-                    _ => "aborted: client gone".into(),
-                });
-            }
-            rec.degraded.clear();
-            ProxyError::ClientGone {
-                elapsed: arrival.elapsed(),
-                waiting_on: waiting,
-                source,
-            }
-        }
+        Ended::ClientGone(source) => client_gone(gw, rec, &p, calls, source, arrival),
         Ended::Killed => ProxyError::Shutdown {
-            drain: cfg.drain_timeout,
+            drain: gw.config.server.drain_timeout,
         },
     };
-    let next = conclude(gw, stream, buf, &mut rec, &err, progress).await;
-    finish(rec, next)
+    let progress = policy::Progress {
+        stage: Stage::Done,
+        response_started: p.response_started,
+        keep_alive: keep_alive && !gw.draining(),
+        upstream_status: p.upstream_status,
+    };
+    conclude(gw, stream, buf, rec, &err, progress).await
+}
+
+/// The client left while the route ran: what it was waiting on, and each call it cut off.
+fn client_gone(
+    gw: &Gateway,
+    rec: &mut AccessRecord,
+    p: &Progress,
+    calls: Vec<CallRecord>,
+    source: io::Error,
+    arrival: Instant,
+) -> ProxyError {
+    let waiting = if calls.is_empty() {
+        waiting_on(gw, p)
+    } else {
+        calls_waiting(&calls)
+    };
+    rec.calls = calls;
+    for c in rec.calls.iter_mut().filter(|c| c.state != CallState::Done) {
+        c.cause = Some(match c.state {
+            CallState::Pending => "not started: client gone".into(),
+            _ => "aborted: client gone".into(),
+        });
+    }
+    rec.degraded.clear();
+    ProxyError::ClientGone {
+        elapsed: arrival.elapsed(),
+        waiting_on: waiting,
+        source,
+    }
 }
 
 /// The route that serves `head`, or why none does (with the route, if one matched).
