@@ -100,7 +100,8 @@ pub async fn serve_connection(
         let cfg = &gw.config.server;
         if buf.is_empty() {
             let wait = if first {
-                cfg.header_read_timeout
+                // Counted from accept: a TLS handshake already spent part of it.
+                cfg.header_read_timeout.saturating_sub(accepted.elapsed())
             } else {
                 // `busy` already waited HOT_WAIT of the idle timeout.
                 cfg.idle_timeout.saturating_sub(HOT_WAIT)

@@ -124,6 +124,31 @@ fn a_stalled_handshake_is_cut_at_header_read_timeout_and_plain_http_gets_400() {
 }
 
 #[test]
+fn header_read_timeout_counts_from_accept_across_the_handshake() {
+    let ca = Ca::new("accept");
+    let leaf = ca.leaf("leaf", "leaf", &["localhost"], Validity::Good);
+    let up = mock(&["--quiet"]);
+    let gw = tls_gateway(&leaf, "", "header_read_timeout = \"1s\"", up.addr);
+    let addr = tls_addr(&gw);
+    let config = common::pki::client_config(&ca.cert).expect("config");
+    // 800 ms of silence before the client hello, then a quick handshake and no request:
+    // the 408 is due 1 s after accept, not 1 s after the handshake.
+    let start = Instant::now();
+    let tcp = TcpStream::connect(addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(800));
+    let mut s = common::pki::handshake(tcp, config, "localhost").expect("handshake");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    let took = start.elapsed();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(took < Duration::from_millis(1500), "408 after {took:?}");
+}
+
+#[test]
 fn min_version_1_3_refuses_a_tls12_client_and_tls_errors_can_be_logged() {
     let ca = Ca::new("v13");
     let leaf = ca.leaf("leaf", "leaf", &["localhost"], Validity::Good);

@@ -108,23 +108,45 @@ pub fn connect_with(
     alpn: &[&str],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, std::io::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    handshake(TcpStream::connect(addr)?, Arc::new(config), sni)
+}
+
+fn roots(ca: &Path) -> Result<rustls::RootCertStore, std::io::Error> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca)?;
     for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
         let c: CertificateDer<'static> = c.map_err(std::io::Error::other)?;
         roots.add(c).map_err(std::io::Error::other)?;
     }
+    Ok(roots)
+}
+
+/// A TLS 1.2/1.3 client config trusting `ca` (no ALPN).
+pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, std::io::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
         .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca)?)
         .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Completes a TLS handshake as `sni` on an already connected `tcp`.
+pub fn handshake(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, std::io::Error> {
     let name = ServerName::try_from(sni.to_string()).map_err(std::io::Error::other)?;
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
-    let tcp = TcpStream::connect(addr)?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
     while s.conn.is_handshaking() {
