@@ -14,8 +14,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion};
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
-use hopline_gateway::access_log::AccessRecord;
-use hopline_gateway::metrics::Metrics;
+use hopline_gateway::{AccessRecord, Metrics};
 use hopline_h1::head::{parse_request, parse_response, strip_hop_by_hop, HeadLimits};
 
 const REQUEST: &[u8] = b"GET /api/benefits?uid=42 HTTP/1.1\r\nHost: gw.example\r\n\

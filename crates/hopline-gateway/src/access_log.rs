@@ -43,7 +43,7 @@ pub struct AccessRecord {
     pub method: Bytes,
     /// Path and query as received.
     pub path: Bytes,
-    /// Route name; none when no route matched (logged as [`NO_ROUTE`]).
+    /// Route name; none when no route matched (logged as `"(none)"`).
     pub route: Option<Arc<str>>,
     /// Status sent (499 when the client left first).
     pub status: u16,

@@ -5,18 +5,19 @@
 //! until the shutdown resolves and the drain completes. The request life cycle is
 //! charted in `docs/architecture.md`.
 
-pub mod access_log;
-pub mod admin;
-pub mod aggregate;
-pub mod conn;
-pub mod gateway;
-pub mod limits;
-pub mod metrics;
-pub mod proxy;
-pub mod response;
-pub mod stream;
-pub mod tls;
-pub mod upstream;
+// The binary and the benches use what is re-exported below; the rest is the crate's own.
+mod access_log;
+mod admin;
+mod aggregate;
+mod conn;
+mod gateway;
+mod limits;
+mod metrics;
+mod proxy;
+mod response;
+mod stream;
+mod tls;
+mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +28,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+pub use access_log::AccessRecord;
 pub use gateway::{BuildError, Current, Gateway, NotApplied};
+pub use metrics::Metrics;
 
 /// How long in-flight requests get, after the drain period, to write their 503 `SD`.
 const KILL_GRACE: Duration = Duration::from_secs(1);
