@@ -5,7 +5,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+// tokio's clock (the real one outside tests), so tests can run these on a paused clock.
+use tokio::time::Instant;
 
 /// A counter of calls in flight with a hard ceiling.
 #[derive(Debug)]
@@ -212,5 +213,48 @@ mod tests {
         let r = RateLimit::new(3);
         assert!(r.try_take() && r.try_take() && r.try_take());
         assert!(!r.try_take());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_refills_at_its_rate_and_holds_one_second_of_burst() {
+        let r = RateLimit::new(4);
+        for _ in 0..4 {
+            assert!(r.try_take());
+        }
+        assert!(!r.try_take());
+        tokio::time::advance(std::time::Duration::from_millis(240)).await;
+        assert!(!r.try_take(), "0.96 of a token after 240 ms at 4/s");
+        tokio::time::advance(std::time::Duration::from_millis(10)).await;
+        assert!(r.try_take(), "one token after 250 ms");
+        assert!(!r.try_take());
+        // A long quiet spell refills one second's worth, no more.
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        for _ in 0..4 {
+            assert!(r.try_take());
+        }
+        assert!(!r.try_take());
+        // A reload that lowers the rate refills at the new rate.
+        r.set_rate(1);
+        tokio::time::advance(std::time::Duration::from_millis(999)).await;
+        assert!(!r.try_take());
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert!(r.try_take());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_budget_floor_renews_every_second_and_deposits_are_capped() {
+        let b = RetryBudget::new(0.5, 1);
+        assert!(b.try_spend(), "this second's floor");
+        assert!(!b.try_spend());
+        tokio::time::advance(std::time::Duration::from_millis(999)).await;
+        assert!(!b.try_spend(), "still the same second");
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert!(b.try_spend(), "the next second's floor");
+        // Deposits saved over a quiet spell are capped at CAP retries.
+        for _ in 0..(RetryBudget::CAP * 4) {
+            b.deposit();
+        }
+        let spent = (0..RetryBudget::CAP * 4).filter(|_| b.try_spend()).count();
+        assert_eq!(spent as u64, RetryBudget::CAP);
     }
 }
