@@ -86,30 +86,28 @@ pub struct Programs {
     pub legacy: PathBuf,
 }
 
+/// One call to a chaos API: the status and the body.
 async fn chaos_call(
     api: SocketAddr,
     method: &str,
     path: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(api)
         .await
         .map_err(|e| e.to_string())?;
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: chaos\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes())
+    let mut req = bytes::BytesMut::new();
+    let fields = [
+        ("host", "chaos"),
+        ("connection", "close"),
+        ("content-type", "application/json"),
+    ];
+    hopline_h1::client::put_request(&mut req, method, path, &fields, body.as_bytes());
+    let mut buf = bytes::BytesMut::new();
+    let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, out))
+        .map_err(|e| hopline_core::error::cause_chain(&e))?;
+    Ok((r.head.status, String::from_utf8_lossy(&r.body).into_owned()))
 }
 
 /// Runs one scenario, writing `index.html`, `data.json` and every service's log to `out`.
@@ -168,10 +166,8 @@ pub async fn run(
                 )
                 .await
                 .and_then(|(st, body)| {
-                    let name = body
-                        .split("\r\n\r\n")
-                        .nth(1)
-                        .and_then(|b| serde_json::from_str::<Value>(b.trim()).ok())
+                    let name = serde_json::from_str::<Value>(body.trim())
+                        .ok()
                         .and_then(|v| v["name"].as_str().map(String::from));
                     match (st, name) {
                         (200, Some(n)) => {

@@ -6,8 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hopline_h1::{read_body_chunk, read_response_head, BodyDecoder};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
@@ -123,21 +121,14 @@ async fn one(
             }
         },
     };
-    let req = format!("GET {path} HTTP/1.1\r\nhost: drill\r\nuser-agent: hopline-drill\r\n\r\n");
+    let mut req = BytesMut::with_capacity(128);
+    let fields = [("host", "drill"), ("user-agent", "hopline-drill")];
+    hopline_h1::client::put_request(&mut req, "GET", path, &fields, b"");
     let work = async {
-        s.write_all(req.as_bytes())
+        let head = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
             .await
-            .map_err(|e| format!("write: {e}"))?;
-        let head = read_response_head(&mut s, &mut buf, 64 * 1024)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let len = head.body_length(false).map_err(|e| e.to_string())?;
-        let mut dec = BodyDecoder::new(len);
-        while read_body_chunk(&mut s, &mut buf, &mut dec)
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .is_some()
-        {}
+            .map_err(|e| hopline_core::error::cause_chain(&e))?
+            .head;
         let h = |n: &str| {
             head.headers
                 .get(n)

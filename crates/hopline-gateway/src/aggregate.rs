@@ -360,10 +360,7 @@ fn call_request(
         path.push_str(q);
     }
     let mut out = BytesMut::with_capacity(256);
-    out.put_slice(c.method.as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(path.as_bytes());
-    out.put_slice(b" HTTP/1.1\r\n");
+    hopline_h1::client::put_request_line(&mut out, c.method.as_bytes(), path.as_bytes());
     let host = gw.upstreams[call.upstream]
         .config
         .endpoints

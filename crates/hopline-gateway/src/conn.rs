@@ -12,12 +12,13 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hopline_core::config::ServerConfig;
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
 use hopline_core::policy::{self, fail_to_proxy, Stage};
 use hopline_core::text::push_ip;
 use hopline_core::{Deadline, Flag, Phase, ProxyError};
+use hopline_h1::client::put_request_line;
 use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop};
 use hopline_h1::{
     read_body_chunk, read_request_head, wait_first_byte, wait_first_byte_unbuffered, watch_gone,
@@ -774,10 +775,7 @@ fn forward(
     upstream: usize,
 ) -> Forward {
     let mut out = BytesMut::with_capacity(512);
-    out.put_slice(&head.method);
-    out.put_u8(b' ');
-    out.put_slice(head.origin_form());
-    out.put_slice(b" HTTP/1.1\r\n");
+    put_request_line(&mut out, &head.method, head.origin_form());
     strip_hop_by_hop(&mut head.headers);
     let mut forwarded_for: Vec<u8> = Vec::new();
     let mut has_host = false;

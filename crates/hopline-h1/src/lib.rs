@@ -8,6 +8,7 @@
 //! conflicting lengths) is an error, never a guess.
 
 pub mod body;
+pub mod client;
 pub mod head;
 pub mod io;
 pub mod small;

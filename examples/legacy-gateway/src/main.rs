@@ -31,9 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, BytesMut};
-use hopline_h1::{
-    read_body_chunk, read_request_head, read_response_head, watch_gone, BodyDecoder, HeadLimits,
-};
+use hopline_h1::{read_body_chunk, read_request_head, watch_gone, BodyDecoder, HeadLimits};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -108,27 +106,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     addr: &str,
     path: &str,
 ) -> Result<Vec<u8>, String> {
-    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
+    let mut req = BytesMut::with_capacity(128);
+    let fields = [("host", addr), ("connection", "close")];
+    hopline_h1::client::put_request(&mut req, "GET", path, &fields, b"");
     let mut buf = BytesMut::with_capacity(4096);
-    let head = read_response_head(&mut s, &mut buf, 64 * 1024)
+    let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
         .await
-        .map_err(|e| format!("read response: {e}"))?;
-    let len = head.body_length(false).map_err(|e| e.to_string())?;
-    let mut dec = BodyDecoder::new(len);
-    let mut body = Vec::new();
-    while let Some(piece) = read_body_chunk(&mut s, &mut buf, &mut dec)
-        .await
-        .map_err(|e| format!("read body: {e}"))?
-    {
-        body.extend_from_slice(&piece);
+        .map_err(|e| hopline_core::error::cause_chain(&e))?;
+    if r.head.status != 200 {
+        return Err(format!("status {}", r.head.status));
     }
-    if head.status != 200 {
-        return Err(format!("status {}", head.status));
-    }
-    Ok(body)
+    Ok(r.body.to_vec())
 }
 
 /// `Send`: starts the call on its own task (the goroutine) and races it against the

@@ -1,0 +1,131 @@
+//! The HTTP/1.1 client side in one place: writing a request head and reading a whole
+//! response. The gateway's upstream calls build their heads with [`put_request_line`];
+//! the drill's load generator, its chaos API client and the legacy gateway send whole
+//! requests with [`put_request`] and read answers with [`read_response`]. Callers bound
+//! the waits (each with its own deadline).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::body::{BodyDecoder, BodyError};
+use crate::head::{put_decimal, put_header, ResponseHead};
+use crate::io::{read_body_chunk, read_response_head, HeadError};
+
+/// Why a response could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// Writing the request failed.
+    #[error("write failed")]
+    Write(#[source] std::io::Error),
+    /// The response head could not be read.
+    #[error("reading the response head failed")]
+    Head(#[source] HeadError),
+    /// The response's framing is invalid (e.g. content-length with transfer-encoding).
+    #[error("invalid response framing")]
+    Framing(#[source] crate::head::ParseError),
+    /// The response body could not be read.
+    #[error("reading the response body failed")]
+    Body(#[source] BodyError),
+}
+
+/// Writes `METHOD TARGET HTTP/1.1\r\n`.
+pub fn put_request_line(out: &mut BytesMut, method: &[u8], target: &[u8]) {
+    out.reserve(method.len() + target.len() + 12);
+    out.put_slice(method);
+    out.put_u8(b' ');
+    out.put_slice(target);
+    out.put_slice(b" HTTP/1.1\r\n");
+}
+
+/// Writes a whole request: the request line, `fields`, `content-length` when there is a
+/// body (or the method usually has one), the blank line and the body.
+pub fn put_request(
+    out: &mut BytesMut,
+    method: &str,
+    target: &str,
+    fields: &[(&str, &str)],
+    body: &[u8],
+) {
+    put_request_line(out, method.as_bytes(), target.as_bytes());
+    for (name, value) in fields {
+        put_header(out, name.as_bytes(), value.as_bytes());
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        out.put_slice(b"content-length: ");
+        put_decimal(out, body.len() as u64);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Response {
+    /// Its head.
+    pub head: ResponseHead,
+    /// Its body, decoded (chunked framing removed).
+    pub body: Bytes,
+}
+
+/// Writes `request` on `io` and reads the whole response (head of at most `max_head`
+/// bytes; interim 1xx skipped), leaving any bytes after it in `buf`. A `HEAD` request's
+/// response has no body.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    request: &[u8],
+    max_head: usize,
+) -> Result<Response, ResponseError> {
+    io.write_all(request).await.map_err(ResponseError::Write)?;
+    let head = read_response_head(io, buf, max_head)
+        .await
+        .map_err(ResponseError::Head)?;
+    let length = head
+        .body_length(request.starts_with(b"HEAD "))
+        .map_err(ResponseError::Framing)?;
+    let mut decoder = BodyDecoder::new(length);
+    let mut body = BytesMut::new();
+    while let Some(piece) = read_body_chunk(io, buf, &mut decoder)
+        .await
+        .map_err(ResponseError::Body)?
+    {
+        body.extend_from_slice(&piece);
+    }
+    Ok(Response {
+        head,
+        body: body.freeze(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_written_and_its_response_read_whole() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let serve = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut got = vec![0u8; 1024];
+            let n = server.read(&mut got).await.expect("read");
+            server
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nnext")
+                .await
+                .expect("write");
+            String::from_utf8_lossy(&got[..n]).into_owned()
+        });
+        let mut out = BytesMut::new();
+        put_request(&mut out, "POST", "/x?y=1", &[("host", "h")], b"{}");
+        let mut buf = BytesMut::new();
+        let r = exchange(&mut client, &mut buf, &out, 4096)
+            .await
+            .expect("response");
+        assert_eq!((r.head.status, &r.body[..]), (201, &b"abc"[..]));
+        assert_eq!(&buf[..], b"next", "bytes after the response stay in buf");
+        assert_eq!(
+            serve.await.expect("server"),
+            "POST /x?y=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\n\r\n{}"
+        );
+    }
+}
