@@ -268,6 +268,34 @@ impl<'a> Tbl<'a> {
         Some(out)
     }
 
+    /// A required, non-empty array of strings: `Missing` when absent, `Invalid(empty)` when
+    /// empty, wrong types reported; the strings that are there.
+    pub(crate) fn required_list(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        empty: &str,
+    ) -> Vec<Spanned<'a>> {
+        match self.str_list(cx, key) {
+            None => {
+                if self.table.get(key).is_none() {
+                    cx.report(self.span(), self.key_path(key), ProblemKind::Missing);
+                }
+                Vec::new()
+            }
+            Some(list) => {
+                if list.is_empty() {
+                    cx.report(
+                        self.value_span(key),
+                        self.key_path(key),
+                        ProblemKind::Invalid(empty.into()),
+                    );
+                }
+                list
+            }
+        }
+    }
+
     pub(crate) fn sub(&mut self, cx: &mut Cx, key: &'static str) -> Option<Tbl<'a>> {
         let (k, item) = self.get(key)?;
         let span = Self::item_span(k, item).or_else(|| k.span());
@@ -414,16 +442,8 @@ fn parse_listen(s: &str) -> Option<ListenAddr> {
     }
     let (host, port) = s.rsplit_once(':')?;
     let port = port.parse::<u16>().ok()?;
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    let name_ok = host.len() <= 253
-        && host.split('.').all(label_ok)
-        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    // All digits and dots is a malformed IP, not a name.
+    let name_ok = dns_name(host) && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     name_ok.then(|| ListenAddr {
         host: host.to_ascii_lowercase(),
         port,
@@ -503,32 +523,22 @@ fn server_tls(cx: &mut Cx, mut t: Tbl) -> Option<ServerTlsConfig> {
         let cert = c.req_str(cx, "cert").map(|(c, _)| PathBuf::from(c));
         let key = c.req_str(cx, "key").map(|(k, _)| PathBuf::from(k));
         let mut names = Vec::new();
-        match c.str_list(cx, "server_names") {
-            None if c.table.get("server_names").is_none() => {
-                cx.report(c.span(), c.key_path("server_names"), ProblemKind::Missing);
-            }
-            None => {}
-            Some(list) => {
-                if list.is_empty() {
-                    cx.report(
-                        c.value_span("server_names"),
-                        c.key_path("server_names"),
-                        ProblemKind::Invalid("needs at least one name (the default certificate is [server.tls] cert/key)".into()),
-                    );
-                }
-                for (i, (n, span)) in list.into_iter().enumerate() {
-                    if valid_server_name(n) {
-                        names.push(n.to_ascii_lowercase());
-                    } else {
-                        cx.report(
-                            span,
-                            format!("{}[{i}]", c.key_path("server_names")),
-                            ProblemKind::Invalid(format!(
-                                "{n:?} is not a DNS name (a leading \"*.\" matches one label)"
-                            )),
-                        );
-                    }
-                }
+        let empty = "needs at least one name (the default certificate is [server.tls] cert/key)";
+        for (i, (n, span)) in c
+            .required_list(cx, "server_names", empty)
+            .into_iter()
+            .enumerate()
+        {
+            if valid_server_name(n) {
+                names.push(n.to_ascii_lowercase());
+            } else {
+                cx.report(
+                    span,
+                    format!("{}[{i}]", c.key_path("server_names")),
+                    ProblemKind::Invalid(format!(
+                        "{n:?} is not a DNS name (a leading \"*.\" matches one label)"
+                    )),
+                );
             }
         }
         c.finish(cx);
@@ -563,19 +573,21 @@ fn server_tls(cx: &mut Cx, mut t: Tbl) -> Option<ServerTlsConfig> {
     })
 }
 
-/// A DNS name for SNI matching: labels of letters, digits and hyphens; the first label
-/// may be `*`.
-fn valid_server_name(n: &str) -> bool {
-    let rest = n.strip_prefix("*.").unwrap_or(n);
-    !rest.is_empty()
-        && rest.len() <= 253
-        && rest.split('.').all(|l| {
+/// A DNS name: dot-separated labels of 1–63 letters, digits and inner hyphens.
+fn dns_name(n: &str) -> bool {
+    n.len() <= 253
+        && n.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// A DNS name for SNI matching; the first label may be `*`.
+fn valid_server_name(n: &str) -> bool {
+    dns_name(n.strip_prefix("*.").unwrap_or(n))
 }
 
 fn log(cx: &mut Cx, mut t: Tbl) -> LogConfig {
@@ -602,48 +614,38 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
     let mut endpoints = Vec::new();
     // Endpoints written https:// and without a scheme.
     let mut schemes = (0, 0);
-    match t.str_list(cx, "endpoints") {
-        None if t.table.get("endpoints").is_none() => {
-            cx.report(t.span(), t.key_path("endpoints"), ProblemKind::Missing);
+    let empty = "needs at least one \"host:port\"";
+    for (i, (ep, span)) in t
+        .required_list(cx, "endpoints", empty)
+        .into_iter()
+        .enumerate()
+    {
+        let (https, ep) = match ep.strip_prefix("https://") {
+            Some(rest) => (true, rest.strip_suffix('/').unwrap_or(rest)),
+            None => (false, ep),
+        };
+        // https:// without a port means 443.
+        let ep = if https && (ep.ends_with(']') || !ep.contains(':')) {
+            format!("{ep}:443")
+        } else {
+            ep.to_string()
+        };
+        let ok = ep.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if https {
+            schemes.0 += 1;
+        } else {
+            schemes.1 += 1;
         }
-        None => {}
-        Some(list) => {
-            if list.is_empty() {
-                cx.report(
-                    t.value_span("endpoints"),
-                    t.key_path("endpoints"),
-                    ProblemKind::Invalid("needs at least one \"host:port\"".into()),
-                );
-            }
-            for (i, (ep, span)) in list.into_iter().enumerate() {
-                let (https, ep) = match ep.strip_prefix("https://") {
-                    Some(rest) => (true, rest.strip_suffix('/').unwrap_or(rest)),
-                    None => (false, ep),
-                };
-                // https:// without a port means 443.
-                let ep = if https && (ep.ends_with(']') || !ep.contains(':')) {
-                    format!("{ep}:443")
-                } else {
-                    ep.to_string()
-                };
-                let ok = ep.rsplit_once(':').is_some_and(|(host, port)| {
-                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-                });
-                if https {
-                    schemes.0 += 1;
-                } else {
-                    schemes.1 += 1;
-                }
-                if ok {
-                    endpoints.push(ep);
-                } else {
-                    cx.report(
-                        span,
-                        format!("{}[{i}]", t.key_path("endpoints")),
-                        ProblemKind::Invalid(format!("{ep:?} is not host:port")),
-                    );
-                }
-            }
+        if ok {
+            endpoints.push(ep);
+        } else {
+            cx.report(
+                span,
+                format!("{}[{i}]", t.key_path("endpoints")),
+                ProblemKind::Invalid(format!("{ep:?} is not host:port")),
+            );
         }
     }
     let zone = match t.str(cx, "zone") {
