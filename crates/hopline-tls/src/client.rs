@@ -38,18 +38,22 @@ fn system_roots() -> Arc<rustls::RootCertStore> {
 /// client certificate for mTLS, ALPN; resumption is rustls's default (in memory).
 pub fn client_config(tls: &UpstreamTlsConfig) -> Result<Arc<rustls::ClientConfig>, TlsFileError> {
     let provider = crate::provider();
-    let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify {
-        Arc::new(SkipVerify(provider.clone()))
+    let webpki = if tls.insecure_skip_verify {
+        None
     } else {
         let roots = match &tls.ca {
             Some(ca) => Arc::new(files::roots(ca)?),
             None => system_roots(),
         };
-        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        let v = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
             .map_err(TlsFileError::Verifier)?;
-        Arc::new(Annotating(inner))
+        Some(v)
     };
+    let verifier = Arc::new(Verifier {
+        webpki,
+        provider: provider.clone(),
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsFileError::Config)?
@@ -80,11 +84,16 @@ struct Rejected {
     name: String,
 }
 
-/// WebPKI verification whose certificate errors carry a [`Rejected`].
+/// Certificate verification: WebPKI, whose certificate errors carry a [`Rejected`]; or,
+/// with `insecure_skip_verify`, none (`webpki` is `None`). Either way the handshake
+/// signatures are checked: the peer must hold the key of the certificate it sent.
 #[derive(Debug)]
-struct Annotating(Arc<WebPkiServerVerifier>);
+struct Verifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl ServerCertVerifier for Annotating {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -93,7 +102,10 @@ impl ServerCertVerifier for Annotating {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        self.0
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        webpki
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
             .map_err(|e| match e {
                 Error::InvalidCertificate(cause) => Error::InvalidCertificate(
@@ -113,7 +125,8 @@ impl ServerCertVerifier for Annotating {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -122,61 +135,14 @@ impl ServerCertVerifier for Annotating {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `insecure_skip_verify`: any certificate is accepted, but the handshake signatures are
-/// still checked (the peer must hold the key of the certificate it sent).
-#[derive(Debug)]
-struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
