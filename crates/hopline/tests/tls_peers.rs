@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::pki::{Ca, Validity};
+use common::pki::{tls_gateway, Ca, Validity};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -51,14 +51,7 @@ fn curl_and_openssl_s_client_speak_to_the_tls_listener() {
     let ca = Ca::new("peers");
     let leaf = ca.leaf("leaf", "localhost", &["localhost"], Validity::Good);
     let up = mock(&["--quiet", "--body", "hello over tls"]);
-    let gw = gateway(
-        &format!(
-            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            path(&leaf.cert),
-            path(&leaf.key)
-        ),
-        &route_all(up.addr),
-    );
+    let gw = tls_gateway(&leaf, "", "", up.addr);
     let addr = tls_addr(&gw);
     let url = format!("https://localhost:{}/x", addr.port());
     let out = Command::new("curl")
@@ -147,8 +140,12 @@ fn nginx_with_ssl_is_a_verified_pooled_upstream() {
         ),
     );
     for i in 0..5 {
-        let r = get(gw.addr, &format!("/n{i}"), "");
+        let p = format!("/n{i}");
+        let r = get(gw.addr, &p, "");
         assert_eq!((r.status, r.body.as_str()), (200, "from nginx over tls\n"));
+        // The line is written once the upstream connection is back in the pool: the next
+        // request finds it there (without this wait it may race the check-in).
+        gw.wait_json(WAIT, &p, |v| v["path"] == p.as_str());
     }
     // Five requests, one TLS handshake: pooled TLS connections are reused.
     let metrics = get(admin_addr(&gw), "/metrics", "").body;
