@@ -86,18 +86,16 @@ pub fn fail_to_proxy(err: &ProxyError, progress: Progress) -> Decision {
         linger: false,
     };
     match err {
-        // Nobody to answer: the client left, or stopped reading what we send.
+        // Nobody to answer: the client left.
         ProxyError::ClientGone { .. } => ended,
-        ProxyError::ClientWriteTimeout { .. } => Decision {
-            status: progress.upstream_status.unwrap_or(d.status),
-            ..ended
-        },
-        // The head went out: the client sees the response cut short; the log keeps the
-        // status it got, with the failure's flag and cause.
-        _ if progress.response_started => Decision {
-            status: progress.upstream_status.unwrap_or(d.status),
-            ..ended
-        },
+        // The head went out, or the client stopped reading it: the client sees the response
+        // cut short; the log keeps the status it got, with the failure's flag and cause.
+        _ if progress.response_started || matches!(err, ProxyError::ClientWriteTimeout { .. }) => {
+            Decision {
+                status: progress.upstream_status.unwrap_or(d.status),
+                ..ended
+            }
+        }
         _ => {
             let keep =
                 progress.keep_alive && progress.stage == Stage::Done && !breaks_connection(err);

@@ -9,23 +9,10 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::pki::{connect, connect_with, get_tls, Ca, Leaf, Validity};
+use common::pki::{connect, connect_with, get_tls, tls_gateway, Ca, Leaf, Validity};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A gateway with a TLS listener (`tls_extra` goes into `[server.tls]`), an admin API and
-/// every path routed to `up`.
-fn tls_gateway(default: &Leaf, tls_extra: &str, server_extra: &str, up: SocketAddr) -> Proc {
-    gateway(
-        &format!(
-            "{server_extra}\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{tls_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            path(&default.cert),
-            path(&default.key)
-        ),
-        &route_all(up),
-    )
-}
 
 fn metric(gw: &Proc, prefix: &str) -> f64 {
     let body = get(admin_addr(gw), "/metrics", "").body;
@@ -153,14 +140,8 @@ fn min_version_1_3_refuses_a_tls12_client_and_tls_errors_can_be_logged() {
     let ca = Ca::new("v13");
     let leaf = ca.leaf("leaf", "leaf", &["localhost"], Validity::Good);
     let up = mock(&["--quiet"]);
-    let gw = gateway(
-        &format!(
-            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nmin_version = \"1.3\"\n[log]\ntls_errors = true\n",
-            path(&leaf.cert),
-            path(&leaf.key)
-        ),
-        &route_all(up.addr),
-    );
+    let extra = "min_version = \"1.3\"\n[log]\ntls_errors = true";
+    let gw = tls_gateway(&leaf, extra, "", up.addr);
     let addr = tls_addr(&gw);
     let tls12 = [&rustls::version::TLS12];
     assert!(connect_with(addr, &ca.cert, "localhost", &[], &tls12).is_err());

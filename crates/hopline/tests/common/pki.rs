@@ -190,3 +190,21 @@ pub fn get_tls(s: &mut impl ReadWrite, path: &str) -> (u16, String) {
 /// Read + Write.
 pub trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
+
+/// A gateway with a TLS listener serving `default` (`tls_extra` goes into `[server.tls]`,
+/// `server_extra` into `[server]`), an admin API, and every path routed to `up`.
+pub fn tls_gateway(
+    default: &Leaf,
+    tls_extra: &str,
+    server_extra: &str,
+    up: SocketAddr,
+) -> super::Proc {
+    super::gateway(
+        &format!(
+            "{server_extra}\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{tls_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            super::path(&default.cert),
+            super::path(&default.key)
+        ),
+        &super::route_all(up),
+    )
+}
