@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::AggregateMode;
 use hopline_core::{Deadline, ProxyError};
-use hopline_h1::head::{put_content_length, put_header};
-use hopline_h1::RequestHead;
-use tokio::io::AsyncWrite;
+use hopline_h1::head::{put_header, Headers};
 
+use crate::front::{BodySize, ResponseStart, Sink};
 use crate::gateway::{Aggregate, Call, Gateway};
-use crate::proxy::{collect, open, write_client, Forward, Outcome, ProgressCell};
+use crate::proxy::{collect, open, Forward, ProgressCell};
 
 /// Largest call response body accepted.
 const MAX_CALL_BODY: usize = 4 << 20;
@@ -130,14 +129,12 @@ impl CallFailure {
 /// The client request an aggregate route serves.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    /// Its head (method, query and headers feed the calls).
-    pub head: &'a RequestHead,
+    /// The client's request (method, query and headers feed the calls).
+    pub req: &'a crate::request::Request,
     /// The `x-request-id` the calls carry.
     pub request_id: &'a str,
     /// Its deadline.
     pub deadline: Deadline,
-    /// The client keeps the connection (and we are not draining).
-    pub keep_alive: bool,
 }
 
 /// A placeholder value that would change the call's path instead of filling one segment.
@@ -148,20 +145,19 @@ pub struct PlaceholderError {
     value: String,
 }
 
-/// Runs an aggregate route and writes its response to `client` (head only for `HEAD`).
-pub async fn run<W: AsyncWrite + Unpin>(
+/// Runs an aggregate route and writes its response into `sink` (head only for `HEAD`).
+pub async fn run<S: Sink>(
     gw: &Gateway,
     agg: &Aggregate,
     req: &Request<'_>,
     progress: &ProgressCell,
     calls: &CallsCell,
-    client: &mut W,
-) -> Outcome {
+    sink: &mut S,
+) -> Result<(), ProxyError> {
     let Request {
-        head,
+        req: head,
         request_id,
         deadline,
-        keep_alive,
     } = *req;
     // Every call's request is built before any starts: a bad placeholder value fails the
     // request (400), it never reaches an upstream.
@@ -172,7 +168,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(r) => r,
-        Err(e) => return Outcome::fail(ProxyError::Malformed(Box::new(e))),
+        Err(e) => return Err(ProxyError::Malformed(Box::new(e))),
     };
     {
         let mut records = calls.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -223,10 +219,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let value: Bytes = match result {
             Ok(v) => v,
             Err(failure) if call.config.required => {
-                return Outcome {
-                    error: Some(failure.into_proxy_error(&call.name, deadline.budget())),
-                    close: false,
-                };
+                return Err(failure.into_proxy_error(&call.name, deadline.budget()));
             }
             Err(_) => {
                 degraded.push(&call.name);
@@ -246,40 +239,34 @@ pub async fn run<W: AsyncWrite + Unpin>(
     }
     body.put_u8(b'}');
 
-    let close = !keep_alive || gw.draining();
-    let mut out = BytesMut::with_capacity(256 + body.len());
-    out.put_slice(b"HTTP/1.1 200 OK\r\n");
-    put_header(&mut out, b"content-type", b"application/json");
-    put_header(&mut out, b"x-request-id", request_id.as_bytes());
+    let mut headers = Headers::new();
+    headers.push("content-type", "application/json");
+    headers.push(
+        "x-request-id",
+        Bytes::copy_from_slice(request_id.as_bytes()),
+    );
     if !degraded.is_empty() {
-        put_header(
-            &mut out,
-            b"x-hopline-degraded",
-            degraded.join(",").as_bytes(),
-        );
+        headers.push("x-hopline-degraded", degraded.join(","));
     }
-    put_content_length(&mut out, body.len() as u64);
-    if close {
-        put_header(&mut out, b"connection", b"close");
-    }
-    out.put_slice(b"\r\n");
-    // HEAD: the same head, no body (one would corrupt the next response on the connection).
+    let start = ResponseStart {
+        status: 200,
+        reason: Bytes::from_static(b"OK"),
+        headers,
+        body: BodySize::Known(body.len() as u64),
+    };
+    // Every client protocol carries a known-length body; should one not, nothing was sent.
+    sink.start(start)
+        .map_err(|e| ProxyError::NotImplemented { what: e.0 })?;
+    // The sink drops the body of a response to HEAD (one would corrupt the next response).
+    sink.data(&body);
+    sink.finish();
     let head_only = &head.method[..] == b"HEAD";
-    if !head_only {
-        out.put_slice(&body);
-    }
     progress.update(|p| {
         p.response_started = true;
         p.upstream_status = Some(200);
         p.bytes_sent = if head_only { 0 } else { body.len() as u64 };
     });
-    match write_client(gw, client, &out, &deadline).await {
-        Ok(()) => Outcome { error: None, close },
-        Err(e) => Outcome {
-            error: Some(e),
-            close: true,
-        },
-    }
+    sink.flush().await
 }
 
 /// One call: bounded by `min(its timeout, time left)`; its JSON body or why not.
@@ -346,12 +333,12 @@ async fn attempt(
 fn call_request(
     gw: &Gateway,
     call: &Call,
-    head: &RequestHead,
+    head: &crate::request::Request,
     request_id: &str,
 ) -> Result<Forward, PlaceholderError> {
     let c = &call.config;
     let query = head.query();
-    let mut path = fill(&c.path, query, head).map_err(|value| PlaceholderError {
+    let mut path = fill(&c.path, query, &head.headers).map_err(|value| PlaceholderError {
         call: call.name.clone(),
         value,
     })?;
@@ -386,8 +373,6 @@ fn call_request(
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
         ),
         is_head: c.method == "HEAD",
-        client_http11: true,
-        client_keep_alive: true,
         margin: gw.config.deadline.margin,
     })
 }
@@ -396,7 +381,7 @@ fn call_request(
 /// is decoded once and percent-encoded as one path segment, so `/`, `%2F`, `?` or `#`
 /// cannot change the path; a value that is `.` or `..` is refused (`Err(value)`), since
 /// upstreams resolve dot-segments even when encoded.
-fn fill(template: &str, query: Option<&str>, head: &RequestHead) -> Result<String, String> {
+fn fill(template: &str, query: Option<&str>, headers: &Headers) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -416,7 +401,7 @@ fn fill(template: &str, query: Option<&str>, head: &RequestHead) -> Result<Strin
                         .map(|(_, v)| v)
                 })
                 .map(|v| percent_decode(v.as_bytes())),
-            Some(("header", name)) => head.headers.get(name).map(<[u8]>::to_vec),
+            Some(("header", name)) => headers.get(name).map(<[u8]>::to_vec),
             _ => None,
         };
         if let Some(v) = value {
@@ -507,14 +492,26 @@ mod tests {
             .expect("head");
         let q = head.query();
         assert_eq!(
-            fill("/coupons/{query.uid}?u={header.x-user}", q, &head),
+            fill("/coupons/{query.uid}?u={header.x-user}", q, &head.headers),
             Ok("/coupons/42?u=a%20b%2Fc".to_string())
         );
-        assert_eq!(fill("/c/{query.missing}", q, &head), Ok("/c/".to_string()));
+        assert_eq!(
+            fill("/c/{query.missing}", q, &head.headers),
+            Ok("/c/".to_string())
+        );
         // `%2F` stays inside the segment, encoded; dot-segments are refused.
-        assert_eq!(fill("/c/{query.p}", q, &head), Ok("/c/a%2Fb".to_string()));
-        assert_eq!(fill("/c/{query.d}", q, &head), Err("..".to_string()));
-        assert_eq!(fill("/c/{query.e}", q, &head), Err("..".to_string()));
+        assert_eq!(
+            fill("/c/{query.p}", q, &head.headers),
+            Ok("/c/a%2Fb".to_string())
+        );
+        assert_eq!(
+            fill("/c/{query.d}", q, &head.headers),
+            Err("..".to_string())
+        );
+        assert_eq!(
+            fill("/c/{query.e}", q, &head.headers),
+            Err("..".to_string())
+        );
         assert_eq!(percent_decode(b"%zz%4"), b"%zz%4");
     }
 }

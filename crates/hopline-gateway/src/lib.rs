@@ -10,10 +10,14 @@ mod access_log;
 mod admin;
 mod aggregate;
 mod conn;
+mod forward;
+mod front;
 mod gateway;
+mod h1;
 mod limits;
 mod metrics;
 mod proxy;
+mod request;
 mod response;
 mod stream;
 mod tls;
@@ -139,7 +143,7 @@ pub async fn run(
                     } else {
                         (stream::Stream::Plain(stream), None)
                     };
-                    let client = conn::Client { peer, tls };
+                    let client = request::Client { peer, tls };
                     conn::serve_connection(current, stream, client, signals, accepted).await;
                 });
             }

@@ -5,11 +5,8 @@
 //! `min(connect_timeout, time left)`; the only way to call an upstream is through
 //! [`proxy`], which takes a [`Deadline`], so no call can be unbounded.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Mutex;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -17,14 +14,11 @@ use hopline_core::config::Zone;
 use hopline_core::{
     Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind,
 };
-use hopline_h1::body::{encode_chunk, LAST_CHUNK};
-use hopline_h1::head::{
-    put_content_length, put_decimal, put_header, put_status_line, strip_hop_by_hop,
-};
+use hopline_h1::head::{put_decimal, strip_hop_by_hop, Headers};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout_at;
 
+use crate::front::{BodySize, ResponseStart, Sink, COALESCE};
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
 use crate::upstream::{millis_at_least_one, ClientConn, ExchangeError, Upstream};
@@ -40,10 +34,6 @@ pub struct Forward {
     pub idempotent: bool,
     /// `HEAD` (the response has no body whatever its headers say).
     pub is_head: bool,
-    /// The client speaks HTTP/1.1 (can take chunked responses).
-    pub client_http11: bool,
-    /// The client wants keep-alive (and we are not draining).
-    pub client_keep_alive: bool,
     /// `deadline.margin`: kept back when telling the upstream how long it has.
     pub margin: Duration,
 }
@@ -89,50 +79,18 @@ impl ProgressCell {
     }
 }
 
-/// How a proxied request ended.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The failure, if any. When `Progress::response_started` is false the caller answers
-    /// with the error response; otherwise the response was cut short.
-    pub error: Option<ProxyError>,
-    /// The connection to the client must be closed afterwards.
-    pub close: bool,
-}
-
-impl Outcome {
-    /// A failure before any response byte went out (the caller answers it).
-    pub fn fail(e: ProxyError) -> Outcome {
-        Outcome {
-            error: Some(e),
-            close: false,
-        }
-    }
-}
-
-/// Sends `req` to upstream `up` and streams the answer to `client`.
-pub async fn proxy<W: AsyncWrite + Unpin>(
+/// Sends `req` to upstream `up` and streams the answer into `sink`.
+pub async fn proxy<S: Sink>(
     gw: &Gateway,
     up_index: usize,
     req: &Forward,
     deadline: Deadline,
     progress: &ProgressCell,
-    client: &mut W,
-) -> Outcome {
-    match open(gw, up_index, req, &deadline, progress).await {
-        Ok(opened) => {
-            stream_response(
-                gw,
-                &gw.upstreams[up_index],
-                opened,
-                req,
-                &deadline,
-                progress,
-                client,
-            )
-            .await
-        }
-        Err(e) => Outcome::fail(e),
-    }
+    sink: &mut S,
+) -> Result<(), ProxyError> {
+    let opened = open(gw, up_index, req, &deadline, progress).await?;
+    let up = &gw.upstreams[up_index];
+    stream_response(up, opened, req, &deadline, progress, sink).await
 }
 
 /// An upstream exchange whose response head has arrived; holds its limit slots until
@@ -426,15 +384,18 @@ fn io_kind(
     }
 }
 
-async fn stream_response<W: AsyncWrite + Unpin>(
-    gw: &Gateway,
+/// Streams the response whose head arrived into `sink`: the head with whatever body is
+/// already buffered in one write, then the body as it comes, each read bounded by the
+/// attempt's limit. A body that fails before anything went out becomes a 502; after,
+/// the response is cut short (the failure policy closes the connection).
+async fn stream_response<S: Sink>(
     up: &Upstream,
     opened: Opened,
     req: &Forward,
     deadline: &Deadline,
     progress: &ProgressCell,
-    client: &mut W,
-) -> Outcome {
+    sink: &mut S,
+) -> Result<(), ProxyError> {
     let Opened {
         head,
         mut conn,
@@ -455,151 +416,101 @@ async fn stream_response<W: AsyncWrite + Unpin>(
             },
         )
     };
-    let framing = match head.framing(req.is_head) {
-        Ok(f) => f,
-        Err(p) => return Outcome::fail(protocol_error(Box::new(p))),
-    };
+    let framing = head
+        .framing(req.is_head)
+        .map_err(|p| protocol_error(Box::new(p)))?;
     let length = framing.length;
-    // Transfer codings besides chunked (`gzip, chunked`, or a final `gzip`) are passed on
-    // as received: re-chunked when chunked is last, else close-delimited and raw. Only an
-    // HTTP/1.1 client can take them.
-    let codings = length != BodyLength::Empty && framing.other_codings;
-    if codings && !req.client_http11 {
-        let source = "transfer-coding that an HTTP/1.0 client cannot receive".into();
-        return Outcome::fail(protocol_error(source));
-    }
-    let raw_until_close = codings && length == BodyLength::UntilClose;
     progress.update(|p| p.phase = Some(Phase::ResponseBody));
-    let delimited_by_us = matches!(length, BodyLength::Chunked | BodyLength::UntilClose);
-    let chunked = delimited_by_us && req.client_http11 && !raw_until_close;
-    let close_delimited = delimited_by_us && !chunked;
-    let mut close = !req.client_keep_alive || close_delimited || gw.draining();
-
-    let mut out = BytesMut::with_capacity(1024);
-    put_status_line(&mut out, head.status, &head.reason);
-    // Read what is needed from the upstream's head, then rewrite its fields in place (no copy).
     let upstream_keep_alive = head.keep_alive();
-    let mut headers = head.headers;
-    let head_length = if req.is_head {
-        headers.get("content-length").map(Bytes::copy_from_slice)
-    } else {
-        None
-    };
-    let te = codings.then(|| {
-        let values: Vec<&[u8]> = headers.get_all("transfer-encoding").collect();
-        values.join(&b", "[..])
-    });
+    let ResponseHead {
+        status,
+        reason,
+        mut headers,
+        ..
+    } = head;
+    let body = response_size(&headers, length, framing.other_codings, req.is_head);
     strip_hop_by_hop(&mut headers);
-    headers.write_to(&mut out);
-    match length {
-        _ if te.is_some() => put_header(
-            &mut out,
-            b"transfer-encoding",
-            te.as_deref().unwrap_or_default(),
-        ),
-        _ if chunked => put_header(&mut out, b"transfer-encoding", b"chunked"),
-        BodyLength::Length(n) => {
-            put_content_length(&mut out, n);
-        }
-        BodyLength::Empty => {
-            if let Some(v) = head_length {
-                put_header(&mut out, b"content-length", &v);
-            } else if head.status >= 200 && head.status != 204 && head.status != 304 {
-                put_header(&mut out, b"content-length", b"0");
-            }
-        }
-        BodyLength::Chunked | BodyLength::UntilClose => {}
-    }
-    if close {
-        put_header(&mut out, b"connection", b"close");
-    }
-    out.put_slice(b"\r\n");
+    let start = ResponseStart {
+        status,
+        reason,
+        headers,
+        body,
+    };
+    sink.start(start).map_err(|e| protocol_error(Box::new(e)))?;
 
     let mut decoder = BodyDecoder::new(length);
     let mut done = false;
-    let mut error: Option<ProxyError> = None;
     // Coalesce whatever body is already buffered with the head: one write for small responses.
-    loop {
+    while sink.buffered() < COALESCE {
         match conn.buffered_body(&mut decoder) {
             Ok(Decoded::Data(d)) => {
                 progress.update(|p| p.bytes_sent += d.len() as u64);
-                put_body(&mut out, &d, chunked);
-                if out.len() >= 64 * 1024 {
-                    break;
-                }
+                sink.data(&d);
             }
             Ok(Decoded::NeedMore) => break,
             Ok(Decoded::End) => {
                 done = true;
+                sink.finish();
                 break;
             }
             // Nothing has gone to the client yet: it gets a 502 instead of a cut response.
             Err(e) => {
                 progress.update(|p| p.bytes_sent = 0);
-                return Outcome::fail(body_error(up, addr, started, e));
+                sink.discard();
+                return Err(body_error(up, addr, started, e));
             }
         }
-    }
-    if done && chunked {
-        out.put_slice(LAST_CHUNK);
     }
     progress.update(|p| p.response_started = true);
-    if let Err(e) = write_client(gw, client, &out, deadline).await {
-        return Outcome {
-            error: Some(e),
-            close: true,
-        };
-    }
+    sink.flush().await?;
 
-    while !done && error.is_none() {
+    while !done {
         match timeout_at(until.into(), conn.read_body(&mut decoder)).await {
             Err(_) => {
-                error = Some(up.error(
-                    addr,
-                    started,
-                    attempt_timeout(up, deadline, by_deadline, Phase::ResponseBody),
-                ))
+                let kind = attempt_timeout(up, deadline, by_deadline, Phase::ResponseBody);
+                return Err(up.error(addr, started, kind));
             }
-            Ok(Err(e)) => error = Some(body_error(up, addr, started, e)),
-            Ok(Ok(piece)) => {
-                out.clear();
-                match piece {
-                    Some(d) => {
-                        progress.update(|p| p.bytes_sent += d.len() as u64);
-                        put_body(&mut out, &d, chunked);
-                    }
-                    None => {
-                        done = true;
-                        if chunked {
-                            out.put_slice(LAST_CHUNK);
-                        }
-                    }
-                }
-                if !out.is_empty() {
-                    if let Err(e) = write_client(gw, client, &out, deadline).await {
-                        return Outcome {
-                            error: Some(e),
-                            close: true,
-                        };
-                    }
-                }
+            Ok(Err(e)) => return Err(body_error(up, addr, started, e)),
+            Ok(Ok(Some(d))) => {
+                progress.update(|p| p.bytes_sent += d.len() as u64);
+                sink.data(&d);
+            }
+            Ok(Ok(None)) => {
+                done = true;
+                sink.finish();
             }
         }
+        sink.flush().await?;
     }
-    if error.is_some() {
-        // The response is cut short: closing is the only honest signal left to the client.
-        close = true;
-    } else if reusable && upstream_keep_alive && length != BodyLength::UntilClose {
+    if reusable && upstream_keep_alive && length != BodyLength::UntilClose {
         up.checkin(conn);
     }
-    Outcome { error, close }
+    Ok(())
 }
 
-fn put_body(out: &mut BytesMut, data: &[u8], chunked: bool) {
-    if chunked {
-        encode_chunk(out, data);
-    } else {
-        out.extend_from_slice(data);
+/// How the client's response body is delimited, from the upstream's framing. Transfer
+/// codings besides chunked (`gzip, chunked`, or a final `gzip`) are passed on as received.
+fn response_size(
+    headers: &Headers,
+    length: BodyLength,
+    other_codings: bool,
+    is_head: bool,
+) -> BodySize {
+    match length {
+        BodyLength::Empty => BodySize::Empty {
+            declared: is_head
+                .then(|| headers.get("content-length").map(Bytes::copy_from_slice))
+                .flatten(),
+        },
+        _ if other_codings => {
+            let values: Vec<&[u8]> = headers.get_all("transfer-encoding").collect();
+            BodySize::Coded {
+                codings: Bytes::from(values.join(&b", "[..])),
+                chunked: length == BodyLength::Chunked,
+            }
+        }
+        BodyLength::Length(n) => BodySize::Known(n),
+        BodyLength::Chunked | BodyLength::UntilClose => BodySize::Unknown,
     }
 }
 
@@ -615,30 +526,4 @@ fn body_error(up: &Upstream, addr: SocketAddr, started: Instant, e: BodyError) -
         },
     };
     up.error(addr, started, kind)
-}
-
-/// Writes to the client within `write_timeout`: a client that does not read for that long
-/// is [`ProxyError::ClientWriteTimeout`] (`WT`), a write error means it is gone (`DC`).
-pub async fn write_client<W: AsyncWrite + Unpin>(
-    gw: &Gateway,
-    client: &mut W,
-    bytes: &[u8],
-    deadline: &Deadline,
-) -> Result<(), ProxyError> {
-    let limit = gw.config.server.write_timeout;
-    let mut write = pin!(client.write_all(bytes));
-    // Most writes fit the socket buffer at once: no timer for those.
-    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    let res = match first {
-        Poll::Ready(r) => r,
-        Poll::Pending => match tokio::time::timeout(limit, write).await {
-            Ok(r) => r,
-            Err(_) => return Err(ProxyError::ClientWriteTimeout { limit }),
-        },
-    };
-    res.map_err(|source| ProxyError::ClientGone {
-        elapsed: deadline.start().elapsed(),
-        waiting_on: None,
-        source,
-    })
 }

@@ -289,6 +289,15 @@ impl RequestHead {
         }
     }
 
+    /// [`RequestHead::origin_form`] as shared bytes (no copy for an origin-form target).
+    pub fn origin_bytes(&self) -> Bytes {
+        match self.target.get(self.origin_at..) {
+            Some(o) if !o.is_empty() => self.target.slice(self.origin_at..),
+            _ if self.origin_at > 0 => Bytes::from_static(b"/"),
+            _ => self.target.clone(),
+        }
+    }
+
     /// The origin-form target as text.
     pub fn origin_str(&self) -> &str {
         std::str::from_utf8(self.origin_form()).unwrap_or("")

@@ -1,0 +1,126 @@
+//! What the request core needs from a client protocol, and nothing more: the request's
+//! body, a response sink, a watch on the client, and a way to render the failure
+//! policy's decision. HTTP/1 implements it in `h1`; a second protocol implements the same
+//! two traits and inherits routing, deadlines, proxying, aggregation, the failure policy
+//! and the access record unchanged.
+
+use std::future::Future;
+use std::io;
+
+use bytes::Bytes;
+use hopline_core::ProxyError;
+use hopline_h1::head::Headers;
+
+use crate::response::ErrorContext;
+
+/// Body bytes a response source buffers with the response head before the first write.
+pub(crate) const COALESCE: usize = 64 * 1024;
+
+/// What becomes of the client connection after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Ready for the next request.
+    KeepAlive,
+    /// Closed (or to be closed).
+    Close,
+}
+
+/// Why the request body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyFailure {
+    /// The request is answered with this error (too large, too slow, bad framing).
+    Respond(ProxyError),
+    /// The client went away while sending it.
+    Gone(io::Error),
+}
+
+/// A client protocol's side of one request.
+pub(crate) trait Front {
+    /// Reads the whole request body (the core buffers bodies, as nginx does by default:
+    /// retries can resend it, and a slow uploader never holds an upstream connection).
+    fn body(&mut self) -> impl Future<Output = Result<Bytes, BodyFailure>> + Send;
+
+    /// The response sink, and a future that resolves with the reason once the client is
+    /// gone (connection closed or reset, stream cancelled). The core polls both in one task
+    /// while the route runs, so a client that leaves drops every upstream call at once.
+    fn split(
+        &mut self,
+    ) -> (
+        impl Future<Output = io::Error> + Send + '_,
+        impl Sink + Send + '_,
+    );
+
+    /// Writes the locally generated error response the failure policy decided on. `close`:
+    /// the connection ends after it.
+    fn respond(
+        &mut self,
+        err: &ProxyError,
+        cx: &ErrorContext<'_>,
+        close: bool,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Closes after an error answer, reading and dropping what the client still sends for
+    /// a while, so it reads the answer instead of a reset.
+    fn linger(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// How the body of a response that is about to start is delimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BodySize {
+    /// No body follows. `declared` is the length a response to `HEAD` states.
+    Empty {
+        /// The upstream's `content-length`, for a response to `HEAD`.
+        declared: Option<Bytes>,
+    },
+    /// Exactly this many bytes.
+    Known(u64),
+    /// Not known in advance: the protocol delimits it (chunked, end of stream).
+    Unknown,
+    /// Transfer codings besides chunked, passed on as received (HTTP/1.1 clients only):
+    /// re-chunked when `chunked` is the last coding, else raw until the connection closes.
+    Coded {
+        /// The `transfer-encoding` value.
+        codings: Bytes,
+        /// `chunked` is the last coding.
+        chunked: bool,
+    },
+}
+
+/// The start of a response.
+#[derive(Debug)]
+pub(crate) struct ResponseStart {
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase, as the upstream sent it (protocols that have one show it).
+    pub reason: Bytes,
+    /// End-to-end header fields (hop-by-hop ones already removed).
+    pub headers: Headers,
+    /// How the body is delimited.
+    pub body: BodySize,
+}
+
+/// A response this client cannot receive (nothing of it was sent).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct CannotCarry(pub &'static str);
+
+/// Where a response goes. `start`, `data` and `finish` only buffer; `flush` writes, so a
+/// small response leaves in one write.
+pub(crate) trait Sink {
+    /// Buffers the response head; `Err` when this client cannot receive such a response.
+    fn start(&mut self, head: ResponseStart) -> Result<(), CannotCarry>;
+    /// Buffers body bytes (dropped for a response to `HEAD`).
+    fn data(&mut self, bytes: &[u8]);
+    /// Buffers the end of the body.
+    fn finish(&mut self);
+    /// Bytes buffered and not yet written.
+    fn buffered(&self) -> usize;
+    /// Drops what is buffered, before anything was written: the response can still be
+    /// replaced by an error response.
+    fn discard(&mut self);
+    /// Writes what is buffered within `server.write_timeout`: a client that does not read
+    /// for that long is `WT`, one that is gone is `DC`.
+    fn flush(&mut self) -> impl Future<Output = Result<(), ProxyError>> + Send;
+    /// After a complete response: the connection can serve another request.
+    fn reusable(&self) -> bool;
+}

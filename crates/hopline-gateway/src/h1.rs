@@ -1,0 +1,317 @@
+//! The HTTP/1 front-end of the request core: reads a request's body off the connection,
+//! writes responses in HTTP/1 framing (chunked or close-delimited when the length is not
+//! known), watches the connection while a route runs, renders the failure policy's
+//! error responses and closes with lingering.
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hopline_core::ProxyError;
+use hopline_h1::body::{encode_chunk, LAST_CHUNK};
+use hopline_h1::head::{put_content_length, put_header, put_status_line};
+use hopline_h1::{read_body_chunk, watch_gone, BodyDecoder, BodyError, BodyLength, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+
+use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
+use crate::gateway::Gateway;
+use crate::response::{error_response, ErrorContext, CONTINUE};
+use crate::stream::{ClientStream, WriteHalf};
+
+/// Lingering close (as nginx's `lingering_close`): after an error response to a client
+/// that may still be sending, input is read and dropped for at most this long, so the
+/// client reads our answer instead of a reset.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// ... and at most this many bytes.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// One HTTP/1 request on its connection, as the request core sees it.
+pub(crate) struct H1Front<'a> {
+    gw: &'a Gateway,
+    stream: &'a mut ClientStream,
+    buf: &'a mut BytesMut,
+    /// How the request body is framed.
+    pub length: BodyLength,
+    /// The client speaks HTTP/1.1: it may wait for `100 Continue` and can take chunked
+    /// responses.
+    pub http11: bool,
+    /// The client sent `expect: 100-continue`.
+    pub expects_continue: bool,
+    /// The request is `HEAD`: responses carry no body.
+    pub head_only: bool,
+    /// The client keeps the connection (and the gateway was not draining).
+    pub keep_alive: bool,
+    /// When the request's head was read.
+    pub arrival: Instant,
+}
+
+impl<'a> H1Front<'a> {
+    /// The front-end of a request read from `stream` (with what follows its head in `buf`).
+    pub(crate) fn new(
+        gw: &'a Gateway,
+        stream: &'a mut ClientStream,
+        buf: &'a mut BytesMut,
+        head: &hopline_h1::RequestHead,
+        keep_alive: bool,
+    ) -> Self {
+        let http11 = head.version == Version::Http11;
+        H1Front {
+            gw,
+            stream,
+            buf,
+            length: head.body_length(),
+            http11,
+            expects_continue: http11 && head.headers.has_token("expect", "100-continue"),
+            head_only: &head.method[..] == b"HEAD",
+            keep_alive,
+            arrival: Instant::now(),
+        }
+    }
+
+    /// The front-end of a connection whose request could not be read: only error
+    /// responses and lingering close.
+    pub(crate) fn idle(
+        gw: &'a Gateway,
+        stream: &'a mut ClientStream,
+        buf: &'a mut BytesMut,
+    ) -> Self {
+        H1Front {
+            gw,
+            stream,
+            buf,
+            length: BodyLength::Empty,
+            http11: false,
+            expects_continue: false,
+            head_only: false,
+            keep_alive: false,
+            arrival: Instant::now(),
+        }
+    }
+}
+
+impl Front for H1Front<'_> {
+    async fn body(&mut self) -> Result<Bytes, BodyFailure> {
+        let cfg = &self.gw.config.server;
+        let max = cfg.max_body_bytes;
+        match self.length {
+            BodyLength::Empty => return Ok(Bytes::new()),
+            BodyLength::Length(n) if n > max as u64 => {
+                return Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
+                    limit: max,
+                }))
+            }
+            _ => {}
+        }
+        // RFC 9110 §10.1.1: only an HTTP/1.1 client waits for 100 Continue; it gets it once
+        // the request passed every check that needs no body (route, method, length).
+        if self.expects_continue && self.buf.is_empty() {
+            self.stream
+                .write_all(CONTINUE)
+                .await
+                .map_err(BodyFailure::Gone)?;
+        }
+        let until = Instant::now() + cfg.body_read_timeout;
+        let mut decoder = BodyDecoder::new(self.length).with_max_trailers(cfg.max_header_bytes);
+        let mut body = BytesMut::new();
+        loop {
+            let read = read_body_chunk(self.stream, self.buf, &mut decoder);
+            match timeout_at(until.into(), read).await {
+                Err(_) => {
+                    return Err(BodyFailure::Respond(ProxyError::BodyReadTimeout {
+                        limit: cfg.body_read_timeout,
+                        received: body.len() as u64,
+                    }))
+                }
+                Ok(Ok(None)) => return Ok(body.freeze()),
+                Ok(Ok(Some(piece))) => {
+                    if body.len() + piece.len() > max {
+                        return Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
+                            limit: max,
+                        }));
+                    }
+                    if body.is_empty() && decoder.is_done() {
+                        return Ok(piece);
+                    }
+                    body.extend_from_slice(&piece);
+                }
+                Ok(Err(e)) => return Err(body_failure(e)),
+            }
+        }
+    }
+
+    fn split(
+        &mut self,
+    ) -> (
+        impl Future<Output = io::Error> + Send + '_,
+        impl Sink + Send + '_,
+    ) {
+        let cap = self.gw.config.server.max_header_bytes;
+        let (mut rd, wr) = self.stream.split();
+        let buf = &mut *self.buf;
+        let gone = async move { watch_gone(&mut rd, buf, cap).await };
+        let sink = H1Sink {
+            gw: self.gw,
+            wr,
+            out: BytesMut::new(),
+            head_only: self.head_only,
+            http11: self.http11,
+            chunked: false,
+            close: !self.keep_alive,
+            arrival: self.arrival,
+        };
+        (gone, sink)
+    }
+
+    async fn respond(&mut self, err: &ProxyError, cx: &ErrorContext<'_>, close: bool) {
+        let out = error_response(err, cx, close);
+        let limit = self.gw.config.server.write_timeout;
+        let _ = tokio::time::timeout(limit, self.stream.write_all(&out)).await;
+    }
+
+    async fn linger(&mut self) {
+        linger(self.stream, self.buf).await;
+    }
+}
+
+/// A failure reading the body: a client that left, or bad framing (400).
+fn body_failure(e: BodyError) -> BodyFailure {
+    match e {
+        BodyError::Io(e) => BodyFailure::Gone(e),
+        BodyError::Incomplete => BodyFailure::Gone(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "client closed the connection in the middle of the request body",
+        )),
+        e => BodyFailure::Respond(ProxyError::Malformed(Box::new(e))),
+    }
+}
+
+/// Lingering close: our answer is complete (FIN sent), then whatever the client is still
+/// sending is read and dropped until it closes, for at most [`LINGER_TIME`] and
+/// [`LINGER_BYTES`]. Closing with unread input would make the kernel send an RST, which
+/// can destroy the answer before the client reads it.
+pub(crate) async fn linger(stream: &mut ClientStream, buf: &mut BytesMut) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    buf.clear();
+    let until = Instant::now() + LINGER_TIME;
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        buf.reserve(16 * 1024);
+        match timeout_at(until.into(), stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                dropped += n;
+                buf.clear();
+            }
+            _ => return,
+        }
+    }
+}
+
+/// An HTTP/1 response on its way to the client.
+pub(crate) struct H1Sink<'a> {
+    gw: &'a Gateway,
+    wr: WriteHalf<'a, tokio_rustls::server::TlsStream<TcpStream>>,
+    out: BytesMut,
+    head_only: bool,
+    http11: bool,
+    chunked: bool,
+    close: bool,
+    arrival: Instant,
+}
+
+impl Sink for H1Sink<'_> {
+    fn start(&mut self, head: ResponseStart) -> Result<(), CannotCarry> {
+        let (chunked, close_delimited) = match &head.body {
+            BodySize::Coded { .. } if !self.http11 => {
+                return Err(CannotCarry(
+                    "transfer-coding that an HTTP/1.0 client cannot receive",
+                ))
+            }
+            BodySize::Coded { chunked, .. } => (*chunked, !*chunked),
+            BodySize::Unknown => (self.http11, !self.http11),
+            BodySize::Empty { .. } | BodySize::Known(_) => (false, false),
+        };
+        self.chunked = chunked;
+        self.close |= close_delimited || self.gw.draining();
+        let out = &mut self.out;
+        out.reserve(1024);
+        put_status_line(out, head.status, &head.reason);
+        head.headers.write_to(out);
+        match head.body {
+            BodySize::Coded { codings, .. } => put_header(out, b"transfer-encoding", &codings),
+            BodySize::Unknown if chunked => put_header(out, b"transfer-encoding", b"chunked"),
+            BodySize::Unknown => {}
+            BodySize::Known(n) => put_content_length(out, n),
+            BodySize::Empty {
+                declared: Some(v), ..
+            } => put_header(out, b"content-length", &v),
+            BodySize::Empty { declared: None } => {
+                if head.status >= 200 && head.status != 204 && head.status != 304 {
+                    put_header(out, b"content-length", b"0");
+                }
+            }
+        }
+        if self.close {
+            put_header(out, b"connection", b"close");
+        }
+        out.put_slice(b"\r\n");
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) {
+        if self.head_only {
+            // A body after a response to HEAD would be read as the next response.
+        } else if self.chunked {
+            encode_chunk(&mut self.out, bytes);
+        } else {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.chunked && !self.head_only {
+            self.out.put_slice(LAST_CHUNK);
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.out.len()
+    }
+
+    fn discard(&mut self) {
+        self.out.clear();
+    }
+
+    async fn flush(&mut self) -> Result<(), ProxyError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let limit = self.gw.config.server.write_timeout;
+        let mut write = pin!(self.wr.write_all(&self.out));
+        // Most writes fit the socket buffer at once: no timer for those.
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        let res = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => match tokio::time::timeout(limit, write).await {
+                Ok(r) => r,
+                Err(_) => return Err(ProxyError::ClientWriteTimeout { limit }),
+            },
+        };
+        self.out.clear();
+        res.map_err(|source| ProxyError::ClientGone {
+            elapsed: self.arrival.elapsed(),
+            waiting_on: None,
+            source,
+        })
+    }
+
+    fn reusable(&self) -> bool {
+        !self.close
+    }
+}

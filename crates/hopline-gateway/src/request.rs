@@ -1,0 +1,464 @@
+//! The protocol-independent request core: a parsed request goes in; route, deadline,
+//! proxy or aggregate, response into the front-end's sink, the failure policy's decision
+//! carried out, and the one access record come out. A client protocol (HTTP/1 in `h1`)
+//! only parses requests and implements [`Front`]; it makes no decision of its own.
+//!
+//! Phases, each a function: [`serve`] → `prepare` (admit: route and method; the body) →
+//! `request_deadline` → `run` (the route, raced against the client leaving and the drain
+//! ending) → `settle` (what the run got done) → `conclude` (the failure policy).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
+use hopline_core::policy::{self, fail_to_proxy, Stage};
+use hopline_core::{Deadline, Flag, Phase, ProxyError};
+use hopline_h1::head::Headers;
+
+use crate::access_log::AccessRecord;
+use crate::aggregate::{self, CallRecord, CallState, CallsCell};
+use crate::forward::forward;
+use crate::front::{BodyFailure, Front, Next, Sink};
+use crate::gateway::{Action, Gateway, Route};
+use crate::proxy::{proxy, Progress, ProgressCell};
+use crate::response::ErrorContext;
+use crate::tls::TlsSession;
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The TLS session, on the TLS listener.
+    pub tls: Option<Arc<TlsSession>>,
+}
+
+/// A parsed request, whatever protocol carried it.
+#[derive(Debug)]
+pub(crate) struct Request {
+    /// The method token, e.g. `GET`.
+    pub method: Bytes,
+    /// The target as received (what the access log shows).
+    pub target: Bytes,
+    /// Path and query (origin form): what routes match and upstreams receive.
+    pub origin: Bytes,
+    /// Header fields.
+    pub headers: Headers,
+    /// A body follows the head (read through [`Front::body`]); after a refusal the
+    /// connection cannot be reused while it is unread.
+    pub has_body: bool,
+    /// The client keeps the connection after this request (and the gateway was not
+    /// draining when it arrived).
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        let o = std::str::from_utf8(&self.origin).unwrap_or("");
+        o.split_once('?').map_or(o, |(p, _)| p)
+    }
+
+    /// The query string, if any (without the `?`).
+    pub fn query(&self) -> Option<&str> {
+        let o = std::str::from_utf8(&self.origin).ok()?;
+        o.split_once('?').map(|(_, q)| q)
+    }
+
+    /// RFC 9110 idempotent method: safe to send twice.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            &self.method[..],
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        )
+    }
+
+    /// The client's `x-request-id`, when it is a sane one to forward and log.
+    fn client_request_id(&self) -> Option<String> {
+        let id = self.headers.get("x-request-id")?;
+        let ok = !id.is_empty() && id.len() <= 200 && id.iter().all(u8::is_ascii_graphic);
+        // All ASCII graphic bytes, so valid UTF-8.
+        ok.then(|| String::from_utf8_lossy(id).into_owned())
+    }
+}
+
+/// Serves a request whose head was read: admits it, reads its body, runs its route,
+/// concludes it, and writes its one record. Says what becomes of the connection.
+pub(crate) async fn serve<F: Front>(
+    gw: &Gateway,
+    front: &mut F,
+    mut req: Request,
+    client: &Client,
+    kill: Pin<&mut impl Future<Output = ()>>,
+) -> Next {
+    let arrival = Instant::now();
+    let mut rec = AccessRecord {
+        ts: Some(SystemTime::now()),
+        request_id: gw.next_request_id(),
+        client_request_id: req.client_request_id(),
+        client: Some(client.peer),
+        tls: client.tls.clone(),
+        method: req.method.clone(),
+        path: req.target.clone(),
+        ..AccessRecord::default()
+    };
+    let next = match prepare(gw, front, &req, &mut rec, arrival).await {
+        Err(next) => next,
+        Ok((route, body)) => {
+            let deadline = request_deadline(gw, &req, route, arrival);
+            rec.deadline = Some(deadline.budget());
+            let job = Job {
+                route,
+                deadline,
+                body,
+                peer: client.peer,
+            };
+            let ran = run(gw, front, &mut req, job, rec.trace_id(), kill).await;
+            settle(gw, front, &mut rec, ran, req.keep_alive, arrival).await
+        }
+    };
+    rec.duration = arrival.elapsed();
+    gw.record(&rec);
+    next
+}
+
+/// Answers a request that could not even be read (with its method and target, when its
+/// head was complete) as the failure policy decides, and logs it.
+pub(crate) async fn reject<F: Front>(
+    gw: &Gateway,
+    front: &mut F,
+    client: &Client,
+    line: Option<(Bytes, Bytes)>,
+    err: ProxyError,
+) {
+    let (method, path) = line.unwrap_or_default();
+    let mut rec = AccessRecord {
+        ts: Some(SystemTime::now()),
+        client: Some(client.peer),
+        tls: client.tls.clone(),
+        request_id: gw.next_request_id(),
+        method,
+        path,
+        ..AccessRecord::default()
+    };
+    let progress = policy::Progress {
+        stage: Stage::Head,
+        response_started: false,
+        keep_alive: false,
+        upstream_status: None,
+    };
+    conclude(gw, front, &mut rec, &err, progress).await;
+    gw.record(&rec);
+}
+
+/// Carries out the failure policy's decision for `err` at `progress`: the front-end
+/// writes the error response and lingers when it says so; the logged status, flag and
+/// cause go into `rec`. Whether the connection is kept is the policy's too.
+async fn conclude<F: Front>(
+    gw: &Gateway,
+    front: &mut F,
+    rec: &mut AccessRecord,
+    err: &ProxyError,
+    progress: policy::Progress,
+) -> Next {
+    let d = fail_to_proxy(err, progress);
+    if d.respond {
+        let cx = ErrorContext {
+            request_id: &rec.request_id,
+            trace_id: rec.trace_id(),
+            expose_cause: gw.config.server.expose_cause,
+            head_only: &rec.method[..] == b"HEAD",
+        };
+        front.respond(err, &cx, !d.keep).await;
+    }
+    rec.status = d.status;
+    if !rec.flags.contains(&d.flag.code()) {
+        rec.flags.push(d.flag.code());
+    }
+    rec.cause = Some(err.cause());
+    if d.linger {
+        front.linger().await;
+    }
+    if d.keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// Admits the request and reads its body. A request refused or failed on the way is
+/// concluded here: `Err` says what becomes of the connection.
+async fn prepare<'g, F: Front>(
+    gw: &'g Gateway,
+    front: &mut F,
+    req: &Request,
+    rec: &mut AccessRecord,
+    arrival: Instant,
+) -> Result<(&'g Route, Bytes), Next> {
+    let unanswered = |stage| policy::Progress {
+        stage,
+        response_started: false,
+        keep_alive: req.keep_alive,
+        upstream_status: None,
+    };
+    let route = match admit(gw, req) {
+        Ok(route) => route,
+        Err((route, err)) => {
+            rec.route = route.map(|r| r.name.clone());
+            // With a body still to come (after a refused CONNECT, tunnel bytes may be),
+            // the request is not read whole.
+            let unread = req.has_body || &req.method[..] == b"CONNECT";
+            let stage = if unread { Stage::Body } else { Stage::Done };
+            return Err(conclude(gw, front, rec, &err, unanswered(stage)).await);
+        }
+    };
+    rec.route = Some(route.name.clone());
+    if let Action::Proxy { upstream } = route.action {
+        let up = &gw.upstreams[upstream];
+        rec.upstream = Some(up.name.clone());
+        rec.zone = Some(up.zone().as_str());
+    }
+    match front.body().await {
+        Ok(body) => Ok((route, body)),
+        Err(failure) => {
+            let err = match failure {
+                BodyFailure::Respond(err) => err,
+                BodyFailure::Gone(source) => ProxyError::ClientGone {
+                    elapsed: arrival.elapsed(),
+                    waiting_on: Some("the request body".into()),
+                    source,
+                },
+            };
+            Err(conclude(gw, front, rec, &err, unanswered(Stage::Body)).await)
+        }
+    }
+}
+
+/// The route that serves `req`, or why none does (with the route, if one matched).
+fn admit<'g>(gw: &'g Gateway, req: &Request) -> Result<&'g Route, (Option<&'g Route>, ProxyError)> {
+    if &req.method[..] == b"CONNECT" {
+        return Err((None, ProxyError::NotImplemented { what: "CONNECT" }));
+    }
+    let Some(route) = gw.route(req.path()) else {
+        return Err((None, ProxyError::NoRoute));
+    };
+    if !route.allows(&req.method) {
+        let err = ProxyError::MethodNotAllowed {
+            route: route.name.clone(),
+            allow: route.allow.clone(),
+        };
+        return Err((Some(route), err));
+    }
+    Ok(route)
+}
+
+/// The request's deadline: the route's timeout, shortened by the caller's
+/// (`x-envoy-expected-rq-timeout-ms` or `grpc-timeout`, less the margin), capped by
+/// `deadline.max`.
+fn request_deadline(gw: &Gateway, req: &Request, route: &Route, arrival: Instant) -> Deadline {
+    let caller = req
+        .headers
+        .get("x-envoy-expected-rq-timeout-ms")
+        .and_then(parse_envoy_timeout_ms)
+        .or_else(|| req.headers.get("grpc-timeout").and_then(parse_grpc_timeout));
+    let dl = &gw.config.deadline;
+    Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max)
+}
+
+/// What a run needs besides the request.
+struct Job<'g> {
+    route: &'g Route,
+    deadline: Deadline,
+    body: Bytes,
+    peer: SocketAddr,
+}
+
+enum Ended {
+    Done(Result<(), ProxyError>),
+    ClientGone(io::Error),
+    Killed,
+}
+
+/// How running a route ended, with what it got done.
+struct Ran {
+    ended: Ended,
+    progress: Progress,
+    calls: Vec<CallRecord>,
+    /// The response was complete and the connection can serve another request.
+    reusable: bool,
+}
+
+/// Runs the route (proxy or aggregate) while watching the client and the drain: the
+/// first of the three to finish ends the request, dropping the others' work.
+async fn run<F: Front>(
+    gw: &Gateway,
+    front: &mut F,
+    req: &mut Request,
+    job: Job<'_>,
+    trace_id: &str,
+    kill: Pin<&mut impl Future<Output = ()>>,
+) -> Ran {
+    let progress = ProgressCell::default();
+    let calls = CallsCell::default();
+    let Job {
+        route,
+        deadline,
+        body,
+        peer,
+    } = job;
+    let (gone, mut sink) = front.split();
+    let ended = {
+        // Pinned where it is built: moving this large future into the select would copy it.
+        let work = pin!(async {
+            match &route.action {
+                Action::Proxy { upstream } => {
+                    let fwd = forward(gw, req, body, trace_id, peer, *upstream);
+                    proxy(gw, *upstream, &fwd, deadline, &progress, &mut sink).await
+                }
+                Action::Aggregate(agg) => {
+                    let call = aggregate::Request {
+                        req,
+                        request_id: trace_id,
+                        deadline,
+                    };
+                    aggregate::run(gw, agg, &call, &progress, &calls, &mut sink).await
+                }
+            }
+        });
+        tokio::select! {
+            biased;
+            gone = gone => Ended::ClientGone(gone),
+            _ = kill => Ended::Killed,
+            o = work => Ended::Done(o),
+        }
+    };
+    Ran {
+        ended,
+        progress: progress.into_inner(),
+        calls: calls.into_inner(),
+        reusable: sink.reusable(),
+    }
+}
+
+/// Puts what a run got done into the record, and concludes it: a success keeps or closes
+/// the connection as the response said; a failure goes to the failure policy.
+async fn settle<F: Front>(
+    gw: &Gateway,
+    front: &mut F,
+    rec: &mut AccessRecord,
+    ran: Ran,
+    keep_alive: bool,
+    arrival: Instant,
+) -> Next {
+    let Ran {
+        ended,
+        progress: p,
+        calls,
+        reusable,
+    } = ran;
+    rec.degraded = calls
+        .iter()
+        .filter(|c| c.fallback)
+        .map(|c| c.name.clone())
+        .collect();
+    rec.attempts = p.attempts;
+    rec.endpoint = p.endpoint;
+    rec.upstream_status = p.upstream_status;
+    rec.bytes_sent = p.bytes_sent;
+    let err = match ended {
+        Ended::Done(Ok(())) => {
+            rec.status = p.upstream_status.unwrap_or(0);
+            if !rec.degraded.is_empty() {
+                rec.flags.push(Flag::Degraded.code());
+            }
+            rec.calls = calls;
+            return if reusable {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+        }
+        Ended::Done(Err(err)) => {
+            rec.calls = calls;
+            err
+        }
+        Ended::ClientGone(source) => client_gone(gw, rec, &p, calls, source, arrival),
+        Ended::Killed => ProxyError::Shutdown {
+            drain: gw.config.server.drain_timeout,
+        },
+    };
+    let progress = policy::Progress {
+        stage: Stage::Done,
+        response_started: p.response_started,
+        keep_alive: keep_alive && !gw.draining(),
+        upstream_status: p.upstream_status,
+    };
+    conclude(gw, front, rec, &err, progress).await
+}
+
+/// The client left while the route ran: what it was waiting on, and each call it cut off.
+fn client_gone(
+    gw: &Gateway,
+    rec: &mut AccessRecord,
+    p: &Progress,
+    calls: Vec<CallRecord>,
+    source: io::Error,
+    arrival: Instant,
+) -> ProxyError {
+    let waiting = if calls.is_empty() {
+        waiting_on(gw, p)
+    } else {
+        calls_waiting(&calls)
+    };
+    rec.calls = calls;
+    for c in rec.calls.iter_mut().filter(|c| c.state != CallState::Done) {
+        c.cause = Some(match c.state {
+            CallState::Pending => "not started: client gone".into(),
+            _ => "aborted: client gone".into(),
+        });
+    }
+    rec.degraded.clear();
+    ProxyError::ClientGone {
+        elapsed: arrival.elapsed(),
+        waiting_on: waiting,
+        source,
+    }
+}
+
+/// What a cancelled aggregate request was waiting on, e.g. `calls coupons (running), coin (not started)`.
+fn calls_waiting(calls: &[CallRecord]) -> Option<String> {
+    let open: Vec<String> = calls
+        .iter()
+        .filter(|c| c.state != CallState::Done)
+        .map(|c| {
+            let state = if c.state == CallState::Running {
+                "running"
+            } else {
+                "not started"
+            };
+            format!("{} -> {} ({}) {state}", c.name, c.upstream, c.zone)
+        })
+        .collect();
+    (!open.is_empty()).then(|| format!("calls {}", open.join(", ")))
+}
+
+/// What a cancelled request was waiting on, e.g. `upstream coupon 127.0.0.1:9001 (egress) response headers`.
+fn waiting_on(gw: &Gateway, p: &Progress) -> Option<String> {
+    let up = &gw.upstreams[p.upstream?];
+    let phase = p.phase.unwrap_or(Phase::Connect);
+    Some(match p.endpoint {
+        Some(ep) => format!(
+            "upstream {} {} ({}) {}",
+            up.name,
+            ep,
+            up.zone().as_str(),
+            phase
+        ),
+        None => format!("upstream {} ({}) {}", up.name, up.zone().as_str(), phase),
+    })
+}
