@@ -11,6 +11,7 @@ pub mod json;
 mod reader;
 pub mod schema;
 mod source;
+pub mod walk;
 
 use std::fmt;
 use std::io;

@@ -5,407 +5,15 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::duration::parse_duration;
+use crate::source::{Problem, ProblemKind};
+use crate::walk::{Cx, Tbl};
 use hopline_core::config::{
     AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
     DeadlineConfig, EgressConfig, FrontConfig, ListenAddr, LogConfig, Overload, PathMatch,
     RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig, TlsVersion,
     UpstreamConfig, UpstreamTlsConfig, Zone,
 };
-use toml_edit::{ImDocument, Item, Key, TableLike, Value};
-
-use crate::duration::parse_duration;
-use crate::source::{Location, Problem, ProblemKind};
-
-/// A value and where it is in the file.
-type Spanned<'a> = (&'a str, Option<Range<usize>>);
-
-/// Collects problems with their locations.
-pub(crate) struct Cx<'t> {
-    text: &'t str,
-    problems: Vec<Problem>,
-}
-
-impl Cx<'_> {
-    pub(crate) fn report(&mut self, span: Option<Range<usize>>, key: String, kind: ProblemKind) {
-        let span = span.unwrap_or(0..0);
-        self.problems.push(Problem {
-            location: Location::of(self.text, span.start),
-            span,
-            key,
-            kind,
-        });
-    }
-}
-
-/// A table being read: remembers which keys were used, so the rest can be reported.
-pub(crate) struct Tbl<'a> {
-    path: String,
-    table: &'a dyn TableLike,
-    span: Option<Range<usize>>,
-    seen: Vec<&'static str>,
-}
-
-impl<'a> Tbl<'a> {
-    fn new(path: String, table: &'a dyn TableLike, span: Option<Range<usize>>) -> Self {
-        Tbl {
-            path,
-            table,
-            span,
-            seen: Vec::new(),
-        }
-    }
-
-    pub(crate) fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    pub(crate) fn span(&self) -> Option<Range<usize>> {
-        self.span.clone()
-    }
-
-    fn get(&mut self, key: &'static str) -> Option<(&'a Key, &'a Item)> {
-        self.seen.push(key);
-        self.table.get_key_value(key)
-    }
-
-    fn item_span(key: &Key, item: &Item) -> Option<Range<usize>> {
-        item.span().or_else(|| key.span())
-    }
-
-    /// The span of `key`'s value, for cross-checks after reading.
-    pub(crate) fn value_span(&self, key: &str) -> Option<Range<usize>> {
-        self.table
-            .get_key_value(key)
-            .and_then(|(k, i)| Self::item_span(k, i))
-            .or_else(|| self.span.clone())
-    }
-
-    fn value(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-        expected: &'static str,
-    ) -> Option<(&'a Value, Option<Range<usize>>)> {
-        let (k, item) = self.get(key)?;
-        let span = Self::item_span(k, item);
-        match item.as_value() {
-            Some(v) => Some((v, span)),
-            None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType { expected },
-                );
-                None
-            }
-        }
-    }
-
-    pub(crate) fn str(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-    ) -> Option<(&'a str, Option<Range<usize>>)> {
-        let (v, span) = self.value(cx, key, "a string")?;
-        match v.as_str() {
-            Some(s) => Some((s, span)),
-            None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType {
-                        expected: "a string",
-                    },
-                );
-                None
-            }
-        }
-    }
-
-    pub(crate) fn req_str(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-    ) -> Option<(&'a str, Option<Range<usize>>)> {
-        if self.table.get(key).is_none() {
-            self.seen.push(key);
-            cx.report(self.span.clone(), self.key_path(key), ProblemKind::Missing);
-            return None;
-        }
-        self.str(cx, key)
-    }
-
-    pub(crate) fn opt_duration(&mut self, cx: &mut Cx, key: &'static str) -> Option<Duration> {
-        let (s, span) = self.str(cx, key)?;
-        match parse_duration(s) {
-            Ok(d) if d.is_zero() => {
-                cx.report(span, self.key_path(key), ProblemKind::ZeroDuration);
-                None
-            }
-            Ok(d) => Some(d),
-            Err(e) => {
-                cx.report(span, self.key_path(key), e.into());
-                None
-            }
-        }
-    }
-
-    pub(crate) fn duration(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-        default: Duration,
-    ) -> Duration {
-        self.opt_duration(cx, key).unwrap_or(default)
-    }
-
-    pub(crate) fn opt_uint(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-        min: u64,
-        max: u64,
-    ) -> Option<u64> {
-        let (v, span) = self.value(cx, key, "an integer")?;
-        match v.as_integer() {
-            Some(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => Some(n as u64),
-            Some(_) => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::Invalid(format!("must be between {min} and {max}")),
-                );
-                None
-            }
-            None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType {
-                        expected: "an integer",
-                    },
-                );
-                None
-            }
-        }
-    }
-
-    pub(crate) fn uint(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> u64 {
-        self.opt_uint(cx, key, min, max).unwrap_or(default)
-    }
-
-    pub(crate) fn float(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-        default: f64,
-        min: f64,
-        max: f64,
-    ) -> f64 {
-        let Some((v, span)) = self.value(cx, key, "a number") else {
-            return default;
-        };
-        let n = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
-        match n {
-            Some(n) if (min..=max).contains(&n) => n,
-            Some(_) => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::Invalid(format!("must be between {min} and {max}")),
-                );
-                default
-            }
-            None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType {
-                        expected: "a number",
-                    },
-                );
-                default
-            }
-        }
-    }
-
-    pub(crate) fn str_list(&mut self, cx: &mut Cx, key: &'static str) -> Option<Vec<Spanned<'a>>> {
-        let (v, span) = self.value(cx, key, "an array of strings")?;
-        let Some(arr) = v.as_array() else {
-            cx.report(
-                span,
-                self.key_path(key),
-                ProblemKind::WrongType {
-                    expected: "an array of strings",
-                },
-            );
-            return None;
-        };
-        let mut out = Vec::new();
-        for (i, item) in arr.iter().enumerate() {
-            match item.as_str() {
-                Some(s) => out.push((s, item.span())),
-                None => cx.report(
-                    item.span(),
-                    format!("{}[{i}]", self.key_path(key)),
-                    ProblemKind::WrongType {
-                        expected: "a string",
-                    },
-                ),
-            }
-        }
-        Some(out)
-    }
-
-    /// A required, non-empty array of strings: `Missing` when absent, `Invalid(empty)` when
-    /// empty, wrong types reported; the strings that are there.
-    pub(crate) fn required_list(
-        &mut self,
-        cx: &mut Cx,
-        key: &'static str,
-        empty: &str,
-    ) -> Vec<Spanned<'a>> {
-        match self.str_list(cx, key) {
-            None => {
-                if self.table.get(key).is_none() {
-                    cx.report(self.span(), self.key_path(key), ProblemKind::Missing);
-                }
-                Vec::new()
-            }
-            Some(list) => {
-                if list.is_empty() {
-                    cx.report(
-                        self.value_span(key),
-                        self.key_path(key),
-                        ProblemKind::Invalid(empty.into()),
-                    );
-                }
-                list
-            }
-        }
-    }
-
-    pub(crate) fn sub(&mut self, cx: &mut Cx, key: &'static str) -> Option<Tbl<'a>> {
-        let (k, item) = self.get(key)?;
-        let span = Self::item_span(k, item).or_else(|| k.span());
-        match item.as_table_like() {
-            Some(t) => Some(Tbl::new(self.key_path(key), t, span)),
-            None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType {
-                        expected: "a table",
-                    },
-                );
-                None
-            }
-        }
-    }
-
-    /// The entries of a table of tables, e.g. `[upstreams.NAME]`.
-    pub(crate) fn entries(&mut self, cx: &mut Cx, key: &'static str) -> Vec<(&'a str, Tbl<'a>)> {
-        let Some(parent) = self.sub(cx, key) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (name, item) in parent.table.iter() {
-            let k = parent.table.get_key_value(name).map(|(k, _)| k);
-            let span = item.span().or_else(|| k.and_then(Key::span));
-            match item.as_table_like() {
-                Some(t) => out.push((name, Tbl::new(parent.key_path(name), t, span))),
-                None => cx.report(
-                    span,
-                    parent.key_path(name),
-                    ProblemKind::WrongType {
-                        expected: "a table",
-                    },
-                ),
-            }
-        }
-        out
-    }
-
-    /// The elements of an array of tables, e.g. `[[routes]]`.
-    pub(crate) fn array(&mut self, cx: &mut Cx, key: &'static str) -> Vec<Tbl<'a>> {
-        let Some((k, item)) = self.get(key) else {
-            return Vec::new();
-        };
-        let path = self.key_path(key);
-        let mut out = Vec::new();
-        if let Some(aot) = item.as_array_of_tables() {
-            for (i, t) in aot.iter().enumerate() {
-                out.push(Tbl::new(format!("{path}[{i}]"), t, t.span()));
-            }
-        } else if let Some(arr) = item.as_array() {
-            for (i, v) in arr.iter().enumerate() {
-                match v.as_inline_table() {
-                    Some(t) => out.push(Tbl::new(format!("{path}[{i}]"), t, v.span())),
-                    None => cx.report(
-                        v.span(),
-                        format!("{path}[{i}]"),
-                        ProblemKind::WrongType {
-                            expected: "a table",
-                        },
-                    ),
-                }
-            }
-        } else {
-            cx.report(
-                Self::item_span(k, item),
-                path,
-                ProblemKind::WrongType {
-                    expected: "an array of tables",
-                },
-            );
-        }
-        out
-    }
-
-    pub(crate) fn bool(&mut self, cx: &mut Cx, key: &'static str, default: bool) -> bool {
-        let Some((v, span)) = self.value(cx, key, "true or false") else {
-            return default;
-        };
-        v.as_bool().unwrap_or_else(|| {
-            cx.report(
-                span,
-                self.key_path(key),
-                ProblemKind::WrongType {
-                    expected: "true or false",
-                },
-            );
-            default
-        })
-    }
-
-    /// Any TOML value, as JSON text.
-    pub(crate) fn json(&mut self, _cx: &mut Cx, key: &'static str) -> Option<String> {
-        let (_, item) = self.get(key)?;
-        Some(crate::json::item_json(item).to_string())
-    }
-
-    /// Reports every key of this table that was not read.
-    pub(crate) fn finish(self, cx: &mut Cx) {
-        for (name, item) in self.table.iter() {
-            if !self.seen.contains(&name) {
-                let k = self.table.get_key_value(name).map(|(k, _)| k);
-                let span = k.and_then(Key::span).or_else(|| item.span());
-                cx.report(span, self.key_path(name), ProblemKind::UnknownKey);
-            }
-        }
-    }
-}
 
 fn listen_addr(
     cx: &mut Cx,
@@ -414,7 +22,7 @@ fn listen_addr(
     default: Option<ListenAddr>,
 ) -> Option<ListenAddr> {
     let Some((s, span)) = t.str(cx, key) else {
-        if default.is_none() && t.table.get(key).is_none() {
+        if default.is_none() && !t.has(key) {
             cx.report(t.span(), t.key_path(key), ProblemKind::Missing);
         }
         return default;
@@ -518,7 +126,7 @@ fn server_tls(cx: &mut Cx, mut t: Tbl) -> Option<ServerTlsConfig> {
         (Some(_), None) => cx.report(t.span(), t.key_path("key"), ProblemKind::Missing),
         (None, Some(_)) => cx.report(t.span(), t.key_path("cert"), ProblemKind::Missing),
     }
-    let present = t.table.contains_key("certs");
+    let present = t.has("certs");
     for mut c in t.array(cx, "certs") {
         let cert = c.req_str(cx, "cert").map(|(c, _)| PathBuf::from(c));
         let key = c.req_str(cx, "key").map(|(k, _)| PathBuf::from(k));
@@ -550,7 +158,7 @@ fn server_tls(cx: &mut Cx, mut t: Tbl) -> Option<ServerTlsConfig> {
             });
         }
     }
-    if certs.is_empty() && !present && !t.table.contains_key("cert") {
+    if certs.is_empty() && !present && !t.has("cert") {
         cx.report(t.span(), t.key_path("cert"), ProblemKind::Missing);
     }
     let min_version = match t.str(cx, "min_version") {
@@ -681,10 +289,7 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
 /// `insecure_skip_verify`, `alpn`. `schemes` counts endpoints written with and without
 /// `https://`.
 fn upstream_tls(cx: &mut Cx, t: &mut Tbl, schemes: (usize, usize)) -> Option<UpstreamTlsConfig> {
-    let explicit = t
-        .table
-        .contains_key("tls")
-        .then(|| t.bool(cx, "tls", false));
+    let explicit = t.has("tls").then(|| t.bool(cx, "tls", false));
     if schemes.0 > 0 && schemes.1 > 0 {
         cx.report(
             t.value_span("endpoints"),
@@ -753,11 +358,8 @@ fn upstream_tls(cx: &mut Cx, t: &mut Tbl, schemes: (usize, usize)) -> Option<Ups
         ("ca", ca.is_some()),
         ("client_cert", client_cert.is_some()),
         ("client_key", client_key.is_some()),
-        (
-            "insecure_skip_verify",
-            t.table.contains_key("insecure_skip_verify"),
-        ),
-        ("alpn", t.table.contains_key("alpn")),
+        ("insecure_skip_verify", t.has("insecure_skip_verify")),
+        ("alpn", t.has("alpn")),
     ]
     .into_iter()
     .filter_map(|(k, v)| v.then_some(k))
@@ -803,11 +405,7 @@ fn route(
         (Some((p, span)), None) | (None, Some((p, span))) if !p.starts_with('/') => {
             cx.report(
                 span,
-                t.key_path(if t.table.contains_key("path") {
-                    "path"
-                } else {
-                    "path_prefix"
-                }),
+                t.key_path(if t.has("path") { "path" } else { "path_prefix" }),
                 ProblemKind::Invalid("must start with '/'".into()),
             );
             None
@@ -815,14 +413,14 @@ fn route(
         (Some((p, _)), None) => Some(PathMatch::Exact(p.to_string())),
         (None, Some((p, _))) => Some(PathMatch::Prefix(p.to_string())),
         (None, None) => {
-            if !t.table.contains_key("path") && !t.table.contains_key("path_prefix") {
+            if !t.has("path") && !t.has("path_prefix") {
                 cx.report(t.span(), t.key_path("path"), ProblemKind::Missing);
             }
             None
         }
     };
-    let action = if t.table.contains_key("aggregate") {
-        if t.table.contains_key("upstream") {
+    let action = if t.has("aggregate") {
+        if t.has("upstream") {
             let _ = t.str(cx, "upstream");
             cx.report(
                 t.value_span("upstream"),
@@ -916,7 +514,7 @@ fn aggregate(cx: &mut Cx, mut t: Tbl, upstreams: &[UpstreamConfig]) -> Option<Ag
             AggregateMode::Parallel
         }
     };
-    let present = t.table.contains_key("calls");
+    let present = t.has("calls");
     let tables = t.array(cx, "calls");
     if tables.is_empty() && !present {
         cx.report(t.span(), t.key_path("calls"), ProblemKind::Missing);
@@ -1019,22 +617,11 @@ fn check_template(p: &str) -> Result<(), String> {
 
 /// Builds the config, or returns every problem found.
 pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
-    let mut cx = Cx {
-        text,
-        problems: Vec::new(),
+    let mut cx = Cx::new(text);
+    let Some(doc) = cx.parse(text) else {
+        return Err(cx.finish().err().unwrap_or_default());
     };
-    let doc = match ImDocument::parse(text.to_string()) {
-        Ok(d) => d,
-        Err(e) => {
-            cx.report(
-                e.span(),
-                String::from("(file)"),
-                ProblemKind::Syntax(e.message().trim().to_string()),
-            );
-            return Err(cx.problems);
-        }
-    };
-    let mut root = Tbl::new(String::new(), doc.as_table(), Some(0..0));
+    let mut root = Tbl::root(&doc);
 
     let server = root
         .sub(&mut cx, "server")
@@ -1135,11 +722,7 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
         }
     }
     root.finish(&mut cx);
-
-    if !cx.problems.is_empty() {
-        cx.problems.sort_by_key(|p| p.span.start);
-        return Err(cx.problems);
-    }
+    cx.finish()?;
     Ok(Config {
         server,
         log,

@@ -1,13 +1,10 @@
 //! Drill scenarios (TOML): services, load schedule, fault timeline, alerts, expectations.
 
-use std::ops::Range;
 use std::time::Duration;
 
-use hopline_config::audit::locate;
-use hopline_config::json::table_json;
-use hopline_config::{parse_duration, Location};
+use hopline_config::walk::{Cx, Tbl};
+use hopline_config::{Problem, ProblemKind};
 use serde_json::Value;
-use toml_edit::ImDocument;
 
 use crate::load::Step;
 
@@ -160,385 +157,75 @@ pub struct Scenario {
     pub expect: Vec<Expect>,
 }
 
-/// A scenario that cannot be used: every problem as `line:col: key `k`: what`.
+/// A scenario that cannot be used: every problem with its line, column and key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid scenario {name}:{}", problems.iter().map(|p| format!("\n  {name}:{p}")).collect::<String>())]
 pub struct ScenarioError {
     /// File name.
     pub name: String,
-    /// Problems.
-    pub problems: Vec<String>,
+    /// Problems, in file order.
+    pub problems: Vec<Problem>,
 }
 
-struct Cx<'a> {
-    text: &'a str,
-    problems: Vec<String>,
-}
-
-impl Cx<'_> {
-    fn fail(&mut self, path: &[&str], msg: impl std::fmt::Display) {
-        let span: Option<Range<usize>> = locate(self.text, path);
-        let l = Location::of(self.text, span.map_or(0, |s| s.start));
-        let key = path.iter().fold(String::new(), |acc, p| {
-            if p.parse::<usize>().is_ok() {
-                format!("{acc}[{p}]")
-            } else if acc.is_empty() {
-                p.to_string()
-            } else {
-                format!("{acc}.{p}")
-            }
-        });
-        self.problems
-            .push(format!("{}:{}: key `{key}`: {msg}", l.line, l.column));
-    }
-
-    fn duration(&mut self, v: &Value, path: &[&str]) -> Option<Duration> {
-        match v.as_str().map(parse_duration) {
-            Some(Ok(d)) => Some(d),
-            Some(Err(e)) => {
-                self.fail(path, e);
-                None
-            }
-            None => {
-                self.fail(path, "expected a duration string like \"10s\"");
-                None
-            }
-        }
-    }
-}
-
-fn known(cx: &mut Cx, obj: &Value, path: &[&str], keys: &[&str]) {
-    if let Some(o) = obj.as_object() {
-        for k in o.keys() {
-            if !keys.contains(&k.as_str()) {
-                let mut p = path.to_vec();
-                p.push(k);
-                cx.fail(&p, "unknown key");
-            }
-        }
-    }
-}
-
-fn metric(cx: &mut Cx, v: &Value, path: &[&str]) -> Option<Metric> {
-    match v.as_str() {
-        Some("non_2xx_ratio") => Some(Metric::Non2xxRatio),
-        Some("degraded_ratio") => Some(Metric::DegradedRatio),
-        Some("p99_ms") => Some(Metric::P99Ms),
-        _ => {
-            cx.fail(
-                path,
-                "expected \"non_2xx_ratio\", \"degraded_ratio\" or \"p99_ms\"",
-            );
-            None
-        }
-    }
-}
-
-/// The elements of a JSON array with their index as text (for key paths).
-fn entries(v: &Value) -> Vec<(String, Value)> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, x)| (i.to_string(), x.clone()))
-        .collect()
-}
-
-/// Parses scenario text; `name` is used in messages.
+/// Parses scenario text; `name` is used in messages. Read with the same walker as the
+/// gateway config: unknown keys, missing keys, wrong types and bad durations are all
+/// reported at once, each with its line, column and key.
 pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
-    let err = |problems| ScenarioError {
-        name: name.to_string(),
-        problems,
-    };
-    let doc = ImDocument::parse(text.to_string()).map_err(|e| {
-        let l = Location::of(text, e.span().map_or(0, |s| s.start));
-        err(vec![format!(
-            "{}:{}: TOML syntax: {}",
-            l.line,
-            l.column,
-            e.message().trim()
-        )])
-    })?;
-    let root = table_json(doc.as_table());
-    let mut cx = Cx {
-        text,
-        problems: Vec::new(),
-    };
-    known(
-        &mut cx,
-        &root,
-        &[],
-        &[
-            "name", "duration", "seed", "services", "load", "faults", "alerts", "expect",
-        ],
-    );
-    let sname = root["name"].as_str().unwrap_or(name).to_string();
-    let duration = cx
-        .duration(&root["duration"], &["duration"])
-        .unwrap_or(Duration::from_secs(30));
-    let seed = root["seed"].as_u64().unwrap_or(1);
+    let mut cx = Cx::new(text);
+    let scenario = cx.parse(text).map(|doc| {
+        let mut root = Tbl::root(&doc);
+        let s = scenario(&mut cx, &mut root, name);
+        root.finish(&mut cx);
+        s
+    });
+    match (cx.finish(), scenario) {
+        (Ok(()), Some(s)) => Ok(s),
+        (r, _) => Err(ScenarioError {
+            name: name.to_string(),
+            problems: r.err().unwrap_or_default(),
+        }),
+    }
+}
 
-    let mut services = Vec::new();
-    for (idx, s) in entries(&root["services"]) {
-        let s = &s;
-        let p = ["services", idx.as_str()];
-        known(
-            &mut cx,
-            s,
-            &p,
-            &["name", "kind", "args", "argv", "config", "env"],
-        );
-        let Some(sn) = s["name"].as_str() else {
-            cx.fail(&p, "missing name");
-            continue;
-        };
-        let kind = match s["kind"].as_str() {
-            Some("mock") => Kind::Mock,
-            Some("chaos") => Kind::Chaos,
-            Some("hopline") => Kind::Hopline,
-            Some("legacy-gateway") => Kind::LegacyGateway,
-            Some("command") => Kind::Command,
-            _ => {
-                cx.fail(
-                    &["services", &idx, "kind"],
-                    "expected mock, chaos, hopline, legacy-gateway or command",
-                );
-                continue;
+fn scenario(cx: &mut Cx, root: &mut Tbl, name: &str) -> Scenario {
+    let sname = root.str(cx, "name").map_or(name, |(s, _)| s).to_string();
+    let duration = root.duration(cx, "duration", Duration::from_secs(30));
+    let seed = root.uint(cx, "seed", 1, 0, i64::MAX as u64);
+    let services: Vec<Service> = root
+        .array(cx, "services")
+        .into_iter()
+        .filter_map(|t| service(cx, t))
+        .collect();
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let load = match root.sub(cx, "load") {
+        Some(t) => load(cx, t, &names),
+        None => {
+            cx.report(root.span(), "load".into(), ProblemKind::Missing);
+            Load {
+                target: String::new(),
+                paths: Vec::new(),
+                schedule: Vec::new(),
+                client_timeout: Duration::ZERO,
+                max_in_flight: 0,
             }
-        };
-        let list = if kind == Kind::Command {
-            &s["argv"]
-        } else {
-            &s["args"]
-        };
-        let args: Vec<String> = list
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let config = s["config"].as_str().map(String::from);
-        if matches!(kind, Kind::Chaos | Kind::Hopline) && config.is_none() {
-            cx.fail(&p, "chaos and hopline services need `config`");
         }
-        if kind == Kind::Command && args.is_empty() {
-            cx.fail(&p, "command services need `argv`");
-        }
-        let env = s["env"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        services.push(Service {
-            name: sn.to_string(),
-            kind,
-            args,
-            config,
-            env,
-        });
-    }
-    let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
-
-    let l = &root["load"];
-    known(
-        &mut cx,
-        l,
-        &["load"],
-        &[
-            "target",
-            "path",
-            "paths",
-            "schedule",
-            "client_timeout",
-            "max_in_flight",
-        ],
-    );
-    let target = l["target"].as_str().unwrap_or_default().to_string();
-    if !names.contains(&target) {
-        cx.fail(&["load", "target"], format!("no service named {target:?}"));
-    }
-    let mut paths: Vec<String> = l["paths"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(p) = l["path"].as_str() {
-        paths.push(p.to_string());
-    }
-    if paths.is_empty() {
-        cx.fail(&["load"], "set `path` or `paths`");
-    }
-    let mut schedule = Vec::new();
-    for (idx, st) in entries(&l["schedule"]) {
-        let st = &st;
-        let at = cx
-            .duration(&st["at"], &["load", "schedule", &idx])
-            .unwrap_or_default();
-        let rate = st["rate"].as_f64().filter(|r| *r >= 0.0);
-        if rate.is_none() {
-            cx.fail(
-                &["load", "schedule", &idx],
-                "rate must be a non-negative number",
-            );
-        }
-        schedule.push(Step {
-            at,
-            rate: rate.unwrap_or(0.0),
-            ramp: st["ramp"].as_bool().unwrap_or(false),
-        });
-    }
-    if schedule.is_empty() {
-        cx.fail(
-            &["load", "schedule"],
-            "needs at least one { at, rate } step",
-        );
-    }
-    let client_timeout = match &l["client_timeout"] {
-        Value::Null => Duration::from_secs(10),
-        v => cx
-            .duration(v, &["load", "client_timeout"])
-            .unwrap_or(Duration::from_secs(10)),
     };
-    let load = Load {
-        target,
-        paths,
-        schedule,
-        client_timeout,
-        max_in_flight: l["max_in_flight"].as_u64().unwrap_or(10_000) as usize,
-    };
-
-    let mut faults = Vec::new();
-    for (idx, f) in entries(&root["faults"]) {
-        let f = &f;
-        known(
-            &mut cx,
-            f,
-            &["faults", &idx],
-            &["at", "until", "service", "proxy", "toxic"],
-        );
-        let at = cx
-            .duration(&f["at"], &["faults", &idx, "at"])
-            .unwrap_or_default();
-        let until = match &f["until"] {
-            Value::Null => None,
-            v => cx.duration(v, &["faults", &idx, "until"]),
-        };
-        let service = f["service"].as_str().unwrap_or_default().to_string();
-        if !services
-            .iter()
-            .any(|s| s.name == service && s.kind == Kind::Chaos)
-        {
-            cx.fail(
-                &["faults", &idx, "service"],
-                format!("no chaos service named {service:?}"),
-            );
-        }
-        if let Err(e) = hopline_chaos_toxic_check(&f["toxic"]) {
-            cx.fail(&["faults", &idx, "toxic"], e);
-        }
-        faults.push(Fault {
-            at,
-            until,
-            service,
-            proxy: f["proxy"].as_str().unwrap_or_default().to_string(),
-            toxic: f["toxic"].clone(),
-        });
-    }
-
-    let mut alerts = Vec::new();
-    for (idx, a) in entries(&root["alerts"]) {
-        let a = &a;
-        known(
-            &mut cx,
-            a,
-            &["alerts", &idx],
-            &["name", "metric", "above", "window", "min_requests"],
-        );
-        let m = metric(&mut cx, &a["metric"], &["alerts", &idx, "metric"]);
-        let window = cx
-            .duration(&a["window"], &["alerts", &idx, "window"])
-            .unwrap_or(Duration::from_secs(10));
-        if let Some(metric) = m {
-            alerts.push(Alert {
-                name: a["name"].as_str().unwrap_or("alert").to_string(),
-                metric,
-                above: a["above"].as_f64().unwrap_or(0.05),
-                window,
-                min_requests: a["min_requests"].as_u64().unwrap_or(1),
-            });
-        }
-    }
-
-    let mut expect = Vec::new();
-    for (idx, e) in entries(&root["expect"]) {
-        let e = &e;
-        known(
-            &mut cx,
-            e,
-            &["expect", &idx],
-            &[
-                "phase",
-                "metric",
-                "below",
-                "above",
-                "alert",
-                "fired",
-                "top_cause_of",
-                "contains",
-            ],
-        );
-        let phase = match e["phase"].as_str() {
-            None | Some("all") => Phase::All,
-            Some("fault") => Phase::Fault,
-            Some(_) => {
-                cx.fail(&["expect", &idx, "phase"], "expected \"all\" or \"fault\"");
-                Phase::All
-            }
-        };
-        if let Some(name) = e["alert"].as_str() {
-            if !alerts.iter().any(|a| a.name == name) {
-                cx.fail(
-                    &["expect", &idx, "alert"],
-                    format!("no alert named {name:?}"),
-                );
-            }
-            expect.push(Expect::Alert {
-                name: name.to_string(),
-                fired: e["fired"].as_bool().unwrap_or(true),
-            });
-        } else if let Some(hop) = e["top_cause_of"].as_str() {
-            if !names.iter().any(|n| n == hop) {
-                cx.fail(
-                    &["expect", &idx, "top_cause_of"],
-                    format!("no service named {hop:?}"),
-                );
-            }
-            expect.push(Expect::TopCause {
-                hop: hop.to_string(),
-                contains: e["contains"].as_str().unwrap_or_default().to_string(),
-            });
-        } else if let Some(m) = metric(&mut cx, &e["metric"], &["expect", &idx, "metric"]) {
-            expect.push(Expect::Bound {
-                phase,
-                metric: m,
-                below: e["below"].as_f64(),
-                above: e["above"].as_f64(),
-            });
-        }
-    }
-
-    if !cx.problems.is_empty() {
-        return Err(err(cx.problems));
-    }
-    Ok(Scenario {
+    let faults = root
+        .array(cx, "faults")
+        .into_iter()
+        .filter_map(|t| fault(cx, t, &services))
+        .collect();
+    let alerts: Vec<Alert> = root
+        .array(cx, "alerts")
+        .into_iter()
+        .filter_map(|t| alert(cx, t))
+        .collect();
+    let expect = root
+        .array(cx, "expect")
+        .into_iter()
+        .filter_map(|t| expectation(cx, t, &alerts, &names))
+        .collect();
+    Scenario {
         name: sname,
         duration,
         seed,
@@ -547,7 +234,252 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
         faults,
         alerts,
         expect,
+    }
+}
+
+/// `[[services]]`.
+fn service(cx: &mut Cx, mut t: Tbl) -> Option<Service> {
+    let name = t.req_str(cx, "name");
+    let kind = t.req_str(cx, "kind").and_then(|(k, span)| {
+        let kind = match k {
+            "mock" => Kind::Mock,
+            "chaos" => Kind::Chaos,
+            "hopline" => Kind::Hopline,
+            "legacy-gateway" => Kind::LegacyGateway,
+            "command" => Kind::Command,
+            _ => {
+                let what = "expected mock, chaos, hopline, legacy-gateway or command";
+                cx.report(span, t.key_path("kind"), ProblemKind::Invalid(what.into()));
+                return None;
+            }
+        };
+        Some(kind)
+    });
+    let args = t.str_list(cx, "args");
+    let argv = t.str_list(cx, "argv");
+    let config = t.str(cx, "config").map(|(c, _)| c.to_string());
+    let env = t
+        .str_map(cx, "env")
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let kind = kind?;
+    let (list, key, other) = if kind == Kind::Command {
+        (argv, "argv", args.is_some().then_some("args"))
+    } else {
+        (args, "args", argv.is_some().then_some("argv"))
+    };
+    if let Some(other) = other {
+        let what = format!("this kind of service takes `{key}`, not `{other}`");
+        cx.report(
+            t.value_span(other),
+            t.key_path(other),
+            ProblemKind::Invalid(what),
+        );
+    }
+    let args: Vec<String> = list
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(a, _)| a.to_string())
+        .collect();
+    if matches!(kind, Kind::Chaos | Kind::Hopline) && config.is_none() {
+        let what = "chaos and hopline services need `config`";
+        cx.report(
+            t.span(),
+            t.key_path("config"),
+            ProblemKind::Invalid(what.into()),
+        );
+    }
+    if kind == Kind::Command && args.is_empty() {
+        let what = "command services need `argv`";
+        cx.report(
+            t.span(),
+            t.key_path("argv"),
+            ProblemKind::Invalid(what.into()),
+        );
+    }
+    t.finish(cx);
+    Some(Service {
+        name: name?.0.to_string(),
+        kind,
+        args,
+        config,
+        env,
     })
+}
+
+/// `[load]`.
+fn load(cx: &mut Cx, mut t: Tbl, services: &[&str]) -> Load {
+    let target = t.req_str(cx, "target").map_or("", |(s, span)| {
+        if !services.contains(&s) {
+            let what = format!("no service named {s:?}");
+            cx.report(span, t.key_path("target"), ProblemKind::Invalid(what));
+        }
+        s
+    });
+    let mut paths: Vec<String> = t
+        .str_list(cx, "paths")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(p, _)| p.to_string())
+        .collect();
+    if let Some((p, _)) = t.str(cx, "path") {
+        paths.push(p.to_string());
+    }
+    if paths.is_empty() {
+        cx.report(
+            t.span(),
+            t.key_path("path"),
+            ProblemKind::Invalid("set `path` or `paths`".into()),
+        );
+    }
+    let mut schedule = Vec::new();
+    let steps = t.array(cx, "schedule");
+    let no_steps = steps.is_empty();
+    for mut st in steps {
+        let at = st.req_offset(cx, "at");
+        let rate = st.opt_float(cx, "rate", 0.0, 1e9);
+        if rate.is_none() && !st.has("rate") {
+            cx.report(st.span(), st.key_path("rate"), ProblemKind::Missing);
+        }
+        let ramp = st.bool(cx, "ramp", false);
+        st.finish(cx);
+        if let (Some(at), Some(rate)) = (at, rate) {
+            schedule.push(Step { at, rate, ramp });
+        }
+    }
+    if !t.has("schedule") {
+        cx.report(t.span(), t.key_path("schedule"), ProblemKind::Missing);
+    } else if no_steps {
+        let what = "needs at least one { at, rate } step";
+        cx.report(
+            t.value_span("schedule"),
+            t.key_path("schedule"),
+            ProblemKind::Invalid(what.into()),
+        );
+    }
+    let load = Load {
+        target: target.to_string(),
+        paths,
+        schedule,
+        client_timeout: t.duration(cx, "client_timeout", Duration::from_secs(10)),
+        max_in_flight: t.uint(cx, "max_in_flight", 10_000, 1, 10_000_000) as usize,
+    };
+    t.finish(cx);
+    load
+}
+
+/// `[[faults]]`.
+fn fault(cx: &mut Cx, mut t: Tbl, services: &[Service]) -> Option<Fault> {
+    let at = t.req_offset(cx, "at");
+    let until = t.opt_offset(cx, "until");
+    let service = t.req_str(cx, "service").map(|(s, span)| {
+        if !services
+            .iter()
+            .any(|x| x.name == s && x.kind == Kind::Chaos)
+        {
+            let what = format!("no chaos service named {s:?}");
+            cx.report(span, t.key_path("service"), ProblemKind::Invalid(what));
+        }
+        s.to_string()
+    });
+    let proxy = t.req_str(cx, "proxy").map(|(p, _)| p.to_string());
+    let toxic = t.json_value("toxic");
+    match &toxic {
+        None => cx.report(t.span(), t.key_path("toxic"), ProblemKind::Missing),
+        Some(v) => {
+            if let Err(e) = hopline_chaos_toxic_check(v) {
+                cx.report(
+                    t.value_span("toxic"),
+                    t.key_path("toxic"),
+                    ProblemKind::Invalid(e.into()),
+                );
+            }
+        }
+    }
+    t.finish(cx);
+    Some(Fault {
+        at: at?,
+        until,
+        service: service?,
+        proxy: proxy?,
+        toxic: toxic?,
+    })
+}
+
+/// A `metric` key.
+fn metric(cx: &mut Cx, t: &mut Tbl) -> Option<Metric> {
+    let (m, span) = t.req_str(cx, "metric")?;
+    match m {
+        "non_2xx_ratio" => Some(Metric::Non2xxRatio),
+        "degraded_ratio" => Some(Metric::DegradedRatio),
+        "p99_ms" => Some(Metric::P99Ms),
+        _ => {
+            let what = "expected \"non_2xx_ratio\", \"degraded_ratio\" or \"p99_ms\"";
+            cx.report(
+                span,
+                t.key_path("metric"),
+                ProblemKind::Invalid(what.into()),
+            );
+            None
+        }
+    }
+}
+
+/// `[[alerts]]`.
+fn alert(cx: &mut Cx, mut t: Tbl) -> Option<Alert> {
+    let name = t.str(cx, "name").map_or("alert", |(n, _)| n).to_string();
+    let metric = metric(cx, &mut t);
+    let alert = Alert {
+        name,
+        metric: metric.unwrap_or(Metric::Non2xxRatio),
+        above: t.float(cx, "above", 0.05, 0.0, 1e12),
+        window: t.duration(cx, "window", Duration::from_secs(10)),
+        min_requests: t.uint(cx, "min_requests", 1, 0, u64::from(u32::MAX)),
+    };
+    t.finish(cx);
+    metric.map(|_| alert)
+}
+
+/// `[[expect]]`: a bound on a metric, an alert that fires (or not), or a top cause.
+fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> Option<Expect> {
+    let phase = match t.str(cx, "phase") {
+        None | Some(("all", _)) => Phase::All,
+        Some(("fault", _)) => Phase::Fault,
+        Some((_, span)) => {
+            let what = "expected \"all\" or \"fault\"";
+            cx.report(span, t.key_path("phase"), ProblemKind::Invalid(what.into()));
+            Phase::All
+        }
+    };
+    let e = if let Some((name, span)) = t.str(cx, "alert") {
+        if !alerts.iter().any(|a| a.name == name) {
+            let what = format!("no alert named {name:?}");
+            cx.report(span, t.key_path("alert"), ProblemKind::Invalid(what));
+        }
+        Some(Expect::Alert {
+            name: name.to_string(),
+            fired: t.bool(cx, "fired", true),
+        })
+    } else if let Some((hop, span)) = t.str(cx, "top_cause_of") {
+        if !services.contains(&hop) {
+            let what = format!("no service named {hop:?}");
+            cx.report(span, t.key_path("top_cause_of"), ProblemKind::Invalid(what));
+        }
+        Some(Expect::TopCause {
+            hop: hop.to_string(),
+            contains: t.str(cx, "contains").map_or("", |(c, _)| c).to_string(),
+        })
+    } else {
+        metric(cx, &mut t).map(|metric| Expect::Bound {
+            phase,
+            metric,
+            below: t.opt_float(cx, "below", f64::MIN, f64::MAX),
+            above: t.opt_float(cx, "above", f64::MIN, f64::MAX),
+        })
+    };
+    t.finish(cx);
+    e
 }
 
 /// A toxic must at least name its type; the chaos API validates the rest at run time.
@@ -599,7 +531,7 @@ mod tests {
             .expect_err("invalid");
         let text = e.to_string();
         assert!(
-            text.contains("s.toml:1:1: key `duration`: missing unit"),
+            text.contains("s.toml:1:12: key `duration`: missing unit"),
             "{text}"
         );
         assert!(
@@ -614,5 +546,42 @@ mod tests {
             text.contains("key `faults[0].toxic`: toxic needs a `type`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn wrong_types_unknown_and_missing_keys_are_all_reported() {
+        let text = "seed = \"x\"\nspeed = 1\n[[services]]\nname = \"c\"\nkind = \"chaos\"\nconfig = \"\"\nargv = [\"a\"]\n[load]\ntarget = \"c\"\npath = \"/\"\nschedule = [{ at = \"0s\", rate = 1 }]\nmax_in_flight = \"many\"\n[[faults]]\nat = \"1s\"\nservice = \"c\"\ntoxic = { type = \"latency\" }\n[[alerts]]\nmetric = \"p99_ms\"\nabove = true\n";
+        let e = parse(text, "s.toml").expect_err("invalid");
+        let keys: Vec<(usize, &str, String)> = e
+            .problems
+            .iter()
+            .map(|p| (p.location.line, p.key.as_str(), p.kind.to_string()))
+            .collect();
+        let want = [
+            (1, "seed", "expected an integer"),
+            (2, "speed", "unknown key"),
+            (7, "services[0].argv", "this kind of service takes `args`, not `argv`"),
+            (12, "load.max_in_flight", "expected an integer"),
+            (13, "faults[0].proxy", "missing required key"),
+            (19, "alerts[0].above", "expected a number"),
+        ];
+        for (line, key, what) in want {
+            assert!(
+                keys.iter().any(|(l, k, w)| *l == line && *k == key && w == what),
+                "{key} at line {line}: {what}\n{e}"
+            );
+        }
+        assert_eq!(keys.len(), want.len(), "{e}");
+    }
+
+    #[test]
+    fn the_embedded_scenarios_parse() {
+        for (name, text) in [
+            ("legacy", crate::INCIDENT_LEGACY),
+            ("hopline", crate::INCIDENT_HOPLINE),
+        ] {
+            let s = parse(text, name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!s.faults.is_empty() && !s.expect.is_empty(), "{name}");
+        }
     }
 }

@@ -162,7 +162,7 @@ fn scenario_errors_name_line_and_key() {
         "{text}"
     );
     assert!(
-        text.contains("key `load.schedule[0]`: rate must be a non-negative number"),
+        text.contains("key `load.schedule[0].rate`: must be between 0 and"),
         "{text}"
     );
 }

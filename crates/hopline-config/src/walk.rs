@@ -1,0 +1,511 @@
+//! The one TOML walker: reads a parsed document table by table, remembers the keys it
+//! used so every other key is reported as unknown, and collects every problem (missing
+//! keys, wrong types, bad durations, out-of-range numbers) with its line, column and
+//! dotted key instead of stopping at the first. The gateway config and the drill
+//! scenarios are both read with it.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use toml_edit::{ImDocument, Item, Key, TableLike, Value};
+
+use crate::duration::parse_duration;
+use crate::source::{Location, Problem, ProblemKind};
+
+/// A value and where it is in the file.
+pub type Spanned<'a> = (&'a str, Option<Range<usize>>);
+
+/// Collects problems with their locations.
+pub struct Cx<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl Cx<'_> {
+    /// Records a problem at `span` (the file's start when unknown) for `key`.
+    pub fn report(&mut self, span: Option<Range<usize>>, key: String, kind: ProblemKind) {
+        let span = span.unwrap_or(0..0);
+        self.problems.push(Problem {
+            location: Location::of(self.text, span.start),
+            span,
+            key,
+            kind,
+        });
+    }
+}
+
+impl<'t> Cx<'t> {
+    /// A walk over `text`.
+    pub fn new(text: &'t str) -> Self {
+        Cx {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Parses `text` as TOML; a syntax error is reported (key `(file)`) and `None`.
+    pub fn parse(&mut self, text: &str) -> Option<ImDocument<String>> {
+        match ImDocument::parse(text.to_string()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.report(
+                    e.span(),
+                    String::from("(file)"),
+                    ProblemKind::Syntax(e.message().trim().to_string()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The problems found, in file order; `Ok` when there are none.
+    pub fn finish(mut self) -> Result<(), Vec<Problem>> {
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        self.problems.sort_by_key(|p| p.span.start);
+        Err(self.problems)
+    }
+}
+
+/// A table being read: remembers which keys were used, so the rest can be reported.
+pub struct Tbl<'a> {
+    path: String,
+    table: &'a dyn TableLike,
+    span: Option<Range<usize>>,
+    seen: Vec<&'static str>,
+}
+
+impl<'a> Tbl<'a> {
+    fn new(path: String, table: &'a dyn TableLike, span: Option<Range<usize>>) -> Self {
+        Tbl {
+            path,
+            table,
+            span,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The document's top-level table.
+    pub fn root(doc: &'a ImDocument<String>) -> Self {
+        Tbl::new(String::new(), doc.as_table(), Some(0..0))
+    }
+
+    /// The dotted path of `key` in this table, e.g. `upstreams.coupon.timeout`.
+    pub fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// True when the table has `key` (read or not).
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    /// Where this table is in the file.
+    pub fn span(&self) -> Option<Range<usize>> {
+        self.span.clone()
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<(&'a Key, &'a Item)> {
+        self.seen.push(key);
+        self.table.get_key_value(key)
+    }
+
+    fn item_span(key: &Key, item: &Item) -> Option<Range<usize>> {
+        item.span().or_else(|| key.span())
+    }
+
+    /// The span of `key`'s value, for cross-checks after reading.
+    pub fn value_span(&self, key: &str) -> Option<Range<usize>> {
+        self.table
+            .get_key_value(key)
+            .and_then(|(k, i)| Self::item_span(k, i))
+            .or_else(|| self.span.clone())
+    }
+
+    fn value(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        expected: &'static str,
+    ) -> Option<(&'a Value, Option<Range<usize>>)> {
+        let (k, item) = self.get(key)?;
+        let span = Self::item_span(k, item);
+        match item.as_value() {
+            Some(v) => Some((v, span)),
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType { expected },
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional string.
+    pub fn str(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+    ) -> Option<(&'a str, Option<Range<usize>>)> {
+        let (v, span) = self.value(cx, key, "a string")?;
+        match v.as_str() {
+            Some(s) => Some((s, span)),
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType {
+                        expected: "a string",
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// A required string: `Missing` when absent.
+    pub fn req_str(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+    ) -> Option<(&'a str, Option<Range<usize>>)> {
+        if self.missing(cx, key) {
+            return None;
+        }
+        self.str(cx, key)
+    }
+
+    /// An optional positive duration (`"250ms"`, `"2s"`); zero is a problem.
+    pub fn opt_duration(&mut self, cx: &mut Cx, key: &'static str) -> Option<Duration> {
+        let (s, span) = self.str(cx, key)?;
+        match parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                cx.report(span, self.key_path(key), ProblemKind::ZeroDuration);
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                cx.report(span, self.key_path(key), e.into());
+                None
+            }
+        }
+    }
+
+    /// A positive duration, `default` when absent or wrong.
+    pub fn duration(&mut self, cx: &mut Cx, key: &'static str, default: Duration) -> Duration {
+        self.opt_duration(cx, key).unwrap_or(default)
+    }
+
+    /// An optional integer in `min..=max`.
+    pub fn opt_uint(&mut self, cx: &mut Cx, key: &'static str, min: u64, max: u64) -> Option<u64> {
+        let (v, span) = self.value(cx, key, "an integer")?;
+        match v.as_integer() {
+            Some(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => Some(n as u64),
+            Some(_) => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::Invalid(format!("must be between {min} and {max}")),
+                );
+                None
+            }
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType {
+                        expected: "an integer",
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max`, `default` when absent or wrong.
+    pub fn uint(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        self.opt_uint(cx, key, min, max).unwrap_or(default)
+    }
+
+    /// A number in `min..=max` (integers accepted), `default` when absent or wrong.
+    pub fn float(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> f64 {
+        let Some((v, span)) = self.value(cx, key, "a number") else {
+            return default;
+        };
+        let n = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+        match n {
+            Some(n) if (min..=max).contains(&n) => n,
+            Some(_) => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::Invalid(format!("must be between {min} and {max}")),
+                );
+                default
+            }
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType {
+                        expected: "a number",
+                    },
+                );
+                default
+            }
+        }
+    }
+
+    /// An optional array of strings (wrong elements reported, the rest kept).
+    pub fn str_list(&mut self, cx: &mut Cx, key: &'static str) -> Option<Vec<Spanned<'a>>> {
+        let (v, span) = self.value(cx, key, "an array of strings")?;
+        let Some(arr) = v.as_array() else {
+            cx.report(
+                span,
+                self.key_path(key),
+                ProblemKind::WrongType {
+                    expected: "an array of strings",
+                },
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            match item.as_str() {
+                Some(s) => out.push((s, item.span())),
+                None => cx.report(
+                    item.span(),
+                    format!("{}[{i}]", self.key_path(key)),
+                    ProblemKind::WrongType {
+                        expected: "a string",
+                    },
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    /// A required, non-empty array of strings: `Missing` when absent, `Invalid(empty)` when
+    /// empty, wrong types reported; the strings that are there.
+    pub fn required_list(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        empty: &str,
+    ) -> Vec<Spanned<'a>> {
+        match self.str_list(cx, key) {
+            None => {
+                if self.table.get(key).is_none() {
+                    cx.report(self.span(), self.key_path(key), ProblemKind::Missing);
+                }
+                Vec::new()
+            }
+            Some(list) => {
+                if list.is_empty() {
+                    cx.report(
+                        self.value_span(key),
+                        self.key_path(key),
+                        ProblemKind::Invalid(empty.into()),
+                    );
+                }
+                list
+            }
+        }
+    }
+
+    /// An optional sub-table.
+    pub fn sub(&mut self, cx: &mut Cx, key: &'static str) -> Option<Tbl<'a>> {
+        let (k, item) = self.get(key)?;
+        let span = Self::item_span(k, item).or_else(|| k.span());
+        match item.as_table_like() {
+            Some(t) => Some(Tbl::new(self.key_path(key), t, span)),
+            None => {
+                cx.report(
+                    span,
+                    self.key_path(key),
+                    ProblemKind::WrongType {
+                        expected: "a table",
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// The entries of a table of tables, e.g. `[upstreams.NAME]`.
+    pub fn entries(&mut self, cx: &mut Cx, key: &'static str) -> Vec<(&'a str, Tbl<'a>)> {
+        let Some(parent) = self.sub(cx, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, item) in parent.table.iter() {
+            let k = parent.table.get_key_value(name).map(|(k, _)| k);
+            let span = item.span().or_else(|| k.and_then(Key::span));
+            match item.as_table_like() {
+                Some(t) => out.push((name, Tbl::new(parent.key_path(name), t, span))),
+                None => cx.report(
+                    span,
+                    parent.key_path(name),
+                    ProblemKind::WrongType {
+                        expected: "a table",
+                    },
+                ),
+            }
+        }
+        out
+    }
+
+    /// The elements of an array of tables, e.g. `[[routes]]`.
+    pub fn array(&mut self, cx: &mut Cx, key: &'static str) -> Vec<Tbl<'a>> {
+        let Some((k, item)) = self.get(key) else {
+            return Vec::new();
+        };
+        let path = self.key_path(key);
+        let mut out = Vec::new();
+        if let Some(aot) = item.as_array_of_tables() {
+            for (i, t) in aot.iter().enumerate() {
+                out.push(Tbl::new(format!("{path}[{i}]"), t, t.span()));
+            }
+        } else if let Some(arr) = item.as_array() {
+            for (i, v) in arr.iter().enumerate() {
+                match v.as_inline_table() {
+                    Some(t) => out.push(Tbl::new(format!("{path}[{i}]"), t, v.span())),
+                    None => cx.report(
+                        v.span(),
+                        format!("{path}[{i}]"),
+                        ProblemKind::WrongType {
+                            expected: "a table",
+                        },
+                    ),
+                }
+            }
+        } else {
+            cx.report(
+                Self::item_span(k, item),
+                path,
+                ProblemKind::WrongType {
+                    expected: "an array of tables",
+                },
+            );
+        }
+        out
+    }
+
+    /// A boolean, `default` when absent or wrong.
+    pub fn bool(&mut self, cx: &mut Cx, key: &'static str, default: bool) -> bool {
+        let Some((v, span)) = self.value(cx, key, "true or false") else {
+            return default;
+        };
+        v.as_bool().unwrap_or_else(|| {
+            cx.report(
+                span,
+                self.key_path(key),
+                ProblemKind::WrongType {
+                    expected: "true or false",
+                },
+            );
+            default
+        })
+    }
+
+    /// Any TOML value, as JSON text.
+    pub fn json(&mut self, _cx: &mut Cx, key: &'static str) -> Option<String> {
+        self.json_value(key).map(|j| j.to_string())
+    }
+
+    /// An optional duration from the start of something (`"0s"` allowed): drill times.
+    pub fn opt_offset(&mut self, cx: &mut Cx, key: &'static str) -> Option<Duration> {
+        let (s, span) = self.str(cx, key)?;
+        match parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                cx.report(span, self.key_path(key), e.into());
+                None
+            }
+        }
+    }
+
+    /// A required duration from the start of something (`"0s"` allowed).
+    pub fn req_offset(&mut self, cx: &mut Cx, key: &'static str) -> Option<Duration> {
+        if self.missing(cx, key) {
+            return None;
+        }
+        self.opt_offset(cx, key)
+    }
+
+    /// An optional number in `min..=max` (integers accepted).
+    pub fn opt_float(&mut self, cx: &mut Cx, key: &'static str, min: f64, max: f64) -> Option<f64> {
+        self.table.get(key)?;
+        let f = self.float(cx, key, f64::NAN, min, max);
+        (!f.is_nan()).then_some(f)
+    }
+
+    /// A table of strings, e.g. `env = { A = "1" }`, wrong values reported.
+    pub fn str_map(&mut self, cx: &mut Cx, key: &'static str) -> Vec<(&'a str, &'a str)> {
+        let Some(t) = self.sub(cx, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, item) in t.table.iter() {
+            match item.as_str() {
+                Some(v) => out.push((name, v)),
+                None => cx.report(
+                    item.span(),
+                    t.key_path(name),
+                    ProblemKind::WrongType {
+                        expected: "a string",
+                    },
+                ),
+            }
+        }
+        out
+    }
+
+    /// Any TOML value, as JSON.
+    pub fn json_value(&mut self, key: &'static str) -> Option<serde_json::Value> {
+        let (_, item) = self.get(key)?;
+        Some(crate::json::item_json(item))
+    }
+
+    /// True (and `Missing` reported) when `key` is absent.
+    fn missing(&mut self, cx: &mut Cx, key: &'static str) -> bool {
+        if self.table.get(key).is_some() {
+            return false;
+        }
+        self.seen.push(key);
+        cx.report(self.span.clone(), self.key_path(key), ProblemKind::Missing);
+        true
+    }
+
+    /// Reports every key of this table that was not read.
+    pub fn finish(self, cx: &mut Cx) {
+        for (name, item) in self.table.iter() {
+            if !self.seen.contains(&name) {
+                let k = self.table.get_key_value(name).map(|(k, _)| k);
+                let span = k.and_then(Key::span).or_else(|| item.span());
+                cx.report(span, self.key_path(name), ProblemKind::UnknownKey);
+            }
+        }
+    }
+}
