@@ -560,14 +560,19 @@ mod tests {
         let want = [
             (1, "seed", "expected an integer"),
             (2, "speed", "unknown key"),
-            (7, "services[0].argv", "this kind of service takes `args`, not `argv`"),
+            (
+                7,
+                "services[0].argv",
+                "this kind of service takes `args`, not `argv`",
+            ),
             (12, "load.max_in_flight", "expected an integer"),
             (13, "faults[0].proxy", "missing required key"),
             (19, "alerts[0].above", "expected a number"),
         ];
         for (line, key, what) in want {
             assert!(
-                keys.iter().any(|(l, k, w)| *l == line && *k == key && w == what),
+                keys.iter()
+                    .any(|(l, k, w)| *l == line && *k == key && w == what),
                 "{key} at line {line}: {what}\n{e}"
             );
         }

@@ -9,7 +9,9 @@
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::BytesMut;
 use hopline_core::config::ServerConfig;
@@ -157,6 +159,7 @@ async fn busy(
     // One waiter on each signal for the whole busy period, not one per request.
     let mut drain = pin!(raised(&mut signals.drain));
     let mut kill = pin!(raised(&mut signals.kill));
+    let mut drained = false;
     loop {
         // Each request runs on the config current when it starts (reloads apply to
         // requests on existing keep-alive connections too).
@@ -168,10 +171,20 @@ async fn busy(
         }
         let cfg = &gw.config.server;
         if buf.is_empty() {
-            let r = tokio::select! {
-                biased;
-                r = wait_first_byte(stream, buf, HOT_WAIT.min(cfg.idle_timeout)) => r,
-                _ = &mut drain => drain_wait(stream, buf, *idle_since, cfg.drain_idle_grace).await,
+            // Once the drain signal is seen, every later wait on this connection is a
+            // drain wait (the signal's future has completed and must not be polled again).
+            let grace = cfg.drain_idle_grace;
+            let r = if drained {
+                drain_wait(stream, buf, *idle_since, grace).await
+            } else {
+                tokio::select! {
+                    biased;
+                    r = wait_first_byte(stream, buf, HOT_WAIT.min(cfg.idle_timeout)) => r,
+                    _ = &mut drain => {
+                        drained = true;
+                        drain_wait(stream, buf, *idle_since, grace).await
+                    }
+                }
             };
             match r {
                 Ok(()) => {}
@@ -212,14 +225,8 @@ async fn request(
         max_head: cfg.max_header_bytes,
         max_request_line: cfg.max_request_line_bytes.min(cfg.max_header_bytes),
     };
-    let head = match read_request_head(
-        stream,
-        buf,
-        limits,
-        head_deadline.into(),
-        cfg.header_read_timeout,
-    )
-    .await
+    let head = match read_request_head(stream, buf, limits, head_deadline, cfg.header_read_timeout)
+        .await
     {
         Ok(h) => h,
         Err(e) => {
@@ -256,5 +263,192 @@ fn to_request(head: RequestHead, keep_alive: bool) -> Request {
         target: head.target,
         headers: head.headers,
         keep_alive,
+    }
+}
+
+/// The connection's timers on tokio's paused clock: each timeout fires exactly when it
+/// should, whatever the machine's load, over a real loopback socket.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hopline_core::config::{AccessLogSink, Config, LogConfig, ServerConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
+    use tokio::time::{sleep, Instant};
+
+    use super::*;
+
+    const HEADER: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(60);
+    const GRACE: Duration = Duration::from_secs(1);
+    /// Virtual time that may pass between a timer firing and the client seeing it.
+    const SLACK: Duration = Duration::from_millis(20);
+
+    struct Conn {
+        client: TcpStream,
+        current: Arc<Current>,
+        drain: watch::Sender<bool>,
+        _kill: watch::Sender<bool>,
+    }
+
+    impl Conn {
+        /// Starts draining as `run` does on SIGTERM.
+        fn drain(&self) {
+            self.current.load().start_draining();
+            self.drain.send(true).expect("drain");
+        }
+    }
+
+    /// A connection served by `serve_connection` with no routes (every request is a 404
+    /// that keeps the connection).
+    async fn connect() -> Conn {
+        let config = Config {
+            server: ServerConfig {
+                header_read_timeout: HEADER,
+                idle_timeout: IDLE,
+                drain_idle_grace: GRACE,
+                ..ServerConfig::default()
+            },
+            log: LogConfig {
+                access: AccessLogSink::Off,
+                ..LogConfig::default()
+            },
+            front: None,
+            deadline: Default::default(),
+            admin: None,
+            retry_budget: Default::default(),
+            egress: None,
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+        };
+        let current = Current::new(Gateway::new(config).expect("gateway"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let (drain, drain_rx) = watch::channel(false);
+        let (kill, kill_rx) = watch::channel(false);
+        let signals = Signals {
+            drain: drain_rx,
+            kill: kill_rx,
+        };
+        let client_info = Client { peer, tls: None };
+        let accepted = Instant::now();
+        tokio::spawn(serve_connection(
+            current.clone(),
+            Stream::Plain(server),
+            client_info,
+            signals,
+            accepted,
+        ));
+        Conn {
+            client,
+            current,
+            drain,
+            _kill: kill,
+        }
+    }
+
+    /// A connection that has served one request.
+    async fn served_once() -> (Conn, String) {
+        let mut c = connect().await;
+        let first = get(&mut c.client, "/a").await;
+        (c, first)
+    }
+
+    /// Sends `GET path` and reads the response.
+    async fn get(c: &mut TcpStream, path: &str) -> String {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: h\r\n\r\n");
+        c.write_all(req.as_bytes()).await.expect("write");
+        response(c).await
+    }
+
+    /// Reads one response (head and `content-length` body).
+    async fn response(c: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = c.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed mid-response: {text}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads until the server closes: what came, and the virtual time it took.
+    async fn until_closed(c: &mut TcpStream) -> (String, Duration) {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.expect("read");
+        (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+    }
+
+    fn around(took: Duration, want: Duration) -> bool {
+        took >= want && took <= want + SLACK
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_gets_408_at_header_read_timeout_from_accept() {
+        let mut c = connect().await;
+        let (text, took) = until_closed(&mut c.client).await;
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+        assert!(around(took, HEADER), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_connection_closes_quietly_at_idle_timeout() {
+        let (mut c, first) = served_once().await;
+        assert!(first.starts_with("HTTP/1.1 404 "), "{first}");
+        // The busy period (buffers kept) and the idle wait after it add up to idle_timeout.
+        let (text, took) = until_closed(&mut c.client).await;
+        assert_eq!(text, "");
+        assert!(around(took, IDLE), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_head_is_due_header_read_timeout_after_its_first_byte() {
+        let (mut c, _) = served_once().await;
+        // Idle for longer than a head may take, then a head that never ends.
+        sleep(HEADER * 3).await;
+        c.client
+            .write_all(b"GET /b HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let (text, took) = until_closed(&mut c.client).await;
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+        assert!(around(took, HEADER), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_closes_an_idle_connection_after_the_grace() {
+        let (mut c, _) = served_once().await;
+        c.drain();
+        let (text, took) = until_closed(&mut c.client).await;
+        assert_eq!(text, "");
+        assert!(around(took, GRACE), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_still_serves_a_client_that_is_sending() {
+        let (mut c, _) = served_once().await;
+        c.drain();
+        sleep(GRACE / 2).await;
+        let text = get(&mut c.client, "/b").await;
+        assert!(text.contains("connection: close"), "{text}");
+        let (rest, _) = until_closed(&mut c.client).await;
+        assert_eq!(rest, "");
     }
 }

@@ -126,7 +126,7 @@ pub async fn run(
         };
         match accepted {
             Ok((stream, peer, tls)) => {
-                let accepted = std::time::Instant::now();
+                let accepted = tokio::time::Instant::now();
                 let current = current.clone();
                 let signals = signals.clone();
                 // Released by drop even if the connection's task panics or is aborted.

@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::ProtocolVersion;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::timeout_at;
+use tokio::time::{timeout_at, Instant};
 
 use crate::gateway::Gateway;
 use crate::stream::{ClientStream, Stream};
@@ -62,7 +62,7 @@ pub async fn handshake(
                 .write_tls_error(peer, reason, &detail, accepted.elapsed());
         }
     };
-    match timeout_at(until.into(), tcp.peek(&mut first)).await {
+    match timeout_at(until, tcp.peek(&mut first)).await {
         Err(_) => {
             failed(
                 "timeout",
@@ -78,7 +78,7 @@ pub async fn handshake(
         }
         Ok(Ok(_)) if first[0] != HANDSHAKE_RECORD && first[0].is_ascii_alphabetic() => {
             failed("plain_http", "plain HTTP request on the TLS port".into());
-            let _ = timeout_at(until.into(), async {
+            let _ = timeout_at(until, async {
                 tcp.write_all(PLAIN_HTTP_ANSWER).await?;
                 tcp.shutdown().await
             })
@@ -88,7 +88,7 @@ pub async fn handshake(
         Ok(Ok(_)) => {}
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    match timeout_at(until.into(), acceptor.accept(tcp)).await {
+    match timeout_at(until, acceptor.accept(tcp)).await {
         Err(_) => {
             failed(
                 "timeout",
