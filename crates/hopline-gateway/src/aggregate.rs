@@ -69,6 +69,26 @@ impl CallsCell {
         }
     }
 
+    /// One pending record per call of `agg`.
+    fn start(&self, gw: &Gateway, agg: &Aggregate) {
+        let mut records = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *records = agg
+            .calls
+            .iter()
+            .map(|c| CallRecord {
+                name: c.name.clone(),
+                upstream: gw.upstreams[c.upstream].name.clone(),
+                zone: gw.upstreams[c.upstream].zone().as_str(),
+                state: CallState::Pending,
+                status: None,
+                cause: None,
+                fallback: false,
+                duration: Duration::ZERO,
+                attempts: 0,
+            })
+            .collect();
+    }
+
     /// The final records.
     pub fn into_inner(self) -> Vec<CallRecord> {
         self.0.into_inner().unwrap_or_else(|p| p.into_inner())
@@ -170,38 +190,36 @@ pub async fn run<S: Sink>(
         Ok(r) => r,
         Err(e) => return Err(ProxyError::Malformed(Box::new(e))),
     };
-    {
-        let mut records = calls.0.lock().unwrap_or_else(|p| p.into_inner());
-        *records = agg
-            .calls
-            .iter()
-            .map(|c| CallRecord {
-                name: c.name.clone(),
-                upstream: gw.upstreams[c.upstream].name.clone(),
-                zone: gw.upstreams[c.upstream].zone().as_str(),
-                state: CallState::Pending,
-                status: None,
-                cause: None,
-                fallback: false,
-                duration: Duration::ZERO,
-                attempts: 0,
-            })
-            .collect();
-    }
-    let results: Vec<Result<Bytes, CallFailure>> = match agg.mode {
+    calls.start(gw, agg);
+    let results = run_calls(gw, agg, &requests, &deadline, calls).await;
+    let (body, degraded) = json_body(agg, results, &deadline)?;
+    let head_only = &head.method[..] == b"HEAD";
+    progress.update(|p| {
+        p.response_started = true;
+        p.upstream_status = Some(200);
+        p.bytes_sent = if head_only { 0 } else { body.len() as u64 };
+    });
+    respond(sink, request_id, &body, &degraded).await
+}
+
+/// Runs the calls, all at once (parallel) or one by one until a required one fails
+/// (sequential); each call's JSON body or why not, in call order.
+async fn run_calls(
+    gw: &Gateway,
+    agg: &Aggregate,
+    requests: &[Forward],
+    deadline: &Deadline,
+    calls: &CallsCell,
+) -> Vec<Result<Bytes, CallFailure>> {
+    match agg.mode {
         AggregateMode::Parallel => {
-            join_all(
-                agg.calls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| one(gw, c, i, &requests[i], &deadline, calls)),
-            )
-            .await
+            let each = agg.calls.iter().enumerate();
+            join_all(each.map(|(i, c)| one(gw, c, i, &requests[i], deadline, calls))).await
         }
         AggregateMode::Sequential => {
             let mut out = Vec::with_capacity(agg.calls.len());
             for (i, c) in agg.calls.iter().enumerate() {
-                let r = one(gw, c, i, &requests[i], &deadline, calls).await;
+                let r = one(gw, c, i, &requests[i], deadline, calls).await;
                 let required_failed = r.is_err() && c.config.required;
                 out.push(r);
                 if required_failed {
@@ -210,8 +228,16 @@ pub async fn run<S: Sink>(
             }
             out
         }
-    };
+    }
+}
 
+/// The response body, one JSON object keyed by call name (failed optional calls give their
+/// fallback and are named in the second value), or the failure of a required call.
+fn json_body<'a>(
+    agg: &'a Aggregate,
+    results: Vec<Result<Bytes, CallFailure>>,
+    deadline: &Deadline,
+) -> Result<(BytesMut, Vec<&'a str>), ProxyError> {
     let mut body = BytesMut::with_capacity(1024);
     body.put_u8(b'{');
     let mut degraded: Vec<&str> = Vec::new();
@@ -229,22 +255,27 @@ pub async fn run<S: Sink>(
         if i > 0 {
             body.put_u8(b',');
         }
-        body.put_slice(
-            serde_json::Value::String(call.name.to_string())
-                .to_string()
-                .as_bytes(),
-        );
+        let name = serde_json::Value::String(call.name.to_string()).to_string();
+        body.put_slice(name.as_bytes());
         body.put_u8(b':');
         body.put_slice(&value);
     }
     body.put_u8(b'}');
+    Ok((body, degraded))
+}
 
+/// Writes the aggregate response: `200`, JSON, `x-hopline-degraded` naming the calls
+/// served from their fallback.
+async fn respond<S: Sink>(
+    sink: &mut S,
+    request_id: &str,
+    body: &[u8],
+    degraded: &[&str],
+) -> Result<(), ProxyError> {
     let mut headers = Headers::new();
     headers.push("content-type", "application/json");
-    headers.push(
-        "x-request-id",
-        Bytes::copy_from_slice(request_id.as_bytes()),
-    );
+    let id = Bytes::copy_from_slice(request_id.as_bytes());
+    headers.push("x-request-id", id);
     if !degraded.is_empty() {
         headers.push("x-hopline-degraded", degraded.join(","));
     }
@@ -258,14 +289,8 @@ pub async fn run<S: Sink>(
     sink.start(start)
         .map_err(|e| ProxyError::NotImplemented { what: e.0 })?;
     // The sink drops the body of a response to HEAD (one would corrupt the next response).
-    sink.data(&body);
+    sink.data(body);
     sink.finish();
-    let head_only = &head.method[..] == b"HEAD";
-    progress.update(|p| {
-        p.response_started = true;
-        p.upstream_status = Some(200);
-        p.bytes_sent = if head_only { 0 } else { body.len() as u64 };
-    });
     sink.flush().await
 }
 

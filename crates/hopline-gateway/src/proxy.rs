@@ -118,6 +118,26 @@ pub async fn open(
     let up = &gw.upstreams[up_index];
     progress.update(|p| p.upstream = Some(up_index));
     up.budget.deposit();
+    let (slot, egress_slot) = take_slots(gw, up)?;
+    let x = attempts(gw, up, req, deadline, progress).await?;
+    progress.update(|p| p.upstream_status = Some(x.head.status));
+    Ok(Opened {
+        head: x.head,
+        conn: x.conn,
+        until: x.until,
+        by_deadline: x.by_deadline,
+        reusable: x.reusable,
+        _slot: slot,
+        _egress_slot: egress_slot,
+    })
+}
+
+/// The upstream's in-flight slot, and the shared egress slot for an egress upstream;
+/// `UO` when either limit is reached.
+fn take_slots(
+    gw: &Gateway,
+    up: &Upstream,
+) -> Result<(InFlightGuard, Option<InFlightGuard>), ProxyError> {
     let slot = up.in_flight.try_acquire().ok_or_else(|| {
         ProxyError::Overflow(Overflow::UpstreamInFlight {
             upstream: up.name.clone(),
@@ -132,7 +152,19 @@ pub async fn open(
         ))?),
         _ => None,
     };
+    Ok((slot, egress_slot))
+}
 
+/// Attempts the exchange until a response head arrives: a connect failure is retried
+/// (within `max_retries` and the retry budget), and so, once and on a new connection, is
+/// an idempotent request whose pooled connection turned out stale.
+async fn attempts(
+    gw: &Gateway,
+    up: &Upstream,
+    req: &Forward,
+    deadline: &Deadline,
+    progress: &ProgressCell,
+) -> Result<Exchanged, ProxyError> {
     let mut last_error: Option<ProxyError> = None;
     let mut retries = 0;
     let mut stale_retry_used = false;
@@ -172,18 +204,7 @@ pub async fn open(
             },
         };
         match exchange(&gw.metrics, up, conn, req, deadline, progress, now).await {
-            Ok(x) => {
-                progress.update(|p| p.upstream_status = Some(x.head.status));
-                return Ok(Opened {
-                    head: x.head,
-                    conn: x.conn,
-                    until: x.until,
-                    by_deadline: x.by_deadline,
-                    reusable: x.reusable,
-                    _slot: slot,
-                    _egress_slot: egress_slot,
-                });
-            }
+            Ok(x) => return Ok(x),
             Err(Failed { error, stale }) => {
                 // The stale keep-alive race: the upstream closed a pooled connection just as
                 // we reused it, before any response byte. Safe to resend once, on a new
@@ -406,37 +427,15 @@ async fn stream_response<S: Sink>(
     } = opened;
     let started = Instant::now();
     let addr = conn.addr;
-    let protocol_error = |source: Box<dyn std::error::Error + Send + Sync>| {
-        up.error(
-            addr,
-            started,
-            UpstreamErrorKind::Protocol {
-                phase: Phase::ResponseHeaders,
-                source,
-            },
-        )
-    };
-    let framing = head
-        .framing(req.is_head)
-        .map_err(|p| protocol_error(Box::new(p)))?;
-    let length = framing.length;
-    progress.update(|p| p.phase = Some(Phase::ResponseBody));
     let upstream_keep_alive = head.keep_alive();
-    let ResponseHead {
-        status,
-        reason,
-        mut headers,
-        ..
-    } = head;
-    let body = response_size(&headers, length, framing.other_codings, req.is_head);
-    strip_hop_by_hop(&mut headers);
-    let start = ResponseStart {
-        status,
-        reason,
-        headers,
-        body,
-    };
-    sink.start(start).map_err(|e| protocol_error(Box::new(e)))?;
+    let length = start_response(head, req.is_head, sink).map_err(|source| {
+        let kind = UpstreamErrorKind::Protocol {
+            phase: Phase::ResponseHeaders,
+            source,
+        };
+        up.error(addr, started, kind)
+    })?;
+    progress.update(|p| p.phase = Some(Phase::ResponseBody));
 
     let mut decoder = BodyDecoder::new(length);
     let mut done = false;
@@ -486,6 +485,33 @@ async fn stream_response<S: Sink>(
         up.checkin(conn);
     }
     Ok(())
+}
+
+/// Hands the upstream's response head to the sink, hop-by-hop fields removed; the body's
+/// framing, or why the response cannot be passed on (bad framing, or a response this
+/// client cannot receive).
+fn start_response<S: Sink>(
+    head: ResponseHead,
+    is_head: bool,
+    sink: &mut S,
+) -> Result<BodyLength, Box<dyn std::error::Error + Send + Sync>> {
+    let framing = head.framing(is_head)?;
+    let ResponseHead {
+        status,
+        reason,
+        mut headers,
+        ..
+    } = head;
+    let body = response_size(&headers, framing.length, framing.other_codings, is_head);
+    strip_hop_by_hop(&mut headers);
+    let start = ResponseStart {
+        status,
+        reason,
+        headers,
+        body,
+    };
+    sink.start(start)?;
+    Ok(framing.length)
 }
 
 /// How the client's response body is delimited, from the upstream's framing. Transfer

@@ -269,44 +269,14 @@ impl Upstream {
         egress: &Egress,
         metrics: &Metrics,
     ) -> Result<ClientConn, ProxyError> {
-        if self.zone() == Zone::Egress {
-            if let Some(rate) = &egress.new_connections {
-                if !rate.try_take() {
-                    return Err(ProxyError::Overflow(Overflow::EgressConnectionRate {
-                        upstream: self.name.clone(),
-                        limit: rate.rate(),
-                    }));
-                }
-            }
-        }
+        self.take_new_connection(egress)?;
         let addr = self.endpoints[i].addr;
         let start = Instant::now();
+        let fail = |kind| self.error(addr, start, kind);
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
-        let fail = |kind| {
-            ProxyError::Upstream(UpstreamError {
-                upstream: self.name.clone(),
-                endpoint: addr,
-                zone: self.zone(),
-                elapsed: start.elapsed(),
-                kind,
-            })
-        };
-        let limit = |by_deadline: bool| {
-            let limit = if by_deadline {
-                deadline.budget()
-            } else {
-                self.config.connect_timeout
-            };
-            let source_limit = match (by_deadline, deadline.source()) {
-                (false, _) => TimeoutSource::ConnectTimeout,
-                (true, DeadlineSource::Call) => TimeoutSource::CallTimeout,
-                (true, _) => TimeoutSource::Deadline,
-            };
-            (limit, source_limit)
-        };
         let tcp = match tokio::time::timeout_at(until.into(), TcpStream::connect(addr)).await {
             Err(_) => {
-                let (limit, source_limit) = limit(by_deadline);
+                let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
                 return Err(fail(UpstreamErrorKind::ConnectTimeout {
                     limit,
                     source_limit,
@@ -318,30 +288,8 @@ impl Upstream {
         let _ = tcp.set_nodelay(true);
         let stream = match (&self.tls, &self.endpoints[i].server_name) {
             (Some(tls), Some(name)) => {
-                let zone = self.zone().as_str();
-                let shaking = Instant::now();
-                let (until, by_deadline) = deadline.bound(shaking, self.config.connect_timeout);
-                let connector = tokio_rustls::TlsConnector::from(tls.clone());
-                let handshake = connector.connect(name.clone(), tcp);
-                match tokio::time::timeout_at(until.into(), handshake).await {
-                    Err(_) => {
-                        metrics.upstream_tls_failed(&self.name, zone, "timeout");
-                        let (limit, source_limit) = limit(by_deadline);
-                        return Err(fail(UpstreamErrorKind::TlsTimeout {
-                            limit,
-                            source_limit,
-                        }));
-                    }
-                    Ok(Err(e)) => {
-                        let failure = hopline_tls::client::classify(e);
-                        metrics.upstream_tls_failed(&self.name, zone, failure.reason());
-                        return Err(fail(UpstreamErrorKind::Tls(Box::new(failure))));
-                    }
-                    Ok(Ok(s)) => {
-                        metrics.upstream_tls_done(&self.name, zone, shaking.elapsed());
-                        Stream::Tls(Box::new(s))
-                    }
-                }
+                let shake = self.handshake(tls, name, tcp, deadline, metrics).await;
+                shake.map_err(fail)?
             }
             _ => Stream::Plain(tcp),
         };
@@ -353,6 +301,71 @@ impl Upstream {
             reused: false,
             received: false,
         })
+    }
+
+    /// A new egress connection takes a token from the shared rate limit (the NAT's), or
+    /// fails `UO`.
+    fn take_new_connection(&self, egress: &Egress) -> Result<(), ProxyError> {
+        match &egress.new_connections {
+            Some(rate) if self.zone() == Zone::Egress && !rate.try_take() => {
+                Err(ProxyError::Overflow(Overflow::EgressConnectionRate {
+                    upstream: self.name.clone(),
+                    limit: rate.rate(),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The limit a connect or handshake ran into, and where it came from.
+    fn connect_limit(&self, deadline: &Deadline, by_deadline: bool) -> (Duration, TimeoutSource) {
+        let limit = if by_deadline {
+            deadline.budget()
+        } else {
+            self.config.connect_timeout
+        };
+        let source_limit = match (by_deadline, deadline.source()) {
+            (false, _) => TimeoutSource::ConnectTimeout,
+            (true, DeadlineSource::Call) => TimeoutSource::CallTimeout,
+            (true, _) => TimeoutSource::Deadline,
+        };
+        (limit, source_limit)
+    }
+
+    /// The TLS handshake on a new connection, under its own `min(connect_timeout, time
+    /// left)`; a failure says what was wrong with the upstream's certificate.
+    async fn handshake(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+        name: &ServerName<'static>,
+        tcp: TcpStream,
+        deadline: &Deadline,
+        metrics: &Metrics,
+    ) -> Result<UpstreamStream, UpstreamErrorKind> {
+        let zone = self.zone().as_str();
+        let shaking = Instant::now();
+        let (until, by_deadline) = deadline.bound(shaking, self.config.connect_timeout);
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        let handshake = connector.connect(name.clone(), tcp);
+        match tokio::time::timeout_at(until.into(), handshake).await {
+            Err(_) => {
+                metrics.upstream_tls_failed(&self.name, zone, "timeout");
+                let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
+                Err(UpstreamErrorKind::TlsTimeout {
+                    limit,
+                    source_limit,
+                })
+            }
+            Ok(Err(e)) => {
+                let failure = hopline_tls::client::classify(e);
+                metrics.upstream_tls_failed(&self.name, zone, failure.reason());
+                Err(UpstreamErrorKind::Tls(Box::new(failure)))
+            }
+            Ok(Ok(s)) => {
+                metrics.upstream_tls_done(&self.name, zone, shaking.elapsed());
+                Ok(Stream::Tls(Box::new(s)))
+            }
+        }
     }
 
     /// An [`UpstreamError`] for this upstream.
