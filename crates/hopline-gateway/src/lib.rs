@@ -24,12 +24,13 @@ mod tls;
 mod upstream;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hopline_core::config::{Config, Overload};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 pub use access_log::AccessRecord;
@@ -94,30 +95,9 @@ pub async fn run(
     let mut accept = Accept { listeners, next: 0 };
     tokio::pin!(shutdown);
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(s) => s,
-            Err(_) if current.load().config.server.overload == Overload::Close => {
-                // Full, and told to fail fast: accept and close at once, so the client
-                // sees a closed connection now instead of waiting in the backlog.
-                let accepted = tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    a = accept.any() => a,
-                };
-                if let Ok((stream, _, _)) = accepted {
-                    drop(stream);
-                    current.load().metrics.connection_refused();
-                }
-                continue;
-            }
-            Err(_) => tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                s = slots.clone().acquire_owned() => match s {
-                    Ok(s) => s,
-                    Err(_) => break,
-                },
-            },
+        let Some(slot) = connection_slot(&slots, &current, &mut accept, shutdown.as_mut()).await
+        else {
+            break;
         };
         let accepted = tokio::select! {
             biased;
@@ -125,28 +105,7 @@ pub async fn run(
             a = accept.any() => a,
         };
         match accepted {
-            Ok((stream, peer, tls)) => {
-                let accepted = tokio::time::Instant::now();
-                let current = current.clone();
-                let signals = signals.clone();
-                // Released by drop even if the connection's task panics or is aborted.
-                let guard = (current.load().metrics.open_connection(), slot);
-                tasks.spawn(async move {
-                    let _guard = guard;
-                    let (stream, tls) = if tls {
-                        let gw = current.load();
-                        let Some(config) = gw.tls.clone() else { return };
-                        match tls::handshake(&gw, config, stream, peer, accepted).await {
-                            Some((s, session)) => (s, Some(Arc::new(session))),
-                            None => return,
-                        }
-                    } else {
-                        (stream::Stream::Plain(stream), None)
-                    };
-                    let client = request::Client { peer, tls };
-                    conn::serve_connection(current, stream, client, signals, accepted).await;
-                });
-            }
+            Ok(conn) => spawn_connection(&mut tasks, &current, &signals, slot, conn),
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 eprintln!("hopline: accept failed: {e}");
@@ -157,6 +116,89 @@ pub async fn run(
     }
     drop(accept);
     let gw = current.load();
+    drain(&mut tasks, &gw, &drain_tx, &kill_tx).await;
+    for t in admin_tasks {
+        let _ = t.await;
+    }
+    flusher.abort();
+    gw.log.flush();
+}
+
+/// A connection slot (`max_connections`), waiting for one when full; with
+/// `overload = "close"`, connections accepted meanwhile are closed at once. `None` once
+/// `shutdown` resolves.
+async fn connection_slot(
+    slots: &Arc<Semaphore>,
+    current: &Current,
+    accept: &mut Accept,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        match slots.clone().try_acquire_owned() {
+            Ok(s) => return Some(s),
+            Err(_) if current.load().config.server.overload == Overload::Close => {
+                // Full, and told to fail fast: accept and close at once, so the client
+                // sees a closed connection now instead of waiting in the backlog.
+                let accepted = tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return None,
+                    a = accept.any() => a,
+                };
+                if let Ok((stream, _, _)) = accepted {
+                    drop(stream);
+                    current.load().metrics.connection_refused();
+                }
+            }
+            Err(_) => {
+                return tokio::select! {
+                    biased;
+                    _ = &mut shutdown => None,
+                    s = slots.clone().acquire_owned() => s.ok(),
+                }
+            }
+        }
+    }
+}
+
+/// Serves an accepted connection in its own task: the TLS handshake on a TLS listener,
+/// then requests until it closes. The slot and the connection gauge are released by drop,
+/// even if the task panics or is aborted.
+fn spawn_connection(
+    tasks: &mut JoinSet<()>,
+    current: &Arc<Current>,
+    signals: &conn::Signals,
+    slot: OwnedSemaphorePermit,
+    (stream, peer, tls): Accepted,
+) {
+    let accepted = tokio::time::Instant::now();
+    let current = current.clone();
+    let signals = signals.clone();
+    let guard = (current.load().metrics.open_connection(), slot);
+    tasks.spawn(async move {
+        let _guard = guard;
+        let (stream, tls) = if tls {
+            let gw = current.load();
+            let Some(config) = gw.tls.clone() else { return };
+            match tls::handshake(&gw, config, stream, peer, accepted).await {
+                Some((s, session)) => (s, Some(Arc::new(session))),
+                None => return,
+            }
+        } else {
+            (stream::Stream::Plain(stream), None)
+        };
+        let client = request::Client { peer, tls };
+        conn::serve_connection(current, stream, client, signals, accepted).await;
+    });
+}
+
+/// Drains: idle connections close, in-flight requests get `drain_timeout` to finish;
+/// then the rest are answered 503 `SD` (within [`KILL_GRACE`]) and aborted.
+async fn drain(
+    tasks: &mut JoinSet<()>,
+    gw: &Gateway,
+    drain_tx: &watch::Sender<bool>,
+    kill_tx: &watch::Sender<bool>,
+) {
     gw.start_draining();
     let _ = drain_tx.send(true);
     let drained = tokio::time::timeout(gw.config.server.drain_timeout, async {
@@ -173,11 +215,6 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
     }
     let _ = kill_tx.send(true);
-    for t in admin_tasks {
-        let _ = t.await;
-    }
-    flusher.abort();
-    gw.log.flush();
 }
 
 /// A bound listener: plain HTTP, or TLS (handshake with the gateway's current
