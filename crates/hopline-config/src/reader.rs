@@ -5,15 +5,16 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hopline_core::config::{
+    AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
+    DeadlineConfig, EgressConfig, FrontConfig, H2Config, ListenAddr, LogConfig, Overload,
+    PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig,
+    TlsVersion, UpstreamConfig, UpstreamTlsConfig, Zone,
+};
+
 use crate::duration::parse_duration;
 use crate::source::{Problem, ProblemKind};
 use crate::walk::{Cx, Tbl};
-use hopline_core::config::{
-    AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
-    DeadlineConfig, EgressConfig, FrontConfig, ListenAddr, LogConfig, Overload, PathMatch,
-    RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig, TlsVersion,
-    UpstreamConfig, UpstreamTlsConfig, Zone,
-};
 
 fn listen_addr(
     cx: &mut Cx,
@@ -104,9 +105,48 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
         },
         drain_idle_grace: t.duration(cx, "drain_idle_grace", d.drain_idle_grace),
         tls: t.sub(cx, "tls").and_then(|t| server_tls(cx, t)),
+        h2c: t.bool(cx, "h2c", d.h2c),
+        h2: t
+            .sub(cx, "h2")
+            .map(|t| server_h2(cx, t))
+            .unwrap_or_default(),
     };
     t.finish(cx);
     s
+}
+
+/// `[server.h2]`: `enabled` and the flood limits.
+fn server_h2(cx: &mut Cx, mut t: Tbl) -> H2Config {
+    let d = H2Config::default();
+    let h2 = H2Config {
+        enabled: t.bool(cx, "enabled", d.enabled),
+        max_concurrent_streams: t.uint(
+            cx,
+            "max_concurrent_streams",
+            u64::from(d.max_concurrent_streams),
+            1,
+            10_000,
+        ) as u32,
+        max_header_list_bytes: t
+            .opt_uint(cx, "max_header_list_bytes", 1024, 16 << 20)
+            .map(|n| n as u32),
+        max_pending_accept_reset_streams: t.uint(
+            cx,
+            "max_pending_accept_reset_streams",
+            d.max_pending_accept_reset_streams as u64,
+            0,
+            100_000,
+        ) as usize,
+        max_local_error_reset_streams: t.uint(
+            cx,
+            "max_local_error_reset_streams",
+            d.max_local_error_reset_streams as u64,
+            0,
+            1_000_000,
+        ) as usize,
+    };
+    t.finish(cx);
+    h2
 }
 
 /// `[server.tls]`: `listen`, the default `cert`/`key`, `[[server.tls.certs]]` selected by

@@ -101,6 +101,14 @@ pub fn schema() -> Value {
                 "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": 1073741824, "default": 16777216},
                 "expose_cause": {"type": "boolean", "default": false},
                 "tls": tls,
+                "h2c": {"type": "boolean", "default": false, "description": "the plain listener also takes HTTP/2 with prior knowledge"},
+                "h2": closed(json!({
+                    "enabled": {"type": "boolean", "default": true, "description": "offer h2 by ALPN on the TLS listener"},
+                    "max_concurrent_streams": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+                    "max_header_list_bytes": {"type": "integer", "minimum": 1024, "maximum": 16777216, "description": "default max_header_bytes"},
+                    "max_pending_accept_reset_streams": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 20, "description": "Rapid Reset defence: streams reset before being served, then GOAWAY ENHANCE_YOUR_CALM"},
+                    "max_local_error_reset_streams": {"type": "integer", "minimum": 0, "maximum": 1000000, "default": 1024, "description": "streams reset for protocol errors, then GOAWAY ENHANCE_YOUR_CALM"},
+                })),
             })),
             "log": closed(json!({
                 "access": {"type": "string", "description": "\"stdout\" (default), \"off\" or a file path"},

@@ -67,6 +67,44 @@ pub struct ServerConfig {
     pub drain_idle_grace: Duration,
     /// `[server.tls]`: a second listener that terminates TLS. Default none.
     pub tls: Option<ServerTlsConfig>,
+    /// `server.h2c`: the plain listener also takes HTTP/2 with prior knowledge (a
+    /// connection that opens with the HTTP/2 preface). Default false.
+    pub h2c: bool,
+    /// `[server.h2]`: HTTP/2 on the listeners and its flood defences.
+    pub h2: H2Config,
+}
+
+/// `[server.h2]`: HTTP/2 to clients (ALPN `h2` on the TLS listener, and h2c with prior
+/// knowledge when `server.h2c` is on) and the limits that defend against floods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H2Config {
+    /// Offer `h2` by ALPN on the TLS listener. Default true.
+    pub enabled: bool,
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    /// Default 100.
+    pub max_concurrent_streams: u32,
+    /// Largest decoded header list of one request (SETTINGS_MAX_HEADER_LIST_SIZE); a
+    /// larger one, CONTINUATION floods included, is refused. Default `max_header_bytes`.
+    pub max_header_list_bytes: Option<u32>,
+    /// Streams the client opened and reset before hopline accepted them, at most, before
+    /// the connection is closed with GOAWAY ENHANCE_YOUR_CALM (Rapid Reset,
+    /// CVE-2023-44487). Default 20.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams hopline had to reset because the client broke the protocol, at most,
+    /// before the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Default 1024.
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for H2Config {
+    fn default() -> Self {
+        H2Config {
+            enabled: true,
+            max_concurrent_streams: 100,
+            max_header_list_bytes: None,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+        }
+    }
 }
 
 /// `server.overload`: what happens to connections beyond `max_connections`.
@@ -456,6 +494,8 @@ impl Default for ServerConfig {
             overload: Overload::Pause,
             drain_idle_grace: Duration::from_secs(1),
             tls: None,
+            h2c: false,
+            h2: H2Config::default(),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct AccessRecord {
     pub client: Option<SocketAddr>,
     /// The connection's TLS session (TLS listener only).
     pub tls: Option<Arc<crate::tls::TlsSession>>,
+    /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`; none when the request could not be read.
+    pub protocol: Option<&'static str>,
     /// Method.
     pub method: Bytes,
     /// Path and query as received.
@@ -109,6 +111,8 @@ impl AccessRecord {
             s.extend_from_slice(b",\"sni\":");
             json_opt(s, t.sni.as_deref());
         }
+        s.extend_from_slice(b",\"protocol\":");
+        json_opt(s, self.protocol);
         s.extend_from_slice(b",\"method\":");
         push_json_str(s, &String::from_utf8_lossy(&self.method));
         s.extend_from_slice(b",\"path\":");

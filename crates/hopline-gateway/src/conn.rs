@@ -18,13 +18,16 @@ use hopline_core::config::ServerConfig;
 use hopline_core::ProxyError;
 use hopline_h1::{read_request_head, wait_first_byte, wait_first_byte_unbuffered};
 use hopline_h1::{BodyLength, HeadError, HeadLimits, ParseError, RequestHead};
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
+use tokio::time::timeout_at;
 
 use crate::front::Next;
 use crate::gateway::{Current, Gateway};
 use crate::h1::H1Front;
+use crate::h2::{serve_h2, PREFACE};
 use crate::request::{reject, serve, Client, Request};
-use crate::stream::{ClientStream, Stream};
+use crate::stream::{ClientStream, Prefixed, Stream};
 
 /// Signals from the server to its connections.
 #[derive(Debug, Clone)]
@@ -36,7 +39,7 @@ pub struct Signals {
     pub kill: watch::Receiver<bool>,
 }
 
-async fn raised(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn raised(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|v| *v).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -95,6 +98,13 @@ pub async fn serve_connection(
             }
         }
         let head_deadline = if first { accepted } else { Instant::now() } + cfg.header_read_timeout;
+        if first && cfg.h2c && h2c_preface(&mut stream, &mut buf, head_deadline).await {
+            drop(gw);
+            let io = Prefixed::new(buf.split().freeze(), stream);
+            // Boxed: an HTTP/2 connection's state lives on the heap, only when there is one.
+            Box::pin(serve_h2(current, io, client, signals, accepted)).await;
+            return;
+        }
         first = false;
         drop(gw);
         // Boxed: the request state (head reading, upstream exchange, aggregate calls) lives
@@ -114,6 +124,19 @@ pub async fn serve_connection(
             Next::Close => return,
         }
     }
+}
+
+/// With `server.h2c`: whether the connection opens with the HTTP/2 preface (read into
+/// `buf` as far as needed to tell, by `until`); anything else is served as HTTP/1.
+async fn h2c_preface(stream: &mut ClientStream, buf: &mut BytesMut, until: Instant) -> bool {
+    while buf.len() < PREFACE.len() && PREFACE.starts_with(buf) {
+        buf.reserve(PREFACE.len());
+        match timeout_at(until, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    buf.starts_with(PREFACE)
 }
 
 /// Waits up to `wait` for the first byte of the next request. A plain connection holds

@@ -59,6 +59,9 @@ pub(crate) trait Front {
         close: bool,
     ) -> impl Future<Output = ()> + Send;
 
+    /// The protocol, as the access log names it: `HTTP/1.1`, `HTTP/1.0`, `HTTP/2`.
+    fn protocol(&self) -> &'static str;
+
     /// Closes after an error answer, reading and dropping what the client still sends for
     /// a while, so it reads the answer instead of a reset.
     fn linger(&mut self) -> impl Future<Output = ()> + Send;

@@ -303,7 +303,11 @@ impl Gateway {
         draining: Arc<AtomicBool>,
     ) -> Result<Gateway, BuildError> {
         let tls = match &config.server.tls {
-            Some(t) => Some(hopline_tls::server::server_config(t).map_err(BuildError::ServerTls)?),
+            Some(t) => {
+                let h2 = config.server.h2.enabled;
+                let built = hopline_tls::server::server_config(t, h2);
+                Some(built.map_err(BuildError::ServerTls)?)
+            }
             None => None,
         };
         metrics.set_certificates(&certificates(&config));

@@ -176,6 +176,14 @@ impl Front for H1Front<'_> {
     async fn linger(&mut self) {
         linger(self.stream, self.buf).await;
     }
+
+    fn protocol(&self) -> &'static str {
+        if self.http11 {
+            "HTTP/1.1"
+        } else {
+            "HTTP/1.0"
+        }
+    }
 }
 
 /// A failure reading the body: a client that left, or bad framing (400).

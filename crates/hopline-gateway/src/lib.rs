@@ -14,6 +14,7 @@ mod forward;
 mod front;
 mod gateway;
 mod h1;
+mod h2;
 mod limits;
 mod metrics;
 mod proxy;
@@ -186,8 +187,14 @@ fn spawn_connection(
         } else {
             (stream::Stream::Plain(stream), None)
         };
+        let h2 = tls.as_ref().is_some_and(|t| t.h2);
         let client = request::Client { peer, tls };
-        conn::serve_connection(current, stream, client, signals, accepted).await;
+        if h2 {
+            // Boxed: an HTTP/2 connection's state lives on the heap, only when there is one.
+            Box::pin(h2::serve_h2(current, stream, client, signals, accepted)).await;
+        } else {
+            conn::serve_connection(current, stream, client, signals, accepted).await;
+        }
     });
 }
 

@@ -105,6 +105,7 @@ pub(crate) async fn serve<F: Front>(
         tls: client.tls.clone(),
         method: req.method.clone(),
         path: req.target.clone(),
+        protocol: Some(front.protocol()),
         ..AccessRecord::default()
     };
     let next = match prepare(gw, front, &req, &mut rec, arrival).await {

@@ -1,8 +1,8 @@
 //! Locally generated responses: the one place where a failure becomes what the client sees.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::ProxyError;
-use hopline_h1::head::{put_content_length, put_header, put_status_line, reason_phrase};
+use hopline_h1::head::{put_content_length, put_header, put_status_line, reason_phrase, Headers};
 
 /// What a locally generated error response says about its request.
 #[derive(Debug, Clone, Copy)]
@@ -18,10 +18,21 @@ pub struct ErrorContext<'a> {
     pub head_only: bool,
 }
 
-/// Renders the response for `err`: status and flag per docs/errors.md, `x-hopline-flags`,
+/// A locally generated error response, before any protocol framing.
+#[derive(Debug)]
+pub struct ErrorResponse {
+    /// The status (per docs/errors.md).
+    pub status: u16,
+    /// `content-type`, `x-hopline-flags`, `x-request-id`, and `allow` for a 405.
+    pub headers: Headers,
+    /// Status, short reason, flag and request id, as text.
+    pub body: String,
+}
+
+/// The response for `err`: status and flag per docs/errors.md, `x-hopline-flags`,
 /// `x-request-id`, and a short text body: status, short reason, flag and request id (the
 /// full cause, with addresses and OS errors, only with `expose_cause`).
-pub fn error_response(err: &ProxyError, cx: &ErrorContext<'_>, close: bool) -> BytesMut {
+pub fn error_parts(err: &ProxyError, cx: &ErrorContext<'_>) -> ErrorResponse {
     let d = err.disposition();
     let reason = if cx.expose_cause {
         err.cause()
@@ -35,23 +46,39 @@ pub fn error_response(err: &ProxyError, cx: &ErrorContext<'_>, close: bool) -> B
         d.flag.code(),
         cx.request_id
     );
-    let mut out = BytesMut::with_capacity(256 + body.len());
-    put_status_line(&mut out, d.status, reason_phrase(d.status).as_bytes());
-    put_header(&mut out, b"content-type", b"text/plain; charset=utf-8");
-    put_header(&mut out, b"x-hopline-flags", d.flag.code().as_bytes());
+    let mut headers = Headers::new();
+    headers.push("content-type", "text/plain; charset=utf-8");
+    headers.push("x-hopline-flags", d.flag.code());
     if !cx.trace_id.is_empty() {
-        put_header(&mut out, b"x-request-id", cx.trace_id.as_bytes());
+        headers.push(
+            "x-request-id",
+            Bytes::copy_from_slice(cx.trace_id.as_bytes()),
+        );
     }
     if let ProxyError::MethodNotAllowed { allow, .. } = err {
-        put_header(&mut out, b"allow", allow.as_bytes());
+        headers.push("allow", Bytes::copy_from_slice(allow.as_bytes()));
     }
-    put_content_length(&mut out, body.len() as u64);
+    ErrorResponse {
+        status: d.status,
+        headers,
+        body,
+    }
+}
+
+/// The HTTP/1 bytes of the response for `err` ([`error_parts`]), with `connection:
+/// close` when `close`; the body left out for a response to `HEAD`.
+pub fn error_response(err: &ProxyError, cx: &ErrorContext<'_>, close: bool) -> BytesMut {
+    let r = error_parts(err, cx);
+    let mut out = BytesMut::with_capacity(256 + r.body.len());
+    put_status_line(&mut out, r.status, reason_phrase(r.status).as_bytes());
+    r.headers.write_to(&mut out);
+    put_content_length(&mut out, r.body.len() as u64);
     if close {
         put_header(&mut out, b"connection", b"close");
     }
     out.put_slice(b"\r\n");
     if !cx.head_only {
-        out.put_slice(body.as_bytes());
+        out.put_slice(r.body.as_bytes());
     }
     out
 }

@@ -23,6 +23,8 @@ pub struct TlsSession {
     pub version: &'static str,
     /// The server name the client asked for, if any.
     pub sni: Option<Box<str>>,
+    /// The client chose HTTP/2 by ALPN.
+    pub h2: bool,
 }
 
 /// The first byte of a TLS handshake record.
@@ -111,6 +113,7 @@ pub async fn handshake(
                     _ => "1.2",
                 },
                 sni: conn.server_name().map(Into::into),
+                h2: conn.alpn_protocol() == Some(b"h2"),
             };
             Some((Stream::Tls(Box::new(tls)), session))
         }

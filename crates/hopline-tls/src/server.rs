@@ -81,9 +81,13 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Reads every certificate and key of `tls` and builds the listener's config. Fails as a
-/// whole on the first file that cannot be used (a reload then keeps the old one).
-pub fn server_config(tls: &ServerTlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
+/// Reads every certificate and key of `tls` and builds the listener's config, offering
+/// ALPN `h2` (when `h2`) and `http/1.1`. Fails as a whole on the first file that cannot be
+/// used (a reload then keeps the old one).
+pub fn server_config(
+    tls: &ServerTlsConfig,
+    h2: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut default = None;
@@ -115,7 +119,11 @@ pub fn server_config(tls: &ServerTlsConfig) -> Result<Arc<rustls::ServerConfig>,
         .map_err(TlsFileError::Config)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     let (tickets, cache) = resumption();
     config.ticketer = tickets;
     config.session_storage = cache;

@@ -24,7 +24,7 @@ fn metric(gw: &Proc, prefix: &str) -> f64 {
 }
 
 #[test]
-fn sni_picks_the_certificate_alpn_is_http11_and_the_log_shows_the_session() {
+fn sni_picks_the_certificate_alpn_offers_h2_and_http11_and_the_log_shows_the_session() {
     let ca = Ca::new("sni");
     let default = ca.leaf("default", "default", &["default.test"], Validity::Good);
     let a = ca.leaf("a", "a", &["a.test"], Validity::Good);
@@ -39,11 +39,14 @@ fn sni_picks_the_certificate_alpn_is_http11_and_the_log_shows_the_session() {
     // Each name verifies only against the certificate issued for it: a handshake that
     // succeeds proves which certificate was served.
     for sni in ["a.test", "x.b.test", "default.test"] {
-        let mut s = connect(addr, &ca.cert, sni, &["h2", "http/1.1"])
-            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        let mut s =
+            connect(addr, &ca.cert, sni, &["http/1.1"]).unwrap_or_else(|e| panic!("{sni}: {e}"));
         assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]), "{sni}");
         assert_eq!(get_tls(&mut s, "/x").0, 200, "{sni}");
     }
+    // A client that offers h2 gets it (`[server.h2] enabled`, the default).
+    let s = connect(addr, &ca.cert, "a.test", &["h2", "http/1.1"]).expect("h2 handshake");
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
     // An unknown name gets the default certificate, which is not valid for it.
     let e = connect(addr, &ca.cert, "other.test", &[]).expect_err("wrong name accepted");
     assert!(
@@ -51,8 +54,8 @@ fn sni_picks_the_certificate_alpn_is_http11_and_the_log_shows_the_session() {
             .contains("certificate is only valid for DnsName(\"default.test\")"),
         "{e}"
     );
-    // A client that speaks only h2 shares no protocol with us: refused, counted.
-    assert!(connect(addr, &ca.cert, "a.test", &["h2"]).is_err());
+    // A client that speaks neither shares no protocol with us: refused, counted.
+    assert!(connect(addr, &ca.cert, "a.test", &["spdy/3.1"]).is_err());
     let line = gw.wait_json(WAIT, "a.test line", |v| v["sni"] == "a.test");
     assert_eq!(line["tls_version"], "1.3");
     let ms = line["tls_handshake_ms"].as_f64().expect("tls_handshake_ms");

@@ -1,0 +1,455 @@
+//! The HTTP/2 front-end of the request core: one connection (ALPN `h2` on the TLS
+//! listener, or h2c with prior knowledge), every stream a request of its own — its own
+//! deadline, access-log line and cancellation: a client's RST_STREAM drops that stream's
+//! upstream work and logs 499 `DC` while the other streams go on.
+//!
+//! Framing, HPACK, flow control and the RFC 9113 connection and stream errors are the
+//! `h2` crate's; hopline sets its limits from `[server.h2]` (concurrent streams, header
+//! list size, and the Rapid Reset and local-error reset bounds that end a flooding
+//! connection with GOAWAY ENHANCE_YOUR_CALM).
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use hopline_core::ProxyError;
+use hopline_h1::head::Headers;
+use http::{HeaderName, HeaderValue, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+
+use crate::conn::{raised, Signals};
+use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
+use crate::gateway::{Current, Gateway};
+use crate::request::{serve, Client, Request};
+use crate::response::{error_parts, ErrorContext};
+
+/// The HTTP/2 connection preface a client opens with (RFC 9113 §3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one HTTP/2 connection until it closes: the handshake within
+/// `header_read_timeout` from accept, streams served concurrently, GOAWAY after
+/// `idle_timeout` without streams or when draining.
+pub(crate) async fn serve_h2<T>(
+    current: Arc<Current>,
+    io: T,
+    client: Client,
+    mut signals: Signals,
+    accepted: Instant,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let gw = current.load();
+    let until = accepted + gw.config.server.header_read_timeout;
+    let handshake = builder(&gw).handshake::<T, Bytes>(io);
+    let Ok(Ok(mut conn)) = timeout_at(until, handshake).await else {
+        return;
+    };
+    drop(gw);
+    // Stream tasks belong to this connection: dropping the set (the connection's task
+    // ending or aborted) cancels every stream's upstream work.
+    let mut streams = JoinSet::new();
+    let mut idle_since = Instant::now();
+    let mut closing = false;
+    loop {
+        let idle_timeout = current.load().config.server.idle_timeout;
+        tokio::select! {
+            biased;
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => {
+                    let kill = signals.kill.clone();
+                    streams.spawn(stream(current.clone(), req, respond, client.clone(), kill));
+                }
+                // A connection error: h2 has sent GOAWAY with its reason.
+                Some(Err(_)) | None => break,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {
+                if streams.is_empty() {
+                    idle_since = Instant::now();
+                }
+            }
+            _ = sleep_until(idle_since + idle_timeout), if streams.is_empty() && !closing => {
+                conn.graceful_shutdown();
+                closing = true;
+            }
+            _ = raised(&mut signals.drain), if !closing => {
+                conn.graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+    // Let open streams finish (the drain's kill signal bounds them) while the connection
+    // is driven to its end.
+    let finish = async { while streams.join_next().await.is_some() {} };
+    let closed = poll_fn(|cx| conn.poll_closed(cx));
+    let _ = tokio::join!(finish, closed);
+}
+
+/// The h2 server settings from `[server.h2]`.
+fn builder(gw: &Gateway) -> h2::server::Builder {
+    let cfg = &gw.config.server;
+    let h2 = &cfg.h2;
+    let header_list = h2
+        .max_header_list_bytes
+        .unwrap_or(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(header_list)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(Some(h2.max_local_error_reset_streams))
+        .max_send_buffer_size(SEND_BUFFER);
+    b
+}
+
+/// Response bytes buffered per stream before waiting for the client's flow-control window.
+const SEND_BUFFER: usize = 64 * 1024;
+
+/// One stream: a request to the core.
+async fn stream(
+    current: Arc<Current>,
+    req: http::Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    client: Client,
+    mut kill: watch::Receiver<bool>,
+) {
+    let gw = current.load();
+    let (parts, body) = req.into_parts();
+    let request = to_request(&parts, !body.is_end_stream());
+    let mut front = H2Front {
+        gw: &gw,
+        body,
+        out: Arc::new(Mutex::new(Responder::Head(respond))),
+        head_only: parts.method == http::Method::HEAD,
+        arrival: Instant::now(),
+    };
+    let kill = pin!(raised(&mut kill));
+    serve(&gw, &mut front, request, &client, kill).await;
+}
+
+/// The protocol-independent request an HTTP/2 stream carries: `:authority` becomes
+/// `host` when the client sent none.
+fn to_request(parts: &http::request::Parts, has_body: bool) -> Request {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut headers = Headers::new();
+    if !parts.headers.contains_key(http::header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            headers.push("host", Bytes::copy_from_slice(a.as_str().as_bytes()));
+        }
+    }
+    for (name, value) in &parts.headers {
+        let name = Bytes::copy_from_slice(name.as_str().as_bytes());
+        headers.push(name, Bytes::copy_from_slice(value.as_bytes()));
+    }
+    let target = Bytes::from(target);
+    Request {
+        method: Bytes::copy_from_slice(parts.method.as_str().as_bytes()),
+        origin: target.clone(),
+        target,
+        headers,
+        has_body,
+        // A stream's end never ends the connection.
+        keep_alive: true,
+    }
+}
+
+/// Where a stream's response is: not started, sending its body, or complete.
+enum Responder {
+    Head(SendResponse<Bytes>),
+    Body(SendStream<Bytes>),
+    Done,
+}
+
+/// Locks the responder (never held across an await).
+fn lock(out: &Mutex<Responder>) -> MutexGuard<'_, Responder> {
+    out.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The client left: its stream was reset, or the connection is gone.
+fn gone(e: h2::Error) -> io::Error {
+    match e.reason() {
+        Some(r) => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("client reset the stream ({r:?})"),
+        ),
+        None => io::Error::other(e),
+    }
+}
+
+/// One HTTP/2 stream, as the request core sees it.
+struct H2Front<'a> {
+    gw: &'a Gateway,
+    body: RecvStream,
+    /// Shared by the sink (which sends) and the watcher (which waits for a reset).
+    out: Arc<Mutex<Responder>>,
+    head_only: bool,
+    arrival: Instant,
+}
+
+impl Front for H2Front<'_> {
+    async fn body(&mut self) -> Result<Bytes, BodyFailure> {
+        let cfg = &self.gw.config.server;
+        let max = cfg.max_body_bytes;
+        let until = Instant::now() + cfg.body_read_timeout;
+        let mut body = BytesMut::new();
+        while !self.body.is_end_stream() {
+            let chunk = match timeout_at(until, self.body.data()).await {
+                Err(_) => {
+                    return Err(BodyFailure::Respond(ProxyError::BodyReadTimeout {
+                        limit: cfg.body_read_timeout,
+                        received: body.len() as u64,
+                    }))
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(BodyFailure::Gone(gone(e))),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            // The window opens again as the body is read, so a client never waits on us.
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            if body.len() + chunk.len() > max {
+                return Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
+                    limit: max,
+                }));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    fn split(
+        &mut self,
+    ) -> (
+        impl Future<Output = io::Error> + Send + '_,
+        impl Sink + Send + '_,
+    ) {
+        let out = self.out.clone();
+        let watch = poll_fn(move |cx| {
+            let polled = match &mut *lock(&out) {
+                Responder::Head(s) => s.poll_reset(cx),
+                Responder::Body(s) => s.poll_reset(cx),
+                Responder::Done => return Poll::Pending,
+            };
+            match polled {
+                Poll::Ready(Ok(reason)) => Poll::Ready(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("client reset the stream ({reason:?})"),
+                )),
+                Poll::Ready(Err(e)) => Poll::Ready(gone(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        let sink = H2Sink {
+            gw: self.gw,
+            out: self.out.clone(),
+            head: None,
+            buf: BytesMut::new(),
+            end: false,
+            head_only: self.head_only,
+            arrival: self.arrival,
+        };
+        (watch, sink)
+    }
+
+    async fn respond(&mut self, err: &ProxyError, cx: &ErrorContext<'_>, _close: bool) {
+        let r = error_parts(err, cx);
+        let mut head = Response::new(());
+        *head.status_mut() =
+            http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        put_headers(head.headers_mut(), &r.headers);
+        head.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(r.body.len()),
+        );
+        let body = (!cx.head_only).then(|| Bytes::from(r.body));
+        let mut out = lock(&self.out);
+        let Responder::Head(respond) = &mut *out else {
+            return;
+        };
+        let eos = body.is_none();
+        if let Ok(mut stream) = respond.send_response(head, eos) {
+            if let Some(b) = body {
+                // Small enough for the initial window; h2 buffers it if not.
+                let _ = stream.send_data(b, true);
+            }
+        }
+        *out = Responder::Done;
+    }
+
+    async fn linger(&mut self) {
+        // Nothing to drain: h2 discards what the client still sends on this stream.
+    }
+
+    fn protocol(&self) -> &'static str {
+        "HTTP/2"
+    }
+}
+
+/// Copies end-to-end fields into an HTTP/2 header map; connection-specific fields (which
+/// RFC 9113 §8.2.2 forbids) and fields that are not valid HTTP are dropped.
+fn put_headers(map: &mut http::HeaderMap, headers: &Headers) {
+    for (n, v) in headers.iter() {
+        if hopline_h1::head::is_hop_by_hop(n) || n.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+            map.append(n, v);
+        }
+    }
+}
+
+/// An HTTP/2 response on its way to the client.
+struct H2Sink<'a> {
+    gw: &'a Gateway,
+    out: Arc<Mutex<Responder>>,
+    head: Option<Response<()>>,
+    buf: BytesMut,
+    end: bool,
+    head_only: bool,
+    arrival: Instant,
+}
+
+impl H2Sink<'_> {
+    fn gone(&self, e: h2::Error) -> ProxyError {
+        ProxyError::ClientGone {
+            elapsed: self.arrival.elapsed(),
+            waiting_on: None,
+            source: gone(e),
+        }
+    }
+
+    /// Sends the head (with the end of the stream when nothing follows).
+    fn send_head(&mut self, head: Response<()>) -> Result<(), ProxyError> {
+        let mut out = lock(&self.out);
+        let Responder::Head(respond) = &mut *out else {
+            return Ok(());
+        };
+        let eos = self.end && self.buf.is_empty();
+        match respond.send_response(head, eos) {
+            Ok(stream) => {
+                *out = if eos {
+                    Responder::Done
+                } else {
+                    Responder::Body(stream)
+                };
+                Ok(())
+            }
+            Err(e) => {
+                drop(out);
+                Err(self.gone(e))
+            }
+        }
+    }
+
+    /// Waits for the client's flow-control window to take up to `want` more bytes.
+    async fn capacity(&self, want: usize) -> Result<usize, ProxyError> {
+        let limit = self.gw.config.server.write_timeout;
+        let out = &self.out;
+        let wait = poll_fn(|cx| match &mut *lock(out) {
+            Responder::Body(s) => {
+                s.reserve_capacity(want);
+                s.poll_capacity(cx)
+            }
+            _ => Poll::Ready(None),
+        });
+        match timeout(limit, wait).await {
+            Err(_) => Err(ProxyError::ClientWriteTimeout { limit }),
+            Ok(Some(Ok(n))) => Ok(n),
+            Ok(Some(Err(e))) => Err(self.gone(e)),
+            Ok(None) => Err(ProxyError::ClientGone {
+                elapsed: self.arrival.elapsed(),
+                waiting_on: None,
+                source: io::Error::new(io::ErrorKind::ConnectionReset, "stream closed"),
+            }),
+        }
+    }
+}
+
+impl Sink for H2Sink<'_> {
+    fn start(&mut self, head: ResponseStart) -> Result<(), CannotCarry> {
+        let mut resp = Response::new(());
+        *resp.status_mut() = http::StatusCode::from_u16(head.status)
+            .map_err(|_| CannotCarry("a status code outside 100-999"))?;
+        put_headers(resp.headers_mut(), &head.headers);
+        let length = match head.body {
+            BodySize::Coded { .. } => {
+                return Err(CannotCarry("a transfer-coding, which HTTP/2 cannot carry"))
+            }
+            BodySize::Known(n) => Some(HeaderValue::from(n)),
+            BodySize::Empty { declared: Some(v) } => HeaderValue::from_maybe_shared(v).ok(),
+            BodySize::Empty { declared: None } | BodySize::Unknown => None,
+        };
+        if let Some(v) = length {
+            resp.headers_mut().insert(http::header::CONTENT_LENGTH, v);
+        }
+        self.head = Some(resp);
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) {
+        if !self.head_only {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.end = true;
+    }
+
+    fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn discard(&mut self) {
+        self.head = None;
+        self.buf.clear();
+        self.end = false;
+    }
+
+    async fn flush(&mut self) -> Result<(), ProxyError> {
+        if let Some(head) = self.head.take() {
+            self.send_head(head)?;
+        }
+        while !self.buf.is_empty() || self.end {
+            if !matches!(&*lock(&self.out), Responder::Body(_)) {
+                break;
+            }
+            let n = if self.buf.is_empty() {
+                0
+            } else {
+                self.capacity(self.buf.len()).await?
+            };
+            if n == 0 && !self.buf.is_empty() {
+                continue;
+            }
+            let chunk = self.buf.split_to(n.min(self.buf.len())).freeze();
+            let eos = self.end && self.buf.is_empty();
+            let mut out = lock(&self.out);
+            if let Responder::Body(s) = &mut *out {
+                let sent = s.send_data(chunk, eos);
+                if eos {
+                    *out = Responder::Done;
+                }
+                drop(out);
+                sent.map_err(|e| self.gone(e))?;
+            }
+            if eos {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn reusable(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,219 @@
+//! HTTP/2 to clients, driven by a real HTTP/2 client (the `h2` crate) over loopback: h2c
+//! with prior knowledge beside HTTP/1.1 on one listener, streams multiplexed on one
+//! connection, each with its own access-log line, and a client's RST_STREAM cancelling
+//! that stream alone.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An HTTP/2 client connection with prior knowledge; the connection is driven by a task.
+async fn h2c(addr: SocketAddr) -> SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Sends a request (with `body` as its DATA) and reads the whole response.
+async fn send(
+    client: &mut SendRequest<Bytes>,
+    method: Method,
+    path: &str,
+    body: &[u8],
+) -> (StatusCode, http::HeaderMap, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://gw.test{path}"))
+        .body(())
+        .expect("request");
+    let ready = client.clone().ready().await.expect("ready");
+    *client = ready;
+    let (resp, mut stream) = client.send_request(req, body.is_empty()).expect("send");
+    if !body.is_empty() {
+        stream
+            .send_data(Bytes::copy_from_slice(body), true)
+            .expect("data");
+    }
+    let resp = resp.await.expect("response");
+    let (parts, mut recv) = resp.into_parts();
+    let mut got = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.expect("data");
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&got).into_owned(),
+    )
+}
+
+fn h2c_gateway(up: SocketAddr) -> Proc {
+    gateway("h2c = true", &route_all(up))
+}
+
+#[test]
+fn h2c_streams_share_one_connection_and_each_gets_its_log_line() {
+    let up = mock(&["--quiet", "--latency", "200ms"]);
+    let gw = h2c_gateway(up.addr);
+    let rt = runtime();
+    let started = Instant::now();
+    let results = rt.block_on(async {
+        let client = h2c(gw.addr).await;
+        let (mut a, mut b) = (client.clone(), client);
+        tokio::join!(
+            send(&mut a, Method::GET, "/one?x=1", b""),
+            send(&mut b, Method::POST, "/two", b"payload")
+        )
+    });
+    // Both answered over one connection, concurrently (one upstream latency, not two).
+    assert!(
+        started.elapsed() < Duration::from_millis(390),
+        "{:?}",
+        started.elapsed()
+    );
+    for (status, headers, body) in [&results.0, &results.1] {
+        assert_eq!(*status, StatusCode::OK);
+        assert_eq!(body, "{\"ok\":true}");
+        assert_eq!(
+            headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"11"[..])
+        );
+    }
+    for path in ["/one?x=1", "/two"] {
+        let line = gw.wait_json(WAIT, path, |v| v["path"] == path);
+        assert_eq!(line["protocol"], "HTTP/2", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+    }
+    // HTTP/1.1 still works on the same listener.
+    let r = get(gw.addr, "/three", "");
+    assert_eq!(r.status, 200);
+    let line = gw.wait_json(WAIT, "/three", |v| v["path"] == "/three");
+    assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
+}
+
+#[test]
+fn a_reset_stream_is_cancelled_alone_and_its_upstream_connection_closed() {
+    // `/kept` is answered after 300 ms; `/cancelled` never is, and the upstream reports
+    // when hopline closes that connection.
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<Instant>();
+    let closed_tx = std::sync::Mutex::new(closed_tx);
+    let up = FakeUpstream::start(move |_, mut s| {
+        let Some(head) = read_request(&mut s) else {
+            return;
+        };
+        if head.starts_with("GET /kept ") {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = std::io::Write::write_all(&mut s, OK_RESPONSE);
+            return;
+        }
+        let mut rest = [0u8; 64];
+        while matches!(std::io::Read::read(&mut s, &mut rest), Ok(n) if n > 0) {}
+        let tx = closed_tx.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = tx.send(Instant::now());
+    });
+    let gw = h2c_gateway(up.addr);
+    let rt = runtime();
+    let (kept, reset_at) = rt.block_on(async {
+        let mut client = h2c(gw.addr).await;
+        let req = Request::builder()
+            .uri("http://gw.test/cancelled")
+            .body(())
+            .expect("request");
+        let (_resp, mut stream) = client.send_request(req, true).expect("send");
+        let mut other = client.clone();
+        let keep = tokio::spawn(async move { send(&mut other, Method::GET, "/kept", b"").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        let reset_at = Instant::now();
+        (keep.await.expect("kept stream"), reset_at)
+    });
+    let closed = closed_rx
+        .recv_timeout(WAIT)
+        .expect("upstream connection closed");
+    assert!(
+        closed.duration_since(reset_at) < Duration::from_millis(500),
+        "upstream closed {:?} after the reset",
+        closed.duration_since(reset_at)
+    );
+    let line = gw.wait_json(WAIT, "/cancelled", |v| v["path"] == "/cancelled");
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["flags"], serde_json::json!(["DC"]), "{line}");
+    let cause = line["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("client reset the stream (CANCEL)"),
+        "{cause}"
+    );
+    // The other stream on the connection went on to its answer.
+    assert_eq!(kept.0, StatusCode::OK);
+    assert_eq!(kept.2, "ok");
+    let other = gw.wait_json(WAIT, "/kept", |v| v["path"] == "/kept");
+    assert_eq!(other["status"], 200, "{other}");
+}
+
+#[test]
+fn errors_are_answered_on_the_stream_with_flag_and_request_id() {
+    let up = mock(&["--quiet"]);
+    let gw = gateway(
+        "h2c = true",
+        &format!("[upstreams.m]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/api\"\nupstream = \"m\"\nmethods = [\"GET\"]\n", up.addr),
+    );
+    let rt = runtime();
+    let (nr, na, head) = rt.block_on(async {
+        let mut c = h2c(gw.addr).await;
+        let nr = send(&mut c, Method::GET, "/nowhere", b"").await;
+        let na = send(&mut c, Method::DELETE, "/api/x", b"").await;
+        let head = send(&mut c, Method::HEAD, "/nowhere", b"").await;
+        (nr, na, head)
+    });
+    assert_eq!(nr.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        nr.1.get("x-hopline-flags").map(|v| v.as_bytes()),
+        Some(&b"NR"[..])
+    );
+    assert!(
+        nr.2.starts_with("404 Not Found: no route (flag NR, request id "),
+        "{}",
+        nr.2
+    );
+    assert_eq!(na.0, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(na.1.get("allow").map(|v| v.as_bytes()), Some(&b"GET"[..]));
+    // HEAD: the length of the body it would have, and no body.
+    assert_eq!(head.0, StatusCode::NOT_FOUND);
+    assert_eq!(head.2, "");
+    let line: Value = gw.wait_json(WAIT, "HEAD log", |v| v["method"] == "HEAD");
+    assert_eq!(line["protocol"], "HTTP/2", "{line}");
+}
+
+#[test]
+fn without_h2c_the_preface_is_an_http1_error() {
+    let up = mock(&["--quiet"]);
+    let gw = gateway("", &route_all(up.addr));
+    let mut s = connect(gw.addr);
+    use std::io::Write;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .expect("write");
+    let r = read_response(&mut s);
+    assert!(r.status == 400 || r.status == 505, "{r:?}");
+}
