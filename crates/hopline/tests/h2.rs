@@ -217,3 +217,44 @@ fn without_h2c_the_preface_is_an_http1_error() {
     let r = read_response(&mut s);
     assert!(r.status == 400 || r.status == 505, "{r:?}");
 }
+
+#[test]
+fn sigterm_sends_goaway_and_the_stream_in_flight_is_answered() {
+    let up = mock(&["--quiet", "--latency", "500ms"]);
+    let mut gw = h2c_gateway(up.addr);
+    let rt = runtime();
+    let (answered, refused) = rt.block_on(async {
+        let mut client = h2c(gw.addr).await;
+        let mut first = client.clone();
+        let in_flight =
+            tokio::spawn(async move { send(&mut first, Method::GET, "/in-flight", b"").await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        gw.terminate();
+        let answered = in_flight.await.expect("in-flight stream");
+        // After GOAWAY, the connection takes no new stream.
+        let req = Request::builder()
+            .uri("http://gw.test/late")
+            .body(())
+            .expect("request");
+        let refused = match client.ready().await {
+            Ok(mut c) => match c.send_request(req, true) {
+                Ok((resp, _)) => resp.await.is_err(),
+                Err(_) => true,
+            },
+            Err(_) => true,
+        };
+        (answered, refused)
+    });
+    assert_eq!(answered.0, StatusCode::OK);
+    assert!(refused, "a stream opened after GOAWAY was served");
+    let status = gw.wait_exit(WAIT).expect("gateway exits after the drain");
+    assert!(status.success(), "{status:?}");
+    let lines = gw.json_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["path"] == "/in-flight" && v["status"] == 200),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|v| v["path"] == "/late"), "{lines:?}");
+}

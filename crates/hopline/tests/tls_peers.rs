@@ -61,7 +61,20 @@ fn curl_and_openssl_s_client_speak_to_the_tls_listener() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello over tls");
-    assert!(err.contains("http/1.1"), "ALPN: {err}");
+    // curl offers h2 and http/1.1; hopline picks h2 ([server.h2] enabled by default).
+    assert!(err.contains("ALPN: server accepted h2"), "ALPN: {err}");
+    let line = gw.wait_json(WAIT, "curl's line", |v| v["path"] == "/x");
+    assert_eq!(line["protocol"], "HTTP/2", "{line}");
+    let h1 = Command::new("curl")
+        .args(["-sS", "-v", "--http1.1", "--cacert", path(&ca.cert), &url])
+        .output()
+        .expect("curl");
+    let err = String::from_utf8_lossy(&h1.stderr);
+    assert!(
+        err.contains("ALPN: server accepted http/1.1"),
+        "ALPN: {err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&h1.stdout), "hello over tls");
     // curl without our CA refuses us: the certificate is really verified.
     let refused = Command::new("curl")
         .args(["-sS", &url])

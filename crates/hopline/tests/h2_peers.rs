@@ -1,0 +1,96 @@
+//! HTTP/2 against the peers users have: curl with prior knowledge, and flood clients
+//! written frame by frame with Python's hyperframe (`tests/h2_flood.py`). `#[ignore]`d:
+//! `.ci/run` installs curl and the Python `h2` package and runs them with `--ignored`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Runs a flood from `tests/h2_flood.py`; what the server sent back.
+fn flood(addr: std::net::SocketAddr, kind: &str, n: usize) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2_flood.py");
+    let out = Command::new("python3")
+        .args([script, &addr.to_string(), kind, &n.to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("flood result")
+}
+
+/// The gateway's resident memory in KiB.
+fn rss_kib(gw: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// ENHANCE_YOUR_CALM (RFC 9113 §7).
+const ENHANCE_YOUR_CALM: u64 = 0xb;
+
+#[test]
+#[ignore = "needs curl (installed by .ci/run)"]
+fn curl_with_prior_knowledge_is_served_over_h2c() {
+    let up = mock(&["--quiet", "--body", "over h2c"]);
+    let gw = gateway("h2c = true", &route_all(up.addr));
+    let url = format!("http://{}/c?x=1", gw.addr);
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version}",
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over h2c\n2");
+    let line = gw.wait_json(WAIT, "curl line", |v| v["path"] == "/c?x=1");
+    assert_eq!(line["protocol"], "HTTP/2", "{line}");
+}
+
+#[test]
+#[ignore = "needs the Python h2 package (installed by .ci/run)"]
+fn floods_end_with_goaway_enhance_your_calm_and_others_are_answered_in_bounded_memory() {
+    let up = mock(&["--quiet"]);
+    let gw = gateway("h2c = true", &route_all(up.addr));
+    // Rapid Reset (CVE-2023-44487): streams opened and reset at once.
+    let r = flood(gw.addr, "rapid-reset", 10_000);
+    assert_eq!(r["goaway"], ENHANCE_YOUR_CALM, "{r}");
+    assert!(r["written"].as_u64().unwrap_or(u64::MAX) < 10_000, "{r}");
+    // CONTINUATION flood: one header block that never ends.
+    let r = flood(gw.addr, "continuation", 100_000);
+    assert_eq!(r["goaway"], ENHANCE_YOUR_CALM, "{r}");
+    // Empty DATA frames on one stream.
+    let r = flood(gw.addr, "empty-data", 100_000);
+    assert!(r["goaway"].is_u64() || r["closed"] == true, "{r}");
+    // PING and SETTINGS floods are answered by h2 frame for frame; the connection is not
+    // closed, and memory stays bounded.
+    let before = rss_kib(&gw);
+    let r = flood(gw.addr, "ping", 50_000);
+    assert_eq!(r["ping_acks"], 50_000, "{r}");
+    let r = flood(gw.addr, "settings", 50_000);
+    assert_eq!(r["settings_acks"], 50_001, "{r}");
+    let grown = rss_kib(&gw).saturating_sub(before);
+    assert!(grown < 32 * 1024, "grew {grown} KiB");
+    // The gateway still serves.
+    assert_eq!(get(gw.addr, "/after", "").status, 200);
+}
