@@ -224,7 +224,7 @@ fn sigterm_sends_goaway_and_the_stream_in_flight_is_answered() {
     let mut gw = h2c_gateway(up.addr);
     let rt = runtime();
     let (answered, refused) = rt.block_on(async {
-        let mut client = h2c(gw.addr).await;
+        let client = h2c(gw.addr).await;
         let mut first = client.clone();
         let in_flight =
             tokio::spawn(async move { send(&mut first, Method::GET, "/in-flight", b"").await });
