@@ -1,12 +1,10 @@
 //! `chaos.toml`: proxies and their toxics declared up front, in the same shapes as the API.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use hopline_config::json::table_json;
-use hopline_config::Location;
-use toml_edit::{ImDocument, Item, TableLike};
+use hopline_config::walk::{Cx, Tbl};
+use hopline_config::{Problem, ProblemKind};
 
 use crate::registry::ProxySpec;
 use crate::toxic::{Toxic, ToxicKind};
@@ -38,8 +36,8 @@ pub enum FileError {
     Invalid {
         /// The file.
         path: PathBuf,
-        /// `line:col: key `k`: message` entries.
-        problems: Vec<String>,
+        /// Every problem, in file order.
+        problems: Vec<Problem>,
     },
 }
 
@@ -55,171 +53,107 @@ pub fn load(path: &Path) -> Result<ChaosFile, FileError> {
     })
 }
 
-/// Validates chaos file text.
-pub fn parse(text: &str) -> Result<ChaosFile, Vec<String>> {
-    let doc = ImDocument::parse(text.to_string()).map_err(|e| {
-        let l = Location::of(text, e.span().map_or(0, |s| s.start));
-        vec![format!(
-            "{}:{}: TOML syntax: {}",
-            l.line,
-            l.column,
-            e.message().trim()
-        )]
-    })?;
-    let mut problems = Vec::new();
-    let mut report = |span: Option<Range<usize>>, key: &str, msg: String| {
-        let l = Location::of(text, span.map_or(0, |s| s.start));
-        problems.push(format!("{}:{}: key `{key}`: {msg}", l.line, l.column));
-    };
-    let root = doc.as_table();
-    let span_of = |t: &dyn TableLike, k: &str| {
-        t.get_key_value(k)
-            .and_then(|(key, item)| key.span().or_else(|| item.span()))
-    };
-    for (k, _) in root.iter() {
-        if !["seed", "api", "proxies"].contains(&k) {
-            report(span_of(root, k), k, "unknown key".into());
-        }
+/// Validates chaos file text, with the same walker as the gateway config: every
+/// problem at once, each with its line, column and key.
+pub fn parse(text: &str) -> Result<ChaosFile, Vec<Problem>> {
+    let mut cx = Cx::new(text);
+    let file = cx.parse(text).map(|doc| {
+        let mut root = Tbl::root(&doc);
+        let f = chaos_file(&mut cx, &mut root);
+        root.finish(&mut cx);
+        f
+    });
+    match (cx.finish(), file) {
+        (Ok(()), Some(f)) => Ok(f),
+        (r, _) => Err(r.err().unwrap_or_default()),
     }
-    let seed = match root.get("seed") {
-        None => None,
-        Some(i) => match i.as_integer().filter(|n| *n >= 0) {
-            Some(n) => Some(n as u64),
-            None => {
-                report(
-                    span_of(root, "seed"),
-                    "seed",
-                    "expected a non-negative integer".into(),
-                );
-                None
-            }
-        },
-    };
-    let api = match root
-        .get("api")
-        .map(|i| i.as_str().map(str::parse::<SocketAddr>))
-    {
-        None => None,
-        Some(Some(Ok(a))) => Some(a),
-        Some(_) => {
-            report(
-                span_of(root, "api"),
-                "api",
-                "expected an IP:port address".into(),
-            );
+}
+
+fn chaos_file(cx: &mut Cx, root: &mut Tbl) -> ChaosFile {
+    let seed = root.opt_uint(cx, "seed", 0, i64::MAX as u64);
+    let api = root.str(cx, "api").and_then(|(a, span)| match a.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            let what = "expected an IP:port address".into();
+            cx.report(span, "api".into(), ProblemKind::Invalid(what));
             None
         }
-    };
-    let mut proxies = Vec::new();
-    if let Some(item) = root.get("proxies") {
-        let tables: Vec<&dyn TableLike> = match item {
-            Item::ArrayOfTables(a) => a.iter().map(|t| t as &dyn TableLike).collect(),
-            _ => {
-                report(
-                    span_of(root, "proxies"),
-                    "proxies",
-                    "expected [[proxies]] tables".into(),
-                );
-                Vec::new()
+    });
+    let mut proxies: Vec<(ProxySpec, Vec<Toxic>)> = Vec::new();
+    for mut t in root.array(cx, "proxies") {
+        let spec = ProxySpec::from_json(&t.to_json());
+        t.allow(&["name", "listen", "upstream", "enabled", "http"]);
+        // Its type was checked with the rest of the proxy's keys.
+        let http = t.to_json()["http"].as_bool().unwrap_or(false);
+        let mut toxics: Vec<Toxic> = Vec::new();
+        for tt in t.array(cx, "toxics") {
+            if let Some(x) = toxic(cx, tt, http, &toxics) {
+                toxics.push(x);
             }
-        };
-        for (i, t) in tables.into_iter().enumerate() {
-            let key = format!("proxies[{i}]");
-            for (k, _) in t.iter() {
-                if !["name", "listen", "upstream", "enabled", "http", "toxics"].contains(&k) {
-                    report(span_of(t, k), &format!("{key}.{k}"), "unknown key".into());
-                }
-            }
-            let spec = match ProxySpec::from_json(&table_json(t)) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    report(
-                        span_of(t, "name")
-                            .or_else(|| t.iter().next().and_then(|(k, _)| span_of(t, k))),
-                        &key,
-                        e.to_string(),
-                    );
-                    None
-                }
-            };
-            let mut toxics = Vec::new();
-            if let Some(Item::ArrayOfTables(list)) = t.get("toxics") {
-                for (j, tt) in list.iter().enumerate() {
-                    let tkey = format!("{key}.toxics[{j}]");
-                    for (k, _) in tt.iter() {
-                        if !["name", "type", "stream", "toxicity", "attributes"].contains(&k) {
-                            report(span_of(tt, k), &format!("{tkey}.{k}"), "unknown key".into());
-                        }
-                    }
-                    // Unknown attributes are errors here, like unknown keys everywhere else
-                    // (the API ignores them, as Toxiproxy's does).
-                    let ty = tt.get("type").and_then(|v| v.as_str()).unwrap_or("");
-                    if let (Some(known), Some(attrs)) = (
-                        ToxicKind::attribute_names(ty),
-                        tt.get("attributes").and_then(|a| a.as_table_like()),
-                    ) {
-                        for (k, _) in attrs.iter() {
-                            if !known.contains(&k) {
-                                report(
-                                    span_of(attrs, k),
-                                    &format!("{tkey}.attributes.{k}"),
-                                    format!(
-                                        "unknown attribute of a {ty} toxic (known: {})",
-                                        known.join(", ")
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                    let http = t.get("http").and_then(|v| v.as_bool()).unwrap_or(false);
-                    match Toxic::from_json(&table_json(tt)) {
-                        Ok(x) if x.kind.is_http() && !http => report(
-                            span_of(tt, "type"),
-                            &tkey,
-                            format!(
-                                "a {} toxic needs the proxy to set http = true",
-                                x.kind.type_name()
-                            ),
-                        ),
-                        Ok(x) if toxics.iter().any(|y: &Toxic| y.name == x.name) => report(
-                            span_of(tt, "type"),
-                            &tkey,
-                            format!("duplicate toxic name {:?}", x.name),
-                        ),
-                        Ok(x) => toxics.push(x),
-                        Err(e) => report(
-                            span_of(tt, "type").or_else(|| span_of(tt, "attributes")),
-                            &tkey,
-                            e.to_string(),
-                        ),
-                    }
-                }
-            } else if t.get("toxics").is_some() {
-                report(
-                    span_of(t, "toxics"),
-                    &format!("{key}.toxics"),
-                    "expected [[proxies.toxics]] tables".into(),
-                );
-            }
-            if let Some(s) = spec {
-                if proxies
-                    .iter()
-                    .any(|(p, _): &(ProxySpec, Vec<Toxic>)| p.name == s.name)
-                {
-                    report(
-                        span_of(t, "name"),
-                        &format!("{key}.name"),
-                        format!("duplicate proxy name {:?}", s.name),
+        }
+        match spec {
+            Ok(s) => {
+                if proxies.iter().any(|(p, _)| p.name == s.name) {
+                    let what = format!("duplicate proxy name {:?}", s.name);
+                    cx.report(
+                        t.value_span("name"),
+                        t.key_path("name"),
+                        ProblemKind::Invalid(what),
                     );
                 }
                 proxies.push((s, toxics));
             }
+            Err(e) => {
+                let path = t.key_path("").trim_end_matches('.').to_string();
+                cx.report(t.span(), path, ProblemKind::Invalid(e.to_string()));
+            }
+        }
+        t.finish(cx);
+    }
+    ChaosFile { seed, api, proxies }
+}
+
+/// One `[[proxies.toxics]]`, validated as the API validates it; unknown attributes are
+/// errors here, like unknown keys everywhere else (the API ignores them, as Toxiproxy's
+/// does).
+fn toxic(cx: &mut Cx, mut tt: Tbl, http: bool, before: &[Toxic]) -> Option<Toxic> {
+    let parsed = Toxic::from_json(&tt.to_json());
+    tt.allow(&["name", "type", "stream", "toxicity"]);
+    let ty = tt.str(cx, "type").map_or("", |(t, _)| t);
+    if let (Some(known), Some(attrs)) = (ToxicKind::attribute_names(ty), tt.sub(cx, "attributes")) {
+        for (k, span) in attrs.keys() {
+            if !known.contains(&k) {
+                let what = format!(
+                    "unknown attribute of a {ty} toxic (known: {})",
+                    known.join(", ")
+                );
+                cx.report(span, attrs.key_path(k), ProblemKind::Invalid(what));
+            }
         }
     }
-    if problems.is_empty() {
-        Ok(ChaosFile { seed, api, proxies })
-    } else {
-        Err(problems)
+    tt.allow(&["attributes"]);
+    let at = tt.value_span("type");
+    let key = tt.key_path("").trim_end_matches('.').to_string();
+    tt.finish(cx);
+    match parsed {
+        Ok(x) if x.kind.is_http() && !http => {
+            let what = format!(
+                "a {} toxic needs the proxy to set http = true",
+                x.kind.type_name()
+            );
+            cx.report(at, key, ProblemKind::Invalid(what));
+            None
+        }
+        Ok(x) if before.iter().any(|y| y.name == x.name) => {
+            let what = format!("duplicate toxic name {:?}", x.name);
+            cx.report(at, key, ProblemKind::Invalid(what));
+            None
+        }
+        Ok(x) => Some(x),
+        Err(e) => {
+            cx.report(at, key, ProblemKind::Invalid(e.to_string()));
+            None
+        }
     }
 }
 
@@ -250,13 +184,16 @@ mod tests {
 
     #[test]
     fn problems_have_lines_and_keys() {
-        let p = parse("colour = 1\n[[proxies]]\nname = \"x\"\nupstream = \"u:1\"\nflavour = 2\n[[proxies.toxics]]\ntype = \"nope\"\n")
-            .expect_err("invalid");
+        let p: Vec<String> = parse("colour = 1\n[[proxies]]\nname = \"x\"\nupstream = \"u:1\"\nflavour = 2\n[[proxies.toxics]]\ntype = \"nope\"\n")
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[0].starts_with("1:1: key `colour`"), "{p:?}");
         assert!(p[1].starts_with("5:1: key `proxies[0].flavour`"), "{p:?}");
         assert!(
-            p[2].starts_with("7:1: key `proxies[0].toxics[0]`: unknown toxic type"),
+            p[2].starts_with("7:8: key `proxies[0].toxics[0]`: unknown toxic type"),
             "{p:?}"
         );
     }

@@ -488,6 +488,28 @@ impl<'a> Tbl<'a> {
         Some(crate::json::item_json(item))
     }
 
+    /// The whole table as JSON (for settings validated in another shape, such as the
+    /// chaos API's); marks nothing as read.
+    pub fn to_json(&self) -> serde_json::Value {
+        crate::json::table_json(self.table)
+    }
+
+    /// Marks `keys` as read (validated elsewhere, e.g. through [`Tbl::to_json`]).
+    pub fn allow(&mut self, keys: &[&'static str]) {
+        self.seen.extend_from_slice(keys);
+    }
+
+    /// Every key of the table with its span, read or not.
+    pub fn keys(&self) -> Vec<(&'a str, Option<Range<usize>>)> {
+        self.table
+            .iter()
+            .map(|(name, item)| {
+                let k = self.table.get_key_value(name).map(|(k, _)| k);
+                (name, k.and_then(Key::span).or_else(|| item.span()))
+            })
+            .collect()
+    }
+
     /// True (and `Missing` reported) when `key` is absent.
     fn missing(&mut self, cx: &mut Cx, key: &'static str) -> bool {
         if self.table.get(key).is_some() {
