@@ -9,7 +9,7 @@ use hopline_core::config::{
     AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
     DeadlineConfig, EgressConfig, FrontConfig, H2Config, ListenAddr, LogConfig, Overload,
     PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig,
-    TlsVersion, UpstreamConfig, UpstreamTlsConfig, Zone,
+    TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
 };
 
 use crate::duration::parse_duration;
@@ -308,6 +308,15 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
             Zone::Internal
         }
     };
+    let protocol = match t.str(cx, "protocol") {
+        None | Some(("http/1.1", _)) => UpstreamProtocol::Http1,
+        Some(("h2", _)) => UpstreamProtocol::H2,
+        Some((other, span)) => {
+            let what = format!("{other:?} is not \"http/1.1\" or \"h2\"");
+            cx.report(span, t.key_path("protocol"), ProblemKind::Invalid(what));
+            UpstreamProtocol::Http1
+        }
+    };
     let u = UpstreamConfig {
         name: name.to_string(),
         endpoints,
@@ -319,7 +328,8 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
         pool_max_idle: t.uint(cx, "pool_max_idle", d.pool_max_idle as u64, 0, 1_000_000) as usize,
         server_idle_timeout: t.opt_duration(cx, "server_idle_timeout"),
         max_retries: t.uint(cx, "max_retries", u64::from(d.max_retries), 0, 10) as u32,
-        tls: upstream_tls(cx, &mut t, schemes),
+        tls: upstream_tls(cx, &mut t, schemes, protocol),
+        protocol,
     };
     t.finish(cx);
     u
@@ -328,7 +338,12 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
 /// An upstream's TLS keys: `tls`, `sni`, `ca`, `client_cert`, `client_key`,
 /// `insecure_skip_verify`, `alpn`. `schemes` counts endpoints written with and without
 /// `https://`.
-fn upstream_tls(cx: &mut Cx, t: &mut Tbl, schemes: (usize, usize)) -> Option<UpstreamTlsConfig> {
+fn upstream_tls(
+    cx: &mut Cx,
+    t: &mut Tbl,
+    schemes: (usize, usize),
+    protocol: UpstreamProtocol,
+) -> Option<UpstreamTlsConfig> {
     let explicit = t.has("tls").then(|| t.bool(cx, "tls", false));
     if schemes.0 > 0 && schemes.1 > 0 {
         cx.report(
@@ -373,21 +388,17 @@ fn upstream_tls(cx: &mut Cx, t: &mut Tbl, schemes: (usize, usize)) -> Option<Ups
         cx.report(t.span(), t.key_path(missing), ProblemKind::Missing);
     }
     let insecure_skip_verify = t.bool(cx, "insecure_skip_verify", false);
+    let speaks = protocol.as_str();
     let alpn = match t.str_list(cx, "alpn") {
-        None => vec!["http/1.1".to_string()],
+        None => vec![speaks.to_string()],
         Some(list) => list
             .into_iter()
             .filter_map(|(p, span)| {
-                if p == "http/1.1" {
+                if p == speaks {
                     Some(p.to_string())
                 } else {
-                    cx.report(
-                        span,
-                        t.key_path("alpn"),
-                        ProblemKind::Invalid(format!(
-                            "{p:?}: hopline speaks \"http/1.1\" to upstreams"
-                        )),
-                    );
+                    let what = format!("{p:?}: this upstream's protocol is {speaks:?}");
+                    cx.report(span, t.key_path("alpn"), ProblemKind::Invalid(what));
                     None
                 }
             })
@@ -575,6 +586,17 @@ fn aggregate(cx: &mut Cx, mut t: Tbl, upstreams: &[UpstreamConfig]) -> Option<Ag
         let upstream = c
             .req_str(cx, "upstream")
             .and_then(|(u, span)| known_upstream(cx, &c, "upstream", u, span, upstreams));
+        let h2 = upstreams
+            .iter()
+            .any(|x| Some(&x.name) == upstream.as_ref() && x.protocol == UpstreamProtocol::H2);
+        if h2 {
+            let what = "aggregate calls go to HTTP/1.1 upstreams; this one speaks h2".into();
+            cx.report(
+                c.value_span("upstream"),
+                c.key_path("upstream"),
+                ProblemKind::Invalid(what),
+            );
+        }
         let path = c
             .req_str(cx, "path")
             .and_then(|(p, span)| match check_template(p) {

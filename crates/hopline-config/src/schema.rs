@@ -55,13 +55,14 @@ pub fn schema() -> Value {
         "pool_max_idle": int("default 128", 0),
         "server_idle_timeout": duration("the upstream's own keep-alive idle (for check)"),
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 2},
+        "protocol": {"enum": ["http/1.1", "h2"], "default": "http/1.1", "description": "h2: HTTP/2 (prior knowledge, or ALPN h2 over TLS), multiplexed; needed for gRPC"},
         "tls": {"type": "boolean", "description": "TLS to every endpoint (implied by https:// endpoints)"},
         "sni": {"type": "string", "description": "server name sent and verified; default each endpoint's host"},
         "ca": {"type": "string", "description": "PEM bundle of trusted CAs; default the system roots"},
         "client_cert": {"type": "string", "description": "client certificate chain (PEM) for mutual TLS"},
         "client_key": {"type": "string", "description": "client private key (PEM) for mutual TLS"},
         "insecure_skip_verify": {"type": "boolean", "default": false, "description": "accept any certificate (tests only; check flags it)"},
-        "alpn": {"type": "array", "items": {"enum": ["http/1.1"]}, "default": ["http/1.1"]},
+        "alpn": {"type": "array", "items": {"enum": ["http/1.1", "h2"]}, "description": "default: the upstream's protocol"},
     }));
     upstream["required"] = json!(["endpoints"]);
     let mut tls = closed(json!({

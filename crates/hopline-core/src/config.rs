@@ -350,6 +350,29 @@ pub struct UpstreamConfig {
     pub max_retries: u32,
     /// `tls = true` (or `https://` endpoints): TLS to every endpoint. Default none.
     pub tls: Option<UpstreamTlsConfig>,
+    /// `protocol`: what hopline speaks to this upstream. Default HTTP/1.1.
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstreams.NAME.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// `"http/1.1"`: pooled keep-alive connections, one request at a time on each.
+    #[default]
+    Http1,
+    /// `"h2"`: HTTP/2 (prior knowledge on plain TCP, ALPN `h2` over TLS), requests
+    /// multiplexed on one connection per endpoint; needed for gRPC.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// As written in the config, and offered by ALPN.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http/1.1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
 }
 
 /// How a route matches the request path.
@@ -534,6 +557,7 @@ impl UpstreamConfig {
             server_idle_timeout: None,
             max_retries: 2,
             tls: None,
+            protocol: UpstreamProtocol::Http1,
         }
     }
 }

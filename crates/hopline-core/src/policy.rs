@@ -110,6 +110,24 @@ pub fn fail_to_proxy(err: &ProxyError, progress: Progress) -> Decision {
     }
 }
 
+/// The `grpc-status` a failure becomes for a gRPC request (`content-type:
+/// application/grpc…`): hopline then answers HTTP 200, trailers-only, with this code and
+/// the short reason as `grpc-message`; a client that left is logged as 1 CANCELLED.
+pub const fn grpc_status(flag: Flag) -> u8 {
+    match flag {
+        Flag::Degraded => 0,
+        Flag::DownstreamConnectionTermination => 1,
+        Flag::RequestTimeout | Flag::DownstreamProtocolError => 3,
+        Flag::UpstreamTimeout | Flag::WriteTimeout => 4,
+        Flag::NoRoute => 12,
+        Flag::UpstreamProtocolError => 13,
+        Flag::UpstreamConnectFailure
+        | Flag::UpstreamConnectionTermination
+        | Flag::UpstreamOverflow
+        | Flag::Shutdown => 14,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
@@ -398,5 +416,27 @@ mod tests {
             "docs/errors.md's policy table differs; it should read:\n{}",
             table()
         );
+    }
+
+    #[test]
+    fn grpc_statuses_follow_the_flag() {
+        let want = [
+            (Flag::UpstreamTimeout, 4),
+            (Flag::UpstreamConnectFailure, 14),
+            (Flag::UpstreamConnectionTermination, 14),
+            (Flag::UpstreamOverflow, 14),
+            (Flag::Shutdown, 14),
+            (Flag::UpstreamProtocolError, 13),
+            (Flag::NoRoute, 12),
+            (Flag::RequestTimeout, 3),
+            (Flag::DownstreamProtocolError, 3),
+            (Flag::DownstreamConnectionTermination, 1),
+            (Flag::WriteTimeout, 4),
+            (Flag::Degraded, 0),
+        ];
+        assert_eq!(want.len(), Flag::ALL.len());
+        for (flag, code) in want {
+            assert_eq!(grpc_status(flag), code, "{flag}");
+        }
     }
 }

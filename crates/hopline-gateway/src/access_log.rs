@@ -41,6 +41,11 @@ pub struct AccessRecord {
     pub tls: Option<Arc<crate::tls::TlsSession>>,
     /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`; none when the request could not be read.
     pub protocol: Option<&'static str>,
+    /// gRPC requests: the `grpc-status` the client got (hopline's, when it failed the
+    /// request; 1 CANCELLED when the client left).
+    pub grpc_status: Option<u16>,
+    /// gRPC requests: the upstream's `grpc-status`, when it answered.
+    pub upstream_grpc_status: Option<u16>,
     /// Method.
     pub method: Bytes,
     /// Path and query as received.
@@ -124,6 +129,13 @@ impl AccessRecord {
         push_u64(s, u64::from(self.status));
         s.extend_from_slice(b",\"upstream_status\":");
         push_opt_u64(s, self.upstream_status.map(u64::from));
+        // Only on gRPC requests, so other lines stay as they were.
+        if self.grpc_status.is_some() || self.upstream_grpc_status.is_some() {
+            s.extend_from_slice(b",\"grpc_status\":");
+            push_opt_u64(s, self.grpc_status.map(u64::from));
+            s.extend_from_slice(b",\"upstream_grpc_status\":");
+            push_opt_u64(s, self.upstream_grpc_status.map(u64::from));
+        }
         s.extend_from_slice(b",\"flags\":[");
         for (i, f) in self.flags.iter().enumerate() {
             if i > 0 {

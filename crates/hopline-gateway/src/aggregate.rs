@@ -398,6 +398,7 @@ fn call_request(
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
         ),
         is_head: c.method == "HEAD",
+        grpc: false,
         margin: gw.config.deadline.margin,
     })
 }

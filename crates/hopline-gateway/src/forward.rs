@@ -73,6 +73,7 @@ pub(crate) fn forward(
         body,
         idempotent: req.is_idempotent(),
         is_head: method == b"HEAD",
+        grpc: req.is_grpc(),
         margin: gw.config.deadline.margin,
     }
 }

@@ -114,6 +114,10 @@ pub(crate) trait Sink {
     fn start(&mut self, head: ResponseStart) -> Result<(), CannotCarry>;
     /// Buffers body bytes (dropped for a response to `HEAD`).
     fn data(&mut self, bytes: &[u8]);
+    /// Buffers trailer fields, sent with the end of the body (gRPC's `grpc-status`);
+    /// dropped where the client's framing has no place for them (a known-length or
+    /// HTTP/1.0 body).
+    fn trailers(&mut self, fields: Headers);
     /// Buffers the end of the body.
     fn finish(&mut self);
     /// Bytes buffered and not yet written.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::ProxyError;
 use hopline_h1::body::{encode_chunk, LAST_CHUNK};
-use hopline_h1::head::{put_content_length, put_header, put_status_line};
+use hopline_h1::head::{put_content_length, put_header, put_status_line, Headers};
 use hopline_h1::{read_body_chunk, watch_gone, BodyDecoder, BodyError, BodyLength, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -163,6 +163,7 @@ impl Front for H1Front<'_> {
             chunked: false,
             close: !self.keep_alive,
             arrival: self.arrival,
+            trailers: None,
         };
         (gone, sink)
     }
@@ -231,6 +232,7 @@ pub(crate) struct H1Sink<'a> {
     chunked: bool,
     close: bool,
     arrival: Instant,
+    trailers: Option<Headers>,
 }
 
 impl Sink for H1Sink<'_> {
@@ -282,9 +284,21 @@ impl Sink for H1Sink<'_> {
         }
     }
 
+    fn trailers(&mut self, fields: Headers) {
+        self.trailers = Some(fields);
+    }
+
     fn finish(&mut self) {
-        if self.chunked && !self.head_only {
-            self.out.put_slice(LAST_CHUNK);
+        if !self.chunked || self.head_only {
+            return;
+        }
+        match self.trailers.take() {
+            Some(t) => {
+                self.out.put_slice(b"0\r\n");
+                t.write_to(&mut self.out);
+                self.out.put_slice(b"\r\n");
+            }
+            None => self.out.put_slice(LAST_CHUNK),
         }
     }
 

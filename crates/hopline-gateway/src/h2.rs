@@ -17,6 +17,7 @@ use std::task::Poll;
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
+use hopline_core::policy::grpc_status;
 use hopline_core::ProxyError;
 use hopline_h1::head::Headers;
 use http::{HeaderName, HeaderValue, Response};
@@ -29,7 +30,7 @@ use crate::conn::{raised, Signals};
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::gateway::{Current, Gateway};
 use crate::request::{serve, Client, Request};
-use crate::response::{error_parts, ErrorContext};
+use crate::response::{error_parts, grpc_message, ErrorContext};
 
 /// The HTTP/2 connection preface a client opens with (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -254,6 +255,7 @@ impl Front for H2Front<'_> {
             head: None,
             buf: BytesMut::new(),
             end: false,
+            trailers: None,
             head_only: self.head_only,
             arrival: self.arrival,
         };
@@ -261,6 +263,9 @@ impl Front for H2Front<'_> {
     }
 
     async fn respond(&mut self, err: &ProxyError, cx: &ErrorContext<'_>, _close: bool) {
+        if cx.grpc {
+            return self.respond_grpc(err, cx);
+        }
         let r = error_parts(err, cx);
         let mut head = Response::new(());
         *head.status_mut() =
@@ -294,6 +299,37 @@ impl Front for H2Front<'_> {
     }
 }
 
+impl H2Front<'_> {
+    /// A failed gRPC request: HTTP 200, trailers-only (one HEADERS frame that ends the
+    /// stream), `grpc-status` from the failure policy's flag and the short reason as
+    /// `grpc-message`.
+    fn respond_grpc(&mut self, err: &ProxyError, cx: &ErrorContext<'_>) {
+        let flag = err.disposition().flag;
+        let mut head = Response::new(());
+        let h = head.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(grpc_status(flag))),
+        );
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(err, cx)) {
+            h.insert("grpc-message", v);
+        }
+        h.insert("x-hopline-flags", HeaderValue::from_static(flag.code()));
+        if let Ok(v) = HeaderValue::from_str(cx.trace_id) {
+            h.insert("x-request-id", v);
+        }
+        let mut out = lock(&self.out);
+        if let Responder::Head(respond) = &mut *out {
+            let _ = respond.send_response(head, true);
+        }
+        *out = Responder::Done;
+    }
+}
+
 /// Copies end-to-end fields into an HTTP/2 header map; connection-specific fields (which
 /// RFC 9113 §8.2.2 forbids) and fields that are not valid HTTP are dropped.
 fn put_headers(map: &mut http::HeaderMap, headers: &Headers) {
@@ -314,6 +350,7 @@ struct H2Sink<'a> {
     head: Option<Response<()>>,
     buf: BytesMut,
     end: bool,
+    trailers: Option<http::HeaderMap>,
     head_only: bool,
     arrival: Instant,
 }
@@ -333,7 +370,7 @@ impl H2Sink<'_> {
         let Responder::Head(respond) = &mut *out else {
             return Ok(());
         };
-        let eos = self.end && self.buf.is_empty();
+        let eos = self.end && self.buf.is_empty() && self.trailers.is_none();
         match respond.send_response(head, eos) {
             Ok(stream) => {
                 *out = if eos {
@@ -401,6 +438,12 @@ impl Sink for H2Sink<'_> {
         }
     }
 
+    fn trailers(&mut self, fields: Headers) {
+        let mut map = http::HeaderMap::new();
+        put_headers(&mut map, &fields);
+        self.trailers = Some(map);
+    }
+
     fn finish(&mut self) {
         self.end = true;
     }
@@ -432,17 +475,27 @@ impl Sink for H2Sink<'_> {
                 continue;
             }
             let chunk = self.buf.split_to(n.min(self.buf.len())).freeze();
-            let eos = self.end && self.buf.is_empty();
+            let last = self.end && self.buf.is_empty();
+            let trailers = if last { self.trailers.take() } else { None };
             let mut out = lock(&self.out);
             if let Responder::Body(s) = &mut *out {
-                let sent = s.send_data(chunk, eos);
-                if eos {
+                let sent = if let Some(t) = trailers {
+                    let data = if chunk.is_empty() {
+                        Ok(())
+                    } else {
+                        s.send_data(chunk, false)
+                    };
+                    data.and_then(|()| s.send_trailers(t))
+                } else {
+                    s.send_data(chunk, last)
+                };
+                if last {
                     *out = Responder::Done;
                 }
                 drop(out);
                 sent.map_err(|e| self.gone(e))?;
             }
-            if eos {
+            if last {
                 break;
             }
         }

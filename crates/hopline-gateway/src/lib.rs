@@ -18,6 +18,7 @@ mod h2;
 mod limits;
 mod metrics;
 mod proxy;
+mod proxy_h2;
 mod request;
 mod response;
 mod stream;

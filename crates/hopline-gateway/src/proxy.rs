@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use hopline_core::config::Zone;
+use hopline_core::config::{UpstreamProtocol, Zone};
 use hopline_core::{
     Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind,
 };
@@ -34,6 +34,9 @@ pub struct Forward {
     pub idempotent: bool,
     /// `HEAD` (the response has no body whatever its headers say).
     pub is_head: bool,
+    /// A gRPC request (`content-type: application/grpc…`): an HTTP/2 upstream gets its
+    /// deadline as `grpc-timeout`.
+    pub grpc: bool,
     /// `deadline.margin`: kept back when telling the upstream how long it has.
     pub margin: Duration,
 }
@@ -52,6 +55,8 @@ pub struct Progress {
     pub attempts: u32,
     /// The upstream status, once its head arrived.
     pub upstream_status: Option<u16>,
+    /// The upstream's `grpc-status` (trailer, or header of a trailers-only response).
+    pub upstream_grpc_status: Option<u16>,
     /// Response head written to the client.
     pub response_started: bool,
     /// Body bytes sent to the client.
@@ -88,6 +93,9 @@ pub async fn proxy<S: Sink>(
     progress: &ProgressCell,
     sink: &mut S,
 ) -> Result<(), ProxyError> {
+    if gw.upstreams[up_index].config.protocol == UpstreamProtocol::H2 {
+        return crate::proxy_h2::proxy_h2(gw, up_index, req, deadline, progress, sink).await;
+    }
     let opened = open(gw, up_index, req, &deadline, progress).await?;
     let up = &gw.upstreams[up_index];
     stream_response(up, opened, req, &deadline, progress, sink).await
@@ -134,7 +142,7 @@ pub async fn open(
 
 /// The upstream's in-flight slot, and the shared egress slot for an egress upstream;
 /// `UO` when either limit is reached.
-fn take_slots(
+pub(crate) fn take_slots(
     gw: &Gateway,
     up: &Upstream,
 ) -> Result<(InFlightGuard, Option<InFlightGuard>), ProxyError> {
@@ -171,17 +179,7 @@ async fn attempts(
     let mut fresh_only = false;
     loop {
         let now = Instant::now();
-        if deadline.expired(now) {
-            return Err(last_error.unwrap_or(ProxyError::DeadlineSpent {
-                budget: deadline.budget(),
-            }));
-        }
-        let ep = up.pick();
-        progress.update(|p| {
-            p.attempts += 1;
-            p.endpoint = Some(up.addr(ep));
-            p.phase = Some(Phase::Connect);
-        });
+        let ep = next_attempt(up, deadline, progress, now, &mut last_error)?;
         let pooled = if fresh_only {
             None
         } else {
@@ -219,6 +217,29 @@ async fn attempts(
             }
         }
     }
+}
+
+/// Starts an attempt: the endpoint it goes to (round robin), recorded in `progress`;
+/// once the deadline is spent, the last attempt's error (or `DeadlineSpent`) instead.
+pub(crate) fn next_attempt(
+    up: &Upstream,
+    deadline: &Deadline,
+    progress: &ProgressCell,
+    now: Instant,
+    last_error: &mut Option<ProxyError>,
+) -> Result<usize, ProxyError> {
+    if deadline.expired(now) {
+        return Err(last_error.take().unwrap_or(ProxyError::DeadlineSpent {
+            budget: deadline.budget(),
+        }));
+    }
+    let ep = up.pick();
+    progress.update(|p| {
+        p.attempts += 1;
+        p.endpoint = Some(up.addr(ep));
+        p.phase = Some(Phase::Connect);
+    });
+    Ok(ep)
 }
 
 /// Reads a whole response body (at most `max` bytes) within the attempt's limit.
@@ -279,7 +300,7 @@ pub async fn collect(
 }
 
 /// The timeout error of an attempt: by the deadline, or by the upstream's own timeout.
-fn attempt_timeout(
+pub(crate) fn attempt_timeout(
     up: &Upstream,
     deadline: &Deadline,
     by_deadline: bool,

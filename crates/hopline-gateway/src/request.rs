@@ -78,6 +78,11 @@ impl Request {
         )
     }
 
+    /// A gRPC request: `content-type: application/grpc`, or `application/grpc+…`.
+    pub fn is_grpc(&self) -> bool {
+        self.headers.get("content-type").is_some_and(is_grpc)
+    }
+
     /// The client's `x-request-id`, when it is a sane one to forward and log.
     fn client_request_id(&self) -> Option<String> {
         let id = self.headers.get("x-request-id")?;
@@ -120,7 +125,7 @@ pub(crate) async fn serve<F: Front>(
                 peer: client.peer,
             };
             let ran = run(gw, front, &mut req, job, rec.trace_id(), kill).await;
-            settle(gw, front, &mut rec, ran, req.keep_alive, arrival).await
+            settle(gw, front, &mut rec, ran, &req, arrival).await
         }
     };
     rec.duration = arrival.elapsed();
@@ -153,7 +158,7 @@ pub(crate) async fn reject<F: Front>(
         keep_alive: false,
         upstream_status: None,
     };
-    conclude(gw, front, &mut rec, &err, progress).await;
+    conclude(gw, front, &mut rec, &err, (progress, false)).await;
     gw.record(&rec);
 }
 
@@ -165,7 +170,7 @@ async fn conclude<F: Front>(
     front: &mut F,
     rec: &mut AccessRecord,
     err: &ProxyError,
-    progress: policy::Progress,
+    (progress, grpc): (policy::Progress, bool),
 ) -> Next {
     let d = fail_to_proxy(err, progress);
     if d.respond {
@@ -174,8 +179,13 @@ async fn conclude<F: Front>(
             trace_id: rec.trace_id(),
             expose_cause: gw.config.server.expose_cause,
             head_only: &rec.method[..] == b"HEAD",
+            grpc,
         };
         front.respond(err, &cx, !d.keep).await;
+    }
+    if grpc {
+        // What the client saw (or, cut short or gone, what it stands for).
+        rec.grpc_status = Some(u16::from(policy::grpc_status(d.flag)));
     }
     rec.status = d.status;
     if !rec.flags.contains(&d.flag.code()) {
@@ -215,7 +225,8 @@ async fn prepare<'g, F: Front>(
             // the request is not read whole.
             let unread = req.has_body || &req.method[..] == b"CONNECT";
             let stage = if unread { Stage::Body } else { Stage::Done };
-            return Err(conclude(gw, front, rec, &err, unanswered(stage)).await);
+            let at = (unanswered(stage), req.is_grpc());
+            return Err(conclude(gw, front, rec, &err, at).await);
         }
     };
     rec.route = Some(route.name.clone());
@@ -235,7 +246,8 @@ async fn prepare<'g, F: Front>(
                     source,
                 },
             };
-            Err(conclude(gw, front, rec, &err, unanswered(Stage::Body)).await)
+            let at = (unanswered(Stage::Body), req.is_grpc());
+            Err(conclude(gw, front, rec, &err, at).await)
         }
     }
 }
@@ -353,7 +365,7 @@ async fn settle<F: Front>(
     front: &mut F,
     rec: &mut AccessRecord,
     ran: Ran,
-    keep_alive: bool,
+    req: &Request,
     arrival: Instant,
 ) -> Next {
     let Ran {
@@ -370,10 +382,12 @@ async fn settle<F: Front>(
     rec.attempts = p.attempts;
     rec.endpoint = p.endpoint;
     rec.upstream_status = p.upstream_status;
+    rec.upstream_grpc_status = p.upstream_grpc_status;
     rec.bytes_sent = p.bytes_sent;
     let err = match ended {
         Ended::Done(Ok(())) => {
             rec.status = p.upstream_status.unwrap_or(0);
+            rec.grpc_status = p.upstream_grpc_status;
             if !rec.degraded.is_empty() {
                 rec.flags.push(Flag::Degraded.code());
             }
@@ -396,10 +410,10 @@ async fn settle<F: Front>(
     let progress = policy::Progress {
         stage: Stage::Done,
         response_started: p.response_started,
-        keep_alive: keep_alive && !gw.draining(),
+        keep_alive: req.keep_alive && !gw.draining(),
         upstream_status: p.upstream_status,
     };
-    conclude(gw, front, rec, &err, progress).await
+    conclude(gw, front, rec, &err, (progress, req.is_grpc())).await
 }
 
 /// The client left while the route ran: what it was waiting on, and each call it cut off.
@@ -462,4 +476,12 @@ fn waiting_on(gw: &Gateway, p: &Progress) -> Option<String> {
         ),
         None => format!("upstream {} ({}) {}", up.name, up.zone().as_str(), phase),
     })
+}
+
+/// `application/grpc`, `application/grpc+proto`, `application/grpc;…` (any case).
+pub(crate) fn is_grpc(content_type: &[u8]) -> bool {
+    let p = b"application/grpc";
+    content_type.len() >= p.len()
+        && content_type[..p.len()].eq_ignore_ascii_case(p)
+        && matches!(content_type.get(p.len()), None | Some(b'+' | b';'))
 }

@@ -16,6 +16,32 @@ pub struct ErrorContext<'a> {
     /// This is a response to `HEAD`: the head says how long the body would be, but no
     /// body follows.
     pub head_only: bool,
+    /// The request is gRPC: HTTP/2 answers it trailers-only, with `grpc-status`.
+    pub grpc: bool,
+}
+
+/// The `grpc-message` for `err`: the short reason (the full cause with
+/// `expose_cause`), flag and request id, percent-encoded as gRPC requires.
+pub fn grpc_message(err: &ProxyError, cx: &ErrorContext<'_>) -> String {
+    let reason = if cx.expose_cause {
+        err.cause()
+    } else {
+        err.short_reason()
+    };
+    let text = format!(
+        "{reason} (flag {}, request id {})",
+        err.disposition().flag.code(),
+        cx.request_id
+    );
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A locally generated error response, before any protocol framing.
@@ -107,6 +133,7 @@ mod tests {
             trace_id: "abc",
             expose_cause: false,
             head_only: false,
+            grpc: false,
         };
         let short = String::from_utf8(error_response(&err, &cx, false).to_vec()).expect("utf8");
         assert!(

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use hopline_core::config::{UpstreamConfig, Zone};
 use hopline_core::{
-    Deadline, DeadlineSource, Overflow, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind,
+    Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamError,
+    UpstreamErrorKind,
 };
 use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
 use std::pin::pin;
@@ -59,6 +60,16 @@ struct Endpoint {
     /// The name its certificate is verified against (TLS upstreams).
     server_name: Option<ServerName<'static>>,
     idle: Mutex<Vec<IdleConn>>,
+    /// HTTP/2 connections (`protocol = "h2"`), each shared by concurrent requests.
+    h2: Mutex<Vec<H2Conn>>,
+}
+
+/// An HTTP/2 connection to an endpoint: a handle that opens streams on it (its frames
+/// are driven by a task that ends when the connection does).
+#[derive(Debug)]
+struct H2Conn {
+    send: h2::client::SendRequest<Bytes>,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -160,6 +171,7 @@ impl Upstream {
                 Some(Err(_)) => Some(ServerName::IpAddress(addr.ip().into())),
             };
             endpoints.push(Endpoint {
+                h2: Mutex::new(Vec::new()),
                 addr,
                 server_name,
                 idle: Mutex::new(Vec::new()),
@@ -203,6 +215,11 @@ impl Upstream {
     /// The zone.
     pub fn zone(&self) -> Zone {
         self.config.zone
+    }
+
+    /// The upstream speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Chooses the next endpoint, round robin.
@@ -258,6 +275,79 @@ impl Upstream {
             stream: conn.stream,
             since: Instant::now(),
         });
+    }
+
+    /// A handle on an HTTP/2 connection to endpoint `i` that can open a stream now:
+    /// an open connection below its stream limit, else a new one (connect, TLS with ALPN
+    /// `h2`, and the HTTP/2 handshake, all within `min(connect_timeout, time left)`).
+    /// Connections idle longer than `pool_idle_timeout` are let go here.
+    pub async fn h2_sender(
+        &self,
+        i: usize,
+        deadline: &Deadline,
+        egress: &Egress,
+        metrics: &Metrics,
+    ) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
+        if let Some(send) = self.h2_ready(i) {
+            return Ok(send);
+        }
+        let conn = self.connect(i, deadline, egress, metrics).await?;
+        let addr = conn.addr;
+        let start = Instant::now();
+        let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
+        let handshake = h2::client::Builder::new().handshake::<_, Bytes>(conn.stream);
+        let (send, driver) = match tokio::time::timeout_at(until.into(), handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                let kind = UpstreamErrorKind::Protocol {
+                    phase: Phase::Connect,
+                    source: Box::new(e),
+                };
+                return Err(self.error(addr, start, kind));
+            }
+            Err(_) => {
+                let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
+                let kind = UpstreamErrorKind::ConnectTimeout {
+                    limit,
+                    source_limit,
+                };
+                return Err(self.error(addr, start, kind));
+            }
+        };
+        // Ends when the upstream closes, or once every handle and stream is dropped.
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        let mut conns = self.endpoints[i]
+            .h2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        conns.push(H2Conn {
+            send: send.clone(),
+            since: Instant::now(),
+        });
+        Ok(send)
+    }
+
+    /// The open HTTP/2 connection to endpoint `i`, if it still takes streams (one per
+    /// endpoint: streams beyond the upstream's concurrency limit wait in h2's queue, within
+    /// their deadline).
+    fn h2_ready(&self, i: usize) -> Option<h2::client::SendRequest<Bytes>> {
+        let now = Instant::now();
+        let idle_limit = self.config.pool_idle_timeout;
+        let mut conns = self.endpoints[i]
+            .h2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Broken (GOAWAY, closed) or idle too long: let it go.
+        conns.retain_mut(|c| {
+            now.duration_since(c.since) < idle_limit
+                && matches!(c.send.poll_ready(&mut cx), std::task::Poll::Ready(Ok(())))
+        });
+        let c = conns.first_mut()?;
+        c.since = now;
+        Some(c.send.clone())
     }
 
     /// Opens a new connection to endpoint `i`: the TCP connect, then (TLS upstreams) the

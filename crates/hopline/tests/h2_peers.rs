@@ -14,17 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Runs a flood from `tests/h2_flood.py`; what the server sent back.
 fn flood(addr: std::net::SocketAddr, kind: &str, n: usize) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2_flood.py");
-    let out = Command::new("python3")
-        .args([script, &addr.to_string(), kind, &n.to_string()])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("flood result")
+    python_json("h2_flood.py", &[&addr.to_string(), kind, &n.to_string()])
 }
 
 /// The gateway's resident memory in KiB.

@@ -478,3 +478,19 @@ pub fn echo_upstream() -> FakeUpstream {
         let _ = s.shutdown(std::net::Shutdown::Write);
     })
 }
+
+/// Runs `python3 SCRIPT ARGS` (a script in `tests/`) and parses the one JSON line it prints.
+pub fn python_json(script: &str, args: &[&str]) -> Value {
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}

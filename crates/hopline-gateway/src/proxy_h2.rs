@@ -1,0 +1,334 @@
+//! Proxying to an HTTP/2 upstream (`protocol = "h2"`): the same limits, deadline and
+//! retry rules as HTTP/1 (`proxy.rs`), on streams multiplexed over one connection per
+//! endpoint. A gRPC request carries its deadline as `grpc-timeout`; trailers (gRPC's
+//! `grpc-status`) are passed to the client. Dropping the request's future (client gone)
+//! drops the stream, which h2 resets with CANCEL: the upstream sees the cancellation.
+
+use std::io;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use h2::RecvStream;
+use hopline_core::{Deadline, Phase, ProxyError, UpstreamErrorKind};
+use hopline_h1::head::{is_hop_by_hop, parse_request, put_decimal, Headers};
+use hopline_h1::HeadLimits;
+use tokio::time::timeout_at;
+
+use crate::front::{BodySize, ResponseStart, Sink};
+use crate::gateway::Gateway;
+use crate::proxy::{attempt_timeout, next_attempt, take_slots, Forward, ProgressCell};
+use crate::upstream::{millis_at_least_one, Upstream};
+
+/// Sends `req` to HTTP/2 upstream `up_index` and streams the answer into `sink`.
+pub(crate) async fn proxy_h2<S: Sink>(
+    gw: &Gateway,
+    up_index: usize,
+    req: &Forward,
+    deadline: Deadline,
+    progress: &ProgressCell,
+    sink: &mut S,
+) -> Result<(), ProxyError> {
+    let up = &gw.upstreams[up_index];
+    progress.update(|p| p.upstream = Some(up_index));
+    up.budget.deposit();
+    let _slots = take_slots(gw, up)?;
+    let mut retries = 0;
+    let mut last_error = None;
+    loop {
+        let ep = next_attempt(up, &deadline, progress, Instant::now(), &mut last_error)?;
+        let retry_left = retries < up.config.max_retries;
+        let send = match up.h2_sender(ep, &deadline, &gw.egress, &gw.metrics).await {
+            Ok(s) => s,
+            Err(e) => {
+                let before_sent =
+                    matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
+                if before_sent && retry_left && up.budget.try_spend() {
+                    retries += 1;
+                    last_error = Some(e);
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        let started = Instant::now();
+        match exchange(up, send, req, &deadline, progress, ep, started).await {
+            Ok(x) => return stream_response(up, x, req, &deadline, progress, sink).await,
+            // REFUSED_STREAM: the upstream did not process it (RFC 9113 §8.7), so even a
+            // POST is safe to send again.
+            Err(Failed { error, refused }) => {
+                if refused && retry_left && up.budget.try_spend() {
+                    retries += 1;
+                    last_error = Some(error);
+                    continue;
+                }
+                return Err(error);
+            }
+        }
+    }
+}
+
+struct Failed {
+    error: ProxyError,
+    refused: bool,
+}
+
+/// A response head from an HTTP/2 upstream, with its body stream and the attempt's limit.
+struct Exchanged {
+    head: http::response::Parts,
+    body: RecvStream,
+    addr: std::net::SocketAddr,
+    started: Instant,
+    until: Instant,
+    by_deadline: bool,
+}
+
+/// Opens a stream, sends the request and waits for the response head, under
+/// `min(timeout, time left)`.
+async fn exchange(
+    up: &Upstream,
+    send: SendRequest<Bytes>,
+    req: &Forward,
+    deadline: &Deadline,
+    progress: &ProgressCell,
+    ep: usize,
+    started: Instant,
+) -> Result<Exchanged, Failed> {
+    let addr = up.addr(ep);
+    let (until, by_deadline) = deadline.bound(started, up.config.timeout);
+    let fail = |kind, refused| Failed {
+        error: up.error(addr, started, kind),
+        refused,
+    };
+    let left = until
+        .saturating_duration_since(started)
+        .saturating_sub(req.margin);
+    let request =
+        h2_request(req, up.tls_enabled(), millis_at_least_one(left)).map_err(|source| {
+            fail(
+                UpstreamErrorKind::Protocol {
+                    phase: Phase::Request,
+                    source,
+                },
+                false,
+            )
+        })?;
+    progress.update(|p| p.phase = Some(Phase::Request));
+    let sent = timeout_at(until.into(), async {
+        let mut send = send.ready().await?;
+        let (response, mut stream) = send.send_request(request, req.body.is_empty())?;
+        if !req.body.is_empty() {
+            stream.send_data(req.body.clone(), true)?;
+        }
+        Ok::<_, h2::Error>(response)
+    })
+    .await;
+    let response = match sent {
+        Err(_) => {
+            return Err(fail(
+                attempt_timeout(up, deadline, by_deadline, Phase::Request),
+                false,
+            ))
+        }
+        Ok(Err(e)) => return Err(fail(kind(Phase::Request, &e), refused(&e))),
+        Ok(Ok(r)) => r,
+    };
+    progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
+    match timeout_at(until.into(), response).await {
+        Err(_) => {
+            let kind = attempt_timeout(up, deadline, by_deadline, Phase::ResponseHeaders);
+            Err(fail(kind, false))
+        }
+        Ok(Err(e)) => Err(fail(kind(Phase::ResponseHeaders, &e), refused(&e))),
+        Ok(Ok(resp)) => {
+            let (head, body) = resp.into_parts();
+            Ok(Exchanged {
+                head,
+                body,
+                addr,
+                started,
+                until,
+                by_deadline,
+            })
+        }
+    }
+}
+
+/// The upstream refused the stream without processing it.
+fn refused(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM)
+}
+
+/// An h2 failure during `phase`, by kind: I/O as I/O, a reset or GOAWAY as a reset
+/// naming the HTTP/2 error code, anything else a protocol error.
+fn kind(phase: Phase, e: &h2::Error) -> UpstreamErrorKind {
+    if e.is_io() {
+        let source = io::Error::new(io::ErrorKind::ConnectionReset, e.to_string());
+        return UpstreamErrorKind::from_io(phase, source);
+    }
+    if e.is_reset() || e.is_go_away() {
+        let source = io::Error::new(io::ErrorKind::ConnectionReset, e.to_string());
+        return UpstreamErrorKind::Reset { phase, source };
+    }
+    UpstreamErrorKind::Protocol {
+        phase,
+        source: e.to_string().into(),
+    }
+}
+
+/// The HTTP/2 request for `req`, from the same rendered head every attempt sends
+/// (`Host` becomes `:authority`; connection-specific fields go), with the time left as
+/// `grpc-timeout` for gRPC and `x-envoy-expected-rq-timeout-ms` otherwise.
+fn h2_request(
+    req: &Forward,
+    tls: bool,
+    left_ms: u64,
+) -> Result<http::Request<()>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut raw = BytesMut::with_capacity(req.head.len() + 2);
+    raw.extend_from_slice(&req.head);
+    raw.extend_from_slice(b"\r\n\r\n");
+    let limits = HeadLimits {
+        max_head: usize::MAX,
+        max_request_line: usize::MAX,
+    };
+    let head = parse_request(&mut raw, limits)?.ok_or("incomplete request head")?;
+    let authority = head
+        .headers
+        .get("host")
+        .map(|h| String::from_utf8_lossy(h).into_owned())
+        .unwrap_or_default();
+    let scheme = if tls { "https" } else { "http" };
+    let uri = format!("{scheme}://{authority}{}", head.origin_str());
+    let mut b = http::Request::builder().method(head.method_str()).uri(uri);
+    for (n, v) in head.headers.iter() {
+        if n.eq_ignore_ascii_case(b"host") || is_hop_by_hop(n) {
+            continue;
+        }
+        b = b.header(n, v);
+    }
+    let mut ms = BytesMut::new();
+    if req.grpc {
+        put_decimal(&mut ms, left_ms);
+        ms.extend_from_slice(b"m");
+        // gRPC servers require it (RFC 9113 allows `te` with this one value).
+        b = b.header("te", "trailers").header("grpc-timeout", &ms[..]);
+    } else {
+        put_decimal(&mut ms, left_ms);
+        b = b.header("x-envoy-expected-rq-timeout-ms", &ms[..]);
+    }
+    Ok(b.body(())?)
+}
+
+/// Streams the upstream's response into `sink`: head, DATA as it comes (each read bounded
+/// by the attempt's limit), trailers; records the upstream's `grpc-status`.
+async fn stream_response<S: Sink>(
+    up: &Upstream,
+    x: Exchanged,
+    req: &Forward,
+    deadline: &Deadline,
+    progress: &ProgressCell,
+    sink: &mut S,
+) -> Result<(), ProxyError> {
+    let Exchanged {
+        head,
+        mut body,
+        addr,
+        started,
+        until,
+        by_deadline,
+    } = x;
+    let status = head.status.as_u16();
+    let head_grpc = grpc_status(&head.headers);
+    progress.update(|p| {
+        p.upstream_status = Some(status);
+        p.upstream_grpc_status = head_grpc;
+        p.phase = Some(Phase::ResponseBody);
+    });
+    let start = ResponseStart {
+        status,
+        reason: Bytes::new(),
+        headers: fields(&head.headers),
+        body: body_size(&head.headers, req.is_head, body.is_end_stream()),
+    };
+    let protocol = |source| {
+        let kind = UpstreamErrorKind::Protocol {
+            phase: Phase::ResponseHeaders,
+            source,
+        };
+        up.error(addr, started, kind)
+    };
+    sink.start(start).map_err(|e| protocol(Box::new(e)))?;
+    progress.update(|p| p.response_started = true);
+    if body.is_end_stream() {
+        sink.finish();
+        return sink.flush().await;
+    }
+    sink.flush().await?;
+    let timed_out = || {
+        let kind = attempt_timeout(up, deadline, by_deadline, Phase::ResponseBody);
+        up.error(addr, started, kind)
+    };
+    let failed = |e: h2::Error| up.error(addr, started, kind(Phase::ResponseBody, &e));
+    loop {
+        match timeout_at(until.into(), body.data()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(failed(e)),
+            Ok(Some(Ok(chunk))) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                progress.update(|p| p.bytes_sent += chunk.len() as u64);
+                sink.data(&chunk);
+                sink.flush().await?;
+            }
+        }
+    }
+    match timeout_at(until.into(), body.trailers()).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Err(e)) => return Err(failed(e)),
+        Ok(Ok(Some(trailers))) => {
+            let code = grpc_status(&trailers);
+            progress.update(|p| p.upstream_grpc_status = code.or(p.upstream_grpc_status));
+            sink.trailers(fields(&trailers));
+        }
+        Ok(Ok(None)) => {}
+    }
+    sink.finish();
+    sink.flush().await
+}
+
+/// How the body of an HTTP/2 response is delimited for the client: its
+/// `content-length`, none after `HEAD` or a HEADERS frame that ended the stream
+/// (trailers-only gRPC answers stay trailers-only), else unknown.
+fn body_size(headers: &http::HeaderMap, is_head: bool, ended: bool) -> BodySize {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .map(|v| Bytes::copy_from_slice(v.as_bytes()));
+    match declared {
+        _ if is_head => BodySize::Empty { declared },
+        _ if ended => BodySize::Empty { declared: None },
+        Some(n) => match std::str::from_utf8(&n).ok().and_then(|n| n.parse().ok()) {
+            Some(n) => BodySize::Known(n),
+            None => BodySize::Unknown,
+        },
+        None => BodySize::Unknown,
+    }
+}
+
+/// End-to-end fields of an HTTP/2 header map.
+fn fields(map: &http::HeaderMap) -> Headers {
+    let mut out = Headers::new();
+    for (n, v) in map {
+        if !is_hop_by_hop(n.as_str().as_bytes()) {
+            out.push(
+                Bytes::copy_from_slice(n.as_str().as_bytes()),
+                Bytes::copy_from_slice(v.as_bytes()),
+            );
+        }
+    }
+    out
+}
+
+/// The `grpc-status` field, if any.
+fn grpc_status(map: &http::HeaderMap) -> Option<u16> {
+    map.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
