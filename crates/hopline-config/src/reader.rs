@@ -491,6 +491,7 @@ fn route(
     };
     let timeout = t.duration(cx, "timeout", default_timeout);
     let methods = methods(cx, &mut t);
+    let websocket = websocket(cx, &mut t);
     t.finish(cx);
     Some(RouteConfig {
         name: name?,
@@ -498,7 +499,32 @@ fn route(
         action: action?,
         timeout,
         methods,
+        websocket,
     })
+}
+
+/// `websocket = true` and `websocket_idle_timeout` (proxy routes only).
+fn websocket(cx: &mut Cx, t: &mut Tbl) -> Option<Duration> {
+    let on = t.bool(cx, "websocket", false);
+    let idle = t.opt_duration(cx, "websocket_idle_timeout");
+    if on && t.has("aggregate") {
+        let what = "websocket routes proxy to one upstream, not aggregate".into();
+        cx.report(
+            t.value_span("websocket"),
+            t.key_path("websocket"),
+            ProblemKind::Conflict(what),
+        );
+    }
+    if !on && idle.is_some() {
+        let what = "websocket_idle_timeout needs websocket = true".into();
+        let key = t.key_path("websocket_idle_timeout");
+        cx.report(
+            t.value_span("websocket_idle_timeout"),
+            key,
+            ProblemKind::Conflict(what),
+        );
+    }
+    on.then(|| idle.unwrap_or(Duration::from_secs(60)))
 }
 
 /// `methods = ["GET", ...]`: non-empty, each a method token (upper case by convention, so

@@ -39,6 +39,8 @@ pub fn schema() -> Value {
         "timeout": duration("route deadline (default: deadline.default)"),
         "methods": {"type": "array", "items": {"type": "string", "pattern": "^[A-Z_-]+$"}, "minItems": 1,
             "description": "methods served; others get 405 (default: all; aggregate routes GET, HEAD)"},
+        "websocket": {"type": "boolean", "default": false, "description": "forward HTTP/1.1 WebSocket upgrades; tunnel after the upstream's 101"},
+        "websocket_idle_timeout": duration("default 60s: a tunnel with no byte either way is closed"),
         "aggregate": closed(json!({
             "mode": {"enum": ["parallel", "sequential"], "default": "parallel"},
             "calls": {"type": "array", "items": call, "minItems": 1},

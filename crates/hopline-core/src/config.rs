@@ -408,6 +408,10 @@ pub struct RouteConfig {
     /// Methods the route serves (others get 405 with `Allow`). Default: every method for
     /// proxy routes, `GET` and `HEAD` for aggregate routes.
     pub methods: Option<Vec<String>>,
+    /// `websocket = true` (proxy routes): HTTP/1.1 `Upgrade: websocket` requests are
+    /// forwarded and, once the upstream answers 101, tunnelled; the value is
+    /// `websocket_idle_timeout` (default 60 s), after which a silent tunnel is closed.
+    pub websocket: Option<Duration>,
 }
 
 impl RouteConfig {

@@ -46,6 +46,8 @@ pub struct AccessRecord {
     pub grpc_status: Option<u16>,
     /// gRPC requests: the upstream's `grpc-status`, when it answered.
     pub upstream_grpc_status: Option<u16>,
+    /// A WebSocket upgrade that became a tunnel: its bytes each way and who closed it.
+    pub tunnel: Option<crate::websocket::TunnelEnd>,
     /// Method.
     pub method: Bytes,
     /// Path and query as received.
@@ -177,6 +179,15 @@ impl AccessRecord {
         }
         s.extend_from_slice(b"],\"bytes_sent\":");
         push_u64(s, self.bytes_sent);
+        if let Some(t) = &self.tunnel {
+            s.extend_from_slice(b",\"tunnel\":{\"bytes_up\":");
+            push_u64(s, t.bytes_up);
+            s.extend_from_slice(b",\"bytes_down\":");
+            push_u64(s, t.bytes_down);
+            s.extend_from_slice(b",\"closed_by\":");
+            push_json_str(s, t.closed_by);
+            s.push(b'}');
+        }
         if !self.calls.is_empty() {
             s.extend_from_slice(b",\"calls\":[");
             for (i, c) in self.calls.iter().enumerate() {

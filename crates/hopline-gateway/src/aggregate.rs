@@ -399,6 +399,7 @@ fn call_request(
         ),
         is_head: c.method == "HEAD",
         grpc: false,
+        upgrade: false,
         margin: gw.config.deadline.margin,
     })
 }

@@ -21,7 +21,7 @@ pub(crate) fn forward(
     body: Bytes,
     request_id: &str,
     peer: SocketAddr,
-    upstream: usize,
+    (upstream, upgrade): (usize, bool),
 ) -> Forward {
     let mut out = BytesMut::with_capacity(512);
     put_request_line(&mut out, &req.method, &req.origin);
@@ -64,6 +64,11 @@ pub(crate) fn forward(
     }
     push_ip(&mut forwarded_for, peer.ip());
     put_header(&mut out, b"x-forwarded-for", &forwarded_for);
+    if upgrade {
+        // Hop-by-hop, so removed above; an upgrade the route allows is asked for again.
+        put_header(&mut out, b"connection", b"upgrade");
+        put_header(&mut out, b"upgrade", b"websocket");
+    }
     let method = &req.method[..];
     if !body.is_empty() || matches!(method, b"POST" | b"PUT" | b"PATCH") {
         put_content_length(&mut out, body.len() as u64);
@@ -74,6 +79,7 @@ pub(crate) fn forward(
         idempotent: req.is_idempotent(),
         is_head: method == b"HEAD",
         grpc: req.is_grpc(),
+        upgrade,
         margin: gw.config.deadline.margin,
     }
 }

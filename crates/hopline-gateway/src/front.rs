@@ -6,12 +6,15 @@
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hopline_core::ProxyError;
 use hopline_h1::head::Headers;
 
 use crate::response::ErrorContext;
+use crate::upstream::ClientConn;
+use crate::websocket::TunnelEnd;
 
 /// Body bytes a response source buffers with the response head before the first write.
 pub(crate) const COALESCE: usize = 64 * 1024;
@@ -58,6 +61,15 @@ pub(crate) trait Front {
         cx: &ErrorContext<'_>,
         close: bool,
     ) -> impl Future<Output = ()> + Send;
+
+    /// Tunnels bytes between the client and `upstream` after its `101 Switching
+    /// Protocols` (an HTTP/1.1 WebSocket upgrade) until either side closes or nothing
+    /// moves for `idle`. Protocols without upgrades (HTTP/2) are never asked.
+    fn tunnel(
+        &mut self,
+        upstream: ClientConn,
+        idle: Duration,
+    ) -> impl Future<Output = TunnelEnd> + Send;
 
     /// The protocol, as the access log names it: `HTTP/1.1`, `HTTP/1.0`, `HTTP/2`.
     fn protocol(&self) -> &'static str;

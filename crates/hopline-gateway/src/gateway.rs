@@ -31,6 +31,8 @@ pub struct Route {
     pub methods: Option<Vec<String>>,
     /// The `Allow` value of a 405 from this route.
     pub allow: String,
+    /// WebSocket upgrades allowed, with the tunnel's idle timeout.
+    pub websocket: Option<Duration>,
 }
 
 impl Route {
@@ -341,6 +343,7 @@ impl Gateway {
                     timeout: r.timeout,
                     methods: r.methods.clone(),
                     allow: r.allow_header(),
+                    websocket: r.websocket,
                 }
             })
             .collect();

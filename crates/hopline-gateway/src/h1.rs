@@ -22,6 +22,8 @@ use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sin
 use crate::gateway::Gateway;
 use crate::response::{error_response, ErrorContext, CONTINUE};
 use crate::stream::{ClientStream, WriteHalf};
+use crate::upstream::ClientConn;
+use crate::websocket::TunnelEnd;
 
 /// Lingering close (as nginx's `lingering_close`): after an error response to a client
 /// that may still be sending, input is read and dropped for at most this long, so the
@@ -178,6 +180,10 @@ impl Front for H1Front<'_> {
         linger(self.stream, self.buf).await;
     }
 
+    async fn tunnel(&mut self, upstream: ClientConn, idle: Duration) -> TunnelEnd {
+        crate::websocket::tunnel(self.stream, self.buf, upstream, idle).await
+    }
+
     fn protocol(&self) -> &'static str {
         if self.http11 {
             "HTTP/1.1"
@@ -267,7 +273,8 @@ impl Sink for H1Sink<'_> {
                 }
             }
         }
-        if self.close {
+        // A 101 carries its own `connection: upgrade`; the connection is the tunnel's now.
+        if self.close && head.status != 101 {
             put_header(out, b"connection", b"close");
         }
         out.put_slice(b"\r\n");

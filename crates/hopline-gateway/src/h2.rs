@@ -13,6 +13,7 @@ use std::io;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
@@ -31,6 +32,8 @@ use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sin
 use crate::gateway::{Current, Gateway};
 use crate::request::{serve, Client, Request};
 use crate::response::{error_parts, grpc_message, ErrorContext};
+use crate::upstream::ClientConn;
+use crate::websocket::TunnelEnd;
 
 /// The HTTP/2 connection preface a client opens with (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -288,6 +291,14 @@ impl Front for H2Front<'_> {
             }
         }
         *out = Responder::Done;
+    }
+
+    async fn tunnel(&mut self, _upstream: ClientConn, _idle: Duration) -> TunnelEnd {
+        // HTTP/2 has no Upgrade (its requests cannot carry `upgrade`): never called.
+        TunnelEnd {
+            closed_by: "upstream",
+            ..TunnelEnd::default()
+        }
     }
 
     async fn linger(&mut self) {

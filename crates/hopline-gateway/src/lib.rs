@@ -24,6 +24,7 @@ mod response;
 mod stream;
 mod tls;
 mod upstream;
+mod websocket;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -37,6 +37,9 @@ pub struct Forward {
     /// A gRPC request (`content-type: application/grpc…`): an HTTP/2 upstream gets its
     /// deadline as `grpc-timeout`.
     pub grpc: bool,
+    /// A WebSocket upgrade on a `websocket = true` route: a `101` answer hands the
+    /// connection over to a tunnel.
+    pub upgrade: bool,
     /// `deadline.margin`: kept back when telling the upstream how long it has.
     pub margin: Duration,
 }
@@ -61,6 +64,9 @@ pub struct Progress {
     pub response_started: bool,
     /// Body bytes sent to the client.
     pub bytes_sent: u64,
+    /// The upstream connection, after it answered a WebSocket upgrade with `101` (whose
+    /// head went to the client): the tunnel's other end.
+    pub upgraded: Option<ClientConn>,
 }
 
 /// [`Progress`] shared between a request's future and the connection that may drop it.
@@ -448,6 +454,9 @@ async fn stream_response<S: Sink>(
     } = opened;
     let started = Instant::now();
     let addr = conn.addr;
+    if head.status == 101 {
+        return switching(up, head, conn, req, progress, sink).await;
+    }
     let upstream_keep_alive = head.keep_alive();
     let length = start_response(head, req.is_head, sink).map_err(|source| {
         let kind = UpstreamErrorKind::Protocol {
@@ -505,6 +514,50 @@ async fn stream_response<S: Sink>(
     if reusable && upstream_keep_alive && length != BodyLength::UntilClose {
         up.checkin(conn);
     }
+    Ok(())
+}
+
+/// The upstream switched protocols: for a WebSocket upgrade, the 101 (with its
+/// `upgrade` and `connection: upgrade`) goes to the client and the connection to the
+/// tunnel; a 101 to anything else is a protocol error (nothing is tunnelled).
+async fn switching<S: Sink>(
+    up: &Upstream,
+    head: ResponseHead,
+    conn: ClientConn,
+    req: &Forward,
+    progress: &ProgressCell,
+    sink: &mut S,
+) -> Result<(), ProxyError> {
+    let started = Instant::now();
+    let websocket = head.headers.has_token("upgrade", "websocket");
+    if !req.upgrade || !websocket {
+        let source = "101 Switching Protocols to a request that did not ask for a WebSocket";
+        let kind = UpstreamErrorKind::Protocol {
+            phase: Phase::ResponseHeaders,
+            source: source.into(),
+        };
+        return Err(up.error(conn.addr, started, kind));
+    }
+    let ResponseHead {
+        status,
+        reason,
+        mut headers,
+        ..
+    } = head;
+    strip_hop_by_hop(&mut headers);
+    headers.push("connection", "upgrade");
+    headers.push("upgrade", "websocket");
+    let start = ResponseStart {
+        status,
+        reason,
+        headers,
+        body: BodySize::Empty { declared: None },
+    };
+    sink.start(start)
+        .map_err(|e| ProxyError::NotImplemented { what: e.0 })?;
+    progress.update(|p| p.response_started = true);
+    sink.flush().await?;
+    progress.update(|p| p.upgraded = Some(conn));
     Ok(())
 }
 

@@ -28,6 +28,7 @@ use crate::gateway::{Action, Gateway, Route};
 use crate::proxy::{proxy, Progress, ProgressCell};
 use crate::response::ErrorContext;
 use crate::tls::TlsSession;
+use crate::websocket::{self, TunnelEnd};
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone)]
@@ -304,6 +305,8 @@ struct Ran {
     calls: Vec<CallRecord>,
     /// The response was complete and the connection can serve another request.
     reusable: bool,
+    /// The WebSocket tunnel the request became, once it ended.
+    tunnel: Option<TunnelEnd>,
 }
 
 /// Runs the route (proxy or aggregate) while watching the client and the drain: the
@@ -314,7 +317,7 @@ async fn run<F: Front>(
     req: &mut Request,
     job: Job<'_>,
     trace_id: &str,
-    kill: Pin<&mut impl Future<Output = ()>>,
+    mut kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Ran {
     let progress = ProgressCell::default();
     let calls = CallsCell::default();
@@ -324,13 +327,15 @@ async fn run<F: Front>(
         body,
         peer,
     } = job;
+    let upgrade =
+        route.websocket.is_some() && front.protocol() == "HTTP/1.1" && websocket::is_upgrade(req);
     let (gone, mut sink) = front.split();
     let ended = {
         // Pinned where it is built: moving this large future into the select would copy it.
         let work = pin!(async {
             match &route.action {
                 Action::Proxy { upstream } => {
-                    let fwd = forward(gw, req, body, trace_id, peer, *upstream);
+                    let fwd = forward(gw, req, body, trace_id, peer, (*upstream, upgrade));
                     proxy(gw, *upstream, &fwd, deadline, &progress, &mut sink).await
                 }
                 Action::Aggregate(agg) => {
@@ -346,15 +351,28 @@ async fn run<F: Front>(
         tokio::select! {
             biased;
             gone = gone => Ended::ClientGone(gone),
-            _ = kill => Ended::Killed,
+            _ = kill.as_mut() => Ended::Killed,
             o = work => Ended::Done(o),
         }
     };
+    let reusable = sink.reusable();
+    drop(sink);
+    let mut progress = progress.into_inner();
+    // A WebSocket upgrade the upstream accepted: the connection is the tunnel's now
+    // (a drain that runs out closes it).
+    let tunnel = match (progress.upgraded.take(), route.websocket) {
+        (Some(conn), Some(idle)) => tokio::select! {
+            end = front.tunnel(conn, idle) => Some(end),
+            _ = kill => Some(TunnelEnd { closed_by: "shutdown", ..TunnelEnd::default() }),
+        },
+        _ => None,
+    };
     Ran {
         ended,
-        progress: progress.into_inner(),
+        progress,
         calls: calls.into_inner(),
-        reusable: sink.reusable(),
+        reusable: reusable && tunnel.is_none(),
+        tunnel,
     }
 }
 
@@ -373,7 +391,9 @@ async fn settle<F: Front>(
         progress: p,
         calls,
         reusable,
+        tunnel,
     } = ran;
+    rec.tunnel = tunnel;
     rec.degraded = calls
         .iter()
         .filter(|c| c.fallback)

@@ -471,6 +471,12 @@ impl Upstream {
 }
 
 impl ClientConn {
+    /// The connection and the bytes already read past the response head (an upgraded
+    /// connection's first bytes).
+    pub fn into_parts(self) -> (UpstreamStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     /// Writes `wire` while already reading the response head, and returns the head.
     ///
     /// An upstream may answer before it has read the whole request (413, 401 for an upload

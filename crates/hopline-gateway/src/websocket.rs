@@ -1,0 +1,112 @@
+//! WebSocket over HTTP/1.1 (RFC 6455 §4) on routes with `websocket = true`: the upgrade
+//! request is forwarded like any request, and only once the upstream has answered `101
+//! Switching Protocols` — never before, so no byte of the client's can reach the
+//! upstream unparsed on a refused upgrade — are bytes tunnelled both ways, until either
+//! side closes (its close passed on to the other) or the tunnel is silent for
+//! `websocket_idle_timeout`.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+use crate::request::Request;
+use crate::stream::ClientStream;
+use crate::upstream::ClientConn;
+
+/// How a tunnel ended, for its one access-log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// Bytes from the client to the upstream.
+    pub bytes_up: u64,
+    /// Bytes from the upstream to the client.
+    pub bytes_down: u64,
+    /// Who closed first: `client`, `upstream`, or `idle` (silent too long).
+    pub closed_by: &'static str,
+}
+
+/// An HTTP/1.1 WebSocket opening handshake: `GET` with `Upgrade: websocket` and
+/// `Connection: upgrade`.
+pub(crate) fn is_upgrade(req: &Request) -> bool {
+    &req.method[..] == b"GET"
+        && req.headers.has_token("upgrade", "websocket")
+        && req.headers.has_token("connection", "upgrade")
+}
+
+/// Tunnels between the client (with bytes it already sent in `client_buf`) and the
+/// upgraded upstream connection (with bytes after its 101 head).
+pub(crate) async fn tunnel(
+    client: &mut ClientStream,
+    client_buf: &mut bytes::BytesMut,
+    upstream: ClientConn,
+    idle: Duration,
+) -> TunnelEnd {
+    let (mut up, up_buf) = upstream.into_parts();
+    let mut end = TunnelEnd::default();
+    // Bytes already read on either side go across first.
+    if !client_buf.is_empty() {
+        if up.write_all(client_buf).await.is_err() {
+            end.closed_by = "upstream";
+            return end;
+        }
+        end.bytes_up += client_buf.len() as u64;
+        client_buf.clear();
+    }
+    if !up_buf.is_empty() {
+        if client.write_all(&up_buf).await.is_err() {
+            end.closed_by = "client";
+            return end;
+        }
+        end.bytes_down += up_buf.len() as u64;
+    }
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = up.split();
+    let (mut a, mut b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        let step = timeout(idle, async {
+            tokio::select! {
+                r = cr.read(&mut a), if client_open => (true, r),
+                r = ur.read(&mut b), if upstream_open => (false, r),
+            }
+        })
+        .await;
+        let first = |end: &mut TunnelEnd, who| {
+            if end.closed_by.is_empty() {
+                end.closed_by = who;
+            }
+        };
+        match step {
+            Err(_) => {
+                first(&mut end, "idle");
+                break;
+            }
+            // The client is done sending: pass its close on, keep reading the upstream.
+            Ok((true, Ok(0) | Err(_))) => {
+                client_open = false;
+                first(&mut end, "client");
+                let _ = uw.shutdown().await;
+            }
+            Ok((true, Ok(n))) => {
+                if uw.write_all(&a[..n]).await.is_err() {
+                    first(&mut end, "upstream");
+                    break;
+                }
+                end.bytes_up += n as u64;
+            }
+            Ok((false, Ok(0) | Err(_))) => {
+                upstream_open = false;
+                first(&mut end, "upstream");
+                let _ = cw.shutdown().await;
+            }
+            Ok((false, Ok(n))) => {
+                if cw.write_all(&b[..n]).await.is_err() {
+                    first(&mut end, "client");
+                    break;
+                }
+                end.bytes_down += n as u64;
+            }
+        }
+    }
+    end
+}
