@@ -61,9 +61,12 @@ pub(crate) async fn serve_h2<T>(
     // ending or aborted) cancels every stream's upstream work.
     let mut streams = JoinSet::new();
     let mut idle_since = Instant::now();
-    let mut closing = false;
+    // Once GOAWAY is sent, a client that neither finishes nor closes gets
+    // `header_read_timeout` more (a stalled header block holds the whole connection).
+    let mut closing: Option<Instant> = None;
     loop {
-        let idle_timeout = current.load().config.server.idle_timeout;
+        let cfg = &current.load().config.server;
+        let (idle_timeout, grace) = (cfg.idle_timeout, cfg.header_read_timeout);
         tokio::select! {
             biased;
             accepted = conn.accept() => match accepted {
@@ -79,21 +82,31 @@ pub(crate) async fn serve_h2<T>(
                     idle_since = Instant::now();
                 }
             }
-            _ = sleep_until(idle_since + idle_timeout), if streams.is_empty() && !closing => {
+            _ = sleep_until(idle_since + idle_timeout), if streams.is_empty() && closing.is_none() => {
                 conn.graceful_shutdown();
-                closing = true;
+                closing = Some(Instant::now());
             }
-            _ = raised(&mut signals.drain), if !closing => {
+            _ = raised(&mut signals.drain), if closing.is_none() => {
                 conn.graceful_shutdown();
-                closing = true;
+                closing = Some(Instant::now());
             }
+            _ = sleep_until(closing.unwrap_or(idle_since) + grace), if closing.is_some() && streams.is_empty() => break,
         }
     }
-    // Let open streams finish (the drain's kill signal bounds them) while the connection
-    // is driven to its end.
-    let finish = async { while streams.join_next().await.is_some() {} };
-    let closed = poll_fn(|cx| conn.poll_closed(cx));
-    let _ = tokio::join!(finish, closed);
+    // Drive the connection while open streams finish (the drain's kill signal bounds
+    // them), then give the client `header_read_timeout` to close its side.
+    let grace = current.load().config.server.header_read_timeout;
+    let mut closed = pin!(poll_fn(|cx| conn.poll_closed(cx)));
+    loop {
+        tokio::select! {
+            _ = &mut closed => {
+                while streams.join_next().await.is_some() {}
+                return;
+            }
+            next = streams.join_next() => if next.is_none() { break },
+        }
+    }
+    let _ = timeout(grace, closed).await;
 }
 
 /// The h2 server settings from `[server.h2]`.

@@ -258,3 +258,26 @@ fn sigterm_sends_goaway_and_the_stream_in_flight_is_answered() {
     );
     assert!(!lines.iter().any(|v| v["path"] == "/late"), "{lines:?}");
 }
+
+#[test]
+fn a_stalled_header_block_is_closed_after_idle_and_header_timeouts() {
+    let up = mock(&["--quiet"]);
+    let gw = gateway(
+        "h2c = true\nidle_timeout = \"500ms\"\nheader_read_timeout = \"500ms\"",
+        &route_all(up.addr),
+    );
+    let mut s = connect(gw.addr);
+    use std::io::{Read, Write};
+    // Preface, empty SETTINGS, then HEADERS for stream 1 without END_HEADERS, and silence.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, 1, 0x1, 0, 0, 0, 0, 1, 0x82]);
+    s.write_all(&out).expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let took = started.elapsed();
+    // GOAWAY after 500 ms idle, closed 500 ms later: well before the test's 15 s read limit.
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
