@@ -62,6 +62,9 @@ struct Endpoint {
     idle: Mutex<Vec<IdleConn>>,
     /// HTTP/2 connections (`protocol = "h2"`), each shared by concurrent requests.
     h2: Mutex<Vec<H2Conn>>,
+    /// Held while an HTTP/2 connection is being opened, so requests that find none wait
+    /// for that one instead of each opening their own.
+    h2_opening: tokio::sync::Mutex<()>,
 }
 
 /// An HTTP/2 connection to an endpoint: a handle that opens streams on it (its frames
@@ -172,6 +175,7 @@ impl Upstream {
             };
             endpoints.push(Endpoint {
                 h2: Mutex::new(Vec::new()),
+                h2_opening: tokio::sync::Mutex::new(()),
                 addr,
                 server_name,
                 idle: Mutex::new(Vec::new()),
@@ -288,6 +292,22 @@ impl Upstream {
         egress: &Egress,
         metrics: &Metrics,
     ) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
+        if let Some(send) = self.h2_ready(i) {
+            return Ok(send);
+        }
+        // Waiting for another request's connect counts as connecting.
+        let waited = Instant::now();
+        let (until, by_deadline) = deadline.bound(waited, self.config.connect_timeout);
+        let opening = self.endpoints[i].h2_opening.lock();
+        let Ok(_opening) = tokio::time::timeout_at(until.into(), opening).await else {
+            let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
+            let kind = UpstreamErrorKind::ConnectTimeout {
+                limit,
+                source_limit,
+            };
+            return Err(self.error(self.endpoints[i].addr, waited, kind));
+        };
+        // Another request may have opened one meanwhile.
         if let Some(send) = self.h2_ready(i) {
             return Ok(send);
         }

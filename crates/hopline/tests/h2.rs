@@ -281,3 +281,57 @@ fn a_stalled_header_block_is_closed_after_idle_and_header_timeouts() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// HTTP/2 to an upstream over TLS, chosen by ALPN: the upstream here is a second hopline
+/// whose TLS listener offers h2. Concurrent requests share one TLS connection.
+#[test]
+fn an_h2_upstream_over_tls_multiplexes_requests_on_one_connection() {
+    use common::pki::{tls_gateway, Ca, Validity};
+    let ca = Ca::new("h2-up");
+    let leaf = ca.leaf("leaf", "localhost", &["localhost"], Validity::Good);
+    let up = mock(&["--quiet", "--latency", "200ms", "--body", "via h2 over tls"]);
+    let inner = tls_gateway(&leaf, "", "", up.addr);
+    let port = tls_addr(&inner).port();
+    let gw = gateway(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!(
+            "[upstreams.inner]\nendpoints = [\"https://localhost:{port}\"]\nca = \"{}\"\nprotocol = \"h2\"\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"inner\"\n",
+            path(&ca.cert)
+        ),
+    );
+    let started = Instant::now();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = gw.addr;
+            std::thread::spawn(move || get(addr, &format!("/t{i}"), ""))
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().expect("request");
+        assert_eq!((r.status, r.body.as_str()), (200, "via h2 over tls"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+    for i in 0..4 {
+        let p = format!("/t{i}");
+        let line = inner.wait_json(WAIT, &p, |v| v["path"] == p.as_str());
+        assert_eq!(line["protocol"], "HTTP/2", "{line}");
+        assert_eq!(line["tls_version"], "1.3", "{line}");
+    }
+    // One TLS handshake to the upstream for all four.
+    let metrics = get(admin_addr(&gw), "/metrics", "").body;
+    let handshakes = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "hopline_upstream_tls_handshake_duration_seconds_count{upstream=\"inner\"",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(handshakes, Some(1.0), "{metrics}");
+}
