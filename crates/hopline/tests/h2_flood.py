@@ -1,10 +1,12 @@
-"""HTTP/2 floods against a gateway, written frame by frame with hyperframe.
+"""HTTP/2 floods and protocol violations against a gateway, written frame by frame with
+hyperframe (and raw bytes where hyperframe would refuse to build the frame).
 
     python3 h2_flood.py ADDR rapid-reset N      # HEADERS + RST_STREAM(CANCEL) x N
     python3 h2_flood.py ADDR continuation N     # one HEADERS, then N CONTINUATION frames
     python3 h2_flood.py ADDR ping N             # N PINGs
     python3 h2_flood.py ADDR settings N         # N empty SETTINGS
     python3 h2_flood.py ADDR empty-data N       # one POST stream, then N empty DATA frames
+    python3 h2_flood.py ADDR violation CASE     # one RFC 9113 violation (see VIOLATIONS)
 
 Prints one JSON line: what the server sent back (GOAWAY and its error code, how many
 PING or SETTINGS acks, RST_STREAMs, HEADERS), whether the connection was closed, and how
@@ -39,6 +41,42 @@ def request_block(enc, method="GET", path="/flood"):
     )
 
 
+def raw(ftype, flags, sid, payload=b""):
+    """A frame as bytes: 24-bit length, type, flags, stream id, payload."""
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+
+
+DATA, HEADERS, SETTINGS, PING, WINDOW_UPDATE = 0x0, 0x1, 0x4, 0x6, 0x8
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+
+
+def violation(case, enc):
+    """The bytes of one RFC 9113 violation, after the preface and SETTINGS."""
+    get = request_block(enc)
+    if case == "data-on-idle-stream":  # §5.1: connection error PROTOCOL_ERROR
+        return raw(DATA, 0, 1, b"x")
+    if case == "even-stream-id":  # §5.1.1: connection error PROTOCOL_ERROR
+        return raw(HEADERS, END_HEADERS | END_STREAM, 2, get)
+    if case == "bad-hpack":  # §4.3: connection error COMPRESSION_ERROR (index 127+ unknown)
+        return raw(HEADERS, END_HEADERS | END_STREAM, 1, b"\xff\xff\xff\x0f")
+    if case == "window-overflow":  # §6.9.1: connection error FLOW_CONTROL_ERROR
+        inc = (0x7FFFFFFF).to_bytes(4, "big")
+        return raw(WINDOW_UPDATE, 0, 0, inc) + raw(WINDOW_UPDATE, 0, 0, inc)
+    if case == "settings-window-too-big":  # §6.5.2: connection error FLOW_CONTROL_ERROR
+        return raw(SETTINGS, 0, 0, (0x4).to_bytes(2, "big") + (0x80000000).to_bytes(4, "big"))
+    if case == "settings-ack-with-payload":  # §6.5: connection error FRAME_SIZE_ERROR
+        return raw(SETTINGS, ACK, 0, b"\x00" * 6)
+    if case == "ping-wrong-length":  # §6.7: connection error FRAME_SIZE_ERROR
+        return raw(PING, 0, 0, b"\x00" * 7)
+    if case == "zero-window-update-on-stream":  # §6.9: stream error PROTOCOL_ERROR
+        return raw(HEADERS, END_HEADERS, 1, get) + raw(WINDOW_UPDATE, 0, 1, b"\x00" * 4)
+    if case == "data-after-end-stream":  # §5.1 half-closed (remote): STREAM_CLOSED
+        return raw(HEADERS, END_HEADERS | END_STREAM, 1, get) + raw(DATA, 0, 1, b"x")
+    if case == "frame-too-large":  # §4.2: connection error FRAME_SIZE_ERROR
+        return raw(HEADERS, END_HEADERS, 1, get) + raw(DATA, 0, 1, b"x" * 16385)
+    raise SystemExit(f"unknown violation {case}")
+
+
 def frames(data):
     """Splits bytes into (frames, rest)."""
     out = []
@@ -54,7 +92,8 @@ def frames(data):
 
 def main():
     host, port = sys.argv[1].rsplit(":", 1)
-    kind, n = sys.argv[2], int(sys.argv[3])
+    kind, arg = sys.argv[2], sys.argv[3]
+    n = int(arg) if arg.isdigit() else 0
     s = socket.create_connection((host, int(port)), timeout=5)
     s.sendall(PREFACE + SettingsFrame(0).serialize())
     enc = Encoder()
@@ -85,6 +124,9 @@ def main():
             for _ in range(n):
                 s.sendall(SettingsFrame(0).serialize())
                 written += 1
+        elif kind == "violation":
+            s.sendall(violation(arg, enc))
+            written = 1
         elif kind == "empty-data":
             h = HeadersFrame(1, request_block(enc, "POST"))
             h.flags.add("END_HEADERS")
@@ -123,6 +165,7 @@ def main():
                 seen["settings_acks"] += 1
             elif isinstance(f, RstStreamFrame):
                 seen["rst_stream"] += 1
+                seen["rst_code"] = f.error_code
             elif isinstance(f, HeadersFrame):
                 seen["headers"] += 1
     seen["closed"] = closed
