@@ -415,18 +415,26 @@ impl H2Sink<'_> {
     async fn capacity(&self, want: usize) -> Result<usize, ProxyError> {
         let limit = self.gw.config.server.write_timeout;
         let out = &self.out;
-        let wait = poll_fn(|cx| match &mut *lock(out) {
+        let mut wait = pin!(poll_fn(|cx| match &mut *lock(out) {
             Responder::Body(s) => {
                 s.reserve_capacity(want);
                 s.poll_capacity(cx)
             }
             _ => Poll::Ready(None),
-        });
-        match timeout(limit, wait).await {
-            Err(_) => Err(ProxyError::ClientWriteTimeout { limit }),
-            Ok(Some(Ok(n))) => Ok(n),
-            Ok(Some(Err(e))) => Err(self.gone(e)),
-            Ok(None) => Err(ProxyError::ClientGone {
+        }));
+        // Usually the window is open: no timer for that.
+        let first = poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+        let got = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => match timeout(limit, wait).await {
+                Ok(r) => r,
+                Err(_) => return Err(ProxyError::ClientWriteTimeout { limit }),
+            },
+        };
+        match got {
+            Some(Ok(n)) => Ok(n),
+            Some(Err(e)) => Err(self.gone(e)),
+            None => Err(ProxyError::ClientGone {
                 elapsed: self.arrival.elapsed(),
                 waiting_on: None,
                 source: io::Error::new(io::ErrorKind::ConnectionReset, "stream closed"),

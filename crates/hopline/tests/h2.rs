@@ -335,3 +335,49 @@ fn an_h2_upstream_over_tls_multiplexes_requests_on_one_connection() {
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(handshakes, Some(1.0), "{metrics}");
 }
+
+/// Bodies larger than every flow-control window, both ways: a 3 MB upload is read as the
+/// window is released, a 3 MB download waits for the client's window as it reads.
+#[test]
+fn large_bodies_flow_both_ways_within_the_windows() {
+    const SIZE: usize = 3 << 20;
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let tx = std::sync::Mutex::new(tx);
+    let up = FakeUpstream::start(move |_, mut s| {
+        use std::io::{Read, Write};
+        let Some(head) = read_request(&mut s) else {
+            return;
+        };
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if s.read_exact(&mut body).is_err() {
+            return;
+        }
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(body.len());
+        let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n");
+        let _ = s.write_all(&vec![b'z'; SIZE]);
+    });
+    let gw = h2c_gateway(up.addr);
+    let rt = runtime();
+    let (status, headers, body) = rt.block_on(async {
+        let mut c = h2c(gw.addr).await;
+        send(&mut c, Method::POST, "/big", &vec![b'a'; SIZE]).await
+    });
+    assert_eq!(rx.recv_timeout(WAIT).expect("upstream got the body"), SIZE);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers.get("content-length").map(|v| v.as_bytes()),
+        Some(format!("{SIZE}").as_bytes())
+    );
+    assert_eq!(body.len(), SIZE);
+    assert!(body.bytes().all(|b| b == b'z'));
+    let line = gw.wait_json(WAIT, "/big", |v| v["path"] == "/big");
+    assert_eq!(num(&line, "bytes_sent"), SIZE as f64, "{line}");
+}
