@@ -6,6 +6,8 @@
 //! client goes away first, the line says `"cancelled": true` with the elapsed time. That is
 //! how drills and tests see, from the upstream's side, that a gateway really cancelled.
 
+mod grpc;
+
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +39,9 @@ pub struct MockConfig {
     pub log: bool,
     /// Serve TLS with this config (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--grpc STATUS`: speak HTTP/2 and answer every request as a gRPC call ending with
+    /// this `grpc-status` (the body becomes its one message).
+    pub grpc: Option<u16>,
 }
 
 impl Default for MockConfig {
@@ -49,6 +54,7 @@ impl Default for MockConfig {
             idle_timeout: Duration::from_secs(60),
             log: true,
             tls: None,
+            grpc: None,
         }
     }
 }
@@ -71,12 +77,12 @@ pub async fn run(
                     tasks.spawn(async move {
                         let _ = stream.set_nodelay(true);
                         match &config.tls {
-                            None => connection(stream, peer, &config).await,
+                            None => serve(stream, peer, &config).await,
                             Some(tls) => {
                                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
                                 let shake = acceptor.accept(stream);
                                 match tokio::time::timeout(Duration::from_secs(10), shake).await {
-                                    Ok(Ok(s)) => connection(s, peer, &config).await,
+                                    Ok(Ok(s)) => serve(s, peer, &config).await,
                                     Ok(Err(e)) if config.log => tls_error_line(peer, &e.to_string()),
                                     _ => {}
                                 }
@@ -90,6 +96,26 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
     }
     tasks.abort_all();
+}
+
+/// One connection, as HTTP/1.1, or as HTTP/2 gRPC calls with `--grpc`.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    config: &MockConfig,
+) {
+    match config.grpc {
+        Some(code) => grpc::connection(stream, peer, config, code).await,
+        None => connection(stream, peer, config).await,
+    }
+}
+
+/// Writes one log line (and its newline) to stdout at once.
+fn print_line(line: &[u8]) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(line);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(

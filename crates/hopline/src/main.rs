@@ -78,6 +78,10 @@ enum Command {
         /// Require client certificates issued by this CA (PEM): mutual TLS.
         #[arg(long, requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
+        /// Speak HTTP/2 (h2c with prior knowledge; ALPN h2 with TLS) and answer every
+        /// request as a gRPC call: the body as its one message, then this grpc-status.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=16))]
+        grpc: Option<u16>,
     },
     /// Run fault drills: the embedded incident (legacy gateway, then hopline) or scenario files.
     Drill {
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             tls_client_ca,
+            grpc,
         } => {
             let tls = match (&tls_cert, &tls_key) {
                 (Some(cert), Some(key)) => {
@@ -184,6 +189,15 @@ fn main() -> ExitCode {
                 }
                 _ => None,
             };
+            // A gRPC mock offers h2 by ALPN.
+            let tls = match (tls, grpc) {
+                (Some(t), Some(_)) => {
+                    let mut c = (*t).clone();
+                    c.alpn_protocols = vec![b"h2".to_vec()];
+                    Some(std::sync::Arc::new(c))
+                }
+                (t, _) => t,
+            };
             let mut cfg = hopline_mock::MockConfig {
                 latency,
                 status,
@@ -191,6 +205,7 @@ fn main() -> ExitCode {
                 idle_timeout,
                 log: !quiet,
                 tls,
+                grpc,
                 ..hopline_mock::MockConfig::default()
             };
             // A --header replaces a default header of the same name instead of adding a

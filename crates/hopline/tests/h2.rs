@@ -381,3 +381,59 @@ fn large_bodies_flow_both_ways_within_the_windows() {
     let line = gw.wait_json(WAIT, "/big", |v| v["path"] == "/big");
     assert_eq!(num(&line, "bytes_sent"), SIZE as f64, "{line}");
 }
+
+/// gRPC over h2c to hopline, HTTP/2 to `hopline mock --grpc 14`: the upstream's trailers
+/// (its grpc-status) reach the client, the deadline reaches the upstream as grpc-timeout,
+/// and both statuses are logged.
+#[test]
+fn grpc_trailers_pass_through_and_the_deadline_goes_out_as_grpc_timeout() {
+    let up = mock(&["--grpc", "14", "--body", "msg"]);
+    let gw = gateway(
+        "h2c = true",
+        &format!(
+            "[upstreams.g]\nendpoints = [\"{}\"]\nprotocol = \"h2\"\n\
+             [[routes]]\nname = \"g\"\npath_prefix = \"/\"\nupstream = \"g\"\ntimeout = \"1500ms\"\n",
+            up.addr
+        ),
+    );
+    let rt = runtime();
+    let (status, trailers, body) = rt.block_on(async {
+        let mut client = h2c(gw.addr).await;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("http://gw.test/pkg.Svc/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (resp, mut stream) = client.send_request(req, false).expect("send");
+        stream
+            .send_data(Bytes::from_static(b"\0\0\0\0\0"), true)
+            .expect("data");
+        let (parts, mut recv) = resp.await.expect("response").into_parts();
+        let mut body = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.expect("data");
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            body.extend_from_slice(&chunk);
+        }
+        let trailers = recv.trailers().await.expect("trailers").unwrap_or_default();
+        (parts.status, trailers, body)
+    });
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"\0\0\0\0\x03msg");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"14"[..])
+    );
+    let seen = up.wait_json(WAIT, "mock line", |v| v["path"] == "/pkg.Svc/Call");
+    let timeout = seen["grpc_timeout"].as_str().unwrap_or_default();
+    let ms: u64 = timeout
+        .trim_end_matches('m')
+        .parse()
+        .expect("grpc-timeout in ms");
+    assert!((1_000..1_500).contains(&ms), "{seen}");
+    let line = gw.wait_json(WAIT, "gw line", |v| v["path"] == "/pkg.Svc/Call");
+    assert_eq!(line["grpc_status"], 14, "{line}");
+    assert_eq!(line["upstream_grpc_status"], 14, "{line}");
+}
