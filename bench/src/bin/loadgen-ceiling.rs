@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             duration: Duration::from_secs(secs),
             client_timeout: Duration::from_secs(2),
             max_in_flight: 20_000,
+            protocol: hopline_drill::load::Protocol::Http1,
         };
         let samples = rt.block_on(run(&plan, |_, _| {}));
         let ok = samples

@@ -133,6 +133,7 @@ pub async fn run(
         schedule: s.load.schedule.clone(),
         duration: s.duration,
         client_timeout: s.load.client_timeout,
+        protocol: s.load.protocol,
         max_in_flight: s.load.max_in_flight,
     };
     let start_epoch = SystemTime::now()

@@ -36,6 +36,20 @@ pub struct LoadPlan {
     pub client_timeout: Duration,
     /// Requests outstanding at most; beyond, a scheduled request is counted as `skipped`.
     pub max_in_flight: usize,
+    /// What the client speaks to the target.
+    pub protocol: Protocol,
+}
+
+/// `[load] protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// `http/1.1`: `GET`s on pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// `h2`: `GET`s as streams on one HTTP/2 connection (h2c, prior knowledge).
+    H2,
+    /// `grpc`: unary gRPC calls (an empty message) as streams on one HTTP/2 connection.
+    Grpc,
 }
 
 /// How one request ended.
@@ -49,6 +63,8 @@ pub enum Outcome {
     Error(String),
     /// Not sent: `max_in_flight` reached.
     Skipped,
+    /// A gRPC call that ended with this non-zero `grpc-status` (HTTP 200).
+    Grpc(u16),
 }
 
 /// One request's record.
@@ -156,11 +172,103 @@ async fn one(
     }
 }
 
+/// The one HTTP/2 connection of a run, opened on first use and again after it fails.
+type H2Client = Arc<tokio::sync::Mutex<Option<h2::client::SendRequest<bytes::Bytes>>>>;
+
+/// One request as a stream on the run's HTTP/2 connection.
+async fn one_h2(
+    target: SocketAddr,
+    path: &str,
+    client: &H2Client,
+    deadline: Instant,
+    grpc: bool,
+) -> (Outcome, Option<String>, Option<String>) {
+    match timeout_at(deadline, exchange_h2(target, path, client, grpc)).await {
+        Err(_) => (Outcome::Abandoned, None, None),
+        Ok(Err(e)) => {
+            // Broken: the next request opens a new connection.
+            *client.lock().await = None;
+            (Outcome::Error(e), None, None)
+        }
+        Ok(Ok(r)) => r,
+    }
+}
+
+async fn exchange_h2(
+    target: SocketAddr,
+    path: &str,
+    client: &H2Client,
+    grpc: bool,
+) -> Result<(Outcome, Option<String>, Option<String>), String> {
+    let send = {
+        let mut slot = client.lock().await;
+        match slot.as_ref() {
+            Some(s) => s.clone(),
+            None => {
+                let tcp = TcpStream::connect(target)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let _ = tcp.set_nodelay(true);
+                let (send, conn) = h2::client::handshake(tcp)
+                    .await
+                    .map_err(|e| format!("h2 handshake: {e}"))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                *slot = Some(send.clone());
+                send
+            }
+        }
+    };
+    let mut send = send.ready().await.map_err(|e| e.to_string())?;
+    let mut req = http::Request::builder()
+        .uri(format!("http://drill{path}"))
+        .header("user-agent", "hopline-drill");
+    if grpc {
+        req = req
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    }
+    let req = req.body(()).map_err(|e| e.to_string())?;
+    let (resp, mut stream) = send.send_request(req, !grpc).map_err(|e| e.to_string())?;
+    if grpc {
+        // One empty message.
+        stream
+            .send_data(bytes::Bytes::from_static(b"\0\0\0\0\0"), true)
+            .map_err(|e| e.to_string())?;
+    }
+    let (head, mut body) = resp.await.map_err(|e| e.to_string())?.into_parts();
+    let h = |n: &str| {
+        head.headers
+            .get(n)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let (flags, degraded) = (h("x-hopline-flags"), h("x-hopline-degraded"));
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+    // A trailers-only answer carries grpc-status in its head.
+    let code = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| head.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+    let outcome = match (grpc, code) {
+        (true, Some(c)) if c != 0 && head.status == 200 => Outcome::Grpc(c),
+        _ => Outcome::Status(head.status.as_u16()),
+    };
+    Ok((outcome, flags, degraded))
+}
+
 /// Runs the plan; `tick` is called about once a second with (elapsed, sent so far).
 pub async fn run(plan: &LoadPlan, mut tick: impl FnMut(Duration, usize)) -> Vec<Sample> {
     let times = send_times(&plan.schedule, plan.duration);
     let samples = Arc::new(Mutex::new(Vec::with_capacity(times.len())));
     let pool: Pool = Arc::new(Mutex::new(Vec::new()));
+    let h2: H2Client = Arc::new(tokio::sync::Mutex::new(None));
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -189,10 +297,17 @@ pub async fn run(plan: &LoadPlan, mut tick: impl FnMut(Duration, usize)) -> Vec<
         }
         in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (samples, pool, in_flight) = (samples.clone(), pool.clone(), in_flight.clone());
+        let h2 = h2.clone();
         let path = plan.paths[i % plan.paths.len()].clone();
         let (target, client_timeout, at) = (plan.target, plan.client_timeout, *at);
+        let protocol = plan.protocol;
         tasks.spawn(async move {
-            let (outcome, flags, degraded) = one(target, &path, &pool, due + client_timeout).await;
+            let deadline = due + client_timeout;
+            let (outcome, flags, degraded) = match protocol {
+                Protocol::Http1 => one(target, &path, &pool, deadline).await,
+                Protocol::H2 => one_h2(target, &path, &h2, deadline, false).await,
+                Protocol::Grpc => one_h2(target, &path, &h2, deadline, true).await,
+            };
             let latency = due.elapsed();
             in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut s) = samples.lock() {

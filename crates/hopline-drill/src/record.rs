@@ -36,6 +36,7 @@ fn class(o: &Outcome) -> String {
         Outcome::Abandoned => "abandoned".into(),
         Outcome::Error(_) => "error".into(),
         Outcome::Skipped => "skipped".into(),
+        Outcome::Grpc(c) => format!("grpc {c}"),
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Load {
     pub client_timeout: Duration,
     /// Outstanding requests at most.
     pub max_in_flight: usize,
+    /// What the load generator speaks: `http/1.1` (default), `h2` or `grpc`.
+    pub protocol: crate::load::Protocol,
 }
 
 /// `[[faults]]`: a toxic on a chaos proxy from `at` until `until`.
@@ -207,6 +209,7 @@ fn scenario(cx: &mut Cx, root: &mut Tbl, name: &str) -> Scenario {
                 schedule: Vec::new(),
                 client_timeout: Duration::ZERO,
                 max_in_flight: 0,
+                protocol: crate::load::Protocol::Http1,
             }
         }
     };
@@ -364,6 +367,16 @@ fn load(cx: &mut Cx, mut t: Tbl, services: &[&str]) -> Load {
         schedule,
         client_timeout: t.duration(cx, "client_timeout", Duration::from_secs(10)),
         max_in_flight: t.uint(cx, "max_in_flight", 10_000, 1, 10_000_000) as usize,
+        protocol: match t.str(cx, "protocol") {
+            None | Some(("http/1.1", _)) => crate::load::Protocol::Http1,
+            Some(("h2", _)) => crate::load::Protocol::H2,
+            Some(("grpc", _)) => crate::load::Protocol::Grpc,
+            Some((other, span)) => {
+                let what = format!("{other:?} is not \"http/1.1\", \"h2\" or \"grpc\"");
+                cx.report(span, t.key_path("protocol"), ProblemKind::Invalid(what));
+                crate::load::Protocol::Http1
+            }
+        },
     };
     t.finish(cx);
     load

@@ -185,6 +185,7 @@ fn load_generator_holds_its_rate_within_five_percent() {
         duration: Duration::from_secs(5),
         client_timeout: Duration::from_secs(2),
         max_in_flight: 10_000,
+        protocol: hopline_drill::load::Protocol::Http1,
     };
     let samples = rt.block_on(hopline_drill::load::run(&plan, |_, _| {}));
     let ok = samples
@@ -242,4 +243,26 @@ fn nginx_front_499s_line_up_with_hoplines_causes() {
         at_nginx.abs_diff(at_hopline) * 50 <= at_nginx,
         "nginx 499s {at_nginx} vs hopline 499s {at_hopline}"
     );
+}
+
+/// `examples/grpc-h2.drill.toml`: gRPC over h2c into hopline, HTTP/2 to a gRPC upstream
+/// behind a chaos proxy; a slow path is cut at the route's deadline.
+#[test]
+fn the_grpc_over_http2_drill_passes() {
+    let scenario =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/grpc-h2.drill.toml");
+    let out = temp_file("x", "").with_file_name("grpc-report");
+    let (code, text) = run_drill(&scenario, &out);
+    assert_eq!(code, Some(0), "{text}");
+    let data: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("grpc-h2/data.json")).expect("data.json"),
+    )
+    .expect("json");
+    // The client saw gRPC statuses, not HTTP errors: DEADLINE_EXCEEDED in the fault.
+    let seconds = data["load"].as_array().cloned().unwrap_or_default();
+    let grpc4: u64 = seconds
+        .iter()
+        .map(|s| s["classes"]["grpc 4"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(grpc4 >= 500, "{grpc4} DEADLINE_EXCEEDED answers\n{text}");
 }
