@@ -38,7 +38,8 @@ pub(crate) async fn proxy_h2<S: Sink>(
     loop {
         let ep = next_attempt(up, &deadline, progress, Instant::now(), &mut last_error)?;
         let retry_left = retries < up.config.max_retries;
-        let send = match up.h2_sender(ep, &deadline, &gw.egress, &gw.metrics).await {
+        // Held until the response is done: the stream counts against the connection.
+        let stream = match up.h2_sender(ep, &deadline, &gw.egress, &gw.metrics).await {
             Ok(s) => s,
             Err(e) => {
                 let before_sent =
@@ -52,8 +53,22 @@ pub(crate) async fn proxy_h2<S: Sink>(
             }
         };
         let started = Instant::now();
-        match exchange(up, send, req, &deadline, progress, ep, started).await {
-            Ok(x) => return stream_response(up, x, req, &deadline, progress, sink).await,
+        match exchange(
+            up,
+            stream.send.clone(),
+            req,
+            &deadline,
+            progress,
+            ep,
+            started,
+        )
+        .await
+        {
+            Ok(x) => {
+                let done = stream_response(up, x, req, &deadline, progress, sink).await;
+                drop(stream);
+                return done;
+            }
             // REFUSED_STREAM: the upstream did not process it (RFC 9113 §8.7), so even a
             // POST is safe to send again.
             Err(Failed { error, refused }) => {

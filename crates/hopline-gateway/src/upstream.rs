@@ -73,6 +73,33 @@ struct Endpoint {
 struct H2Conn {
     send: h2::client::SendRequest<Bytes>,
     since: Instant,
+    /// Streams hopline has open on it (against the upstream's concurrency limit).
+    active: Arc<AtomicUsize>,
+}
+
+/// A stream's place on an HTTP/2 connection: counted against the connection's limit
+/// until dropped (when the request is done with the stream).
+#[derive(Debug)]
+pub struct H2Stream {
+    /// Opens the stream.
+    pub send: h2::client::SendRequest<Bytes>,
+    active: Arc<AtomicUsize>,
+}
+
+impl H2Stream {
+    fn on(c: &H2Conn) -> H2Stream {
+        c.active.fetch_add(1, Ordering::Relaxed);
+        H2Stream {
+            send: c.send.clone(),
+            active: c.active.clone(),
+        }
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -281,9 +308,9 @@ impl Upstream {
         });
     }
 
-    /// A handle on an HTTP/2 connection to endpoint `i` that can open a stream now:
-    /// an open connection below its stream limit, else a new one (connect, TLS with ALPN
-    /// `h2`, and the HTTP/2 handshake, all within `min(connect_timeout, time left)`).
+    /// A stream on an HTTP/2 connection to endpoint `i`: on an open connection below
+    /// the upstream's concurrency limit, else on a new one (connect, TLS with ALPN `h2`,
+    /// and the HTTP/2 handshake, all within `min(connect_timeout, time left)`).
     /// Connections idle longer than `pool_idle_timeout` are let go here.
     pub async fn h2_sender(
         &self,
@@ -291,7 +318,7 @@ impl Upstream {
         deadline: &Deadline,
         egress: &Egress,
         metrics: &Metrics,
-    ) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
+    ) -> Result<H2Stream, ProxyError> {
         if let Some(send) = self.h2_ready(i) {
             return Ok(send);
         }
@@ -342,17 +369,19 @@ impl Upstream {
             .h2
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        conns.push(H2Conn {
-            send: send.clone(),
+        let conn = H2Conn {
+            send,
             since: Instant::now(),
-        });
-        Ok(send)
+            active: Arc::new(AtomicUsize::new(0)),
+        };
+        let stream = H2Stream::on(&conn);
+        conns.push(conn);
+        Ok(stream)
     }
 
-    /// The open HTTP/2 connection to endpoint `i`, if it still takes streams (one per
-    /// endpoint: streams beyond the upstream's concurrency limit wait in h2's queue, within
-    /// their deadline).
-    fn h2_ready(&self, i: usize) -> Option<h2::client::SendRequest<Bytes>> {
+    /// A stream on an open HTTP/2 connection to endpoint `i` below the upstream's
+    /// concurrency limit, if there is one.
+    fn h2_ready(&self, i: usize) -> Option<H2Stream> {
         let now = Instant::now();
         let idle_limit = self.config.pool_idle_timeout;
         let mut conns = self.endpoints[i]
@@ -360,14 +389,17 @@ impl Upstream {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        // Broken (GOAWAY, closed) or idle too long: let it go.
+        // Broken (GOAWAY, closed), or idle too long with no stream open: let it go.
         conns.retain_mut(|c| {
-            now.duration_since(c.since) < idle_limit
-                && matches!(c.send.poll_ready(&mut cx), std::task::Poll::Ready(Ok(())))
+            let idle =
+                c.active.load(Ordering::Relaxed) == 0 && now.duration_since(c.since) >= idle_limit;
+            !idle && matches!(c.send.poll_ready(&mut cx), std::task::Poll::Ready(Ok(())))
         });
-        let c = conns.first_mut()?;
+        let c = conns
+            .iter_mut()
+            .find(|c| c.active.load(Ordering::Relaxed) < c.send.current_max_send_streams())?;
         c.since = now;
-        Some(c.send.clone())
+        Some(H2Stream::on(c))
     }
 
     /// Opens a new connection to endpoint `i`: the TCP connect, then (TLS upstreams) the

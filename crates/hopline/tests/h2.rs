@@ -437,3 +437,64 @@ fn grpc_trailers_pass_through_and_the_deadline_goes_out_as_grpc_timeout() {
     assert_eq!(line["grpc_status"], 14, "{line}");
     assert_eq!(line["upstream_grpc_status"], 14, "{line}");
 }
+
+/// An upstream that takes 2 streams per connection: 6 concurrent requests open 3
+/// connections instead of queueing behind one.
+#[test]
+fn more_h2_connections_open_when_the_upstream_stream_limit_is_reached() {
+    let up = mock(&["--quiet", "--latency", "400ms"]);
+    let inner = gateway(
+        "h2c = true\n[server.h2]\nmax_concurrent_streams = 2",
+        &route_all(up.addr),
+    );
+    let gw = gateway(
+        "",
+        &format!(
+            "[upstreams.inner]\nendpoints = [\"{}\"]\nprotocol = \"h2\"\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"inner\"\n",
+            inner.addr
+        ),
+    );
+    // One request first, so the upstream's limit is known when the rest arrive.
+    assert_eq!(get(gw.addr, "/warm", "").status, 200);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = gw.addr;
+            std::thread::spawn(move || get(addr, &format!("/c{i}"), "").status)
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("request"), 200);
+    }
+    // Queued two by two on one connection they would take 3 × 400 ms.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1_000), "{took:?}");
+    let clients: std::collections::HashSet<String> = (0..6)
+        .map(|i| {
+            let p = format!("/c{i}");
+            let line = inner.wait_json(WAIT, &p, |v| v["path"] == p.as_str());
+            line["client"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert!(clients.len() >= 3, "{clients:?}");
+}
+
+/// RFC 9113 drops the HTTP/1.1 `Upgrade: h2c` dance: such a request is served as plain
+/// HTTP/1.1, on a listener with h2c or without.
+#[test]
+fn an_http1_upgrade_to_h2c_is_served_as_http1() {
+    let up = mock(&["--quiet"]);
+    for server in ["h2c = true", ""] {
+        let gw = gateway(server, &route_all(up.addr));
+        let r = get(
+            gw.addr,
+            "/up",
+            "connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n",
+        );
+        assert_eq!(r.status, 200, "{server}: {r:?}");
+        assert!(r.header("upgrade").is_none(), "{server}: {r:?}");
+        let line = gw.wait_json(WAIT, "/up", |v| v["path"] == "/up");
+        assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
+    }
+}
