@@ -116,6 +116,7 @@ pub fn effective_config(gw: &Gateway) -> Value {
                 },
                 "deadline_ms": ms(d),
                 "methods": r.methods,
+                "websocket_idle_timeout_ms": r.websocket.map(ms),
             });
             match &r.action {
                 RouteAction::Proxy { upstream } => v["proxy"] = up_json(upstream, d, None),
@@ -150,6 +151,7 @@ pub fn effective_config(gw: &Gateway) -> Value {
                 "pool_max_idle": u.pool_max_idle,
                 "server_idle_timeout_ms": u.server_idle_timeout.map(ms),
                 "max_retries": u.max_retries,
+                "protocol": u.protocol.as_str(),
                 "tls": u.tls.as_ref().map(|t| json!({
                     "sni": t.sni,
                     "ca": path(&t.ca),
@@ -177,6 +179,14 @@ pub fn effective_config(gw: &Gateway) -> Value {
             "max_request_line_bytes": s.max_request_line_bytes,
             "max_body_bytes": s.max_body_bytes,
             "expose_cause": s.expose_cause,
+            "h2c": s.h2c,
+            "h2": {
+                "enabled": s.h2.enabled,
+                "max_concurrent_streams": s.h2.max_concurrent_streams,
+                "max_header_list_bytes": s.h2.max_header_list_bytes.map_or(s.max_header_bytes as u64, u64::from),
+                "max_pending_accept_reset_streams": s.h2.max_pending_accept_reset_streams,
+                "max_local_error_reset_streams": s.h2.max_local_error_reset_streams,
+            },
             "tls": s.tls.as_ref().map(|t| json!({
                 "listen": t.listen.to_string(),
                 "min_version": t.min_version.as_str(),
