@@ -74,6 +74,12 @@ pub(crate) trait Front {
     /// The protocol, as the access log names it: `HTTP/1.1`, `HTTP/1.0`, `HTTP/2`.
     fn protocol(&self) -> &'static str;
 
+    /// gRPC requests get gRPC statuses from this protocol (HTTP/2); elsewhere they are
+    /// answered as any HTTP request.
+    fn carries_grpc(&self) -> bool {
+        false
+    }
+
     /// Closes after an error answer, reading and dropping what the client still sends for
     /// a while, so it reads the answer instead of a reset.
     fn linger(&mut self) -> impl Future<Output = ()> + Send;

@@ -323,6 +323,10 @@ impl Front for H2Front<'_> {
     fn protocol(&self) -> &'static str {
         "HTTP/2"
     }
+
+    fn carries_grpc(&self) -> bool {
+        true
+    }
 }
 
 impl H2Front<'_> {

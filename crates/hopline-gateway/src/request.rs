@@ -173,6 +173,7 @@ async fn conclude<F: Front>(
     err: &ProxyError,
     (progress, grpc): (policy::Progress, bool),
 ) -> Next {
+    let grpc = grpc && front.carries_grpc();
     let d = fail_to_proxy(err, progress);
     if d.respond {
         let cx = ErrorContext {
