@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use hopline_core::config::{
     AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
-    DeadlineConfig, EgressConfig, FrontConfig, H2Config, ListenAddr, LogConfig, Overload,
-    PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig,
-    TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
+    DeadlineConfig, EgressConfig, FrontConfig, H2Config, ListenAddr, LoadBalancing, LogConfig,
+    Overload, PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig,
+    ServerTlsConfig, TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
 };
 
 use crate::duration::parse_duration;
@@ -317,6 +317,16 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
             UpstreamProtocol::Http1
         }
     };
+    let lb = match t.str(cx, "lb") {
+        None | Some(("least_request", _)) => LoadBalancing::LeastRequest,
+        Some(("round_robin", _)) => LoadBalancing::RoundRobin,
+        Some(("random", _)) => LoadBalancing::Random,
+        Some((other, span)) => {
+            let what = format!("{other:?} is not \"least_request\", \"round_robin\" or \"random\"");
+            cx.report(span, t.key_path("lb"), ProblemKind::Invalid(what));
+            LoadBalancing::LeastRequest
+        }
+    };
     let u = UpstreamConfig {
         name: name.to_string(),
         endpoints,
@@ -330,6 +340,7 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
         max_retries: t.uint(cx, "max_retries", u64::from(d.max_retries), 0, 10) as u32,
         tls: upstream_tls(cx, &mut t, schemes, protocol),
         protocol,
+        lb,
     };
     t.finish(cx);
     u

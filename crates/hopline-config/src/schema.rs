@@ -57,6 +57,7 @@ pub fn schema() -> Value {
         "pool_max_idle": int("default 128", 0),
         "server_idle_timeout": duration("the upstream's own keep-alive idle (for check)"),
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 2},
+        "lb": {"enum": ["least_request", "round_robin", "random"], "default": "least_request", "description": "how each attempt picks an endpoint; least_request: the less busy of two drawn at random"},
         "protocol": {"enum": ["http/1.1", "h2"], "default": "http/1.1", "description": "h2: HTTP/2 (prior knowledge, or ALPN h2 over TLS), multiplexed; needed for gRPC"},
         "tls": {"type": "boolean", "description": "TLS to every endpoint (implied by https:// endpoints)"},
         "sni": {"type": "string", "description": "server name sent and verified; default each endpoint's host"},

@@ -352,6 +352,32 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTlsConfig>,
     /// `protocol`: what hopline speaks to this upstream. Default HTTP/1.1.
     pub protocol: UpstreamProtocol,
+    /// `lb`: how an endpoint is chosen for each attempt. Default least request.
+    pub lb: LoadBalancing,
+}
+
+/// `upstreams.NAME.lb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadBalancing {
+    /// `"least_request"`: of two endpoints drawn at random, the one with fewer requests
+    /// in flight (power of two choices, Envoy's default).
+    #[default]
+    LeastRequest,
+    /// `"round_robin"`: each endpoint in turn.
+    RoundRobin,
+    /// `"random"`: uniformly at random.
+    Random,
+}
+
+impl LoadBalancing {
+    /// As written in the config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LoadBalancing::LeastRequest => "least_request",
+            LoadBalancing::RoundRobin => "round_robin",
+            LoadBalancing::Random => "random",
+        }
+    }
 }
 
 /// `upstreams.NAME.protocol`.
@@ -562,6 +588,7 @@ impl UpstreamConfig {
             max_retries: 2,
             tls: None,
             protocol: UpstreamProtocol::Http1,
+            lb: LoadBalancing::LeastRequest,
         }
     }
 }

@@ -152,6 +152,7 @@ pub fn effective_config(gw: &Gateway) -> Value {
                 "server_idle_timeout_ms": u.server_idle_timeout.map(ms),
                 "max_retries": u.max_retries,
                 "protocol": u.protocol.as_str(),
+                "lb": u.lb.as_str(),
                 "tls": u.tls.as_ref().map(|t| json!({
                     "sni": t.sni,
                     "ca": path(&t.ca),

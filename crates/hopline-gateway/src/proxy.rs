@@ -21,7 +21,7 @@ use tokio::time::timeout_at;
 use crate::front::{BodySize, ResponseStart, Sink, COALESCE};
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
-use crate::upstream::{millis_at_least_one, ClientConn, ExchangeError, Upstream};
+use crate::upstream::{millis_at_least_one, ClientConn, EndpointGuard, ExchangeError, Upstream};
 
 /// The request as it will be sent upstream, rendered once for all attempts.
 #[derive(Debug)]
@@ -118,6 +118,7 @@ pub struct Opened {
     reusable: bool,
     _slot: InFlightGuard,
     _egress_slot: Option<InFlightGuard>,
+    _endpoint: EndpointGuard,
 }
 
 /// Takes the limit slots, then attempts the exchange (retrying only where safe) until a
@@ -133,7 +134,7 @@ pub async fn open(
     progress.update(|p| p.upstream = Some(up_index));
     up.budget.deposit();
     let (slot, egress_slot) = take_slots(gw, up)?;
-    let x = attempts(gw, up, req, deadline, progress).await?;
+    let (x, endpoint) = attempts(gw, up, req, deadline, progress).await?;
     progress.update(|p| p.upstream_status = Some(x.head.status));
     Ok(Opened {
         head: x.head,
@@ -143,6 +144,7 @@ pub async fn open(
         reusable: x.reusable,
         _slot: slot,
         _egress_slot: egress_slot,
+        _endpoint: endpoint,
     })
 }
 
@@ -178,14 +180,17 @@ async fn attempts(
     req: &Forward,
     deadline: &Deadline,
     progress: &ProgressCell,
-) -> Result<Exchanged, ProxyError> {
+) -> Result<(Exchanged, EndpointGuard), ProxyError> {
     let mut last_error: Option<ProxyError> = None;
     let mut retries = 0;
     let mut stale_retry_used = false;
     let mut fresh_only = false;
+    // After a connect failure, the retry goes to another endpoint when there is one.
+    let mut avoid = None;
     loop {
         let now = Instant::now();
-        let ep = next_attempt(up, deadline, progress, now, &mut last_error)?;
+        let ep = next_attempt(up, deadline, progress, now, &mut last_error, avoid)?;
+        let guard = up.enter(ep);
         let pooled = if fresh_only {
             None
         } else {
@@ -201,6 +206,7 @@ async fn attempts(
                     if connect_failure && retries < up.config.max_retries && up.budget.try_spend() {
                         retries += 1;
                         last_error = Some(e);
+                        avoid = Some(ep);
                         continue;
                     }
                     return Err(e);
@@ -208,7 +214,7 @@ async fn attempts(
             },
         };
         match exchange(&gw.metrics, up, conn, req, deadline, progress, now).await {
-            Ok(x) => return Ok(x),
+            Ok(x) => return Ok((x, guard)),
             Err(Failed { error, stale }) => {
                 // The stale keep-alive race: the upstream closed a pooled connection just as
                 // we reused it, before any response byte. Safe to resend once, on a new
@@ -225,21 +231,23 @@ async fn attempts(
     }
 }
 
-/// Starts an attempt: the endpoint it goes to (round robin), recorded in `progress`;
-/// once the deadline is spent, the last attempt's error (or `DeadlineSpent`) instead.
+/// Starts an attempt: the endpoint it goes to (by the upstream's `lb`, avoiding
+/// `avoid`), recorded in `progress`; once the deadline is spent, the last attempt's error
+/// (or `DeadlineSpent`) instead.
 pub(crate) fn next_attempt(
     up: &Upstream,
     deadline: &Deadline,
     progress: &ProgressCell,
     now: Instant,
     last_error: &mut Option<ProxyError>,
+    avoid: Option<usize>,
 ) -> Result<usize, ProxyError> {
     if deadline.expired(now) {
         return Err(last_error.take().unwrap_or(ProxyError::DeadlineSpent {
             budget: deadline.budget(),
         }));
     }
-    let ep = up.pick();
+    let ep = up.pick(avoid);
     progress.update(|p| {
         p.attempts += 1;
         p.endpoint = Some(up.addr(ep));

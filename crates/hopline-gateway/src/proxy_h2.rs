@@ -35,8 +35,11 @@ pub(crate) async fn proxy_h2<S: Sink>(
     let _slots = take_slots(gw, up)?;
     let mut retries = 0;
     let mut last_error = None;
+    let mut avoid = None;
     loop {
-        let ep = next_attempt(up, &deadline, progress, Instant::now(), &mut last_error)?;
+        let now = Instant::now();
+        let ep = next_attempt(up, &deadline, progress, now, &mut last_error, avoid)?;
+        let _endpoint = up.enter(ep);
         let retry_left = retries < up.config.max_retries;
         // Held until the response is done: the stream counts against the connection.
         let stream = match up.h2_sender(ep, &deadline, &gw.egress, &gw.metrics).await {
@@ -47,6 +50,7 @@ pub(crate) async fn proxy_h2<S: Sink>(
                 if before_sent && retry_left && up.budget.try_spend() {
                     retries += 1;
                     last_error = Some(e);
+                    avoid = Some(ep);
                     continue;
                 }
                 return Err(e);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use hopline_core::config::{UpstreamConfig, Zone};
+use hopline_core::config::{LoadBalancing, UpstreamConfig, Zone};
 use hopline_core::{
     Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamError,
     UpstreamErrorKind,
@@ -65,6 +65,23 @@ struct Endpoint {
     /// Held while an HTTP/2 connection is being opened, so requests that find none wait
     /// for that one instead of each opening their own.
     h2_opening: tokio::sync::Mutex<()>,
+    /// Requests using this endpoint now (least-request balancing).
+    active: AtomicUsize,
+}
+
+/// A request's use of an endpoint, counted for least-request balancing until dropped.
+#[derive(Debug)]
+pub struct EndpointGuard {
+    endpoints: Arc<Vec<Endpoint>>,
+    i: usize,
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.endpoints[self.i]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An HTTP/2 connection to an endpoint: a handle that opens streams on it (its frames
@@ -203,6 +220,7 @@ impl Upstream {
             endpoints.push(Endpoint {
                 h2: Mutex::new(Vec::new()),
                 h2_opening: tokio::sync::Mutex::new(()),
+                active: AtomicUsize::new(0),
                 addr,
                 server_name,
                 idle: Mutex::new(Vec::new()),
@@ -253,9 +271,47 @@ impl Upstream {
         self.tls.is_some()
     }
 
-    /// Chooses the next endpoint, round robin.
-    pub fn pick(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()
+    /// Chooses the endpoint of an attempt by the upstream's `lb`, avoiding `avoid` (the
+    /// endpoint a retried attempt just failed to connect to) when another exists.
+    pub fn pick(&self, avoid: Option<usize>) -> usize {
+        let n = self.endpoints.len();
+        let avoid = avoid.filter(|_| n > 1);
+        // Candidates are 0..m, mapped around the avoided index.
+        let m = n - usize::from(avoid.is_some());
+        let at = |k: usize| match avoid {
+            Some(a) if k >= a => k + 1,
+            _ => k,
+        };
+        let draw = self.next.fetch_add(1, Ordering::Relaxed);
+        match self.config.lb {
+            LoadBalancing::RoundRobin => at(draw % m),
+            LoadBalancing::Random => at(mix(draw) as usize % m),
+            LoadBalancing::LeastRequest => {
+                if m == 1 {
+                    return at(0);
+                }
+                let r = mix(draw);
+                let a = r as usize % m;
+                // A second candidate, different from the first.
+                let b = (a + 1 + (r >> 32) as usize % (m - 1)) % m;
+                let (a, b) = (at(a), at(b));
+                let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    /// Counts a request on endpoint `i` until the guard is dropped.
+    pub fn enter(&self, i: usize) -> EndpointGuard {
+        self.endpoints[i].active.fetch_add(1, Ordering::Relaxed);
+        EndpointGuard {
+            endpoints: self.endpoints.clone(),
+            i,
+        }
     }
 
     /// The address of endpoint `i`.
@@ -600,4 +656,78 @@ fn host_of(endpoint: &str) -> &str {
 /// How long `d` is in whole milliseconds, at least 1 (for the deadline header).
 pub fn millis_at_least_one(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
+}
+
+/// A well-mixed 64-bit value from a counter (SplitMix64), for random endpoint draws
+/// without a random number generator crate.
+fn mix(n: usize) -> u64 {
+    let mut z = (n as u64)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(n: usize, lb: LoadBalancing) -> Upstream {
+        let endpoints = (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
+        let mut config = UpstreamConfig::with_defaults("u", endpoints);
+        config.lb = lb;
+        Upstream::new(config, 0.2, 10).expect("upstream")
+    }
+
+    fn counts(up: &Upstream, draws: usize, avoid: Option<usize>) -> Vec<usize> {
+        let mut seen = vec![0; up.endpoints.len()];
+        for _ in 0..draws {
+            seen[up.pick(avoid)] += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_busy_endpoint() {
+        let up = upstream(2, LoadBalancing::LeastRequest);
+        let busy = up.enter(0);
+        assert_eq!(counts(&up, 100, None), vec![0, 100]);
+        drop(busy);
+        // Idle again: both are used.
+        let seen = counts(&up, 1000, None);
+        assert!(seen.iter().all(|&n| n > 300), "{seen:?}");
+    }
+
+    #[test]
+    fn least_request_spreads_over_many_endpoints() {
+        let up = upstream(5, LoadBalancing::LeastRequest);
+        let seen = counts(&up, 5000, None);
+        assert!(seen.iter().all(|&n| (700..1300).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_random_covers_all() {
+        let up = upstream(3, LoadBalancing::RoundRobin);
+        let order: Vec<usize> = (0..6).map(|_| up.pick(None)).collect();
+        assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
+        let up = upstream(3, LoadBalancing::Random);
+        let seen = counts(&up, 3000, None);
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_that_just_failed() {
+        for lb in [
+            LoadBalancing::LeastRequest,
+            LoadBalancing::RoundRobin,
+            LoadBalancing::Random,
+        ] {
+            let up = upstream(3, lb);
+            assert_eq!(counts(&up, 300, Some(1))[1], 0, "{lb:?}");
+            // With one endpoint there is nothing else to try.
+            let one = upstream(1, lb);
+            assert_eq!(one.pick(Some(0)), 0);
+        }
+    }
 }

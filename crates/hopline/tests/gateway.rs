@@ -519,9 +519,14 @@ fn the_stale_retry_goes_to_a_new_connection_and_a_1xx_then_close_is_not_retried(
 fn connect_failure_is_retried_on_the_next_endpoint() {
     let up = mock(&[]);
     let dead = closed_port();
+    // Round robin on purpose: every other request starts on the dead endpoint.
     let gw = gateway(
         "",
-        &route_to(&[dead.to_string(), up.addr.to_string()], "", ""),
+        &route_to(
+            &[dead.to_string(), up.addr.to_string()],
+            "lb = \"round_robin\"",
+            "",
+        ),
     );
     for i in 0..4 {
         assert_eq!(get(gw.addr, &format!("/rr{i}"), "").status, 200);
@@ -591,4 +596,80 @@ fn bad_config_names_file_line_key_and_does_not_listen() {
         "{err}"
     );
     assert!(!err.contains("listening"), "{err}");
+}
+
+/// With the default `least_request`, a retry after a connect failure goes to another
+/// endpoint: one retry is enough for every request when one of two endpoints is dead.
+#[test]
+fn a_retry_after_a_connect_failure_goes_to_another_endpoint() {
+    let up = mock(&["--quiet"]);
+    let dead = closed_port();
+    let gw = gateway(
+        "",
+        &route_to(
+            &[dead.to_string(), up.addr.to_string()],
+            "max_retries = 1",
+            "",
+        ),
+    );
+    for i in 0..20 {
+        assert_eq!(
+            get(gw.addr, &format!("/a{i}"), "").status,
+            200,
+            "request {i}"
+        );
+    }
+    log_for(&gw, "/a19");
+    let lines = gw.json_lines();
+    assert!(
+        lines.iter().any(|v| v["attempts"] == 2),
+        "the dead one was drawn"
+    );
+}
+
+/// `least_request`: while one endpoint holds a slow request, the next requests go to the
+/// idle one (round robin would send every other one to the busy endpoint).
+#[test]
+fn least_request_sends_new_requests_past_a_busy_endpoint() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let tx = std::sync::Mutex::new(tx);
+    let slow = FakeUpstream::start(move |_, mut s| {
+        while read_request(&mut s).is_some() {
+            let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(());
+            std::thread::sleep(Duration::from_millis(1500));
+            if s.write_all(OK_RESPONSE).is_err() {
+                return;
+            }
+        }
+    });
+    let fast = mock(&[]);
+    let gw = gateway(
+        "",
+        &route_to(&[slow.addr.to_string(), fast.addr.to_string()], "", ""),
+    );
+    // Send requests until one is held by the slow endpoint.
+    let addr = gw.addr;
+    let mut held = Vec::new();
+    for i in 0..20 {
+        held.push(std::thread::spawn(move || {
+            get(addr, &format!("/hold{i}"), "")
+        }));
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+    }
+    let before = fast.stdout.all().len();
+    for i in 0..10 {
+        assert_eq!(get(gw.addr, &format!("/next{i}"), "").status, 200);
+    }
+    // The fast mock logs each request as it answers it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fast.stdout.all().len() < before + 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let to_fast = fast.stdout.all().len() - before;
+    assert_eq!(to_fast, 10, "all 10 went to the idle endpoint");
+    for h in held {
+        let _ = h.join();
+    }
 }
