@@ -80,6 +80,11 @@ pub(crate) trait Front {
         false
     }
 
+    /// The protocol can switch to a tunnel (HTTP/1.1 Upgrade).
+    fn upgrades(&self) -> bool {
+        false
+    }
+
     /// Closes after an error answer, reading and dropping what the client still sends for
     /// a while, so it reads the answer instead of a reset.
     fn linger(&mut self) -> impl Future<Output = ()> + Send;

@@ -38,18 +38,18 @@ pub(crate) struct H1Front<'a> {
     stream: &'a mut ClientStream,
     buf: &'a mut BytesMut,
     /// How the request body is framed.
-    pub length: BodyLength,
+    length: BodyLength,
     /// The client speaks HTTP/1.1: it may wait for `100 Continue` and can take chunked
     /// responses.
-    pub http11: bool,
+    http11: bool,
     /// The client sent `expect: 100-continue`.
-    pub expects_continue: bool,
+    expects_continue: bool,
     /// The request is `HEAD`: responses carry no body.
-    pub head_only: bool,
+    head_only: bool,
     /// The client keeps the connection (and the gateway was not draining).
-    pub keep_alive: bool,
+    keep_alive: bool,
     /// When the request's head was read.
-    pub arrival: Instant,
+    arrival: Instant,
 }
 
 impl<'a> H1Front<'a> {
@@ -182,6 +182,10 @@ impl Front for H1Front<'_> {
 
     async fn tunnel(&mut self, upstream: ClientConn, idle: Duration) -> TunnelEnd {
         crate::websocket::tunnel(self.stream, self.buf, upstream, idle).await
+    }
+
+    fn upgrades(&self) -> bool {
+        self.http11
     }
 
     fn protocol(&self) -> &'static str {

@@ -309,7 +309,7 @@ impl Front for H2Front<'_> {
     }
 
     async fn tunnel(&mut self, _upstream: ClientConn, _idle: Duration) -> TunnelEnd {
-        // HTTP/2 has no Upgrade (its requests cannot carry `upgrade`): never called.
+        // HTTP/2 has no Upgrade (`upgrades()` is false): never called.
         TunnelEnd {
             closed_by: "upstream",
             ..TunnelEnd::default()

@@ -328,8 +328,7 @@ async fn run<F: Front>(
         body,
         peer,
     } = job;
-    let upgrade =
-        route.websocket.is_some() && front.protocol() == "HTTP/1.1" && websocket::is_upgrade(req);
+    let upgrade = route.websocket.is_some() && front.upgrades() && websocket::is_upgrade(req);
     let (gone, mut sink) = front.split();
     let ended = {
         // Pinned where it is built: moving this large future into the select would copy it.
@@ -361,8 +360,9 @@ async fn run<F: Front>(
     let mut progress = progress.into_inner();
     // A WebSocket upgrade the upstream accepted: the connection is the tunnel's now
     // (a drain that runs out closes it).
-    let tunnel = match (progress.upgraded.take(), route.websocket) {
-        (Some(conn), Some(idle)) => tokio::select! {
+    let upgraded = progress.upgraded.take();
+    let tunnel = match (upgraded, route.websocket, &ended) {
+        (Some(conn), Some(idle), Ended::Done(Ok(()))) => tokio::select! {
             end = front.tunnel(conn, idle) => Some(end),
             _ = kill => Some(TunnelEnd { closed_by: "shutdown", ..TunnelEnd::default() }),
         },
