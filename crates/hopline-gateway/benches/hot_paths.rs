@@ -92,5 +92,29 @@ fn log_and_metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, heads, deadline_headers, log_and_metrics);
+/// What choosing an endpoint costs per attempt: the pick and the in-flight guard that
+/// least-request balancing counts (taken and dropped), over 8 endpoints.
+fn balancing(c: &mut Criterion) {
+    use hopline_core::config::{LoadBalancing, UpstreamConfig};
+    for lb in [
+        LoadBalancing::RoundRobin,
+        LoadBalancing::Random,
+        LoadBalancing::LeastRequest,
+    ] {
+        let endpoints = (0..8).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
+        let mut config = UpstreamConfig::with_defaults("u", endpoints);
+        config.lb = lb;
+        let Ok(up) = hopline_gateway::Upstream::new(config, 0.2, 10) else {
+            return;
+        };
+        c.bench_function(&format!("endpoint pick + guard ({})", lb.as_str()), |b| {
+            b.iter(|| {
+                let i = up.pick(black_box(None));
+                black_box(up.enter(i))
+            })
+        });
+    }
+}
+
+criterion_group!(benches, heads, deadline_headers, log_and_metrics, balancing);
 criterion_main!(benches);

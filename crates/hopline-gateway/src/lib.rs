@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 pub use access_log::AccessRecord;
 pub use gateway::{BuildError, Current, Gateway, NotApplied};
 pub use metrics::Metrics;
+pub use upstream::Upstream;
 
 /// How long in-flight requests get, after the drain period, to write their 503 `SD`.
 const KILL_GRACE: Duration = Duration::from_secs(1);
