@@ -91,18 +91,12 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
             16 << 20,
         ) as usize,
         expose_cause: t.bool(cx, "expose_cause", d.expose_cause),
-        overload: match t.str(cx, "overload") {
-            None | Some(("pause", _)) => Overload::Pause,
-            Some(("close", _)) => Overload::Close,
-            Some((other, span)) => {
-                cx.report(
-                    span,
-                    t.key_path("overload"),
-                    ProblemKind::Invalid(format!("{other:?} is not \"pause\" or \"close\"")),
-                );
-                d.overload
-            }
-        },
+        overload: t.choice(
+            cx,
+            "overload",
+            ("pause", Overload::Pause),
+            &[("close", Overload::Close)],
+        ),
         drain_idle_grace: t.duration(cx, "drain_idle_grace", d.drain_idle_grace),
         tls: t.sub(cx, "tls").and_then(|t| server_tls(cx, t)),
         h2c: t.bool(cx, "h2c", d.h2c),
@@ -201,18 +195,12 @@ fn server_tls(cx: &mut Cx, mut t: Tbl) -> Option<ServerTlsConfig> {
     if certs.is_empty() && !present && !t.has("cert") {
         cx.report(t.span(), t.key_path("cert"), ProblemKind::Missing);
     }
-    let min_version = match t.str(cx, "min_version") {
-        None | Some(("1.2", _)) => TlsVersion::Tls12,
-        Some(("1.3", _)) => TlsVersion::Tls13,
-        Some((other, span)) => {
-            cx.report(
-                span,
-                t.key_path("min_version"),
-                ProblemKind::Invalid(format!("{other:?} is not \"1.2\" or \"1.3\"")),
-            );
-            TlsVersion::Tls12
-        }
-    };
+    let min_version = t.choice(
+        cx,
+        "min_version",
+        ("1.2", TlsVersion::Tls12),
+        &[("1.3", TlsVersion::Tls13)],
+    );
     t.finish(cx);
     Some(ServerTlsConfig {
         listen: listen?,
@@ -296,37 +284,27 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
             );
         }
     }
-    let zone = match t.str(cx, "zone") {
-        None | Some(("internal", _)) => Zone::Internal,
-        Some(("egress", _)) => Zone::Egress,
-        Some((other, span)) => {
-            cx.report(
-                span,
-                t.key_path("zone"),
-                ProblemKind::Invalid(format!("{other:?} is not \"internal\" or \"egress\"")),
-            );
-            Zone::Internal
-        }
-    };
-    let protocol = match t.str(cx, "protocol") {
-        None | Some(("http/1.1", _)) => UpstreamProtocol::Http1,
-        Some(("h2", _)) => UpstreamProtocol::H2,
-        Some((other, span)) => {
-            let what = format!("{other:?} is not \"http/1.1\" or \"h2\"");
-            cx.report(span, t.key_path("protocol"), ProblemKind::Invalid(what));
-            UpstreamProtocol::Http1
-        }
-    };
-    let lb = match t.str(cx, "lb") {
-        None | Some(("least_request", _)) => LoadBalancing::LeastRequest,
-        Some(("round_robin", _)) => LoadBalancing::RoundRobin,
-        Some(("random", _)) => LoadBalancing::Random,
-        Some((other, span)) => {
-            let what = format!("{other:?} is not \"least_request\", \"round_robin\" or \"random\"");
-            cx.report(span, t.key_path("lb"), ProblemKind::Invalid(what));
-            LoadBalancing::LeastRequest
-        }
-    };
+    let zone = t.choice(
+        cx,
+        "zone",
+        ("internal", Zone::Internal),
+        &[("egress", Zone::Egress)],
+    );
+    let protocol = t.choice(
+        cx,
+        "protocol",
+        ("http/1.1", UpstreamProtocol::Http1),
+        &[("h2", UpstreamProtocol::H2)],
+    );
+    let lb = t.choice(
+        cx,
+        "lb",
+        ("least_request", LoadBalancing::LeastRequest),
+        &[
+            ("round_robin", LoadBalancing::RoundRobin),
+            ("random", LoadBalancing::Random),
+        ],
+    );
     let u = UpstreamConfig {
         name: name.to_string(),
         endpoints,
@@ -590,18 +568,12 @@ fn known_upstream(
 }
 
 fn aggregate(cx: &mut Cx, mut t: Tbl, upstreams: &[UpstreamConfig]) -> Option<AggregateConfig> {
-    let mode = match t.str(cx, "mode") {
-        None | Some(("parallel", _)) => AggregateMode::Parallel,
-        Some(("sequential", _)) => AggregateMode::Sequential,
-        Some((other, span)) => {
-            cx.report(
-                span,
-                t.key_path("mode"),
-                ProblemKind::Invalid(format!("{other:?} is not \"parallel\" or \"sequential\"")),
-            );
-            AggregateMode::Parallel
-        }
-    };
+    let mode = t.choice(
+        cx,
+        "mode",
+        ("parallel", AggregateMode::Parallel),
+        &[("sequential", AggregateMode::Sequential)],
+    );
     let present = t.has("calls");
     let tables = t.array(cx, "calls");
     if tables.is_empty() && !present {
@@ -871,6 +843,20 @@ mod tests {
         assert_eq!(c.server, ServerConfig::default());
         assert_eq!(c.routes[0].timeout, Duration::from_secs(3));
         assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_word_outside_its_set_names_the_choices() {
+        let text = "[server]\noverload = \"drop\"\n[upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\nlb = \"fastest\"\n";
+        let problems = read(text).expect_err("invalid");
+        let what: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            what,
+            vec![
+                "2:12: key `server.overload`: \"drop\" is not \"pause\" or \"close\"",
+                "5:6: key `upstreams.a.lb`: \"fastest\" is not \"least_request\", \"round_robin\" or \"random\"",
+            ]
+        );
     }
 
     #[test]

@@ -461,6 +461,32 @@ impl<'a> Tbl<'a> {
         (!f.is_nan()).then_some(f)
     }
 
+    /// One word of a fixed set, e.g. `lb = "round_robin"`: `default` when absent; any other
+    /// word is reported (`"x" is not "a", "b" or "c"`) and gets `default` too.
+    pub fn choice<T: Copy>(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        default: (&'static str, T),
+        others: &[(&'static str, T)],
+    ) -> T {
+        let Some((word, span)) = self.str(cx, key) else {
+            return default.1;
+        };
+        let all = || std::iter::once(&default).chain(others);
+        if let Some((_, v)) = all().find(|(w, _)| *w == word) {
+            return *v;
+        }
+        let words: Vec<String> = all().map(|(w, _)| format!("{w:?}")).collect();
+        let list = match words.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => words.concat(),
+        };
+        let what = format!("{word:?} is not {list}");
+        cx.report(span, self.key_path(key), ProblemKind::Invalid(what));
+        default.1
+    }
+
     /// A table of strings, e.g. `env = { A = "1" }`, wrong values reported.
     pub fn str_map(&mut self, cx: &mut Cx, key: &'static str) -> Vec<(&'a str, &'a str)> {
         let Some(t) = self.sub(cx, key) else {

@@ -367,16 +367,15 @@ fn load(cx: &mut Cx, mut t: Tbl, services: &[&str]) -> Load {
         schedule,
         client_timeout: t.duration(cx, "client_timeout", Duration::from_secs(10)),
         max_in_flight: t.uint(cx, "max_in_flight", 10_000, 1, 10_000_000) as usize,
-        protocol: match t.str(cx, "protocol") {
-            None | Some(("http/1.1", _)) => crate::load::Protocol::Http1,
-            Some(("h2", _)) => crate::load::Protocol::H2,
-            Some(("grpc", _)) => crate::load::Protocol::Grpc,
-            Some((other, span)) => {
-                let what = format!("{other:?} is not \"http/1.1\", \"h2\" or \"grpc\"");
-                cx.report(span, t.key_path("protocol"), ProblemKind::Invalid(what));
-                crate::load::Protocol::Http1
-            }
-        },
+        protocol: t.choice(
+            cx,
+            "protocol",
+            ("http/1.1", crate::load::Protocol::Http1),
+            &[
+                ("h2", crate::load::Protocol::H2),
+                ("grpc", crate::load::Protocol::Grpc),
+            ],
+        ),
     };
     t.finish(cx);
     load

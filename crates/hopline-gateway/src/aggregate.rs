@@ -373,12 +373,7 @@ fn call_request(
     }
     let mut out = BytesMut::with_capacity(256);
     hopline_h1::client::put_request_line(&mut out, c.method.as_bytes(), path.as_bytes());
-    let host = gw.upstreams[call.upstream]
-        .config
-        .endpoints
-        .first()
-        .map(String::as_str)
-        .unwrap_or("");
+    let host = gw.upstreams[call.upstream].default_host();
     put_header(&mut out, b"host", host.as_bytes());
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
     put_header(&mut out, b"accept", b"application/json");

@@ -50,13 +50,8 @@ pub(crate) fn forward(
         put_header(&mut out, n, value);
     }
     if !has_host {
-        let ep = gw.upstreams[upstream]
-            .config
-            .endpoints
-            .first()
-            .map(String::as_str)
-            .unwrap_or("");
-        put_header(&mut out, b"host", ep.as_bytes());
+        let host = gw.upstreams[upstream].default_host();
+        put_header(&mut out, b"host", host.as_bytes());
     }
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
     if !forwarded_for.is_empty() {

@@ -197,12 +197,15 @@ fn lock(out: &Mutex<Responder>) -> MutexGuard<'_, Responder> {
 /// The client left: its stream was reset, or the connection is gone.
 fn gone(e: h2::Error) -> io::Error {
     match e.reason() {
-        Some(r) => io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            format!("client reset the stream ({r:?})"),
-        ),
+        Some(r) => reset(r),
         None => io::Error::other(e),
     }
+}
+
+/// The client reset the stream with `reason`.
+fn reset(reason: h2::Reason) -> io::Error {
+    let what = format!("client reset the stream ({reason:?})");
+    io::Error::new(io::ErrorKind::ConnectionReset, what)
 }
 
 /// One HTTP/2 stream, as the request core sees it.
@@ -259,10 +262,7 @@ impl Front for H2Front<'_> {
                 Responder::Done => return Poll::Pending,
             };
             match polled {
-                Poll::Ready(Ok(reason)) => Poll::Ready(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    format!("client reset the stream ({reason:?})"),
-                )),
+                Poll::Ready(Ok(reason)) => Poll::Ready(reset(reason)),
                 Poll::Ready(Err(e)) => Poll::Ready(gone(e)),
                 Poll::Pending => Poll::Pending,
             }

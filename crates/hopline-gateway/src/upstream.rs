@@ -266,6 +266,12 @@ impl Upstream {
         self.config.zone
     }
 
+    /// The `host` a request to this upstream carries when the client sent none: its first
+    /// endpoint as configured.
+    pub fn default_host(&self) -> &str {
+        self.config.endpoints.first().map_or("", String::as_str)
+    }
+
     /// The upstream speaks TLS.
     pub fn tls_enabled(&self) -> bool {
         self.tls.is_some()
