@@ -213,7 +213,10 @@ fn body_failure(e: BodyError) -> BodyFailure {
 /// sending is read and dropped until it closes, for at most [`LINGER_TIME`] and
 /// [`LINGER_BYTES`]. Closing with unread input would make the kernel send an RST, which
 /// can destroy the answer before the client reads it.
-pub(crate) async fn linger(stream: &mut ClientStream, buf: &mut BytesMut) {
+pub(crate) async fn linger<S>(stream: &mut S, buf: &mut BytesMut)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     if stream.shutdown().await.is_err() {
         return;
     }

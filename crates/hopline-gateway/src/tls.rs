@@ -80,11 +80,11 @@ pub async fn handshake(
         }
         Ok(Ok(_)) if first[0] != HANDSHAKE_RECORD && first[0].is_ascii_alphabetic() => {
             failed("plain_http", "plain HTTP request on the TLS port".into());
-            let _ = timeout_at(until, async {
-                tcp.write_all(PLAIN_HTTP_ANSWER).await?;
-                tcp.shutdown().await
-            })
-            .await;
+            // The rest of the request is still arriving: read it away after the
+            // answer, or the close becomes an RST that can destroy the answer.
+            if let Ok(Ok(())) = timeout_at(until, tcp.write_all(PLAIN_HTTP_ANSWER)).await {
+                crate::h1::linger(&mut tcp, &mut bytes::BytesMut::new()).await;
+            }
             return None;
         }
         Ok(Ok(_)) => {}

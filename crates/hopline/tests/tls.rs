@@ -91,10 +91,20 @@ fn a_stalled_handshake_is_cut_at_header_read_timeout_and_plain_http_gets_400() {
     let took = start.elapsed();
     assert_eq!(n, 0, "expected a close");
     assert!(took < Duration::from_secs(2), "closed after {took:?}");
-    // Plain HTTP on the TLS port: a 400 that says why, then close.
-    let r = get(addr, "/x", "");
+    // Plain HTTP on the TLS port: a 400 that says why, then close. The request
+    // arrives in two pieces with the answer read in between: the rest must be read
+    // away by the gateway (lingering close), not answered with a reset.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /x HTTP/1.1\r\n").expect("write");
+    let r = read_response(&mut s);
     assert_eq!(r.status, 400);
     assert!(r.body.contains("plain HTTP"), "{}", r.body);
+    s.write_all(b"host: test\r\n\r\n").expect("write the rest");
+    let mut rest = [0u8; 16];
+    let end = std::io::Read::read(&mut s, &mut rest);
+    assert!(matches!(end, Ok(0)), "expected a clean close, got {end:?}");
     assert_eq!(
         metric(
             &gw,
