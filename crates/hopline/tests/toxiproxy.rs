@@ -362,7 +362,8 @@ fn a_failed_bind_says_so_and_leaves_the_proxy_disabled_until_reset() {
         false
     );
     drop(squatter);
-    assert_eq!(call(c.addr, "POST", "/reset", "", "").status, 204);
+    let r = call(c.addr, "POST", "/reset", "", "");
+    assert_eq!(r.status, 204, "reset: {}", r.body);
     assert_eq!(
         json(&call(c.addr, "GET", "/proxies/q", "", ""))["enabled"],
         true
