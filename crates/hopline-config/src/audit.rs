@@ -391,20 +391,21 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
                     }
                 }
                 Ok(_) => {}
-                // `serve` resolves every endpoint at start and refuses to start without
-                // them: the same verdict here.
+                // `serve` starts anyway: it keeps resolving the name in the background
+                // and answers 503 `UH` for this upstream while it has no address.
                 Err(why) => a.add(
-                    Severity::Error,
+                    Severity::Warning,
                     "resolve-failed",
                     &["upstreams", &u.name, "endpoints"],
                     format!(
-                        "upstream {} endpoint {} (#{ei}) does not resolve: {why}; hopline serve would not start",
+                        "upstream {} endpoint {} (#{ei}) does not resolve now: {why}; hopline serve answers 503 UH for it until it does",
                         u.name, ep
                     ),
-                    "fix the name, or check this machine's resolver".into(),
+                    "fix the name, or check this machine's resolver (or [dns] nameservers)".into(),
                 ),
             }
         }
+        endpoint_rules(&mut a, u);
         match u.zone {
             Zone::Internal => {}
             Zone::Egress if !egress_limited => {
@@ -423,6 +424,34 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
 
 /// A certificate expiring within this long is a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Outlier detection and health checks: settings that defeat their purpose.
+fn endpoint_rules(a: &mut Audit<'_>, u: &UpstreamConfig) {
+    if u.zone == Zone::Egress && u.endpoints.len() == 1 && u.health.is_none() {
+        a.add(Severity::Note, "egress-single-endpoint", &["upstreams", &u.name, "endpoints"],
+            format!("egress upstream {} has one endpoint and no health checks: when it fails, every request waits for its failure before the 503/504", u.name),
+            format!("add [upstreams.{}.health] so a dead endpoint is answered 503 UH at once, or list more endpoints", u.name));
+    }
+    if u.outlier.enabled
+        && u.outlier.max_ejection_percent == 100
+        && locate_exact(
+            a.text,
+            &["upstreams", &u.name, "outlier", "max_ejection_percent"],
+        )
+        .is_some()
+    {
+        a.add(Severity::Warning, "ejection-unbounded", &["upstreams", &u.name, "outlier", "max_ejection_percent"],
+            format!("upstream {}: max_ejection_percent = 100 lets outlier detection eject every endpoint: one shared failure (a bad deploy, a slow database) empties the upstream", u.name),
+            "keep it at 50 or lower, so the healthiest half keeps serving".into());
+    }
+    if let Some(h) = &u.health {
+        if h.timeout >= h.interval {
+            a.add(Severity::Error, "health-timeout-not-below-interval", &["upstreams", &u.name, "health", "timeout"],
+                format!("upstream {}: health check timeout {} is not below its interval {}: checks of a slow endpoint overlap and pile up", u.name, secs(h.timeout), secs(h.interval)),
+                "make health.timeout shorter than health.interval".into());
+        }
+    }
+}
 
 /// TLS: certificates expired or expiring, keys that do not match, files that do not parse
 /// (serve would not start), `insecure_skip_verify`, egress calls in plain text.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use hopline_core::config::{
     AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
-    DeadlineConfig, EgressConfig, FrontConfig, H2Config, ListenAddr, LoadBalancing, LogConfig,
-    Overload, PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig,
-    ServerTlsConfig, TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
+    DeadlineConfig, DnsConfig, DnsFamily, EgressConfig, FrontConfig, H2Config, HealthConfig,
+    ListenAddr, LoadBalancing, LogConfig, MetricsConfig, OutlierConfig, Overload, PathMatch,
+    RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig, TlsVersion,
+    UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
 };
 
 use crate::duration::parse_duration;
@@ -319,9 +320,139 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
         tls: upstream_tls(cx, &mut t, schemes, protocol),
         protocol,
         lb,
+        outlier: t
+            .sub(cx, "outlier")
+            .map(|t| outlier(cx, t))
+            .unwrap_or_default(),
+        health: t.sub(cx, "health").and_then(|t| health(cx, t)),
+        panic_threshold: t.uint(cx, "panic_threshold", u64::from(d.panic_threshold), 0, 100) as u8,
     };
     t.finish(cx);
     u
+}
+
+fn outlier(cx: &mut Cx, mut t: Tbl) -> OutlierConfig {
+    let d = OutlierConfig::default();
+    let o = OutlierConfig {
+        enabled: t.bool(cx, "enabled", d.enabled),
+        consecutive_failures: t.uint(
+            cx,
+            "consecutive_failures",
+            u64::from(d.consecutive_failures),
+            1,
+            1_000_000,
+        ) as u32,
+        base_ejection: t.duration(cx, "base_ejection", d.base_ejection),
+        max_ejection: t.duration(cx, "max_ejection", d.max_ejection),
+        max_ejection_percent: t.uint(
+            cx,
+            "max_ejection_percent",
+            u64::from(d.max_ejection_percent),
+            0,
+            100,
+        ) as u8,
+    };
+    if o.max_ejection < o.base_ejection {
+        cx.report(
+            t.value_span("max_ejection"),
+            t.key_path("max_ejection"),
+            ProblemKind::Conflict("max_ejection is shorter than base_ejection".into()),
+        );
+    }
+    t.finish(cx);
+    o
+}
+
+fn health(cx: &mut Cx, mut t: Tbl) -> Option<HealthConfig> {
+    let path = t.req_str(cx, "path").and_then(|(p, span)| {
+        if p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            Some(p)
+        } else {
+            cx.report(
+                span,
+                t.key_path("path"),
+                ProblemKind::Invalid("must start with / and hold no spaces".into()),
+            );
+            None
+        }
+    });
+    let d = HealthConfig::with_path(path.unwrap_or("/"));
+    let h = HealthConfig {
+        interval: t.duration(cx, "interval", d.interval),
+        timeout: t.duration(cx, "timeout", d.timeout),
+        healthy_threshold: t.uint(
+            cx,
+            "healthy_threshold",
+            u64::from(d.healthy_threshold),
+            1,
+            100,
+        ) as u32,
+        unhealthy_threshold: t.uint(
+            cx,
+            "unhealthy_threshold",
+            u64::from(d.unhealthy_threshold),
+            1,
+            100,
+        ) as u32,
+        expect_status: t
+            .uint_list(cx, "expect_status", 100, 599)
+            .map_or(d.expect_status.clone(), |l| {
+                l.into_iter().map(|n| n as u16).collect()
+            }),
+        ..d
+    };
+    t.finish(cx);
+    path.map(|_| h)
+}
+
+fn dns(cx: &mut Cx, mut t: Tbl) -> DnsConfig {
+    let d = DnsConfig::default();
+    let mut nameservers = Vec::new();
+    for (i, (ns, span)) in t
+        .str_list(cx, "nameservers")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let addr = ns.parse::<SocketAddr>().ok().or_else(|| {
+            ns.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| (ip, 53).into())
+        });
+        match addr {
+            Some(a) => nameservers.push(a),
+            None => cx.report(
+                span,
+                format!("{}[{i}]", t.key_path("nameservers")),
+                ProblemKind::Invalid(format!("{ns:?} is not an IP address or ip:port")),
+            ),
+        }
+    }
+    let c = DnsConfig {
+        nameservers,
+        min_ttl: t.duration(cx, "min_ttl", d.min_ttl),
+        max_ttl: t.duration(cx, "max_ttl", d.max_ttl),
+        timeout: t.duration(cx, "timeout", d.timeout),
+        family: t.choice(
+            cx,
+            "family",
+            ("v4_preferred", DnsFamily::V4Preferred),
+            &[
+                ("all", DnsFamily::All),
+                ("v4", DnsFamily::V4),
+                ("v6", DnsFamily::V6),
+            ],
+        ),
+    };
+    if c.max_ttl < c.min_ttl {
+        cx.report(
+            t.value_span("max_ttl"),
+            t.key_path("max_ttl"),
+            ProblemKind::Conflict("max_ttl is shorter than min_ttl".into()),
+        );
+    }
+    t.finish(cx);
+    c
 }
 
 /// An upstream's TLS keys: `tls`, `sni`, `ca`, `client_cert`, `client_key`,
@@ -774,6 +905,20 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
         t.finish(&mut cx);
         e
     });
+    let dns = root
+        .sub(&mut cx, "dns")
+        .map(|t| dns(&mut cx, t))
+        .unwrap_or_default();
+    let metrics = root
+        .sub(&mut cx, "metrics")
+        .map(|mut t| {
+            let m = MetricsConfig {
+                per_endpoint: t.bool(&mut cx, "per_endpoint", false),
+            };
+            t.finish(&mut cx);
+            m
+        })
+        .unwrap_or_default();
     let upstreams: Vec<UpstreamConfig> = root
         .entries(&mut cx, "upstreams")
         .into_iter()
@@ -804,6 +949,8 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
         egress,
         upstreams,
         routes,
+        dns,
+        metrics,
     })
 }
 

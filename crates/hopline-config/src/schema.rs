@@ -48,7 +48,7 @@ pub fn schema() -> Value {
     }));
     route["required"] = json!(["name"]);
     let mut upstream = closed(json!({
-        "endpoints": {"type": "array", "items": {"type": "string", "description": "host:port"}, "minItems": 1},
+        "endpoints": {"type": "array", "items": {"type": "string", "description": "host:port; a host name stands for every address it resolves to, re-resolved per [dns]"}, "minItems": 1},
         "zone": {"enum": ["internal", "egress"], "default": "internal"},
         "connect_timeout": duration("default 1s, capped by the time left"),
         "timeout": duration("per attempt, default 5s, capped by the time left"),
@@ -66,6 +66,25 @@ pub fn schema() -> Value {
         "client_key": {"type": "string", "description": "client private key (PEM) for mutual TLS"},
         "insecure_skip_verify": {"type": "boolean", "default": false, "description": "accept any certificate (tests only; check flags it)"},
         "alpn": {"type": "array", "items": {"enum": ["http/1.1", "h2"]}, "description": "default: the upstream's protocol"},
+        "panic_threshold": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50, "description": "below this share (%) of usable endpoints, balance over all (panic mode)"},
+        "outlier": closed(json!({
+            "enabled": {"type": "boolean", "default": true},
+            "consecutive_failures": {"type": "integer", "minimum": 1, "default": 5, "description": "gateway failures in a row (connect failure, reset, timeout, 502/503/504) that eject an endpoint"},
+            "base_ejection": duration("default 30s, times the endpoint's number of ejections"),
+            "max_ejection": duration("default 5m"),
+            "max_ejection_percent": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50},
+        })),
+        "health": {
+            "type": "object", "additionalProperties": false, "required": ["path"],
+            "properties": {
+                "path": {"type": "string", "description": "asked with GET; starts with /"},
+                "interval": duration("default 5s, jittered by up to 10%"),
+                "timeout": duration("default 1s; must be below interval"),
+                "healthy_threshold": {"type": "integer", "minimum": 1, "maximum": 100, "default": 2},
+                "unhealthy_threshold": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3},
+                "expect_status": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}, "minItems": 1, "default": [200]},
+            },
+        },
     }));
     upstream["required"] = json!(["endpoints"]);
     let mut tls = closed(json!({
@@ -135,6 +154,16 @@ pub fn schema() -> Value {
             "egress": closed(json!({
                 "max_in_flight": int("shared by all egress upstreams", 1),
                 "max_new_connections_per_sec": int("shared by all egress upstreams", 1),
+            })),
+            "dns": closed(json!({
+                "nameservers": {"type": "array", "items": {"type": "string", "description": "ip or ip:port"}, "description": "default: the system's (/etc/resolv.conf)"},
+                "min_ttl": duration("default 5s; also the retry interval after a failure"),
+                "max_ttl": duration("default 5m"),
+                "timeout": duration("one query, default 2s"),
+                "family": {"enum": ["v4_preferred", "all", "v4", "v6"], "default": "v4_preferred"},
+            })),
+            "metrics": closed(json!({
+                "per_endpoint": {"type": "boolean", "default": false, "description": "series with an endpoint label (endpoint sets change: off by default)"},
             })),
             "upstreams": {"type": "object", "additionalProperties": upstream},
             "routes": {"type": "array", "items": route},

@@ -306,6 +306,38 @@ impl<'a> Tbl<'a> {
         Some(out)
     }
 
+    /// An optional non-empty array of integers in `min..=max` (wrong elements reported).
+    pub fn uint_list(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Option<Vec<u64>> {
+        let expected = "an array of integers";
+        let (v, span) = self.value(cx, key, expected)?;
+        let Some(arr) = v.as_array().filter(|a| !a.is_empty()) else {
+            cx.report(
+                span,
+                self.key_path(key),
+                ProblemKind::WrongType { expected },
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            match item.as_integer() {
+                Some(n) if n >= 0 && (min..=max).contains(&(n as u64)) => out.push(n as u64),
+                _ => cx.report(
+                    item.span(),
+                    format!("{}[{i}]", self.key_path(key)),
+                    ProblemKind::Invalid(format!("must be an integer between {min} and {max}")),
+                ),
+            }
+        }
+        Some(out)
+    }
+
     /// A required, non-empty array of strings: `Missing` when absent, `Invalid(empty)` when
     /// empty, wrong types reported; the strings that are there.
     pub fn required_list(

@@ -28,6 +28,132 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, in file order (first match wins).
     pub routes: Vec<RouteConfig>,
+    /// `[dns]`: how endpoint names are resolved.
+    pub dns: DnsConfig,
+    /// `[metrics]`: optional metric labels.
+    pub metrics: MetricsConfig,
+}
+
+/// `[dns]`: endpoint names are resolved in the background and re-resolved as their
+/// records' TTL says, within `min_ttl..=max_ttl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`). Default: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// Shortest time between two resolutions of a name (also the retry interval after a
+    /// failure). Default 5 s.
+    pub min_ttl: Duration,
+    /// Longest time an answer is used before asking again. Default 5 min.
+    pub max_ttl: Duration,
+    /// One query's time limit. Default 2 s.
+    pub timeout: Duration,
+    /// Which addresses of a name are used. Default `v4_preferred`.
+    pub family: DnsFamily,
+}
+
+/// `[dns] family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsFamily {
+    /// `"v4_preferred"`: the IPv4 addresses, or the IPv6 ones when there are none.
+    #[default]
+    V4Preferred,
+    /// `"all"`: IPv4 and IPv6 addresses.
+    All,
+    /// `"v4"`: IPv4 addresses only.
+    V4,
+    /// `"v6"`: IPv6 addresses only.
+    V6,
+}
+
+impl DnsFamily {
+    /// As written in the config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DnsFamily::V4Preferred => "v4_preferred",
+            DnsFamily::All => "all",
+            DnsFamily::V4 => "v4",
+            DnsFamily::V6 => "v6",
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(300),
+            timeout: Duration::from_secs(2),
+            family: DnsFamily::V4Preferred,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricsConfig {
+    /// Per-endpoint series (an `endpoint` label). Default false: endpoint sets change, so
+    /// by default labels stay a closed set.
+    pub per_endpoint: bool,
+}
+
+/// `[upstreams.NAME.outlier]`: passive outlier detection (on by default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    /// `enabled`. Default true.
+    pub enabled: bool,
+    /// Gateway failures in a row (connect failure, reset, timeout, 502/503/504) that eject
+    /// an endpoint. Default 5.
+    pub consecutive_failures: u32,
+    /// An ejection lasts this times the endpoint's number of ejections. Default 30 s.
+    pub base_ejection: Duration,
+    /// The longest ejection. Default 5 min.
+    pub max_ejection: Duration,
+    /// Never more than this share of the endpoints ejected at once. Default 50 (%).
+    pub max_ejection_percent: u8,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            enabled: true,
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// `[upstreams.NAME.health]`: active HTTP health checks of every endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// The path asked with `GET`.
+    pub path: String,
+    /// Time between two checks of an endpoint (jittered by up to 10 %). Default 5 s.
+    pub interval: Duration,
+    /// One check's time limit. Default 1 s.
+    pub timeout: Duration,
+    /// Passed checks in a row that make an unhealthy endpoint healthy. Default 2.
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that make a healthy endpoint unhealthy. Default 3.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass. Default `[200]`.
+    pub expect_status: Vec<u16>,
+}
+
+impl HealthConfig {
+    /// The defaults, checking `path`.
+    pub fn with_path(path: &str) -> Self {
+        HealthConfig {
+            path: path.to_string(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            expect_status: vec![200],
+        }
+    }
 }
 
 /// `[server]`.
@@ -329,7 +455,7 @@ impl Zone {
 pub struct UpstreamConfig {
     /// The table name.
     pub name: String,
-    /// `host:port` endpoints, used round robin.
+    /// `host:port` endpoints; a host name stands for every address it resolves to.
     pub endpoints: Vec<String>,
     /// Zone. Default `internal`.
     pub zone: Zone,
@@ -354,6 +480,13 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// `lb`: how an endpoint is chosen for each attempt. Default least request.
     pub lb: LoadBalancing,
+    /// `[upstreams.NAME.outlier]`.
+    pub outlier: OutlierConfig,
+    /// `[upstreams.NAME.health]`, if any.
+    pub health: Option<HealthConfig>,
+    /// When fewer than this share (%) of the endpoints are usable, balance over all of
+    /// them (panic mode). Default 50.
+    pub panic_threshold: u8,
 }
 
 /// `upstreams.NAME.lb`.
@@ -589,6 +722,9 @@ impl UpstreamConfig {
             tls: None,
             protocol: UpstreamProtocol::Http1,
             lb: LoadBalancing::LeastRequest,
+            outlier: OutlierConfig::default(),
+            health: None,
+            panic_threshold: 50,
         }
     }
 }

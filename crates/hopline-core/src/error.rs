@@ -404,6 +404,15 @@ pub enum ProxyError {
     /// A concurrency or connection-rate limit was full; the request failed fast.
     #[error("{}", overflow_text(.0))]
     Overflow(Overflow),
+    /// No endpoint of the upstream could take the request (none resolved, or every one
+    /// ejected or failing health checks): answered at once, never after a timeout.
+    #[error("upstream {upstream}: {detail}")]
+    NoEndpoint {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// Why none is usable, e.g. `no address for coupon.svc: NXDOMAIN (last tried 2s ago)`.
+        detail: String,
+    },
     /// The deadline was spent before an upstream call could start.
     #[error("deadline {} spent before the upstream call could start", Human(*budget))]
     DeadlineSpent {
@@ -473,6 +482,7 @@ impl ProxyError {
             }
             ProxyError::NoRoute => (404, NoRoute, Side::Internal),
             ProxyError::Overflow(_) => (503, UpstreamOverflow, Side::Internal),
+            ProxyError::NoEndpoint { .. } => (503, NoHealthyUpstream, Side::Upstream),
             ProxyError::DeadlineSpent { .. } => (504, UpstreamTimeout, Side::Internal),
             ProxyError::Shutdown { .. } => (503, Shutdown, Side::Internal),
             ProxyError::BadCallResponse { .. } => (502, UpstreamProtocolError, Side::Upstream),
@@ -522,6 +532,9 @@ impl ProxyError {
             }
             ProxyError::Overflow(Overflow::EgressConnectionRate { upstream, .. }) => {
                 format!("upstream {upstream}: egress connection rate limit reached")
+            }
+            ProxyError::NoEndpoint { upstream, .. } => {
+                format!("upstream {upstream} has no usable endpoint")
             }
             ProxyError::DeadlineSpent { .. } => "request deadline spent".into(),
             ProxyError::Upstream(e) => {

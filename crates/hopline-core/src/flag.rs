@@ -31,11 +31,14 @@ pub enum Flag {
     Shutdown,
     /// The client stopped reading: a write to it blocked longer than `write_timeout`.
     WriteTimeout,
+    /// The upstream had no usable endpoint: none resolved, or every one ejected or
+    /// failing its health checks.
+    NoHealthyUpstream,
 }
 
 impl Flag {
     /// Every flag, in a stable order (for metrics pre-registration and docs).
-    pub const ALL: [Flag; 12] = [
+    pub const ALL: [Flag; 13] = [
         Flag::UpstreamTimeout,
         Flag::UpstreamConnectFailure,
         Flag::UpstreamConnectionTermination,
@@ -48,9 +51,10 @@ impl Flag {
         Flag::Degraded,
         Flag::Shutdown,
         Flag::WriteTimeout,
+        Flag::NoHealthyUpstream,
     ];
 
-    /// The short code: `UT`, `UF`, `UC`, `UPE`, `DC`, `RT`, `DPE`, `NR`, `UO`, `DG`, `SD`, `WT`.
+    /// The short code: `UT`, `UF`, `UC`, `UPE`, `DC`, `RT`, `DPE`, `NR`, `UO`, `DG`, `SD`, `WT`, `UH`.
     pub const fn code(self) -> &'static str {
         match self {
             Flag::UpstreamTimeout => "UT",
@@ -65,6 +69,7 @@ impl Flag {
             Flag::Degraded => "DG",
             Flag::Shutdown => "SD",
             Flag::WriteTimeout => "WT",
+            Flag::NoHealthyUpstream => "UH",
         }
     }
 }

@@ -124,6 +124,7 @@ pub const fn grpc_status(flag: Flag) -> u8 {
         Flag::UpstreamConnectFailure
         | Flag::UpstreamConnectionTermination
         | Flag::UpstreamOverflow
+        | Flag::NoHealthyUpstream
         | Flag::Shutdown => 14,
     }
 }
@@ -433,6 +434,7 @@ mod tests {
             (Flag::DownstreamConnectionTermination, 1),
             (Flag::WriteTimeout, 4),
             (Flag::Degraded, 0),
+            (Flag::NoHealthyUpstream, 14),
         ];
         assert_eq!(want.len(), Flag::ALL.len());
         for (flag, code) in want {

@@ -104,14 +104,18 @@ fn balancing(c: &mut Criterion) {
         let endpoints = (0..8).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
         let mut config = UpstreamConfig::with_defaults("u", endpoints);
         config.lb = lb;
-        let Ok(up) = hopline_gateway::Upstream::new(config, 0.2, 10) else {
+        let cx = hopline_gateway::UpstreamContext {
+            ratio: 0.2,
+            min_per_sec: 10,
+            dns: Default::default(),
+            per_endpoint_metrics: false,
+            metrics: std::sync::Arc::new(hopline_gateway::Metrics::new()),
+        };
+        let Ok(up) = hopline_gateway::Upstream::new(config, &cx) else {
             return;
         };
         c.bench_function(&format!("endpoint pick + guard ({})", lb.as_str()), |b| {
-            b.iter(|| {
-                let i = up.pick(black_box(None));
-                black_box(up.enter(i))
-            })
+            b.iter(|| black_box(up.pick(black_box(None))))
         });
     }
 }

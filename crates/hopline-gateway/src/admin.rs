@@ -1,5 +1,6 @@
 //! The admin API, on its own listener (loopback by default): `/healthz`, `/readyz`
-//! (503 while draining), `/config` (effective timeouts as JSON) and `/metrics`.
+//! (503 while draining), `/config` (effective timeouts as JSON), `/metrics` and
+//! `/endpoints` (every upstream's endpoints: state, load, recent failures).
 //!
 //! As Toxiproxy's API does, it refuses what a web page could make a browser send (any
 //! `Origin`, or a browser user agent on anything but GET/HEAD) with 403, so a page the
@@ -61,15 +62,20 @@ fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
         ("GET", "/metrics") => (
             200,
             crate::metrics::CONTENT_TYPE,
-            gw.metrics.encode(&gw.in_flight()),
+            gw.metrics.encode(&gw.in_flight(), &gw.endpoint_samples()),
         ),
-        (_, "/healthz" | "/readyz" | "/config" | "/metrics") => {
+        ("GET", "/endpoints") => (
+            200,
+            "application/json",
+            format!("{:#}\n", gw.endpoints_view()),
+        ),
+        (_, "/healthz" | "/readyz" | "/config" | "/metrics" | "/endpoints") => {
             (405, "text/plain", "method not allowed\n".into())
         }
         _ => (
             404,
             "text/plain",
-            "not found: try /healthz /readyz /config /metrics\n".into(),
+            "not found: try /healthz /readyz /config /metrics /endpoints\n".into(),
         ),
     };
     Reply::new(status, ctype, body)

@@ -341,8 +341,10 @@ async fn attempt(
     let opened = open(gw, call.upstream, fwd, deadline, progress)
         .await
         .map_err(CallFailure::Proxy)?;
+    let endpoint = opened.reporter();
     let (status, body) = collect(up, opened, fwd, deadline, progress, MAX_CALL_BODY)
         .await
+        .inspect_err(|e| endpoint.failed(e))
         .map_err(CallFailure::Proxy)?;
     let upstream = up.name.clone();
     if !(200..300).contains(&status) {

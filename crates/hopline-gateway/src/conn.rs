@@ -343,6 +343,8 @@ mod tests {
             admin: None,
             retry_budget: Default::default(),
             egress: None,
+            dns: Default::default(),
+            metrics: Default::default(),
             upstreams: Vec::new(),
             routes: Vec::new(),
         };

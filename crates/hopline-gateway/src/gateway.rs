@@ -14,7 +14,7 @@ use hopline_core::config::{
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::limits::{InFlight, RateLimit};
 use crate::metrics::Metrics;
-use crate::upstream::{Egress, ResolveError, Upstream};
+use crate::upstream::{Egress, Upstream, UpstreamContext};
 
 /// A route ready to match.
 #[derive(Debug)]
@@ -176,9 +176,14 @@ fn certificates(config: &Config) -> Vec<crate::metrics::CertExpiry> {
 /// Why the gateway could not be built from a valid config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// An endpoint did not resolve.
-    #[error(transparent)]
-    Resolve(#[from] ResolveError),
+    /// The DNS resolver could not be set up (e.g. no usable `/etc/resolv.conf`).
+    #[error("upstream {upstream}: cannot set up the DNS resolver")]
+    Dns {
+        /// The upstream.
+        upstream: String,
+        /// Why.
+        source: hickory_resolver::net::NetError,
+    },
     /// The access log could not be opened.
     #[error("cannot open access log")]
     AccessLog(#[source] io::Error),
@@ -220,11 +225,12 @@ impl Gateway {
     /// Builds the runtime state: resolves endpoints, opens the access log.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
         let log = AccessLog::open(&config.log.access).map_err(BuildError::AccessLog)?;
-        let rb = &config.retry_budget;
+        let metrics = Arc::new(Metrics::new());
+        let cx = UpstreamContext::of(&config, metrics.clone());
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u.clone(), rb.ratio, rb.min_per_sec))
+            .map(|u| Upstream::new(u.clone(), &cx))
             .collect::<Result<Vec<_>, _>>()?;
         let egress = config.egress.as_ref();
         let egress = Egress {
@@ -238,7 +244,7 @@ impl Gateway {
             upstreams,
             egress,
             Arc::new(log),
-            Arc::new(Metrics::new()),
+            metrics,
             Arc::new(AtomicBool::new(false)),
         )
     }
@@ -250,14 +256,14 @@ impl Gateway {
     /// the returned [`NotApplied`]s, so the new gateway's config says what is in force.
     pub fn reloaded(&self, mut config: Config) -> Result<(Gateway, Vec<NotApplied>), BuildError> {
         let not_applied = pin_restart_only(&self.config, &mut config);
-        let rb = &config.retry_budget;
+        let cx = UpstreamContext::of(&config, self.metrics.clone());
         let upstreams = config
             .upstreams
             .iter()
             .map(
                 |u| match self.upstreams.iter().find(|o| *o.name == *u.name) {
-                    Some(o) => o.reloaded(u.clone(), rb.ratio, rb.min_per_sec),
-                    None => Upstream::new(u.clone(), rb.ratio, rb.min_per_sec),
+                    Some(o) => o.reloaded(u.clone(), &cx),
+                    None => Upstream::new(u.clone(), &cx),
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
@@ -372,6 +378,67 @@ impl Gateway {
             .iter()
             .map(|u| (u.name.to_string(), u.in_flight.current()))
             .collect()
+    }
+
+    /// Each upstream's endpoints as the metrics show them.
+    pub fn endpoint_samples(&self) -> Vec<crate::metrics::EndpointSample> {
+        use crate::endpoint::State;
+        self.upstreams
+            .iter()
+            .map(|u| {
+                let states = u.endpoints.states();
+                let count = |st: State| states.iter().filter(|(_, s)| *s == st).count() as i64;
+                crate::metrics::EndpointSample {
+                    upstream: u.name.to_string(),
+                    usable: count(State::Usable),
+                    ejected: count(State::Ejected),
+                    unhealthy: count(State::Unhealthy),
+                    panic: u.endpoints.in_panic(),
+                    per_endpoint: if self.config.metrics.per_endpoint {
+                        states
+                            .iter()
+                            .map(|(e, _)| (e.addr.to_string(), e.in_flight() as i64))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until every upstream's names have been resolved once (or failed), at most
+    /// `limit`: so the first requests after a start or reload find their addresses.
+    pub async fn settled(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        for u in &self.upstreams {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            u.names.settled(left).await;
+        }
+    }
+
+    /// Every upstream's endpoints as `/endpoints` shows them.
+    pub fn endpoints_view(&self) -> serde_json::Value {
+        let ups: serde_json::Map<String, serde_json::Value> = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                let eps: Vec<_> = u
+                    .endpoints
+                    .states()
+                    .iter()
+                    .map(|(e, st)| u.endpoints.describe(e, *st))
+                    .collect();
+                let view = serde_json::json!({
+                    "lb": u.config.lb.as_str(),
+                    "panic_mode": u.endpoints.in_panic(),
+                    "names": u.names.describe(),
+                    "endpoints": eps,
+                });
+                (u.name.to_string(), view)
+            })
+            .collect();
+        serde_json::json!({ "upstreams": ups })
     }
 
     /// The first route matching `path`.

@@ -10,11 +10,14 @@ mod access_log;
 mod admin;
 mod aggregate;
 mod conn;
+mod discovery;
+mod endpoint;
 mod forward;
 mod front;
 mod gateway;
 mod h1;
 mod h2;
+mod health;
 mod limits;
 mod metrics;
 mod proxy;
@@ -37,9 +40,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 pub use access_log::AccessRecord;
+pub use endpoint::{EndpointGuard, Verdict};
 pub use gateway::{BuildError, Current, Gateway, NotApplied};
 pub use metrics::Metrics;
-pub use upstream::Upstream;
+pub use upstream::{Upstream, UpstreamContext};
 
 /// How long in-flight requests get, after the drain period, to write their 503 `SD`.
 const KILL_GRACE: Duration = Duration::from_secs(1);

@@ -3,6 +3,7 @@
 //! call names come from the config, statuses and flags from closed enums; never raw paths.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -86,6 +87,131 @@ pub struct CertExpiry {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamResult {
+    upstream: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamState {
+    upstream: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    upstream: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointOutcome {
+    upstream: String,
+    endpoint: String,
+    outcome: &'static str,
+}
+
+/// An upstream's endpoints as sampled at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSample {
+    /// The upstream.
+    pub upstream: String,
+    /// Endpoints by state: usable, ejected, unhealthy.
+    pub usable: i64,
+    /// Ejected by outlier detection.
+    pub ejected: i64,
+    /// Failing health checks.
+    pub unhealthy: i64,
+    /// Balancing over all endpoints (too few usable).
+    pub panic: bool,
+    /// `(endpoint, in flight)` when `metrics.per_endpoint` is on.
+    pub per_endpoint: Vec<(String, i64)>,
+}
+
+/// The series about endpoints: their standing, DNS and health checks.
+#[derive(Debug, Default)]
+struct EndpointFamilies {
+    ejections: Family<UpstreamLabel, Counter>,
+    states: Family<UpstreamState, Gauge>,
+    panic: Family<UpstreamLabel, Gauge>,
+    dns: Family<UpstreamResult, Counter>,
+    health: Family<UpstreamResult, Counter>,
+    requests: Family<EndpointOutcome, Counter>,
+    in_flight: Family<EndpointLabel, Gauge>,
+}
+
+impl EndpointFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "upstream_endpoint_ejections",
+            "Endpoints ejected by outlier detection, by upstream",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "upstream_endpoints",
+            "Endpoints by upstream and state (usable, ejected, unhealthy)",
+            self.states.clone(),
+        );
+        registry.register(
+            "upstream_panic_mode",
+            "1 while an upstream balances over all endpoints because fewer than panic_threshold are usable",
+            self.panic.clone(),
+        );
+        registry.register(
+            "dns_resolutions",
+            "Resolutions of endpoint names, by upstream and result (ok, failed)",
+            self.dns.clone(),
+        );
+        registry.register(
+            "health_checks",
+            "Active health checks, by upstream and result (passed, failed)",
+            self.health.clone(),
+        );
+        registry.register(
+            "endpoint_requests",
+            "Attempts by endpoint and outcome (success, failure); only with metrics.per_endpoint",
+            self.requests.clone(),
+        );
+        registry.register(
+            "endpoint_in_flight",
+            "Requests in flight by endpoint; only with metrics.per_endpoint",
+            self.in_flight.clone(),
+        );
+    }
+
+    fn sample(&self, samples: &[EndpointSample]) {
+        self.in_flight.clear();
+        for s in samples {
+            for (state, n) in [
+                ("usable", s.usable),
+                ("ejected", s.ejected),
+                ("unhealthy", s.unhealthy),
+            ] {
+                self.states
+                    .get_or_create(&UpstreamState {
+                        upstream: s.upstream.clone(),
+                        state,
+                    })
+                    .set(n);
+            }
+            self.panic
+                .get_or_create(&UpstreamLabel {
+                    upstream: s.upstream.clone(),
+                })
+                .set(i64::from(s.panic));
+            for (endpoint, n) in &s.per_endpoint {
+                self.in_flight
+                    .get_or_create(&EndpointLabel {
+                        upstream: s.upstream.clone(),
+                        endpoint: endpoint.clone(),
+                    })
+                    .set(*n);
+            }
+        }
+    }
 }
 
 /// Handles of the series a request touches, kept so that counting a request is a lookup by
@@ -251,6 +377,7 @@ pub struct Metrics {
     cert_not_after: Family<CertLabels, Gauge>,
     connections: AtomicI64,
     hot: Mutex<Hot>,
+    endpoints: EndpointFamilies,
 }
 
 impl Default for Metrics {
@@ -358,7 +485,10 @@ impl Metrics {
             "Expiry (notAfter, Unix seconds) of every configured certificate: the listener's (listener label) and upstream client certificates (upstream label)",
             cert_not_after.clone(),
         );
+        let endpoints = EndpointFamilies::default();
+        endpoints.register(&mut registry);
         Metrics {
+            endpoints,
             registry,
             tls_errors,
             tls_handshake,
@@ -568,8 +698,54 @@ impl Metrics {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// The text exposition, with gauges sampled now. `in_flight` lists (upstream, calls).
-    pub fn encode(&self, in_flight: &[(String, usize)]) -> String {
+    /// Counts an ejection from `upstream`.
+    pub fn endpoint_ejected(&self, upstream: &str) {
+        self.endpoints
+            .ejections
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a resolution of one of `upstream`'s names.
+    pub fn dns_resolution(&self, upstream: &str, ok: bool) {
+        self.endpoints
+            .dns
+            .get_or_create(&UpstreamResult {
+                upstream: upstream.to_string(),
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// Counts an active health check of one of `upstream`'s endpoints.
+    pub fn health_check(&self, upstream: &str, passed: bool) {
+        self.endpoints
+            .health
+            .get_or_create(&UpstreamResult {
+                upstream: upstream.to_string(),
+                result: if passed { "passed" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// Counts an attempt's outcome on an endpoint (`metrics.per_endpoint`).
+    pub fn endpoint_outcome(&self, upstream: &str, endpoint: SocketAddr, outcome: &'static str) {
+        self.endpoints
+            .requests
+            .get_or_create(&EndpointOutcome {
+                upstream: upstream.to_string(),
+                endpoint: endpoint.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The text exposition, with gauges sampled now. `in_flight` lists (upstream, calls);
+    /// `endpoints` each upstream's endpoints.
+    pub fn encode(&self, in_flight: &[(String, usize)], endpoints: &[EndpointSample]) -> String {
+        self.endpoints.sample(endpoints);
         self.downstream_connections
             .set(self.connections.load(Ordering::Relaxed));
         for (up, n) in in_flight {

@@ -18,10 +18,11 @@ use hopline_h1::head::{put_decimal, strip_hop_by_hop, Headers};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::time::timeout_at;
 
+use crate::endpoint::{EndpointGuard, Reporter, Verdict};
 use crate::front::{BodySize, ResponseStart, Sink, COALESCE};
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
-use crate::upstream::{millis_at_least_one, ClientConn, EndpointGuard, ExchangeError, Upstream};
+use crate::upstream::{millis_at_least_one, ClientConn, ExchangeError, Upstream};
 
 /// The request as it will be sent upstream, rendered once for all attempts.
 #[derive(Debug)]
@@ -104,7 +105,12 @@ pub async fn proxy<S: Sink>(
     }
     let opened = open(gw, up_index, req, &deadline, progress).await?;
     let up = &gw.upstreams[up_index];
-    stream_response(up, opened, req, &deadline, progress, sink).await
+    let endpoint = opened.reporter();
+    let done = stream_response(up, opened, req, &deadline, progress, sink).await;
+    if let Err(e) = &done {
+        endpoint.failed(e);
+    }
+    done
 }
 
 /// An upstream exchange whose response head has arrived; holds its limit slots until
@@ -118,7 +124,15 @@ pub struct Opened {
     reusable: bool,
     _slot: InFlightGuard,
     _egress_slot: Option<InFlightGuard>,
-    _endpoint: EndpointGuard,
+    endpoint: EndpointGuard,
+}
+
+impl Opened {
+    /// Reports outcomes on the endpoint this exchange went to (a failure reading the
+    /// body counts against it too).
+    pub(crate) fn reporter(&self) -> Reporter {
+        self.endpoint.reporter()
+    }
 }
 
 /// Takes the limit slots, then attempts the exchange (retrying only where safe) until a
@@ -144,7 +158,7 @@ pub async fn open(
         reusable: x.reusable,
         _slot: slot,
         _egress_slot: egress_slot,
-        _endpoint: endpoint,
+        endpoint,
     })
 }
 
@@ -189,24 +203,27 @@ async fn attempts(
     let mut avoid = None;
     loop {
         let now = Instant::now();
-        let ep = next_attempt(up, deadline, progress, now, &mut last_error, avoid)?;
-        let guard = up.enter(ep);
+        let guard = next_attempt(up, deadline, progress, now, &mut last_error, avoid)?;
         let pooled = if fresh_only {
             None
         } else {
-            up.checkout(ep, now)
+            up.checkout(guard.ep(), now)
         };
         let (conn, now) = match pooled {
             Some(c) => (c, now),
-            None => match up.connect(ep, deadline, &gw.egress, &gw.metrics).await {
+            None => match up
+                .connect(guard.ep(), deadline, &gw.egress, &gw.metrics)
+                .await
+            {
                 Ok(c) => (c, Instant::now()),
                 Err(e) => {
+                    guard.reporter().failed(&e);
                     let connect_failure =
                         matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
                     if connect_failure && retries < up.config.max_retries && up.budget.try_spend() {
                         retries += 1;
                         last_error = Some(e);
-                        avoid = Some(ep);
+                        avoid = Some(guard.ep().addr);
                         continue;
                     }
                     return Err(e);
@@ -214,16 +231,23 @@ async fn attempts(
             },
         };
         match exchange(&gw.metrics, up, conn, req, deadline, progress, now).await {
-            Ok(x) => return Ok((x, guard)),
+            Ok(x) => {
+                guard.report(Verdict::of_status(x.head.status));
+                return Ok((x, guard));
+            }
             Err(Failed { error, stale }) => {
                 // The stale keep-alive race: the upstream closed a pooled connection just as
                 // we reused it, before any response byte. Safe to resend once, on a new
                 // connection (the next pooled one may be just as stale), within the budget.
+                // Not the endpoint's failure.
                 if stale && req.idempotent && !stale_retry_used && up.budget.try_spend() {
                     stale_retry_used = true;
                     fresh_only = true;
                     last_error = Some(error);
                     continue;
+                }
+                if !stale {
+                    guard.reporter().failed(&error);
                 }
                 return Err(error);
             }
@@ -231,29 +255,33 @@ async fn attempts(
     }
 }
 
-/// Starts an attempt: the endpoint it goes to (by the upstream's `lb`, avoiding
-/// `avoid`), recorded in `progress`; once the deadline is spent, the last attempt's error
-/// (or `DeadlineSpent`) instead.
+/// Starts an attempt: the endpoint it goes to (by the upstream's `lb`, among usable
+/// endpoints, avoiding `avoid`), recorded in `progress`; once the deadline is spent, the
+/// last attempt's error (or `DeadlineSpent`) instead; 503 `UH` when no endpoint is usable.
 pub(crate) fn next_attempt(
     up: &Upstream,
     deadline: &Deadline,
     progress: &ProgressCell,
     now: Instant,
     last_error: &mut Option<ProxyError>,
-    avoid: Option<usize>,
-) -> Result<usize, ProxyError> {
+    avoid: Option<SocketAddr>,
+) -> Result<EndpointGuard, ProxyError> {
     if deadline.expired(now) {
         return Err(last_error.take().unwrap_or(ProxyError::DeadlineSpent {
             budget: deadline.budget(),
         }));
     }
-    let ep = up.pick(avoid);
+    let guard = match up.pick(avoid) {
+        Ok(g) => g,
+        // A retry that finds nothing usable reports what the last attempt ran into.
+        Err(e) => return Err(last_error.take().unwrap_or(e)),
+    };
     progress.update(|p| {
         p.attempts += 1;
-        p.endpoint = Some(up.addr(ep));
+        p.endpoint = Some(guard.ep().addr);
         p.phase = Some(Phase::Connect);
     });
-    Ok(ep)
+    Ok(guard)
 }
 
 /// Reads a whole response body (at most `max` bytes) within the attempt's limit.

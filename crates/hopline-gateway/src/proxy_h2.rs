@@ -15,6 +15,7 @@ use hopline_h1::head::{is_hop_by_hop, parse_request, put_decimal, Headers};
 use hopline_h1::HeadLimits;
 use tokio::time::timeout_at;
 
+use crate::endpoint::Verdict;
 use crate::front::{BodySize, ResponseStart, Sink};
 use crate::gateway::Gateway;
 use crate::proxy::{attempt_timeout, next_attempt, take_slots, Forward, ProgressCell};
@@ -38,44 +39,53 @@ pub(crate) async fn proxy_h2<S: Sink>(
     let mut avoid = None;
     loop {
         let now = Instant::now();
-        let ep = next_attempt(up, &deadline, progress, now, &mut last_error, avoid)?;
-        let _endpoint = up.enter(ep);
+        let guard = next_attempt(up, &deadline, progress, now, &mut last_error, avoid)?;
         let retry_left = retries < up.config.max_retries;
         // Held until the response is done: the stream counts against the connection.
-        let stream = match up.h2_sender(ep, &deadline, &gw.egress, &gw.metrics).await {
+        let stream = match up
+            .h2_sender(guard.ep(), &deadline, &gw.egress, &gw.metrics)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
+                guard.reporter().failed(&e);
                 let before_sent =
                     matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
                 if before_sent && retry_left && up.budget.try_spend() {
                     retries += 1;
                     last_error = Some(e);
-                    avoid = Some(ep);
+                    avoid = Some(guard.ep().addr);
                     continue;
                 }
                 return Err(e);
             }
         };
         let started = Instant::now();
+        let addr = guard.ep().addr;
         match exchange(
             up,
             stream.send.clone(),
             req,
             &deadline,
             progress,
-            ep,
+            addr,
             started,
         )
         .await
         {
             Ok(x) => {
+                guard.report(Verdict::of_status(x.head.status.as_u16()));
                 let done = stream_response(up, x, req, &deadline, progress, sink).await;
+                if let Err(e) = &done {
+                    guard.reporter().failed(e);
+                }
                 drop(stream);
                 return done;
             }
             // REFUSED_STREAM: the upstream did not process it (RFC 9113 §8.7), so even a
             // POST is safe to send again.
             Err(Failed { error, refused }) => {
+                guard.reporter().failed(&error);
                 if refused && retry_left && up.budget.try_spend() {
                     retries += 1;
                     last_error = Some(error);
@@ -110,10 +120,9 @@ async fn exchange(
     req: &Forward,
     deadline: &Deadline,
     progress: &ProgressCell,
-    ep: usize,
+    addr: std::net::SocketAddr,
     started: Instant,
 ) -> Result<Exchanged, Failed> {
-    let addr = up.addr(ep);
     let (until, by_deadline) = deadline.bound(started, up.config.timeout);
     let fail = |kind, refused| Failed {
         error: up.error(addr, started, kind),

@@ -1,4 +1,5 @@
-//! Upstreams: endpoints chosen round robin, pooled keep-alive connections, bounded connects.
+//! Upstreams: endpoints chosen by the upstream's `lb`, pooled keep-alive connections,
+//! bounded connects.
 //!
 //! A connection is owned by exactly one request while in use. Nothing runs in the
 //! background for it: if the request's future is dropped (client gone), the socket is
@@ -6,13 +7,13 @@
 //! whose response was read to the end cleanly go back to the pool.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use hopline_core::config::{LoadBalancing, UpstreamConfig, Zone};
+use hopline_core::config::{DnsConfig, UpstreamConfig, UpstreamProtocol, Zone};
 use hopline_core::{
     Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamError,
     UpstreamErrorKind,
@@ -24,7 +25,10 @@ use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::discovery::{self, Names};
+use crate::endpoint::{Endpoint, EndpointGuard, EndpointSet, NoEndpoint};
 use crate::gateway::BuildError;
+use crate::health;
 use crate::limits::{InFlight, RateLimit, RetryBudget};
 use crate::metrics::Metrics;
 use crate::stream::{Stream, UpstreamStream};
@@ -41,53 +45,10 @@ pub struct Egress {
     pub new_connections: Option<Arc<RateLimit>>,
 }
 
-/// An upstream endpoint name that did not resolve at start.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream {upstream}: cannot resolve endpoint {endpoint:?}")]
-pub struct ResolveError {
-    /// The upstream.
-    pub upstream: String,
-    /// The endpoint as configured.
-    pub endpoint: String,
-    /// Why.
-    #[source]
-    pub source: io::Error,
-}
-
-#[derive(Debug)]
-struct Endpoint {
-    addr: SocketAddr,
-    /// The name its certificate is verified against (TLS upstreams).
-    server_name: Option<ServerName<'static>>,
-    idle: Mutex<Vec<IdleConn>>,
-    /// HTTP/2 connections (`protocol = "h2"`), each shared by concurrent requests.
-    h2: Mutex<Vec<H2Conn>>,
-    /// Held while an HTTP/2 connection is being opened, so requests that find none wait
-    /// for that one instead of each opening their own.
-    h2_opening: tokio::sync::Mutex<()>,
-    /// Requests using this endpoint now (least-request balancing).
-    active: AtomicUsize,
-}
-
-/// A request's use of an endpoint, counted for least-request balancing until dropped.
-#[derive(Debug)]
-pub struct EndpointGuard {
-    endpoints: Arc<Vec<Endpoint>>,
-    i: usize,
-}
-
-impl Drop for EndpointGuard {
-    fn drop(&mut self) {
-        self.endpoints[self.i]
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// An HTTP/2 connection to an endpoint: a handle that opens streams on it (its frames
 /// are driven by a task that ends when the connection does).
 #[derive(Debug)]
-struct H2Conn {
+pub(crate) struct H2Conn {
     send: h2::client::SendRequest<Bytes>,
     since: Instant,
     /// Streams hopline has open on it (against the upstream's concurrency limit).
@@ -120,7 +81,7 @@ impl Drop for H2Stream {
 }
 
 #[derive(Debug)]
-struct IdleConn {
+pub(crate) struct IdleConn {
     stream: UpstreamStream,
     since: Instant,
 }
@@ -136,10 +97,15 @@ pub struct Upstream {
     pub in_flight: Arc<InFlight>,
     /// Retry budget.
     pub budget: Arc<RetryBudget>,
-    endpoints: Arc<Vec<Endpoint>>,
+    /// The endpoints and their standing.
+    pub endpoints: Arc<EndpointSet>,
+    /// The names among the configured endpoints, and how their resolution stands.
+    pub names: Arc<Names>,
     next: AtomicUsize,
     /// TLS client settings, when the upstream speaks TLS.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The `[dns]` settings its names are resolved with.
+    dns: DnsConfig,
 }
 
 /// A connection to an upstream endpoint, owned by one request at a time.
@@ -147,7 +113,7 @@ pub struct Upstream {
 pub struct ClientConn {
     stream: UpstreamStream,
     buf: BytesMut,
-    endpoint: usize,
+    endpoint: Arc<Endpoint>,
     /// The endpoint address.
     pub addr: SocketAddr,
     /// True when taken from the pool (it may have been closed by the upstream meanwhile).
@@ -165,16 +131,49 @@ pub enum ExchangeError {
     Read(HeadError),
 }
 
+/// What every upstream is built with besides its own settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamContext {
+    /// `[retry_budget] ratio`.
+    pub ratio: f64,
+    /// `[retry_budget] min_per_sec`.
+    pub min_per_sec: u32,
+    /// `[dns]`.
+    pub dns: DnsConfig,
+    /// `[metrics] per_endpoint`.
+    pub per_endpoint_metrics: bool,
+    /// The gateway's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl UpstreamContext {
+    /// The context of `config`'s upstreams.
+    pub fn of(config: &hopline_core::config::Config, metrics: Arc<Metrics>) -> Self {
+        UpstreamContext {
+            ratio: config.retry_budget.ratio,
+            min_per_sec: config.retry_budget.min_per_sec,
+            dns: config.dns.clone(),
+            per_endpoint_metrics: config.metrics.per_endpoint,
+            metrics,
+        }
+    }
+}
+
 impl Upstream {
-    /// Builds the upstream: resolves its endpoints once, reads its TLS files.
-    pub fn new(config: UpstreamConfig, ratio: f64, min_per_sec: u32) -> Result<Self, BuildError> {
+    /// Builds the upstream: its IP endpoints at once; its names resolved in the
+    /// background (inside a Tokio runtime), and its health checks started if configured.
+    pub fn new(config: UpstreamConfig, cx: &UpstreamContext) -> Result<Self, BuildError> {
+        let tls = Self::tls(&config)?;
+        let (endpoints, names) = Self::members(&config, &tls, cx)?;
         Ok(Upstream {
             name: config.name.as_str().into(),
             in_flight: InFlight::new(config.max_in_flight),
-            budget: Arc::new(RetryBudget::new(ratio, min_per_sec)),
-            endpoints: Arc::new(Self::resolve(&config)?),
+            budget: Arc::new(RetryBudget::new(cx.ratio, cx.min_per_sec)),
+            endpoints,
+            names,
             next: AtomicUsize::new(0),
-            tls: Self::tls(&config)?,
+            tls,
+            dns: cx.dns.clone(),
             config,
         })
     }
@@ -192,71 +191,115 @@ impl Upstream {
             .transpose()
     }
 
-    fn resolve(config: &UpstreamConfig) -> Result<Vec<Endpoint>, ResolveError> {
-        let mut endpoints = Vec::with_capacity(config.endpoints.len());
-        for ep in &config.endpoints {
-            let addr = ep
-                .to_socket_addrs()
-                .and_then(|mut a| {
-                    a.next()
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
-                })
-                .map_err(|source| ResolveError {
-                    upstream: config.name.clone(),
-                    endpoint: ep.clone(),
-                    source,
-                })?;
-            let server_name = config.tls.as_ref().map(|t| match &t.sni {
-                Some(n) => ServerName::try_from(n.clone()),
-                None => ServerName::try_from(host_of(ep).to_string()),
-            });
-            let server_name = match server_name {
-                None => None,
-                Some(Ok(n)) => Some(n),
+    /// The endpoint set (IP endpoints now, names as they resolve) and its background
+    /// tasks: DNS watchers and health checks, which end when the set is dropped.
+    fn members(
+        config: &UpstreamConfig,
+        tls: &Option<Arc<rustls::ClientConfig>>,
+        cx: &UpstreamContext,
+    ) -> Result<(Arc<EndpointSet>, Arc<Names>), BuildError> {
+        let server_name = {
+            let sni = config.tls.as_ref().map(|t| t.sni.clone());
+            move |target: &str, addr: SocketAddr| {
+                let sni = sni.as_ref()?;
+                let name = match sni {
+                    Some(n) => ServerName::try_from(n.clone()),
+                    None => ServerName::try_from(host_of(target).to_string()),
+                };
                 // The reader only lets DNS names and IPs through; an endpoint that is
                 // neither gets its address verified.
-                Some(Err(_)) => Some(ServerName::IpAddress(addr.ip().into())),
-            };
-            endpoints.push(Endpoint {
-                h2: Mutex::new(Vec::new()),
-                h2_opening: tokio::sync::Mutex::new(()),
-                active: AtomicUsize::new(0),
-                addr,
-                server_name,
-                idle: Mutex::new(Vec::new()),
-            });
+                Some(name.unwrap_or(ServerName::IpAddress(addr.ip().into())))
+            }
+        };
+        let mut initial = Vec::new();
+        let mut names = Vec::new();
+        for entry in &config.endpoints {
+            match discovery::classify(entry) {
+                Ok(addr) => initial.push(Arc::new(Endpoint::new(
+                    addr,
+                    entry.as_str().into(),
+                    server_name(entry, addr),
+                ))),
+                Err(name) => names.push(name),
+            }
         }
-        Ok(endpoints)
+        let set = Arc::new(EndpointSet::new(
+            config.name.as_str().into(),
+            config.outlier.clone(),
+            config.panic_threshold,
+            initial,
+            cx.metrics.clone(),
+            cx.per_endpoint_metrics,
+        ));
+        let names = Names::new(names);
+        // Outside a runtime (tools, benches) nothing runs in the background.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Ok((set, names));
+        }
+        if !config
+            .endpoints
+            .iter()
+            .all(|e| discovery::classify(e).is_ok())
+        {
+            let resolver = discovery::resolver(&cx.dns).map_err(|source| BuildError::Dns {
+                upstream: config.name.clone(),
+                source,
+            })?;
+            let make = Arc::new(move |addr: SocketAddr, name: &discovery::Name| {
+                Endpoint::new(addr, name.target.clone(), server_name(&name.target, addr))
+            });
+            discovery::spawn(resolver, &cx.dns, &names, &set, &cx.metrics, make);
+        }
+        if let Some(h) = &config.health {
+            let checker = health::Checker {
+                config: h.clone(),
+                tls: tls.clone(),
+                h2: config.protocol == UpstreamProtocol::H2,
+                host: config.endpoints.first().cloned().unwrap_or_default(),
+                metrics: cx.metrics.clone(),
+            };
+            health::spawn(checker, &set);
+        }
+        Ok((set, names))
     }
 
     /// This upstream under a reloaded `config`, keeping what outlives a config: the
     /// in-flight counter (its new limit applies to new calls), the retry budget (saved
-    /// tokens kept), and the endpoints with their idle pools unless the endpoint list
-    /// changed (then they are resolved anew and the old pools closed).
+    /// tokens kept), and the endpoints with their pools, standing and background tasks
+    /// unless what they are built from changed (endpoints, TLS, outlier, health, DNS
+    /// settings): then they are built anew and the old ones let go.
     pub fn reloaded(
         &self,
         config: UpstreamConfig,
-        ratio: f64,
-        min_per_sec: u32,
+        cx: &UpstreamContext,
     ) -> Result<Self, BuildError> {
         // TLS files are re-read on every reload (rotated certificates apply to new
-        // connections); pooled connections stay unless the endpoints or TLS settings changed.
+        // connections).
         let tls = Self::tls(&config)?;
-        let endpoints =
-            if config.endpoints == self.config.endpoints && config.tls == self.config.tls {
-                self.endpoints.clone()
-            } else {
-                Arc::new(Self::resolve(&config)?)
-            };
+        let old = &self.config;
+        let same = config.endpoints == old.endpoints
+            && config.tls == old.tls
+            && config.outlier == old.outlier
+            && config.health == old.health
+            && config.panic_threshold == old.panic_threshold
+            && config.protocol == old.protocol
+            && cx.dns == self.dns;
+        let (endpoints, names) = if same {
+            (self.endpoints.clone(), self.names.clone())
+        } else {
+            Self::members(&config, &tls, cx)?
+        };
         self.in_flight.set_limit(config.max_in_flight);
-        self.budget.set_params(ratio, min_per_sec);
+        self.budget.set_params(cx.ratio, cx.min_per_sec);
         Ok(Upstream {
             name: self.name.clone(),
             in_flight: self.in_flight.clone(),
             budget: self.budget.clone(),
             endpoints,
+            names,
             next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
             tls,
+            dns: cx.dns.clone(),
             config,
         })
     }
@@ -277,52 +320,20 @@ impl Upstream {
         self.tls.is_some()
     }
 
-    /// Chooses the endpoint of an attempt by the upstream's `lb`, avoiding `avoid` (the
-    /// endpoint a retried attempt just failed to connect to) when another exists.
-    pub fn pick(&self, avoid: Option<usize>) -> usize {
-        let n = self.endpoints.len();
-        let avoid = avoid.filter(|_| n > 1);
-        // Candidates are 0..m, mapped around the avoided index.
-        let m = n - usize::from(avoid.is_some());
-        let at = |k: usize| match avoid {
-            Some(a) if k >= a => k + 1,
-            _ => k,
-        };
+    /// Chooses the endpoint of an attempt by the upstream's `lb` among the usable ones,
+    /// avoiding `avoid` (the endpoint a retried attempt just failed on) when another
+    /// exists, and counts the request on it; 503 `UH` at once when none is usable.
+    pub fn pick(&self, avoid: Option<SocketAddr>) -> Result<EndpointGuard, ProxyError> {
         let draw = self.next.fetch_add(1, Ordering::Relaxed);
-        match self.config.lb {
-            LoadBalancing::RoundRobin => at(draw % m),
-            LoadBalancing::Random => at(mix(draw) as usize % m),
-            LoadBalancing::LeastRequest => {
-                if m == 1 {
-                    return at(0);
-                }
-                let r = mix(draw);
-                let a = r as usize % m;
-                // A second candidate, different from the first.
-                let b = (a + 1 + (r >> 32) as usize % (m - 1)) % m;
-                let (a, b) = (at(a), at(b));
-                let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
-                if load(b) < load(a) {
-                    b
-                } else {
-                    a
-                }
-            }
-        }
-    }
-
-    /// Counts a request on endpoint `i` until the guard is dropped.
-    pub fn enter(&self, i: usize) -> EndpointGuard {
-        self.endpoints[i].active.fetch_add(1, Ordering::Relaxed);
-        EndpointGuard {
-            endpoints: self.endpoints.clone(),
-            i,
-        }
-    }
-
-    /// The address of endpoint `i`.
-    pub fn addr(&self, i: usize) -> SocketAddr {
-        self.endpoints[i].addr
+        self.endpoints
+            .pick(self.config.lb, draw, avoid)
+            .map_err(|why| ProxyError::NoEndpoint {
+                upstream: self.name.clone(),
+                detail: match why {
+                    NoEndpoint::Empty => self.names.no_address(),
+                    NoEndpoint::NoneUsable => self.endpoints.none_usable(),
+                },
+            })
     }
 
     /// Takes the most recently used live idle connection to endpoint `i`, if any (`now`
@@ -330,8 +341,7 @@ impl Upstream {
     ///
     /// Connections idle longer than `pool_idle_timeout`, and connections the upstream has
     /// already closed (a non-blocking read sees EOF or data), are dropped here.
-    pub fn checkout(&self, i: usize, now: Instant) -> Option<ClientConn> {
-        let ep = &self.endpoints[i];
+    pub fn checkout(&self, ep: &Arc<Endpoint>, now: Instant) -> Option<ClientConn> {
         loop {
             let idle = ep.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
             if now.duration_since(idle.since) >= self.config.pool_idle_timeout {
@@ -343,7 +353,7 @@ impl Upstream {
                     return Some(ClientConn {
                         stream: idle.stream,
                         buf: BytesMut::with_capacity(8 * 1024),
-                        endpoint: i,
+                        endpoint: ep.clone(),
                         addr: ep.addr,
                         reused: true,
                         received: false,
@@ -356,10 +366,10 @@ impl Upstream {
 
     /// Returns a connection whose exchange ended cleanly to its endpoint's pool.
     pub fn checkin(&self, conn: ClientConn) {
-        if !conn.buf.is_empty() || self.config.pool_max_idle == 0 {
+        let ep = &conn.endpoint;
+        if !conn.buf.is_empty() || self.config.pool_max_idle == 0 || ep.removed() {
             return;
         }
-        let ep = &self.endpoints[conn.endpoint];
         let mut idle = ep.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() >= self.config.pool_max_idle {
             idle.remove(0);
@@ -370,37 +380,37 @@ impl Upstream {
         });
     }
 
-    /// A stream on an HTTP/2 connection to endpoint `i`: on an open connection below
+    /// A stream on an HTTP/2 connection to `ep`: on an open connection below
     /// the upstream's concurrency limit, else on a new one (connect, TLS with ALPN `h2`,
     /// and the HTTP/2 handshake, all within `min(connect_timeout, time left)`).
     /// Connections idle longer than `pool_idle_timeout` are let go here.
     pub async fn h2_sender(
         &self,
-        i: usize,
+        ep: &Arc<Endpoint>,
         deadline: &Deadline,
         egress: &Egress,
         metrics: &Metrics,
     ) -> Result<H2Stream, ProxyError> {
-        if let Some(send) = self.h2_ready(i) {
+        if let Some(send) = self.h2_ready(ep) {
             return Ok(send);
         }
         // Waiting for another request's connect counts as connecting.
         let waited = Instant::now();
         let (until, by_deadline) = deadline.bound(waited, self.config.connect_timeout);
-        let opening = self.endpoints[i].h2_opening.lock();
+        let opening = ep.h2_opening.lock();
         let Ok(_opening) = tokio::time::timeout_at(until.into(), opening).await else {
             let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
             let kind = UpstreamErrorKind::ConnectTimeout {
                 limit,
                 source_limit,
             };
-            return Err(self.error(self.endpoints[i].addr, waited, kind));
+            return Err(self.error(ep.addr, waited, kind));
         };
         // Another request may have opened one meanwhile.
-        if let Some(send) = self.h2_ready(i) {
+        if let Some(send) = self.h2_ready(ep) {
             return Ok(send);
         }
-        let conn = self.connect(i, deadline, egress, metrics).await?;
+        let conn = self.connect(ep, deadline, egress, metrics).await?;
         let addr = conn.addr;
         let start = Instant::now();
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
@@ -427,10 +437,7 @@ impl Upstream {
         tokio::spawn(async move {
             let _ = driver.await;
         });
-        let mut conns = self.endpoints[i]
-            .h2
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut conns = ep.h2.lock().unwrap_or_else(|p| p.into_inner());
         let conn = H2Conn {
             send,
             since: Instant::now(),
@@ -441,15 +448,12 @@ impl Upstream {
         Ok(stream)
     }
 
-    /// A stream on an open HTTP/2 connection to endpoint `i` below the upstream's
+    /// A stream on an open HTTP/2 connection to `ep` below the upstream's
     /// concurrency limit, if there is one.
-    fn h2_ready(&self, i: usize) -> Option<H2Stream> {
+    fn h2_ready(&self, ep: &Endpoint) -> Option<H2Stream> {
         let now = Instant::now();
         let idle_limit = self.config.pool_idle_timeout;
-        let mut conns = self.endpoints[i]
-            .h2
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut conns = ep.h2.lock().unwrap_or_else(|p| p.into_inner());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         // Broken (GOAWAY, closed), or idle too long with no stream open: let it go.
         conns.retain_mut(|c| {
@@ -464,17 +468,17 @@ impl Upstream {
         Some(H2Stream::on(c))
     }
 
-    /// Opens a new connection to endpoint `i`: the TCP connect, then (TLS upstreams) the
+    /// Opens a new connection to `ep`: the TCP connect, then (TLS upstreams) the
     /// handshake, each bounded by `min(connect_timeout, time left)`.
     pub async fn connect(
         &self,
-        i: usize,
+        ep: &Arc<Endpoint>,
         deadline: &Deadline,
         egress: &Egress,
         metrics: &Metrics,
     ) -> Result<ClientConn, ProxyError> {
         self.take_new_connection(egress)?;
-        let addr = self.endpoints[i].addr;
+        let addr = ep.addr;
         let start = Instant::now();
         let fail = |kind| self.error(addr, start, kind);
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
@@ -490,7 +494,7 @@ impl Upstream {
             Ok(Ok(stream)) => stream,
         };
         let _ = tcp.set_nodelay(true);
-        let stream = match (&self.tls, &self.endpoints[i].server_name) {
+        let stream = match (&self.tls, &ep.server_name) {
             (Some(tls), Some(name)) => {
                 let shake = self.handshake(tls, name, tcp, deadline, metrics).await;
                 shake.map_err(fail)?
@@ -500,7 +504,7 @@ impl Upstream {
         Ok(ClientConn {
             stream,
             buf: BytesMut::with_capacity(8 * 1024),
-            endpoint: i,
+            endpoint: ep.clone(),
             addr,
             reused: false,
             received: false,
@@ -662,78 +666,4 @@ fn host_of(endpoint: &str) -> &str {
 /// How long `d` is in whole milliseconds, at least 1 (for the deadline header).
 pub fn millis_at_least_one(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
-}
-
-/// A well-mixed 64-bit value from a counter (SplitMix64), for random endpoint draws
-/// without a random number generator crate.
-fn mix(n: usize) -> u64 {
-    let mut z = (n as u64)
-        .wrapping_add(0x9E37_79B9_7F4A_7C15)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn upstream(n: usize, lb: LoadBalancing) -> Upstream {
-        let endpoints = (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
-        let mut config = UpstreamConfig::with_defaults("u", endpoints);
-        config.lb = lb;
-        Upstream::new(config, 0.2, 10).expect("upstream")
-    }
-
-    fn counts(up: &Upstream, draws: usize, avoid: Option<usize>) -> Vec<usize> {
-        let mut seen = vec![0; up.endpoints.len()];
-        for _ in 0..draws {
-            seen[up.pick(avoid)] += 1;
-        }
-        seen
-    }
-
-    #[test]
-    fn least_request_prefers_the_less_busy_endpoint() {
-        let up = upstream(2, LoadBalancing::LeastRequest);
-        let busy = up.enter(0);
-        assert_eq!(counts(&up, 100, None), vec![0, 100]);
-        drop(busy);
-        // Idle again: both are used.
-        let seen = counts(&up, 1000, None);
-        assert!(seen.iter().all(|&n| n > 300), "{seen:?}");
-    }
-
-    #[test]
-    fn least_request_spreads_over_many_endpoints() {
-        let up = upstream(5, LoadBalancing::LeastRequest);
-        let seen = counts(&up, 5000, None);
-        assert!(seen.iter().all(|&n| (700..1300).contains(&n)), "{seen:?}");
-    }
-
-    #[test]
-    fn round_robin_takes_turns_and_random_covers_all() {
-        let up = upstream(3, LoadBalancing::RoundRobin);
-        let order: Vec<usize> = (0..6).map(|_| up.pick(None)).collect();
-        assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
-        let up = upstream(3, LoadBalancing::Random);
-        let seen = counts(&up, 3000, None);
-        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
-    }
-
-    #[test]
-    fn a_retry_avoids_the_endpoint_that_just_failed() {
-        for lb in [
-            LoadBalancing::LeastRequest,
-            LoadBalancing::RoundRobin,
-            LoadBalancing::Random,
-        ] {
-            let up = upstream(3, lb);
-            assert_eq!(counts(&up, 300, Some(1))[1], 0, "{lb:?}");
-            // With one endpoint there is nothing else to try.
-            let one = upstream(1, lb);
-            assert_eq!(one.pick(Some(0)), 0);
-        }
-    }
 }

@@ -385,6 +385,10 @@ fn serve(
             None => Vec::new(),
         };
         let gw = hopline_gateway::Gateway::new(config).context("cannot start the gateway")?;
+        // Endpoint names get one chance to resolve before the first request; one that
+        // does not is answered 503 UH and keeps being resolved.
+        gw.settled(gw.config.dns.timeout + Duration::from_secs(1))
+            .await;
         let current = hopline_gateway::Current::new(gw);
         for l in &listeners {
             let addr = l.tcp.local_addr()?;
@@ -486,6 +490,10 @@ async fn reload_on_sighup(
             }
             Err(e) => Err(anyhow::Error::from(e)),
         };
+        if let Ok((gw, _)) = &result {
+            gw.settled(gw.config.dns.timeout + Duration::from_secs(1))
+                .await;
+        }
         match result {
             Ok((gw, not_applied)) => {
                 for n in &not_applied {

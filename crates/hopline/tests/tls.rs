@@ -14,15 +14,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn metric(gw: &Proc, prefix: &str) -> f64 {
-    let body = get(admin_addr(gw), "/metrics", "").body;
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn sni_picks_the_certificate_alpn_offers_h2_and_http11_and_the_log_shows_the_session() {
     let ca = Ca::new("sni");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod dns;
 pub mod pki;
 
 /// Lines a process printed, with a condvar to wait for more.
@@ -261,6 +262,16 @@ pub fn admin_addr(gw: &Proc) -> SocketAddr {
         .trim()
         .parse()
         .expect("admin addr")
+}
+
+/// The value of the first `/metrics` line of `gw` starting with `prefix` (0 when absent).
+pub fn metric(gw: &Proc, prefix: &str) -> f64 {
+    let body = get(admin_addr(gw), "/metrics", "").body;
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Starts `hopline mock` on a free port with extra args.

@@ -1,0 +1,295 @@
+//! Endpoints that move and fail: DNS discovery against a DNS server the test controls,
+//! 503 `UH` when nothing is usable, outlier ejection and return, active health checks and
+//! panic mode — over real sockets, with the real binary.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::dns::Dns;
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A mock on `ip` (a loopback address) at `port` (0: any), answering with `x-pod: NAME`.
+fn pod(ip: &str, port: u16, name: &str, extra: &[&str]) -> Proc {
+    let listen = format!("{ip}:{port}");
+    let header = format!("x-pod:{name}");
+    let mut args = vec!["mock", "--listen", &listen, "--quiet", "--header", &header];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+fn endpoints(gw: &Proc) -> Value {
+    api(admin_addr(gw), "GET", "/endpoints", "").1
+}
+
+/// The addresses `/endpoints` lists for upstream `up`, sorted.
+fn addresses(gw: &Proc, up: &str) -> Vec<String> {
+    let v = endpoints(gw);
+    let mut a: Vec<String> = v["upstreams"][up]["endpoints"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|e| e["address"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    a.sort();
+    a
+}
+
+/// Polls `cond` until it holds, or panics after `within`.
+fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pods that answered `n` requests.
+fn pods_seen(gw: &Proc, n: usize) -> Vec<String> {
+    let mut seen: Vec<String> = (0..n)
+        .map(|_| {
+            let r = get(gw.addr, "/x", "");
+            assert_eq!(r.status, 200, "{r:?}");
+            r.header("x-pod").unwrap_or("").to_string()
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+fn dns_section(dns: &Dns) -> String {
+    format!(
+        "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\nmax_ttl = \"1s\"\ntimeout = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        dns.addr
+    )
+}
+
+#[test]
+fn a_name_stands_for_every_address_follows_changes_and_keeps_the_last_good_set() {
+    let dns = Dns::start();
+    let a = pod("127.0.0.2", 0, "a", &[]);
+    let port = a.addr.port();
+    let b = pod("127.0.0.3", port, "b", &[]);
+    let c = pod("127.0.0.4", port, "c", &[]);
+    let (ip_a, ip_b, ip_c) = (
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 3),
+        Ipv4Addr::new(127, 0, 0, 4),
+    );
+    dns.set("pods.test", &[ip_a, ip_b], 1);
+    let gw = gateway(
+        "",
+        &format!(
+            "{}[upstreams.m]\nendpoints = [\"pods.test:{port}\"]\nlb = \"round_robin\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            dns_section(&dns)
+        ),
+    );
+    // Both addresses are used from the first request (serve waited for the name).
+    assert_eq!(pods_seen(&gw, 10), vec!["a", "b"]);
+    // A scale event: a goes, c comes. Within one TTL the set follows.
+    dns.set("pods.test", &[ip_b, ip_c], 1);
+    let want = vec![b.addr.to_string(), c.addr.to_string()];
+    wait_until(WAIT, "the new endpoint set", || addresses(&gw, "m") == want);
+    assert_eq!(pods_seen(&gw, 10), vec!["b", "c"]);
+    gw.stderr.wait_for(WAIT, "the change logged", |l| {
+        l.contains("pods.test resolves to") && l.contains(&format!("removed {}", a.addr))
+    });
+    // The name stops resolving: the last good set stays, and the failure is said.
+    dns.set("pods.test", &[], 0);
+    gw.stderr.wait_for(WAIT, "the failure logged", |l| {
+        l.contains("cannot resolve pods.test: NXDOMAIN; keeping 2 known address(es)")
+    });
+    assert_eq!(pods_seen(&gw, 10), vec!["b", "c"]);
+    assert!(
+        metric(
+            &gw,
+            "hopline_dns_resolutions_total{upstream=\"m\",result=\"failed\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &gw,
+            "hopline_dns_resolutions_total{upstream=\"m\",result=\"ok\"}"
+        ) >= 2.0
+    );
+}
+
+#[test]
+fn a_name_without_an_address_is_503_uh_at_once_until_it_resolves() {
+    let dns = Dns::start();
+    let up = pod("127.0.0.5", 0, "late", &[]);
+    let gw = gateway(
+        "",
+        &format!(
+            "{}[upstreams.m]\nendpoints = [\"late.test:{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            dns_section(&dns),
+            up.addr.port()
+        ),
+    );
+    // `serve` started although the name does not resolve.
+    let r = get(gw.addr, "/x", "");
+    assert_eq!((r.status, r.header("x-hopline-flags")), (503, Some("UH")));
+    let line = gw.wait_json(WAIT, "the 503 line", |v| v["status"] == 503);
+    let cause = line["cause"].as_str().expect("cause");
+    assert!(
+        cause.contains("upstream m: no address for late.test: NXDOMAIN (last tried"),
+        "{cause}"
+    );
+    // At once: no connect was tried, nothing waited for a timeout.
+    assert!(num(&line, "duration_ms") <= 5.0, "{line}");
+    dns.set("late.test", &[Ipv4Addr::new(127, 0, 0, 5)], 1);
+    wait_until(WAIT, "the name to resolve", || {
+        get(gw.addr, "/x", "").status == 200
+    });
+}
+
+#[test]
+fn a_failing_endpoint_is_ejected_then_returns_and_retries_go_elsewhere() {
+    let good = pod("127.0.0.1", 0, "good", &[]);
+    // Nothing listens here yet: every connect is refused.
+    let sick = closed_port();
+    let gw = gateway(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[upstreams.m]\nendpoints = [\"{}\", \"{sick}\"]\nlb = \"round_robin\"\nmax_retries = 1\n[upstreams.m.outlier]\nconsecutive_failures = 3\nbase_ejection = \"1s\"\n[retry_budget]\nmin_per_sec = 1000\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            good.addr
+        ),
+    );
+    // Each refused connect is retried on the other endpoint: the client sees only 200s.
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr, "/x", "").status, 200);
+    }
+    let ejected = gw.stderr.wait_for(WAIT, "the ejection", |l| {
+        l.contains(&format!("endpoint {sick} of m ejected for 1s"))
+    });
+    assert!(
+        ejected.contains("3 consecutive failures, each a connection refused"),
+        "{ejected}"
+    );
+    let v = endpoints(&gw);
+    let sick_view = v["upstreams"]["m"]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["address"] == sick.to_string())
+        .cloned()
+        .expect("sick endpoint listed");
+    assert_eq!(sick_view["state"], "ejected", "{v:#}");
+    assert_eq!(
+        sick_view["recent_failures"][0]["what"],
+        "connection refused"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "hopline_upstream_endpoint_ejections_total{upstream=\"m\"}"
+        ),
+        1.0
+    );
+    // While ejected no attempt goes there: one attempt per request.
+    let before = gw.json_lines().len();
+    for _ in 0..6 {
+        assert_eq!(get(gw.addr, "/x", "").status, 200);
+    }
+    let lines = gw.json_lines();
+    assert!(
+        lines[before..].iter().all(|l| l["attempts"] == 1),
+        "{lines:?}"
+    );
+    // It comes back: after its ejection it takes requests again.
+    let _revived = pod("127.0.0.1", sick.port(), "revived", &[]);
+    wait_until(WAIT, "the endpoint back in use", || {
+        get(gw.addr, "/x", "").header("x-pod") == Some("revived")
+    });
+    gw.stderr.wait_for(WAIT, "the return logged", |l| {
+        l.contains(&format!("endpoint {sick} of m returned after its ejection"))
+    });
+}
+
+#[test]
+fn with_nothing_usable_the_answer_is_503_uh_at_once() {
+    let sick = closed_port();
+    let gw = gateway(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[upstreams.m]\nendpoints = [\"{sick}\"]\nmax_retries = 0\npanic_threshold = 0\n[upstreams.m.outlier]\nconsecutive_failures = 1\nmax_ejection_percent = 100\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n"
+        ),
+    );
+    let r = get(gw.addr, "/x", "");
+    assert_eq!((r.status, r.header("x-hopline-flags")), (502, Some("UF")));
+    let r = get(gw.addr, "/x", "");
+    assert_eq!((r.status, r.header("x-hopline-flags")), (503, Some("UH")));
+    let line = gw.wait_json(WAIT, "the 503 line", |v| v["status"] == 503);
+    assert_eq!(
+        line["cause"],
+        "upstream m: 1 endpoints, none usable: 1 ejected, 0 failing health checks"
+    );
+    assert!(num(&line, "duration_ms") <= 5.0, "{line}");
+}
+
+#[test]
+fn health_checks_take_a_failing_endpoint_out_and_panic_mode_balances_over_all() {
+    let good = pod("127.0.0.1", 0, "good", &[]);
+    let bad1 = pod("127.0.0.1", 0, "bad1", &["--status", "500"]);
+    let bad2 = pod("127.0.0.1", 0, "bad2", &["--status", "500"]);
+    let config = |eps: &[SocketAddr]| {
+        let list: Vec<String> = eps.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            "[upstreams.m]\nendpoints = [{}]\nlb = \"round_robin\"\n[upstreams.m.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\n[metrics]\nper_endpoint = true\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            list.join(", ")
+        )
+    };
+    // One bad of two: it is taken out, every request goes to the good one.
+    let gw = gateway(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &config(&[good.addr, bad1.addr]),
+    );
+    gw.stderr.wait_for(WAIT, "bad1 unhealthy", |l| {
+        l.contains(&format!("endpoint {} of m is unhealthy", bad1.addr))
+            && l.contains("answered 500, expected [200]")
+    });
+    assert_eq!(pods_seen(&gw, 10), vec!["good"]);
+    assert!(
+        metric(
+            &gw,
+            "hopline_health_checks_total{upstream=\"m\",result=\"failed\"}"
+        ) >= 1.0
+    );
+    let per_endpoint = format!(
+        "hopline_endpoint_requests_total{{upstream=\"m\",endpoint=\"{}\",outcome=\"success\"}}",
+        good.addr
+    );
+    assert!(metric(&gw, &per_endpoint) >= 10.0);
+    drop(gw);
+    // Two bad of three: one usable is below panic_threshold 50 %, so all three are used.
+    let gw = gateway(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &config(&[good.addr, bad1.addr, bad2.addr]),
+    );
+    wait_until(WAIT, "two unhealthy", || {
+        metric(
+            &gw,
+            "hopline_upstream_endpoints{upstream=\"m\",state=\"unhealthy\"}",
+        ) == 2.0
+    });
+    let statuses: Vec<u16> = (0..9).map(|_| get(gw.addr, "/x", "").status).collect();
+    assert!(
+        statuses.contains(&500) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+    gw.stderr.wait_for(WAIT, "panic mode", |l| {
+        l.contains("upstream m: panic mode: 1 of 3 endpoints usable")
+    });
+    assert_eq!(
+        metric(&gw, "hopline_upstream_panic_mode{upstream=\"m\"}"),
+        1.0
+    );
+    assert_eq!(endpoints(&gw)["upstreams"]["m"]["panic_mode"], true);
+}
