@@ -239,6 +239,23 @@ pub struct Hop {
     pub top_causes: Vec<(String, u64)>,
     /// Lines read.
     pub lines: u64,
+    /// Changes in an endpoint's standing the hop logged (hopline's `endpoint` events).
+    pub endpoint_events: Vec<EndpointEvent>,
+    /// When the first request arriving in a fault window failed (5xx) at this hop.
+    pub first_failure_in_fault: Option<f64>,
+}
+
+/// An `endpoint` event from a hop's log: an endpoint ejected, returned, unhealthy, healthy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointEvent {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// The endpoint's address.
+    pub endpoint: String,
+    /// `ejected`, `returned`, `unhealthy`, `healthy`.
+    pub state: String,
+    /// Why.
+    pub detail: String,
 }
 
 fn epoch_of(v: &Value) -> Option<f64> {
@@ -279,15 +296,30 @@ pub fn hop(name: &str, log: &Path, start_epoch: f64, secs: usize, faults: &[(f64
         let Some(ts) = epoch_of(&v["ts"]) else {
             continue;
         };
+        let t = ts - start_epoch;
+        if v["event"] == "endpoint" {
+            hop.endpoint_events.push(EndpointEvent {
+                t,
+                endpoint: v["endpoint"].as_str().unwrap_or("").to_string(),
+                state: v["state"].as_str().unwrap_or("").to_string(),
+                detail: v["detail"].as_str().unwrap_or("").to_string(),
+            });
+            continue;
+        }
         hop.lines += 1;
         // Request lines are stamped at arrival (hopline, mock) or at the end (legacy).
-        let t = ts - start_epoch;
         let in_fault = faults.iter().any(|(a, b)| t >= *a && t < *b);
         let cause = v["cause"]
             .as_str()
             .map(String::from)
             .or_else(|| v["err"].as_str().map(String::from))
             .or_else(|| (v["cancelled"] == true).then(|| "cancelled by its client".to_string()));
+        if in_fault && v["status"].as_u64().is_some_and(|st| st >= 500) {
+            // When it failed: its arrival plus how long it took.
+            let failed = t + v["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+            let first = hop.first_failure_in_fault.get_or_insert(failed);
+            *first = first.min(failed);
+        }
         if in_fault {
             // Group causes that differ only by ports and timings. Aggregate routes log one
             // cause per fallen-back call.
@@ -417,6 +449,12 @@ pub fn check(
                     if did { "fired".into() } else { "quiet".into() },
                 )
             }
+            Expect::Event {
+                hop,
+                state,
+                within,
+                after_fault,
+            } => event_check(hops, faults, hop, state, *within, *after_fault),
             Expect::TopCause { hop, contains } => {
                 let top = hops
                     .iter()
@@ -432,6 +470,66 @@ pub fn check(
             }
         })
         .collect()
+}
+
+/// An `event` expectation: hop `hop` logged an endpoint `state` event — within `within`
+/// of its first failure in a fault window, or after the last fault ended.
+fn event_check(
+    hops: &[Hop],
+    faults: &[(f64, f64)],
+    hop: &str,
+    state: &str,
+    within: Option<Duration>,
+    after_fault: bool,
+) -> (String, bool, String) {
+    let h = hops.iter().find(|h| h.name == hop);
+    let events: Vec<&EndpointEvent> = h
+        .map(|h| {
+            h.endpoint_events
+                .iter()
+                .filter(|e| e.state == state)
+                .collect()
+        })
+        .unwrap_or_default();
+    let first = h.and_then(|h| h.first_failure_in_fault);
+    let fault_end = faults.iter().map(|f| f.1).fold(f64::NAN, f64::max);
+    let listed = |es: &[&EndpointEvent]| {
+        if es.is_empty() {
+            "none".to_string()
+        } else {
+            es.iter()
+                .map(|e| format!("{} at {:.2}s", e.endpoint, e.t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    match (within, after_fault) {
+        (Some(w), _) => {
+            let w = w.as_secs_f64();
+            let ok = first.is_some_and(|f| events.iter().any(|e| e.t >= f && e.t <= f + w));
+            let measured = match first {
+                Some(f) => format!("{}; first failure at {f:.2}s", listed(&events)),
+                None => format!("{}; no failure in a fault window", listed(&events)),
+            };
+            (
+                format!(
+                    "{hop} logs an endpoint {state} within {w}s of its first failure in a fault"
+                ),
+                ok,
+                measured,
+            )
+        }
+        (None, true) => (
+            format!("{hop} logs an endpoint {state} after the faults end ({fault_end:.0}s)"),
+            events.iter().any(|e| e.t >= fault_end),
+            listed(&events),
+        ),
+        (None, false) => (
+            format!("{hop} logs an endpoint {state}"),
+            !events.is_empty(),
+            listed(&events),
+        ),
+    }
 }
 
 /// Everything a report shows, as JSON (`data.json`).
@@ -450,7 +548,7 @@ pub fn data_json(
         "seed": s.seed,
         "faults": s.faults.iter().map(|f| json!({"at_s": f.at.as_secs_f64(), "until_s": f.until.unwrap_or(s.duration).as_secs_f64(), "service": f.service, "proxy": f.proxy, "toxic": f.toxic})).collect::<Vec<_>>(),
         "load": secs.iter().map(|x| json!({"t": x.t, "total": x.total, "classes": x.classes, "degraded": x.degraded, "p50_ms": x.p50, "p99_ms": x.p99, "max_ms": x.max})).collect::<Vec<_>>(),
-        "hops": hops.iter().map(|h| json!({"name": h.name, "lines": h.lines, "seconds": h.seconds, "top_causes": h.top_causes})).collect::<Vec<_>>(),
+        "hops": hops.iter().map(|h| json!({"name": h.name, "lines": h.lines, "seconds": h.seconds, "top_causes": h.top_causes, "endpoint_events": h.endpoint_events.iter().map(|e| json!({"t": e.t, "endpoint": e.endpoint, "state": e.state, "detail": e.detail})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "alerts": events.iter().map(|a| json!({"name": a.name, "fired_s": a.fired, "resolved_s": a.resolved})).collect::<Vec<_>>(),
         "expectations": checks.iter().map(|(d, ok, v)| json!({"expect": d, "passed": ok, "measured": v})).collect::<Vec<_>>(),
         "all": st(stats.0),

@@ -343,7 +343,7 @@ pub fn html(
             duration,
             &series,
             faults,
-            &[],
+            &endpoint_marks(h),
         ));
         if !h.top_causes.is_empty() {
             let _ = write!(
@@ -363,6 +363,18 @@ pub fn html(
     }
     page.push_str("<p>Raw series: <a href=\"data.json\">data.json</a>.</p></body></html>\n");
     page
+}
+
+/// A hop's endpoint events as timeline marks (drawn like alerts).
+fn endpoint_marks(h: &Hop) -> Vec<AlertEvent> {
+    h.endpoint_events
+        .iter()
+        .map(|e| AlertEvent {
+            name: format!("{} {}", e.endpoint, e.state),
+            fired: e.t,
+            resolved: None,
+        })
+        .collect()
 }
 
 /// The terminal summary of one run.
@@ -410,6 +422,13 @@ pub fn summary(
     for h in hops {
         if let Some((c, n)) = h.top_causes.first() {
             let _ = writeln!(s, "  top cause at {}: {c} ({n}x)", h.name);
+        }
+        for e in &h.endpoint_events {
+            let _ = writeln!(
+                s,
+                "  {:.2}s {}: endpoint {} {} {}",
+                e.t, h.name, e.endpoint, e.state, e.detail
+            );
         }
     }
     for (d, ok, v) in checks {

@@ -129,6 +129,18 @@ pub enum Expect {
         /// Expected.
         fired: bool,
     },
+    /// Service `hop` logged an endpoint event `state` (`ejected`, `returned`, ...):
+    /// within `within` of its first failure in a fault window, or after the faults end.
+    Event {
+        /// Service whose log is read.
+        hop: String,
+        /// The event's state.
+        state: String,
+        /// At most this long after the hop's first failure in a fault window.
+        within: Option<Duration>,
+        /// After the last fault ended.
+        after_fault: bool,
+    },
     /// The most frequent cause logged by service `hop` during faults contains `contains`.
     TopCause {
         /// Service whose log is read.
@@ -472,6 +484,22 @@ fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> 
         Some(Expect::Alert {
             name: name.to_string(),
             fired: t.bool(cx, "fired", true),
+        })
+    } else if let Some((state, _)) = t.str(cx, "event") {
+        let hop = t.req_str(cx, "of").map_or("", |(h, _)| h);
+        if !hop.is_empty() && !services.contains(&hop) {
+            let what = format!("no service named {hop:?}");
+            cx.report(
+                t.value_span("of"),
+                t.key_path("of"),
+                ProblemKind::Invalid(what),
+            );
+        }
+        Some(Expect::Event {
+            hop: hop.to_string(),
+            state: state.to_string(),
+            within: t.opt_duration(cx, "within"),
+            after_fault: t.bool(cx, "after_fault", false),
         })
     } else if let Some((hop, span)) = t.str(cx, "top_cause_of") {
         if !services.contains(&hop) {

@@ -110,6 +110,10 @@ fn balancing(c: &mut Criterion) {
             dns: Default::default(),
             per_endpoint_metrics: false,
             metrics: std::sync::Arc::new(hopline_gateway::Metrics::new()),
+            log: std::sync::Arc::new(
+                hopline_gateway::AccessLog::open(&hopline_core::config::AccessLogSink::Off)
+                    .expect("log off"),
+            ),
         };
         let Ok(up) = hopline_gateway::Upstream::new(config, &cx) else {
             return;

@@ -343,6 +343,30 @@ impl AccessLog {
         });
     }
 
+    /// Writes a line for a change in an endpoint's standing (ejected, returned, unhealthy,
+    /// healthy): `{"ts":…,"event":"endpoint","upstream":…,"endpoint":…,"state":…,"detail":…}`.
+    pub fn write_endpoint_event(
+        &self,
+        upstream: &str,
+        endpoint: SocketAddr,
+        state: &str,
+        detail: &str,
+    ) {
+        self.append(|s| {
+            s.extend_from_slice(b"{\"ts\":\"");
+            push_rfc3339(s, SystemTime::now());
+            s.extend_from_slice(b"\",\"event\":\"endpoint\",\"upstream\":");
+            push_json_str(s, upstream);
+            s.extend_from_slice(b",\"endpoint\":\"");
+            push_socket_addr(s, endpoint);
+            s.extend_from_slice(b"\",\"state\":");
+            push_json_str(s, state);
+            s.extend_from_slice(b",\"detail\":");
+            push_json_str(s, detail);
+            s.extend_from_slice(b"}\n");
+        });
+    }
+
     fn append(&self, render: impl FnOnce(&mut Vec<u8>)) {
         let Some(sink) = &self.sink else { return };
         let full = SCRATCH.with(|scratch| {

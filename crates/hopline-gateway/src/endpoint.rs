@@ -18,6 +18,7 @@ use hopline_core::time::Human;
 use hopline_core::{ProxyError, UpstreamErrorKind};
 use rustls::pki_types::ServerName;
 
+use crate::access_log::AccessLog;
 use crate::metrics::Metrics;
 use crate::upstream::{H2Conn, IdleConn};
 
@@ -251,6 +252,7 @@ pub struct EndpointSet {
     panic: AtomicBool,
     metrics: Arc<Metrics>,
     per_endpoint_metrics: bool,
+    log: Arc<AccessLog>,
 }
 
 impl EndpointSet {
@@ -262,6 +264,7 @@ impl EndpointSet {
         initial: Vec<Arc<Endpoint>>,
         metrics: Arc<Metrics>,
         per_endpoint_metrics: bool,
+        log: Arc<AccessLog>,
     ) -> Self {
         EndpointSet {
             upstream,
@@ -273,6 +276,7 @@ impl EndpointSet {
             panic: AtomicBool::new(false),
             metrics,
             per_endpoint_metrics,
+            log,
         }
     }
 
@@ -368,10 +372,7 @@ impl EndpointSet {
             if !s.unhealthy {
                 self.unusable.fetch_sub(1, Ordering::Relaxed);
             }
-            eprintln!(
-                "hopline: endpoint {} of {} returned after its ejection",
-                ep.addr, self.upstream
-            );
+            self.event(ep, "returned", "after its ejection".into());
         }
         !s.unhealthy
     }
@@ -390,6 +391,17 @@ impl EndpointSet {
                 );
             }
         }
+    }
+
+    /// Says on stderr and in the access log that `ep`'s standing changed.
+    fn event(&self, ep: &Endpoint, state: &str, detail: String) {
+        let how = match state {
+            "ejected" | "returned" => format!("{state} {detail}"),
+            _ => format!("is {state}: {detail}"),
+        };
+        eprintln!("hopline: endpoint {} of {} {how}", ep.addr, self.upstream);
+        self.log
+            .write_endpoint_event(&self.upstream, ep.addr, state, &detail);
     }
 
     /// Balancing over all endpoints because too few are usable.
@@ -456,12 +468,7 @@ impl EndpointSet {
         };
         drop(s);
         self.metrics.endpoint_ejected(&self.upstream);
-        eprintln!(
-            "hopline: endpoint {} of {} ejected for {}: {why}",
-            ep.addr,
-            self.upstream,
-            Human(lasts)
-        );
+        self.event(ep, "ejected", format!("for {}: {why}", Human(lasts)));
     }
 
     /// Records an active health check's result on `ep`: `thresholds` are (healthy,
@@ -507,10 +514,8 @@ impl EndpointSet {
             ("healthy", thresholds.0)
         };
         drop(s);
-        eprintln!(
-            "hopline: endpoint {} of {} is {state}: {n} health checks in a row, the last {detail}",
-            ep.addr, self.upstream
-        );
+        let detail = format!("{n} health checks in a row, the last {detail}");
+        self.event(ep, state, detail);
     }
 
     /// Recomputes the unusable and ejected counts (after the set changed).

@@ -224,9 +224,9 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the runtime state: resolves endpoints, opens the access log.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
-        let log = AccessLog::open(&config.log.access).map_err(BuildError::AccessLog)?;
+        let log = Arc::new(AccessLog::open(&config.log.access).map_err(BuildError::AccessLog)?);
         let metrics = Arc::new(Metrics::new());
-        let cx = UpstreamContext::of(&config, metrics.clone());
+        let cx = UpstreamContext::of(&config, metrics.clone(), log.clone());
         let upstreams = config
             .upstreams
             .iter()
@@ -243,7 +243,7 @@ impl Gateway {
             config,
             upstreams,
             egress,
-            Arc::new(log),
+            log,
             metrics,
             Arc::new(AtomicBool::new(false)),
         )
@@ -256,7 +256,7 @@ impl Gateway {
     /// the returned [`NotApplied`]s, so the new gateway's config says what is in force.
     pub fn reloaded(&self, mut config: Config) -> Result<(Gateway, Vec<NotApplied>), BuildError> {
         let not_applied = pin_restart_only(&self.config, &mut config);
-        let cx = UpstreamContext::of(&config, self.metrics.clone());
+        let cx = UpstreamContext::of(&config, self.metrics.clone(), self.log.clone());
         let upstreams = config
             .upstreams
             .iter()

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-pub use access_log::AccessRecord;
+pub use access_log::{AccessLog, AccessRecord};
 pub use endpoint::{EndpointGuard, Verdict};
 pub use gateway::{BuildError, Current, Gateway, NotApplied};
 pub use metrics::Metrics;

@@ -144,17 +144,24 @@ pub struct UpstreamContext {
     pub per_endpoint_metrics: bool,
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
+    /// The access log (endpoint events are written to it).
+    pub log: Arc<crate::access_log::AccessLog>,
 }
 
 impl UpstreamContext {
     /// The context of `config`'s upstreams.
-    pub fn of(config: &hopline_core::config::Config, metrics: Arc<Metrics>) -> Self {
+    pub fn of(
+        config: &hopline_core::config::Config,
+        metrics: Arc<Metrics>,
+        log: Arc<crate::access_log::AccessLog>,
+    ) -> Self {
         UpstreamContext {
             ratio: config.retry_budget.ratio,
             min_per_sec: config.retry_budget.min_per_sec,
             dns: config.dns.clone(),
             per_endpoint_metrics: config.metrics.per_endpoint,
             metrics,
+            log,
         }
     }
 }
@@ -230,6 +237,7 @@ impl Upstream {
             initial,
             cx.metrics.clone(),
             cx.per_endpoint_metrics,
+            cx.log.clone(),
         ));
         let names = Names::new(names);
         // Outside a runtime (tools, benches) nothing runs in the background.

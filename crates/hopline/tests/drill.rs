@@ -266,3 +266,36 @@ fn the_grpc_over_http2_drill_passes() {
         .sum();
     assert!(grpc4 >= 500, "{grpc4} DEADLINE_EXCEEDED answers\n{text}");
 }
+
+/// `examples/outlier.drill.toml`: one of three endpoints blackholed for 20 s behind a
+/// plain proxy route; outlier detection ejects it within a second of its first failure
+/// and readmits it after the fault, and the report puts both on the timeline.
+#[test]
+fn the_outlier_drill_passes() {
+    let scenario =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/outlier.drill.toml");
+    let out = temp_file("x", "").with_file_name("outlier-report");
+    let (code, text) = run_drill(&scenario, &out);
+    assert_eq!(code, Some(0), "{text}");
+    let data: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("outlier/data.json")).expect("data.json"),
+    )
+    .expect("json");
+    let gateway = data["hops"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["name"] == "gateway"))
+        .cloned()
+        .expect("gateway hop");
+    let states: Vec<&str> = gateway["endpoint_events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    assert_eq!(states, vec!["ejected", "returned"], "{text}");
+    let page = std::fs::read_to_string(out.join("outlier/index.html")).expect("report");
+    assert!(
+        page.contains("ejected fired at"),
+        "the ejection on the timeline"
+    );
+}
