@@ -130,6 +130,21 @@ fn each_rule_trips_on_a_bad_config_and_not_on_a_good_one() {
             with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\nzone = \"egress\"\n"),
             with("[egress]\nmax_in_flight = 10\n[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\nzone = \"egress\"\n"),
         ),
+        (
+            "egress-single-endpoint",
+            with("[egress]\nmax_in_flight = 10\n[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\nzone = \"egress\"\n"),
+            with("[egress]\nmax_in_flight = 10\n[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\nzone = \"egress\"\n[upstreams.b.health]\npath = \"/healthz\"\n"),
+        ),
+        (
+            "ejection-unbounded",
+            with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\n[upstreams.b.outlier]\nmax_ejection_percent = 100\n"),
+            with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\n[upstreams.b.outlier]\nmax_ejection_percent = 50\n"),
+        ),
+        (
+            "health-timeout-not-below-interval",
+            with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\n[upstreams.b.health]\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"1s\"\n"),
+            with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\n[upstreams.b.health]\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n"),
+        ),
     ];
     for (rule, bad, good) in cases {
         let (_, f) = check(&temp_file("bad.toml", &bad));
