@@ -46,7 +46,10 @@ async function main() {
   check(toxic.name === "slow" && toxic.attributes.latency === 300, "toxic " + JSON.stringify(toxic));
   const slow = await timedRequest(proxy.listen);
   console.log(`base ${base.toFixed(1)} ms, with latency toxic ${slow.toFixed(1)} ms`);
-  check(slow - base >= 290 && slow - base <= 600, "added latency " + (slow - base));
+  // The toxic holds every response at least 300 ms; the base (first requests, new
+  // connections) can itself be slow on a loaded machine, so bound the slow request alone
+  // from below and the difference from above.
+  check(slow >= 295 && slow - base <= 600, "added latency " + (slow - base) + ", slow " + slow);
   const fetched = await proxy.getToxic("slow");
   check(fetched.type === "latency", "getToxic");
   const updated = await fetched.update({ attributes: { latency: 10, jitter: 0 }, toxicity: 1 });

@@ -41,7 +41,9 @@ def main():
     slow = timed_request(listen)
     added = slow - base
     print("base %.1f ms, with latency toxic %.1f ms, added %.1f ms" % (base * 1e3, slow * 1e3, added * 1e3))
-    assert 0.29 <= added <= 0.6, added
+    # At least the toxic's 300 ms on the slow request itself; the base can be slow too
+    # on a loaded machine, so the difference is bounded from above only.
+    assert slow >= 0.295 and added <= 0.6, (slow, added)
     proxy.destroy_toxic("latency_downstream")
     assert proxy.toxics() == {}
     assert timed_request(listen) < 0.2
