@@ -193,12 +193,23 @@ fn a_failing_endpoint_is_ejected_then_returns_and_retries_go_elsewhere() {
         ),
         1.0
     );
-    // While ejected no attempt goes there: one attempt per request.
-    let before = gw.json_lines().len();
+    // While ejected no attempt goes there: one attempt per request. (Access lines are
+    // written asynchronously: wait for the first ten before counting the next six.)
+    let requests = || -> Vec<Value> {
+        gw.json_lines()
+            .into_iter()
+            .filter(|l| l.get("status").is_some())
+            .collect()
+    };
+    wait_until(WAIT, "ten access lines", || requests().len() >= 10);
+    let before = requests().len();
     for _ in 0..6 {
         assert_eq!(get(gw.addr, "/x", "").status, 200);
     }
-    let lines = gw.json_lines();
+    wait_until(WAIT, "six more access lines", || {
+        requests().len() >= before + 6
+    });
+    let lines = requests();
     assert!(
         lines[before..].iter().all(|l| l["attempts"] == 1),
         "{lines:?}"
@@ -292,4 +303,61 @@ fn health_checks_take_a_failing_endpoint_out_and_panic_mode_balances_over_all() 
         1.0
     );
     assert_eq!(endpoints(&gw)["upstreams"]["m"]["panic_mode"], true);
+}
+
+#[test]
+fn idle_connections_to_an_address_that_left_the_name_are_closed() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dns = Dns::start();
+    // Pod a: a keep-alive upstream that notes when hopline closes its connection.
+    let a = std::net::TcpListener::bind("127.0.0.2:0").expect("bind a");
+    let port = a.local_addr().expect("addr").port();
+    let closed = Arc::new(AtomicBool::new(false));
+    let seen_close = closed.clone();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = a.accept() else { return };
+        while read_request(&mut s).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nx-pod: a\r\ncontent-length: 2\r\n\r\nok");
+        }
+        seen_close.store(true, Ordering::Relaxed);
+    });
+    let b = pod("127.0.0.3", port, "b", &[]);
+    dns.set("pods.test", &[Ipv4Addr::new(127, 0, 0, 2)], 1);
+    let gw = gateway(
+        "",
+        &format!(
+            "{}[upstreams.m]\nendpoints = [\"pods.test:{port}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            dns_section(&dns)
+        ),
+    );
+    // One pooled connection to a, idle after these requests.
+    assert_eq!(pods_seen(&gw, 3), vec!["a"]);
+    assert!(!closed.load(Ordering::Relaxed));
+    // a leaves the name: its idle pooled connection is closed, requests go to b.
+    dns.set("pods.test", &[Ipv4Addr::new(127, 0, 0, 3)], 1);
+    wait_until(WAIT, "the idle connection to a closed", || {
+        closed.load(Ordering::Relaxed)
+    });
+    assert_eq!(pods_seen(&gw, 3), vec!["b"]);
+    drop(b);
+}
+
+#[test]
+fn health_checks_speak_http2_to_an_h2_upstream() {
+    let up = pod("127.0.0.1", 0, "g", &["--grpc", "0"]);
+    let gw = gateway(
+        "",
+        &format!(
+            "[upstreams.m]\nendpoints = [\"{}\"]\nprotocol = \"h2\"\n[upstreams.m.health]\npath = \"/grpc.health.v1.Health/Check\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\nexpect_status = [204]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            up.addr
+        ),
+    );
+    // The check reached the server over HTTP/2 and read its status (200, not the 204
+    // this config expects), so the endpoint is taken out.
+    let l = gw.stderr.wait_for(WAIT, "an h2 health check", |l| {
+        l.contains(&format!("endpoint {} of m is unhealthy", up.addr))
+    });
+    assert!(l.contains("answered 200, expected [204]"), "{l}");
 }
