@@ -34,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_in_flight: 20_000,
             protocol: hopline_drill::load::Protocol::Http1,
         };
-        let samples = rt.block_on(run(&plan, |_, _| {}));
+        let (samples, _) = rt.block_on(run(&plan, |_, _| {}, std::future::pending()));
         let ok = samples
             .iter()
             .filter(|s| s.outcome == Outcome::Status(200))

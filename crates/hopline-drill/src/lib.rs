@@ -60,8 +60,10 @@ pub struct RunResult {
     pub summary: String,
     /// `data.json`.
     pub data: Value,
-    /// Every expectation held.
+    /// Every expectation held (and the run was not interrupted).
     pub passed: bool,
+    /// Stopped early by SIGTERM/SIGINT: the report covers only the time before.
+    pub interrupted: bool,
     /// Output folder.
     pub out: PathBuf,
 }
@@ -108,6 +110,23 @@ async fn chaos_call(
         .await
         .map_err(|e| hopline_core::error::cause_chain(&e))?;
     Ok((r.head.status, String::from_utf8_lossy(&r.body).into_owned()))
+}
+
+/// Resolves on SIGTERM or SIGINT (as `timeout`, a CI job or Ctrl-C send them).
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// Runs one scenario, writing `index.html`, `data.json` and every service's log to `out`.
@@ -199,15 +218,25 @@ pub async fn run(
         Ok(())
     });
     let total = s.duration.as_secs();
-    let samples = load::run(&plan, |at, sent| {
-        progress(Progress {
-            elapsed: at.as_secs(),
-            total,
-            sent,
-        })
-    })
+    let (samples, interrupted) = load::run(
+        &plan,
+        |at, sent| {
+            progress(Progress {
+                elapsed: at.as_secs(),
+                total,
+                sent,
+            })
+        },
+        termination(),
+    )
     .await;
-    let fault_result = fault_task.await.unwrap_or(Ok(()));
+    // Told to stop: the services are stopped and the report written from what there is.
+    let fault_result = if interrupted.is_some() {
+        fault_task.abort();
+        Ok(())
+    } else {
+        fault_task.await.unwrap_or(Ok(()))
+    };
     topo.stop();
     fault_result?;
 
@@ -253,10 +282,19 @@ pub async fn run(
         &serde_json::to_string_pretty(&data).unwrap_or_default(),
     )?;
     write("index.html", &html)?;
+    let mut summary = report::summary(&s.name, stats, &events, &hops, &checks);
+    if let Some(at) = interrupted {
+        summary.push_str(&format!(
+            "  INTERRUPTED at {:.1}s of {}s (SIGTERM/SIGINT): services stopped, partial report\n",
+            at.as_secs_f64(),
+            total
+        ));
+    }
     Ok(RunResult {
         name: s.name.clone(),
-        summary: report::summary(&s.name, stats, &events, &hops, &checks),
-        passed: checks.iter().all(|c| c.1),
+        summary,
+        passed: interrupted.is_none() && checks.iter().all(|c| c.1),
+        interrupted: interrupted.is_some(),
         data,
         out: out.to_path_buf(),
     })

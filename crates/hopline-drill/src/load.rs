@@ -264,7 +264,16 @@ async fn exchange_h2(
 }
 
 /// Runs the plan; `tick` is called about once a second with (elapsed, sent so far).
-pub async fn run(plan: &LoadPlan, mut tick: impl FnMut(Duration, usize)) -> Vec<Sample> {
+///
+/// When `stop` resolves (the drill was told to stop), no more requests are sent, those in
+/// flight are abandoned, and the samples so far are returned with the time it stopped.
+pub async fn run(
+    plan: &LoadPlan,
+    mut tick: impl FnMut(Duration, usize),
+    stop: impl std::future::Future<Output = ()>,
+) -> (Vec<Sample>, Option<Duration>) {
+    tokio::pin!(stop);
+    let mut stopped = None;
     let times = send_times(&plan.schedule, plan.duration);
     let samples = Arc::new(Mutex::new(Vec::with_capacity(times.len())));
     let pool: Pool = Arc::new(Mutex::new(Vec::new()));
@@ -276,7 +285,14 @@ pub async fn run(plan: &LoadPlan, mut tick: impl FnMut(Duration, usize)) -> Vec<
     for (i, at) in times.iter().enumerate() {
         let due = start + *at;
         if Instant::now() < due {
-            sleep_until(due).await;
+            tokio::select! {
+                biased;
+                _ = &mut stop => {
+                    stopped = Some(start.elapsed());
+                    break;
+                }
+                _ = sleep_until(due) => {}
+            }
         }
         if *at >= next_tick {
             tick(*at, i);
@@ -321,10 +337,13 @@ pub async fn run(plan: &LoadPlan, mut tick: impl FnMut(Duration, usize)) -> Vec<
             }
         });
     }
+    if stopped.is_some() {
+        tasks.abort_all();
+    }
     while tasks.join_next().await.is_some() {}
     let mut out = samples.lock().map(|s| s.clone()).unwrap_or_default();
     out.sort_by_key(|s| s.scheduled);
-    out
+    (out, stopped)
 }
 
 #[cfg(test)]

@@ -585,6 +585,7 @@ mod tests {
                 "expectations": [{"passed": true}],
             }),
             passed: true,
+            interrupted: false,
             out: std::path::PathBuf::new(),
         }
     }

@@ -188,7 +188,7 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
     let mut cx = Cx::new(text);
     let scenario = cx.parse(text).map(|doc| {
         let mut root = Tbl::root(&doc);
-        let s = scenario(&mut cx, &mut root, name);
+        let s = scenario(&mut cx, &mut root, name, text);
         root.finish(&mut cx);
         s
     });
@@ -201,14 +201,14 @@ pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
     }
 }
 
-fn scenario(cx: &mut Cx, root: &mut Tbl, name: &str) -> Scenario {
+fn scenario(cx: &mut Cx, root: &mut Tbl, name: &str, text: &str) -> Scenario {
     let sname = root.str(cx, "name").map_or(name, |(s, _)| s).to_string();
     let duration = root.duration(cx, "duration", Duration::from_secs(30));
     let seed = root.uint(cx, "seed", 1, 0, i64::MAX as u64);
     let services: Vec<Service> = root
         .array(cx, "services")
         .into_iter()
-        .filter_map(|t| service(cx, t))
+        .filter_map(|t| service(cx, t, text))
         .collect();
     let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
     let load = match root.sub(cx, "load") {
@@ -253,7 +253,7 @@ fn scenario(cx: &mut Cx, root: &mut Tbl, name: &str) -> Scenario {
 }
 
 /// `[[services]]`.
-fn service(cx: &mut Cx, mut t: Tbl) -> Option<Service> {
+fn service(cx: &mut Cx, mut t: Tbl, text: &str) -> Option<Service> {
     let name = t.req_str(cx, "name");
     let kind = t.req_str(cx, "kind").and_then(|(k, span)| {
         let kind = match k {
@@ -272,13 +272,17 @@ fn service(cx: &mut Cx, mut t: Tbl) -> Option<Service> {
     });
     let args = t.str_list(cx, "args");
     let argv = t.str_list(cx, "argv");
-    let config = t.str(cx, "config").map(|(c, _)| c.to_string());
+    let config_span = t.str(cx, "config");
+    let config = config_span.as_ref().map(|(c, _)| c.to_string());
     let env = t
         .str_map(cx, "env")
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let kind = kind?;
+    if let (Kind::Hopline, Some((config, Some(span)))) = (kind, &config_span) {
+        check_hopline_config(cx, &t, text, config, span.start);
+    }
     let (list, key, other) = if kind == Kind::Command {
         (argv, "argv", args.is_some().then_some("args"))
     } else {
@@ -522,6 +526,46 @@ fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> 
     e
 }
 
+/// A `kind = "hopline"` service's config is read as `hopline serve` would read it (with
+/// placeholders filled by stand-ins), so a problem in it is reported here — at the line of
+/// the scenario file it is on — instead of by the gateway failing to start.
+fn check_hopline_config(cx: &mut Cx, t: &Tbl, text: &str, config: &str, at: usize) {
+    let mut filled = config.to_string();
+    for name in placeholders(config) {
+        filled = filled
+            .replace(&format!("{{addr:{name}}}"), "127.0.0.1:9")
+            .replace(&format!("{{port:{name}}}"), "9");
+    }
+    for (k, v) in [
+        ("{tls:ca}", "ca.pem"),
+        ("{tls:cert}", "cert.pem"),
+        ("{tls:key}", "key.pem"),
+        ("{dir}", "."),
+    ] {
+        filled = filled.replace(k, v);
+    }
+    let Err(e) = hopline_config::parse(&filled, std::path::Path::new("config")) else {
+        return;
+    };
+    // The value starts at `at` (its opening quotes); a multi-line string's first line break
+    // is not part of it, so the config's line N is N line breaks after `at`.
+    let multi = text[at..].starts_with("\"\"\"") || text[at..].starts_with("'''");
+    for p in e.problems {
+        let breaks = p.location.line - usize::from(!multi);
+        let line_start = text[at..]
+            .match_indices('\n')
+            .nth(breaks.saturating_sub(1))
+            .map_or(at, |(i, _)| at + i + 1);
+        let start = if breaks == 0 { at } else { line_start };
+        let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        cx.report(
+            Some(start..end.max(start + 1).min(text.len())),
+            format!("{}: `{}`", t.key_path("config"), p.key),
+            ProblemKind::Invalid(p.kind.to_string()),
+        );
+    }
+}
+
 /// A toxic must at least name its type; the chaos API validates the rest at run time.
 fn hopline_chaos_toxic_check(v: &Value) -> Result<(), &'static str> {
     match v.get("type").and_then(Value::as_str) {
@@ -628,5 +672,15 @@ mod tests {
             let s = parse(text, name).unwrap_or_else(|e| panic!("{e}"));
             assert!(!s.faults.is_empty() && !s.expect.is_empty(), "{name}");
         }
+    }
+
+    #[test]
+    fn a_bad_gateway_config_is_reported_at_its_line_in_the_scenario() {
+        let text = "duration = \"1s\"\n[[services]]\nname = \"gw\"\nkind = \"hopline\"\nconfig = \"\"\"\n[server]\nlisten = \"{addr:gw}\"\n[upstreams.u]\nendpoints = 5\n\"\"\"\n[load]\ntarget = \"gw\"\npath = \"/\"\nschedule = [{ at = \"0s\", rate = 1 }]\n";
+        let e = parse(text, "s.toml").expect_err("bad gateway config");
+        let p = &e.problems[0];
+        // `endpoints = 5` is line 9 of the scenario file.
+        assert_eq!(p.location.line, 9, "{e}");
+        assert!(p.key.contains("upstreams.u.endpoints"), "{e}");
     }
 }

@@ -67,6 +67,34 @@ pub struct Topology {
     pub logs: HashMap<String, PathBuf>,
 }
 
+/// The command that starts `program argv`: through `setpriv --pdeathsig KILL` where
+/// util-linux has it, so a service dies with the drill even when the drill is killed with
+/// SIGKILL. The death signal follows the thread that spawned the child: services are
+/// spawned from the thread that runs the drill, which lives as long as it does.
+fn command(program: &Path, argv: &[String]) -> Command {
+    static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let setpriv = SETPRIV.get_or_init(|| {
+        ["/usr/bin/setpriv", "/bin/setpriv"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    });
+    match setpriv {
+        Some(sp) => {
+            let mut c = Command::new(sp);
+            c.args(["--pdeathsig", "KILL", "--"])
+                .arg(program)
+                .args(argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(program);
+            c.args(argv);
+            c
+        }
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         self.stop();
@@ -262,8 +290,7 @@ pub fn start(
             .iter()
             .map(|(k, v)| (k.clone(), fill(v, &topo.addrs)))
             .collect();
-        let child = Command::new(&program)
-            .args(&argv)
+        let child = command(&program, &argv)
             .envs(env)
             .stdin(Stdio::null())
             .stdout(io(&log)?)

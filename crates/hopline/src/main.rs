@@ -657,7 +657,12 @@ fn drill(files: &[PathBuf], out: &std::path::Path) -> anyhow::Result<ExitCode> {
         };
         print!("{}", r.summary);
         println!("  report: {}", dir.join("index.html").display());
+        let interrupted = r.interrupted;
         results.push(r);
+        if interrupted {
+            // Told to stop: no further scenarios.
+            break;
+        }
     }
     if results.len() > 1 {
         println!("{}", hopline_drill::report::side_by_side(&results));

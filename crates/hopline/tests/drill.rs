@@ -187,7 +187,11 @@ fn load_generator_holds_its_rate_within_five_percent() {
         max_in_flight: 10_000,
         protocol: hopline_drill::load::Protocol::Http1,
     };
-    let samples = rt.block_on(hopline_drill::load::run(&plan, |_, _| {}));
+    let (samples, _) = rt.block_on(hopline_drill::load::run(
+        &plan,
+        |_, _| {},
+        std::future::pending(),
+    ));
     let ok = samples
         .iter()
         .filter(|s| s.outcome == hopline_drill::load::Outcome::Status(200))
@@ -298,4 +302,94 @@ fn the_outlier_drill_passes() {
         page.contains("ejected fired at"),
         "the ejection on the timeline"
     );
+}
+
+/// The drill's child processes, from `/proc` (every thread's children).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// Alive and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+/// A 60 s drill started in the background, once its two services run: (drill, children).
+fn long_drill(name: &str) -> (std::process::Child, Vec<u32>, std::path::PathBuf) {
+    let text = "name = \"long\"\nduration = \"60s\"\n[[services]]\nname = \"up\"\nkind = \"mock\"\nargs = [\"--quiet\"]\n[[services]]\nname = \"gw\"\nkind = \"hopline\"\nconfig = \"\"\"\n[server]\nlisten = \"{addr:gw}\"\n[log]\naccess = \"stdout\"\n[upstreams.u]\nendpoints = [\"{addr:up}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n\"\"\"\n[load]\ntarget = \"gw\"\npath = \"/\"\nschedule = [{ at = \"0s\", rate = 20 }]\n";
+    let path = temp_file(name, text);
+    let out = path.with_file_name("report");
+    let drill = Command::new(bin())
+        .args([
+            "drill",
+            path.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("drill");
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let kids = loop {
+        let kids = children_of(drill.id());
+        // Both services started and the load running (its first log line written).
+        let logging = std::fs::metadata(out.join("long/gw.log")).is_ok_and(|m| m.len() > 0);
+        if kids.len() >= 2 && logging {
+            break kids;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the drill did not start its services"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (drill, kids, out.join("long"))
+}
+
+fn wait_gone(pids: &[u32]) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| running(*p)) {
+        assert!(
+            std::time::Instant::now() < end,
+            "children outlived the drill: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_stops_the_services_and_writes_a_partial_report() {
+    let (drill, kids, dir) = long_drill("term.drill.toml");
+    let _ = Command::new("kill")
+        .args(["-TERM", &drill.id().to_string()])
+        .status();
+    let o = drill.wait_with_output().expect("drill exit");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("INTERRUPTED at"), "{text}");
+    assert!(dir.join("index.html").exists() && dir.join("data.json").exists());
+    wait_gone(&kids);
+}
+
+#[test]
+fn the_services_die_with_the_drill_even_on_sigkill() {
+    let (mut drill, kids, _) = long_drill("kill.drill.toml");
+    drill.kill().expect("SIGKILL");
+    let _ = drill.wait();
+    wait_gone(&kids);
 }
