@@ -19,14 +19,21 @@ fn low_port() -> SocketAddr {
     let start = 20_000
         + ((std::process::id() % 500) as u16) * 20
         + NEXT.fetch_add(37, Ordering::Relaxed) % 2_000;
-    (start..32_000)
+    // A port is handed out once per process: tests disable proxies (closing their
+    // listeners) and re-enable them later, so "free now" is not "free for this test".
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("lock");
+    let addr = (start..32_000)
         .chain(20_000..start)
+        .filter(|p| !given.contains(p))
         .find_map(|port| {
             TcpListener::bind(("127.0.0.1", port))
                 .and_then(|l| l.local_addr())
                 .ok()
         })
-        .expect("a free port below the ephemeral range")
+        .expect("a free port below the ephemeral range");
+    given.push(addr.port());
+    addr
 }
 
 /// One API call with the raw answer: status, headers, body.
