@@ -6,12 +6,14 @@
 //! faults through the chaos API, and reads each process's own log afterwards.
 
 pub mod load;
+pub mod network;
 pub mod record;
 pub mod report;
 pub mod scenario;
 pub mod services;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -112,6 +114,43 @@ async fn chaos_call(
     Ok((r.head.status, String::from_utf8_lossy(&r.body).into_owned()))
 }
 
+/// Starts (`on`) or ends a fault that is not a chaos toxic: a kernel-network fault at the
+/// NAT, or stopping / continuing a service.
+fn other_fault(
+    f: &scenario::Fault,
+    on: bool,
+    target: Option<(std::net::Ipv4Addr, u16)>,
+    pids: &HashMap<String, u32>,
+    network: Option<&network::Network>,
+    undo: &mut Option<network::Undo>,
+) -> Result<(), String> {
+    if f.kind == scenario::FaultKind::Stop {
+        let pid = pids
+            .get(&f.service)
+            .ok_or_else(|| format!("no process for {}", f.service))?;
+        let sig = if on { "-STOP" } else { "-CONT" };
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        return if ok {
+            Ok(())
+        } else {
+            Err(format!("kill {sig} {pid} failed"))
+        };
+    }
+    let net = network.ok_or("this fault needs network = \"kernel\"")?;
+    if on {
+        *undo = Some(net.apply(f.kind, target).map_err(|e| e.to_string())?);
+        Ok(())
+    } else {
+        match undo.take() {
+            Some(u) => net.undo(u).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT (as `timeout`, a CI job or Ctrl-C send them).
 async fn termination() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -170,12 +209,34 @@ pub async fn run(
     timeline.sort_by_key(|t| t.0);
     let faults = s.faults.clone();
     let addrs = topo.addrs.clone();
+    let network = topo.network.clone();
+    let pids: HashMap<String, u32> = s
+        .services
+        .iter()
+        .filter_map(|x| topo.pid(&x.name).map(|p| (x.name.clone(), p)))
+        .collect();
     let t0 = tokio::time::Instant::now();
     let fault_task = tokio::spawn(async move {
         let mut names = vec![String::new(); faults.len()];
+        let mut undos: Vec<Option<network::Undo>> = faults.iter().map(|_| None).collect();
         for (at, on, i) in timeline {
             tokio::time::sleep_until(t0 + at).await;
             let f = &faults[i];
+            if f.kind != scenario::FaultKind::Toxic {
+                let target = addrs.get(&f.service).and_then(|a| match a.ip() {
+                    std::net::IpAddr::V4(ip) => Some((ip, a.port())),
+                    std::net::IpAddr::V6(_) => None,
+                });
+                let result = other_fault(f, on, target, &pids, network.as_deref(), &mut undos[i]);
+                if let Err(detail) = result {
+                    return Err(DrillError::Fault {
+                        service: f.service.clone(),
+                        proxy: f.kind.as_str().into(),
+                        detail,
+                    });
+                }
+                continue;
+            }
             let api = addrs[&f.service];
             let result = if on {
                 chaos_call(

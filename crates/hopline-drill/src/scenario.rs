@@ -38,6 +38,28 @@ pub struct Service {
     pub config: Option<String>,
     /// Extra environment variables (values may use placeholders).
     pub env: Vec<(String, String)>,
+    /// The host it runs on (`network = "kernel"`; ignored on loopback).
+    pub host: Option<String>,
+}
+
+/// `network`: where the services run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// `"loopback"`: every service on 127.0.0.1 (default).
+    #[default]
+    Loopback,
+    /// `"kernel"`: every host a network namespace, joined by veth pairs through a router
+    /// that is the NAT gateway for the `outside` hosts (needs root, `ip` and `nft`).
+    Kernel,
+}
+
+/// `[[hosts]]`: a machine of a kernel-network drill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Name (services say `host = NAME`).
+    pub name: String,
+    /// Behind the NAT from the others' view: connections to it are masqueraded.
+    pub outside: bool,
 }
 
 /// `[load]`.
@@ -70,6 +92,64 @@ pub struct Fault {
     pub proxy: String,
     /// The toxic, in Toxiproxy's JSON shape.
     pub toxic: Value,
+    /// What the fault does: a chaos toxic, or a kernel-network fault.
+    pub kind: FaultKind,
+}
+
+/// `[[faults]] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaultKind {
+    /// A toxic on a chaos proxy (`service`, `proxy`, `toxic`).
+    #[default]
+    Toxic,
+    /// `"syn_rate_limit"`: new connections to `service` over `rate` per second have their
+    /// SYNs dropped at the NAT (connect timeouts).
+    SynRateLimit {
+        /// Connections per second let through.
+        rate: u32,
+    },
+    /// `"loss"`: `percent` of the packets to and from `service` dropped at the NAT.
+    Loss {
+        /// Share dropped.
+        percent: u8,
+    },
+    /// `"blackhole"`: every packet to and from `service` dropped at the NAT.
+    Blackhole,
+    /// `"snat_ports"`: the NAT's source port range shrunk to `from..=to` (port exhaustion).
+    SnatPorts {
+        /// First port.
+        from: u16,
+        /// Last port.
+        to: u16,
+    },
+    /// `"conntrack_expiry"`: established connections forgotten by the NAT after `seconds`
+    /// idle; their late packets meet a reset.
+    ConntrackExpiry {
+        /// Idle seconds.
+        seconds: u32,
+    },
+    /// `"stop"`: `service` stopped (SIGSTOP) at `at`, continued (SIGCONT) at `until`.
+    Stop,
+}
+
+impl FaultKind {
+    /// Needs `network = "kernel"`.
+    pub fn kernel(self) -> bool {
+        !matches!(self, FaultKind::Toxic | FaultKind::Stop)
+    }
+
+    /// As written in a scenario.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Toxic => "toxic",
+            FaultKind::SynRateLimit { .. } => "syn_rate_limit",
+            FaultKind::Loss { .. } => "loss",
+            FaultKind::Blackhole => "blackhole",
+            FaultKind::SnatPorts { .. } => "snat_ports",
+            FaultKind::ConntrackExpiry { .. } => "conntrack_expiry",
+            FaultKind::Stop => "stop",
+        }
+    }
 }
 
 /// What an alert watches (on the load generator's view).
@@ -169,6 +249,12 @@ pub struct Scenario {
     pub alerts: Vec<Alert>,
     /// Expectations.
     pub expect: Vec<Expect>,
+    /// Where the services run.
+    pub network: NetworkMode,
+    /// Hosts (kernel network).
+    pub hosts: Vec<Host>,
+    /// The NAT's source port range (kernel network). Default 1024-65535.
+    pub nat_ports: (u16, u16),
 }
 
 /// A scenario that cannot be used: every problem with its line, column and key.
@@ -225,10 +311,66 @@ fn scenario(cx: &mut Cx, root: &mut Tbl, name: &str, text: &str) -> Scenario {
             }
         }
     };
+    let network = root.choice(
+        cx,
+        "network",
+        ("loopback", NetworkMode::Loopback),
+        &[("kernel", NetworkMode::Kernel)],
+    );
+    let hosts: Vec<Host> = root
+        .array(cx, "hosts")
+        .into_iter()
+        .filter_map(|mut t| {
+            let name = t.req_str(cx, "name").map(|(n, _)| n.to_string());
+            let outside = t.choice(cx, "side", ("inside", false), &[("outside", true)]);
+            t.finish(cx);
+            Some(Host {
+                name: name?,
+                outside,
+            })
+        })
+        .collect();
+    for svc in &services {
+        if let Some(h) = &svc.host {
+            if !hosts.iter().any(|x| &x.name == h) {
+                let what = format!(
+                    "service {} is on host {h:?}, which is not in [[hosts]]",
+                    svc.name
+                );
+                cx.report(
+                    root.value_span("hosts"),
+                    "hosts".into(),
+                    ProblemKind::Invalid(what),
+                );
+            }
+        }
+    }
+    let nat_ports = root
+        .sub(cx, "nat")
+        .and_then(|mut t| {
+            let r = t
+                .str(cx, "ports")
+                .and_then(|(p, span)| match port_range(p) {
+                    Some(r) => Some(r),
+                    None => {
+                        cx.report(
+                            span,
+                            t.key_path("ports"),
+                            ProblemKind::Invalid(
+                                "expected \"FROM-TO\", e.g. \"40000-40999\"".into(),
+                            ),
+                        );
+                        None
+                    }
+                });
+            t.finish(cx);
+            r
+        })
+        .unwrap_or((1024, 65535));
     let faults = root
         .array(cx, "faults")
         .into_iter()
-        .filter_map(|t| fault(cx, t, &services))
+        .filter_map(|t| fault(cx, t, &services, network))
         .collect();
     let alerts: Vec<Alert> = root
         .array(cx, "alerts")
@@ -249,6 +391,9 @@ fn scenario(cx: &mut Cx, root: &mut Tbl, name: &str, text: &str) -> Scenario {
         faults,
         alerts,
         expect,
+        network,
+        hosts,
+        nat_ports,
     }
 }
 
@@ -272,6 +417,7 @@ fn service(cx: &mut Cx, mut t: Tbl, text: &str) -> Option<Service> {
     });
     let args = t.str_list(cx, "args");
     let argv = t.str_list(cx, "argv");
+    let host = t.str(cx, "host").map(|(h, _)| h.to_string());
     let config_span = t.str(cx, "config");
     let config = config_span.as_ref().map(|(c, _)| c.to_string());
     let env = t
@@ -324,6 +470,7 @@ fn service(cx: &mut Cx, mut t: Tbl, text: &str) -> Option<Service> {
         args,
         config,
         env,
+        host,
     })
 }
 
@@ -398,33 +545,98 @@ fn load(cx: &mut Cx, mut t: Tbl, services: &[&str]) -> Load {
 }
 
 /// `[[faults]]`.
-fn fault(cx: &mut Cx, mut t: Tbl, services: &[Service]) -> Option<Fault> {
+/// `"FROM-TO"` ports.
+fn port_range(p: &str) -> Option<(u16, u16)> {
+    let (a, b) = p.split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a > 0 && a <= b).then_some((a, b))
+}
+
+fn fault(cx: &mut Cx, mut t: Tbl, services: &[Service], network: NetworkMode) -> Option<Fault> {
     let at = t.req_offset(cx, "at");
     let until = t.opt_offset(cx, "until");
-    let service = t.req_str(cx, "service").map(|(s, span)| {
-        if !services
-            .iter()
-            .any(|x| x.name == s && x.kind == Kind::Chaos)
-        {
-            let what = format!("no chaos service named {s:?}");
-            cx.report(span, t.key_path("service"), ProblemKind::Invalid(what));
+    let kind_span = t.value_span("kind");
+    let kind = match t.str(cx, "kind") {
+        None | Some(("toxic", _)) => FaultKind::Toxic,
+        Some(("syn_rate_limit", _)) => FaultKind::SynRateLimit {
+            rate: t.uint(cx, "rate", 1, 0, 1_000_000) as u32,
+        },
+        Some(("loss", _)) => FaultKind::Loss {
+            percent: t.uint(cx, "percent", 10, 1, 100) as u8,
+        },
+        Some(("blackhole", _)) => FaultKind::Blackhole,
+        Some(("snat_ports", _)) => {
+            let (from, to) = t
+                .str(cx, "ports")
+                .and_then(|(p, span)| {
+                    let r = port_range(p);
+                    if r.is_none() {
+                        cx.report(
+                            span,
+                            t.key_path("ports"),
+                            ProblemKind::Invalid("expected \"FROM-TO\"".into()),
+                        );
+                    }
+                    r
+                })
+                .unwrap_or((40000, 40000));
+            FaultKind::SnatPorts { from, to }
         }
-        s.to_string()
-    });
-    let proxy = t.req_str(cx, "proxy").map(|(p, _)| p.to_string());
-    let toxic = t.json_value("toxic");
-    match &toxic {
-        None => cx.report(t.span(), t.key_path("toxic"), ProblemKind::Missing),
-        Some(v) => {
-            if let Err(e) = hopline_chaos_toxic_check(v) {
-                cx.report(
-                    t.value_span("toxic"),
-                    t.key_path("toxic"),
-                    ProblemKind::Invalid(e.into()),
-                );
+        Some(("conntrack_expiry", _)) => FaultKind::ConntrackExpiry {
+            seconds: t.uint(cx, "seconds", 1, 1, 86_400) as u32,
+        },
+        Some(("stop", _)) => FaultKind::Stop,
+        Some((_, span)) => {
+            let what = "expected toxic, syn_rate_limit, loss, blackhole, snat_ports, conntrack_expiry or stop";
+            cx.report(span, t.key_path("kind"), ProblemKind::Invalid(what.into()));
+            return None;
+        }
+    };
+    if kind.kernel() && network != NetworkMode::Kernel {
+        let what = format!("fault kind {} needs network = \"kernel\"", kind.as_str());
+        cx.report(kind_span, t.key_path("kind"), ProblemKind::Invalid(what));
+    }
+    let needs_service = !matches!(
+        kind,
+        FaultKind::SnatPorts { .. } | FaultKind::ConntrackExpiry { .. }
+    );
+    let service = if needs_service {
+        t.req_str(cx, "service").map(|(s, span)| {
+            let ok = services
+                .iter()
+                .any(|x| x.name == s && (kind != FaultKind::Toxic || x.kind == Kind::Chaos));
+            if !ok {
+                let what = if kind == FaultKind::Toxic {
+                    format!("no chaos service named {s:?}")
+                } else {
+                    format!("no service named {s:?}")
+                };
+                cx.report(span, t.key_path("service"), ProblemKind::Invalid(what));
+            }
+            s.to_string()
+        })
+    } else {
+        Some(String::new())
+    };
+    let (proxy, toxic) = if kind == FaultKind::Toxic {
+        let proxy = t.req_str(cx, "proxy").map(|(p, _)| p.to_string());
+        let toxic = t.json_value("toxic");
+        match &toxic {
+            None => cx.report(t.span(), t.key_path("toxic"), ProblemKind::Missing),
+            Some(v) => {
+                if let Err(e) = hopline_chaos_toxic_check(v) {
+                    cx.report(
+                        t.value_span("toxic"),
+                        t.key_path("toxic"),
+                        ProblemKind::Invalid(e.into()),
+                    );
+                }
             }
         }
-    }
+        (proxy, toxic)
+    } else {
+        (Some(String::new()), Some(Value::Null))
+    };
     t.finish(cx);
     Some(Fault {
         at: at?,
@@ -432,6 +644,7 @@ fn fault(cx: &mut Cx, mut t: Tbl, services: &[Service]) -> Option<Fault> {
         service: service?,
         proxy: proxy?,
         toxic: toxic?,
+        kind,
     })
 }
 

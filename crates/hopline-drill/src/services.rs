@@ -44,6 +44,9 @@ pub enum StartError {
         /// Its stderr file.
         log: String,
     },
+    /// The kernel network could not be built.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     /// The run's throw-away TLS certificates could not be made.
     #[error(transparent)]
     Certificates(#[from] crate::tls::PkiError),
@@ -65,13 +68,16 @@ pub struct Topology {
     pub addrs: HashMap<String, SocketAddr>,
     /// Stdout log file of every service.
     pub logs: HashMap<String, PathBuf>,
+    /// The kernel network the services run in (`network = "kernel"`); torn down after
+    /// they have stopped.
+    pub network: Option<std::sync::Arc<crate::network::Network>>,
 }
 
 /// The command that starts `program argv`: through `setpriv --pdeathsig KILL` where
 /// util-linux has it, so a service dies with the drill even when the drill is killed with
 /// SIGKILL. The death signal follows the thread that spawned the child: services are
 /// spawned from the thread that runs the drill, which lives as long as it does.
-fn command(program: &Path, argv: &[String]) -> Command {
+fn command(program: &Path, argv: &[String], ns: Option<&str>) -> Command {
     static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     let setpriv = SETPRIV.get_or_init(|| {
         ["/usr/bin/setpriv", "/bin/setpriv"]
@@ -79,20 +85,21 @@ fn command(program: &Path, argv: &[String]) -> Command {
             .map(PathBuf::from)
             .find(|p| p.exists())
     });
-    match setpriv {
-        Some(sp) => {
-            let mut c = Command::new(sp);
-            c.args(["--pdeathsig", "KILL", "--"])
-                .arg(program)
-                .args(argv);
-            c
-        }
-        None => {
-            let mut c = Command::new(program);
-            c.args(argv);
-            c
-        }
+    let mut line: Vec<std::ffi::OsString> = Vec::new();
+    // In a kernel-network drill, inside the host's namespace (`ip netns exec` execs, so
+    // the process keeps its id and its parent).
+    if let Some(ns) = ns {
+        line.extend(["ip", "netns", "exec", ns].map(Into::into));
     }
+    if let Some(sp) = setpriv {
+        line.push(sp.into());
+        line.extend(["--pdeathsig", "KILL", "--"].map(Into::into));
+    }
+    line.push(program.into());
+    line.extend(argv.iter().map(Into::into));
+    let mut c = Command::new(&line[0]);
+    c.args(&line[1..]);
+    c
 }
 
 impl Drop for Topology {
@@ -102,6 +109,14 @@ impl Drop for Topology {
 }
 
 impl Topology {
+    /// The process id of service `name`.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+    }
+
     /// Stops every process: SIGTERM (so logs flush), then kill after 3 s.
     pub fn stop(&mut self) {
         for (_, c) in &mut self.children {
@@ -176,11 +191,54 @@ pub fn start(
             }
         }
     }
-    let picked = free_addrs(names.len()).map_err(|source| StartError::Io {
-        path: "127.0.0.1:0".into(),
-        source,
-    })?;
-    let addrs: HashMap<String, SocketAddr> = names.into_iter().zip(picked).collect();
+    let network = match s.network {
+        crate::scenario::NetworkMode::Loopback => None,
+        crate::scenario::NetworkMode::Kernel => {
+            let mut hosts = s.hosts.clone();
+            if s.services.iter().any(|x| x.host.is_none())
+                && !hosts.iter().any(|h| h.name == "main")
+            {
+                hosts.push(crate::scenario::Host {
+                    name: "main".into(),
+                    outside: false,
+                });
+            }
+            Some(std::sync::Arc::new(crate::network::Network::build(
+                &hosts,
+                s.nat_ports,
+            )?))
+        }
+    };
+    let addrs: HashMap<String, SocketAddr> = match &network {
+        None => {
+            let picked = free_addrs(names.len()).map_err(|source| StartError::Io {
+                path: "127.0.0.1:0".into(),
+                source,
+            })?;
+            names.into_iter().zip(picked).collect()
+        }
+        // Each name on its service's host (a name that is not a service, like a chaos
+        // proxy's listen address, on the host of the first service that mentions it).
+        Some(net) => names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let svc = s.services.iter().find(|x| x.name == n).or_else(|| {
+                    s.services.iter().find(|x| {
+                        x.args
+                            .iter()
+                            .chain(x.config.iter())
+                            .any(|t| placeholders(t).contains(&n))
+                    })
+                });
+                let host = svc.and_then(|x| x.host.as_deref()).unwrap_or("main");
+                let ip = net
+                    .host(host)
+                    .map_or(std::net::Ipv4Addr::LOCALHOST, |h| h.ip);
+                (n, SocketAddr::from((ip, 20_000 + i as u16)))
+            })
+            .collect(),
+    };
     let out = &std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
     // Certificates only for scenarios that use them.
     let uses_tls = s.services.iter().any(|svc| {
@@ -206,6 +264,7 @@ pub fn start(
         children: Vec::new(),
         addrs,
         logs: HashMap::new(),
+        network,
     };
     for svc in &s.services {
         let addr = topo.addrs[&svc.name];
@@ -290,7 +349,11 @@ pub fn start(
             .iter()
             .map(|(k, v)| (k.clone(), fill(v, &topo.addrs)))
             .collect();
-        let child = command(&program, &argv)
+        let ns = topo.network.as_ref().and_then(|net| {
+            net.host(svc.host.as_deref().unwrap_or("main"))
+                .map(|h| h.ns.clone())
+        });
+        let child = command(&program, &argv, ns.as_deref())
             .envs(env)
             .stdin(Stdio::null())
             .stdout(io(&log)?)

@@ -91,6 +91,10 @@ enum Command {
         /// Output folder (one subfolder per scenario with index.html and data.json).
         #[arg(long, default_value = "drill-report")]
         out: PathBuf,
+        /// Where the services run: `loopback`, or `kernel` (network namespaces joined
+        /// through a real NAT; needs root, `ip` and `nft`). Default: each scenario's own.
+        #[arg(long, value_parser = ["loopback", "kernel"])]
+        network: Option<String>,
     },
     /// Run the fault-injection proxy (Toxiproxy-compatible API, NAT model, HTTP faults).
     Chaos {
@@ -227,7 +231,11 @@ fn main() -> ExitCode {
             seed,
             hopline_chaos::api::Options { proxy_metrics },
         ),
-        Command::Drill { scenarios, out } => drill(&scenarios, &out),
+        Command::Drill {
+            scenarios,
+            out,
+            network,
+        } => drill(&scenarios, &out, network.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -576,7 +584,11 @@ fn chaos(
     })
 }
 
-fn drill(files: &[PathBuf], out: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn drill(
+    files: &[PathBuf],
+    out: &std::path::Path,
+    network: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let mut scenarios = Vec::new();
     if files.is_empty() {
         for (name, text) in [
@@ -603,6 +615,25 @@ fn drill(files: &[PathBuf], out: &std::path::Path) -> anyhow::Result<ExitCode> {
                 eprintln!("hopline: {}", hopline_core::error::cause_chain(&e));
                 return Ok(ExitCode::from(2));
             }
+        }
+    }
+    if let Some(n) = network {
+        let mode = if n == "kernel" {
+            hopline_drill::scenario::NetworkMode::Kernel
+        } else {
+            hopline_drill::scenario::NetworkMode::Loopback
+        };
+        for s in &mut scenarios {
+            s.network = mode;
+        }
+    }
+    if scenarios
+        .iter()
+        .any(|s| s.network == hopline_drill::scenario::NetworkMode::Kernel)
+    {
+        if let Err(e) = hopline_drill::network::available() {
+            eprintln!("hopline drill: {e}; nothing was started");
+            return Ok(ExitCode::from(2));
         }
     }
     let exe = std::env::current_exe().context("cannot find the hopline executable")?;
