@@ -2,8 +2,9 @@
 //! joined by a veth pair to one router namespace, which is the NAT gateway in front of
 //! the `outside` hosts (nftables masquerade with a source port range, conntrack on). The
 //! drill itself (load generator, readiness checks) reaches the hosts through one more veth
-//! pair from its own namespace. Addresses come from 198.18.0.0/15 (the benchmarking
-//! range) and exist only inside these namespaces and on that one link.
+//! pair from its own namespace. Addresses come from one 198.18.N.0/24 per run (the
+//! benchmarking range; concurrent runs take different N) and exist only inside these
+//! namespaces and on that one link.
 //!
 //! Faults are netfilter rules in the router (added at `at`, removed at `until`) or its
 //! conntrack settings. Everything carries a per-run prefix (`hd<pid>`) and is removed when
@@ -50,6 +51,8 @@ pub struct HostNet {
 #[derive(Debug)]
 pub struct Network {
     prefix: String,
+    /// The third octet of this run's 198.18.N.0/24 (concurrent runs take different ones).
+    subnet: u8,
     router: String,
     root_if: String,
     hosts: Vec<HostNet>,
@@ -153,9 +156,13 @@ impl Network {
     /// Builds the namespaces, links, routes and the NAT for `hosts`.
     pub fn build(hosts: &[Host], nat_ports: (u16, u16)) -> Result<Network, NetworkError> {
         available()?;
+        if hosts.len() > 62 {
+            return Err(NetworkError::Unavailable("at most 62 hosts".into()));
+        }
         remove_leftovers();
         let prefix = format!("hd{}", std::process::id());
         let mut net = Network {
+            subnet: 0,
             router: format!("{prefix}-router"),
             root_if: format!("{prefix}root"),
             prefix,
@@ -173,20 +180,21 @@ impl Network {
         Ok(net)
     }
 
-    fn make_router(&self) -> Result<(), NetworkError> {
-        let r = self.router.as_str();
-        run(&["ip", "netns", "add", r])?;
-        run(&["ip", "-n", r, "link", "set", "lo", "up"])?;
+    fn make_router(&mut self) -> Result<(), NetworkError> {
+        let r = self.router.clone();
+        run(&["ip", "netns", "add", &r])?;
+        run(&["ip", "-n", &r, "link", "set", "lo", "up"])?;
         run(&[
             "ip",
             "netns",
             "exec",
-            r,
+            &r,
             "sysctl",
             "-qw",
             "net.ipv4.ip_forward=1",
         ])?;
-        // The drill's own link: 198.18.0.2 here, 198.18.0.1 in the router.
+        // The drill's own link: 198.18.N.2 here, 198.18.N.1 in the router, and a route to
+        // this run's 198.18.N.0/24 over it. N: the first free from a start of this run's.
         let peer = format!("{}rr", self.prefix);
         run(&[
             "ip",
@@ -199,22 +207,56 @@ impl Network {
             "name",
             &peer,
         ])?;
-        run(&["ip", "link", "set", &peer, "netns", r])?;
-        run(&["ip", "addr", "add", "198.18.0.2/30", "dev", &self.root_if])?;
+        run(&["ip", "link", "set", &peer, "netns", &r])?;
         run(&["ip", "link", "set", &self.root_if, "up"])?;
-        run(&["ip", "-n", r, "addr", "add", "198.18.0.1/30", "dev", &peer])?;
-        run(&["ip", "-n", r, "link", "set", &peer, "up"])?;
-        run(&[
-            "ip",
-            "route",
-            "add",
-            "198.18.0.0/16",
-            "via",
-            "198.18.0.1",
-            "dev",
-            &self.root_if,
-        ])?;
-        Ok(())
+        run(&["ip", "-n", &r, "link", "set", &peer, "up"])?;
+        let start = (std::process::id() % 200) as u8;
+        let mut last = None;
+        for k in 0..250u8 {
+            let n = 1 + (start.wrapping_add(k) % 250);
+            let taken = run(&["ip", "route", "show", &format!("198.18.{n}.0/24")])
+                .is_ok_and(|o| !o.trim().is_empty());
+            if taken {
+                continue;
+            }
+            let mine = format!("198.18.{n}.2/30");
+            if let Err(e) = run(&["ip", "addr", "add", &mine, "dev", &self.root_if]) {
+                last = Some(e);
+                continue;
+            }
+            let route = format!("198.18.{n}.0/24");
+            let via = format!("198.18.{n}.1");
+            match run(&[
+                "ip",
+                "route",
+                "add",
+                &route,
+                "via",
+                &via,
+                "dev",
+                &self.root_if,
+            ]) {
+                Ok(_) => {
+                    run(&[
+                        "ip",
+                        "-n",
+                        &r,
+                        "addr",
+                        "add",
+                        &format!("{via}/30"),
+                        "dev",
+                        &peer,
+                    ])?;
+                    self.subnet = n;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let _ = run(&["ip", "addr", "del", &mine, "dev", &self.root_if]);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(NetworkError::Unavailable("a free 198.18.N.0/24".into())))
     }
 
     fn make_host(&self, i: usize, h: &Host) -> Result<HostNet, NetworkError> {
@@ -223,10 +265,12 @@ impl Network {
             format!("{}h{i}", self.prefix),
             format!("{}r{i}", self.prefix),
         );
-        let (a, b) = ((i / 64) as u8, ((i % 64) * 4) as u8);
+        // Link i is 198.18.N.4i/30: the router at .4i+1, the host at .4i+2.
+        let b = (i * 4) as u8;
+        let n = self.subnet;
         let (router_ip, ip) = (
-            Ipv4Addr::new(198, 18, 1 + a, b + 1),
-            Ipv4Addr::new(198, 18, 1 + a, b + 2),
+            Ipv4Addr::new(198, 18, n, b + 1),
+            Ipv4Addr::new(198, 18, n, b + 2),
         );
         run(&["ip", "netns", "add", &ns])?;
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
@@ -399,6 +443,8 @@ impl Network {
                 let old = run(&["ip", "netns", "exec", &self.router, "sysctl", "-n", key])?;
                 let set = format!("{key}={seconds}");
                 run(&["ip", "netns", "exec", &self.router, "sysctl", "-qw", &set])?;
+                // The setting applies to an entry from its next packet on: a connection
+                // that has traffic during the fault and then idles longer is forgotten.
                 // Late packets of a forgotten connection are not taken up as new ones.
                 run(&[
                     "ip",
