@@ -26,6 +26,12 @@ pub use scenario::{parse, Scenario, ScenarioError};
 pub const INCIDENT_LEGACY: &str = include_str!("../../../examples/incident-legacy.drill.toml");
 /// The embedded incident drill, hopline variant.
 pub const INCIDENT_HOPLINE: &str = include_str!("../../../examples/incident-hopline.drill.toml");
+/// The embedded incident on a real kernel network (`--network kernel`), legacy gateway.
+pub const INCIDENT_LEGACY_KERNEL: &str =
+    include_str!("../../../examples/incident-legacy-kernel.drill.toml");
+/// The embedded incident on a real kernel network (`--network kernel`), hopline.
+pub const INCIDENT_HOPLINE_KERNEL: &str =
+    include_str!("../../../examples/incident-hopline-kernel.drill.toml");
 
 /// Why a drill could not run.
 #[derive(Debug, thiserror::Error)]

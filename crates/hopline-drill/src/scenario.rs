@@ -881,6 +881,8 @@ mod tests {
         for (name, text) in [
             ("legacy", crate::INCIDENT_LEGACY),
             ("hopline", crate::INCIDENT_HOPLINE),
+            ("legacy-kernel", crate::INCIDENT_LEGACY_KERNEL),
+            ("hopline-kernel", crate::INCIDENT_HOPLINE_KERNEL),
         ] {
             let s = parse(text, name).unwrap_or_else(|e| panic!("{e}"));
             assert!(!s.faults.is_empty() && !s.expect.is_empty(), "{name}");

@@ -591,13 +591,28 @@ fn drill(
 ) -> anyhow::Result<ExitCode> {
     let mut scenarios = Vec::new();
     if files.is_empty() {
-        for (name, text) in [
-            ("incident-legacy (embedded)", hopline_drill::INCIDENT_LEGACY),
-            (
-                "incident-hopline (embedded)",
-                hopline_drill::INCIDENT_HOPLINE,
-            ),
-        ] {
+        // The embedded incident; on a kernel network, its variant behind a real NAT.
+        let embedded = if network == Some("kernel") {
+            [
+                (
+                    "incident-legacy-kernel (embedded)",
+                    hopline_drill::INCIDENT_LEGACY_KERNEL,
+                ),
+                (
+                    "incident-hopline-kernel (embedded)",
+                    hopline_drill::INCIDENT_HOPLINE_KERNEL,
+                ),
+            ]
+        } else {
+            [
+                ("incident-legacy (embedded)", hopline_drill::INCIDENT_LEGACY),
+                (
+                    "incident-hopline (embedded)",
+                    hopline_drill::INCIDENT_HOPLINE,
+                ),
+            ]
+        };
+        for (name, text) in embedded {
             scenarios.push(hopline_drill::parse(text, name)?);
         }
     }

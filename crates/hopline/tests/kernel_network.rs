@@ -224,3 +224,27 @@ fn leftovers_of_a_killed_drill_are_removed_by_the_next() {
     hopline_drill::network::remove_leftovers();
     assert_eq!(listed(), 0, "leftovers of a dead drill stay");
 }
+
+/// `hopline drill --network kernel`: the embedded incident behind a real NAT. The legacy
+/// gateway reproduces the storm; hopline answers degraded 200s, and its top cause names
+/// the coupon upstream, the egress zone and the connect phase.
+#[test]
+#[ignore = "needs root, ip and nft; run by .ci/run"]
+fn the_embedded_incident_runs_behind_a_real_nat() {
+    let out = temp_file("x", "").with_file_name("incident-kernel-report");
+    let o = Command::new(bin())
+        .args(["drill", "--network", "kernel", "--out"])
+        .arg(&out)
+        .output()
+        .expect("drill");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("(egress): connect timed out"),
+        "hopline's cause names the connect phase: {text}"
+    );
+}
