@@ -427,6 +427,8 @@ impl Network {
                 };
                 Ok(Undo::Rules(vec![self.add_rule("faults", &rule)?]))
             }
+            // `numgen random mod 100` is 0..=99: 100 % is every packet.
+            (FaultKind::Loss { percent }, Some((ip, _))) if percent >= 100 => both("drop", ip),
             (FaultKind::Loss { percent }, Some((ip, _))) => {
                 both(&format!("numgen random mod 100 < {percent} drop"), ip)
             }

@@ -393,3 +393,20 @@ fn the_services_die_with_the_drill_even_on_sigkill() {
     let _ = drill.wait();
     wait_gone(&kids);
 }
+
+/// `kind = "stop"`: a service stopped (SIGSTOP) for a while and continued — on loopback.
+#[test]
+fn a_stopped_service_fails_its_calls_until_it_is_continued() {
+    let text = "name = \"stop\"\nduration = \"4s\"\n[[services]]\nname = \"up\"\nkind = \"mock\"\nargs = [\"--quiet\"]\n[[services]]\nname = \"gw\"\nkind = \"hopline\"\nconfig = \"\"\"\n[server]\nlisten = \"{addr:gw}\"\n[log]\naccess = \"stdout\"\n[upstreams.u]\nendpoints = [\"{addr:up}\"]\ntimeout = \"100ms\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n\"\"\"\n[load]\ntarget = \"gw\"\npath = \"/\"\nschedule = [{ at = \"0s\", rate = 50 }]\n[[faults]]\nat = \"1s\"\nuntil = \"2.5s\"\nkind = \"stop\"\nservice = \"up\"\n[[expect]]\nphase = \"fault\"\nmetric = \"non_2xx_ratio\"\nabove = 0.5\n[[expect]]\ntop_cause_of = \"gw\"\ncontains = \"timed out\"\n";
+    let path = temp_file("stop.drill.toml", text);
+    let out = path.with_file_name("report");
+    let (code, text) = run_drill(&path, &out);
+    assert_eq!(code, Some(0), "{text}");
+    // Continued: the last second is all 200s again.
+    let data: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("stop/data.json")).expect("data.json"),
+    )
+    .expect("json");
+    let last = &data["load"][3]["classes"];
+    assert!(last["2xx"].as_u64().unwrap_or(0) >= 40, "{last}");
+}

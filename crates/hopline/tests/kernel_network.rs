@@ -95,6 +95,16 @@ fn each_fault_kind_is_seen_from_inside_and_everything_is_removed() {
     net.undo(u).expect("undo");
     assert!(try_connect(addr).is_ok());
 
+    // loss 100 %: every packet to and from it is lost.
+    let u = net
+        .apply(FaultKind::Loss { percent: 100 }, target)
+        .expect("apply");
+    assert_eq!(
+        try_connect(addr).expect_err("lost").kind(),
+        ErrorKind::TimedOut
+    );
+    net.undo(u).expect("undo");
+
     // blackhole: nothing passes, either way.
     let u = net.apply(FaultKind::Blackhole, target).expect("apply");
     assert_eq!(
@@ -186,6 +196,50 @@ fn the_kernel_nat_drill_shows_the_connect_phase() {
         !String::from_utf8_lossy(&left.stdout).contains(&prefix),
         "namespaces left behind"
     );
+}
+
+/// A kernel drill stopped with SIGTERM removes its namespaces itself.
+#[test]
+#[ignore = "needs root, ip and nft; run by .ci/run"]
+fn a_kernel_drill_stopped_by_sigterm_leaves_nothing() {
+    let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/nat-kernel.drill.toml");
+    let out = temp_file("x", "").with_file_name("term-report");
+    let drill = Command::new(bin())
+        .args(["drill", scenario.to_str().expect("utf8"), "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("drill");
+    let prefix = format!("hd{}-", drill.id());
+    let listed = || {
+        let o = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .count()
+    };
+    // Running: its network built and the gateway logging requests.
+    let end = Instant::now() + Duration::from_secs(20);
+    while listed() < 3
+        || !std::fs::metadata(out.join("nat-kernel/gateway.log")).is_ok_and(|m| m.len() > 0)
+    {
+        assert!(Instant::now() < end, "the drill did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &drill.id().to_string()])
+        .status();
+    let o = drill.wait_with_output().expect("exit");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("INTERRUPTED"),
+        "a partial report"
+    );
+    assert_eq!(listed(), 0, "namespaces left after SIGTERM");
 }
 
 /// A drill killed with SIGKILL leaves its namespaces; the next kernel drill removes them.
