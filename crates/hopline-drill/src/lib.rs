@@ -157,20 +157,25 @@ fn other_fault(
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (as `timeout`, a CI job or Ctrl-C send them).
-async fn termination() {
+/// Watches for SIGTERM and SIGINT (as `timeout`, a CI job or Ctrl-C send them) from now
+/// on: a signal that arrives while services are starting is caught too, and acted on as
+/// soon as the load begins (so the services and the network are always torn down).
+fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let streams = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match streams {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            _ => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
 }
 
@@ -185,6 +190,7 @@ pub async fn run(
         path: out.display().to_string(),
         source,
     })?;
+    let stop = termination();
     let mut topo = services::start(s, &programs.hopline, &programs.legacy, out)?;
     let plan = load::LoadPlan {
         target: topo.addrs[&s.load.target],
@@ -294,7 +300,7 @@ pub async fn run(
                 sent,
             })
         },
-        termination(),
+        stop,
     )
     .await;
     // Told to stop: the services are stopped and the report written from what there is.
