@@ -54,6 +54,30 @@ impl Phase {
     }
 }
 
+impl Phase {
+    /// The machine-readable label of the access log's `phase` field: `connect`, `tls`,
+    /// `request`, `response_headers`, `response_body`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Tls => "tls",
+            Phase::Request => "request",
+            Phase::ResponseHeaders => "response_headers",
+            Phase::ResponseBody => "response_body",
+        }
+    }
+}
+
+impl ProxyError {
+    /// The phase of the upstream exchange this failure happened in, when it is one.
+    pub fn upstream_phase(&self) -> Option<Phase> {
+        match self {
+            ProxyError::Upstream(e) => Some(e.kind.phase()),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -68,6 +68,9 @@ pub struct AccessRecord {
     pub endpoint: Option<SocketAddr>,
     /// Zone of the upstream.
     pub zone: Option<&'static str>,
+    /// The phase of the upstream exchange a failure happened in, or (client gone) was
+    /// waiting in: `connect`, `tls`, `request`, `response_headers`, `response_body`.
+    pub phase: Option<&'static str>,
     /// Upstream attempts made.
     pub attempts: u32,
     /// Time from arrival to the end of the response (or of the failure).
@@ -160,6 +163,8 @@ impl AccessRecord {
         }
         s.extend_from_slice(b",\"zone\":");
         json_opt(s, self.zone);
+        s.extend_from_slice(b",\"phase\":");
+        json_opt(s, self.phase);
         s.extend_from_slice(b",\"attempts\":");
         push_u64(s, u64::from(self.attempts));
         s.extend_from_slice(b",\"duration_ms\":");
@@ -204,6 +209,8 @@ impl AccessRecord {
                 push_opt_u64(s, c.status.map(u64::from));
                 s.extend_from_slice(b",\"cause\":");
                 json_opt(s, c.cause.as_deref());
+                s.extend_from_slice(b",\"phase\":");
+                json_opt(s, c.phase);
                 s.extend_from_slice(if c.fallback {
                     b",\"fallback\":true,\"attempts\":"
                 } else {
@@ -420,6 +427,7 @@ mod tests {
             "cause",
             "upstream",
             "zone",
+            "phase",
             "attempts",
             "duration_ms",
             "deadline_ms",

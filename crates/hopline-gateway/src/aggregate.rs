@@ -50,6 +50,8 @@ pub struct CallRecord {
     pub status: Option<u16>,
     /// Why the call fell back (or failed), if it did.
     pub cause: Option<String>,
+    /// The phase of the upstream exchange it failed (or was cut off) in.
+    pub phase: Option<&'static str>,
     /// Served from its fallback.
     pub fallback: bool,
     /// Time from start to end.
@@ -82,6 +84,7 @@ impl CallsCell {
                 state: CallState::Pending,
                 status: None,
                 cause: None,
+                phase: None,
                 fallback: false,
                 duration: Duration::ZERO,
                 attempts: 0,
@@ -324,6 +327,9 @@ async fn one(
         r.duration = started.elapsed();
         if let Err(e) = &result {
             r.cause = Some(hopline_core::error::cause_chain(e));
+            if let CallFailure::Proxy(p) = e {
+                r.phase = p.upstream_phase().map(|ph| ph.label());
+            }
             r.fallback = !call.config.required;
         }
     });

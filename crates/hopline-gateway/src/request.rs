@@ -428,6 +428,10 @@ async fn settle<F: Front>(
             drain: gw.config.server.drain_timeout,
         },
     };
+    rec.phase = match &err {
+        ProxyError::ClientGone { .. } => p.phase.map(|ph| ph.label()),
+        e => e.upstream_phase().map(|ph| ph.label()),
+    };
     let progress = policy::Progress {
         stage: Stage::Done,
         response_started: p.response_started,

@@ -78,6 +78,7 @@ fn deadline_reached_waiting_on_upstream_is_504_ut_at_the_deadline() {
         "{cause}"
     );
     assert_eq!(line["deadline_ms"], 300);
+    assert_eq!(line["phase"], "response_headers");
     // The abandoned call does not keep running: the upstream sees its client go.
     up.wait_json(LOG_WAIT, "mock cancellation", |v| {
         v["path"] == "/slow" && v["cancelled"] == true
@@ -96,6 +97,7 @@ fn connect_refused_is_502_uf_with_the_os_error() {
         cause.contains("connect error") && cause.contains("os error 111"),
         "{cause}"
     );
+    assert_eq!(line["phase"], "connect");
 }
 
 #[test]
@@ -364,6 +366,10 @@ fn client_disconnect_closes_the_upstream_connection_and_logs_499_dc() {
             && cause.contains("while waiting on upstream svc"),
         "{cause}"
     );
+    // What it was waiting in: the exchange with the upstream (sending the request while
+    // already reading for the answer, as the cause says too).
+    let phase = line["phase"].as_str().expect("phase");
+    assert!(matches!(phase, "request" | "response_headers"), "{line}");
 }
 
 #[test]
