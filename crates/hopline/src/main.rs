@@ -83,6 +83,21 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u16).range(0..=16))]
         grpc: Option<u16>,
     },
+    /// Read access logs and say when it started, where first, what, and who cut requests.
+    Diagnose {
+        /// hopline JSON access logs (several files and instances; merged by time).
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        /// Only lines from this time on (RFC 3339 UTC, e.g. 2026-11-28T14:02:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only lines before this time (RFC 3339 UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// Output: a summary to read, or JSON for tools.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
     /// Run fault drills: the embedded incident (legacy gateway, then hopline) or scenario files.
     Drill {
         /// Scenario files (TOML). None: the embedded incident scenario, run with the legacy
@@ -231,6 +246,12 @@ fn main() -> ExitCode {
             seed,
             hopline_chaos::api::Options { proxy_metrics },
         ),
+        Command::Diagnose {
+            logs,
+            since,
+            until,
+            format,
+        } => diagnose(&logs, since.as_deref(), until.as_deref(), &format),
         Command::Drill {
             scenarios,
             out,
@@ -582,6 +603,39 @@ fn chaos(
         hopline_chaos::api::serve(listener, registry, options, termination()).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn diagnose(
+    logs: &[PathBuf],
+    since: Option<&str>,
+    until: Option<&str>,
+    format: &str,
+) -> anyhow::Result<ExitCode> {
+    let time = |what: &str, v: Option<&str>| -> anyhow::Result<Option<f64>> {
+        v.map(|t| {
+            hopline_diagnose::input::epoch(t).with_context(|| {
+                format!("--{what} {t:?}: expected an RFC 3339 UTC time, e.g. 2026-11-28T14:02:00Z")
+            })
+        })
+        .transpose()
+    };
+    let opts = hopline_diagnose::Options {
+        since: time("since", since)?,
+        until: time("until", until)?,
+    };
+    let report = hopline_diagnose::diagnose(logs, &opts)?;
+    if report.skipped > 0 {
+        eprintln!(
+            "hopline diagnose: warning: {} line(s) were not access records and were skipped",
+            report.skipped
+        );
+    }
+    if format == "json" {
+        println!("{:#}", report.to_json());
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn drill(

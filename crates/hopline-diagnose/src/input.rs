@@ -1,0 +1,143 @@
+//! Reading hopline's JSON access log, one line at a time, into the few fields a diagnosis
+//! needs. Lines that are not access records (endpoint events, other programs' lines) are
+//! counted, not fatal.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// One access log line, as much of it as diagnose reads.
+#[derive(Debug, Deserialize)]
+pub struct Line<'a> {
+    /// RFC 3339 UTC, e.g. `2026-11-28T04:48:30.386Z`.
+    #[serde(borrow)]
+    pub ts: Cow<'a, str>,
+    /// The route (`(none)` for no match).
+    #[serde(borrow, default)]
+    pub route: Option<Cow<'a, str>>,
+    /// The status hopline logged (499 when the client left).
+    pub status: u16,
+    /// Flags, e.g. `UT`, `DG`.
+    #[serde(borrow, default)]
+    pub flags: Vec<Cow<'a, str>>,
+    /// The cause of a failure.
+    #[serde(borrow, default)]
+    pub cause: Option<Cow<'a, str>>,
+    /// The upstream of a proxy route.
+    #[serde(borrow, default)]
+    pub upstream: Option<Cow<'a, str>>,
+    /// Its zone.
+    #[serde(borrow, default)]
+    pub zone: Option<Cow<'a, str>>,
+    /// Where the exchange failed (or, for a 499, what it waited in).
+    #[serde(borrow, default)]
+    pub phase: Option<Cow<'a, str>>,
+    /// Whole request time.
+    #[serde(default)]
+    pub duration_ms: f64,
+    /// Calls that fell back.
+    #[serde(borrow, default)]
+    pub degraded: Vec<Cow<'a, str>>,
+    /// Aggregate calls.
+    #[serde(borrow, default)]
+    pub calls: Vec<Call<'a>>,
+}
+
+/// One aggregate call of a line.
+#[derive(Debug, Deserialize)]
+pub struct Call<'a> {
+    /// The call's name.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    /// Its upstream.
+    #[serde(borrow)]
+    pub upstream: Cow<'a, str>,
+    /// Its zone.
+    #[serde(borrow)]
+    pub zone: Cow<'a, str>,
+    /// Why it failed or fell back.
+    #[serde(borrow, default)]
+    pub cause: Option<Cow<'a, str>>,
+    /// Where it failed.
+    #[serde(borrow, default)]
+    pub phase: Option<Cow<'a, str>>,
+    /// Served from its fallback.
+    #[serde(default)]
+    pub fallback: bool,
+}
+
+/// Parses one line; `None` for a line that is not an access record.
+pub fn parse(line: &str) -> Option<(f64, Line<'_>)> {
+    let l: Line<'_> = serde_json::from_str(line).ok()?;
+    let t = epoch(&l.ts)?;
+    Some((t, l))
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 UTC time (`…T…Z`, optional fraction).
+pub fn epoch(s: &str) -> Option<f64> {
+    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let mut t = time.split(':');
+    let (hh, mm): (f64, f64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?);
+    let ss: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
+/// `epoch` back to RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: f64) -> String {
+    let ms = (t * 1000.0).round() as i64;
+    let (secs, ms) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days (the inverse of the above).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let t = epoch("2026-11-28T04:48:30.386Z").expect("time");
+        assert_eq!(rfc3339(t), "2026-11-28T04:48:30.386Z");
+        assert_eq!(epoch("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(epoch("2026-13-01T00:00:00Z"), None);
+        assert_eq!(epoch("yesterday"), None);
+    }
+
+    #[test]
+    fn an_access_line_parses_and_an_event_line_does_not_count() {
+        let line = r#"{"ts":"2026-11-28T04:48:30.447Z","route":"pay","status":504,"flags":["UT"],"cause":"upstream coupon 127.0.0.1:1 (egress): connect timed out after 200ms (connect_timeout)","upstream":"coupon","zone":"egress","phase":"connect","duration_ms":201.5,"degraded":[]}"#;
+        let (_, l) = parse(line).expect("line");
+        assert_eq!((l.status, l.phase.as_deref()), (504, Some("connect")));
+        let event = r#"{"ts":"2026-11-28T04:48:30.447Z","event":"endpoint","upstream":"m","endpoint":"1.2.3.4:5","state":"ejected","detail":"x"}"#;
+        assert!(parse(event).is_none());
+        assert!(parse("not json").is_none());
+    }
+}

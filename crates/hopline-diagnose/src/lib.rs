@@ -1,0 +1,669 @@
+//! `hopline diagnose`: reads hopline access logs (several files and instances) and answers
+//! the incident's questions — **when** it started per route, **where** it went wrong
+//! first (upstream, zone, phase) and how long before the rest, **what** (top causes, what
+//! the 499s waited on, fallbacks), and **who cut** the requests (a latency ceiling: a
+//! front's timeout, or hopline's own deadline).
+//!
+//! Reading is streaming: memory grows with seconds × routes and with distinct causes, not
+//! with lines. Lines that are not access records are counted and skipped.
+
+pub mod input;
+pub mod series;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::input::rfc3339;
+use crate::series::{onset, Bucket, Metric, Onset};
+
+/// Distinct (normalized) causes kept; beyond, counted as "other causes".
+const MAX_CAUSES: usize = 1000;
+/// Latency resolution for ceilings (ms) and its range.
+const CEIL_BIN_MS: f64 = 10.0;
+const CEIL_BINS: usize = 12_000;
+
+/// Why logs could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}")]
+pub struct DiagnoseError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// What to read.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Only lines at or after this time (epoch seconds).
+    pub since: Option<f64>,
+    /// Only lines before this time (epoch seconds).
+    pub until: Option<f64>,
+}
+
+/// A place failures happen: an upstream, its zone, the phase.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Site {
+    /// Upstream.
+    pub upstream: String,
+    /// Zone.
+    pub zone: String,
+    /// Phase (`connect`, `tls`, `request`, `response_headers`, `response_body`, or `?`).
+    pub phase: String,
+}
+
+#[derive(Debug, Default)]
+struct SiteStats {
+    per_second: BTreeMap<i64, u32>,
+    total: u64,
+    example: String,
+}
+
+#[derive(Debug, Default)]
+struct CauseStats {
+    count: u64,
+    first: f64,
+    example: String,
+}
+
+#[derive(Debug)]
+struct RouteStats {
+    seconds: BTreeMap<i64, Bucket>,
+    /// Durations in 10 ms bins, and how many of each bin were 499s.
+    durations: Vec<u32>,
+    cut_499: Vec<u32>,
+    requests: u64,
+}
+
+impl Default for RouteStats {
+    fn default() -> Self {
+        RouteStats {
+            seconds: BTreeMap::new(),
+            durations: vec![0; CEIL_BINS],
+            cut_499: vec![0; CEIL_BINS],
+            requests: 0,
+        }
+    }
+}
+
+/// Everything read, before it is judged.
+#[derive(Debug, Default)]
+struct Tally {
+    lines: u64,
+    skipped: u64,
+    first: f64,
+    last: f64,
+    routes: HashMap<String, RouteStats>,
+    sites: HashMap<Site, SiteStats>,
+    causes: HashMap<String, CauseStats>,
+    other_causes: u64,
+    failures: u64,
+    waits: HashMap<(String, String), u64>,
+    fallbacks: HashMap<String, (u64, f64)>,
+    first_499: BTreeMap<i64, u32>,
+}
+
+/// Reads `paths` and judges them.
+pub fn diagnose(paths: &[PathBuf], opts: &Options) -> Result<Report, DiagnoseError> {
+    let mut tally = Tally {
+        first: f64::INFINITY,
+        last: f64::NEG_INFINITY,
+        ..Tally::default()
+    };
+    for p in paths {
+        read(p, opts, &mut tally)?;
+    }
+    Ok(judge(paths, tally))
+}
+
+fn read(path: &Path, opts: &Options, tally: &mut Tally) -> Result<(), DiagnoseError> {
+    let err = |source| DiagnoseError {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(err)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        // Invalid UTF-8 is a skipped line, not an error.
+        let n = match reader.read_line(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tally.skipped += 1;
+                let mut raw = Vec::new();
+                let _ = reader.read_until(b'\n', &mut raw);
+                continue;
+            }
+            Err(e) => return Err(err(e)),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let Some((t, line)) = input::parse(buf.trim_end()) else {
+            tally.skipped += 1;
+            continue;
+        };
+        if opts.since.is_some_and(|s| t < s) || opts.until.is_some_and(|u| t >= u) {
+            continue;
+        }
+        tally.add(t, &line);
+    }
+}
+
+/// Makes causes that differ only by port or measured time equal: `:33141` → `:*`, and a
+/// measured `after 12ms` → `after …` (a configured limit, `after 300ms (call timeout)`,
+/// stays).
+pub fn normalize(cause: &str) -> String {
+    let b = cause.as_bytes();
+    let mut out = String::with_capacity(cause.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b':' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            let mut j = i + 1;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            out.push_str(":*");
+            i = j;
+        } else if cause[i..].starts_with("after ") && b.get(i + 6).is_some_and(u8::is_ascii_digit) {
+            let mut j = i + 6;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.') {
+                j += 1;
+            }
+            if cause[j..].starts_with(" (") {
+                out.push_str(&cause[i..j]);
+            } else {
+                out.push_str("after …");
+            }
+            i = j;
+        } else {
+            let ch = cause[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
+impl Tally {
+    fn add(&mut self, t: f64, l: &input::Line<'_>) {
+        self.lines += 1;
+        self.first = self.first.min(t);
+        self.last = self.last.max(t);
+        let sec = t.floor() as i64;
+        let route = l.route.as_deref().unwrap_or("(none)");
+        let r = self.routes.entry(route.to_string()).or_default();
+        let degraded = !l.degraded.is_empty() || l.flags.iter().any(|f| f == "DG");
+        r.seconds
+            .entry(sec)
+            .or_default()
+            .add(l.status, degraded, l.duration_ms);
+        r.requests += 1;
+        let b = ((l.duration_ms / CEIL_BIN_MS) as usize).min(CEIL_BINS - 1);
+        r.durations[b] += 1;
+        if l.status == 499 {
+            r.cut_499[b] += 1;
+            *self.first_499.entry(sec).or_default() += 1;
+            let up = l.upstream.as_deref().unwrap_or("(aggregate)").to_string();
+            let phase = l.phase.as_deref().unwrap_or("?").to_string();
+            *self.waits.entry((up, phase)).or_default() += 1;
+        }
+        // The failure itself, and each fallen-back or failed call.
+        if let (Some(cause), Some(up)) = (&l.cause, &l.upstream) {
+            if l.status != 499 {
+                let site = Site {
+                    upstream: up.to_string(),
+                    zone: l.zone.as_deref().unwrap_or("?").to_string(),
+                    phase: l.phase.as_deref().unwrap_or("?").to_string(),
+                };
+                self.failure(sec, t, site, cause);
+            }
+        }
+        if let Some(cause) = &l.cause {
+            if l.upstream.is_none() && l.calls.is_empty() {
+                self.cause(t, cause);
+            }
+        }
+        for c in &l.calls {
+            if c.fallback {
+                let f = self.fallbacks.entry(c.name.to_string()).or_insert((0, t));
+                f.0 += 1;
+                f.1 = f.1.min(t);
+            }
+            if let Some(cause) = &c.cause {
+                let site = Site {
+                    upstream: c.upstream.to_string(),
+                    zone: c.zone.to_string(),
+                    phase: c.phase.as_deref().unwrap_or("?").to_string(),
+                };
+                self.failure(sec, t, site, cause);
+            }
+        }
+    }
+
+    fn failure(&mut self, sec: i64, t: f64, site: Site, cause: &str) {
+        let s = self.sites.entry(site).or_default();
+        *s.per_second.entry(sec).or_default() += 1;
+        s.total += 1;
+        if s.example.is_empty() {
+            s.example = cause.to_string();
+        }
+        self.failures += 1;
+        self.cause(t, cause);
+    }
+
+    fn cause(&mut self, t: f64, cause: &str) {
+        let key = normalize(cause);
+        if let Some(c) = self.causes.get_mut(&key) {
+            c.count += 1;
+            c.first = c.first.min(t);
+        } else if self.causes.len() < MAX_CAUSES {
+            self.causes.insert(
+                key,
+                CauseStats {
+                    count: 1,
+                    first: t,
+                    example: cause.to_string(),
+                },
+            );
+        } else {
+            self.other_causes += 1;
+        }
+    }
+}
+
+/// One route's verdict.
+#[derive(Debug, Clone)]
+pub struct RouteFinding {
+    /// The route.
+    pub route: String,
+    /// Requests read.
+    pub requests: u64,
+    /// The earliest departure among its metrics, if any.
+    pub onset: Option<Onset>,
+    /// A latency ceiling: most requests cut at one duration.
+    pub ceiling: Option<Ceiling>,
+}
+
+/// Requests pinned at one duration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ceiling {
+    /// The duration (ms).
+    pub at_ms: f64,
+    /// Requests within one bin of it.
+    pub requests: u64,
+    /// Of which 499 (the client, or a front, left).
+    pub cut_by_client: u64,
+}
+
+/// Where failures began, in order.
+#[derive(Debug, Clone)]
+pub struct SiteFinding {
+    /// Upstream, zone, phase.
+    pub site: Site,
+    /// Failures.
+    pub failures: u64,
+    /// The first second with at least 3 (epoch).
+    pub began: Option<i64>,
+    /// One cause as logged.
+    pub example: String,
+}
+
+/// A cause.
+#[derive(Debug, Clone)]
+pub struct CauseFinding {
+    /// Normalized text.
+    pub cause: String,
+    /// Lines.
+    pub count: u64,
+    /// Share of all failures.
+    pub share: f64,
+    /// First seen (epoch).
+    pub first: f64,
+    /// One as logged.
+    pub example: String,
+}
+
+/// The diagnosis.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Files read.
+    pub files: Vec<String>,
+    /// Access lines read.
+    pub lines: u64,
+    /// Lines skipped (not access records).
+    pub skipped: u64,
+    /// First and last line (epoch).
+    pub span: (f64, f64),
+    /// Per route, busiest first.
+    pub routes: Vec<RouteFinding>,
+    /// Failure sites, earliest first.
+    pub sites: Vec<SiteFinding>,
+    /// The first second with at least 3 499s (epoch).
+    pub first_499: Option<i64>,
+    /// Top causes.
+    pub causes: Vec<CauseFinding>,
+    /// What 499s were waiting on: (upstream, phase, count), most first.
+    pub waits: Vec<(String, String, u64)>,
+    /// Fallbacks per call: (call, count, first epoch), most first.
+    pub fallbacks: Vec<(String, u64, f64)>,
+}
+
+fn began(per_second: &BTreeMap<i64, u32>) -> Option<i64> {
+    per_second.iter().find(|(_, n)| **n >= 3).map(|(t, _)| *t)
+}
+
+/// A ceiling in a route's durations: the busiest 10 ms bin at or above 500 ms holds (with
+/// its neighbours) at least 2 % of the route's requests and 20 requests, and fewer than
+/// 0.5 % of the requests are slower than it.
+fn ceiling(r: &RouteStats) -> Option<Ceiling> {
+    let start = (500.0 / CEIL_BIN_MS) as usize;
+    let (peak, _) = r
+        .durations
+        .iter()
+        .enumerate()
+        .skip(start)
+        .max_by_key(|(_, c)| **c)?;
+    let around = |v: &[u32]| -> u64 {
+        v[peak.saturating_sub(1)..=(peak + 1).min(CEIL_BINS - 1)]
+            .iter()
+            .map(|c| u64::from(*c))
+            .sum()
+    };
+    let near = around(&r.durations);
+    let slower: u64 = r.durations[(peak + 2).min(CEIL_BINS)..]
+        .iter()
+        .map(|c| u64::from(*c))
+        .sum();
+    let total = r.requests;
+    (near >= 20 && near * 50 >= total && slower * 200 < total).then(|| Ceiling {
+        at_ms: (peak as f64 + 0.5) * CEIL_BIN_MS,
+        requests: near,
+        cut_by_client: around(&r.cut_499),
+    })
+}
+
+fn judge(paths: &[PathBuf], t: Tally) -> Report {
+    let mut routes: Vec<RouteFinding> = t
+        .routes
+        .iter()
+        .map(|(name, r)| {
+            let onset = [Metric::Non2xx, Metric::Degraded, Metric::P99]
+                .into_iter()
+                .filter_map(|m| onset(&r.seconds, m))
+                .min_by_key(|o| o.at);
+            RouteFinding {
+                route: name.clone(),
+                requests: r.requests,
+                onset,
+                ceiling: ceiling(r),
+            }
+        })
+        .collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.requests));
+    let mut sites: Vec<SiteFinding> = t
+        .sites
+        .into_iter()
+        .map(|(site, s)| SiteFinding {
+            began: began(&s.per_second),
+            site,
+            failures: s.total,
+            example: s.example,
+        })
+        .collect();
+    sites.sort_by_key(|s| (s.began.unwrap_or(i64::MAX), std::cmp::Reverse(s.failures)));
+    let failures = t.failures.max(1) as f64;
+    let mut causes: Vec<CauseFinding> = t
+        .causes
+        .into_iter()
+        .map(|(cause, c)| CauseFinding {
+            cause,
+            count: c.count,
+            share: c.count as f64 / failures,
+            first: c.first,
+            example: c.example,
+        })
+        .collect();
+    causes.sort_by_key(|c| std::cmp::Reverse(c.count));
+    causes.truncate(10);
+    let mut waits: Vec<(String, String, u64)> =
+        t.waits.into_iter().map(|((u, p), n)| (u, p, n)).collect();
+    waits.sort_by_key(|w| std::cmp::Reverse(w.2));
+    let mut fallbacks: Vec<(String, u64, f64)> = t
+        .fallbacks
+        .into_iter()
+        .map(|(c, (n, f))| (c, n, f))
+        .collect();
+    fallbacks.sort_by_key(|f| std::cmp::Reverse(f.1));
+    Report {
+        files: paths.iter().map(|p| p.display().to_string()).collect(),
+        lines: t.lines,
+        skipped: t.skipped,
+        span: (t.first, t.last),
+        routes,
+        sites,
+        first_499: began(&t.first_499),
+        causes,
+        waits,
+        fallbacks,
+    }
+}
+
+fn hms(t: f64) -> String {
+    let s = rfc3339(t);
+    s.split('T')
+        .nth(1)
+        .unwrap_or(&s)
+        .trim_end_matches('Z')
+        .to_string()
+}
+
+/// `connect ` for a known phase, nothing for an unknown one (older logs).
+fn phase_words(phase: &str) -> String {
+    if phase == "?" {
+        String::new()
+    } else {
+        format!("{} ", phase.replace('_', " "))
+    }
+}
+
+fn share(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+impl Report {
+    /// The terminal summary: read in 30 seconds.
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        if self.lines == 0 {
+            let _ = writeln!(
+                s,
+                "hopline diagnose: no access lines in {} ({} other lines skipped)",
+                self.files.join(", "),
+                self.skipped
+            );
+            return s;
+        }
+        let _ = writeln!(
+            s,
+            "hopline diagnose: {} access lines from {} file(s), {} to {} UTC ({} other lines skipped)",
+            self.lines,
+            self.files.len(),
+            rfc3339(self.span.0),
+            hms(self.span.1),
+            self.skipped
+        );
+        let mut any = false;
+        for r in &self.routes {
+            if let Some(o) = &r.onset {
+                any = true;
+                let (v, b) = match o.metric {
+                    Metric::P99 => (
+                        format!("{:.0} ms", o.value),
+                        format!("{:.0} ms", o.baseline),
+                    ),
+                    _ => (share(o.value), share(o.baseline)),
+                };
+                let _ = writeln!(
+                    s,
+                    "WHEN   route {}: {} departed at {} ({v}, baseline {b})",
+                    r.route,
+                    o.metric.as_str(),
+                    hms(o.at as f64)
+                );
+            }
+        }
+        if !any {
+            let _ = writeln!(s, "WHEN   no route departed from its baseline");
+        }
+        let begun: Vec<&SiteFinding> = self.sites.iter().filter(|x| x.began.is_some()).collect();
+        if let Some(first) = begun.first() {
+            let b = first.began.unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "WHERE  first: {} ({}) {}failures from {} ({} in all)",
+                first.site.upstream,
+                first.site.zone,
+                phase_words(&first.site.phase),
+                hms(b as f64),
+                first.failures
+            );
+            for other in begun.iter().skip(1).take(3) {
+                let ob = other.began.unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "       then: {} ({}) {}failures from {} ({} s later, {} in all)",
+                    other.site.upstream,
+                    other.site.zone,
+                    phase_words(&other.site.phase),
+                    hms(ob as f64),
+                    ob - b,
+                    other.failures
+                );
+            }
+            if let Some(f) = self.first_499 {
+                let _ = writeln!(
+                    s,
+                    "       the first 499s at {} ({} s after)",
+                    hms(f as f64),
+                    f - b
+                );
+            }
+        }
+        if !self.causes.is_empty() {
+            let _ = writeln!(s, "WHAT   top causes:");
+            for c in self.causes.iter().take(5) {
+                let _ = writeln!(
+                    s,
+                    "       {:>8} {:>6}  from {}  {}",
+                    c.count,
+                    share(c.share),
+                    hms(c.first),
+                    c.cause
+                );
+            }
+        }
+        if !self.waits.is_empty() {
+            let w: Vec<String> = self
+                .waits
+                .iter()
+                .take(3)
+                .map(|(u, p, n)| format!("{u} {p} ({n})"))
+                .collect();
+            let _ = writeln!(s, "       499s were waiting on: {}", w.join(", "));
+        }
+        if !self.fallbacks.is_empty() {
+            let f: Vec<String> = self
+                .fallbacks
+                .iter()
+                .take(5)
+                .map(|(c, n, t)| format!("{c} {n} from {}", hms(*t)))
+                .collect();
+            let _ = writeln!(s, "       fallbacks: {}", f.join(", "));
+        }
+        for r in &self.routes {
+            if let Some(c) = &r.ceiling {
+                let who = if c.cut_by_client * 2 >= c.requests {
+                    "cut by the client or something in front of hopline (they are 499s) — compare with the front's timeout"
+                } else {
+                    "answered at that limit by hopline — compare with the route's deadline"
+                };
+                let _ = writeln!(
+                    s,
+                    "WHO    route {}: {} requests pinned at {:.2} s, {who}",
+                    r.route,
+                    c.requests,
+                    c.at_ms / 1000.0
+                );
+            }
+        }
+        s
+    }
+
+    /// The same, for tools.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "files": self.files,
+            "lines": self.lines,
+            "skipped": self.skipped,
+            "from": rfc3339(self.span.0),
+            "to": rfc3339(self.span.1),
+            "routes": self.routes.iter().map(|r| json!({
+                "route": r.route,
+                "requests": r.requests,
+                "onset": r.onset.as_ref().map(|o| json!({
+                    "at": rfc3339(o.at as f64),
+                    "metric": o.metric.as_str(),
+                    "value": o.value,
+                    "baseline": o.baseline,
+                })),
+                "ceiling": r.ceiling.as_ref().map(|c| json!({
+                    "at_ms": c.at_ms,
+                    "requests": c.requests,
+                    "cut_by_client": c.cut_by_client,
+                })),
+            })).collect::<Vec<_>>(),
+            "sites": self.sites.iter().map(|x| json!({
+                "upstream": x.site.upstream,
+                "zone": x.site.zone,
+                "phase": x.site.phase,
+                "failures": x.failures,
+                "began": x.began.map(|b| rfc3339(b as f64)),
+                "example": x.example,
+            })).collect::<Vec<_>>(),
+            "first_499": self.first_499.map(|t| rfc3339(t as f64)),
+            "causes": self.causes.iter().map(|c| json!({
+                "cause": c.cause,
+                "count": c.count,
+                "share": c.share,
+                "first": rfc3339(c.first),
+                "example": c.example,
+            })).collect::<Vec<_>>(),
+            "waits": self.waits.iter().map(|(u, p, n)| json!({"upstream": u, "phase": p, "count": n})).collect::<Vec<_>>(),
+            "fallbacks": self.fallbacks.iter().map(|(c, n, f)| json!({"call": c, "count": n, "first": rfc3339(*f)})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_group_by_shape() {
+        assert_eq!(
+            normalize("upstream coupon 10.0.0.1:33141 (egress): connect timed out after 200ms (connect_timeout)"),
+            "upstream coupon 10.0.0.1:* (egress): connect timed out after 200ms (connect_timeout)"
+        );
+        assert_eq!(
+            normalize("client closed the connection after 2.9ms while waiting on x"),
+            "client closed the connection after … while waiting on x"
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! Per-second series and the onset rule: when a share (non-2xx, degraded) or the p99
+//! departed from its own recent past.
+//!
+//! The baseline of second `t` is the median `m` and the median absolute deviation `d` of
+//! the metric over the (up to) 30 seconds before it, of which at least 5 must have data.
+//! A share departs when it exceeds `m + max(4 × 1.4826 × d, 0.05)` — four robust standard
+//! deviations, and at least five points — for two seconds in a row; a p99 when it exceeds
+//! `max(2m, m + 100 ms)` for two seconds in a row. A steady background of 3–5 % non-2xx
+//! (404s, client errors) moves `m`, not the onset. Seconds with fewer than 10 requests
+//! are not judged.
+
+use std::collections::BTreeMap;
+
+/// Latency bins: four per doubling from 1 ms (bin 0: < 1 ms).
+const BINS: usize = 96;
+
+/// Seconds of history a baseline uses.
+const WINDOW: i64 = 30;
+/// Seconds of history a baseline needs.
+const MIN_HISTORY: usize = 5;
+/// Requests a second needs to be judged.
+const MIN_REQUESTS: u32 = 10;
+
+/// One second of one route.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    /// Requests.
+    pub n: u32,
+    /// Non-2xx answers (499 included).
+    pub non_2xx: u32,
+    /// Degraded answers (a fallback served).
+    pub degraded: u32,
+    lat: [u32; BINS],
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket {
+            n: 0,
+            non_2xx: 0,
+            degraded: 0,
+            lat: [0; BINS],
+        }
+    }
+}
+
+fn bin(ms: f64) -> usize {
+    if ms < 1.0 {
+        0
+    } else {
+        ((ms.log2() * 4.0) as usize + 1).min(BINS - 1)
+    }
+}
+
+fn bin_upper(b: usize) -> f64 {
+    if b == 0 {
+        1.0
+    } else {
+        2f64.powf(b as f64 / 4.0)
+    }
+}
+
+impl Bucket {
+    /// Counts one request.
+    pub fn add(&mut self, status: u16, degraded: bool, ms: f64) {
+        self.n += 1;
+        self.non_2xx += u32::from(!(200..300).contains(&status));
+        self.degraded += u32::from(degraded);
+        self.lat[bin(ms)] += 1;
+    }
+
+    /// The p99 latency (the upper edge of its bin, ms).
+    pub fn p99(&self) -> f64 {
+        let want = (f64::from(self.n) * 0.99).ceil() as u32;
+        let mut seen = 0;
+        for (b, c) in self.lat.iter().enumerate() {
+            seen += c;
+            if seen >= want.max(1) {
+                return bin_upper(b);
+            }
+        }
+        0.0
+    }
+}
+
+/// Which metric departed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Non-2xx share.
+    Non2xx,
+    /// Degraded share.
+    Degraded,
+    /// p99 latency.
+    P99,
+}
+
+impl Metric {
+    /// As reported.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Metric::Non2xx => "non-2xx share",
+            Metric::Degraded => "degraded share",
+            Metric::P99 => "p99",
+        }
+    }
+}
+
+/// A departure: when, which metric, its value and its baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Onset {
+    /// The second it started (epoch).
+    pub at: i64,
+    /// The metric.
+    pub metric: Metric,
+    /// Its value that second.
+    pub value: f64,
+    /// The baseline median.
+    pub baseline: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The first departure of `metric` in `series`, by the rule in the module doc.
+pub fn onset(series: &BTreeMap<i64, Bucket>, metric: Metric) -> Option<Onset> {
+    let value = |b: &Bucket| match metric {
+        Metric::Non2xx => f64::from(b.non_2xx) / f64::from(b.n),
+        Metric::Degraded => f64::from(b.degraded) / f64::from(b.n),
+        Metric::P99 => b.p99(),
+    };
+    let judged: Vec<(i64, f64)> = series
+        .iter()
+        .filter(|(_, b)| b.n >= MIN_REQUESTS)
+        .map(|(t, b)| (*t, value(b)))
+        .collect();
+    let over = |i: usize| -> Option<f64> {
+        let (t, _) = judged[i];
+        let mut past: Vec<f64> = judged[..i]
+            .iter()
+            .filter(|(s, _)| t - s <= WINDOW)
+            .map(|(_, v)| *v)
+            .collect();
+        if past.len() < MIN_HISTORY {
+            return None;
+        }
+        let m = median(&mut past);
+        let mut dev: Vec<f64> = past.iter().map(|v| (v - m).abs()).collect();
+        let d = median(&mut dev);
+        let limit = match metric {
+            Metric::P99 => (2.0 * m).max(m + 100.0),
+            _ => m + (4.0 * 1.4826 * d).max(0.05),
+        };
+        (judged[i].1 > limit).then_some(m)
+    };
+    (0..judged.len().saturating_sub(1)).find_map(|i| {
+        let m = over(i)?;
+        over(i + 1)?;
+        Some(Onset {
+            at: judged[i].0,
+            metric,
+            value: judged[i].1,
+            baseline: m,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(shares: &[(u32, u32)]) -> BTreeMap<i64, Bucket> {
+        shares
+            .iter()
+            .enumerate()
+            .map(|(i, (n, bad))| {
+                let mut b = Bucket::default();
+                for k in 0..*n {
+                    b.add(if k < *bad { 502 } else { 200 }, false, 5.0);
+                }
+                (1000 + i as i64, b)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_steady_background_is_not_an_onset_and_a_jump_is() {
+        // 4 % background for 20 s, then 30 % from second 20.
+        let mut s: Vec<(u32, u32)> = (0..20).map(|i| (100, 3 + (i % 3))).collect();
+        s.extend((0..10).map(|_| (100, 30)));
+        let o = onset(&series(&s), Metric::Non2xx).expect("onset");
+        assert_eq!(o.at, 1020);
+        assert!((o.baseline - 0.04).abs() < 0.011, "{o:?}");
+        let quiet: Vec<(u32, u32)> = (0..40).map(|i| (100, 3 + (i % 3))).collect();
+        assert_eq!(onset(&series(&quiet), Metric::Non2xx), None);
+    }
+
+    #[test]
+    fn one_bad_second_is_not_an_onset() {
+        let mut s: Vec<(u32, u32)> = (0..20).map(|_| (100, 1)).collect();
+        s.push((100, 50));
+        s.extend((0..10).map(|_| (100, 1)));
+        assert_eq!(onset(&series(&s), Metric::Non2xx), None);
+    }
+
+    #[test]
+    fn p99_bins() {
+        let mut b = Bucket::default();
+        for _ in 0..99 {
+            b.add(200, false, 5.0);
+        }
+        b.add(200, false, 5000.0);
+        assert!((4.0..=8.0).contains(&b.p99()), "{}", b.p99());
+        b.add(200, false, 5000.0);
+        assert!(b.p99() >= 4096.0, "{}", b.p99());
+    }
+}
