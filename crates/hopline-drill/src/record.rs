@@ -263,21 +263,7 @@ fn epoch_of(v: &Value) -> Option<f64> {
         return Some(f);
     }
     // RFC 3339 UTC as written by hopline: 2026-11-28T04:48:30.386Z
-    let s = v.as_str()?;
-    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (hh, mm): (f64, f64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?);
-    let ss: f64 = t.next()?.parse().ok()?;
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+    hopline_diagnose::input::epoch(v.as_str()?)
 }
 
 /// Reads a service's JSON log: hopline access lines, mock lines, legacy-gateway lines.
