@@ -320,9 +320,17 @@ pub async fn run(
         .iter()
         .filter(|svc| svc.kind != scenario::Kind::Chaos)
         .filter_map(|svc| {
-            topo.logs
-                .get(&svc.name)
-                .map(|p| record::hop(&svc.name, p, start_epoch, secs.len(), &fw))
+            topo.logs.get(&svc.name).map(|p| {
+                let mut hop = record::hop(&svc.name, p, start_epoch, secs.len(), &fw);
+                // hopline's own logs get diagnosed as an operator would after the fact.
+                if svc.kind == scenario::Kind::Hopline && hop.lines > 0 {
+                    let opts = hopline_diagnose::Options::default();
+                    hop.diagnosis = hopline_diagnose::diagnose(std::slice::from_ref(p), &opts)
+                        .ok()
+                        .map(|r| (r, start_epoch));
+                }
+                hop
+            })
         })
         .collect();
     let events = record::alerts(&s.alerts, &secs);

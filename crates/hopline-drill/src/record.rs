@@ -243,6 +243,8 @@ pub struct Hop {
     pub endpoint_events: Vec<EndpointEvent>,
     /// When the first request arriving in a fault window failed (5xx) at this hop.
     pub first_failure_in_fault: Option<f64>,
+    /// `hopline diagnose` on this hop's log (hopline hops), with the run's start.
+    pub diagnosis: Option<(hopline_diagnose::Report, f64)>,
 }
 
 /// An `endpoint` event from a hop's log: an endpoint ejected, returned, unhealthy, healthy.
@@ -441,6 +443,40 @@ pub fn check(
                 within,
                 after_fault,
             } => event_check(hops, faults, hop, state, *within, *after_fault),
+            Expect::DiagnoseFirst {
+                hop,
+                upstream,
+                phase,
+            } => {
+                let first = hops
+                    .iter()
+                    .find(|h| &h.name == hop)
+                    .and_then(|h| h.diagnosis.as_ref())
+                    .and_then(|(d, start)| {
+                        d.sites
+                            .iter()
+                            .find(|x| x.began.is_some())
+                            .map(|x| (x.clone(), x.began.unwrap_or_default() as f64 - start))
+                    });
+                let ok = first.as_ref().is_some_and(|(x, _)| {
+                    &x.site.upstream == upstream
+                        && phase.as_ref().is_none_or(|p| &x.site.phase == p)
+                });
+                let want = match phase {
+                    Some(p) => format!("{upstream} {p}"),
+                    None => upstream.clone(),
+                };
+                (
+                    format!("diagnose of {hop}: failures began first at {want}"),
+                    ok,
+                    first.map_or("no failure site".into(), |(x, at)| {
+                        format!(
+                            "{} ({}) {} at {at:.0}s",
+                            x.site.upstream, x.site.zone, x.site.phase
+                        )
+                    }),
+                )
+            }
             Expect::TopCause { hop, contains } => {
                 let top = hops
                     .iter()
@@ -534,7 +570,7 @@ pub fn data_json(
         "seed": s.seed,
         "faults": s.faults.iter().map(|f| json!({"at_s": f.at.as_secs_f64(), "until_s": f.until.unwrap_or(s.duration).as_secs_f64(), "service": f.service, "proxy": f.proxy, "toxic": f.toxic})).collect::<Vec<_>>(),
         "load": secs.iter().map(|x| json!({"t": x.t, "total": x.total, "classes": x.classes, "degraded": x.degraded, "p50_ms": x.p50, "p99_ms": x.p99, "max_ms": x.max})).collect::<Vec<_>>(),
-        "hops": hops.iter().map(|h| json!({"name": h.name, "lines": h.lines, "seconds": h.seconds, "top_causes": h.top_causes, "endpoint_events": h.endpoint_events.iter().map(|e| json!({"t": e.t, "endpoint": e.endpoint, "state": e.state, "detail": e.detail})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+        "hops": hops.iter().map(|h| json!({"name": h.name, "lines": h.lines, "seconds": h.seconds, "top_causes": h.top_causes, "diagnosis": h.diagnosis.as_ref().map(|(d, _)| d.to_json()), "endpoint_events": h.endpoint_events.iter().map(|e| json!({"t": e.t, "endpoint": e.endpoint, "state": e.state, "detail": e.detail})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "alerts": events.iter().map(|a| json!({"name": a.name, "fired_s": a.fired, "resolved_s": a.resolved})).collect::<Vec<_>>(),
         "expectations": checks.iter().map(|(d, ok, v)| json!({"expect": d, "passed": ok, "measured": v})).collect::<Vec<_>>(),
         "all": st(stats.0),

@@ -423,6 +423,30 @@ pub fn summary(
         if let Some((c, n)) = h.top_causes.first() {
             let _ = writeln!(s, "  top cause at {}: {c} ({n}x)", h.name);
         }
+        if let Some((d, start)) = &h.diagnosis {
+            if let Some(x) = d.sites.iter().find(|x| x.began.is_some()) {
+                let at = x.began.unwrap_or_default() as f64 - start;
+                let onset = d
+                    .routes
+                    .iter()
+                    .filter_map(|r| r.onset.as_ref().map(|o| (r, o)))
+                    .min_by_key(|(_, o)| o.at)
+                    .map(|(r, o)| {
+                        format!(
+                            "; route {} {} departed at {:.0}s",
+                            r.route,
+                            o.metric.as_str(),
+                            o.at as f64 - start
+                        )
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  diagnose {}: failures began first at {} ({}) {} at {at:.0}s{onset}",
+                    h.name, x.site.upstream, x.site.zone, x.site.phase
+                );
+            }
+        }
         for e in &h.endpoint_events {
             let _ = writeln!(
                 s,

@@ -221,6 +221,16 @@ pub enum Expect {
         /// After the last fault ended.
         after_fault: bool,
     },
+    /// `hopline diagnose` on service `hop`'s log names `upstream` (and `phase`, if given)
+    /// as where failures began first.
+    DiagnoseFirst {
+        /// Service whose log is read.
+        hop: String,
+        /// The upstream expected first.
+        upstream: String,
+        /// The phase expected (`connect`, `tls`, `response_headers`, ...).
+        phase: Option<String>,
+    },
     /// The most frequent cause logged by service `hop` during faults contains `contains`.
     TopCause {
         /// Service whose log is read.
@@ -684,7 +694,9 @@ fn alert(cx: &mut Cx, mut t: Tbl) -> Option<Alert> {
 
 /// `[[expect]]`: a bound on a metric, an alert that fires (or not), or a top cause.
 fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> Option<Expect> {
-    let phase = match t.str(cx, "phase") {
+    // `diagnose_first` expectations use `phase` for the upstream exchange's phase.
+    let diagnosing = t.has("diagnose_first");
+    let phase = match if diagnosing { None } else { t.str(cx, "phase") } {
         None | Some(("all", _)) => Phase::All,
         Some(("fault", _)) => Phase::Fault,
         Some((_, span)) => {
@@ -717,6 +729,21 @@ fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> 
             state: state.to_string(),
             within: t.opt_duration(cx, "within"),
             after_fault: t.bool(cx, "after_fault", false),
+        })
+    } else if let Some((upstream, _)) = t.str(cx, "diagnose_first") {
+        let hop = t.req_str(cx, "of").map_or("", |(h, _)| h);
+        if !hop.is_empty() && !services.contains(&hop) {
+            let what = format!("no service named {hop:?}");
+            cx.report(
+                t.value_span("of"),
+                t.key_path("of"),
+                ProblemKind::Invalid(what),
+            );
+        }
+        Some(Expect::DiagnoseFirst {
+            hop: hop.to_string(),
+            upstream: upstream.to_string(),
+            phase: t.str(cx, "phase").map(|(p, _)| p.to_string()),
         })
     } else if let Some((hop, span)) = t.str(cx, "top_cause_of") {
         if !services.contains(&hop) {
