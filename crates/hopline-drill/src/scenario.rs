@@ -715,15 +715,7 @@ fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> 
             fired: t.bool(cx, "fired", true),
         })
     } else if let Some((state, _)) = t.str(cx, "event") {
-        let hop = t.req_str(cx, "of").map_or("", |(h, _)| h);
-        if !hop.is_empty() && !services.contains(&hop) {
-            let what = format!("no service named {hop:?}");
-            cx.report(
-                t.value_span("of"),
-                t.key_path("of"),
-                ProblemKind::Invalid(what),
-            );
-        }
+        let hop = of_service(cx, &mut t, services);
         Some(Expect::Event {
             hop: hop.to_string(),
             state: state.to_string(),
@@ -731,15 +723,7 @@ fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> 
             after_fault: t.bool(cx, "after_fault", false),
         })
     } else if let Some((upstream, _)) = t.str(cx, "diagnose_first") {
-        let hop = t.req_str(cx, "of").map_or("", |(h, _)| h);
-        if !hop.is_empty() && !services.contains(&hop) {
-            let what = format!("no service named {hop:?}");
-            cx.report(
-                t.value_span("of"),
-                t.key_path("of"),
-                ProblemKind::Invalid(what),
-            );
-        }
+        let hop = of_service(cx, &mut t, services);
         Some(Expect::DiagnoseFirst {
             hop: hop.to_string(),
             upstream: upstream.to_string(),
@@ -804,6 +788,20 @@ fn check_hopline_config(cx: &mut Cx, t: &Tbl, text: &str, config: &str, at: usiz
             ProblemKind::Invalid(p.kind.to_string()),
         );
     }
+}
+
+/// The required `of = SERVICE` of an expectation about one service's log.
+fn of_service<'a>(cx: &mut Cx, t: &mut Tbl<'a>, services: &[&str]) -> &'a str {
+    let hop = t.req_str(cx, "of").map_or("", |(h, _)| h);
+    if !hop.is_empty() && !services.contains(&hop) {
+        let what = format!("no service named {hop:?}");
+        cx.report(
+            t.value_span("of"),
+            t.key_path("of"),
+            ProblemKind::Invalid(what),
+        );
+    }
+    hop
 }
 
 /// A toxic must at least name its type; the chaos API validates the rest at run time.
