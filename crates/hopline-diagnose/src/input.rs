@@ -35,6 +35,12 @@ pub struct Line<'a> {
     /// Whole request time.
     #[serde(default)]
     pub duration_ms: f64,
+    /// The upstream connection was a pooled one.
+    #[serde(default)]
+    pub upstream_reused: Option<bool>,
+    /// How long it had been idle in the pool.
+    #[serde(default)]
+    pub upstream_idle_ms: Option<f64>,
     /// Calls that fell back.
     #[serde(borrow, default)]
     pub degraded: Vec<Cow<'a, str>>,

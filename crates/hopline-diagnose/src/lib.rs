@@ -105,6 +105,9 @@ struct Tally {
     waits: HashMap<(String, String), u64>,
     fallbacks: HashMap<String, (u64, f64)>,
     first_499: BTreeMap<i64, u32>,
+    /// Per upstream: idle times of pooled connections that were reset or closed under a
+    /// request (at most 10,000 kept), and how many fresh connections were.
+    idle_resets: HashMap<String, (Vec<f64>, u64)>,
 }
 
 /// Reads `paths` and judges them.
@@ -212,6 +215,19 @@ impl Tally {
             let up = l.upstream.as_deref().unwrap_or("(aggregate)").to_string();
             let phase = l.phase.as_deref().unwrap_or("?").to_string();
             *self.waits.entry((up, phase)).or_default() += 1;
+        }
+        // Connections the upstream closed under a request (flag UC).
+        if let Some(up) = l
+            .upstream
+            .as_deref()
+            .filter(|_| l.flags.iter().any(|f| f == "UC"))
+        {
+            let e = self.idle_resets.entry(up.to_string()).or_default();
+            match (l.upstream_reused, l.upstream_idle_ms) {
+                (Some(true), Some(idle)) if e.0.len() < 10_000 => e.0.push(idle),
+                (Some(true), _) => {}
+                _ => e.1 += 1,
+            }
         }
         // The failure itself, and each fallen-back or failed call.
         if let (Some(cause), Some(up)) = (&l.cause, &l.upstream) {
@@ -352,6 +368,23 @@ pub struct Report {
     pub waits: Vec<(String, String, u64)>,
     /// Fallbacks per call: (call, count, first epoch), most first.
     pub fallbacks: Vec<(String, u64, f64)>,
+    /// Keep-alive idle mismatches, per upstream.
+    pub idle_mismatches: Vec<IdleMismatch>,
+}
+
+/// Pooled connections the upstream had already closed: resets right after an idle gap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleMismatch {
+    /// The upstream.
+    pub upstream: String,
+    /// Failures on reused connections.
+    pub resets: u64,
+    /// The shortest idle time among them (ms).
+    pub min_idle_ms: f64,
+    /// The median (ms).
+    pub median_idle_ms: f64,
+    /// The same failure on fresh connections.
+    pub fresh: u64,
 }
 
 fn began(per_second: &BTreeMap<i64, u32>) -> Option<i64> {
@@ -440,7 +473,26 @@ fn judge(paths: &[PathBuf], t: Tally) -> Report {
         .map(|(c, (n, f))| (c, n, f))
         .collect();
     fallbacks.sort_by_key(|f| std::cmp::Reverse(f.1));
+    // A mismatch: at least 5 such failures on reused connections, at least 4 times as
+    // many as on fresh ones (a dying upstream resets fresh connections too).
+    let mut idle_mismatches: Vec<IdleMismatch> = t
+        .idle_resets
+        .into_iter()
+        .filter(|(_, (idle, fresh))| idle.len() >= 5 && idle.len() as u64 >= 4 * fresh)
+        .map(|(upstream, (mut idle, fresh))| {
+            idle.sort_by(f64::total_cmp);
+            IdleMismatch {
+                upstream,
+                resets: idle.len() as u64,
+                min_idle_ms: idle[0],
+                median_idle_ms: idle[idle.len() / 2],
+                fresh,
+            }
+        })
+        .collect();
+    idle_mismatches.sort_by_key(|m| std::cmp::Reverse(m.resets));
     Report {
+        idle_mismatches,
         files: paths.iter().map(|p| p.display().to_string()).collect(),
         lines: t.lines,
         skipped: t.skipped,
@@ -587,6 +639,18 @@ impl Report {
                 .collect();
             let _ = writeln!(s, "       fallbacks: {}", f.join(", "));
         }
+        for m in &self.idle_mismatches {
+            let _ = writeln!(
+                s,
+                "WHO    upstream {}: {} requests failed on pooled connections it had already closed, idle {:.1} s and more (median {:.1} s), {} on fresh ones — a keep-alive idle mismatch: set upstreams.{}.pool_idle_timeout below its keep-alive idle",
+                m.upstream,
+                m.resets,
+                m.min_idle_ms / 1000.0,
+                m.median_idle_ms / 1000.0,
+                m.fresh,
+                m.upstream
+            );
+        }
         for r in &self.routes {
             if let Some(c) = &r.ceiling {
                 let who = if c.cut_by_client * 2 >= c.requests {
@@ -647,6 +711,13 @@ impl Report {
             })).collect::<Vec<_>>(),
             "waits": self.waits.iter().map(|(u, p, n)| json!({"upstream": u, "phase": p, "count": n})).collect::<Vec<_>>(),
             "fallbacks": self.fallbacks.iter().map(|(c, n, f)| json!({"call": c, "count": n, "first": rfc3339(*f)})).collect::<Vec<_>>(),
+            "idle_mismatches": self.idle_mismatches.iter().map(|m| json!({
+                "upstream": m.upstream,
+                "resets": m.resets,
+                "min_idle_ms": m.min_idle_ms,
+                "median_idle_ms": m.median_idle_ms,
+                "fresh": m.fresh,
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -71,6 +71,13 @@ pub struct AccessRecord {
     /// The phase of the upstream exchange a failure happened in, or (client gone) was
     /// waiting in: `connect`, `tls`, `request`, `response_headers`, `response_body`.
     pub phase: Option<&'static str>,
+    /// The upstream connection was a pooled one (`None`: no upstream connection used).
+    pub upstream_reused: Option<bool>,
+    /// How long that pooled connection had been idle.
+    pub upstream_idle: Option<Duration>,
+    /// How long the client's connection had been idle before this request (`None` on its
+    /// first request).
+    pub client_idle: Option<Duration>,
     /// Upstream attempts made.
     pub attempts: u32,
     /// Time from arrival to the end of the response (or of the failure).
@@ -165,6 +172,22 @@ impl AccessRecord {
         json_opt(s, self.zone);
         s.extend_from_slice(b",\"phase\":");
         json_opt(s, self.phase);
+        s.extend_from_slice(b",\"upstream_reused\":");
+        s.extend_from_slice(match self.upstream_reused {
+            Some(true) => b"true",
+            Some(false) => b"false",
+            None => b"null",
+        });
+        s.extend_from_slice(b",\"upstream_idle_ms\":");
+        match self.upstream_idle {
+            Some(d) => push_millis3(s, d),
+            None => s.extend_from_slice(b"null"),
+        }
+        s.extend_from_slice(b",\"client_idle_ms\":");
+        match self.client_idle {
+            Some(d) => push_millis3(s, d),
+            None => s.extend_from_slice(b"null"),
+        }
         s.extend_from_slice(b",\"attempts\":");
         push_u64(s, u64::from(self.attempts));
         s.extend_from_slice(b",\"duration_ms\":");

@@ -187,7 +187,20 @@ async fn busy(
         // Each request runs on the config current when it starts (reloads apply to
         // requests on existing keep-alive connections too).
         let gw = current.load();
-        let served = request(&gw, stream, buf, head_deadline, client, kill.as_mut()).await;
+        let idle = client
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .gt(&0)
+            .then(|| idle_since.elapsed());
+        let served = request(
+            &gw,
+            stream,
+            buf,
+            (head_deadline, idle),
+            client,
+            kill.as_mut(),
+        )
+        .await;
         *idle_since = Instant::now();
         if let Next::Close = served {
             return Next::Close;
@@ -239,7 +252,7 @@ async fn request(
     gw: &Gateway,
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-    head_deadline: Instant,
+    (head_deadline, idle): (Instant, Option<Duration>),
     client: &Client,
     kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
@@ -274,7 +287,9 @@ async fn request(
     };
     let keep_alive = head.keep_alive() && !gw.draining();
     let mut front = H1Front::new(gw, stream, buf, &head, keep_alive);
-    serve(gw, &mut front, to_request(head, keep_alive), client, kill).await
+    let mut req = to_request(head, keep_alive);
+    req.client_idle = idle;
+    serve(gw, &mut front, req, client, kill).await
 }
 
 /// The protocol-independent request an HTTP/1 head carries.
@@ -286,6 +301,7 @@ fn to_request(head: RequestHead, keep_alive: bool) -> Request {
         target: head.target,
         headers: head.headers,
         keep_alive,
+        client_idle: None,
     }
 }
 
@@ -360,7 +376,11 @@ mod tests {
             drain: drain_rx,
             kill: kill_rx,
         };
-        let client_info = Client { peer, tls: None };
+        let client_info = Client {
+            peer,
+            tls: None,
+            requests: Default::default(),
+        };
         let accepted = Instant::now();
         tokio::spawn(serve_connection(
             current.clone(),

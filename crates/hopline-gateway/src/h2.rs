@@ -179,6 +179,7 @@ fn to_request(parts: &http::request::Parts, has_body: bool) -> Request {
         has_body,
         // A stream's end never ends the connection.
         keep_alive: true,
+        client_idle: None,
     }
 }
 

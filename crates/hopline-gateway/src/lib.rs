@@ -195,7 +195,11 @@ fn spawn_connection(
             (stream::Stream::Plain(stream), None)
         };
         let h2 = tls.as_ref().is_some_and(|t| t.h2);
-        let client = request::Client { peer, tls };
+        let client = request::Client {
+            peer,
+            tls,
+            requests: Default::default(),
+        };
         if h2 {
             // Boxed: an HTTP/2 connection's state lives on the heap, only when there is one.
             Box::pin(h2::serve_h2(current, stream, client, signals, accepted)).await;

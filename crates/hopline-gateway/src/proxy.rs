@@ -49,6 +49,10 @@ pub struct Forward {
 /// cancelled request can still say what it was waiting on.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// The last attempt's connection was a pooled one.
+    pub upstream_reused: Option<bool>,
+    /// How long it had been idle in the pool.
+    pub upstream_idle: Option<std::time::Duration>,
     /// Upstream index of the current attempt.
     pub upstream: Option<usize>,
     /// Endpoint of the current attempt.
@@ -394,6 +398,10 @@ async fn exchange(
     let timeout_kind = |phase| attempt_timeout(up, deadline, by_deadline, phase);
     let addr = conn.addr;
     let reused = conn.reused;
+    progress.update(|p| {
+        p.upstream_reused = Some(reused);
+        p.upstream_idle = conn.idle;
+    });
     let fail = |kind, stale| Failed {
         error: up.error(addr, started, kind),
         stale,

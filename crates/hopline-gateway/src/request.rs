@@ -37,6 +37,8 @@ pub struct Client {
     pub peer: SocketAddr,
     /// The TLS session, on the TLS listener.
     pub tls: Option<Arc<TlsSession>>,
+    /// Requests served on this connection so far (HTTP/1).
+    pub requests: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// A parsed request, whatever protocol carried it.
@@ -56,6 +58,9 @@ pub(crate) struct Request {
     /// The client keeps the connection after this request (and the gateway was not
     /// draining when it arrived).
     pub keep_alive: bool,
+    /// How long the client's connection had been idle before this request (`None` on
+    /// its first request, and on HTTP/2).
+    pub client_idle: Option<std::time::Duration>,
 }
 
 impl Request {
@@ -112,6 +117,7 @@ pub(crate) async fn serve<F: Front>(
         method: req.method.clone(),
         path: req.target.clone(),
         protocol: Some(front.protocol()),
+        client_idle: req.client_idle,
         ..AccessRecord::default()
     };
     let next = match prepare(gw, front, &req, &mut rec, arrival).await {
@@ -402,6 +408,8 @@ async fn settle<F: Front>(
         .collect();
     rec.attempts = p.attempts;
     rec.endpoint = p.endpoint;
+    rec.upstream_reused = p.upstream_reused;
+    rec.upstream_idle = p.upstream_idle;
     rec.upstream_status = p.upstream_status;
     rec.upstream_grpc_status = p.upstream_grpc_status;
     rec.bytes_sent = p.bytes_sent;

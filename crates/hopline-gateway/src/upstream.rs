@@ -118,6 +118,8 @@ pub struct ClientConn {
     pub addr: SocketAddr,
     /// True when taken from the pool (it may have been closed by the upstream meanwhile).
     pub reused: bool,
+    /// How long it had been idle in the pool (pooled connections).
+    pub idle: Option<Duration>,
     /// Some response byte arrived on this exchange (an interim 1xx counts).
     received: bool,
 }
@@ -364,6 +366,7 @@ impl Upstream {
                         endpoint: ep.clone(),
                         addr: ep.addr,
                         reused: true,
+                        idle: Some(now.duration_since(idle.since)),
                         received: false,
                     })
                 }
@@ -515,6 +518,7 @@ impl Upstream {
             endpoint: ep.clone(),
             addr,
             reused: false,
+            idle: None,
             received: false,
         })
     }

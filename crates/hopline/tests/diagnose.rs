@@ -254,3 +254,45 @@ toxic = { type = "latency", attributes = { latency = 400 } }
     assert_eq!(v["sites"][0]["zone"], "egress");
     assert_eq!(v["sites"][0]["phase"], "response_headers");
 }
+
+#[test]
+fn resets_on_pooled_connections_after_an_idle_gap_are_a_keep_alive_mismatch() {
+    let mut log = String::new();
+    for i in 0..200u32 {
+        let t = f64::from(i) / 10.0;
+        // Every 10th request reuses a connection idle for a minute and more: closed under it.
+        let line = if i % 10 == 0 {
+            format!(
+                r#"{{"ts":"{}","route":"r","status":502,"flags":["UC"],"cause":"upstream coin 10.0.0.8:80 (internal): connection closed by the upstream before the response headers","upstream":"coin","zone":"internal","phase":"response_headers","upstream_reused":true,"upstream_idle_ms":{},"duration_ms":0.4,"degraded":[]}}"#,
+                ts(t),
+                61_000 + i * 10
+            )
+        } else {
+            format!(
+                r#"{{"ts":"{}","route":"r","status":200,"flags":[],"cause":null,"upstream":"coin","zone":"internal","phase":null,"upstream_reused":true,"upstream_idle_ms":120.0,"duration_ms":2.0,"degraded":[]}}"#,
+                ts(t)
+            )
+        };
+        let _ = writeln!(log, "{line}");
+    }
+    let path = temp_file("idle.log", &log);
+    let (code, v, err) = diagnose(&[&path], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let m = &v["idle_mismatches"][0];
+    assert_eq!(
+        (m["upstream"].as_str(), m["resets"].as_u64()),
+        (Some("coin"), Some(20)),
+        "{v:#}"
+    );
+    assert!(m["min_idle_ms"].as_f64().unwrap_or(0.0) >= 61_000.0, "{m}");
+    let o = Command::new(bin())
+        .arg("diagnose")
+        .arg(&path)
+        .output()
+        .expect("text");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("a keep-alive idle mismatch: set upstreams.coin.pool_idle_timeout"),
+        "{text}"
+    );
+}

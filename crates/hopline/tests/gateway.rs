@@ -679,3 +679,24 @@ fn least_request_sends_new_requests_past_a_busy_endpoint() {
         let _ = h.join();
     }
 }
+
+#[test]
+fn the_log_says_which_connections_were_reused_and_how_long_they_had_idled() {
+    let up = mock(&["--quiet"]);
+    let gw = gateway("", &route_to(&[up.addr.to_string()], "", ""));
+    let mut s = connect(gw.addr);
+    write!(s, "GET /first HTTP/1.1\r\nhost: t\r\n\r\n").expect("write");
+    assert_eq!(read_response(&mut s).status, 200);
+    let first = log_for(&gw, "/first");
+    // A new client connection, and a new upstream connection.
+    assert!(first["client_idle_ms"].is_null(), "{first}");
+    assert_eq!(first["upstream_reused"], false, "{first}");
+    assert!(first["upstream_idle_ms"].is_null(), "{first}");
+    write!(s, "GET /second HTTP/1.1\r\nhost: t\r\n\r\n").expect("write");
+    assert_eq!(read_response(&mut s).status, 200);
+    let second = log_for(&gw, "/second");
+    // Both kept alive: the pooled upstream connection and the client's, with idle times.
+    assert!(second["client_idle_ms"].as_f64().is_some(), "{second}");
+    assert_eq!(second["upstream_reused"], true, "{second}");
+    assert!(second["upstream_idle_ms"].as_f64().is_some(), "{second}");
+}
