@@ -67,16 +67,71 @@ pub struct Call<'a> {
     /// Where it failed.
     #[serde(borrow, default)]
     pub phase: Option<Cow<'a, str>>,
+    /// What the upstream answered, if it did.
+    #[serde(default)]
+    pub status: Option<u16>,
     /// Served from its fallback.
     #[serde(default)]
     pub fallback: bool,
 }
 
-/// Parses one line; `None` for a line that is not an access record.
+/// Parses one line — hopline's JSON access log, or nginx's in the documented
+/// [`NGINX_LOG_FORMAT`] — `None` for a line that is neither.
 pub fn parse(line: &str) -> Option<(f64, Line<'_>)> {
-    let l: Line<'_> = serde_json::from_str(line).ok()?;
-    let t = epoch(&l.ts)?;
-    Some((t, l))
+    if line.starts_with('{') {
+        let l: Line<'_> = serde_json::from_str(line).ok()?;
+        let t = epoch(&l.ts)?;
+        Some((t, l))
+    } else {
+        nginx(line)
+    }
+}
+
+/// The nginx `log_format` diagnose reads (name it as you like):
+/// `$msec $status $request_time $upstream_response_time $upstream_status $upstream_addr
+/// $request_id "$request"`. Its lines count as route `nginx`.
+pub const NGINX_LOG_FORMAT: &str = "$msec $status $request_time $upstream_response_time $upstream_status $upstream_addr $request_id \"$request\"";
+
+/// One nginx line in [`NGINX_LOG_FORMAT`].
+fn nginx(line: &str) -> Option<(f64, Line<'_>)> {
+    let (head, request) = line.split_once(" \"")?;
+    request.strip_suffix('"')?;
+    // Several upstreams tried are listed "a, b": one token each.
+    let head = head.replace(", ", ",").replace(" : ", ":");
+    let f: Vec<&str> = head.split_whitespace().collect();
+    let [msec, status, request_time, _up_time, up_status, up_addr, _id] = f[..] else {
+        return None;
+    };
+    let t: f64 = msec.parse().ok()?;
+    let status: u16 = status.parse().ok()?;
+    let secs: f64 = request_time.parse().ok()?;
+    let upstream = (up_addr != "-").then(|| Cow::Owned(up_addr.to_string()));
+    let cause = match (status, &upstream) {
+        (499, _) => Some(format!("nginx: client closed the connection after {secs}s")),
+        (500.., Some(u)) => Some(format!(
+            "nginx: upstream {u} answered {up_status} after {secs}s"
+        )),
+        (500.., None) => Some(format!("nginx: {status} without an upstream answer")),
+        _ => None,
+    };
+    Some((
+        t,
+        Line {
+            ts: Cow::Owned(msec.to_string()),
+            route: Some(Cow::Borrowed("nginx")),
+            status,
+            flags: Vec::new(),
+            cause: cause.map(Cow::Owned),
+            zone: upstream.as_ref().map(|_| Cow::Borrowed("nginx")),
+            upstream,
+            phase: None,
+            duration_ms: secs * 1000.0,
+            upstream_reused: None,
+            upstream_idle_ms: None,
+            degraded: Vec::new(),
+            calls: Vec::new(),
+        },
+    ))
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 UTC time (`…T…Z`, optional fraction).
@@ -135,6 +190,22 @@ mod tests {
         assert_eq!(epoch("1970-01-01T00:00:00Z"), Some(0.0));
         assert_eq!(epoch("2026-13-01T00:00:00Z"), None);
         assert_eq!(epoch("yesterday"), None);
+    }
+
+    #[test]
+    fn nginx_lines_in_the_documented_format_parse() {
+        let l = r#"1795874400.123 499 5.001 5.000 - 10.0.0.5:8080 abc123 "GET /api/benefits?uid=42 HTTP/1.1""#;
+        let (t, line) = parse(l).expect("nginx line");
+        assert!((t - 1_795_874_400.123).abs() < 1e-6);
+        assert_eq!((line.status, line.route.as_deref()), (499, Some("nginx")));
+        assert!((line.duration_ms - 5001.0).abs() < 1e-6);
+        let two = r#"1795874401.5 502 0.010 0.004, 0.006 502, 502 10.0.0.5:8080, 10.0.0.6:8080 id "GET / HTTP/1.1""#;
+        let (_, line) = parse(two).expect("two upstreams");
+        assert_eq!(
+            line.upstream.as_deref(),
+            Some("10.0.0.5:8080,10.0.0.6:8080")
+        );
+        assert!(parse("1795874400 200 \"GET /\"").is_none());
     }
 
     #[test]

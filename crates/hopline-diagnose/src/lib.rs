@@ -212,9 +212,25 @@ impl Tally {
         if l.status == 499 {
             r.cut_499[b] += 1;
             *self.first_499.entry(sec).or_default() += 1;
-            let up = l.upstream.as_deref().unwrap_or("(aggregate)").to_string();
-            let phase = l.phase.as_deref().unwrap_or("?").to_string();
-            *self.waits.entry((up, phase)).or_default() += 1;
+            // What it waited on: the request's upstream exchange, or the aggregate calls
+            // the client's leaving cut off (neither answered nor fallen back).
+            let cut: Vec<(String, String)> = l
+                .calls
+                .iter()
+                .filter(|c| !c.fallback && c.status.is_none())
+                .map(|c| {
+                    let phase = c.phase.as_deref().unwrap_or("?");
+                    (c.upstream.to_string(), phase.to_string())
+                })
+                .collect();
+            if cut.is_empty() {
+                let up = l.upstream.as_deref().unwrap_or("?").to_string();
+                let phase = l.phase.as_deref().unwrap_or("?").to_string();
+                *self.waits.entry((up, phase)).or_default() += 1;
+            }
+            for w in cut {
+                *self.waits.entry(w).or_default() += 1;
+            }
         }
         // Connections the upstream closed under a request (flag UC).
         if let Some(up) = l
@@ -251,7 +267,9 @@ impl Tally {
                 f.0 += 1;
                 f.1 = f.1.min(t);
             }
-            if let Some(cause) = &c.cause {
+            // A call cut off because the client left is not the upstream's failure.
+            let cut_off = l.status == 499 && !c.fallback;
+            if let Some(cause) = c.cause.as_ref().filter(|_| !cut_off) {
                 let site = Site {
                     upstream: c.upstream.to_string(),
                     zone: c.zone.to_string(),
@@ -654,7 +672,9 @@ impl Report {
         for r in &self.routes {
             if let Some(c) = &r.ceiling {
                 let who = if c.cut_by_client * 2 >= c.requests {
-                    "cut by the client or something in front of hopline (they are 499s) — compare with the front's timeout"
+                    "cut by the client or something in front (they are 499s) — compare with the front's timeout"
+                } else if r.route == "nginx" {
+                    "answered at that limit by nginx — compare with its proxy_read_timeout"
                 } else {
                     "answered at that limit by hopline — compare with the route's deadline"
                 };

@@ -109,12 +109,18 @@ struct RunningCall<'a> {
 
 impl Drop for RunningCall<'_> {
     fn drop(&mut self) {
-        let (attempts, status) = self.progress.read(|p| (p.attempts, p.upstream_status));
+        let (attempts, status, phase) = self
+            .progress
+            .read(|p| (p.attempts, p.upstream_status, p.phase));
         let elapsed = self.started.elapsed();
         self.calls.update(self.i, |r| {
             r.attempts = attempts;
             r.status = status;
             r.duration = elapsed;
+            // Cut off (its request gone): what it was waiting in.
+            if r.state == CallState::Running && status.is_none() {
+                r.phase = phase.map(|ph| ph.label());
+            }
         });
     }
 }

@@ -247,6 +247,25 @@ fn nginx_front_499s_line_up_with_hoplines_causes() {
         at_nginx.abs_diff(at_hopline) * 50 <= at_nginx,
         "nginx 499s {at_nginx} vs hopline 499s {at_hopline}"
     );
+    // `hopline diagnose` reads nginx's log (the documented format) next to hopline's.
+    let dir = out.join("incident-nginx");
+    let o = Command::new(bin())
+        .args(["diagnose", "--format", "json"])
+        .arg(dir.join("front-diagnose.log"))
+        .arg(dir.join("gateway.log"))
+        .output()
+        .expect("diagnose");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["skipped"], 0, "{v:#}");
+    let nginx = v["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["route"] == "nginx"))
+        .expect("nginx lines read");
+    assert!(nginx["requests"].as_u64().unwrap_or(0) > 1000, "{nginx:#}");
+    assert!(
+        v["waits"].as_array().is_some_and(|w| !w.is_empty()),
+        "what the 499s waited on: {v:#}"
+    );
 }
 
 /// `examples/grpc-h2.drill.toml`: gRPC over h2c into hopline, HTTP/2 to a gRPC upstream
