@@ -322,6 +322,23 @@ pub struct RouteFinding {
     pub onset: Option<Onset>,
     /// A latency ceiling: most requests cut at one duration.
     pub ceiling: Option<Ceiling>,
+    /// Its seconds, in order.
+    pub seconds: Vec<RouteSecond>,
+}
+
+/// One second of one route, as read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteSecond {
+    /// The second (epoch).
+    pub t: i64,
+    /// Requests.
+    pub requests: u32,
+    /// Non-2xx answers.
+    pub non_2xx: u32,
+    /// Degraded answers.
+    pub degraded: u32,
+    /// p99 latency (ms, the upper edge of its bin).
+    pub p99_ms: f64,
 }
 
 /// Requests pinned at one duration.
@@ -453,6 +470,17 @@ fn judge(paths: &[PathBuf], t: Tally) -> Report {
                 requests: r.requests,
                 onset,
                 ceiling: ceiling(r),
+                seconds: r
+                    .seconds
+                    .iter()
+                    .map(|(t, b)| RouteSecond {
+                        t: *t,
+                        requests: b.n,
+                        non_2xx: b.non_2xx,
+                        degraded: b.degraded,
+                        p99_ms: b.p99(),
+                    })
+                    .collect(),
             }
         })
         .collect();

@@ -377,6 +377,63 @@ fn endpoint_marks(h: &Hop) -> Vec<AlertEvent> {
         .collect()
 }
 
+/// `hopline diagnose --format html`: the findings, and per route its requests per second
+/// (2xx, non-2xx, degraded) and p99 with the onset marked — the drill's charts.
+pub fn diagnose_page(d: &hopline_diagnose::Report) -> String {
+    let start = d.span.0.floor();
+    let x_max = (d.span.1 - start).max(1.0) + 1.0;
+    let mut page = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>hopline diagnose</title><style>body{font:14px system-ui,sans-serif;margin:24px;max-width:960px}pre{background:#f6f6f6;padding:12px;overflow-x:auto}</style></head><body><h1>hopline diagnose</h1>",
+    );
+    let _ = write!(page, "<pre>{}</pre>", esc(&d.text()));
+    for r in &d.routes {
+        let at = |t: i64| t as f64 - start + 0.5;
+        let series = |f: &dyn Fn(&hopline_diagnose::RouteSecond) -> f64| -> Vec<(f64, f64)> {
+            r.seconds.iter().map(|p| (at(p.t), f(p))).collect()
+        };
+        let marks: Vec<AlertEvent> = r
+            .onset
+            .iter()
+            .map(|o| AlertEvent {
+                name: format!("onset: {}", o.metric.as_str()),
+                fired: o.at as f64 - start,
+                resolved: None,
+            })
+            .collect();
+        let counts: Vec<Series> = vec![
+            (
+                "2xx",
+                COLORS[0],
+                series(&|p| f64::from(p.requests - p.non_2xx)),
+            ),
+            ("non-2xx", COLORS[1], series(&|p| f64::from(p.non_2xx))),
+            ("degraded", COLORS[2], series(&|p| f64::from(p.degraded))),
+        ];
+        page.push_str(&chart(
+            &format!(
+                "route {}: requests per second ({} in all)",
+                r.route, r.requests
+            ),
+            "req/s",
+            x_max,
+            &counts,
+            &[],
+            &marks,
+        ));
+        let p99: Vec<Series> = vec![("p99", COLORS[3], series(&|p| p.p99_ms))];
+        page.push_str(&chart(
+            &format!("route {}: p99 latency", r.route),
+            "ms",
+            x_max,
+            &p99,
+            &[],
+            &marks,
+        ));
+    }
+    page.push_str("<p>Seconds from the first line. Raw findings: <a href=\"diagnosis.json\">diagnosis.json</a>.</p></body></html>\n");
+    page
+}
+
 /// The terminal summary of one run.
 pub fn summary(
     name: &str,

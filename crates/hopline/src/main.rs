@@ -94,9 +94,13 @@ enum Command {
         /// Only lines before this time (RFC 3339 UTC).
         #[arg(long)]
         until: Option<String>,
-        /// Output: a summary to read, or JSON for tools.
-        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        /// Output: a summary to read, JSON for tools, or an HTML page with timelines
+        /// (written to --out).
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "html"])]
         format: String,
+        /// Folder for `--format html` (index.html and diagnosis.json).
+        #[arg(long, default_value = "diagnose-report")]
+        out: PathBuf,
     },
     /// Run fault drills: the embedded incident (legacy gateway, then hopline) or scenario files.
     Drill {
@@ -251,7 +255,8 @@ fn main() -> ExitCode {
             since,
             until,
             format,
-        } => diagnose(&logs, since.as_deref(), until.as_deref(), &format),
+            out,
+        } => diagnose(&logs, (since.as_deref(), until.as_deref()), &format, &out),
         Command::Drill {
             scenarios,
             out,
@@ -607,9 +612,9 @@ fn chaos(
 
 fn diagnose(
     logs: &[PathBuf],
-    since: Option<&str>,
-    until: Option<&str>,
+    (since, until): (Option<&str>, Option<&str>),
     format: &str,
+    out: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     let time = |what: &str, v: Option<&str>| -> anyhow::Result<Option<f64>> {
         v.map(|t| {
@@ -630,10 +635,21 @@ fn diagnose(
             report.skipped
         );
     }
-    if format == "json" {
-        println!("{:#}", report.to_json());
-    } else {
-        print!("{}", report.text());
+    match format {
+        "json" => println!("{:#}", report.to_json()),
+        "html" => {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let page = out.join("index.html");
+            std::fs::write(&page, hopline_drill::report::diagnose_page(&report))
+                .with_context(|| format!("cannot write {}", page.display()))?;
+            let json = out.join("diagnosis.json");
+            std::fs::write(&json, format!("{:#}\n", report.to_json()))
+                .with_context(|| format!("cannot write {}", json.display()))?;
+            print!("{}", report.text());
+            println!("report: {}", page.display());
+        }
+        _ => print!("{}", report.text()),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -151,9 +151,26 @@ fn a_known_onset_is_found_through_background_noise_across_instances() {
         "{text}"
     );
     assert!(
-        text.contains("cut by the client or something in front of hopline"),
+        text.contains("cut by the client or something in front"),
         "{text}"
     );
+    // --format html: the findings and every route's timeline, with its onset marked.
+    let dir = a.with_file_name("diagnose-html");
+    let o = Command::new(bin())
+        .args(["diagnose", "--format", "html", "--out"])
+        .arg(&dir)
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .expect("html");
+    assert!(o.status.success());
+    let page = std::fs::read_to_string(dir.join("index.html")).expect("index.html");
+    assert_eq!(page.matches("<svg").count(), 4, "two charts per route");
+    assert!(page.contains("onset: non-2xx share") && page.contains("WHERE  first"));
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("diagnosis.json")).expect("json"))
+            .expect("diagnosis.json");
+    assert_eq!(saved["lines"], 3000);
     // --since / --until narrow the window: before the fault, nothing departs.
     let (_, early, _) = diagnose(&[&a, &b], &["--until", "2026-11-28T14:00:29Z"]);
     assert!(
