@@ -345,6 +345,14 @@ pub fn html(
             faults,
             &endpoint_marks(h),
         ));
+        if let Some((d, _)) = &h.diagnosis {
+            let _ = write!(
+                page,
+                "<h3>hopline diagnose on {}'s log</h3><pre>{}</pre>",
+                esc(&h.name),
+                esc(&d.text())
+            );
+        }
         if !h.top_causes.is_empty() {
             let _ = write!(
                 page,

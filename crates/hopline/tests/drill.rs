@@ -318,6 +318,10 @@ fn the_outlier_drill_passes() {
     assert_eq!(states, vec!["ejected", "returned"], "{text}");
     let page = std::fs::read_to_string(out.join("outlier/index.html")).expect("report");
     assert!(
+        page.contains("hopline diagnose on gateway"),
+        "the diagnosis in the report"
+    );
+    assert!(
         page.contains("ejected fired at"),
         "the ejection on the timeline"
     );
