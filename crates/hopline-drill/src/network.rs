@@ -184,15 +184,7 @@ impl Network {
         let r = self.router.clone();
         run(&["ip", "netns", "add", &r])?;
         run(&["ip", "-n", &r, "link", "set", "lo", "up"])?;
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &r,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])?;
+        self.sysctl("net.ipv4.ip_forward=1")?;
         // The drill's own link: 198.18.N.2 here, 198.18.N.1 in the router, and a route to
         // this run's 198.18.N.0/24 over it. N: the first free from a start of this run's.
         let peer = format!("{}rr", self.prefix);
@@ -324,49 +316,27 @@ impl Network {
     /// The NAT table: connections to outside hosts are masqueraded; faults go in their
     /// own chain, ahead of forwarding.
     fn make_nat(&self) -> Result<(), NetworkError> {
-        let r = self.router.as_str();
-        run(&[
-            "ip", "netns", "exec", r, "nft", "add", "table", "ip", "hopline",
-        ])?;
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            r,
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "hopline",
-            "nat",
-            "{ type nat hook postrouting priority srcnat; policy accept; }",
-        ])?;
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            r,
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "hopline",
-            "faults",
-            "{ type filter hook forward priority filter; policy accept; }",
-        ])?;
+        self.in_router(&["nft", "add", "table", "ip", "hopline"])?;
+        for (chain, spec) in [
+            (
+                "nat",
+                "{ type nat hook postrouting priority srcnat; policy accept; }",
+            ),
+            (
+                "faults",
+                "{ type filter hook forward priority filter; policy accept; }",
+            ),
+        ] {
+            self.in_router(&["nft", "add", "chain", "ip", "hopline", chain, spec])?;
+        }
         self.set_nat_ports(self.nat_ports)
     }
 
     /// Replaces the masquerade rules with ones using `ports`.
     fn set_nat_ports(&self, (from, to): (u16, u16)) -> Result<(), NetworkError> {
-        let r = self.router.as_str();
         let mut handles = self.nat.lock().unwrap_or_else(|p| p.into_inner());
         for h in handles.drain(..) {
-            let h = h.to_string();
-            run(&[
-                "ip", "netns", "exec", r, "nft", "delete", "rule", "ip", "hopline", "nat",
-                "handle", &h,
-            ])?;
+            self.delete_rule("nat", h)?;
         }
         for host in self.hosts.iter().filter(|h| h.outside) {
             for proto in ["tcp", "udp"] {
@@ -380,12 +350,31 @@ impl Network {
         Ok(())
     }
 
+    /// Runs `args` inside the router's namespace.
+    fn in_router(&self, args: &[&str]) -> Result<String, NetworkError> {
+        let mut line = vec!["ip", "netns", "exec", self.router.as_str()];
+        line.extend_from_slice(args);
+        run(&line)
+    }
+
+    /// Sets a sysctl in the router's namespace (`key=value`).
+    fn sysctl(&self, setting: &str) -> Result<(), NetworkError> {
+        self.in_router(&["sysctl", "-qw", setting]).map(drop)
+    }
+
+    /// Deletes rule `handle` from `chain`.
+    fn delete_rule(&self, chain: &str, handle: u64) -> Result<(), NetworkError> {
+        let h = handle.to_string();
+        self.in_router(&[
+            "nft", "delete", "rule", "ip", "hopline", chain, "handle", &h,
+        ])
+        .map(drop)
+    }
+
     /// Adds `rule` to `chain`; its handle.
     fn add_rule(&self, chain: &str, rule: &str) -> Result<u64, NetworkError> {
-        let r = self.router.as_str();
-        let out = run(&[
-            "ip", "netns", "exec", r, "nft", "--echo", "--handle", "add", "rule", "ip", "hopline",
-            chain, rule,
+        let out = self.in_router(&[
+            "nft", "--echo", "--handle", "add", "rule", "ip", "hopline", chain, rule,
         ])?;
         out.split("# handle ")
             .nth(1)
@@ -437,26 +426,17 @@ impl Network {
                 self.set_nat_ports((from, to))?;
                 // Connections already holding ports outside the new range keep them:
                 // forget them so the shrunk range is what new and old traffic meet.
-                let _ = run(&["ip", "netns", "exec", &self.router, "conntrack", "-F"]);
+                let _ = self.in_router(&["conntrack", "-F"]);
                 Ok(Undo::SnatPorts)
             }
             (FaultKind::ConntrackExpiry { seconds }, _) => {
                 let key = "net.netfilter.nf_conntrack_tcp_timeout_established";
-                let old = run(&["ip", "netns", "exec", &self.router, "sysctl", "-n", key])?;
-                let set = format!("{key}={seconds}");
-                run(&["ip", "netns", "exec", &self.router, "sysctl", "-qw", &set])?;
+                let old = self.in_router(&["sysctl", "-n", key])?;
+                self.sysctl(&format!("{key}={seconds}"))?;
                 // The setting applies to an entry from its next packet on: a connection
                 // that has traffic during the fault and then idles longer is forgotten.
                 // Late packets of a forgotten connection are not taken up as new ones.
-                run(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &self.router,
-                    "sysctl",
-                    "-qw",
-                    "net.netfilter.nf_conntrack_tcp_loose=0",
-                ])?;
+                self.sysctl("net.netfilter.nf_conntrack_tcp_loose=0")?;
                 let rule = self.add_rule(
                     "faults",
                     "ct state invalid meta l4proto tcp reject with tcp reset",
@@ -469,31 +449,19 @@ impl Network {
 
     /// Removes an applied fault.
     pub fn undo(&self, u: Undo) -> Result<(), NetworkError> {
-        let r = self.router.as_str();
         match u {
             Undo::Rules(handles) => {
                 for h in handles {
-                    let h = h.to_string();
-                    run(&[
-                        "ip", "netns", "exec", r, "nft", "delete", "rule", "ip", "hopline",
-                        "faults", "handle", &h,
-                    ])?;
+                    self.delete_rule("faults", h)?;
                 }
             }
             Undo::SnatPorts => self.set_nat_ports(self.nat_ports)?,
             Undo::Conntrack(old, rule) => {
-                let set = format!("net.netfilter.nf_conntrack_tcp_timeout_established={old}");
-                run(&["ip", "netns", "exec", r, "sysctl", "-qw", &set])?;
-                run(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    r,
-                    "sysctl",
-                    "-qw",
-                    "net.netfilter.nf_conntrack_tcp_loose=1",
-                ])?;
-                self.undo(Undo::Rules(vec![rule]))?;
+                self.sysctl(&format!(
+                    "net.netfilter.nf_conntrack_tcp_timeout_established={old}"
+                ))?;
+                self.sysctl("net.netfilter.nf_conntrack_tcp_loose=1")?;
+                self.delete_rule("faults", rule)?;
             }
             Undo::Nothing => {}
         }
