@@ -59,17 +59,47 @@ fn ask(s: &mut TcpStream) -> std::io::Result<u16> {
     Ok(String::from_utf8_lossy(&buf[9..12]).parse().unwrap_or(0))
 }
 
-fn namespaces_of_this_process() -> Vec<String> {
+/// The namespaces of the kernel network of process `pid` (prefix `hd<pid>-`).
+fn namespaces_of(pid: u32) -> Vec<String> {
     let out = Command::new("ip")
         .args(["netns", "list"])
         .output()
         .expect("ip");
-    let prefix = format!("hd{}-", std::process::id());
+    let prefix = format!("hd{pid}-");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with(&prefix))
         .map(String::from)
         .collect()
+}
+
+fn namespaces_of_this_process() -> Vec<String> {
+    namespaces_of(std::process::id())
+}
+
+/// Starts `hopline drill examples/nat-kernel.drill.toml` with its report in `report`;
+/// stdout and stderr piped.
+fn nat_kernel_drill(report: &str) -> (std::process::Child, std::path::PathBuf) {
+    let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/nat-kernel.drill.toml");
+    let out = temp_file("x", "").with_file_name(report);
+    let drill = Command::new(bin())
+        .args(["drill", scenario.to_str().expect("utf8"), "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("drill");
+    (drill, out)
+}
+
+/// Waits until `ready` holds, or panics after 20 s.
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < end, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -169,17 +199,8 @@ fn each_fault_kind_is_seen_from_inside_and_everything_is_removed() {
 #[test]
 #[ignore = "needs root, ip and nft; run by .ci/run"]
 fn the_kernel_nat_drill_shows_the_connect_phase() {
-    let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/nat-kernel.drill.toml");
-    let out = temp_file("x", "").with_file_name("nat-kernel-report");
-    let drill = Command::new(bin())
-        .args(["drill", scenario.to_str().expect("utf8"), "--out"])
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("drill");
-    let prefix = format!("hd{}-", drill.id());
+    let (drill, _) = nat_kernel_drill("nat-kernel-report");
+    let pid = drill.id();
     let o = drill.wait_with_output().expect("drill");
     let text = format!(
         "{}{}",
@@ -188,117 +209,52 @@ fn the_kernel_nat_drill_shows_the_connect_phase() {
     );
     assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(text.contains("(egress): connect timed out"), "{text}");
-    let left = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip");
-    assert!(
-        !String::from_utf8_lossy(&left.stdout).contains(&prefix),
-        "namespaces left behind"
-    );
+    assert!(namespaces_of(pid).is_empty(), "namespaces left behind");
 }
 
 /// A kernel drill stopped with SIGTERM removes its namespaces itself.
 #[test]
 #[ignore = "needs root, ip and nft; run by .ci/run"]
 fn a_kernel_drill_stopped_by_sigterm_leaves_nothing() {
-    let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/nat-kernel.drill.toml");
-    let out = temp_file("x", "").with_file_name("term-report");
-    let drill = Command::new(bin())
-        .args(["drill", scenario.to_str().expect("utf8"), "--out"])
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("drill");
-    let prefix = format!("hd{}-", drill.id());
-    let listed = || {
-        let o = Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .expect("ip");
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .count()
-    };
+    let (drill, out) = nat_kernel_drill("term-report");
+    let pid = drill.id();
     // Running: its network built and the gateway logging requests.
-    let end = Instant::now() + Duration::from_secs(20);
-    while listed() < 3
-        || !std::fs::metadata(out.join("nat-kernel/gateway.log")).is_ok_and(|m| m.len() > 0)
-    {
-        assert!(Instant::now() < end, "the drill did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the drill did not start", || {
+        namespaces_of(pid).len() >= 3
+            && std::fs::metadata(out.join("nat-kernel/gateway.log")).is_ok_and(|m| m.len() > 0)
+    });
     let _ = Command::new("kill")
-        .args(["-TERM", &drill.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status();
     let o = drill.wait_with_output().expect("exit");
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("INTERRUPTED"),
         "a partial report"
     );
-    assert_eq!(listed(), 0, "namespaces left after SIGTERM");
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "namespaces left after SIGTERM"
+    );
 }
 
 /// A drill killed with SIGKILL leaves its namespaces; the next kernel drill removes them.
 #[test]
 #[ignore = "needs root, ip and nft; run by .ci/run"]
 fn leftovers_of_a_killed_drill_are_removed_by_the_next() {
-    let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/nat-kernel.drill.toml");
-    let out = temp_file("x", "").with_file_name("killed-report");
-    let mut drill = Command::new(bin())
-        .args(["drill", scenario.to_str().expect("utf8"), "--out"])
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("drill");
-    let prefix = format!("hd{}-", drill.id());
-    let listed = || {
-        let o = Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .expect("ip");
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .count()
-    };
-    let end = Instant::now() + Duration::from_secs(20);
-    while listed() < 3 {
-        assert!(Instant::now() < end, "the drill built no network");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut drill, _) = nat_kernel_drill("killed-report");
+    let pid = drill.id();
+    wait_for("the drill built no network", || {
+        namespaces_of(pid).len() >= 3
+    });
     drill.kill().expect("SIGKILL");
     let _ = drill.wait();
-    assert!(listed() >= 3, "a SIGKILLed drill cannot clean up");
-    hopline_drill::network::remove_leftovers();
-    assert_eq!(listed(), 0, "leftovers of a dead drill stay");
-}
-
-/// `hopline drill --network kernel`: the embedded incident behind a real NAT. The legacy
-/// gateway reproduces the storm; hopline answers degraded 200s, and its top cause names
-/// the coupon upstream, the egress zone and the connect phase.
-#[test]
-#[ignore = "needs root, ip and nft; run by .ci/run"]
-fn the_embedded_incident_runs_behind_a_real_nat() {
-    let out = temp_file("x", "").with_file_name("incident-kernel-report");
-    let o = Command::new(bin())
-        .args(["drill", "--network", "kernel", "--out"])
-        .arg(&out)
-        .output()
-        .expect("drill");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("(egress): connect timed out"),
-        "hopline's cause names the connect phase: {text}"
+        namespaces_of(pid).len() >= 3,
+        "a SIGKILLed drill cannot clean up"
+    );
+    hopline_drill::network::remove_leftovers();
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "leftovers of a dead drill stay"
     );
 }
