@@ -642,3 +642,120 @@ fn mix(n: usize) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: usize) -> Arc<EndpointSet> {
+        let endpoints = (0..n)
+            .map(|i| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
+                Arc::new(Endpoint::new(addr, addr.to_string().into(), None))
+            })
+            .collect();
+        let log = crate::access_log::AccessLog::open(&hopline_core::config::AccessLogSink::Off)
+            .expect("log off");
+        Arc::new(EndpointSet::new(
+            "u".into(),
+            OutlierConfig::default(),
+            50,
+            endpoints,
+            Arc::new(Metrics::new()),
+            false,
+            Arc::new(log),
+        ))
+    }
+
+    fn index(g: &EndpointGuard) -> usize {
+        usize::from(g.ep().addr.port() - 9000)
+    }
+
+    fn counts(
+        set: &Arc<EndpointSet>,
+        lb: LoadBalancing,
+        draws: usize,
+        avoid: Option<usize>,
+    ) -> Vec<usize> {
+        let avoid = avoid.map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)));
+        let mut seen = vec![0; set.list().len()];
+        for d in 0..draws {
+            seen[index(&set.pick(lb, d, avoid).expect("pick"))] += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_busy_endpoint() {
+        let s = set(2);
+        let busy = s.pick(LoadBalancing::RoundRobin, 0, None).expect("pick");
+        assert_eq!(index(&busy), 0);
+        assert_eq!(
+            counts(&s, LoadBalancing::LeastRequest, 100, None),
+            vec![0, 100]
+        );
+        drop(busy);
+        // Idle again: both are used.
+        let seen = counts(&s, LoadBalancing::LeastRequest, 1000, None);
+        assert!(seen.iter().all(|&n| n > 300), "{seen:?}");
+    }
+
+    #[test]
+    fn least_request_spreads_over_many_endpoints() {
+        let seen = counts(&set(5), LoadBalancing::LeastRequest, 5000, None);
+        assert!(seen.iter().all(|&n| (700..1300).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_random_covers_all() {
+        let s = set(3);
+        let order: Vec<usize> = (0..6)
+            .map(|d| index(&s.pick(LoadBalancing::RoundRobin, d, None).expect("pick")))
+            .collect();
+        assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
+        let seen = counts(&set(3), LoadBalancing::Random, 3000, None);
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_that_just_failed() {
+        for lb in [
+            LoadBalancing::LeastRequest,
+            LoadBalancing::RoundRobin,
+            LoadBalancing::Random,
+        ] {
+            assert_eq!(counts(&set(3), lb, 300, Some(1))[1], 0, "{lb:?}");
+            // With one endpoint there is nothing else to try.
+            assert_eq!(counts(&set(1), lb, 1, Some(0)), vec![1]);
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_within_the_percentage_and_successes_reset() {
+        let s = set(4);
+        let ep = |i: usize| s.list()[i].clone();
+        // Four failures, a success, four more: no ejection (the streak restarted).
+        for v in [Verdict::Failure("reset"); 4] {
+            s.report(&ep(0), v);
+        }
+        s.report(&ep(0), Verdict::Success);
+        for v in [Verdict::Failure("reset"); 4] {
+            s.report(&ep(0), v);
+        }
+        assert!(s.states().iter().all(|(_, st)| *st == State::Usable));
+        // The fifth in a row ejects it; never more than half of the four at once.
+        for i in 0..4 {
+            for _ in 0..5 {
+                s.report(&ep(i), Verdict::Failure("reset"));
+            }
+        }
+        let ejected = s
+            .states()
+            .iter()
+            .filter(|(_, st)| *st == State::Ejected)
+            .count();
+        assert_eq!(ejected, 2);
+        assert_eq!(Verdict::of_status(503), Verdict::Failure("503 response"));
+        assert_eq!(Verdict::of_status(500), Verdict::Success);
+    }
+}
