@@ -56,6 +56,13 @@ pub struct Site {
     pub phase: String,
 }
 
+impl std::fmt::Display for Site {
+    /// `coupon (egress) connect`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}) {}", self.upstream, self.zone, self.phase)
+    }
+}
+
 #[derive(Debug, Default)]
 struct SiteStats {
     per_second: BTreeMap<i64, u32>,

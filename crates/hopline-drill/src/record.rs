@@ -470,10 +470,7 @@ pub fn check(
                     format!("diagnose of {hop}: failures began first at {want}"),
                     ok,
                     first.map_or("no failure site".into(), |(x, at)| {
-                        format!(
-                            "{} ({}) {} at {at:.0}s",
-                            x.site.upstream, x.site.zone, x.site.phase
-                        )
+                        format!("{} at {at:.0}s", x.site)
                     }),
                 )
             }

@@ -507,8 +507,8 @@ pub fn summary(
                     .unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "  diagnose {}: failures began first at {} ({}) {} at {at:.0}s{onset}",
-                    h.name, x.site.upstream, x.site.zone, x.site.phase
+                    "  diagnose {}: failures began first at {} at {at:.0}s{onset}",
+                    h.name, x.site
                 );
             }
         }

@@ -84,6 +84,11 @@ impl Names {
         })
     }
 
+    /// There are names to resolve.
+    pub fn any(&self) -> bool {
+        !self.names.is_empty()
+    }
+
     /// Resolves once every name has been tried (or `limit` passed).
     pub async fn settled(&self, limit: Duration) {
         let mut rx = self.settled.subscribe();

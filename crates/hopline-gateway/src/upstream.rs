@@ -246,11 +246,7 @@ impl Upstream {
         if tokio::runtime::Handle::try_current().is_err() {
             return Ok((set, names));
         }
-        if !config
-            .endpoints
-            .iter()
-            .all(|e| discovery::classify(e).is_ok())
-        {
+        if names.any() {
             let resolver = discovery::resolver(&cx.dns).map_err(|source| BuildError::Dns {
                 upstream: config.name.clone(),
                 source,
