@@ -40,6 +40,10 @@ pub struct Endpoint {
     /// Held while an HTTP/2 connection is being opened, so requests that find none wait
     /// for that one instead of each opening their own.
     pub(crate) h2_opening: tokio::sync::Mutex<()>,
+    /// The stream limit its HTTP/2 connections last announced (`usize::MAX` until one
+    /// has): a new connection assumes it until its own SETTINGS arrive, so requests
+    /// that come meanwhile do not queue on it past the limit.
+    pub(crate) h2_streams: AtomicUsize,
     /// Requests using this endpoint now (least-request balancing).
     active: AtomicUsize,
     /// Gateway failures in a row (outlier detection).
@@ -81,6 +85,7 @@ impl Endpoint {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(Vec::new()),
             h2_opening: tokio::sync::Mutex::new(()),
+            h2_streams: AtomicUsize::new(usize::MAX),
             active: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             successes_total: AtomicU64::new(0),

@@ -421,7 +421,9 @@ impl Upstream {
         let addr = conn.addr;
         let start = Instant::now();
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
-        let handshake = h2::client::Builder::new().handshake::<_, Bytes>(conn.stream);
+        let handshake = h2::client::Builder::new()
+            .initial_max_send_streams(ep.h2_streams.load(Ordering::Relaxed))
+            .handshake::<_, Bytes>(conn.stream);
         let (send, driver) = match tokio::time::timeout_at(until.into(), handshake).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
@@ -468,6 +470,11 @@ impl Upstream {
                 c.active.load(Ordering::Relaxed) == 0 && now.duration_since(c.since) >= idle_limit;
             !idle && matches!(c.send.poll_ready(&mut cx), std::task::Poll::Ready(Ok(())))
         });
+        // The oldest connection has most likely had the upstream's SETTINGS.
+        if let Some(c) = conns.first() {
+            let limit = c.send.current_max_send_streams();
+            ep.h2_streams.store(limit, Ordering::Relaxed);
+        }
         let c = conns
             .iter_mut()
             .find(|c| c.active.load(Ordering::Relaxed) < c.send.current_max_send_streams())?;
