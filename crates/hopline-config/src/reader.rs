@@ -9,8 +9,8 @@ use hopline_core::config::{
     AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
     DeadlineConfig, DnsConfig, DnsFamily, EgressConfig, FrontConfig, H2Config, HealthConfig,
     ListenAddr, LoadBalancing, LogConfig, MetricsConfig, OutlierConfig, Overload, PathMatch,
-    RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig, TlsVersion,
-    UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
+    RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig, SharedEgressConfig,
+    TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
 };
 
 use crate::duration::parse_duration;
@@ -403,6 +403,110 @@ fn health(cx: &mut Cx, mut t: Tbl) -> Option<HealthConfig> {
     };
     t.finish(cx);
     path.map(|_| h)
+}
+
+/// `[egress] shared` and its companions; the companions are problems without it.
+fn shared_egress(cx: &mut Cx, t: &mut Tbl) -> Option<SharedEgressConfig> {
+    let companions = [
+        "scope",
+        "password_env",
+        "ca",
+        "expected_replicas",
+        "fallback_after",
+    ];
+    let Some((url, span)) = t.str(cx, "shared") else {
+        for key in companions {
+            if t.has(key) {
+                cx.report(
+                    t.value_span(key),
+                    t.key_path(key),
+                    ProblemKind::Conflict(format!("egress.{key} needs egress.shared")),
+                );
+            }
+        }
+        t.allow(&companions);
+        return None;
+    };
+    if let Err(why) = redis_url(url) {
+        cx.report(span, t.key_path("shared"), ProblemKind::Invalid(why));
+    }
+    let scope = match t.req_str(cx, "scope") {
+        Some((s, _)) if scope_name(s) => s.to_string(),
+        Some((_, span)) => {
+            cx.report(
+                span,
+                t.key_path("scope"),
+                ProblemKind::Invalid(
+                    "1 to 64 letters, digits, '-', '_' or '.' (it names Redis keys)".into(),
+                ),
+            );
+            String::new()
+        }
+        None => String::new(),
+    };
+    let password_env = match t.str(cx, "password_env") {
+        None => SharedEgressConfig::PASSWORD_ENV.to_string(),
+        Some((v, _)) if !v.is_empty() && !v.contains(['=', '\0']) => v.to_string(),
+        Some((_, span)) => {
+            cx.report(
+                span,
+                t.key_path("password_env"),
+                ProblemKind::Invalid("an environment variable name".into()),
+            );
+            SharedEgressConfig::PASSWORD_ENV.to_string()
+        }
+    };
+    let ca = t.str(cx, "ca").map(|(p, _)| PathBuf::from(p));
+    if ca.is_some() && !url.starts_with("rediss://") {
+        cx.report(
+            t.value_span("ca"),
+            t.key_path("ca"),
+            ProblemKind::Conflict("egress.ca is for a rediss:// (TLS) shared store".into()),
+        );
+    }
+    Some(SharedEgressConfig {
+        url: url.to_string(),
+        scope,
+        password_env,
+        ca,
+        expected_replicas: t
+            .opt_uint(cx, "expected_replicas", 1, 10_000)
+            .map(|n| n as u32),
+        fallback_after: t.duration(cx, "fallback_after", SharedEgressConfig::FALLBACK_AFTER),
+    })
+}
+
+/// Checks a `redis://host:port[/db]` or `rediss://…` URL; a password in it is refused
+/// (it belongs in the environment, not in a file under version control).
+fn redis_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or("use redis://host:port[/db] or rediss://host:port[/db]")?;
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let host =
+        match authority.rsplit_once('@') {
+            Some((user, _)) if user.contains(':') => return Err(
+                "no password in the URL: put it in the environment variable named by password_env"
+                    .into(),
+            ),
+            Some((_, host)) => host,
+            None => authority,
+        };
+    if host.is_empty() || host.contains(['?', '#', ' ']) {
+        return Err("needs a host: redis://host:port[/db]".into());
+    }
+    if !db.is_empty() && db.parse::<u16>().is_err() {
+        return Err(format!("database {db:?} is not a number"));
+    }
+    Ok(())
+}
+
+/// A scope names Redis keys: short, and nothing that needs quoting.
+fn scope_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn dns(cx: &mut Cx, mut t: Tbl) -> DnsConfig {
@@ -900,6 +1004,10 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
                 .map(|n| n as usize),
             max_new_connections_per_sec: t
                 .opt_uint(&mut cx, "max_new_connections_per_sec", 1, 10_000_000)
+                .map(|n| n as u32),
+            shared: shared_egress(&mut cx, &mut t),
+            nat_limit: t
+                .opt_uint(&mut cx, "nat_limit", 1, 10_000_000)
                 .map(|n| n as u32),
         };
         t.finish(&mut cx);

@@ -154,6 +154,13 @@ pub fn schema() -> Value {
             "egress": closed(json!({
                 "max_in_flight": int("shared by all egress upstreams", 1),
                 "max_new_connections_per_sec": int("shared by all egress upstreams", 1),
+                "shared": {"type": "string", "pattern": "^rediss?://", "description": "redis://host:port[/db] or rediss://…: both limits become cluster-wide, shared by every gateway with the same scope (no password here: see password_env)"},
+                "scope": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$", "description": "gateways with the same scope share one budget; required with shared"},
+                "password_env": {"type": "string", "default": "HOPLINE_REDIS_PASSWORD", "description": "the environment variable holding the Redis password"},
+                "ca": {"type": "string", "description": "PEM CA for a rediss:// store with a private CA"},
+                "expected_replicas": int("gateways sharing the scope: each takes budget / expected_replicas when Redis is unreachable", 1),
+                "fallback_after": duration("how long Redis may take before the local share applies, default 20ms"),
+                "nat_limit": int("new connections per second the NAT is documented to allow (hopline check)", 1),
             })),
             "dns": closed(json!({
                 "nameservers": {"type": "array", "items": {"type": "string", "description": "ip or ip:port"}, "description": "default: the system's (/etc/resolv.conf)"},

@@ -429,6 +429,39 @@ pub struct EgressConfig {
     pub max_in_flight: Option<usize>,
     /// New egress connections per second at most. Beyond: 503 `UO` at once.
     pub max_new_connections_per_sec: Option<u32>,
+    /// Makes both limits cluster-wide: shared through Redis by every gateway with the
+    /// same scope.
+    pub shared: Option<SharedEgressConfig>,
+    /// New connections per second the NAT gateway is documented to allow (for `check`).
+    pub nat_limit: Option<u32>,
+}
+
+/// `[egress] shared = "redis://…"` and its companions: cluster-wide egress budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedEgressConfig {
+    /// `redis://host:port[/db]` or `rediss://…` (TLS); never with a password.
+    pub url: String,
+    /// Gateways with the same scope share one budget.
+    pub scope: String,
+    /// The environment variable holding the Redis password. Default
+    /// `HOPLINE_REDIS_PASSWORD`.
+    pub password_env: String,
+    /// A PEM file of the CA that signed Redis's certificate (`rediss://` with a private
+    /// CA); the system's roots otherwise.
+    pub ca: Option<PathBuf>,
+    /// Gateways expected to share the scope: when Redis cannot be reached, each takes
+    /// `budget / expected_replicas` locally. Unset: the whole budget (and `check` warns).
+    pub expected_replicas: Option<u32>,
+    /// How long Redis may take to answer before this gateway falls back to its local
+    /// share. Default 20 ms.
+    pub fallback_after: Duration,
+}
+
+impl SharedEgressConfig {
+    /// The default `password_env`.
+    pub const PASSWORD_ENV: &'static str = "HOPLINE_REDIS_PASSWORD";
+    /// The default `fallback_after`.
+    pub const FALLBACK_AFTER: Duration = Duration::from_millis(20);
 }
 
 /// Network zone of an upstream.

@@ -351,6 +351,46 @@ pub enum Overflow {
         /// The limit, per second.
         limit: u32,
     },
+    /// A cluster-wide egress budget (`[egress] shared`).
+    EgressShared {
+        /// The scope (`[egress] scope`).
+        scope: Arc<str>,
+        /// Which budget refused, and why.
+        refusal: SharedRefusal,
+    },
+}
+
+/// Which part of a shared egress scope's budget refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedRefusal {
+    /// The scope's new-connection rate is used up across the cluster.
+    ClusterRate(u32),
+    /// The scope's in-flight slots are all held across the cluster.
+    ClusterInFlight(usize),
+    /// Redis has not answered the lease this gateway asked for yet.
+    AwaitingLease,
+    /// Redis is unreachable and this gateway's local share of the rate is used up.
+    LocalRate(u32),
+    /// Redis is unreachable and this gateway's local share of in-flight slots is taken.
+    LocalInFlight(usize),
+}
+
+impl fmt::Display for SharedRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SharedRefusal::ClusterRate(r) => write!(f, "cluster new-connection rate {r}/s reached"),
+            SharedRefusal::ClusterInFlight(n) => write!(f, "cluster in-flight limit {n} reached"),
+            SharedRefusal::AwaitingLease => f.write_str("no lease from Redis yet"),
+            SharedRefusal::LocalRate(r) => write!(
+                f,
+                "local share of the new-connection rate {r}/s reached (Redis unreachable)"
+            ),
+            SharedRefusal::LocalInFlight(n) => write!(
+                f,
+                "local share of the in-flight limit {n} reached (Redis unreachable)"
+            ),
+        }
+    }
 }
 
 /// Why a request did not get an upstream's answer. Converted to a response in one place.
@@ -471,6 +511,7 @@ fn overflow_text(o: &Overflow) -> String {
         Overflow::EgressConnectionRate { upstream, limit } => {
             format!("upstream {upstream} (egress): max_new_connections_per_sec {limit} reached")
         }
+        Overflow::EgressShared { scope, refusal } => format!("egress scope {scope}: {refusal}"),
     }
 }
 
@@ -557,6 +598,7 @@ impl ProxyError {
             ProxyError::Overflow(Overflow::EgressConnectionRate { upstream, .. }) => {
                 format!("upstream {upstream}: egress connection rate limit reached")
             }
+            ProxyError::Overflow(Overflow::EgressShared { .. }) => "egress limit reached".into(),
             ProxyError::NoEndpoint { upstream, .. } => {
                 format!("upstream {upstream} has no usable endpoint")
             }

@@ -13,7 +13,7 @@ pub mod time;
 
 pub use deadline::{Deadline, DeadlineSource};
 pub use error::{
-    Disposition, Overflow, Phase, ProxyError, Side, TimeoutSource, TlsFailure, UpstreamError,
-    UpstreamErrorKind,
+    Disposition, Overflow, Phase, ProxyError, SharedRefusal, Side, TimeoutSource, TlsFailure,
+    UpstreamError, UpstreamErrorKind,
 };
 pub use flag::Flag;

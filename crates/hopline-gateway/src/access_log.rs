@@ -397,6 +397,22 @@ impl AccessLog {
         });
     }
 
+    /// Writes a line for a shared egress scope switching between the cluster-wide budget
+    /// and the local share: `{"ts":…,"event":"egress","scope":…,"state":"local"|"shared","detail":…}`.
+    pub fn write_egress_event(&self, scope: &str, state: &str, detail: &str) {
+        self.append(|s| {
+            s.extend_from_slice(b"{\"ts\":\"");
+            push_rfc3339(s, SystemTime::now());
+            s.extend_from_slice(b"\",\"event\":\"egress\",\"scope\":");
+            push_json_str(s, scope);
+            s.extend_from_slice(b",\"state\":");
+            push_json_str(s, state);
+            s.extend_from_slice(b",\"detail\":");
+            push_json_str(s, detail);
+            s.extend_from_slice(b"}\n");
+        });
+    }
+
     fn append(&self, render: impl FnOnce(&mut Vec<u8>)) {
         let Some(sink) = &self.sink else { return };
         let full = SCRATCH.with(|scratch| {

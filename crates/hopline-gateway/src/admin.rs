@@ -62,7 +62,11 @@ fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
         ("GET", "/metrics") => (
             200,
             crate::metrics::CONTENT_TYPE,
-            gw.metrics.encode(&gw.in_flight(), &gw.endpoint_samples()),
+            gw.metrics.encode(
+                &gw.in_flight(),
+                &gw.endpoint_samples(),
+                &gw.shared_samples(),
+            ),
         ),
         ("GET", "/endpoints") => (
             200,
@@ -222,6 +226,28 @@ pub fn effective_config(gw: &Gateway) -> Value {
         "egress": c.egress.as_ref().map(|e| json!({
             "max_in_flight": e.max_in_flight,
             "max_new_connections_per_sec": e.max_new_connections_per_sec,
+            "nat_limit": e.nat_limit,
+            "shared": e.shared.as_ref().map(|sh| {
+                let now = gw.egress.shared.as_ref().map(|x| x.sample());
+                json!({
+                    "url": sh.url,
+                    "scope": sh.scope,
+                    "password_env": sh.password_env,
+                    "ca": path(&sh.ca),
+                    "expected_replicas": sh.expected_replicas,
+                    "fallback_after_ms": ms(sh.fallback_after),
+                    "now": now.map(|n| json!({
+                        "mode": if n.local { "local" } else { "shared" },
+                        "local_share": {"new_connections_per_sec": n.local_rate, "in_flight": n.local_in_flight},
+                        "tokens_on_hand": n.tokens_on_hand,
+                        "tokens_leased": n.tokens_leased,
+                        "slots_held": n.slots_held,
+                        "slots_in_use": n.slots_used,
+                        "fallbacks": n.fallbacks,
+                        "lease_failures": n.lease_failures,
+                    })),
+                })
+            }),
         })),
         "upstreams": upstreams,
         "routes": routes,

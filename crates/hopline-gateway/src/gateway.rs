@@ -14,6 +14,7 @@ use hopline_core::config::{
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::limits::{InFlight, RateLimit};
 use crate::metrics::Metrics;
+use crate::shared::SharedEgress;
 use crate::upstream::{Egress, Upstream, UpstreamContext};
 
 /// A route ready to match.
@@ -132,6 +133,34 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
     note("admin.listen", admin(new), admin(old));
     note("log.access", log(new), log(old));
     note("server.tls.listen", tls_listen(new), tls_listen(old));
+    let shared = |c: &Config| {
+        c.egress
+            .as_ref()
+            .and_then(|e| e.shared.as_ref())
+            .map_or("off".into(), |s| format!("{} scope {}", s.url, s.scope))
+    };
+    note("egress.shared", shared(new), shared(old));
+    // The store and scope stay; the budgets, expected_replicas and fallback_after apply.
+    let kept = old.egress.as_ref().and_then(|e| e.shared.clone());
+    match (&mut new.egress, kept) {
+        (Some(n), Some(mut o)) => {
+            if let Some(w) = &n.shared {
+                o.expected_replicas = w.expected_replicas;
+                o.fallback_after = w.fallback_after;
+            }
+            n.shared = Some(o);
+        }
+        (Some(n), None) => n.shared = None,
+        (n @ None, Some(o)) => {
+            *n = Some(hopline_core::config::EgressConfig {
+                max_in_flight: None,
+                max_new_connections_per_sec: None,
+                shared: Some(o),
+                nat_limit: None,
+            })
+        }
+        (None, None) => {}
+    }
     new.server.listen = old.server.listen.clone();
     new.server.max_connections = old.server.max_connections;
     new.admin = old.admin.clone();
@@ -198,6 +227,9 @@ pub enum BuildError {
         /// Why.
         source: hopline_tls::TlsFileError,
     },
+    /// The shared egress store cannot be set up (`[egress] shared`, `ca`).
+    #[error("egress.shared")]
+    SharedEgress(#[source] crate::shared::StoreError),
 }
 
 /// Everything a request needs, shared by all connections.
@@ -232,12 +264,24 @@ impl Gateway {
             .iter()
             .map(|u| Upstream::new(u.clone(), &cx))
             .collect::<Result<Vec<_>, _>>()?;
-        let egress = config.egress.as_ref();
-        let egress = Egress {
-            in_flight: egress.and_then(|e| e.max_in_flight).map(InFlight::new),
-            new_connections: egress
-                .and_then(|e| e.max_new_connections_per_sec)
-                .map(|r| Arc::new(RateLimit::new(r))),
+        let egress = match config.egress.as_ref() {
+            Some(e) => match &e.shared {
+                Some(shared) => Egress {
+                    shared: Some(
+                        SharedEgress::start(e, shared, log.clone(), metrics.clone())
+                            .map_err(BuildError::SharedEgress)?,
+                    ),
+                    ..Egress::default()
+                },
+                None => Egress {
+                    in_flight: e.max_in_flight.map(InFlight::new),
+                    new_connections: e
+                        .max_new_connections_per_sec
+                        .map(|r| Arc::new(RateLimit::new(r))),
+                    shared: None,
+                },
+            },
+            None => Egress::default(),
         };
         Self::assemble(
             config,
@@ -267,29 +311,30 @@ impl Gateway {
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
-        let egress = config.egress.as_ref();
-        let in_flight =
-            egress
-                .and_then(|e| e.max_in_flight)
-                .map(|limit| match &self.egress.in_flight {
-                    Some(l) => {
-                        l.set_limit(limit);
-                        l.clone()
-                    }
-                    None => InFlight::new(limit),
-                });
-        let new_connections = egress
-            .and_then(|e| e.max_new_connections_per_sec)
-            .map(|rate| match &self.egress.new_connections {
-                Some(r) => {
-                    r.set_rate(rate);
-                    r.clone()
-                }
-                None => Arc::new(RateLimit::new(rate)),
-            });
-        let egress = Egress {
-            in_flight,
-            new_connections,
+        // `shared` and `scope` are pinned: a scope keeps its store and its holding. The
+        // limits outlive the config; their new values apply once the gateway is built.
+        let egress = match (config.egress.as_ref(), &self.egress.shared) {
+            (_, Some(shared)) => Egress {
+                shared: Some(shared.clone()),
+                ..Egress::default()
+            },
+            (egress, None) => Egress {
+                in_flight: egress.and_then(|e| e.max_in_flight).map(|limit| {
+                    self.egress
+                        .in_flight
+                        .clone()
+                        .unwrap_or_else(|| InFlight::new(limit))
+                }),
+                new_connections: egress
+                    .and_then(|e| e.max_new_connections_per_sec)
+                    .map(|rate| {
+                        self.egress
+                            .new_connections
+                            .clone()
+                            .unwrap_or_else(|| Arc::new(RateLimit::new(rate)))
+                    }),
+                shared: None,
+            },
         };
         let gw = Self::assemble(
             config,
@@ -299,7 +344,24 @@ impl Gateway {
             self.metrics.clone(),
             self.draining.clone(),
         )?;
+        gw.apply_egress_limits();
         Ok((gw, not_applied))
+    }
+
+    /// Sets the egress limits carried over from the previous config to this one's values
+    /// (they apply to new acquisitions; slots taken stay taken until released).
+    fn apply_egress_limits(&self) {
+        let Some(e) = &self.config.egress else { return };
+        if let (Some(l), Some(limit)) = (&self.egress.in_flight, e.max_in_flight) {
+            l.set_limit(limit);
+        }
+        if let (Some(r), Some(rate)) = (&self.egress.new_connections, e.max_new_connections_per_sec)
+        {
+            r.set_rate(rate);
+        }
+        if let (Some(shared), Some(s)) = (&self.egress.shared, &e.shared) {
+            shared.set_budgets(e, s);
+        }
     }
 
     fn assemble(
@@ -415,6 +477,15 @@ impl Gateway {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             u.names.settled(left).await;
         }
+        if let Some(shared) = &self.egress.shared {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            shared.settled(left).await;
+        }
+    }
+
+    /// The shared egress scope as `/metrics` samples it (none without `[egress] shared`).
+    pub fn shared_samples(&self) -> Vec<crate::shared::SharedSample> {
+        self.egress.shared.iter().map(|s| s.sample()).collect()
     }
 
     /// Every upstream's endpoints as `/endpoints` shows them.

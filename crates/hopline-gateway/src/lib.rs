@@ -24,6 +24,7 @@ mod proxy;
 mod proxy_h2;
 mod request;
 mod response;
+pub mod shared;
 mod stream;
 mod tls;
 mod upstream;

@@ -91,6 +91,12 @@ impl RateLimit {
         self.rate.store(rate, Ordering::Relaxed);
     }
 
+    /// Empties the bucket: from now on it holds only what the rate refills.
+    pub fn drain(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *s = (0.0, Instant::now());
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -22,7 +22,7 @@ use crate::endpoint::{EndpointGuard, Reporter, Verdict};
 use crate::front::{BodySize, ResponseStart, Sink, COALESCE};
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
-use crate::upstream::{millis_at_least_one, ClientConn, ExchangeError, Upstream};
+use crate::upstream::{millis_at_least_one, ClientConn, EgressSlot, ExchangeError, Upstream};
 
 /// The request as it will be sent upstream, rendered once for all attempts.
 #[derive(Debug)]
@@ -127,7 +127,7 @@ pub struct Opened {
     by_deadline: bool,
     reusable: bool,
     _slot: InFlightGuard,
-    _egress_slot: Option<InFlightGuard>,
+    _egress_slot: Option<EgressSlot>,
     endpoint: EndpointGuard,
 }
 
@@ -171,20 +171,16 @@ pub async fn open(
 pub(crate) fn take_slots(
     gw: &Gateway,
     up: &Upstream,
-) -> Result<(InFlightGuard, Option<InFlightGuard>), ProxyError> {
+) -> Result<(InFlightGuard, Option<EgressSlot>), ProxyError> {
     let slot = up.in_flight.try_acquire().ok_or_else(|| {
         ProxyError::Overflow(Overflow::UpstreamInFlight {
             upstream: up.name.clone(),
             limit: up.in_flight.limit(),
         })
     })?;
-    let egress_slot = match (&gw.egress.in_flight, up.zone()) {
-        (Some(limit), Zone::Egress) => Some(limit.try_acquire().ok_or(ProxyError::Overflow(
-            Overflow::EgressInFlight {
-                limit: limit.limit(),
-            },
-        ))?),
-        _ => None,
+    let egress_slot = match up.zone() {
+        Zone::Egress => gw.egress.slot().map_err(ProxyError::Overflow)?,
+        Zone::Internal => None,
     };
     Ok((slot, egress_slot))
 }

@@ -29,8 +29,9 @@ use crate::discovery::{self, Names};
 use crate::endpoint::{Endpoint, EndpointGuard, EndpointSet, NoEndpoint};
 use crate::gateway::BuildError;
 use crate::health;
-use crate::limits::{InFlight, RateLimit, RetryBudget};
+use crate::limits::{InFlight, InFlightGuard, RateLimit, RetryBudget};
 use crate::metrics::Metrics;
+use crate::shared::{SharedEgress, SharedSlot};
 use crate::stream::{Stream, UpstreamStream};
 
 /// Largest upstream response head accepted.
@@ -39,10 +40,65 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Limits shared by every egress upstream (one NAT gateway in front of all of them).
 #[derive(Debug, Default)]
 pub struct Egress {
-    /// `[egress] max_in_flight`.
+    /// `[egress] max_in_flight` (this gateway's own; `None` when `shared`).
     pub in_flight: Option<Arc<InFlight>>,
-    /// `[egress] max_new_connections_per_sec`.
+    /// `[egress] max_new_connections_per_sec` (this gateway's own; `None` when `shared`).
     pub new_connections: Option<Arc<RateLimit>>,
+    /// `[egress] shared`: both limits cluster-wide, through Redis.
+    pub shared: Option<Arc<SharedEgress>>,
+}
+
+/// An egress call's in-flight slot, given back when dropped.
+#[derive(Debug)]
+pub enum EgressSlot {
+    /// One of this gateway's own `[egress] max_in_flight`.
+    Local(InFlightGuard),
+    /// One held from the shared scope.
+    Shared(SharedSlot),
+}
+
+impl Egress {
+    /// An in-flight slot for an egress call (`None` when egress calls are not limited),
+    /// or the overflow that refuses it.
+    pub fn slot(&self) -> Result<Option<EgressSlot>, Overflow> {
+        if let Some(shared) = &self.shared {
+            return match shared.acquire() {
+                Ok(slot) => Ok(slot.map(EgressSlot::Shared)),
+                Err(refusal) => Err(Overflow::EgressShared {
+                    scope: shared.scope().into(),
+                    refusal,
+                }),
+            };
+        }
+        match &self.in_flight {
+            Some(limit) => match limit.try_acquire() {
+                Some(guard) => Ok(Some(EgressSlot::Local(guard))),
+                None => Err(Overflow::EgressInFlight {
+                    limit: limit.limit(),
+                }),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// A new-connection token for `upstream` (egress), or the overflow that refuses it.
+    fn take_new_connection(&self, upstream: &Arc<str>) -> Result<(), Overflow> {
+        if let Some(shared) = &self.shared {
+            return shared
+                .take_connection()
+                .map_err(|refusal| Overflow::EgressShared {
+                    scope: shared.scope().into(),
+                    refusal,
+                });
+        }
+        match &self.new_connections {
+            Some(rate) if !rate.try_take() => Err(Overflow::EgressConnectionRate {
+                upstream: upstream.clone(),
+                limit: rate.rate(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An HTTP/2 connection to an endpoint: a handle that opens streams on it (its frames
@@ -529,14 +585,11 @@ impl Upstream {
     /// A new egress connection takes a token from the shared rate limit (the NAT's), or
     /// fails `UO`.
     fn take_new_connection(&self, egress: &Egress) -> Result<(), ProxyError> {
-        match &egress.new_connections {
-            Some(rate) if self.zone() == Zone::Egress && !rate.try_take() => {
-                Err(ProxyError::Overflow(Overflow::EgressConnectionRate {
-                    upstream: self.name.clone(),
-                    limit: rate.rate(),
-                }))
-            }
-            _ => Ok(()),
+        match self.zone() {
+            Zone::Egress => egress
+                .take_new_connection(&self.name)
+                .map_err(ProxyError::Overflow),
+            Zone::Internal => Ok(()),
         }
     }
 
