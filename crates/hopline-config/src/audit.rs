@@ -9,7 +9,9 @@ use std::ops::Range;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use hopline_core::config::{AggregateMode, Config, PathMatch, RouteAction, UpstreamConfig, Zone};
+use hopline_core::config::{
+    AggregateMode, Config, EgressConfig, PathMatch, RouteAction, UpstreamConfig, Zone,
+};
 use hopline_core::time::Human;
 use toml_edit::{ImDocument, Item, TableLike};
 
@@ -416,6 +418,9 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
             Zone::Egress => {}
         }
     }
+    if let Some(e) = &config.egress {
+        egress_rules(&mut a, e);
+    }
     tls_rules(&mut a, config, SystemTime::now(), resolve);
     a.findings
         .sort_by_key(|f| (f.span.as_ref().map_or(0, |s| s.start), f.severity));
@@ -426,6 +431,32 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// Outlier detection and health checks: settings that defeat their purpose.
+/// Rule 7: the shared egress budget and the NAT it stands for.
+fn egress_rules(a: &mut Audit<'_>, e: &EgressConfig) {
+    if let Some(s) = &e.shared {
+        if e.max_in_flight.is_none() && e.max_new_connections_per_sec.is_none() {
+            a.add(Severity::Warning, "shared-without-budget", &["egress", "shared"],
+                format!("[egress] shared = \"{}\" has no budget to share: scope {} limits nothing", s.url, s.scope),
+                "set [egress] max_new_connections_per_sec and max_in_flight to the NAT's budget for the whole scope".into());
+        } else if s.expected_replicas.is_none() {
+            a.add(Severity::Warning, "shared-replicas-unset", &["egress", "shared"],
+                format!("[egress] shared without expected_replicas: when Redis is unreachable, every gateway of scope {} takes the whole budget, and together they exceed it", s.scope),
+                "set [egress] expected_replicas to the number of gateways sharing the scope (each then falls back to budget / expected_replicas)".into());
+        }
+    }
+    if let (Some(nat), Some(rate)) = (e.nat_limit, e.max_new_connections_per_sec) {
+        if rate > nat {
+            let whose = match &e.shared {
+                Some(s) => format!("scope {}'s cluster-wide budget", s.scope),
+                None => "this gateway's budget alone".into(),
+            };
+            a.add(Severity::Note, "egress-over-nat-limit", &["egress", "max_new_connections_per_sec"],
+                format!("[egress] max_new_connections_per_sec {rate} ({whose}) is above the NAT's documented {nat}/s: the NAT, not hopline, will refuse the excess, slowly (SYN retries)"),
+                format!("lower it to {nat} or less{}", if e.shared.is_some() { "" } else { ", divided by the replica count (or share it: [egress] shared)" }));
+        }
+    }
+}
+
 fn endpoint_rules(a: &mut Audit<'_>, u: &UpstreamConfig) {
     if u.zone == Zone::Egress && u.endpoints.len() == 1 && u.health.is_none() {
         a.add(Severity::Note, "egress-single-endpoint", &["upstreams", &u.name, "endpoints"],

@@ -1115,6 +1115,56 @@ mod tests {
     }
 
     #[test]
+    fn shared_egress_is_read_and_its_problems_reported() {
+        let ok = read("[egress]\nmax_in_flight = 800\nshared = \"rediss://user@redis.internal:6380/3\"\nscope = \"nat-a\"\nca = \"ca.pem\"\nexpected_replicas = 4\nfallback_after = \"50ms\"\nnat_limit = 900\n")
+            .expect("valid");
+        let e = ok.egress.expect("egress");
+        let s = e.shared.expect("shared");
+        assert_eq!(s.scope, "nat-a");
+        assert_eq!(s.password_env, SharedEgressConfig::PASSWORD_ENV);
+        assert_eq!(s.expected_replicas, Some(4));
+        assert_eq!(s.fallback_after, Duration::from_millis(50));
+        assert_eq!(e.nat_limit, Some(900));
+        let text = "[egress]\nshared = \"redis://app:hunter2@10.0.0.5:6379\"\nscope = \"nat a\"\n\n[dns]\n\n[metrics]\n";
+        let what: Vec<String> = read(text)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            what,
+            vec![
+                "2:10: key `egress.shared`: no password in the URL: put it in the environment variable named by password_env",
+                "3:9: key `egress.scope`: 1 to 64 letters, digits, '-', '_' or '.' (it names Redis keys)",
+            ]
+        );
+        let text = "[egress]\nmax_in_flight = 5\nscope = \"a\"\nfallback_after = \"1s\"\n";
+        let what: Vec<String> = read(text)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            what,
+            vec![
+                "3:9: key `egress.scope`: egress.scope needs egress.shared",
+                "4:18: key `egress.fallback_after`: egress.fallback_after needs egress.shared",
+            ]
+        );
+        let missing = read("[egress]\nshared = \"redis://r:6379\"\n").expect_err("no scope");
+        assert_eq!(missing[0].key, "egress.scope");
+        let plain_ca =
+            read("[egress]\nshared = \"redis://r:6379\"\nscope = \"s\"\nca = \"x.pem\"\n")
+                .expect_err("ca without TLS");
+        assert_eq!(plain_ca[0].key, "egress.ca");
+        for bad in ["http://r:6379", "redis://", "redis://r:6379/x"] {
+            let text = format!("[egress]\nshared = \"{bad}\"\nscope = \"s\"\n");
+            let p = read(&text).expect_err(bad);
+            assert_eq!(p[0].key, "egress.shared", "{bad}");
+        }
+    }
+
+    #[test]
     fn all_problems_reported_with_lines_and_keys() {
         let text = "[server]\nlisten = \"nope\"\nheader_read_timeout = \"5\"\ncolour = 1\n\n[upstreams.a]\nendpoints = [\"127.0.0.1\"]\nconnect_timeout = \"0s\"\n\n[[routes]]\nname = \"r\"\npath = \"/x\"\nupstream = \"missing\"\n";
         let problems = read(text).expect_err("invalid");

@@ -145,6 +145,21 @@ fn each_rule_trips_on_a_bad_config_and_not_on_a_good_one() {
             with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\n[upstreams.b.health]\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"1s\"\n"),
             with("[upstreams.b]\nendpoints = [\"127.0.0.1:1\"]\n[upstreams.b.health]\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n"),
         ),
+        (
+            "shared-replicas-unset",
+            with("[egress]\nmax_in_flight = 100\nshared = \"redis://127.0.0.1:6379\"\nscope = \"nat\"\n"),
+            with("[egress]\nmax_in_flight = 100\nshared = \"redis://127.0.0.1:6379\"\nscope = \"nat\"\nexpected_replicas = 3\n"),
+        ),
+        (
+            "shared-without-budget",
+            with("[egress]\nshared = \"redis://127.0.0.1:6379\"\nscope = \"nat\"\nexpected_replicas = 3\n"),
+            with("[egress]\nmax_new_connections_per_sec = 90\nshared = \"redis://127.0.0.1:6379\"\nscope = \"nat\"\nexpected_replicas = 3\n"),
+        ),
+        (
+            "egress-over-nat-limit",
+            with("[egress]\nmax_new_connections_per_sec = 1200\nnat_limit = 900\n"),
+            with("[egress]\nmax_new_connections_per_sec = 900\nnat_limit = 900\n"),
+        ),
     ];
     for (rule, bad, good) in cases {
         let (_, f) = check(&temp_file("bad.toml", &bad));
