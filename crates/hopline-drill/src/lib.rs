@@ -103,6 +103,17 @@ async fn chaos_call(
     path: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
+    http_call(api, method, path, body, 64 * 1024).await
+}
+
+/// One HTTP/1.1 exchange with a service's API: the status and the body (at most `max` bytes).
+async fn http_call(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    max: usize,
+) -> Result<(u16, String), String> {
     let mut s = tokio::net::TcpStream::connect(api)
         .await
         .map_err(|e| e.to_string())?;
@@ -114,7 +125,7 @@ async fn chaos_call(
     ];
     hopline_h1::client::put_request(&mut req, method, path, &fields, body.as_bytes());
     let mut buf = bytes::BytesMut::new();
-    let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
+    let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, max)
         .await
         .map_err(|e| hopline_core::error::cause_chain(&e))?;
     Ok((r.head.status, String::from_utf8_lossy(&r.body).into_owned()))
@@ -155,6 +166,34 @@ fn other_fault(
             None => Ok(()),
         }
     }
+}
+
+/// The `/metrics` of every address a `scrape` expectation names, as the load ends (an
+/// address that does not answer is left out, and its expectation fails saying so).
+async fn scrape(
+    expect: &[scenario::Expect],
+    addrs: &HashMap<String, std::net::SocketAddr>,
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for e in expect {
+        let scenario::Expect::Scrape { at, .. } = e else {
+            continue;
+        };
+        for name in at {
+            if out.contains_key(name) {
+                continue;
+            }
+            let Some(addr) = addrs.get(name) else {
+                continue;
+            };
+            let call = http_call(*addr, "GET", "/metrics", "", 8 << 20);
+            // A stopped service does not answer: its expectation says it was not scraped.
+            if let Ok(Ok((200, body))) = tokio::time::timeout(Duration::from_secs(5), call).await {
+                out.insert(name.clone(), body);
+            }
+        }
+    }
+    out
 }
 
 /// Watches for SIGTERM and SIGINT (as `timeout`, a CI job or Ctrl-C send them) from now
@@ -310,6 +349,10 @@ pub async fn run(
     } else {
         fault_task.await.unwrap_or(Ok(()))
     };
+    let scrapes = match interrupted {
+        Some(_) => HashMap::new(),
+        None => scrape(&s.expect, &topo.addrs).await,
+    };
     topo.stop();
     fault_result?;
 
@@ -334,7 +377,7 @@ pub async fn run(
         })
         .collect();
     let events = record::alerts(&s.alerts, &secs);
-    let checks = record::check(&s.expect, &samples, &fw, &events, &hops);
+    let checks = record::check(&s.expect, &samples, &fw, &events, &hops, &scrapes);
     let stats = (
         record::phase_stats(&samples, scenario::Phase::All, &fw),
         record::phase_stats(&samples, scenario::Phase::Fault, &fw),

@@ -1,7 +1,7 @@
 //! Turning a run into numbers: per-second series from the load generator's view and from
 //! every hop's own log, alert evaluation, expectations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -235,7 +235,7 @@ pub struct Hop {
     pub name: String,
     /// Per second: status (or `cancelled`) → count.
     pub seconds: Vec<BTreeMap<String, u64>>,
-    /// Causes logged during faults, most frequent first.
+    /// Causes logged during faults (the whole run when it has none), most frequent first.
     pub top_causes: Vec<(String, u64)>,
     /// Lines read.
     pub lines: u64,
@@ -285,10 +285,16 @@ pub fn hop(name: &str, log: &Path, start_epoch: f64, secs: usize, faults: &[(f64
             continue;
         };
         let t = ts - start_epoch;
-        if v["event"] == "endpoint" {
+        // An endpoint's change of standing, or a shared egress scope's change of mode
+        // (its scope stands where the endpoint does).
+        if v["event"] == "endpoint" || v["event"] == "egress" {
+            let subject = match v["event"] == "egress" {
+                true => format!("egress scope {}", v["scope"].as_str().unwrap_or("")),
+                false => v["endpoint"].as_str().unwrap_or("").to_string(),
+            };
             hop.endpoint_events.push(EndpointEvent {
                 t,
-                endpoint: v["endpoint"].as_str().unwrap_or("").to_string(),
+                endpoint: subject,
                 state: v["state"].as_str().unwrap_or("").to_string(),
                 detail: v["detail"].as_str().unwrap_or("").to_string(),
             });
@@ -296,7 +302,8 @@ pub fn hop(name: &str, log: &Path, start_epoch: f64, secs: usize, faults: &[(f64
         }
         hop.lines += 1;
         // Request lines are stamped at arrival (hopline, mock) or at the end (legacy).
-        let in_fault = faults.iter().any(|(a, b)| t >= *a && t < *b);
+        // A run without faults (a surge against a budget) counts as one long fault.
+        let in_fault = faults.is_empty() || faults.iter().any(|(a, b)| t >= *a && t < *b);
         let cause = v["cause"]
             .as_str()
             .map(String::from)
@@ -393,6 +400,7 @@ pub fn check(
     faults: &[(f64, f64)],
     events: &[AlertEvent],
     hops: &[Hop],
+    scrapes: &HashMap<String, String>,
 ) -> Vec<(String, bool, String)> {
     expect
         .iter()
@@ -441,8 +449,21 @@ pub fn check(
                 hop,
                 state,
                 within,
+                from_fault_start,
                 after_fault,
-            } => event_check(hops, faults, hop, state, *within, *after_fault),
+            } => {
+                let from = match from_fault_start {
+                    true => Since::FaultStart,
+                    false => Since::FirstFailure,
+                };
+                event_check(hops, faults, hop, state, (*within, from), *after_fault)
+            }
+            Expect::Scrape {
+                at,
+                series,
+                below,
+                above,
+            } => scrape_check(scrapes, at, series, *below, *above),
             Expect::DiagnoseFirst {
                 hop,
                 upstream,
@@ -482,7 +503,9 @@ pub fn check(
                     .map(|c| c.0.clone())
                     .unwrap_or_default();
                 (
-                    format!("top cause at {hop} during faults contains \"{contains}\""),
+                    format!(
+                        "top cause at {hop} during faults (or the run) contains \"{contains}\""
+                    ),
                     top.contains(contains.as_str()),
                     top,
                 )
@@ -491,14 +514,24 @@ pub fn check(
         .collect()
 }
 
-/// An `event` expectation: hop `hop` logged an endpoint `state` event — within `within`
-/// of its first failure in a fault window, or after the last fault ended.
+/// Where an `event` expectation's `within` counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Since {
+    /// The hop's first failure in a fault window.
+    FirstFailure,
+    /// The first fault's start.
+    FaultStart,
+}
+
+/// An `event` expectation: hop `hop` logged an event `state` — within `within` of its
+/// first failure in a fault window (or of the first fault's start), or after the last
+/// fault ended.
 fn event_check(
     hops: &[Hop],
     faults: &[(f64, f64)],
     hop: &str,
     state: &str,
-    within: Option<Duration>,
+    (within, from): (Option<Duration>, Since),
     after_fault: bool,
 ) -> (String, bool, String) {
     let h = hops.iter().find(|h| h.name == hop);
@@ -510,7 +543,16 @@ fn event_check(
                 .collect()
         })
         .unwrap_or_default();
-    let first = h.and_then(|h| h.first_failure_in_fault);
+    let (first, what) = match from {
+        Since::FirstFailure => (
+            h.and_then(|h| h.first_failure_in_fault),
+            "its first failure in a fault",
+        ),
+        Since::FaultStart => (
+            faults.iter().map(|f| f.0).reduce(f64::min),
+            "the first fault's start",
+        ),
+    };
     let fault_end = faults.iter().map(|f| f.1).fold(f64::NAN, f64::max);
     let listed = |es: &[&EndpointEvent]| {
         if es.is_empty() {
@@ -526,29 +568,78 @@ fn event_check(
         (Some(w), _) => {
             let w = w.as_secs_f64();
             let ok = first.is_some_and(|f| events.iter().any(|e| e.t >= f && e.t <= f + w));
-            let measured = match first {
-                Some(f) => format!("{}; first failure at {f:.2}s", listed(&events)),
-                None => format!("{}; no failure in a fault window", listed(&events)),
+            let measured = match (first, from) {
+                (Some(f), Since::FirstFailure) => {
+                    format!("{}; first failure at {f:.2}s", listed(&events))
+                }
+                (Some(f), Since::FaultStart) => format!("{}; fault at {f:.2}s", listed(&events)),
+                (None, _) => format!("{}; no failure in a fault window", listed(&events)),
             };
             (
-                format!(
-                    "{hop} logs an endpoint {state} within {w}s of its first failure in a fault"
-                ),
+                format!("{hop} logs {state} within {w}s of {what}"),
                 ok,
                 measured,
             )
         }
         (None, true) => (
-            format!("{hop} logs an endpoint {state} after the faults end ({fault_end:.0}s)"),
+            format!("{hop} logs {state} after the faults end ({fault_end:.0}s)"),
             events.iter().any(|e| e.t >= fault_end),
             listed(&events),
         ),
         (None, false) => (
-            format!("{hop} logs an endpoint {state}"),
+            format!("{hop} logs {state}"),
             !events.is_empty(),
             listed(&events),
         ),
     }
+}
+
+/// The sum of `series` over the Prometheus text of every address in `at`.
+fn scrape_check(
+    scrapes: &HashMap<String, String>,
+    at: &[String],
+    series: &str,
+    below: Option<f64>,
+    above: Option<f64>,
+) -> (String, bool, String) {
+    let mut sum = 0.0;
+    let mut missing = Vec::new();
+    for a in at {
+        match scrapes.get(a) {
+            Some(text) => sum += series_sum(text, series),
+            None => missing.push(a.as_str()),
+        }
+    }
+    let bound = match (below, above) {
+        (Some(b), Some(a)) => format!("in ({a}, {b})"),
+        (Some(b), None) => format!("< {b}"),
+        (None, Some(a)) => format!("> {a}"),
+        (None, None) => "recorded".into(),
+    };
+    let ok = missing.is_empty() && below.is_none_or(|b| sum < b) && above.is_none_or(|a| sum > a);
+    let measured = match missing.is_empty() {
+        true => format!("{sum}"),
+        false => format!("{sum}; not scraped: {}", missing.join(", ")),
+    };
+    (
+        format!("{series} summed over {} {bound}", at.join(", ")),
+        ok,
+        measured,
+    )
+}
+
+/// The sum of the samples of `series` in Prometheus text: lines named `series` (any
+/// labels), or starting with it when it gives labels (`name{proxy="nat"`).
+pub fn series_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| match l.strip_prefix(series) {
+            Some(rest) if series.contains('{') => !rest.is_empty(),
+            Some(rest) => rest.starts_with(' ') || rest.starts_with('{'),
+            None => false,
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Everything a report shows, as JSON (`data.json`).
@@ -578,6 +669,15 @@ pub fn data_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_are_summed_by_name_or_by_name_and_labels() {
+        let text = "# HELP a_total x\n# TYPE a_total counter\na_total{proxy=\"nat\"} 3\na_total{proxy=\"other\"} 4\na_total_more 100\nb 1\n";
+        assert_eq!(series_sum(text, "a_total"), 7.0);
+        assert_eq!(series_sum(text, "a_total{proxy=\"nat\""), 3.0);
+        assert_eq!(series_sum(text, "b"), 1.0);
+        assert_eq!(series_sum(text, "c"), 0.0);
+    }
 
     #[test]
     fn causes_group_by_shape() {

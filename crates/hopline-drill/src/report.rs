@@ -513,9 +513,14 @@ pub fn summary(
             }
         }
         for e in &h.endpoint_events {
+            // An egress scope's switch names its scope; anything else is an endpoint.
+            let what = match e.endpoint.starts_with("egress scope ") {
+                true => "",
+                false => "endpoint ",
+            };
             let _ = writeln!(
                 s,
-                "  {:.2}s {}: endpoint {} {} {}",
+                "  {:.2}s {}: {what}{} {} {}",
                 e.t, h.name, e.endpoint, e.state, e.detail
             );
         }

@@ -209,8 +209,10 @@ pub enum Expect {
         /// Expected.
         fired: bool,
     },
-    /// Service `hop` logged an endpoint event `state` (`ejected`, `returned`, ...):
-    /// within `within` of its first failure in a fault window, or after the faults end.
+    /// Service `hop` logged an event `state` (an endpoint's `ejected`, `returned`, ...; a
+    /// shared egress scope's `local`, `shared`): within `within` of its first failure in a
+    /// fault window (or of the first fault's start, `from = "fault_start"`), or after the
+    /// faults end.
     Event {
         /// Service whose log is read.
         hop: String,
@@ -218,8 +220,22 @@ pub enum Expect {
         state: String,
         /// At most this long after the hop's first failure in a fault window.
         within: Option<Duration>,
+        /// `within` counts from the first fault's start instead.
+        from_fault_start: bool,
         /// After the last fault ended.
         after_fault: bool,
+    },
+    /// The sum of a Prometheus series over the `/metrics` of addresses `at` (a chaos
+    /// service's API, a gateway's admin listener), scraped when the load ends.
+    Scrape {
+        /// Address names (`{addr:NAME}`).
+        at: Vec<String>,
+        /// The series: a name, optionally with the start of its labels as printed.
+        series: String,
+        /// Upper bound.
+        below: Option<f64>,
+        /// Lower bound.
+        above: Option<f64>,
     },
     /// `hopline diagnose` on service `hop`'s log names `upstream` (and `phase`, if given)
     /// as where failures began first.
@@ -387,10 +403,21 @@ fn scenario(cx: &mut Cx, root: &mut Tbl, name: &str, text: &str) -> Scenario {
         .into_iter()
         .filter_map(|t| alert(cx, t))
         .collect();
+    // Every address a scenario names: its services' and its placeholders'.
+    let mut addr_names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    for svc in &services {
+        for text in svc.args.iter().chain(svc.config.iter()) {
+            for n in placeholders(text) {
+                if !addr_names.contains(&n) {
+                    addr_names.push(n);
+                }
+            }
+        }
+    }
     let expect = root
         .array(cx, "expect")
         .into_iter()
-        .filter_map(|t| expectation(cx, t, &alerts, &names))
+        .filter_map(|t| expectation(cx, t, &alerts, &names, &addr_names))
         .collect();
     Scenario {
         name: sname,
@@ -693,7 +720,13 @@ fn alert(cx: &mut Cx, mut t: Tbl) -> Option<Alert> {
 }
 
 /// `[[expect]]`: a bound on a metric, an alert that fires (or not), or a top cause.
-fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> Option<Expect> {
+fn expectation(
+    cx: &mut Cx,
+    mut t: Tbl,
+    alerts: &[Alert],
+    services: &[&str],
+    addrs: &[String],
+) -> Option<Expect> {
     // `diagnose_first` expectations use `phase` for the upstream exchange's phase.
     let diagnosing = t.has("diagnose_first");
     let phase = match if diagnosing { None } else { t.str(cx, "phase") } {
@@ -716,11 +749,41 @@ fn expectation(cx: &mut Cx, mut t: Tbl, alerts: &[Alert], services: &[&str]) -> 
         })
     } else if let Some((state, _)) = t.str(cx, "event") {
         let hop = of_service(cx, &mut t, services);
+        let from_fault_start = match t.str(cx, "from") {
+            None | Some(("first_failure", _)) => false,
+            Some(("fault_start", _)) => true,
+            Some((_, span)) => {
+                let what = "expected \"first_failure\" or \"fault_start\"";
+                cx.report(span, t.key_path("from"), ProblemKind::Invalid(what.into()));
+                false
+            }
+        };
         Some(Expect::Event {
             hop: hop.to_string(),
             state: state.to_string(),
             within: t.opt_duration(cx, "within"),
+            from_fault_start,
             after_fault: t.bool(cx, "after_fault", false),
+        })
+    } else if t.has("scrape") {
+        let at: Vec<String> = t
+            .str_list(cx, "scrape")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, span)| {
+                if !addrs.iter().any(|a| a == name) {
+                    let what = format!("no service or {{addr:{name}}} placeholder named {name:?}");
+                    cx.report(span, t.key_path("scrape"), ProblemKind::Invalid(what));
+                }
+                name.to_string()
+            })
+            .collect();
+        let series = t.req_str(cx, "series").map_or("", |(s, _)| s).to_string();
+        Some(Expect::Scrape {
+            at,
+            series,
+            below: t.opt_float(cx, "below", f64::MIN, f64::MAX),
+            above: t.opt_float(cx, "above", f64::MIN, f64::MAX),
         })
     } else if let Some((upstream, _)) = t.str(cx, "diagnose_first") {
         let hop = of_service(cx, &mut t, services);
@@ -845,6 +908,38 @@ mod tests {
             placeholders("a {addr:x} b {port:y} {addr:x}"),
             vec!["x".to_string(), "y".to_string()]
         );
+    }
+
+    #[test]
+    fn scrape_and_event_expectations_are_read_and_checked() {
+        let base = "[[services]]\nname = \"m\"\nkind = \"mock\"\n[[services]]\nname = \"g\"\nkind = \"hopline\"\nconfig = \"[server]\\nlisten = '{addr:g}'\\n[admin]\\nlisten = '{addr:g_admin}'\\n\"\n[load]\ntarget = \"g\"\npath = \"/\"\nschedule = [{ at = \"0s\", rate = 1 }]\n";
+        let ok = parse(
+            &format!("{base}[[expect]]\nscrape = [\"g_admin\", \"m\"]\nseries = \"hopline_x\"\nbelow = 1\n[[expect]]\nevent = \"local\"\nof = \"g\"\nwithin = \"1s\"\nfrom = \"fault_start\"\n"),
+            "s.toml",
+        )
+        .expect("valid");
+        assert!(
+            matches!(&ok.expect[0], Expect::Scrape { at, series, below: Some(b), .. }
+            if at == &["g_admin", "m"] && series == "hopline_x" && *b == 1.0)
+        );
+        assert!(matches!(
+            &ok.expect[1],
+            Expect::Event {
+                from_fault_start: true,
+                ..
+            }
+        ));
+        let e = parse(
+            &format!("{base}[[expect]]\nscrape = [\"nowhere\"]\nseries = \"x\"\n[[expect]]\nevent = \"local\"\nof = \"g\"\nfrom = \"later\"\n"),
+            "s.toml",
+        )
+        .expect_err("invalid");
+        let text = e.to_string();
+        assert!(
+            text.contains("no service or {addr:nowhere} placeholder"),
+            "{text}"
+        );
+        assert!(text.contains("key `expect[1].from`"), "{text}");
     }
 
     #[test]

@@ -298,6 +298,8 @@ pub fn start(
                         addr.to_string(),
                         "--seed".into(),
                         s.seed.to_string(),
+                        // Its counters (connections, NAT stalls) for `scrape` expectations.
+                        "--proxy-metrics".into(),
                     ],
                 )
             }

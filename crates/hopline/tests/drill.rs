@@ -327,6 +327,47 @@ fn the_outlier_drill_passes() {
     );
 }
 
+/// `examples/shared-nat.drill.toml` and its Redis-down twin: three replicas share one
+/// NAT's new-connection budget through a real redis-server. The NAT never stalls a
+/// connection, with Redis answering or hung; every replica falls back and returns.
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn the_shared_nat_drills_pass() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for name in ["shared-nat", "shared-nat-redis-down"] {
+        let scenario = examples.join(format!("{name}.drill.toml"));
+        let out = temp_file("x", "").with_file_name(format!("{name}-report"));
+        let (code, text) = run_drill(&scenario, &out);
+        assert_eq!(code, Some(0), "{text}");
+        let data: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(name).join("data.json")).expect("data.json"),
+        )
+        .expect("json");
+        let expectations = data["expectations"].as_array().cloned().unwrap_or_default();
+        let stalls = expectations
+            .iter()
+            .find(|e| {
+                e["expect"]
+                    .as_str()
+                    .is_some_and(|x| x.starts_with("hopline_chaos_nat_stalled_total"))
+            })
+            .expect("the NAT's stall expectation");
+        assert_eq!(stalls["measured"], "0", "{text}");
+        let events: Vec<String> = data["hops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|h| h["endpoint_events"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["state"].as_str().map(String::from))
+            .collect();
+        let want: Vec<&str> = match name {
+            "shared-nat" => vec![],
+            _ => vec!["local", "shared", "local", "shared", "local", "shared"],
+        };
+        assert_eq!(events, want, "{text}");
+    }
+}
+
 /// The drill's child processes, from `/proc` (every thread's children).
 fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

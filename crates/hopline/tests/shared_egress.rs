@@ -324,7 +324,7 @@ fn redis_slow_or_down_means_the_local_share_within_the_bound_and_back() {
         event["detail"]
             .as_str()
             .unwrap_or("")
-            .contains("local share 20/s"),
+            .contains("local share 20 new connections/s, 5 in flight"),
         "{event}"
     );
     // 2 s of the local share (20/s, starting empty), plus the tokens leased before.

@@ -420,11 +420,14 @@ impl SharedEgress {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
             self.metrics.count_egress_fallback(&self.scope);
             let b = self.budgets();
-            let detail = format!(
-                "{e}: local share {}/s, {} in flight until Redis answers",
-                b.local_rate(),
-                b.local_in_flight()
-            );
+            let mut shares = Vec::new();
+            if b.rate > 0 {
+                shares.push(format!("{} new connections/s", b.local_rate()));
+            }
+            if b.in_flight > 0 {
+                shares.push(format!("{} in flight", b.local_in_flight()));
+            }
+            let detail = format!("{e}: local share {} until Redis answers", shares.join(", "));
             self.event("local", &detail);
         }
     }
