@@ -118,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ns.sort_unstable();
     let q = |p: f64| ns[((ns.len() as f64 * p).ceil() as usize).clamp(1, ns.len()) - 1];
     let sample = shared.sample();
-    let text = metrics.encode(&[], &[], &[sample.clone()]);
+    let text = metrics.encode(&[], &[], std::slice::from_ref(&sample));
     let lease = "hopline_egress_shared_lease_duration_seconds";
     let out = serde_json::json!({
         "calls": ns.len(),
