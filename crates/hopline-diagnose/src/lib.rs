@@ -258,7 +258,7 @@ impl Tally {
                 let site = Site {
                     upstream: up.to_string(),
                     zone: l.zone.as_deref().unwrap_or("?").to_string(),
-                    phase: l.phase.as_deref().unwrap_or("?").to_string(),
+                    phase: request_phase(l).to_string(),
                 };
                 self.failure(sec, t, site, cause);
             }
@@ -568,6 +568,18 @@ fn hms(t: f64) -> String {
         .to_string()
 }
 
+/// The phase a failed request's upstream exchange failed in; `limit` for one refused by a
+/// gateway limit (flag `UO`) and `no_endpoint` for one with nowhere to go (`UH`), which
+/// never reached an exchange; `?` when the log does not say (older logs).
+fn request_phase<'a>(l: &'a input::Line<'_>) -> &'a str {
+    match l.phase.as_deref() {
+        Some(p) => p,
+        None if l.flags.iter().any(|f| f == "UO") => "limit",
+        None if l.flags.iter().any(|f| f == "UH") => "no_endpoint",
+        None => "?",
+    }
+}
+
 /// `connect ` for a known phase, nothing for an unknown one (older logs).
 fn phase_words(phase: &str) -> String {
     if phase == "?" {
@@ -780,6 +792,20 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_fails_at_the_limit_not_at_an_unknown_phase() {
+        let uo = r#"{"ts":"2026-11-29T02:00:00Z","status":503,"flags":["UO"],"cause":"egress scope nat-a: cluster new-connection rate 150/s reached","upstream":"partner","zone":"egress","phase":null,"duration_ms":0.2}"#;
+        let uh = r#"{"ts":"2026-11-29T02:00:00Z","status":503,"flags":["UH"],"cause":"upstream partner has no usable endpoint","upstream":"partner","zone":"egress","duration_ms":0.2}"#;
+        let old = r#"{"ts":"2026-11-29T02:00:00Z","status":504,"flags":["UT"],"cause":"x","upstream":"partner","zone":"egress","duration_ms":0.2}"#;
+        let phase = |line: &str| {
+            let (_, l) = input::parse(line).expect("a line");
+            request_phase(&l).to_string()
+        };
+        assert_eq!(phase(uo), "limit");
+        assert_eq!(phase(uh), "no_endpoint");
+        assert_eq!(phase(old), "?");
+    }
 
     #[test]
     fn causes_group_by_shape() {
