@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # What sharing the egress budget through Redis costs ([egress] shared).
 #
-#   bench/shared-egress.sh            # ROUNDS=3 DURATION=10s CONNS=64 by default
+#   bench/shared-egress.sh            # ROUNDS=4 DURATION=10s CONNS=64 by default
 #
 # 1. Per request: shared-acquire takes a new-connection token and an in-flight slot (and
 #    gives the slot back) call by call, paced, while the lease task refills from a real
 #    redis-server: p50/p99/p99.9 of that call, refusals, the lease round trip.
 # 2. At saturation: wrk -t1 -c$CONNS through hopline (one worker, cpu 0) to an egress
-#    upstream (nginx, cpu 0), the same budgets local vs shared, interleaved rounds.
+#    upstream (nginx, cpu 0), the same budgets local vs shared, interleaved rounds
+#    (alternating which goes first).
 # Prints the numbers and writes bench/results/shared-egress-<unix time>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 
@@ -36,7 +37,9 @@ done
 
 declare -A RPS P99
 for round in $(seq "$ROUNDS"); do
-  for variant in local shared; do
+  # Alternate which goes first, so that an order effect does not pass for a cost.
+  order="local shared"; [ $((round % 2)) -eq 0 ] && order="shared local"
+  for variant in $order; do
     port=$(free_port)
     conf=$(render "egress-$variant-hopline.toml" "$port")
     sed -i "s#__REDIS_PORT__#$REDIS#g" "$conf"

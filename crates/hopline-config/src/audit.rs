@@ -575,6 +575,25 @@ fn tls_rules(a: &mut Audit, config: &Config, now: SystemTime, resolve: Resolver)
             );
         }
     }
+    let shared_ca = config
+        .egress
+        .as_ref()
+        .and_then(|e| e.shared.as_ref())
+        .and_then(|s| s.ca.as_ref());
+    if let Some(ca) = shared_ca {
+        if let Err(e) = hopline_tls::files::roots(ca) {
+            a.add(
+                Severity::Error,
+                "tls-file-invalid",
+                &["egress", "ca"],
+                format!(
+                    "{}; hopline serve would not start",
+                    hopline_core::error::cause_chain(&e)
+                ),
+                "point ca at a PEM bundle of the CA certificates that signed Redis's".into(),
+            );
+        }
+    }
 }
 
 /// Expired (error) or expiring within [`EXPIRY_WARNING`] (warning) leaf certificate.

@@ -156,6 +156,11 @@ fn each_rule_trips_on_a_bad_config_and_not_on_a_good_one() {
             with("[egress]\nmax_new_connections_per_sec = 90\nshared = \"redis://127.0.0.1:6379\"\nscope = \"nat\"\nexpected_replicas = 3\n"),
         ),
         (
+            "tls-file-invalid",
+            with("[egress]\nmax_in_flight = 100\nshared = \"rediss://127.0.0.1:6380\"\nscope = \"nat\"\nexpected_replicas = 3\nca = \"/nonexistent/redis-ca.pem\"\n"),
+            with("[egress]\nmax_in_flight = 100\nshared = \"rediss://127.0.0.1:6380\"\nscope = \"nat\"\nexpected_replicas = 3\n"),
+        ),
+        (
             "egress-over-nat-limit",
             with("[egress]\nmax_new_connections_per_sec = 1200\nnat_limit = 900\n"),
             with("[egress]\nmax_new_connections_per_sec = 900\nnat_limit = 900\n"),

@@ -27,6 +27,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The `ca` file holds no usable CA certificate.
+    #[error("egress.ca")]
+    CaPem(#[source] hopline_tls::TlsFileError),
     /// Redis did not answer within the bound.
     #[error("Redis did not answer within {0:?}")]
     Slow(Duration),
@@ -117,6 +120,8 @@ impl Store {
         }
         let client = match &config.ca {
             Some(path) => {
+                // Parsed now, so a bad file stops `serve` instead of every connect failing.
+                hopline_tls::files::roots(path).map_err(StoreError::CaPem)?;
                 let root_cert = std::fs::read(path).map_err(|source| StoreError::Ca {
                     path: path.clone(),
                     source,
