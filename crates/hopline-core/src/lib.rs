@@ -10,6 +10,7 @@ pub mod flag;
 pub mod policy;
 pub mod text;
 pub mod time;
+pub mod trace;
 
 pub use deadline::{Deadline, DeadlineSource};
 pub use error::{

@@ -35,6 +35,8 @@ pub struct AccessRecord {
     pub request_id: String,
     /// The `x-request-id` the client sent, if any (forwarded upstream unchanged).
     pub client_request_id: Option<String>,
+    /// The W3C trace the request belongs to, and hopline's span in it.
+    pub trace: Option<crate::trace::TraceCx>,
     /// Client address.
     pub client: Option<SocketAddr>,
     /// The connection's TLS session (TLS listener only).
@@ -115,6 +117,10 @@ impl AccessRecord {
         push_json_str(s, &self.request_id);
         s.extend_from_slice(b",\"client_request_id\":");
         json_opt(s, self.client_request_id.as_deref());
+        s.extend_from_slice(b",\"trace_id\":");
+        json_opt(s, self.trace.as_ref().map(|t| t.trace_hex()).as_deref());
+        s.extend_from_slice(b",\"span_id\":");
+        json_opt(s, self.trace.as_ref().map(|t| t.span_hex()).as_deref());
         s.extend_from_slice(b",\"client\":\"");
         if let Some(c) = self.client {
             push_socket_addr(s, c);
@@ -458,6 +464,8 @@ mod tests {
         for key in [
             "ts",
             "request_id",
+            "trace_id",
+            "span_id",
             "method",
             "path",
             "route",

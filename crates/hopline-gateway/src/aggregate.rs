@@ -162,6 +162,8 @@ pub struct Request<'a> {
     pub req: &'a crate::request::Request,
     /// The `x-request-id` the calls carry.
     pub request_id: &'a str,
+    /// The request's trace: each call attempt sends `traceparent` with its own span id.
+    pub trace: &'a crate::trace::TraceCx,
     /// Its deadline.
     pub deadline: Deadline,
 }
@@ -186,6 +188,7 @@ pub async fn run<S: Sink>(
     let Request {
         req: head,
         request_id,
+        trace,
         deadline,
     } = *req;
     // Every call's request is built before any starts: a bad placeholder value fails the
@@ -193,7 +196,7 @@ pub async fn run<S: Sink>(
     let requests = match agg
         .calls
         .iter()
-        .map(|c| call_request(gw, c, head, request_id))
+        .map(|c| call_request(gw, c, head, (request_id, trace)))
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(r) => r,
@@ -373,7 +376,7 @@ fn call_request(
     gw: &Gateway,
     call: &Call,
     head: &crate::request::Request,
-    request_id: &str,
+    (request_id, trace): (&str, &crate::trace::TraceCx),
 ) -> Result<Forward, PlaceholderError> {
     let c = &call.config;
     let query = head.query();
@@ -392,6 +395,10 @@ fn call_request(
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
     put_header(&mut out, b"accept", b"application/json");
     for name in &c.forward_headers {
+        // A call's trace headers are its own (sent per attempt), whatever is forwarded.
+        if crate::forward::is_trace_header(name.as_bytes()) {
+            continue;
+        }
         for v in head.headers.get_all(name) {
             put_header(&mut out, name.as_bytes(), v);
         }
@@ -410,6 +417,7 @@ fn call_request(
         grpc: false,
         upgrade: false,
         margin: gw.config.deadline.margin,
+        trace: Some(trace.clone()),
     })
 }
 

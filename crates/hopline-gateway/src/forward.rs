@@ -11,6 +11,7 @@ use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop};
 use crate::gateway::Gateway;
 use crate::proxy::Forward;
 use crate::request::Request;
+use crate::trace::TraceCx;
 
 /// Renders the upstream request head: origin-form target, hop-by-hop fields removed,
 /// `x-request-id` and `x-forwarded-for` set (every received `x-forwarded-for` merged, then
@@ -19,7 +20,7 @@ pub(crate) fn forward(
     gw: &Gateway,
     req: &mut Request,
     body: Bytes,
-    request_id: &str,
+    (request_id, trace): (&str, &TraceCx),
     peer: SocketAddr,
     (upstream, upgrade): (usize, bool),
 ) -> Forward {
@@ -43,6 +44,7 @@ pub(crate) fn forward(
             || n.eq_ignore_ascii_case(b"grpc-timeout")
             || n.eq_ignore_ascii_case(b"expect")
             || n.eq_ignore_ascii_case(b"x-request-id")
+            || is_trace_header(n)
         {
             continue;
         }
@@ -76,5 +78,11 @@ pub(crate) fn forward(
         grpc: req.is_grpc(),
         upgrade,
         margin: gw.config.deadline.margin,
+        trace: Some(trace.clone()),
     }
+}
+
+/// `traceparent` and `tracestate`: each attempt sends its own.
+pub(crate) fn is_trace_header(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"traceparent") || name.eq_ignore_ascii_case(b"tracestate")
 }

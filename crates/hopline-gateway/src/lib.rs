@@ -27,6 +27,7 @@ mod response;
 pub mod shared;
 mod stream;
 mod tls;
+mod trace;
 mod upstream;
 mod websocket;
 

@@ -43,6 +43,8 @@ pub struct Forward {
     pub upgrade: bool,
     /// `deadline.margin`: kept back when telling the upstream how long it has.
     pub margin: Duration,
+    /// The request's trace: each attempt sends `traceparent` with a span id of its own.
+    pub trace: Option<crate::trace::TraceCx>,
 }
 
 /// What the request is doing now; read after the request future ends or is dropped, so a
@@ -415,7 +417,11 @@ async fn exchange(
                 .saturating_sub(req.margin),
         ),
     );
-    wire.put_slice(b"\r\n\r\n");
+    wire.put_slice(b"\r\n");
+    if let Some(trace) = &req.trace {
+        trace.put_attempt_headers(&mut wire);
+    }
+    wire.put_slice(b"\r\n");
     wire.extend_from_slice(&req.body);
     let mut sent = false;
     let result = timeout_at(until.into(), conn.exchange_head(&wire, &mut sent)).await;

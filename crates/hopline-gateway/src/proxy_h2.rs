@@ -244,6 +244,13 @@ fn h2_request(
         put_decimal(&mut ms, left_ms);
         b = b.header("x-envoy-expected-rq-timeout-ms", &ms[..]);
     }
+    if let Some(trace) = &req.trace {
+        let (traceparent, _) = trace.attempt_traceparent();
+        b = b.header("traceparent", traceparent);
+        if let Some(state) = &trace.state {
+            b = b.header("tracestate", &state[..]);
+        }
+    }
     Ok(b.body(())?)
 }
 

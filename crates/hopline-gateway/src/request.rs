@@ -28,6 +28,7 @@ use crate::gateway::{Action, Gateway, Route};
 use crate::proxy::{proxy, Progress, ProgressCell};
 use crate::response::ErrorContext;
 use crate::tls::TlsSession;
+use crate::trace::TraceCx;
 use crate::websocket::{self, TunnelEnd};
 
 /// Who is on the other end of a client connection.
@@ -112,6 +113,7 @@ pub(crate) async fn serve<F: Front>(
         ts: Some(SystemTime::now()),
         request_id: gw.next_request_id(),
         client_request_id: req.client_request_id(),
+        trace: Some(TraceCx::of(&req.headers)),
         client: Some(client.peer),
         tls: client.tls.clone(),
         method: req.method.clone(),
@@ -130,6 +132,10 @@ pub(crate) async fn serve<F: Front>(
                 deadline,
                 body,
                 peer: client.peer,
+                trace: rec
+                    .trace
+                    .clone()
+                    .unwrap_or_else(|| TraceCx::of(&req.headers)),
             };
             let ran = run(gw, front, &mut req, job, rec.trace_id(), kill).await;
             settle(gw, front, &mut rec, ran, &req, arrival).await
@@ -297,6 +303,7 @@ struct Job<'g> {
     deadline: Deadline,
     body: Bytes,
     peer: SocketAddr,
+    trace: TraceCx,
 }
 
 enum Ended {
@@ -333,6 +340,7 @@ async fn run<F: Front>(
         deadline,
         body,
         peer,
+        trace,
     } = job;
     let upgrade = route.websocket.is_some() && front.upgrades() && websocket::is_upgrade(req);
     let (gone, mut sink) = front.split();
@@ -341,13 +349,15 @@ async fn run<F: Front>(
         let work = pin!(async {
             match &route.action {
                 Action::Proxy { upstream } => {
-                    let fwd = forward(gw, req, body, trace_id, peer, (*upstream, upgrade));
+                    let ids = (trace_id, &trace);
+                    let fwd = forward(gw, req, body, ids, peer, (*upstream, upgrade));
                     proxy(gw, *upstream, &fwd, deadline, &progress, &mut sink).await
                 }
                 Action::Aggregate(agg) => {
                     let call = aggregate::Request {
                         req,
                         request_id: trace_id,
+                        trace: &trace,
                         deadline,
                     };
                     aggregate::run(gw, agg, &call, &progress, &calls, &mut sink).await
