@@ -100,14 +100,21 @@ pub fn hex(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Appends a version-00 `traceparent` value.
-pub fn put_traceparent(out: &mut Vec<u8>, trace: TraceId, span: SpanId, flags: u8) {
-    out.extend_from_slice(b"00-");
-    put_hex(out, &trace.0);
-    out.push(b'-');
-    put_hex(out, &span.0);
-    out.push(b'-');
-    put_hex(out, &[flags]);
+/// A version-00 `traceparent` value (55 bytes, no allocation).
+pub fn traceparent(trace: TraceId, span: SpanId, flags: u8) -> [u8; 55] {
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    let mut hex_at = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+    };
+    hex_at(3, &trace.0);
+    hex_at(36, &span.0);
+    hex_at(53, &[flags]);
+    out
 }
 
 thread_local! {
@@ -166,9 +173,7 @@ mod tests {
         let t = TraceParent::parse(GOOD).expect("valid");
         assert!(t.sampled());
         assert_eq!(hex(&t.trace_id.0), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let mut out = Vec::new();
-        put_traceparent(&mut out, t.trace_id, t.parent_id, t.flags);
-        assert_eq!(out, GOOD);
+        assert_eq!(&traceparent(t.trace_id, t.parent_id, t.flags)[..], GOOD);
         // A later version: its first four fields, the rest ignored.
         let later = b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-ever";
         assert!(!TraceParent::parse(later).expect("later version").sampled());

@@ -117,10 +117,16 @@ impl AccessRecord {
         push_json_str(s, &self.request_id);
         s.extend_from_slice(b",\"client_request_id\":");
         json_opt(s, self.client_request_id.as_deref());
-        s.extend_from_slice(b",\"trace_id\":");
-        json_opt(s, self.trace.as_ref().map(|t| t.trace_hex()).as_deref());
-        s.extend_from_slice(b",\"span_id\":");
-        json_opt(s, self.trace.as_ref().map(|t| t.span_hex()).as_deref());
+        match &self.trace {
+            Some(t) => {
+                s.extend_from_slice(b",\"trace_id\":\"");
+                hopline_core::trace::put_hex(s, &t.trace_id.0);
+                s.extend_from_slice(b"\",\"span_id\":\"");
+                hopline_core::trace::put_hex(s, &t.span_id.0);
+                s.push(b'"');
+            }
+            None => s.extend_from_slice(b",\"trace_id\":null,\"span_id\":null"),
+        }
         s.extend_from_slice(b",\"client\":\"");
         if let Some(c) = self.client {
             push_socket_addr(s, c);

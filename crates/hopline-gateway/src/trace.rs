@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::trace::{
-    new_span_id, new_trace_id, put_traceparent, valid_tracestate, SpanId, TraceId, TraceParent,
+    new_span_id, new_trace_id, traceparent, valid_tracestate, SpanId, TraceId, TraceParent,
 };
 use hopline_h1::head::Headers;
 
@@ -62,24 +62,12 @@ impl TraceCx {
         }
     }
 
-    /// The trace id as 32 hex digits (the access log's `trace_id`).
-    pub fn trace_hex(&self) -> String {
-        hopline_core::trace::hex(&self.trace_id.0)
-    }
-
-    /// This request's span id as 16 hex digits (the access log's `span_id`).
-    pub fn span_hex(&self) -> String {
-        hopline_core::trace::hex(&self.span_id.0)
-    }
-
     /// Appends `traceparent` (a new span id, for one upstream attempt) and `tracestate`
     /// header lines (HTTP/1.1); returns the attempt's span id.
     pub fn put_attempt_headers(&self, out: &mut BytesMut) -> SpanId {
         let span = new_span_id();
-        let mut v = Vec::with_capacity(55);
-        put_traceparent(&mut v, self.trace_id, span, self.flags);
         out.put_slice(b"traceparent: ");
-        out.put_slice(&v);
+        out.put_slice(&traceparent(self.trace_id, span, self.flags));
         out.put_slice(b"\r\n");
         if let Some(state) = &self.state {
             out.put_slice(b"tracestate: ");
@@ -92,8 +80,7 @@ impl TraceCx {
     /// The `traceparent` value for one upstream attempt (HTTP/2), with its new span id.
     pub fn attempt_traceparent(&self) -> (String, SpanId) {
         let span = new_span_id();
-        let mut v = Vec::with_capacity(55);
-        put_traceparent(&mut v, self.trace_id, span, self.flags);
-        (String::from_utf8(v).unwrap_or_default(), span)
+        let v = traceparent(self.trace_id, span, self.flags);
+        (String::from_utf8_lossy(&v).into_owned(), span)
     }
 }
