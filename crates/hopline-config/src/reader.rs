@@ -10,7 +10,7 @@ use hopline_core::config::{
     DeadlineConfig, DnsConfig, DnsFamily, EgressConfig, FrontConfig, H2Config, HealthConfig,
     ListenAddr, LoadBalancing, LogConfig, MetricsConfig, OutlierConfig, Overload, PathMatch,
     RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig, SharedEgressConfig,
-    TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
+    TlsVersion, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
 };
 
 use crate::duration::parse_duration;
@@ -1027,6 +1027,38 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
             m
         })
         .unwrap_or_default();
+    let tracing = root.sub(&mut cx, "tracing").and_then(|mut t| {
+        let endpoint = t.req_str(&mut cx, "otlp_endpoint");
+        let parsed = endpoint.and_then(|(url, span)| match otlp_url(url) {
+            Ok(parts) => Some((url, parts)),
+            Err(why) => {
+                cx.report(span, t.key_path("otlp_endpoint"), ProblemKind::Invalid(why));
+                None
+            }
+        });
+        match t.str(&mut cx, "protocol") {
+            None | Some(("http/protobuf", _)) => {}
+            Some((_, span)) => cx.report(
+                span,
+                t.key_path("protocol"),
+                ProblemKind::Invalid("\"http/protobuf\" is the one protocol spoken".into()),
+            ),
+        }
+        let sample_ratio = t.float(&mut cx, "sample_ratio", 1.0, 0.0, 1.0);
+        let service_name = t
+            .str(&mut cx, "service_name")
+            .map_or("hopline", |(s, _)| s)
+            .to_string();
+        t.finish(&mut cx);
+        parsed.map(|(url, (host, port, path))| TracingConfig {
+            otlp_endpoint: url.to_string(),
+            host,
+            port,
+            path,
+            sample_ratio,
+            service_name,
+        })
+    });
     let upstreams: Vec<UpstreamConfig> = root
         .entries(&mut cx, "upstreams")
         .into_iter()
@@ -1059,7 +1091,41 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
         routes,
         dns,
         metrics,
+        tracing,
     })
+}
+
+/// `http://host[:port][/path]` (port 4318 and path `/v1/traces` by default).
+fn otlp_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url.strip_prefix("http://").ok_or(
+        "use http://host:port/v1/traces (an OpenTelemetry collector's OTLP/HTTP receiver)",
+    )?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/v1/traces"),
+    };
+    // `[v6]:port`, `[v6]`, `host:port` or `host`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, rest) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host needs its closing ]")?;
+            match rest.strip_prefix(':') {
+                Some(p) => (h, p),
+                None if rest.is_empty() => (h, ""),
+                None => return Err(format!("unexpected {rest:?} after the host")),
+            }
+        }
+        None => authority.rsplit_once(':').unwrap_or((authority, "")),
+    };
+    let port = match port {
+        "" => 4318,
+        p => p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
+    };
+    if host.is_empty() || host.contains(['@', ' ', '?', '#']) {
+        return Err("needs a host: http://host:port/v1/traces".into());
+    }
+    Ok((host.to_string(), port, path.to_string()))
 }
 
 #[cfg(test)]
@@ -1162,6 +1228,43 @@ mod tests {
             let p = read(&text).expect_err(bad);
             assert_eq!(p[0].key, "egress.shared", "{bad}");
         }
+    }
+
+    #[test]
+    fn tracing_is_read_and_its_problems_reported() {
+        let c = read("[tracing]\notlp_endpoint = \"http://otel.internal:4318/v1/traces\"\nsample_ratio = 0.01\n")
+            .expect("valid");
+        let t = c.tracing.expect("tracing");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("otel.internal", 4318, "/v1/traces")
+        );
+        assert_eq!((t.sample_ratio, t.service_name.as_str()), (0.01, "hopline"));
+        let t = read("[tracing]\notlp_endpoint = \"http://[::1]\"\n")
+            .expect("valid")
+            .tracing
+            .expect("t");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", 4318, "/v1/traces")
+        );
+        let text = "[tracing]\notlp_endpoint = \"https://otel:4318\"\nprotocol = \"grpc\"\nsample_ratio = 2\n";
+        let what: Vec<String> = read(text)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(what.len(), 3, "{what:?}");
+        assert!(
+            what[0].starts_with("2:17: key `tracing.otlp_endpoint`: use http://"),
+            "{what:?}"
+        );
+        assert!(what[1].contains("`tracing.protocol`"), "{what:?}");
+        assert!(what[2].contains("`tracing.sample_ratio`"), "{what:?}");
+        assert_eq!(
+            read("[tracing]\nsample_ratio = 1\n").expect_err("no endpoint")[0].key,
+            "tracing.otlp_endpoint"
+        );
     }
 
     #[test]

@@ -169,6 +169,12 @@ pub fn schema() -> Value {
                 "timeout": duration("one query, default 2s"),
                 "family": {"enum": ["v4_preferred", "all", "v4", "v6"], "default": "v4_preferred"},
             })),
+            "tracing": closed(json!({
+                "otlp_endpoint": {"type": "string", "pattern": "^http://", "description": "an OpenTelemetry collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces"},
+                "protocol": {"enum": ["http/protobuf"], "default": "http/protobuf"},
+                "sample_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0, "description": "share of new traces recorded; a caller's sampled flag is followed"},
+                "service_name": {"type": "string", "default": "hopline"},
+            })),
             "metrics": closed(json!({
                 "per_endpoint": {"type": "boolean", "default": false, "description": "series with an endpoint label (endpoint sets change: off by default)"},
             })),

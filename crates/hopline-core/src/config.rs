@@ -32,6 +32,26 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[metrics]`: optional metric labels.
     pub metrics: MetricsConfig,
+    /// `[tracing]`: OTLP span export, when set.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `[tracing]`: spans of sampled requests exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL: `http://host:port/v1/traces`.
+    pub otlp_endpoint: String,
+    /// The host, port and path of `otlp_endpoint`.
+    pub host: String,
+    /// See `host`.
+    pub port: u16,
+    /// See `host`.
+    pub path: String,
+    /// Share of new traces (no caller, or a caller that did not decide) recorded; a
+    /// caller's sampled flag is followed. Default 1.0.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans. Default `hopline`.
+    pub service_name: String,
 }
 
 /// `[dns]`: endpoint names are resolved in the background and re-resolved as their

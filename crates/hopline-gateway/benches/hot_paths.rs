@@ -124,5 +124,81 @@ fn balancing(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, heads, deadline_headers, log_and_metrics, balancing);
+/// What tracing costs a request: the trace context (read `traceparent`, new ids, one
+/// attempt's `traceparent` rendered) with `[tracing]` off, on at 1 % and on at 100 %
+/// (then also the attempt span recorded and the request's spans built and queued; the
+/// protobuf encoding and the POST happen later, in the export task).
+fn tracing(c: &mut Criterion) {
+    use hopline_gateway::otlp::{AttemptSpan, Exporter};
+    use hopline_gateway::trace::TraceCx;
+    use hopline_h1::head::Headers;
+    let mut headers = Headers::new();
+    headers.push("host", "gw.example");
+    headers.push(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _in_runtime = rt.enter();
+    let exporter = |ratio: f64| {
+        let config = hopline_core::config::TracingConfig {
+            otlp_endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            host: "127.0.0.1".into(),
+            port: 9,
+            path: "/v1/traces".into(),
+            sample_ratio: ratio,
+            service_name: "bench".into(),
+        };
+        Exporter::start(&config)
+    };
+    let per_request = |b: &mut criterion::Bencher, e: Option<&Exporter>, caller: &Headers| {
+        let mut rec = record();
+        let mut wire = BytesMut::with_capacity(256);
+        b.iter(|| {
+            let t = TraceCx::of(black_box(caller), e);
+            wire.clear();
+            let span = hopline_core::trace::new_span_id();
+            t.put_attempt_headers(&mut wire, span);
+            t.record(|| AttemptSpan {
+                span_id: span,
+                start: SystemTime::now(),
+                duration: Duration::from_micros(900),
+                upstream: Arc::from("coupon"),
+                endpoint: rec.endpoint,
+                call: None,
+                status: Some(200),
+                error: None,
+            });
+            rec.trace = Some(t);
+            if let Some(e) = e {
+                e.record(&rec);
+            }
+            black_box(wire.len())
+        })
+    };
+    let fresh = Headers::new();
+    c.bench_function("trace context, [tracing] off", |b| {
+        per_request(b, None, &headers)
+    });
+    let one = exporter(0.01);
+    c.bench_function("trace context + spans, on at 1 % (new traces)", |b| {
+        per_request(b, Some(&one), &fresh)
+    });
+    let all = exporter(1.0);
+    c.bench_function("trace context + spans, on at 100 %", |b| {
+        per_request(b, Some(&all), &fresh)
+    });
+}
+
+criterion_group!(
+    benches,
+    heads,
+    deadline_headers,
+    log_and_metrics,
+    balancing,
+    tracing
+);
 criterion_main!(benches);

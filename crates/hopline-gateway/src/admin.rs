@@ -59,15 +59,16 @@ fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
             "application/json",
             format!("{:#}\n", effective_config(&gw)),
         ),
-        ("GET", "/metrics") => (
-            200,
-            crate::metrics::CONTENT_TYPE,
+        ("GET", "/metrics") => (200, crate::metrics::CONTENT_TYPE, {
+            if let Some(e) = &gw.exporter {
+                gw.metrics.sample_tracing(&e.stats);
+            }
             gw.metrics.encode(
                 &gw.in_flight(),
                 &gw.endpoint_samples(),
                 &gw.shared_samples(),
-            ),
-        ),
+            )
+        }),
         ("GET", "/endpoints") => (
             200,
             "application/json",

@@ -418,6 +418,7 @@ fn call_request(
         upgrade: false,
         margin: gw.config.deadline.margin,
         trace: Some(trace.clone()),
+        call: Some(call.name.clone()),
     })
 }
 

@@ -361,6 +361,7 @@ mod tests {
             egress: None,
             dns: Default::default(),
             metrics: Default::default(),
+            tracing: None,
             upstreams: Vec::new(),
             routes: Vec::new(),
         };

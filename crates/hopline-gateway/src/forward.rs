@@ -79,6 +79,7 @@ pub(crate) fn forward(
         upgrade,
         margin: gw.config.deadline.margin,
         trace: Some(trace.clone()),
+        call: None,
     }
 }
 

@@ -140,6 +140,16 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
             .map_or("off".into(), |s| format!("{} scope {}", s.url, s.scope))
     };
     note("egress.shared", shared(new), shared(old));
+    let tracing = |c: &Config| {
+        c.tracing.as_ref().map_or("off".into(), |t| {
+            format!(
+                "{} ratio {} service {}",
+                t.otlp_endpoint, t.sample_ratio, t.service_name
+            )
+        })
+    };
+    note("tracing", tracing(new), tracing(old));
+    new.tracing = old.tracing.clone();
     // The store and scope stay; the budgets, expected_replicas and fallback_after apply.
     let kept = old.egress.as_ref().and_then(|e| e.shared.clone());
     match (&mut new.egress, kept) {
@@ -243,6 +253,8 @@ pub struct Gateway {
     pub upstreams: Vec<Upstream>,
     /// Shared egress limits.
     pub egress: Egress,
+    /// `[tracing]`: the span exporter (kept across reloads).
+    pub exporter: Option<Arc<crate::otlp::Exporter>>,
     /// The access log.
     pub log: Arc<AccessLog>,
     /// Metrics (shared across reloads).
@@ -283,10 +295,14 @@ impl Gateway {
             },
             None => Egress::default(),
         };
+        let exporter = config
+            .tracing
+            .as_ref()
+            .map(|t| Arc::new(crate::otlp::Exporter::start(t)));
         Self::assemble(
             config,
             upstreams,
-            egress,
+            (egress, exporter),
             log,
             metrics,
             Arc::new(AtomicBool::new(false)),
@@ -339,7 +355,7 @@ impl Gateway {
         let gw = Self::assemble(
             config,
             upstreams,
-            egress,
+            (egress, self.exporter.clone()),
             self.log.clone(),
             self.metrics.clone(),
             self.draining.clone(),
@@ -367,7 +383,7 @@ impl Gateway {
     fn assemble(
         config: Config,
         upstreams: Vec<Upstream>,
-        egress: Egress,
+        (egress, exporter): (Egress, Option<Arc<crate::otlp::Exporter>>),
         log: Arc<AccessLog>,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
@@ -420,6 +436,7 @@ impl Gateway {
             routes,
             upstreams,
             egress,
+            exporter,
             log,
             metrics,
             tls,
@@ -432,6 +449,9 @@ impl Gateway {
     pub fn record(&self, rec: &AccessRecord) {
         self.metrics.record(rec);
         self.log.write(rec);
+        if let Some(e) = &self.exporter {
+            e.record(rec);
+        }
     }
 
     /// Calls in flight per upstream, for the metrics gauge.

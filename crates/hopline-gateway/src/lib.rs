@@ -20,6 +20,7 @@ mod h2;
 mod health;
 mod limits;
 mod metrics;
+pub mod otlp;
 mod proxy;
 mod proxy_h2;
 mod request;
@@ -27,7 +28,7 @@ mod response;
 pub mod shared;
 mod stream;
 mod tls;
-mod trace;
+pub mod trace;
 mod upstream;
 mod websocket;
 

@@ -504,6 +504,9 @@ pub struct Metrics {
     degraded: Family<DegradedLabels, Counter>,
     cancelled: Family<RouteLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    tracing_spans: Family<ResultLabel, Counter>,
+    /// The exporter's counts at the last scrape (exported, dropped, failed).
+    tracing_seen: Mutex<[u64; 3]>,
     refused: Counter,
     tls_errors: Family<ReasonLabel, Counter>,
     tls_handshake: Histogram,
@@ -541,6 +544,12 @@ impl Metrics {
         let degraded = Family::<DegradedLabels, Counter>::default();
         let cancelled = Family::<RouteLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let tracing_spans = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "tracing_spans",
+            "Spans of sampled requests by result: exported, dropped (the export queue was full), failed (the collector refused them or could not be reached)",
+            tracing_spans.clone(),
+        );
         registry.register(
             "requests",
             "Requests by route, status and flag (one per access log line)",
@@ -643,6 +652,8 @@ impl Metrics {
             degraded,
             cancelled,
             reloads,
+            tracing_spans,
+            tracing_seen: Mutex::new([0; 3]),
             refused,
             connections: AtomicI64::new(0),
             hot: Mutex::new(Hot::default()),
@@ -879,6 +890,25 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Brings `hopline_tracing_spans_total` up to the exporter's counts.
+    pub fn sample_tracing(&self, stats: &crate::otlp::ExportStats) {
+        let now = [
+            stats.exported.load(Ordering::Relaxed),
+            stats.dropped.load(Ordering::Relaxed),
+            stats.failed.load(Ordering::Relaxed),
+        ];
+        let mut seen = self.tracing_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, result) in ["exported", "dropped", "failed"].into_iter().enumerate() {
+            let label = ResultLabel {
+                result: result.into(),
+            };
+            self.tracing_spans
+                .get_or_create(&label)
+                .inc_by(now[i].saturating_sub(seen[i]));
+        }
+        *seen = now;
     }
 
     /// Counts a switch of `scope` to its local share.

@@ -6,8 +6,8 @@
 //! [`proxy`], which takes a [`Deadline`], so no call can be unbounded.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::{UpstreamProtocol, Zone};
@@ -22,7 +22,9 @@ use crate::endpoint::{EndpointGuard, Reporter, Verdict};
 use crate::front::{BodySize, ResponseStart, Sink, COALESCE};
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
+use crate::otlp::AttemptSpan;
 use crate::upstream::{millis_at_least_one, ClientConn, EgressSlot, ExchangeError, Upstream};
+use hopline_core::trace::{new_span_id, SpanId};
 
 /// The request as it will be sent upstream, rendered once for all attempts.
 #[derive(Debug)]
@@ -45,6 +47,8 @@ pub struct Forward {
     pub margin: Duration,
     /// The request's trace: each attempt sends `traceparent` with a span id of its own.
     pub trace: Option<crate::trace::TraceCx>,
+    /// The aggregate call this request is, if it is one (for its spans).
+    pub call: Option<Arc<str>>,
 }
 
 /// What the request is doing now; read after the request future ends or is dropped, so a
@@ -206,6 +210,8 @@ async fn attempts(
     loop {
         let now = Instant::now();
         let guard = next_attempt(up, deadline, progress, now, &mut last_error, avoid)?;
+        let span = new_span_id();
+        let attempt = (SystemTime::now(), now, guard.ep().addr);
         let pooled = if fresh_only {
             None
         } else {
@@ -220,6 +226,7 @@ async fn attempts(
                 Ok(c) => (c, Instant::now()),
                 Err(e) => {
                     guard.reporter().failed(&e);
+                    record_attempt(req, up, span, attempt, Err(&e));
                     let connect_failure =
                         matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
                     if connect_failure && retries < up.config.max_retries && up.budget.try_spend() {
@@ -232,12 +239,14 @@ async fn attempts(
                 }
             },
         };
-        match exchange(&gw.metrics, up, conn, req, deadline, progress, now).await {
+        match exchange(&gw.metrics, up, conn, (req, span), deadline, progress, now).await {
             Ok(x) => {
                 guard.report(Verdict::of_status(x.head.status));
+                record_attempt(req, up, span, attempt, Ok(x.head.status));
                 return Ok((x, guard));
             }
             Err(Failed { error, stale }) => {
+                record_attempt(req, up, span, attempt, Err(&error));
                 // The stale keep-alive race: the upstream closed a pooled connection just as
                 // we reused it, before any response byte. Safe to resend once, on a new
                 // connection (the next pooled one may be just as stale), within the budget.
@@ -255,6 +264,27 @@ async fn attempts(
             }
         }
     }
+}
+
+/// Records an attempt as a span of the request's trace, when it is sampled.
+fn record_attempt(
+    req: &Forward,
+    up: &Upstream,
+    span: SpanId,
+    (start, started, endpoint): (SystemTime, Instant, SocketAddr),
+    outcome: Result<u16, &ProxyError>,
+) {
+    let Some(trace) = &req.trace else { return };
+    trace.record(|| AttemptSpan {
+        span_id: span,
+        start,
+        duration: started.elapsed(),
+        upstream: up.name.clone(),
+        endpoint: Some(endpoint),
+        call: req.call.clone(),
+        status: outcome.as_ref().ok().copied(),
+        error: outcome.err().map(|e| hopline_core::error::cause_chain(e)),
+    });
 }
 
 /// Starts an attempt: the endpoint it goes to (by the upstream's `lb`, among usable
@@ -387,7 +417,7 @@ async fn exchange(
     gw_metrics: &crate::metrics::Metrics,
     up: &Upstream,
     mut conn: ClientConn,
-    req: &Forward,
+    (req, span): (&Forward, SpanId),
     deadline: &Deadline,
     progress: &ProgressCell,
     started: Instant,
@@ -419,7 +449,7 @@ async fn exchange(
     );
     wire.put_slice(b"\r\n");
     if let Some(trace) = &req.trace {
-        trace.put_attempt_headers(&mut wire);
+        trace.put_attempt_headers(&mut wire, span);
     }
     wire.put_slice(b"\r\n");
     wire.extend_from_slice(&req.body);

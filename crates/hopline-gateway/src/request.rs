@@ -113,7 +113,7 @@ pub(crate) async fn serve<F: Front>(
         ts: Some(SystemTime::now()),
         request_id: gw.next_request_id(),
         client_request_id: req.client_request_id(),
-        trace: Some(TraceCx::of(&req.headers)),
+        trace: Some(TraceCx::of(&req.headers, gw.exporter.as_deref())),
         client: Some(client.peer),
         tls: client.tls.clone(),
         method: req.method.clone(),
@@ -135,7 +135,7 @@ pub(crate) async fn serve<F: Front>(
                 trace: rec
                     .trace
                     .clone()
-                    .unwrap_or_else(|| TraceCx::of(&req.headers)),
+                    .unwrap_or_else(|| TraceCx::of(&req.headers, None)),
             };
             let ran = run(gw, front, &mut req, job, rec.trace_id(), kill).await;
             settle(gw, front, &mut rec, ran, &req, arrival).await
