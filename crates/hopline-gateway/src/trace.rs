@@ -14,6 +14,9 @@ use crate::otlp::{AttemptLog, AttemptSpan, Exporter};
 /// True for `ratio` of trace ids (by their low 64 bits, so every hop with the same ratio
 /// decides alike).
 fn by_ratio(id: &TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
     let mut low = [0u8; 8];
     low.copy_from_slice(&id.0[8..]);
     (u64::from_be_bytes(low) as f64) < ratio * (u64::MAX as f64)
