@@ -1132,6 +1132,15 @@ fn otlp_url(url: &str) -> Result<(String, u16, String), String> {
 mod tests {
     use super::*;
 
+    /// The problems `text` has, as printed.
+    fn problems(text: &str) -> Vec<String> {
+        read(text)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     #[test]
     fn listen_takes_ips_and_host_names() {
         let host = |s: &str| parse_listen(s).map(|a| a.to_string());
@@ -1192,11 +1201,7 @@ mod tests {
         assert_eq!(s.fallback_after, Duration::from_millis(50));
         assert_eq!(e.nat_limit, Some(900));
         let text = "[egress]\nshared = \"redis://app:hunter2@10.0.0.5:6379\"\nscope = \"nat a\"\n\n[dns]\n\n[metrics]\n";
-        let what: Vec<String> = read(text)
-            .expect_err("invalid")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let what = problems(text);
         assert_eq!(
             what,
             vec![
@@ -1205,11 +1210,7 @@ mod tests {
             ]
         );
         let text = "[egress]\nmax_in_flight = 5\nscope = \"a\"\nfallback_after = \"1s\"\n";
-        let what: Vec<String> = read(text)
-            .expect_err("invalid")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let what = problems(text);
         assert_eq!(
             what,
             vec![
@@ -1249,11 +1250,7 @@ mod tests {
             ("::1", 4318, "/v1/traces")
         );
         let text = "[tracing]\notlp_endpoint = \"https://otel:4318\"\nprotocol = \"grpc\"\nsample_ratio = 2\n";
-        let what: Vec<String> = read(text)
-            .expect_err("invalid")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let what = problems(text);
         assert_eq!(what.len(), 3, "{what:?}");
         assert!(
             what[0].starts_with("2:17: key `tracing.otlp_endpoint`: use http://"),

@@ -247,12 +247,25 @@ pub struct Hop {
     pub diagnosis: Option<(hopline_diagnose::Report, f64)>,
 }
 
-/// An `endpoint` event from a hop's log: an endpoint ejected, returned, unhealthy, healthy.
+/// What an event in a hop's log is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EventSubject {
+    /// An endpoint's standing (`"event":"endpoint"`).
+    #[default]
+    Endpoint,
+    /// A shared egress scope's mode (`"event":"egress"`).
+    EgressScope,
+}
+
+/// An event from a hop's log: an endpoint ejected, returned, unhealthy, healthy; a shared
+/// egress scope on its local share or back to the shared budget.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EndpointEvent {
     /// Seconds since the run started.
     pub t: f64,
-    /// The endpoint's address.
+    /// What it is about.
+    pub subject: EventSubject,
+    /// The endpoint's address, or `egress scope NAME`.
     pub endpoint: String,
     /// `ejected`, `returned`, `unhealthy`, `healthy`.
     pub state: String,
@@ -288,13 +301,20 @@ pub fn hop(name: &str, log: &Path, start_epoch: f64, secs: usize, faults: &[(f64
         // An endpoint's change of standing, or a shared egress scope's change of mode
         // (its scope stands where the endpoint does).
         if v["event"] == "endpoint" || v["event"] == "egress" {
-            let subject = match v["event"] == "egress" {
-                true => format!("egress scope {}", v["scope"].as_str().unwrap_or("")),
-                false => v["endpoint"].as_str().unwrap_or("").to_string(),
+            let (subject, what) = match v["event"] == "egress" {
+                true => (
+                    EventSubject::EgressScope,
+                    format!("egress scope {}", v["scope"].as_str().unwrap_or("")),
+                ),
+                false => (
+                    EventSubject::Endpoint,
+                    v["endpoint"].as_str().unwrap_or("").to_string(),
+                ),
             };
             hop.endpoint_events.push(EndpointEvent {
                 t,
-                endpoint: subject,
+                subject,
+                endpoint: what,
                 state: v["state"].as_str().unwrap_or("").to_string(),
                 detail: v["detail"].as_str().unwrap_or("").to_string(),
             });

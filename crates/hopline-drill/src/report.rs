@@ -514,9 +514,9 @@ pub fn summary(
         }
         for e in &h.endpoint_events {
             // An egress scope's switch names its scope; anything else is an endpoint.
-            let what = match e.endpoint.starts_with("egress scope ") {
-                true => "",
-                false => "endpoint ",
+            let what = match e.subject {
+                crate::record::EventSubject::EgressScope => "",
+                crate::record::EventSubject::Endpoint => "endpoint ",
             };
             let _ = writeln!(
                 s,

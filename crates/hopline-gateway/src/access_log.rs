@@ -96,7 +96,7 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     /// The `x-request-id` the request travels under: the client's, or hopline's own.
-    pub fn trace_id(&self) -> &str {
+    pub fn x_request_id(&self) -> &str {
         self.client_request_id
             .as_deref()
             .unwrap_or(&self.request_id)
@@ -394,29 +394,30 @@ impl AccessLog {
         state: &str,
         detail: &str,
     ) {
-        self.append(|s| {
-            s.extend_from_slice(b"{\"ts\":\"");
-            push_rfc3339(s, SystemTime::now());
-            s.extend_from_slice(b"\",\"event\":\"endpoint\",\"upstream\":");
-            push_json_str(s, upstream);
-            s.extend_from_slice(b",\"endpoint\":\"");
-            push_socket_addr(s, endpoint);
-            s.extend_from_slice(b"\",\"state\":");
-            push_json_str(s, state);
-            s.extend_from_slice(b",\"detail\":");
-            push_json_str(s, detail);
-            s.extend_from_slice(b"}\n");
-        });
+        let endpoint = endpoint.to_string();
+        let about = [("upstream", upstream), ("endpoint", endpoint.as_str())];
+        self.write_state_event("endpoint", &about, state, detail);
     }
 
     /// Writes a line for a shared egress scope switching between the cluster-wide budget
     /// and the local share: `{"ts":…,"event":"egress","scope":…,"state":"local"|"shared","detail":…}`.
     pub fn write_egress_event(&self, scope: &str, state: &str, detail: &str) {
+        self.write_state_event("egress", &[("scope", scope)], state, detail);
+    }
+
+    /// `{"ts":…,"event":EVENT,KEY:VALUE…,"state":…,"detail":…}`: something changed state.
+    fn write_state_event(&self, event: &str, about: &[(&str, &str)], state: &str, detail: &str) {
         self.append(|s| {
             s.extend_from_slice(b"{\"ts\":\"");
             push_rfc3339(s, SystemTime::now());
-            s.extend_from_slice(b"\",\"event\":\"egress\",\"scope\":");
-            push_json_str(s, scope);
+            s.extend_from_slice(b"\",\"event\":");
+            push_json_str(s, event);
+            for (key, value) in about {
+                s.push(b',');
+                push_json_str(s, key);
+                s.push(b':');
+                push_json_str(s, value);
+            }
             s.extend_from_slice(b",\"state\":");
             push_json_str(s, state);
             s.extend_from_slice(b",\"detail\":");

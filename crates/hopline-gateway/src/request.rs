@@ -137,7 +137,7 @@ pub(crate) async fn serve<F: Front>(
                     .clone()
                     .unwrap_or_else(|| TraceCx::of(&req.headers, None)),
             };
-            let ran = run(gw, front, &mut req, job, rec.trace_id(), kill).await;
+            let ran = run(gw, front, &mut req, job, rec.x_request_id(), kill).await;
             settle(gw, front, &mut rec, ran, &req, arrival).await
         }
     };
@@ -190,7 +190,7 @@ async fn conclude<F: Front>(
     if d.respond {
         let cx = ErrorContext {
             request_id: &rec.request_id,
-            trace_id: rec.trace_id(),
+            trace_id: rec.x_request_id(),
             expose_cause: gw.config.server.expose_cause,
             head_only: &rec.method[..] == b"HEAD",
             grpc,
