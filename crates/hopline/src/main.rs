@@ -286,19 +286,25 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination() {
+/// Watches for SIGTERM and SIGINT from the moment it is called (inside the runtime),
+/// not from its first poll: a signal sent right after a "listening" line is caught and
+/// drains instead of killing the process with the default action.
+fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let streams = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    );
+    async move {
+        match streams {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
     }
 }
 
@@ -424,6 +430,11 @@ fn serve(
         gw.settled(gw.config.dns.timeout + Duration::from_secs(1))
             .await;
         let current = hopline_gateway::Current::new(gw);
+        // Signals are watched before the first "listening" line: a SIGHUP or SIGTERM sent
+        // as soon as that line appears must reload or drain, not kill the process.
+        let stop = termination();
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot watch SIGHUP")?;
         for l in &listeners {
             let addr = l.tcp.local_addr()?;
             if l.tls {
@@ -436,12 +447,13 @@ fn serve(
             eprintln!("hopline serve: admin on {}", a.local_addr()?);
         }
         let reloader = tokio::spawn(reload_on_sighup(
+            hup,
             path.to_path_buf(),
             current.clone(),
             verbose,
         ));
         hopline_gateway::run(listeners, admin, current, async {
-            termination().await;
+            stop.await;
             eprintln!("hopline serve: draining");
         })
         .await;
@@ -502,14 +514,11 @@ async fn bind_all(
 /// On SIGHUP, re-reads the config: a valid one is put in force for new requests; an
 /// invalid one is reported (file:line:key) and the old one stays.
 async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
     path: PathBuf,
     current: std::sync::Arc<hopline_gateway::Current>,
     notes: bool,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
     while hup.recv().await.is_some() {
         let old = current.load();
         let result = match hopline_config::load(&path) {
@@ -554,8 +563,9 @@ fn mock(listen: SocketAddr, config: hopline_mock::MockConfig) -> anyhow::Result<
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let stop = termination();
         eprintln!("hopline mock: listening on {}", listener.local_addr()?);
-        hopline_mock::run(listener, config, termination()).await;
+        hopline_mock::run(listener, config, stop).await;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -586,6 +596,7 @@ fn chaos(
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8474)));
     let rt = runtime(None)?;
     rt.block_on(async {
+        let stop = termination();
         let registry = std::sync::Arc::new(hopline_chaos::Registry::new(seed));
         let listener = tokio::net::TcpListener::bind(api)
             .await
@@ -605,7 +616,7 @@ fn chaos(
                 p["toxics"].as_array().map_or(0, Vec::len)
             );
         }
-        hopline_chaos::api::serve(listener, registry, options, termination()).await;
+        hopline_chaos::api::serve(listener, registry, options, stop).await;
         Ok(ExitCode::SUCCESS)
     })
 }

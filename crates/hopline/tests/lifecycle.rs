@@ -423,3 +423,51 @@ fn a_host_name_listen_binds_every_address_it_resolves_to() {
         assert_eq!(read_response(&mut s).status, 404, "{a}");
     }
 }
+
+#[test]
+fn a_signal_sent_as_soon_as_the_listening_line_appears_is_acted_on() {
+    let up = mock(&["--status", "200", "--quiet"]);
+    let file = temp_file(
+        "signal-at-start.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.m]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            up.addr
+        ),
+    );
+    let signal = |pid: u32, sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    for _ in 0..3 {
+        // SIGHUP right away: a reload, not the default action (termination).
+        let mut gw = Proc::spawn(&["serve", "-c", path(&file)]);
+        signal(gw.pid(), "-HUP");
+        gw.stderr
+            .wait_for(WAIT, "reloaded", |l| l.contains("hopline serve: reloaded"));
+        assert_eq!(get(gw.addr, "/", "").status, 200);
+        // SIGTERM right away: a drain and a clean exit.
+        let mut fresh = Proc::spawn(&["serve", "-c", path(&file)]);
+        signal(fresh.pid(), "-TERM");
+        let status = fresh.wait_exit(WAIT).expect("serve did not exit");
+        assert!(status.success(), "serve exited with {status}");
+        fresh
+            .stderr
+            .wait_for(WAIT, "stopped", |l| l.contains("hopline serve: stopped"));
+        gw.terminate();
+        assert!(gw.wait_exit(WAIT).is_some_and(|s| s.success()));
+    }
+    // The same for the mock and chaos: SIGTERM right after their first line.
+    for args in [
+        &["mock", "--listen", "127.0.0.1:0", "--quiet"][..],
+        &["chaos", "--api", "127.0.0.1:0"][..],
+    ] {
+        let mut p = Proc::spawn(args);
+        signal(p.pid(), "-TERM");
+        let status = p.wait_exit(WAIT).expect("did not exit");
+        assert!(status.success(), "{args:?} exited with {status}");
+    }
+}
