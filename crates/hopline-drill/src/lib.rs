@@ -199,7 +199,9 @@ async fn scrape(
 /// Watches for SIGTERM and SIGINT (as `timeout`, a CI job or Ctrl-C send them) from now
 /// on: a signal that arrives while services are starting is caught too, and acted on as
 /// soon as the load begins (so the services and the network are always torn down).
-fn termination() -> impl std::future::Future<Output = ()> {
+/// `hopline serve`, `mock` and `chaos` use it too, created before their first
+/// "listening" line. Must be called inside a tokio runtime.
+pub fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let streams = (
         signal(SignalKind::terminate()),

@@ -286,28 +286,6 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Watches for SIGTERM and SIGINT from the moment it is called (inside the runtime),
-/// not from its first poll: a signal sent right after a "listening" line is caught and
-/// drains instead of killing the process with the default action.
-fn termination() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let streams = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    async move {
-        match streams {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
-        }
-    }
-}
-
 /// How long `check` waits for one name to resolve.
 const RESOLVE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -432,7 +410,7 @@ fn serve(
         let current = hopline_gateway::Current::new(gw);
         // Signals are watched before the first "listening" line: a SIGHUP or SIGTERM sent
         // as soon as that line appears must reload or drain, not kill the process.
-        let stop = termination();
+        let stop = hopline_drill::termination();
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot watch SIGHUP")?;
         for l in &listeners {
@@ -563,7 +541,7 @@ fn mock(listen: SocketAddr, config: hopline_mock::MockConfig) -> anyhow::Result<
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let stop = termination();
+        let stop = hopline_drill::termination();
         eprintln!("hopline mock: listening on {}", listener.local_addr()?);
         hopline_mock::run(listener, config, stop).await;
         Ok(ExitCode::SUCCESS)
@@ -596,7 +574,7 @@ fn chaos(
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8474)));
     let rt = runtime(None)?;
     rt.block_on(async {
-        let stop = termination();
+        let stop = hopline_drill::termination();
         let registry = std::sync::Arc::new(hopline_chaos::Registry::new(seed));
         let listener = tokio::net::TcpListener::bind(api)
             .await
