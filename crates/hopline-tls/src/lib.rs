@@ -2,7 +2,7 @@
 //!
 //! - [`files`]: certificates and keys read from PEM files, every failure naming the file.
 //! - [`info`]: what `check` and the expiry gauges need from a certificate (subject,
-//!   validity), parsed with x509-parser.
+//!   validity), read with x509-cert.
 //! - [`server`]: the listener's `rustls::ServerConfig` — certificates chosen by SNI, a
 //!   default, minimum version, ALPN, session tickets shared across reloads.
 //! - [`client`]: an upstream's `rustls::ClientConfig` — CA bundle or system roots, mTLS,
