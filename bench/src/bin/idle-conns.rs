@@ -4,7 +4,13 @@
 //! proxy worker's resident set from `/proc/PID/status` and subtracts the baseline taken
 //! with one such connection open.
 //!
-//! Usage: `idle-conns HOST:PORT PID [N=10000]` → one JSON line.
+//! With `--burst`, the N connections are opened first and then each sends its request at
+//! the same moment (all written before any response is read), so the proxy holds N
+//! requests in flight at once; every response must be a 2xx (a burst answered 503 proves
+//! nothing), and the RSS is read one second after the last one: what the proxy keeps
+//! after a burst, not only what an idle connection costs.
+//!
+//! Usage: `idle-conns HOST:PORT PID [N=10000] [--burst]` → one JSON line.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -38,12 +44,13 @@ fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: idle-conns HOST:PORT PID [N=10000]");
+        eprintln!("usage: idle-conns HOST:PORT PID [N=10000] [--burst]");
         std::process::exit(2);
     }
     let addr: SocketAddr = args[1].parse().map_err(std::io::Error::other)?;
     let pid: u32 = args[2].parse().map_err(std::io::Error::other)?;
     let n: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let burst = args.iter().any(|a| a == "--burst");
 
     let mut conns = vec![one_request(addr)?];
     // Let the proxy settle (allocator caches, lazily built state) before the baseline.
@@ -53,20 +60,50 @@ fn main() -> std::io::Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     let baseline = rss_kib(pid)?;
     let started = Instant::now();
-    while conns.len() < n {
-        conns.push(one_request(addr)?);
+    if burst {
+        let mut fresh = Vec::with_capacity(n - 1);
+        while fresh.len() + 1 < n {
+            let s = TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            fresh.push(s);
+        }
+        for s in &mut fresh {
+            s.write_all(REQUEST)?;
+        }
+        let mut body = Vec::new();
+        for (i, s) in fresh.iter_mut().enumerate() {
+            let status = read_response(s, &mut body)?;
+            if !(200..300).contains(&status) {
+                return Err(std::io::Error::other(format!(
+                    "burst connection {i}: status {status}"
+                )));
+            }
+        }
+        conns.extend(fresh);
+        std::thread::sleep(Duration::from_secs(1));
+    } else {
+        while conns.len() < n {
+            conns.push(one_request(addr)?);
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
-    std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid)?;
     let per_conn = (after.saturating_sub(baseline) * 1024) as f64 / (n - 1) as f64;
+    // And once every connection is closed again: what stays is not held by a connection.
+    let open_secs = started.elapsed().as_secs_f64();
+    conns.truncate(1);
+    std::thread::sleep(Duration::from_secs(1));
+    let closed = rss_kib(pid)?;
     println!(
         "{}",
         serde_json::json!({
             "connections": n,
+            "burst": burst,
             "baseline_kib": baseline,
             "after_kib": after,
             "bytes_per_connection": (per_conn * 10.0).round() / 10.0,
-            "open_secs": started.elapsed().as_secs_f64(),
+            "open_secs": open_secs,
+            "after_close_kib": closed,
         })
     );
     drop(conns);
