@@ -76,6 +76,7 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
             1,
             10_000_000,
         ) as usize,
+        backlog: t.uint(cx, "backlog", u64::from(d.backlog), 1, 65_535) as u32,
         max_header_bytes: t.uint(
             cx,
             "max_header_bytes",

@@ -118,6 +118,7 @@ pub fn schema() -> Value {
                 "drain_timeout": duration("default 10s"),
                 "drain_idle_grace": duration("default 1s"),
                 "max_connections": int("default 10000", 1),
+                "backlog": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 4096, "description": "listen backlog; the kernel caps it at net.core.somaxconn"},
                 "overload": {"enum": ["pause", "close"], "default": "pause"},
                 "max_header_bytes": {"type": "integer", "minimum": 1024, "maximum": 16777216, "default": 65536},
                 "max_request_line_bytes": {"type": "integer", "minimum": 256, "maximum": 16777216, "default": 8192},

@@ -195,6 +195,11 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Open client connections at most; beyond it, accepting pauses. Default 10000.
     pub max_connections: usize,
+    /// The listen backlog: connections the kernel completes and queues before hopline
+    /// accepts them. Default 4096 (the kernel caps it at `net.core.somaxconn`). A short
+    /// queue drops the SYNs of a burst, and each dropped SYN costs the client a 1 s
+    /// retransmission.
+    pub backlog: u32,
     /// Largest request head in bytes. Default 65536; larger gets 431.
     pub max_header_bytes: usize,
     /// Largest request body in bytes (bodies are buffered before proxying). Default 16 MiB;
@@ -726,6 +731,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(75),
             drain_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            backlog: 4096,
             max_header_bytes: 65_536,
             max_body_bytes: 16 << 20,
             max_request_line_bytes: 8192,

@@ -186,6 +186,7 @@ pub fn effective_config(gw: &Gateway) -> Value {
             "drain_timeout_ms": ms(s.drain_timeout),
             "drain_idle_grace_ms": ms(s.drain_idle_grace),
             "max_connections": s.max_connections,
+            "backlog": s.backlog,
             "overload": s.overload.as_str(),
             "max_header_bytes": s.max_header_bytes,
             "max_request_line_bytes": s.max_request_line_bytes,

@@ -130,6 +130,11 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
         new.server.max_connections.to_string(),
         old.server.max_connections.to_string(),
     );
+    note(
+        "server.backlog",
+        new.server.backlog.to_string(),
+        old.server.backlog.to_string(),
+    );
     note("admin.listen", admin(new), admin(old));
     note("log.access", log(new), log(old));
     note("server.tls.listen", tls_listen(new), tls_listen(old));
@@ -173,6 +178,7 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
     }
     new.server.listen = old.server.listen.clone();
     new.server.max_connections = old.server.max_connections;
+    new.server.backlog = old.server.backlog;
     new.admin = old.admin.clone();
     new.log.access = old.log.access.clone();
     // The TLS listener is bound once: without one, new certificates have nowhere to go;

@@ -389,17 +389,18 @@ fn serve(
     }
     let rt = runtime(threads)?;
     rt.block_on(async {
-        let mut listeners: Vec<_> = bind_all(&config.server.listen, "")
+        let backlog = config.server.backlog;
+        let mut listeners: Vec<_> = bind_all(&config.server.listen, "", backlog)
             .await?
             .into_iter()
             .map(hopline_gateway::Listener::plain)
             .collect();
         if let Some(tls) = &config.server.tls {
-            let bound = bind_all(&tls.listen, "TLS ").await?;
+            let bound = bind_all(&tls.listen, "TLS ", backlog).await?;
             listeners.extend(bound.into_iter().map(hopline_gateway::Listener::tls));
         }
         let admin = match &config.admin {
-            Some(a) => bind_all(&a.listen, "admin ").await?,
+            Some(a) => bind_all(&a.listen, "admin ", 1024).await?,
             None => Vec::new(),
         };
         let gw = hopline_gateway::Gateway::new(config).context("cannot start the gateway")?;
@@ -447,6 +448,7 @@ fn serve(
 async fn bind_all(
     addr: &hopline_core::config::ListenAddr,
     what: &str,
+    backlog: u32,
 ) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
     let mut addrs: Vec<SocketAddr> = match addr.ip() {
         Some(a) => vec![a],
@@ -460,7 +462,7 @@ async fn bind_all(
     let mut bound = Vec::new();
     let mut skipped = Vec::new();
     for a in &addrs {
-        match tokio::net::TcpListener::bind(a).await {
+        match listen(*a, backlog) {
             Ok(l) => bound.push(l),
             Err(e)
                 if addrs.len() > 1
@@ -487,6 +489,20 @@ async fn bind_all(
         eprintln!("hopline serve: warning: {what}listen address {addr}: skipping {s}");
     }
     Ok(bound)
+}
+
+/// A listening socket on `addr` with `SO_REUSEADDR` (a restart can bind while old
+/// connections are in TIME_WAIT) and a queue of `backlog` completed connections (the
+/// kernel caps it at `net.core.somaxconn`).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// On SIGHUP, re-reads the config: a valid one is put in force for new requests; an

@@ -471,3 +471,18 @@ fn a_signal_sent_as_soon_as_the_listening_line_appears_is_acted_on() {
         assert!(status.success(), "{args:?} exited with {status}");
     }
 }
+
+#[test]
+fn the_listen_backlog_is_the_configured_one() {
+    // A short accept queue drops a burst's SYNs (each one a 1 s retransmission for the
+    // client); the kernel shows a listening socket's backlog as its Send-Q.
+    let up = mock(&["--status", "200", "--quiet"]);
+    let gw = gateway("backlog = 777\n", &route_all(up.addr));
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", gw.addr.port())])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let send_q = text.split_whitespace().nth(2);
+    assert_eq!(send_q, Some("777"), "{text}");
+}
