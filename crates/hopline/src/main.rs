@@ -156,6 +156,14 @@ fn duration(s: &str) -> Result<Duration, String> {
     hopline_config::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// jemalloc, whose background thread returns freed pages to the system within about a
+/// second (`background_thread:true,dirty_decay_ms:1000`, set at build time in
+/// `.cargo/config.toml`): the memory a burst of requests used is given back even when the
+/// process is idle afterwards, which glibc's malloc never does.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
