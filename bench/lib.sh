@@ -16,7 +16,13 @@ install_missing() {
 
 DIR=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+# On exit: the processes started here are stopped and the temp dir (configs, access logs —
+# gigabytes after a long run) removed, unless KEEP_TMP=1.
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  [ -n "${KEEP_TMP:-}" ] || rm -rf "$DIR"
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

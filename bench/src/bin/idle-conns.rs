@@ -60,6 +60,8 @@ fn main() -> std::io::Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     let baseline = rss_kib(pid)?;
     let started = Instant::now();
+    // Burst phases: connections open, requests written, every answer read (seconds).
+    let mut phases = None;
     if burst {
         let mut fresh = Vec::with_capacity(n - 1);
         while fresh.len() + 1 < n {
@@ -67,9 +69,11 @@ fn main() -> std::io::Result<()> {
             s.set_read_timeout(Some(Duration::from_secs(30)))?;
             fresh.push(s);
         }
+        let connected = started.elapsed();
         for s in &mut fresh {
             s.write_all(REQUEST)?;
         }
+        let written = started.elapsed();
         let mut body = Vec::new();
         for (i, s) in fresh.iter_mut().enumerate() {
             let status = read_response(s, &mut body)?;
@@ -79,6 +83,7 @@ fn main() -> std::io::Result<()> {
                 )));
             }
         }
+        phases = Some((connected, written, started.elapsed()));
         conns.extend(fresh);
         std::thread::sleep(Duration::from_secs(1));
     } else {
@@ -104,6 +109,8 @@ fn main() -> std::io::Result<()> {
             "bytes_per_connection": (per_conn * 10.0).round() / 10.0,
             "open_secs": open_secs,
             "after_close_kib": closed,
+            "burst_secs": phases.map(|(c, w, r): (Duration, Duration, Duration)| serde_json::json!({
+                "connected": c.as_secs_f64(), "written": w.as_secs_f64(), "answered": r.as_secs_f64()})),
         })
     );
     drop(conns);
