@@ -15,7 +15,7 @@ HOPLINE=${HOPLINE:-./target/dist/hopline}
 
 source bench/lib.sh
 install_missing nginx:nginx-light haproxy:haproxy
-[ -n "${NO_BUILD:-}" ] || cargo build --profile dist --locked -p hopline -p hopline-bench >/dev/null 2>&1
+[ -n "${NO_BUILD:-}" ] || cargo build --profile dist --locked -p hopline -p hopline-bench --features hopline/jemalloc >/dev/null 2>&1
 start_upstream
 
 start_proxy() { # name port -> pid

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LINES=${LINES:-1000000}
 ROUNDS=${ROUNDS:-3}
-cargo build --profile dist --locked -p hopline >/dev/null 2>&1
+cargo build --profile dist --locked -p hopline --features hopline/jemalloc >/dev/null 2>&1
 LOG=$(mktemp -d)/access.log
 trap 'rm -rf "$(dirname "$LOG")"' EXIT
 python3 - "$LOG" "$LINES" <<'PY'

@@ -17,7 +17,7 @@ DURATION=${DURATION:-10}
 
 source bench/lib.sh
 install_missing nginx:nginx-light h2load:nghttp2-client
-cargo build --profile dist --locked -p hopline >/dev/null 2>&1
+cargo build --profile dist --locked -p hopline --features hopline/jemalloc >/dev/null 2>&1
 start_upstream
 
 start_h2() { # name port -> pid

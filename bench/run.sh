@@ -24,7 +24,7 @@ IDLE_CONNS=${IDLE_CONNS:-8000}
 
 source bench/lib.sh
 install_missing nginx:nginx-light haproxy:haproxy wrk:wrk
-cargo build --profile dist --locked -p hopline -p hopline-bench >/dev/null 2>&1
+cargo build --profile dist --locked -p hopline -p hopline-bench --features hopline/jemalloc >/dev/null 2>&1
 start_upstream
 
 start_proxy() { # name port [hopline config] -> pid

@@ -18,7 +18,7 @@ CONNS=${CONNS:-64}
 
 source bench/lib.sh
 install_missing nginx:nginx-light wrk:wrk redis-server:redis-server
-cargo build --profile dist --locked -p hopline -p hopline-bench >/dev/null 2>&1
+cargo build --profile dist --locked -p hopline -p hopline-bench --features hopline/jemalloc >/dev/null 2>&1
 start_upstream
 REDIS=$(free_port)
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no >"$DIR/redis.out" 2>&1 &

@@ -25,7 +25,7 @@ CONNS=${CONNS:-64}
 
 source bench/lib.sh
 install_missing nginx:nginx-light wrk:wrk openssl:openssl
-cargo build --profile dist --locked -p hopline -p hopline-bench >/dev/null 2>&1
+cargo build --profile dist --locked -p hopline -p hopline-bench --features hopline/jemalloc >/dev/null 2>&1
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$DIR/tls.key" -out "$DIR/tls.pem" \
   -subj /CN=localhost -days 2 -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
 start_upstream

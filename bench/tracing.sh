@@ -14,7 +14,7 @@ CONNS=${CONNS:-64}
 
 source bench/lib.sh
 install_missing nginx:nginx-light wrk:wrk
-cargo build --profile dist --locked -p hopline >/dev/null 2>&1
+cargo build --profile dist --locked -p hopline --features hopline/jemalloc >/dev/null 2>&1
 start_upstream
 COLLECTOR=$(free_port)
 taskset -c 1 ./target/dist/hopline mock --listen "127.0.0.1:$COLLECTOR" --quiet >"$DIR/collector.out" 2>&1 &
