@@ -8,7 +8,9 @@
 //! the same moment (all written before any response is read), so the proxy holds N
 //! requests in flight at once; every response must be a 2xx (a burst answered 503 proves
 //! nothing), and the RSS is read one second after the last one: what the proxy keeps
-//! after a burst, not only what an idle connection costs.
+//! after a burst, not only what an idle connection costs. Both modes also report the RSS
+//! one second after every connection but one closed again (`after_close_kib`): memory
+//! that stays then is not held by connections.
 //!
 //! Usage: `idle-conns HOST:PORT PID [N=10000] [--burst]` → one JSON line.
 

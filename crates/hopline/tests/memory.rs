@@ -2,7 +2,9 @@
 //! connections stay open and idle (feature `jemalloc`: its background thread purges
 //! within ~1 s). glibc's malloc kept ~17 KB per connection here; the bound below is half
 //! of that. Exact figures come from `bench/burst.sh`, not from this test. Run by
-//! `.ci/run` as `cargo test -p hopline --features jemalloc --test memory`.
+//! `.ci/run` as `cargo test -p hopline --features jemalloc --test memory`; without the
+//! feature (or off Linux, for `/proc`) this file holds no test.
+#![cfg(all(target_os = "linux", feature = "jemalloc"))]
 
 mod common;
 
@@ -29,10 +31,6 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 #[test]
-#[cfg_attr(
-    not(all(target_os = "linux", feature = "jemalloc")),
-    ignore = "needs --features jemalloc (run by .ci/run) and Linux's /proc"
-)]
 fn a_burst_s_memory_is_returned_while_its_connections_stay_open() {
     let up = mock(&["--status", "200", "--quiet"]);
     let gw = gateway(
