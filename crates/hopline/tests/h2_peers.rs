@@ -17,17 +17,6 @@ fn flood(addr: std::net::SocketAddr, kind: &str, n: impl ToString) -> Value {
     python_json("h2_flood.py", &[&addr.to_string(), kind, &n.to_string()])
 }
 
-/// The gateway's resident memory in KiB.
-fn rss_kib(gw: &Proc) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// ENHANCE_YOUR_CALM (RFC 9113 §7).
 const ENHANCE_YOUR_CALM: u64 = 0xb;
 
@@ -74,12 +63,12 @@ fn floods_end_with_goaway_enhance_your_calm_and_others_are_answered_in_bounded_m
     assert!(r["goaway"].is_u64() || r["closed"] == true, "{r}");
     // PING and SETTINGS floods are answered by h2 frame for frame; the connection is not
     // closed, and memory stays bounded.
-    let before = rss_kib(&gw);
+    let before = gw.rss_kib();
     let r = flood(gw.addr, "ping", 50_000);
     assert_eq!(r["ping_acks"], 50_000, "{r}");
     let r = flood(gw.addr, "settings", 50_000);
     assert_eq!(r["settings_acks"], 50_001, "{r}");
-    let grown = rss_kib(&gw).saturating_sub(before);
+    let grown = gw.rss_kib().saturating_sub(before);
     assert!(grown < 32 * 1024, "grew {grown} KiB");
     // The gateway still serves.
     assert_eq!(get(gw.addr, "/after", "").status, 200);

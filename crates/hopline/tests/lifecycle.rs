@@ -429,11 +429,7 @@ fn a_signal_sent_as_soon_as_the_listening_line_appears_is_acted_on() {
     let up = mock(&["--status", "200", "--quiet"]);
     let file = temp_file(
         "signal-at-start.toml",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.m]\nendpoints = [\"{}\"]\n\
-             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
-            up.addr
-        ),
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n{}", route_all(up.addr)),
     );
     let signal = |pid: u32, sig: &str| {
         let status = std::process::Command::new("kill")

@@ -20,16 +20,6 @@ const BURST: usize = 400;
 /// The most a connection may keep after the burst (an idle one holds ~2.5 KB).
 const BOUND: u64 = 8 * 1024;
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
 #[test]
 fn a_burst_s_memory_is_returned_while_its_connections_stay_open() {
     let up = mock(&["--status", "200", "--quiet"]);
@@ -48,7 +38,7 @@ fn a_burst_s_memory_is_returned_while_its_connections_stay_open() {
         first.write_all(REQUEST).expect("write");
         assert_eq!(read_response(&mut first).status, 200);
     }
-    let baseline = rss_bytes(gw.pid());
+    let baseline = gw.rss_kib() * 1024;
     // The burst: every request written before any response is read.
     let mut conns: Vec<_> = (0..BURST).map(|_| connect(gw.addr)).collect();
     for c in &mut conns {
@@ -58,7 +48,7 @@ fn a_burst_s_memory_is_returned_while_its_connections_stay_open() {
         assert_eq!(read_response(c).status, 200);
     }
     // The connections stay open and idle; what the requests used must be returned.
-    let per_conn = || rss_bytes(gw.pid()).saturating_sub(baseline) / BURST as u64;
+    let per_conn = || (gw.rss_kib() * 1024).saturating_sub(baseline) / BURST as u64;
     let end = Instant::now() + Duration::from_secs(10);
     let mut seen = per_conn();
     while seen > BOUND {

@@ -87,6 +87,14 @@ const SERVER: u64 = 2;
 const CLIENT: u64 = 3;
 const ERROR: u64 = 2;
 
+/// The `trace_id` of the access-log line for `path`.
+fn logged_trace_id(gw: &Proc, path: &str) -> String {
+    gw.wait_json(WAIT, path, |v| v["path"] == path)["trace_id"]
+        .as_str()
+        .expect("trace id")
+        .to_string()
+}
+
 #[test]
 #[ignore = "needs python3 opentelemetry-proto (run by .ci/run)"]
 fn spans_of_every_kind_of_request_reach_an_otlp_receiver() {
@@ -200,10 +208,7 @@ fn sampling_follows_the_caller_and_the_ratio() {
     let never = traced(0.0, up.addr, &recv, closed_port(), up.addr);
     // Ratio 0: a new trace is not recorded, nor one whose caller decided against it.
     assert_eq!(get(never.addr, "/new", "").status, 200);
-    let new_trace = never.wait_json(WAIT, "/new", |v| v["path"] == "/new")["trace_id"]
-        .as_str()
-        .expect("trace id")
-        .to_string();
+    let new_trace = logged_trace_id(&never, "/new");
     let unsampled = "55555555555555555555555555555555";
     let caller = format!("traceparent: 00-{unsampled}-{CALLER_SPAN}-00\r\n");
     assert_eq!(get(never.addr, "/declined", &caller).status, 200);
@@ -217,9 +222,6 @@ fn sampling_follows_the_caller_and_the_ratio() {
     // Ratio 1: a new trace is recorded, and goes upstream sampled.
     let always = traced(1.0, up.addr, &recv, closed_port(), up.addr);
     assert_eq!(get(always.addr, "/fresh", "").status, 200);
-    let fresh = always.wait_json(WAIT, "/fresh", |v| v["path"] == "/fresh")["trace_id"]
-        .as_str()
-        .expect("trace id")
-        .to_string();
+    let fresh = logged_trace_id(&always, "/fresh");
     wait_spans(&recv, &fresh, 2);
 }
