@@ -5,9 +5,10 @@
 #
 #   bench/run.sh                 # ROUNDS=3 DURATION=10s CONNS=64 by default
 #
-# Saturation: wrk -t1 -c$CONNS -d$DURATION --latency. Fixed rate: half of nginx's median
-# saturation rate, open loop, with bench's fixed-rate (latency from the scheduled time),
-# ROUNDS interleaved rounds too.
+# Saturation: wrk -t1 -c$CONNS -d$DURATION --latency. Fixed rate, open loop, with bench's
+# fixed-rate (latency from the scheduled time), ROUNDS interleaved rounds too: 50 % and
+# 90 % of nginx's median saturation rate, and 110 % of hopline's (overload: error share,
+# p99 and the rate answers came back at, for every proxy).
 # Then hopline alone: access log on vs off, and an aggregate route (three parallel calls)
 # vs the plain proxy route, interleaved the same way; and for every proxy the resident
 # memory per idle keep-alive connection (bench's idle-conns: IDLE_CONNS connections, each
@@ -24,7 +25,7 @@ IDLE_CONNS=${IDLE_CONNS:-8000}
 
 source bench/lib.sh
 install_missing nginx:nginx-light haproxy:haproxy wrk:wrk
-cargo build --profile dist --locked -p hopline -p hopline-bench --features hopline/jemalloc >/dev/null 2>&1
+[ -n "${NO_BUILD:-}" ] || cargo build --profile dist --locked -p hopline -p hopline-bench --features hopline/jemalloc >/dev/null 2>&1
 start_upstream
 
 start_proxy() { # name port [hopline config] -> pid
@@ -65,14 +66,23 @@ done
 
 median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" $1; }
 NGINX_RPS=$(median "${RPS[nginx]}")
-FIXED=$(python3 -c "print(int($NGINX_RPS/2))")
-declare -A FIX
-for round in $(seq "$ROUNDS"); do
-  for name in nginx haproxy hopline; do
-    port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
-    FIX[$name]+="$(taskset -c 1 ./target/dist/fixed-rate "127.0.0.1:$port" "$FIXED" "$FIXED_SECS")|"
-    echo "round $round fixed $name: $(echo "${FIX[$name]}" | tr '|' '\n' | tail -2 | head -1)" >&2
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+HOPLINE_RPS=$(median "${RPS[hopline]}")
+# Fixed-rate loads: 50 % and 90 % of nginx's median saturation rate, and 110 % of hopline's
+# own (overload: what a proxy does past its limit — queueing, errors — reported for all).
+declare -A LOAD_RATE FIX
+LOADS="50 90 over110"
+LOAD_RATE[50]=$(python3 -c "print(int($NGINX_RPS*0.5))")
+LOAD_RATE[90]=$(python3 -c "print(int($NGINX_RPS*0.9))")
+LOAD_RATE[over110]=$(python3 -c "print(int($HOPLINE_RPS*1.1))")
+for load in $LOADS; do
+  for round in $(seq "$ROUNDS"); do
+    for name in nginx haproxy hopline; do
+      port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
+      line=$(taskset -c 1 ./target/dist/fixed-rate "127.0.0.1:$port" "${LOAD_RATE[$load]}" "$FIXED_SECS")
+      FIX[$load,$name]+="$line|"
+      echo "round $round fixed $load (${LOAD_RATE[$load]} req/s) $name: $line" >&2
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+    done
   done
 done
 
@@ -103,16 +113,26 @@ for name in nginx haproxy hopline; do
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 
-python3 - "$DIR" "$FIXED" <<PY
+python3 - "$DIR" <<PY
 import json, statistics, sys, time, platform, os
 rps = {k: [float(x) for x in v.split()] for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "haproxy": "${RPS[haproxy]}", "hopline": "${RPS[hopline]}"}.items()}
 p50 = {k: [float(x) for x in v.split()] for k, v in {"direct": "${P50[direct]}", "nginx": "${P50[nginx]}", "haproxy": "${P50[haproxy]}", "hopline": "${P50[hopline]}"}.items()}
 p99 = {k: [float(x) for x in v.split()] for k, v in {"direct": "${P99[direct]}", "nginx": "${P99[nginx]}", "haproxy": "${P99[haproxy]}", "hopline": "${P99[hopline]}"}.items()}
-fixed_runs = {k: [json.loads(x) for x in v.split("|") if x.strip()] for k, v in {"nginx": '''${FIX[nginx]}''', "haproxy": '''${FIX[haproxy]}''', "hopline": '''${FIX[hopline]}'''}.items()}
-fixed = {k: {"latency": {"p50_ms": statistics.median(r["latency"]["p50_ms"] for r in runs),
-                         "p99_ms": statistics.median(r["latency"]["p99_ms"] for r in runs),
-                         "max_ms": max(r["latency"]["max_ms"] for r in runs)},
-             "non_2xx": sum(r["non_2xx"] for r in runs), "runs": runs} for k, runs in fixed_runs.items()}
+loads = {"50": ${LOAD_RATE[50]}, "90": ${LOAD_RATE[90]}, "over110": ${LOAD_RATE[over110]}}
+fixed_raw = {"50": {"nginx": '''${FIX[50,nginx]}''', "haproxy": '''${FIX[50,haproxy]}''', "hopline": '''${FIX[50,hopline]}'''},
+             "90": {"nginx": '''${FIX[90,nginx]}''', "haproxy": '''${FIX[90,haproxy]}''', "hopline": '''${FIX[90,hopline]}'''},
+             "over110": {"nginx": '''${FIX[over110,nginx]}''', "haproxy": '''${FIX[over110,haproxy]}''', "hopline": '''${FIX[over110,hopline]}'''}}
+fixed = {}
+for load, by in fixed_raw.items():
+    fixed[load] = {"rate": loads[load]}
+    for k, v in by.items():
+        runs = [json.loads(x) for x in v.split("|") if x.strip()]
+        fixed[load][k] = {"latency": {"p50_ms": statistics.median(r["latency"]["p50_ms"] for r in runs),
+                                      "p99_ms": statistics.median(r["latency"]["p99_ms"] for r in runs),
+                                      "max_ms": max(r["latency"]["max_ms"] for r in runs)},
+                          "error_share": statistics.median(r["error_share"] for r in runs),
+                          "achieved_rate": statistics.median(r["achieved_rate"] for r in runs),
+                          "non_2xx": sum(r["non_2xx"] for r in runs), "runs": runs}
 med = lambda xs: statistics.median(xs)
 print(f"\nsaturation: wrk -t1 -c${CONNS} -d${DURATION}, ${ROUNDS} interleaved rounds, medians")
 print(f"{'proxy':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'spread':>7}")
@@ -120,11 +140,15 @@ for k in ["direct", "nginx", "haproxy", "hopline"]:
     spread = (max(rps[k]) - min(rps[k])) / med(rps[k]) * 100
     print(f"{k:<10} {med(rps[k]):>10.0f} {med(p50[k]):>8.2f} {med(p99[k]):>8.2f} {spread:>6.1f}%")
 print(f"hopline/nginx {med(rps['hopline'])/med(rps['nginx']):.2f}x   hopline/haproxy {med(rps['hopline'])/med(rps['haproxy']):.2f}x")
-print(f"\nfixed rate {sys.argv[2]} req/s (half of nginx's saturation), open loop, {os.environ.get('FIXED_SECS','10')} s, ${ROUNDS} interleaved rounds: median p50/p99, worst max")
-print(f"{'proxy':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'non-2xx':>8}")
-for k in ["nginx", "haproxy", "hopline"]:
-    l = fixed[k]["latency"]
-    print(f"{k:<10} {l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['max_ms']:>8.3f} {fixed[k]['non_2xx']:>8}")
+names_load = {"50": "50 % of nginx's saturation", "90": "90 % of nginx's saturation", "over110": "110 % of hopline's saturation (overload)"}
+for load in ["50", "90", "over110"]:
+    print(f"\nfixed rate {fixed[load]['rate']} req/s ({names_load[load]}), open loop, {os.environ.get('FIXED_SECS','10')} s, ${ROUNDS} interleaved rounds: medians, worst max")
+    print(f"{'proxy':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} {'answered/s':>10}")
+    for k in ["nginx", "haproxy", "hopline"]:
+        f = fixed[load][k]; l = f["latency"]
+        print(f"{k:<10} {l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['max_ms']:>8.1f} {f['error_share']*100:>6.2f}% {f['achieved_rate']:>10.0f}")
+    if load != "over110":
+        print(f"hopline p99 / nginx p99: {fixed[load]['hopline']['latency']['p99_ms'] / fixed[load]['nginx']['latency']['p99_ms']:.2f}")
 xr = {k: [float(x) for x in v.split()] for k, v in {"log-on": "${XRPS[log-on]}", "log-off": "${XRPS[log-off]}", "aggregate": "${XRPS[aggregate]}"}.items()}
 x50 = {k: [float(x) for x in v.split()] for k, v in {"log-on": "${XP50[log-on]}", "log-off": "${XP50[log-off]}", "aggregate": "${XP50[aggregate]}"}.items()}
 x99 = {k: [float(x) for x in v.split()] for k, v in {"log-on": "${XP99[log-on]}", "log-off": "${XP99[log-off]}", "aggregate": "${XP99[aggregate]}"}.items()}
@@ -140,7 +164,7 @@ print(f"{'proxy':<10} {'baseline KiB':>13} {'after KiB':>10} {'bytes/conn':>11}"
 for k in ["nginx", "haproxy", "hopline"]:
     print(f"{k:<10} {idle[k]['baseline_kib']:>13} {idle[k]['after_kib']:>10} {idle[k]['bytes_per_connection']:>11.0f}")
 out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "cpus": os.cpu_count(), "rounds": ${ROUNDS}, "conns": ${CONNS}, "duration": "${DURATION}",
-       "saturation": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps}, "fixed_rate": {"rate": int(sys.argv[2]), **fixed},
+       "saturation": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps}, "fixed_rate": fixed,
        "hopline_variants": {k: {"rps": xr[k], "p50_ms": x50[k], "p99_ms": x99[k]} for k in xr},
        "idle_connections": idle}
 path = f"bench/results/proxies-{int(time.time())}.json"

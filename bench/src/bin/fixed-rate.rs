@@ -3,6 +3,11 @@
 //! schedule; latency counts from each request's *scheduled* time, so a stalled connection
 //! is charged for every request it delays (no coordinated omission).
 //!
+//! A connection that fails (reset, timeout) stops; every request it had not had a 2xx
+//! answer for counts as an error, so `error_share` (requests scheduled without a 2xx
+//! answer / requests scheduled) is meaningful under overload too. `achieved_rate` is the
+//! rate the answers came back at.
+//!
 //! Usage: `fixed-rate HOST:PORT RATE SECONDS [CONNECTIONS=64]` → one JSON line.
 
 use std::io::Write;
@@ -11,6 +16,14 @@ use std::time::{Duration, Instant};
 
 use hopline_bench::{read_response, Summary};
 
+/// What one connection got: latencies of its answered requests, how many of them were
+/// not 2xx, and why it stopped early, if it did.
+struct Outcome {
+    lat: Vec<Duration>,
+    non_2xx: u64,
+    error: Option<std::io::Error>,
+}
+
 /// Sends `n` requests on one connection, request `i` scheduled at `start + offset + i * every`.
 fn connection(
     addr: SocketAddr,
@@ -18,13 +31,30 @@ fn connection(
     offset: Duration,
     every: Duration,
     n: u64,
-) -> std::io::Result<(Vec<Duration>, u64)> {
+) -> Outcome {
+    let mut out = Outcome {
+        lat: Vec::with_capacity(n as usize),
+        non_2xx: 0,
+        error: None,
+    };
+    if let Err(e) = requests(addr, start, offset, every, n, &mut out) {
+        out.error = Some(e);
+    }
+    out
+}
+
+fn requests(
+    addr: SocketAddr,
+    start: Instant,
+    offset: Duration,
+    every: Duration,
+    n: u64,
+    out: &mut Outcome,
+) -> std::io::Result<()> {
     let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let req = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
-    let mut lat = Vec::with_capacity(n as usize);
-    let mut non_2xx = 0;
     let mut buf = Vec::with_capacity(16 * 1024);
     for i in 0..n {
         let due = start + offset + every * i as u32;
@@ -35,11 +65,11 @@ fn connection(
         }
         s.write_all(req)?;
         if !(200..300).contains(&read_response(&mut s, &mut buf)?) {
-            non_2xx += 1;
+            out.non_2xx += 1;
         }
-        lat.push(due.elapsed());
+        out.lat.push(due.elapsed());
     }
-    Ok((lat, non_2xx))
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -64,19 +94,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut lat = Vec::new();
     let mut non_2xx = 0;
     let mut errors = 0;
+    let mut first_error = None;
     for t in threads {
-        match t.join() {
-            Ok(Ok((l, bad))) => {
-                lat.extend(l);
-                non_2xx += bad;
-            }
-            _ => errors += 1,
+        let o = t.join().map_err(|_| "a connection thread panicked")?;
+        lat.extend(o.lat);
+        non_2xx += o.non_2xx;
+        if let Some(e) = o.error {
+            errors += 1;
+            first_error.get_or_insert_with(|| e.to_string());
         }
     }
+    let elapsed = start.elapsed().as_secs_f64();
+    let scheduled = n * u64::from(conns);
+    let ok = lat.len() as u64 - non_2xx;
     let s = Summary::of(&mut lat);
     println!(
         "{}",
-        serde_json::json!({"rate": rate, "connections": conns, "requests": lat.len(), "non_2xx": non_2xx, "failed_connections": errors, "latency": s.json()})
+        serde_json::json!({
+            "rate": rate, "connections": conns, "scheduled": scheduled, "requests": lat.len(),
+            "non_2xx": non_2xx, "failed_connections": errors, "first_error": first_error,
+            "error_share": (scheduled - ok) as f64 / scheduled.max(1) as f64,
+            "achieved_rate": lat.len() as f64 / elapsed, "latency": s.json()})
     );
     Ok(())
 }

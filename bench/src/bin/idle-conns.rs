@@ -12,7 +12,11 @@
 //! one second after every connection but one closed again (`after_close_kib`): memory
 //! that stays then is not held by connections.
 //!
-//! Usage: `idle-conns HOST:PORT PID [N=10000] [--burst]` → one JSON line.
+//! With `--hold`, the connections stay open after the JSON line (printed at once, without
+//! the after-close reading) until standard input reaches its end, so another load can be
+//! measured while they are open (`bench/growth.sh`).
+//!
+//! Usage: `idle-conns HOST:PORT PID [N=10000] [--burst] [--hold]` → one JSON line.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -46,13 +50,14 @@ fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: idle-conns HOST:PORT PID [N=10000] [--burst]");
+        eprintln!("usage: idle-conns HOST:PORT PID [N=10000] [--burst] [--hold]");
         std::process::exit(2);
     }
     let addr: SocketAddr = args[1].parse().map_err(std::io::Error::other)?;
     let pid: u32 = args[2].parse().map_err(std::io::Error::other)?;
     let n: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let burst = args.iter().any(|a| a == "--burst");
+    let hold = args.iter().any(|a| a == "--hold");
 
     let mut conns = vec![one_request(addr)?];
     // Let the proxy settle (allocator caches, lazily built state) before the baseline.
@@ -92,29 +97,33 @@ fn main() -> std::io::Result<()> {
         while conns.len() < n {
             conns.push(one_request(addr)?);
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // 1.5 s: long enough for an allocator that returns freed pages over about a
+        // second (hopline's jemalloc) to have done so; what is left is held.
+        std::thread::sleep(Duration::from_millis(1500));
     }
     let after = rss_kib(pid)?;
     let per_conn = (after.saturating_sub(baseline) * 1024) as f64 / (n - 1) as f64;
+    let mut report = serde_json::json!({
+        "connections": n,
+        "burst": burst,
+        "baseline_kib": baseline,
+        "after_kib": after,
+        "bytes_per_connection": (per_conn * 10.0).round() / 10.0,
+        "open_secs": started.elapsed().as_secs_f64(),
+        "burst_secs": phases.map(|(c, w, r): (Duration, Duration, Duration)| serde_json::json!({
+            "connected": c.as_secs_f64(), "written": w.as_secs_f64(), "answered": r.as_secs_f64()})),
+    });
+    if hold {
+        println!("{report}");
+        std::io::stdout().flush()?;
+        std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+        return Ok(());
+    }
     // And once every connection is closed again: what stays is not held by a connection.
-    let open_secs = started.elapsed().as_secs_f64();
     conns.truncate(1);
     std::thread::sleep(Duration::from_secs(1));
-    let closed = rss_kib(pid)?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "connections": n,
-            "burst": burst,
-            "baseline_kib": baseline,
-            "after_kib": after,
-            "bytes_per_connection": (per_conn * 10.0).round() / 10.0,
-            "open_secs": open_secs,
-            "after_close_kib": closed,
-            "burst_secs": phases.map(|(c, w, r): (Duration, Duration, Duration)| serde_json::json!({
-                "connected": c.as_secs_f64(), "written": w.as_secs_f64(), "answered": r.as_secs_f64()})),
-        })
-    );
+    report["after_close_kib"] = rss_kib(pid)?.into();
+    println!("{report}");
     drop(conns);
     Ok(())
 }
