@@ -26,6 +26,7 @@ DURATION=${DURATION:-5s}
 RATE=${RATE:-5000}
 FIXED_SECS=${FIXED_SECS:-5}
 OUT=${OUT:-docs/bench}
+HOPLINE=${HOPLINE:-./target/dist/hopline}
 SWEEPS=${SWEEPS:-idle size fanout}
 
 source bench/lib.sh
@@ -40,7 +41,7 @@ start_upstream
 start_proxy() { # name port -> pid
   case "$1" in
     nginx) taskset -c 0 nginx -c "$(render proxy-nginx.conf "$2")" >"$DIR/nginx-proxy.out" 2>&1 & ;;
-    hopline) taskset -c 0 ./target/dist/hopline serve --threads 1 -c "$(render growth-hopline.toml "$2")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
+    hopline) taskset -c 0 "$HOPLINE" serve --threads 1 -c "$(render growth-hopline.toml "$2")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
   esac
   echo $!
 }

@@ -186,11 +186,14 @@ fn spawn_connection(
     let signals = signals.clone();
     let guard = (current.load().metrics.open_connection(), slot);
     tasks.spawn(async move {
-        let _guard = guard;
+        // Held by reference: a move would keep a second copy in the task's state.
+        let _guard = &guard;
         let (stream, tls) = if tls {
             let gw = current.load();
             let Some(config) = gw.tls.clone() else { return };
-            match tls::handshake(&gw, config, stream, peer, accepted).await {
+            // Boxed: the handshake's state (~1.6 KB) would otherwise be part of every
+            // connection's task for its whole life, idle keep-alive ones included.
+            match Box::pin(tls::handshake(&gw, config, stream, peer, accepted)).await {
                 Some((s, session)) => (s, Some(Arc::new(session))),
                 None => return,
             }
