@@ -57,7 +57,8 @@ const HOT_WAIT: Duration = Duration::from_millis(100);
 
 /// Serves one accepted connection (after its TLS handshake, if any) until it closes.
 /// `accepted` is when the TCP connection was accepted: the first request head is due
-/// `header_read_timeout` after it, handshake included.
+/// `header_read_timeout` after it, handshake included. `held` (the connection's slot and
+/// gauge) is dropped with the connection.
 ///
 /// An `async move` block rather than an `async fn`: an async fn's body moves its
 /// arguments into locals and keeps both copies in its state, and this state is what every
@@ -69,8 +70,10 @@ pub fn serve_connection(
     client: Client,
     mut signals: Signals,
     accepted: Instant,
+    held: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send {
     async move {
+        let _held = &held;
         let _ = stream.tcp().set_nodelay(true);
         let mut idle_since = accepted;
         let mut buf = BytesMut::new();
@@ -411,6 +414,7 @@ mod tests {
             client_info,
             signals,
             accepted,
+            (),
         ));
         Conn {
             client,

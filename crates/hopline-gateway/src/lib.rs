@@ -185,32 +185,44 @@ fn spawn_connection(
     let current = current.clone();
     let signals = signals.clone();
     let guard = (current.load().metrics.open_connection(), slot);
+    if !tls {
+        // Plain HTTP/1 (or h2c) spawns the connection's future itself, with no wrapper:
+        // that future is what each idle keep-alive connection holds, so a wrapper's
+        // captures would add to every one of them.
+        let client = request::Client {
+            peer,
+            tls: None,
+            requests: Default::default(),
+        };
+        let stream = stream::Stream::Plain(stream);
+        tasks.spawn(conn::serve_connection(
+            current, stream, client, signals, accepted, guard,
+        ));
+        return;
+    }
     tasks.spawn(async move {
         // Held by reference: a move would keep a second copy in the task's state.
         let _guard = &guard;
-        let (stream, tls) = if tls {
-            let gw = current.load();
-            let Some(config) = gw.tls.clone() else { return };
-            // Boxed: the handshake's state (~1.6 KB) would otherwise be part of every
-            // connection's task for its whole life, idle keep-alive ones included.
-            match Box::pin(tls::handshake(&gw, config, stream, peer, accepted)).await {
-                Some((s, session)) => (s, Some(Arc::new(session))),
-                None => return,
-            }
-        } else {
-            (stream::Stream::Plain(stream), None)
+        let gw = current.load();
+        let Some(config) = gw.tls.clone() else { return };
+        // Boxed: the handshake's state (~1.6 KB) would otherwise be part of every
+        // connection's task for its whole life, idle keep-alive ones included.
+        let handshake = Box::pin(tls::handshake(&gw, config, stream, peer, accepted)).await;
+        drop(gw);
+        let Some((stream, session)) = handshake else {
+            return;
         };
-        let h2 = tls.as_ref().is_some_and(|t| t.h2);
+        let h2 = session.h2;
         let client = request::Client {
             peer,
-            tls,
+            tls: Some(Arc::new(session)),
             requests: Default::default(),
         };
         if h2 {
             // Boxed: an HTTP/2 connection's state lives on the heap, only when there is one.
             Box::pin(h2::serve_h2(current, stream, client, signals, accepted)).await;
         } else {
-            conn::serve_connection(current, stream, client, signals, accepted).await;
+            conn::serve_connection(current, stream, client, signals, accepted, ()).await;
         }
     });
 }
