@@ -436,7 +436,9 @@ async fn exchange(
     };
 
     progress.update(|p| p.phase = Some(Phase::Request));
-    let mut wire = BytesMut::with_capacity(req.head.len() + req.body.len() + 64);
+    // The per-attempt fields below (the remaining timeout, ~40 bytes; traceparent, ~70)
+    // fit without growing `wire`, which cost a reallocation and a copy per request.
+    let mut wire = BytesMut::with_capacity(req.head.len() + req.body.len() + 256);
     wire.extend_from_slice(&req.head);
     wire.put_slice(b"x-envoy-expected-rq-timeout-ms: ");
     put_decimal(
