@@ -1,7 +1,7 @@
 //! Memory after a burst: the pages a burst of requests used are given back while the
 //! connections stay open and idle (feature `jemalloc`: its background thread purges
-//! within ~1 s). glibc's malloc kept ~17 KB per connection here; the bound below is half
-//! of that. Exact figures come from `bench/burst.sh`, not from this test. Run by
+//! within ~1 s). glibc's malloc kept ~17 KB per connection here; the bound below is under
+//! a third of that. Exact figures come from `bench/burst.sh`, not from this test. Run by
 //! `.ci/run` as `cargo test -p hopline --features jemalloc --test memory`; without the
 //! feature (or off Linux, for `/proc`) this file holds no test.
 #![cfg(all(target_os = "linux", feature = "jemalloc"))]
@@ -17,8 +17,9 @@ use common::*;
 /// client and an upstream descriptor each).
 const BURST: usize = 400;
 
-/// The most a connection may keep after the burst (an idle one holds ~2.5 KB).
-const BOUND: u64 = 8 * 1024;
+/// The most a connection may keep after the burst (an idle one holds ~1.2 KB in a release
+/// build; in this debug build ~3 KB, its futures being larger).
+const BOUND: u64 = 5 * 1024;
 
 #[test]
 fn a_burst_s_memory_is_returned_while_its_connections_stay_open() {
@@ -59,6 +60,7 @@ fn a_burst_s_memory_is_returned_while_its_connections_stay_open() {
         std::thread::sleep(Duration::from_millis(50));
         seen = per_conn();
     }
+    eprintln!("{seen} bytes per idle connection after a burst of {BURST}");
     // Every connection is still usable.
     for c in conns.iter_mut().take(10) {
         c.write_all(REQUEST).expect("write");
