@@ -253,7 +253,15 @@ fn a_killed_gateways_slots_return_to_the_scope_after_the_holding_ttl() {
             assert_eq!(read_response(&mut s).status, 503);
         }
     }
-    // B is refused until the holding of a dead A lapses.
+    // B is refused until the holding of a dead A lapses — once B has heard that its
+    // spare slots went to A: until its lease's answer arrives it may still use them (a
+    // window of one Redis round trip, which a loaded machine stretches).
+    let none_held = "hopline_egress_shared_slots{scope=\"slots\",limit=\"held\"} 0";
+    let end = Instant::now() + WAIT;
+    while !metrics(&b).contains(none_held) {
+        assert!(Instant::now() < end, "B never gave its spare slots back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(get(b.addr, "/quick", "").status, 503);
     let line = b.wait_json(WAIT, "refused", |v| v["path"] == "/quick");
     assert_eq!(
