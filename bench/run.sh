@@ -9,7 +9,8 @@
 # fixed-rate (latency from the scheduled time), ROUNDS interleaved rounds too: 50 % and
 # 90 % of nginx's median saturation rate, and 110 % of hopline's (overload: error share,
 # p99 and the rate answers came back at, for every proxy).
-# Then hopline alone: access log on vs off, and an aggregate route (three parallel calls)
+# Then both with two workers and nothing pinned (hopline --threads 2, nginx
+# worker_processes 2). Then hopline alone: access log on vs off, and an aggregate route (three parallel calls)
 # vs the plain proxy route, interleaved the same way; and for every proxy the resident
 # memory per idle keep-alive connection (bench's idle-conns: IDLE_CONNS connections, each
 # after one request; 8,000 by default because HAProxy's maxconn must stay under this
@@ -102,6 +103,27 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+# Two workers, nothing pinned: hopline --threads 2 against nginx with worker_processes 2
+# (the load generator shares the two cores with them and with the upstream).
+declare -A TRPS TP99
+for round in $(seq "$ROUNDS"); do
+  for name in nginx hopline; do
+    port=$(free_port)
+    case $name in
+      nginx) sed 's/^worker_processes 1;/worker_processes 2;/' "$(render proxy-nginx.conf "$port")" >"$DIR/proxy-nginx-2.conf"
+             nginx -c "$DIR/proxy-nginx-2.conf" >"$DIR/nginx-proxy.out" 2>&1 & ;;
+      hopline) ./target/dist/hopline serve --threads 2 -c "$(render proxy-hopline.toml "$port")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
+    esac
+    pid=$!; PIDS+=("$pid"); wait_port "$port"
+    wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/" >"$DIR/wrk.out"
+    rps=$(awk '/Requests\/sec/ {print $2}' "$DIR/wrk.out"); p99=$(awk '$1=="99%" {print $2}' "$DIR/wrk.out")
+    TRPS[$name]+="$rps "; TP99[$name]+="$(ms "$p99") "
+    echo "round $round two workers $name: $rps req/s, p99 $p99" >&2
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+
 declare -A IDLE
 for name in nginx haproxy hopline; do
   port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
@@ -158,6 +180,12 @@ names = {"log-on": "proxy route, log on", "log-off": "proxy route, log off", "ag
 for k in ["log-on", "log-off", "aggregate"]:
     print(f"{names[k]:<28} {med(xr[k]):>10.0f} {med(x50[k]):>8.2f} {med(x99[k]):>8.2f}")
 print(f"access log costs {(1 - med(xr['log-on'])/med(xr['log-off']))*100:.1f}% of saturation throughput")
+tr = {k: [float(x) for x in v.split()] for k, v in {"nginx": "${TRPS[nginx]}", "hopline": "${TRPS[hopline]}"}.items()}
+t99 = {k: [float(x) for x in v.split()] for k, v in {"nginx": "${TP99[nginx]}", "hopline": "${TP99[hopline]}"}.items()}
+print(f"\ntwo workers, nothing pinned (hopline --threads 2, nginx worker_processes 2): saturation, medians")
+for k in ["nginx", "hopline"]:
+    print(f"{k:<10} {med(tr[k]):>10.0f} req/s  p99 {med(t99[k]):.2f} ms  (range {min(tr[k]):.0f}-{max(tr[k]):.0f})")
+print(f"hopline/nginx {med(tr['hopline'])/med(tr['nginx']):.2f}x")
 idle = {k: json.loads(v) for k, v in {"nginx": '''${IDLE[nginx]}''', "haproxy": '''${IDLE[haproxy]}''', "hopline": '''${IDLE[hopline]}'''}.items()}
 print(f"\nidle keep-alive connections: ${IDLE_CONNS} open, each after one request; RSS of the serving process")
 print(f"{'proxy':<10} {'baseline KiB':>13} {'after KiB':>10} {'bytes/conn':>11}")
@@ -166,6 +194,7 @@ for k in ["nginx", "haproxy", "hopline"]:
 out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "cpus": os.cpu_count(), "rounds": ${ROUNDS}, "conns": ${CONNS}, "duration": "${DURATION}",
        "saturation": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps}, "fixed_rate": fixed,
        "hopline_variants": {k: {"rps": xr[k], "p50_ms": x50[k], "p99_ms": x99[k]} for k in xr},
+       "two_workers": {k: {"rps": tr[k], "p99_ms": t99[k]} for k in tr},
        "idle_connections": idle}
 path = f"bench/results/proxies-{int(time.time())}.json"
 json.dump(out, open(path, "w"), indent=2)
