@@ -56,7 +56,7 @@ def fmt(v, unit=""):
     return f"{v:g}"
 
 
-def chart(path, title, xlabel, ylabel, series, caption, xlog=False, ylog=False, xunit="", y0=True):
+def chart(path, title, xlabel, ylabel, series, caption, xlog=False, ylog=False, xunit=""):
     xs = [x for _, pts in series for x, _ in pts]
     ys = [y for _, pts in series for _, y in pts]
     xlo, xhi = min(xs), max(xs)
@@ -65,7 +65,7 @@ def chart(path, title, xlabel, ylabel, series, caption, xlog=False, ylog=False, 
         yt = log_ticks(ylo, yhi)
         ylo, yhi = min(yt + [ylo]), max(yt + [yhi])
     else:
-        yt = nice_ticks(0 if y0 else min(ys), max(ys) * 1.1)
+        yt = nice_ticks(0, max(ys) * 1.1)
         ylo, yhi = yt[0], yt[-1]
     if xlog:
         xt = [x for x in sorted(set(xs))]
@@ -120,9 +120,8 @@ def main():
     cap = f"bench/growth.sh, {data['date']}, {data['cpus']} cores, one worker each, {data['rounds']} rounds (medians)"
     proxies = data["proxies"]
 
-    idle = data["idle"]
-    if idle:
-        plot_idle(data, idle, outdir, cap, proxies)
+    if data["idle"]:
+        plot_idle(data, outdir, cap)
     if data["size"]:
         size = [(p, [(r["bytes"], med(r["rps"])) for r in data["size"] if r["proxy"] == p]) for p in proxies]
         chart(f"{outdir}/growth-size.svg", "Saturation throughput vs response size",
@@ -135,8 +134,9 @@ def main():
               "parallel upstream calls per client request", "per second", series, cap)
 
 
-def plot_idle(data, idle, outdir, cap, proxies):
+def plot_idle(data, outdir, cap):
     med = statistics.median
+    idle, proxies = data["idle"], data["proxies"]
     rss = [(p, [(r["connections"], med(r["rss_growth_mib"])) for r in idle if r["proxy"] == p]) for p in proxies]
     chart(f"{outdir}/growth-idle-rss.svg", "Resident memory vs idle keep-alive connections",
           "idle connections (each after one request)", "RSS growth, MiB", rss, cap)

@@ -40,9 +40,11 @@ start_proxy() { # name port [hopline config] -> pid
 }
 
 declare -A RPS P99 P50
+# The load generator runs on cpu 1 unless PIN is set otherwise (PIN= : not pinned).
 run_wrk() { # port [path] -> "rps p50_ms p99_ms"
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$1${2:-/}" >/dev/null # warm-up
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1${2:-/}" > "$DIR/wrk.out"
+  local pin=(${PIN-taskset -c 1})
+  "${pin[@]}" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$1${2:-/}" >/dev/null # warm-up
+  "${pin[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1${2:-/}" > "$DIR/wrk.out"
   local rps p50 p99 non2xx
   rps=$(awk '/Requests\/sec/ {print $2}' "$DIR/wrk.out")
   p50=$(awk '$1=="50%" {print $2}' "$DIR/wrk.out")
@@ -115,9 +117,7 @@ for round in $(seq "$ROUNDS"); do
       hopline) ./target/dist/hopline serve --threads 2 -c "$(render proxy-hopline.toml "$port")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
     esac
     pid=$!; PIDS+=("$pid"); wait_port "$port"
-    wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null
-    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/" >"$DIR/wrk.out"
-    rps=$(awk '/Requests\/sec/ {print $2}' "$DIR/wrk.out"); p99=$(awk '$1=="99%" {print $2}' "$DIR/wrk.out")
+    read -r rps _ p99 < <(PIN= run_wrk "$port")
     TRPS[$name]+="$rps "; TP99[$name]+="$(ms "$p99") "
     echo "round $round two workers $name: $rps req/s, p99 $p99" >&2
     kill "$pid"; wait "$pid" 2>/dev/null || true

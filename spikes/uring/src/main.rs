@@ -49,6 +49,23 @@ mod epoll {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    /// Reads into `acc` until `complete` finds a whole message: its length, or `None` at EOF.
+    async fn read_message(
+        io: &mut TcpStream,
+        acc: &mut Vec<u8>,
+        complete: fn(&[u8]) -> Option<usize>,
+    ) -> std::io::Result<Option<usize>> {
+        acc.clear();
+        loop {
+            if io.read_buf(acc).await? == 0 {
+                return Ok(None);
+            }
+            if let Some(n) = complete(acc) {
+                return Ok(Some(n));
+            }
+        }
+    }
+
     async fn relay(mut client: TcpStream, upstream: SocketAddr) -> std::io::Result<()> {
         client.set_nodelay(true)?;
         let mut up = TcpStream::connect(upstream).await?;
@@ -56,24 +73,12 @@ mod epoll {
         let mut req = Vec::with_capacity(4096);
         let mut res = Vec::with_capacity(4096);
         loop {
-            req.clear();
-            let n = loop {
-                if client.read_buf(&mut req).await? == 0 {
-                    return Ok(());
-                }
-                if let Some(n) = request_len(&req) {
-                    break n;
-                }
+            let Some(n) = read_message(&mut client, &mut req, request_len).await? else {
+                return Ok(());
             };
             up.write_all(&req[..n]).await?;
-            res.clear();
-            let m = loop {
-                if up.read_buf(&mut res).await? == 0 {
-                    return Ok(());
-                }
-                if let Some(m) = response_len(&res) {
-                    break m;
-                }
+            let Some(m) = read_message(&mut up, &mut res, response_len).await? else {
+                return Ok(());
             };
             client.write_all(&res[..m]).await?;
         }
@@ -99,6 +104,30 @@ mod uring {
     use super::*;
     use tokio_uring::net::{TcpListener, TcpStream};
 
+    /// Reads into `acc` (through the owned `chunk` io_uring fills) until `complete` finds a
+    /// whole message: its length, or `None` at EOF. `acc` keeps just the message.
+    async fn read_message(
+        io: &TcpStream,
+        chunk: &mut Vec<u8>,
+        acc: &mut Vec<u8>,
+        complete: fn(&[u8]) -> Option<usize>,
+    ) -> std::io::Result<Option<usize>> {
+        acc.clear();
+        loop {
+            let (r, c) = io.read(std::mem::take(chunk)).await;
+            *chunk = c;
+            let got = r?;
+            if got == 0 {
+                return Ok(None);
+            }
+            acc.extend_from_slice(&chunk[..got]);
+            if let Some(n) = complete(acc) {
+                acc.truncate(n);
+                return Ok(Some(n));
+            }
+        }
+    }
+
     async fn relay(client: TcpStream, upstream: SocketAddr) -> std::io::Result<()> {
         client.set_nodelay(true)?;
         let up = TcpStream::connect(upstream).await?;
@@ -108,37 +137,21 @@ mod uring {
         let mut res: Vec<u8> = Vec::with_capacity(4096);
         let mut chunk = vec![0u8; 4096];
         loop {
-            req.clear();
-            let n = loop {
-                let (r, c) = client.read(chunk).await;
-                chunk = c;
-                let got = r?;
-                if got == 0 {
-                    return Ok(());
-                }
-                req.extend_from_slice(&chunk[..got]);
-                if let Some(n) = request_len(&req) {
-                    break n;
-                }
-            };
-            req.truncate(n);
+            if read_message(&client, &mut chunk, &mut req, request_len)
+                .await?
+                .is_none()
+            {
+                return Ok(());
+            }
             let (r, b) = up.write_all(req).await;
             req = b;
             r?;
-            res.clear();
-            let m = loop {
-                let (r, c) = up.read(chunk).await;
-                chunk = c;
-                let got = r?;
-                if got == 0 {
-                    return Ok(());
-                }
-                res.extend_from_slice(&chunk[..got]);
-                if let Some(m) = response_len(&res) {
-                    break m;
-                }
-            };
-            res.truncate(m);
+            if read_message(&up, &mut chunk, &mut res, response_len)
+                .await?
+                .is_none()
+            {
+                return Ok(());
+            }
             let (r, b) = client.write_all(res).await;
             res = b;
             r?;
