@@ -26,6 +26,8 @@ use crate::front::Next;
 use crate::gateway::{Current, Gateway};
 use crate::h1::H1Front;
 use crate::h2::{serve_h2, PREFACE};
+use crate::metrics::ConnectionGuard;
+use crate::park::{Lot, Parked};
 use crate::request::{reject, serve, Client, Request};
 use crate::stream::{ClientStream, Prefixed, Stream};
 
@@ -37,6 +39,35 @@ pub struct Signals {
     pub drain: watch::Receiver<bool>,
     /// True once the drain period is over: in-flight requests are answered 503 `SD`.
     pub kill: watch::Receiver<bool>,
+    /// Where idle plain connections park (`None`: they wait in their own tasks).
+    pub lot: Option<Lot>,
+}
+
+/// A plain connection's slot (`max_connections`) and its place in the connection gauge,
+/// released when the connection closes, wherever it is then (its task or the lot).
+#[derive(Debug)]
+pub(crate) struct Held {
+    _gauge: ConnectionGuard,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Held {
+    pub fn new(gauge: ConnectionGuard, slot: tokio::sync::OwnedSemaphorePermit) -> Held {
+        Held {
+            _gauge: gauge,
+            _slot: slot,
+        }
+    }
+}
+
+/// How a connection's task starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// Just accepted, at this instant: its first request head is due `header_read_timeout`
+    /// after it.
+    Accepted(Instant),
+    /// Back from the lot, where it had been idle since this instant, with bytes to read.
+    Resumed(Instant),
 }
 
 pub(crate) async fn raised(rx: &mut watch::Receiver<bool>) {
@@ -56,38 +87,79 @@ pub(crate) async fn raised(rx: &mut watch::Receiver<bool>) {
 const HOT_WAIT: Duration = Duration::from_millis(100);
 
 /// Serves one accepted connection (after its TLS handshake, if any) until it closes.
-/// `accepted` is when the TCP connection was accepted: the first request head is due
-/// `header_read_timeout` after it, handshake included. `held` (the connection's slot and
-/// gauge) is dropped with the connection.
+/// With [`Start::Accepted`], the first request head is due `header_read_timeout` after
+/// the TCP accept, handshake included. `held` (the connection's slot and gauge) is dropped
+/// with the connection; a connection that has it parks in `signals.lot` when it goes idle
+/// (the task ends; the lot starts a new one when the client sends again).
 ///
 /// An `async move` block rather than an `async fn`: an async fn's body moves its
 /// arguments into locals and keeps both copies in its state, and this state is what every
 /// idle keep-alive connection holds (measured with `-Zprint-type-sizes`).
 #[allow(clippy::manual_async_fn)]
 pub fn serve_connection(
-    current: Arc<Current>,
+    mut current: Arc<Current>,
     mut stream: ClientStream,
-    client: Client,
+    mut client: Client,
     mut signals: Signals,
-    accepted: Instant,
-    held: impl Send + 'static,
+    start: Start,
+    mut held: Option<Held>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let _held = &held;
-        let _ = stream.tcp().set_nodelay(true);
+        let (accepted, mut first) = match start {
+            Start::Accepted(at) => {
+                let _ = stream.tcp().set_nodelay(true);
+                (at, true)
+            }
+            Start::Resumed(idle_since) => (idle_since, false),
+        };
         let mut idle_since = accepted;
         let mut buf = BytesMut::new();
-        let mut first = true;
+        // Set when `busy` hands back a quiet connection (a resumed one has bytes waiting).
+        let mut quiet = false;
         loop {
-            let gw = current.load();
+            let mut gw = current.load();
+            let park = quiet
+                && held.is_some()
+                && signals.lot.is_some()
+                && matches!(stream, Stream::Plain(_))
+                && !*signals.drain.borrow();
+            if park {
+                let until = idle_since + gw.config.server.idle_timeout;
+                drop(gw);
+                let (Some(lot), Stream::Plain(tcp), Some(h)) =
+                    (signals.lot.clone(), stream, held.take())
+                else {
+                    return;
+                };
+                let parked = Parked {
+                    current,
+                    tcp,
+                    client,
+                    signals,
+                    idle_since,
+                    held: h,
+                };
+                match lot.park(parked, until) {
+                    Ok(()) => return,
+                    // Draining meanwhile: wait here, as without a lot.
+                    Err(back) => {
+                        let back = *back;
+                        (current, client, signals) = (back.current, back.client, back.signals);
+                        stream = Stream::Plain(back.tcp);
+                        held = Some(back.held);
+                    }
+                }
+                gw = current.load();
+            }
             let cfg = &gw.config.server;
             if buf.is_empty() {
                 let wait = if first {
                     // Counted from accept: a TLS handshake already spent part of it.
                     cfg.header_read_timeout.saturating_sub(accepted.elapsed())
                 } else {
-                    // `busy` already waited HOT_WAIT of the idle timeout.
-                    cfg.idle_timeout.saturating_sub(HOT_WAIT)
+                    // Counted from the end of the last response (`busy`, or the lot,
+                    // already waited part of it).
+                    (idle_since + cfg.idle_timeout).saturating_duration_since(Instant::now())
                 };
                 // The drain wait runs after the select, not inside it: its state then
                 // shares room with the idle wait's instead of adding to it. Only what the
@@ -144,7 +216,7 @@ pub fn serve_connection(
             ))
             .await;
             match next {
-                Next::KeepAlive => {}
+                Next::KeepAlive => quiet = true,
                 Next::Close => return,
             }
         }
@@ -355,6 +427,16 @@ mod tests {
         current: Arc<Current>,
         drain: watch::Sender<bool>,
         _kill: watch::Sender<bool>,
+        /// The lot, when the connection parks; its task stops with the test.
+        lot: Option<(Lot, tokio::task::JoinHandle<()>)>,
+    }
+
+    impl Drop for Conn {
+        fn drop(&mut self) {
+            if let Some((_, task)) = &self.lot {
+                task.abort();
+            }
+        }
     }
 
     impl Conn {
@@ -366,8 +448,9 @@ mod tests {
     }
 
     /// A connection served by `serve_connection` with no routes (every request is a 404
-    /// that keeps the connection).
-    async fn connect() -> Conn {
+    /// that keeps the connection); with `park`, it parks in a lot when idle, as on a
+    /// plain listener.
+    async fn connect(park: bool) -> Conn {
         let config = Config {
             server: ServerConfig {
                 header_read_timeout: HEADER,
@@ -398,37 +481,62 @@ mod tests {
         let (server, peer) = listener.accept().await.expect("accept");
         let (drain, drain_rx) = watch::channel(false);
         let (kill, kill_rx) = watch::channel(false);
+        let lot = park.then(|| {
+            let lot = Lot::new();
+            let task = tokio::spawn(crate::park::tend(lot.clone(), drain_rx.clone()));
+            (lot, task)
+        });
         let signals = Signals {
             drain: drain_rx,
             kill: kill_rx,
+            lot: lot.as_ref().map(|(l, _)| l.clone()),
         };
         let client_info = Client {
             peer,
             tls: None,
             requests: Default::default(),
         };
-        let accepted = Instant::now();
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("slot");
+        let held = Held::new(current.load().metrics.open_connection(), slot);
         tokio::spawn(serve_connection(
             current.clone(),
             Stream::Plain(server),
             client_info,
             signals,
-            accepted,
-            (),
+            Start::Accepted(Instant::now()),
+            Some(held),
         ));
         Conn {
             client,
             current,
             drain,
             _kill: kill,
+            lot,
         }
     }
 
-    /// A connection that has served one request.
-    async fn served_once() -> (Conn, String) {
-        let mut c = connect().await;
+    /// Waits (on the paused clock) until the connection has parked.
+    async fn parked(c: &Conn) {
+        let (lot, _) = c.lot.as_ref().expect("a parking connection");
+        let until = Instant::now() + HOT_WAIT + SLACK;
+        while lot.parked() == 0 {
+            assert!(Instant::now() < until, "not parked after the hot wait");
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A connection that has served one request, and when the response arrived; with
+    /// `park`, it has parked since.
+    async fn served_once(park: bool) -> (Conn, String, Instant) {
+        let mut c = connect(park).await;
         let first = get(&mut c.client, "/a").await;
-        (c, first)
+        let served = Instant::now();
+        if park {
+            parked(&c).await;
+        }
+        (c, first, served)
     }
 
     /// Sends `GET path` and reads the response.
@@ -474,53 +582,110 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_gets_408_at_header_read_timeout_from_accept() {
-        let mut c = connect().await;
-        let (text, took) = until_closed(&mut c.client).await;
-        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
-        assert!(around(took, HEADER), "{took:?}");
+        for park in [false, true] {
+            let mut c = connect(park).await;
+            let (text, took) = until_closed(&mut c.client).await;
+            assert!(text.starts_with("HTTP/1.1 408 "), "park {park}: {text}");
+            assert!(around(took, HEADER), "park {park}: {took:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_keep_alive_connection_closes_quietly_at_idle_timeout() {
-        let (mut c, first) = served_once().await;
-        assert!(first.starts_with("HTTP/1.1 404 "), "{first}");
-        // The busy period (buffers kept) and the idle wait after it add up to idle_timeout.
-        let (text, took) = until_closed(&mut c.client).await;
-        assert_eq!(text, "");
-        assert!(around(took, IDLE), "{took:?}");
+        for park in [false, true] {
+            let (mut c, first, served) = served_once(park).await;
+            assert!(first.starts_with("HTTP/1.1 404 "), "park {park}: {first}");
+            // The busy period (buffers kept) and the idle wait after it (in the task or
+            // in the lot) add up to idle_timeout.
+            let (text, _) = until_closed(&mut c.client).await;
+            assert_eq!(text, "", "park {park}");
+            let took = served.elapsed();
+            assert!(around(took, IDLE), "park {park}: {took:?}");
+            if park {
+                assert_eq!(c.current.load().metrics.connections(), 0, "slot released");
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_later_head_is_due_header_read_timeout_after_its_first_byte() {
-        let (mut c, _) = served_once().await;
-        // Idle for longer than a head may take, then a head that never ends.
-        sleep(HEADER * 3).await;
-        c.client
-            .write_all(b"GET /b HTTP/1.1\r\n")
-            .await
-            .expect("write");
-        let (text, took) = until_closed(&mut c.client).await;
-        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
-        assert!(around(took, HEADER), "{took:?}");
+        for park in [false, true] {
+            let (mut c, _, _) = served_once(park).await;
+            // Idle for longer than a head may take, then a head that never ends.
+            sleep(HEADER * 3).await;
+            c.client
+                .write_all(b"GET /b HTTP/1.1\r\n")
+                .await
+                .expect("write");
+            let (text, took) = until_closed(&mut c.client).await;
+            assert!(text.starts_with("HTTP/1.1 408 "), "park {park}: {text}");
+            assert!(around(took, HEADER), "park {park}: {took:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn draining_closes_an_idle_connection_after_the_grace() {
-        let (mut c, _) = served_once().await;
-        c.drain();
-        let (text, took) = until_closed(&mut c.client).await;
-        assert_eq!(text, "");
-        assert!(around(took, GRACE), "{took:?}");
+        for park in [false, true] {
+            let (mut c, _, served) = served_once(park).await;
+            c.drain();
+            // The grace counts from the end of the last response.
+            let (text, _) = until_closed(&mut c.client).await;
+            assert_eq!(text, "", "park {park}");
+            let took = served.elapsed();
+            assert!(around(took, GRACE), "park {park}: {took:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn draining_still_serves_a_client_that_is_sending() {
-        let (mut c, _) = served_once().await;
-        c.drain();
-        sleep(GRACE / 2).await;
-        let text = get(&mut c.client, "/b").await;
-        assert!(text.contains("connection: close"), "{text}");
-        let (rest, _) = until_closed(&mut c.client).await;
-        assert_eq!(rest, "");
+        for park in [false, true] {
+            let (mut c, _, _) = served_once(park).await;
+            c.drain();
+            sleep(GRACE / 2).await;
+            let text = get(&mut c.client, "/b").await;
+            assert!(text.contains("connection: close"), "park {park}: {text}");
+            let (rest, _) = until_closed(&mut c.client).await;
+            assert_eq!(rest, "", "park {park}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_connection_resumes_when_its_client_sends_and_parks_again() {
+        let (mut c, _, _) = served_once(true).await;
+        let (lot, _) = c.lot.as_ref().map(|(l, t)| (l.clone(), t)).expect("lot");
+        for path in ["/b", "/c"] {
+            sleep(IDLE / 2).await;
+            let text = get(&mut c.client, path).await;
+            assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+            assert_eq!(lot.parked(), 0, "resumed in a task");
+            parked(&c).await;
+            assert_eq!(c.current.load().metrics.connections(), 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_closing_a_parked_connection_releases_its_slot() {
+        let (mut c, _, _) = served_once(true).await;
+        c.client.shutdown().await.expect("shutdown");
+        let (text, took) = until_closed(&mut c.client).await;
+        assert_eq!(text, "");
+        assert!(took < SLACK, "{took:?}");
+        let until = Instant::now() + SLACK;
+        while c.current.load().metrics.connections() != 0 {
+            assert!(Instant::now() < until, "the slot stayed held");
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_the_lot_closes_its_connections() {
+        let (mut c, _, _) = served_once(true).await;
+        if let Some((_, task)) = &c.lot {
+            task.abort();
+        }
+        let (text, took) = until_closed(&mut c.client).await;
+        assert_eq!(text, "");
+        assert!(took < SLACK, "{took:?}");
+        assert_eq!(c.current.load().metrics.connections(), 0);
     }
 }

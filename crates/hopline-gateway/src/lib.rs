@@ -21,6 +21,7 @@ mod health;
 mod limits;
 mod metrics;
 pub mod otlp;
+mod park;
 mod proxy;
 mod proxy_h2;
 mod request;
@@ -85,11 +86,14 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(first.config.server.max_connections));
     let (drain_tx, drain_rx) = watch::channel(false);
     let (kill_tx, kill_rx) = watch::channel(false);
+    let lot = park::Lot::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(park::tend(lot.clone(), drain_rx.clone()));
     let signals = conn::Signals {
         drain: drain_rx,
         kill: kill_rx.clone(),
+        lot: Some(lot),
     };
-    let mut tasks = JoinSet::new();
     // The access log is shared across reloads; one task writes it out periodically.
     let log = first.log.clone();
     let flusher = tokio::spawn(async move { log.flush_every().await });
@@ -110,11 +114,17 @@ pub async fn run(
         else {
             break;
         };
-        let accepted = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            a = accept.any() => a,
+        // Finished connections are reaped while waiting: a finished task keeps its cell
+        // (768 bytes) until joined, and parked connections finish their tasks in waves.
+        let accepted = loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break None,
+                a = accept.any() => break Some(a),
+                Some(_) = tasks.join_next() => {}
+            }
         };
+        let Some(accepted) = accepted else { break };
         match accepted {
             Ok(conn) => spawn_connection(&mut tasks, &current, &signals, slot, conn),
             Err(e) => {
@@ -184,7 +194,7 @@ fn spawn_connection(
     let accepted = tokio::time::Instant::now();
     let current = current.clone();
     let signals = signals.clone();
-    let guard = (current.load().metrics.open_connection(), slot);
+    let gauge = current.load().metrics.open_connection();
     if !tls {
         // Plain HTTP/1 (or h2c) spawns the connection's future itself, with no wrapper:
         // that future is what each idle keep-alive connection holds, so a wrapper's
@@ -196,10 +206,16 @@ fn spawn_connection(
         };
         let stream = stream::Stream::Plain(stream);
         tasks.spawn(conn::serve_connection(
-            current, stream, client, signals, accepted, guard,
+            current,
+            stream,
+            client,
+            signals,
+            conn::Start::Accepted(accepted),
+            Some(conn::Held::new(gauge, slot)),
         ));
         return;
     }
+    let guard = (gauge, slot);
     tasks.spawn(async move {
         // Held by reference: a move would keep a second copy in the task's state.
         let _guard = &guard;
@@ -222,7 +238,17 @@ fn spawn_connection(
             // Boxed: an HTTP/2 connection's state lives on the heap, only when there is one.
             Box::pin(h2::serve_h2(current, stream, client, signals, accepted)).await;
         } else {
-            conn::serve_connection(current, stream, client, signals, accepted, ()).await;
+            // TLS connections wait in their own task (their session is state a parked
+            // socket would have to keep anyway), holding their slot in `guard`.
+            conn::serve_connection(
+                current,
+                stream,
+                client,
+                signals,
+                conn::Start::Accepted(accepted),
+                None,
+            )
+            .await;
         }
     });
 }
