@@ -156,8 +156,8 @@ fn duration(s: &str) -> Result<Duration, String> {
     hopline_config::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// jemalloc, whose background thread returns freed pages to the system within about a
-/// second (`background_thread:true,dirty_decay_ms:1000`, set at build time in
+/// jemalloc, whose background thread returns freed pages to the system within about half
+/// a second (`background_thread:true,dirty_decay_ms:500`, set at build time in
 /// `.cargo/config.toml`): the memory a burst of requests used is given back even when the
 /// process is idle afterwards, which glibc's malloc never does.
 #[cfg(feature = "jemalloc")]
