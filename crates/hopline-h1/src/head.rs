@@ -730,20 +730,25 @@ fn head_len(
     }
 }
 
-/// Splits the head's `len` bytes off `buf` (zero-copy) and builds its header list.
-fn split_head(buf: &mut BytesMut, len: usize, fields: Vec<(Span, Span)>) -> (Bytes, Headers) {
+/// Splits the head's `len` bytes off `buf` (zero-copy); `fields` are spans into them.
+fn split_head(buf: &mut BytesMut, len: usize, fields: Vec<Field>) -> (Bytes, Headers) {
     let bytes = buf.split_to(len).freeze();
-    let mut list = Vec::with_capacity(fields.len() + 4);
-    list.extend(
-        fields
-            .into_iter()
-            .map(|(name, value)| Field::At { name, value }),
-    );
     let headers = Headers {
         head: bytes.clone(),
-        fields: list,
+        fields,
     };
     (bytes, headers)
+}
+
+/// The parsed fields as spans of the head's first `len` bytes (at `base`), in the list
+/// the head keeps (built once, with room for the fields a proxy adds).
+fn field_spans(base: usize, len: usize, parsed: &[httparse::Header<'_>]) -> Vec<Field> {
+    let mut list = Vec::with_capacity(parsed.len() + 4);
+    list.extend(parsed.iter().map(|h| Field::At {
+        name: span_of(base, len, h.name.as_bytes()),
+        value: span_of(base, len, h.value),
+    }));
+    list
 }
 
 fn version_of(minor: Option<u8>) -> Version {
@@ -777,16 +782,7 @@ pub fn parse_request(
     let method = span_of(base, len, req.method.unwrap_or_default().as_bytes());
     let target = span_of(base, len, req.path.unwrap_or_default().as_bytes());
     let version = version_of(req.version);
-    let spans = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                span_of(base, len, h.name.as_bytes()),
-                span_of(base, len, h.value),
-            )
-        })
-        .collect();
+    let spans = field_spans(base, len, req.headers);
     let (bytes, headers) = split_head(buf, len, spans);
     let slice = |(off, n): Span| bytes.slice(off..off + n);
     let (method, target) = (slice(method), slice(target));
@@ -846,16 +842,7 @@ pub fn parse_response(
     let status = res.code.unwrap_or(0);
     let reason = res.reason.map(|r| span_of(base, len, r.as_bytes()));
     let version = version_of(res.version);
-    let spans = res
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                span_of(base, len, h.name.as_bytes()),
-                span_of(base, len, h.value),
-            )
-        })
-        .collect();
+    let spans = field_spans(base, len, res.headers);
     let (bytes, headers) = split_head(buf, len, spans);
     let reason = reason
         .map(|(off, n)| bytes.slice(off..off + n))
