@@ -1,12 +1,11 @@
 //! The request an upstream receives: rendered once from the client's request, whatever
 //! protocol carried it, and sent as HTTP/1.1 by every attempt.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use bytes::{Bytes, BytesMut};
-use hopline_core::text::push_ip;
+use bytes::{BufMut, Bytes, BytesMut};
 use hopline_h1::client::put_request_line;
-use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop};
+use hopline_h1::head::{put_content_length, put_decimal, put_header, strip_hop_by_hop, Headers};
 
 use crate::gateway::Gateway;
 use crate::proxy::Forward;
@@ -27,19 +26,11 @@ pub(crate) fn forward(
     let mut out = BytesMut::with_capacity(512);
     put_request_line(&mut out, &req.method, &req.origin);
     strip_hop_by_hop(&mut req.headers);
-    // Room for received values and the client's address without growing (an IPv4
-    // address pushed into an empty Vec reallocated twice on every request).
-    let mut forwarded_for: Vec<u8> = Vec::with_capacity(64);
+    let mut has_forwarded_for = false;
     let mut has_host = false;
     for (n, value) in req.headers.iter() {
         if n.eq_ignore_ascii_case(b"x-forwarded-for") {
-            let value = hopline_h1::head::trim(value);
-            if !value.is_empty() {
-                if !forwarded_for.is_empty() {
-                    forwarded_for.extend_from_slice(b", ");
-                }
-                forwarded_for.extend_from_slice(value);
-            }
+            has_forwarded_for = true;
             continue;
         }
         if n.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
@@ -58,11 +49,11 @@ pub(crate) fn forward(
         put_header(&mut out, b"host", host.as_bytes());
     }
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
-    if !forwarded_for.is_empty() {
-        forwarded_for.extend_from_slice(b", ");
-    }
-    push_ip(&mut forwarded_for, peer.ip());
-    put_header(&mut out, b"x-forwarded-for", &forwarded_for);
+    put_forwarded_for(
+        &mut out,
+        has_forwarded_for.then_some(&req.headers),
+        peer.ip(),
+    );
     if upgrade {
         // Hop-by-hop, so removed above; an upgrade the route allows is asked for again.
         put_header(&mut out, b"connection", b"upgrade");
@@ -85,7 +76,75 @@ pub(crate) fn forward(
     }
 }
 
+/// Writes `x-forwarded-for`: every received value (from `received`, non-empty ones, in
+/// order) and then the client's address, written straight into the head (no buffer of
+/// its own).
+fn put_forwarded_for(out: &mut BytesMut, received: Option<&Headers>, client: IpAddr) {
+    out.put_slice(b"x-forwarded-for: ");
+    for (n, value) in received.into_iter().flat_map(|h| h.iter()) {
+        let value = hopline_h1::head::trim(value);
+        if n.eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
+            out.put_slice(value);
+            out.put_slice(b", ");
+        }
+    }
+    match client {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b'.');
+                }
+                put_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{v6}"));
+        }
+    }
+    out.put_slice(b"\r\n");
+}
+
 /// `traceparent` and `tracestate`: each attempt sends its own.
 pub(crate) fn is_trace_header(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"traceparent") || name.eq_ignore_ascii_case(b"tracestate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded_for(received: &[(&str, &str)], client: &str) -> String {
+        let mut headers = Headers::new();
+        for (n, v) in received {
+            headers.push(n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        let mut out = BytesMut::new();
+        let ip = client.parse().expect("ip");
+        put_forwarded_for(&mut out, (!received.is_empty()).then_some(&headers), ip);
+        String::from_utf8(out.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn forwarded_for_lists_received_values_then_the_client() {
+        assert_eq!(
+            forwarded_for(&[], "10.0.0.7"),
+            "x-forwarded-for: 10.0.0.7\r\n"
+        );
+        assert_eq!(
+            forwarded_for(
+                &[
+                    ("X-Forwarded-For", " 1.1.1.1 "),
+                    ("host", "h"),
+                    ("x-forwarded-for", ""),
+                    ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+                ],
+                "::1"
+            ),
+            "x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, ::1\r\n"
+        );
+        assert_eq!(
+            forwarded_for(&[], "2001:db8::1:0:0:1"),
+            "x-forwarded-for: 2001:db8::1:0:0:1\r\n"
+        );
+    }
 }
