@@ -107,6 +107,16 @@ pub fn push_json_str(out: &mut Vec<u8>, v: &str) {
     let bytes = v.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    // Nearly every string needs no escape: a scan without early exit (which the compiler
+    // vectorises) finds out, and the string is then copied whole.
+    let plain = !bytes.iter().fold(false, |esc, &b| {
+        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
