@@ -5,7 +5,8 @@
 #
 #   bench/run.sh                 # ROUNDS=3 DURATION=10s CONNS=64 by default
 #
-# Saturation: wrk -t1 -c$CONNS -d$DURATION --latency. Fixed rate, open loop, with bench's
+# Saturation: wrk -t1 -c$CONNS -d$DURATION --latency, with each proxy's CPU time (user +
+# system) per request over the measured run. Fixed rate, open loop, with bench's
 # fixed-rate (latency from the scheduled time), ROUNDS interleaved rounds too: 50 % and
 # 90 % of nginx's median saturation rate, and 110 % of hopline's (overload: error share,
 # p99 and the rate answers came back at, for every proxy).
@@ -39,19 +40,31 @@ start_proxy() { # name port [hopline config] -> pid
   echo $!
 }
 
-declare -A RPS P99 P50
-# The load generator runs on cpu 1 unless PIN is set otherwise (PIN= : not pinned).
-run_wrk() { # port [path] -> "rps p50_ms p99_ms"
+declare -A RPS P99 P50 CPU
+TICK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system time, in ticks
+# The load generator runs on cpu 1 unless PIN is set otherwise (PIN= : not pinned). With
+# CPU_PID, the 4th field is that process's CPU time (user + system) per request in µs
+# over the measured run ("-" otherwise): a cost per request that a noisy host's steal
+# time moves much less than req/s.
+run_wrk() { # port [path] -> "rps p50_ms p99_ms cpu_us"
   local pin=(${PIN-taskset -c 1})
   "${pin[@]}" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$1${2:-/}" >/dev/null # warm-up
+  local t0="" t1 cpu=-
+  [ -z "${CPU_PID:-}" ] || t0=$(cpu_ticks "$CPU_PID")
   "${pin[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1${2:-/}" > "$DIR/wrk.out"
+  if [ -n "$t0" ]; then
+    t1=$(cpu_ticks "$CPU_PID")
+    cpu=$(python3 -c "import sys; t,tick,n=map(float,sys.argv[1:]); print(f'{t/tick*1e6/n:.2f}')" \
+      "$((t1 - t0))" "$TICK" "$(awk '/requests in/ {print $1}' "$DIR/wrk.out")")
+  fi
   local rps p50 p99 non2xx
   rps=$(awk '/Requests\/sec/ {print $2}' "$DIR/wrk.out")
   p50=$(awk '$1=="50%" {print $2}' "$DIR/wrk.out")
   p99=$(awk '$1=="99%" {print $2}' "$DIR/wrk.out")
   non2xx=$(awk '/Non-2xx/ {print $4}' "$DIR/wrk.out")
   [ -z "$non2xx" ] || { echo "non-2xx responses: $non2xx" >&2; cat "$DIR/wrk.out" >&2; }
-  echo "$rps $p50 $p99"
+  echo "$rps $p50 $p99 $cpu"
 }
 ms() { # wrk latency "1.23ms" / "456.00us" / "1.2s" -> ms
   python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([\d.]+)(us|ms|s)',v); n=float(m.group(1)); print(n/1000 if m.group(2)=='us' else n*1000 if m.group(2)=='s' else n)" "$1"
@@ -60,9 +73,10 @@ ms() { # wrk latency "1.23ms" / "456.00us" / "1.2s" -> ms
 for round in $(seq "$ROUNDS"); do
   for name in direct nginx haproxy hopline; do
     if [ "$name" = direct ]; then port=$UP; pid=""; else port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"; fi
-    read -r rps p50 p99 < <(run_wrk "$port")
-    RPS[$name]+="$rps "; P50[$name]+="$(ms "$p50") "; P99[$name]+="$(ms "$p99") "
-    echo "round $round $name: $rps req/s, p50 $p50, p99 $p99" >&2
+    worker=$pid; [ -z "$pid" ] || worker=$(pgrep -P "$pid" | head -1 || true); worker=${worker:-$pid}
+    read -r rps p50 p99 cpu < <(CPU_PID=$worker run_wrk "$port")
+    RPS[$name]+="$rps "; P50[$name]+="$(ms "$p50") "; P99[$name]+="$(ms "$p99") "; CPU[$name]+="$cpu "
+    echo "round $round $name: $rps req/s, p50 $p50, p99 $p99, cpu $cpu us/req" >&2
     [ -n "$pid" ] && { kill "$pid"; wait "$pid" 2>/dev/null || true; }
   done
 done
@@ -98,7 +112,7 @@ for round in $(seq "$ROUNDS"); do
       aggregate) conf=proxy-hopline.toml; path=/agg ;;
     esac
     port=$(free_port); pid=$(start_proxy hopline "$port" "$conf"); PIDS+=("$pid"); wait_port "$port"
-    read -r rps p50 p99 < <(run_wrk "$port" "$path")
+    read -r rps p50 p99 _ < <(run_wrk "$port" "$path")
     XRPS[$variant]+="$rps "; XP50[$variant]+="$(ms "$p50") "; XP99[$variant]+="$(ms "$p99") "
     echo "round $round hopline $variant: $rps req/s, p50 $p50, p99 $p99" >&2
     kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -117,7 +131,7 @@ for round in $(seq "$ROUNDS"); do
       hopline) ./target/dist/hopline serve --threads 2 -c "$(render proxy-hopline.toml "$port")" >"$DIR/hopline.out" 2>"$DIR/hopline.err" & ;;
     esac
     pid=$!; PIDS+=("$pid"); wait_port "$port"
-    read -r rps _ p99 < <(PIN= run_wrk "$port")
+    read -r rps _ p99 _ < <(PIN= run_wrk "$port")
     TRPS[$name]+="$rps "; TP99[$name]+="$(ms "$p99") "
     echo "round $round two workers $name: $rps req/s, p99 $p99" >&2
     kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -162,6 +176,13 @@ for k in ["direct", "nginx", "haproxy", "hopline"]:
     spread = (max(rps[k]) - min(rps[k])) / med(rps[k]) * 100
     print(f"{k:<10} {med(rps[k]):>10.0f} {med(p50[k]):>8.2f} {med(p99[k]):>8.2f} {spread:>6.1f}%")
 print(f"hopline/nginx {med(rps['hopline'])/med(rps['nginx']):.2f}x   hopline/haproxy {med(rps['hopline'])/med(rps['haproxy']):.2f}x")
+cpu = {k: [float(x) for x in v.split() if x != "-"] for k, v in {"nginx": "${CPU[nginx]}", "haproxy": "${CPU[haproxy]}", "hopline": "${CPU[hopline]}"}.items()}
+print("proxy CPU time per request (user + system, the serving process), medians (range):")
+for k in ["nginx", "haproxy", "hopline"]:
+    if cpu[k]:
+        print(f"{k:<10} {med(cpu[k]):>6.2f} us ({min(cpu[k]):.2f}-{max(cpu[k]):.2f})")
+if cpu["nginx"] and cpu["hopline"]:
+    print(f"nginx / hopline CPU per request: {med(cpu['nginx'])/med(cpu['hopline']):.2f}x")
 names_load = {"50": "50 % of nginx's saturation", "90": "90 % of nginx's saturation", "over110": "110 % of hopline's saturation (overload)"}
 for load in ["50", "90", "over110"]:
     print(f"\nfixed rate {fixed[load]['rate']} req/s ({names_load[load]}), open loop, {os.environ.get('FIXED_SECS','10')} s, ${ROUNDS} interleaved rounds: medians, worst max")
@@ -192,7 +213,7 @@ print(f"{'proxy':<10} {'baseline KiB':>13} {'after KiB':>10} {'bytes/conn':>11}"
 for k in ["nginx", "haproxy", "hopline"]:
     print(f"{k:<10} {idle[k]['baseline_kib']:>13} {idle[k]['after_kib']:>10} {idle[k]['bytes_per_connection']:>11.0f}")
 out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "cpus": os.cpu_count(), "rounds": ${ROUNDS}, "conns": ${CONNS}, "duration": "${DURATION}",
-       "saturation": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps}, "fixed_rate": fixed,
+       "saturation": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k], "cpu_us_per_request": cpu.get(k, [])} for k in rps}, "fixed_rate": fixed,
        "hopline_variants": {k: {"rps": xr[k], "p50_ms": x50[k], "p99_ms": x99[k]} for k in xr},
        "two_workers": {k: {"rps": tr[k], "p99_ms": t99[k]} for k in tr},
        "idle_connections": idle}
