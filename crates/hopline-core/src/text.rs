@@ -6,7 +6,7 @@
 //! keep a request's logging cost small. Each produces exactly what `Display` would.
 
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// "00", "01", .. "99": two digits per division.
@@ -58,17 +58,27 @@ pub fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
     out.extend_from_slice(digits);
 }
 
+/// Renders an IPv4 address into `tmp` as `Display` writes it (`127.0.0.1`), returning
+/// the text.
+pub fn ipv4(ip: Ipv4Addr, tmp: &mut [u8; 15]) -> &[u8] {
+    let mut n = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            tmp[n] = b'.';
+            n += 1;
+        }
+        let mut digits = [0; 20];
+        let d = decimal(u64::from(octet), &mut digits);
+        tmp[n..n + d.len()].copy_from_slice(d);
+        n += d.len();
+    }
+    &tmp[..n]
+}
+
 /// Appends an IP address as `Display` writes it (`127.0.0.1`, `::1`).
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(octet));
-            }
-        }
+        IpAddr::V4(v4) => out.extend_from_slice(ipv4(v4, &mut [0; 15])),
         // Rare on the hot path, and its compression rules are best left to std.
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");

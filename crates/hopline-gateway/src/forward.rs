@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_h1::client::put_request_line;
-use hopline_h1::head::{put_content_length, put_decimal, put_header, strip_hop_by_hop, Headers};
+use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop, Headers};
 
 use crate::gateway::Gateway;
 use crate::proxy::Forward;
@@ -89,14 +89,7 @@ fn put_forwarded_for(out: &mut BytesMut, received: Option<&Headers>, client: IpA
         }
     }
     match client {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.put_u8(b'.');
-                }
-                put_decimal(out, u64::from(octet));
-            }
-        }
+        IpAddr::V4(v4) => out.put_slice(hopline_core::text::ipv4(v4, &mut [0; 15])),
         IpAddr::V6(v6) => {
             let _ = std::fmt::Write::write_fmt(out, format_args!("{v6}"));
         }
