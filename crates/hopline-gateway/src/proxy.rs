@@ -547,14 +547,20 @@ async fn stream_response<S: Sink>(
 
     let mut decoder = BodyDecoder::new(length);
     let mut done = false;
-    // Coalesce whatever body is already buffered with the head: one write for small responses.
+    // Coalesce the body the upstream has already sent with the head: one write for
+    // responses up to COALESCE bytes that arrived together, even when they are larger than
+    // one read (a 10 KiB body took a second read and a second write to the client).
     while sink.buffered() < COALESCE {
         match conn.buffered_body(&mut decoder) {
             Ok(Decoded::Data(d)) => {
                 progress.update(|p| p.bytes_sent += d.len() as u64);
                 sink.data(&d);
             }
-            Ok(Decoded::NeedMore) => break,
+            Ok(Decoded::NeedMore) => {
+                if !conn.read_ready().await {
+                    break;
+                }
+            }
             Ok(Decoded::End) => {
                 done = true;
                 sink.finish();

@@ -714,6 +714,15 @@ impl ClientConn {
         decoder.decode(&mut self.buf)
     }
 
+    /// Reads what the upstream has already sent, without waiting: false when nothing
+    /// came (or the read failed or hit EOF: the next [`ClientConn::read_body`] says so).
+    pub async fn read_ready(&mut self) -> bool {
+        matches!(
+            hopline_h1::io::fill_ready(&mut self.stream, &mut self.buf).await,
+            Some(Ok(n)) if n > 0
+        )
+    }
+
     /// Reads the next piece of the response body.
     pub async fn read_body(
         &mut self,

@@ -184,6 +184,21 @@ pub async fn read_body_chunk<R: AsyncRead + Unpin>(
     }
 }
 
+/// Appends to `buf` what the peer has already sent, without waiting: `Some` with the
+/// bytes read (0 at EOF), `None` when nothing is there yet. On a tokio socket whose last
+/// read drained it, nothing is read (no system call) until it is ready again.
+pub async fn fill_ready<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> Option<io::Result<usize>> {
+    let mut read = std::pin::pin!(fill(io, buf));
+    std::future::poll_fn(|cx| match std::future::Future::poll(read.as_mut(), cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
 /// Resolves when the peer has gone away: EOF (FIN) or a read error (e.g. RST). Bytes that
 /// arrive meanwhile (pipelined requests) are kept in `buf`; once `buf` holds `cap` bytes,
 /// reading stops and this never resolves (the write side will notice instead). Cancel-safe.
@@ -206,5 +221,39 @@ pub async fn watch_gone<R: AsyncRead + Unpin>(
             Ok(_) => {}
             Err(e) => return e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn fill_ready_reads_what_is_there_and_never_waits() {
+        let (mut peer, mut io) = tokio::io::duplex(64);
+        let mut buf = BytesMut::new();
+        assert!(
+            fill_ready(&mut io, &mut buf).await.is_none(),
+            "nothing sent yet"
+        );
+        peer.write_all(b"abc").await.expect("write");
+        assert_eq!(
+            fill_ready(&mut io, &mut buf)
+                .await
+                .expect("ready")
+                .expect("read"),
+            3
+        );
+        assert_eq!(&buf[..], b"abc");
+        assert!(fill_ready(&mut io, &mut buf).await.is_none(), "drained");
+        drop(peer);
+        assert_eq!(
+            fill_ready(&mut io, &mut buf)
+                .await
+                .expect("eof")
+                .expect("read"),
+            0
+        );
     }
 }
