@@ -70,8 +70,12 @@ ms() { # wrk latency "1.23ms" / "456.00us" / "1.2s" -> ms
   python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([\d.]+)(us|ms|s)',v); n=float(m.group(1)); print(n/1000 if m.group(2)=='us' else n*1000 if m.group(2)=='s' else n)" "$1"
 }
 
+# The order rotates each round, so that a slow spell of this shared host falls on each
+# proxy in turn rather than on whichever always runs last.
+ORDER=(direct nginx haproxy hopline)
 for round in $(seq "$ROUNDS"); do
-  for name in direct nginx haproxy hopline; do
+  for i in 0 1 2 3; do
+    name=${ORDER[$(((i + round - 1) % 4))]}
     if [ "$name" = direct ]; then port=$UP; pid=""; else port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"; fi
     worker=$pid; [ -z "$pid" ] || worker=$(pgrep -P "$pid" | head -1 || true); worker=${worker:-$pid}
     read -r rps p50 p99 cpu < <(CPU_PID=$worker run_wrk "$port")
