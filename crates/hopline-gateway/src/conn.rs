@@ -451,6 +451,36 @@ mod tests {
     /// that keeps the connection); with `park`, it parks in a lot when idle, as on a
     /// plain listener.
     async fn connect(park: bool) -> Conn {
+        let current = gateway();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let (drain, drain_rx) = watch::channel(false);
+        let (kill, kill_rx) = watch::channel(false);
+        let lot = park.then(|| {
+            let lot = Lot::new();
+            let task = tokio::spawn(crate::park::tend(lot.clone(), drain_rx.clone()));
+            (lot, task)
+        });
+        let signals = Signals {
+            drain: drain_rx,
+            kill: kill_rx,
+            lot: lot.as_ref().map(|(l, _)| l.clone()),
+        };
+        spawn_plain(&current, server, peer, signals);
+        Conn {
+            client,
+            current,
+            drain,
+            _kill: kill,
+            lot,
+        }
+    }
+
+    /// A gateway with no routes and the timers above.
+    fn gateway() -> Arc<Current> {
         let config = Config {
             server: ServerConfig {
                 header_read_timeout: HEADER,
@@ -473,24 +503,16 @@ mod tests {
             upstreams: Vec::new(),
             routes: Vec::new(),
         };
-        let current = Current::new(Gateway::new(config).expect("gateway"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, peer) = listener.accept().await.expect("accept");
-        let (drain, drain_rx) = watch::channel(false);
-        let (kill, kill_rx) = watch::channel(false);
-        let lot = park.then(|| {
-            let lot = Lot::new();
-            let task = tokio::spawn(crate::park::tend(lot.clone(), drain_rx.clone()));
-            (lot, task)
-        });
-        let signals = Signals {
-            drain: drain_rx,
-            kill: kill_rx,
-            lot: lot.as_ref().map(|(l, _)| l.clone()),
-        };
+        Current::new(Gateway::new(config).expect("gateway"))
+    }
+
+    /// Serves an accepted plain connection as `run` does (with its slot and gauge).
+    fn spawn_plain(
+        current: &Arc<Current>,
+        server: TcpStream,
+        peer: std::net::SocketAddr,
+        signals: Signals,
+    ) {
         let client_info = Client {
             peer,
             tls: None,
@@ -508,13 +530,6 @@ mod tests {
             Start::Accepted(Instant::now()),
             Some(held),
         ));
-        Conn {
-            client,
-            current,
-            drain,
-            _kill: kill,
-            lot,
-        }
     }
 
     /// Waits (on the paused clock) until the connection has parked.
@@ -687,5 +702,50 @@ mod tests {
         assert_eq!(text, "");
         assert!(took < SLACK, "{took:?}");
         assert_eq!(c.current.load().metrics.connections(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_emptied_lot_gives_back_the_table_a_burst_grew() {
+        const N: usize = 100;
+        let current = gateway();
+        let lot = Lot::new();
+        let (_drain, drain_rx) = watch::channel(false);
+        let (_kill, kill_rx) = watch::channel(false);
+        let task = tokio::spawn(crate::park::tend(lot.clone(), drain_rx.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut clients = Vec::new();
+        for _ in 0..N {
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            let (server, peer) = listener.accept().await.expect("accept");
+            let signals = Signals {
+                drain: drain_rx.clone(),
+                kill: kill_rx.clone(),
+                lot: Some(lot.clone()),
+            };
+            spawn_plain(&current, server, peer, signals);
+            let text = get(&mut client, "/a").await;
+            assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+            clients.push(client);
+        }
+        let until = Instant::now() + HOT_WAIT + SLACK;
+        while lot.parked() < N {
+            assert!(Instant::now() < until, "{} of {N} parked", lot.parked());
+            sleep(Duration::from_millis(1)).await;
+        }
+        assert!(lot.slots() >= N);
+        drop(clients);
+        let until = Instant::now() + SLACK;
+        while lot.parked() > 0 || lot.slots() > 0 {
+            assert!(
+                Instant::now() < until,
+                "{} parked, {} slots",
+                lot.parked(),
+                lot.slots()
+            );
+            sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(current.load().metrics.connections(), 0);
+        task.abort();
     }
 }

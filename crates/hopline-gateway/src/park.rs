@@ -29,6 +29,10 @@ use crate::gateway::Current;
 use crate::request::Client;
 use crate::stream::Stream;
 
+/// Slots kept when the lot empties: a table larger than this was grown by a burst and is
+/// freed.
+const SHRINK_ABOVE: usize = 64;
+
 /// An idle connection, as the lot keeps it.
 #[derive(Debug)]
 pub(crate) struct Parked {
@@ -238,9 +242,22 @@ impl Lot {
                 s.generation == *generation && s.conn.is_some() && s.deadline == *at
             });
         }
+        // Once the lot is empty, a table grown by a burst is given back (a later wake from
+        // a socket parked before finds its slot gone or re-registers with its new occupant).
+        if st.parked == 0 && st.slots.len() > SHRINK_ABOVE {
+            st.slots = Vec::new();
+            st.free = Vec::new();
+            st.timers = BinaryHeap::new();
+        }
         let next = st.timers.peek().map(|Reverse((at, _, _))| *at);
         st.wake_at = next;
         next
+    }
+
+    /// How many slots the table holds (parked or free).
+    #[cfg(test)]
+    pub fn slots(&self) -> usize {
+        lock(&self.shared.state).slots.len()
     }
 
     /// Draining: no more parking; each parked connection closes once it has been idle for
