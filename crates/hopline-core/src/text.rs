@@ -67,10 +67,18 @@ pub fn ipv4(ip: Ipv4Addr, tmp: &mut [u8; 15]) -> &[u8] {
             tmp[n] = b'.';
             n += 1;
         }
-        let mut digits = [0; 20];
-        let d = decimal(u64::from(octet), &mut digits);
-        tmp[n..n + d.len()].copy_from_slice(d);
-        n += d.len();
+        // At most three digits, written in place (no copy of a variable length).
+        let o = usize::from(octet);
+        if o >= 100 {
+            tmp[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            tmp[n] = PAIRS[(o % 100) * 2];
+            n += 1;
+        }
+        tmp[n] = PAIRS[(o % 100) * 2 + 1];
+        n += 1;
     }
     &tmp[..n]
 }
@@ -194,6 +202,10 @@ mod tests {
         let v6 = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 443, 0, 0));
         assert_eq!(s(|o| push_socket_addr(o, v6)), "[::1]:443");
         assert_eq!(s(|o| push_ip(o, Ipv4Addr::UNSPECIFIED.into())), "0.0.0.0");
+        for b in 0..=255u8 {
+            let ip = Ipv4Addr::new(b, 255 - b, b / 3, b.wrapping_mul(7));
+            assert_eq!(ipv4(ip, &mut [0; 15]), ip.to_string().as_bytes(), "{ip}");
+        }
     }
 
     #[test]

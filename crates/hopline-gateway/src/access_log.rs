@@ -143,9 +143,9 @@ impl AccessRecord {
         s.extend_from_slice(b",\"protocol\":");
         json_opt(s, self.protocol);
         s.extend_from_slice(b",\"method\":");
-        push_json_str(s, &String::from_utf8_lossy(&self.method));
+        push_json_bytes(s, &self.method);
         s.extend_from_slice(b",\"path\":");
-        push_json_str(s, &String::from_utf8_lossy(&self.path));
+        push_json_bytes(s, &self.path);
         s.extend_from_slice(b",\"route\":");
         // The same spelling as the metrics' route label when no route matched.
         push_json_str(s, self.route.as_deref().unwrap_or(NO_ROUTE));
@@ -259,6 +259,15 @@ impl AccessRecord {
             s.push(b']');
         }
         s.extend_from_slice(b"}\n");
+    }
+}
+
+/// Bytes as a JSON string: as they are when valid UTF-8 (checked without building a
+/// copy), invalid sequences as U+FFFD otherwise.
+fn push_json_bytes(out: &mut Vec<u8>, v: &[u8]) {
+    match std::str::from_utf8(v) {
+        Ok(text) => push_json_str(out, text),
+        Err(_) => push_json_str(out, &String::from_utf8_lossy(v)),
     }
 }
 
@@ -455,6 +464,19 @@ fn open_append(p: &Path) -> io::Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_logged_as_replacement_characters() {
+        let r = AccessRecord {
+            method: Bytes::from_static(b"GET"),
+            path: Bytes::from_static(b"/caf\xc3\xa9/\xff\xfe?q"),
+            ..AccessRecord::default()
+        };
+        let line = r.to_json();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["path"], "/caf\u{e9}/\u{fffd}\u{fffd}?q", "{line}");
+    }
 
     #[test]
     fn json_escapes_and_has_every_field() {

@@ -192,8 +192,9 @@ pub fn serve_connection(
                     return;
                 }
             }
-            let head_deadline =
-                if first { accepted } else { Instant::now() } + cfg.header_read_timeout;
+            // When the request's first byte was seen (from accept, for the first).
+            let seen = if first { accepted } else { Instant::now() };
+            let head_deadline = seen + cfg.header_read_timeout;
             if first && cfg.h2c && h2c_preface(&mut stream, &mut buf, head_deadline).await {
                 drop(gw);
                 let io = Prefixed::new(buf.split().freeze(), stream);
@@ -209,7 +210,7 @@ pub fn serve_connection(
                 &current,
                 &mut stream,
                 &mut buf,
-                head_deadline,
+                (seen, head_deadline),
                 &client,
                 &mut signals,
                 &mut idle_since,
@@ -271,7 +272,7 @@ async fn busy(
     current: &Current,
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-    mut head_deadline: Instant,
+    (mut seen, mut head_deadline): (Instant, Instant),
     client: &Client,
     signals: &mut Signals,
     idle_since: &mut Instant,
@@ -288,7 +289,7 @@ async fn busy(
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .gt(&0)
-            .then(|| idle_since.elapsed());
+            .then(|| seen.saturating_duration_since(*idle_since));
         let served = request(
             &gw,
             stream,
@@ -325,7 +326,8 @@ async fn busy(
                 Err(_) => return Next::Close,
             }
         }
-        head_deadline = Instant::now() + cfg.header_read_timeout;
+        seen = Instant::now();
+        head_deadline = seen + cfg.header_read_timeout;
     }
 }
 

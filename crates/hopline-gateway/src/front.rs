@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hopline_core::ProxyError;
@@ -73,6 +73,10 @@ pub(crate) trait Front {
 
     /// The protocol, as the access log names it: `HTTP/1.1`, `HTTP/1.0`, `HTTP/2`.
     fn protocol(&self) -> &'static str;
+
+    /// When the request's head had been read: the start of its deadline and of its
+    /// logged duration.
+    fn arrival(&self) -> Instant;
 
     /// gRPC requests get gRPC statuses from this protocol (HTTP/2); elsewhere they are
     /// answered as any HTTP request.

@@ -578,18 +578,22 @@ impl RequestIds {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // Mixing with an odd constant spreads sequential counters over the whole id space.
         let mixed = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.seed;
-        let mut id = String::with_capacity(24);
-        push_hex(&mut id, mixed, 16);
-        push_hex(&mut id, u64::from(n as u32), 8);
-        id
+        let mut id = [0; 24];
+        put_hex(&mut id[..16], mixed);
+        put_hex(&mut id[16..], u64::from(n as u32));
+        // Hex digits only, so always valid UTF-8.
+        std::str::from_utf8(&id)
+            .map(String::from)
+            .unwrap_or_default()
     }
 }
 
-/// Appends the low `digits` hex digits of `v`, zero-padded (as `{:0digits$x}` would).
-fn push_hex(out: &mut String, v: u64, digits: u32) {
+/// Fills `out` with the low `out.len()` hex digits of `v`, most significant first.
+fn put_hex(out: &mut [u8], mut v: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((v >> (4 * i)) & 0xf) as usize]));
+    for d in out.iter_mut().rev() {
+        *d = HEX[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -628,8 +632,8 @@ mod tests {
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
         assert_ne!(a, b);
         assert!(b.ends_with("00000002"), "{b}");
-        let mut s = String::new();
-        push_hex(&mut s, 0xabc, 8);
-        assert_eq!(s, format!("{:08x}", 0xabc));
+        let mut s = [0; 8];
+        put_hex(&mut s, 0xabc);
+        assert_eq!(&s, format!("{:08x}", 0xabc).as_bytes());
     }
 }

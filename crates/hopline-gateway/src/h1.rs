@@ -195,6 +195,10 @@ impl Front for H1Front<'_> {
             "HTTP/1.0"
         }
     }
+
+    fn arrival(&self) -> Instant {
+        self.arrival
+    }
 }
 
 /// A failure reading the body: a client that left, or bad framing (400).

@@ -325,6 +325,10 @@ impl Front for H2Front<'_> {
         "HTTP/2"
     }
 
+    fn arrival(&self) -> std::time::Instant {
+        self.arrival.into_std()
+    }
+
     fn carries_grpc(&self) -> bool {
         true
     }

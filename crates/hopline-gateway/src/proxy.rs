@@ -211,7 +211,12 @@ async fn attempts(
         let now = Instant::now();
         let guard = next_attempt(up, deadline, progress, now, &mut last_error, avoid)?;
         let span = new_span_id();
-        let attempt = (SystemTime::now(), now, guard.ep().addr);
+        // The wall clock is read only for a span that will be recorded.
+        let start = match &req.trace {
+            Some(t) if t.records() => SystemTime::now(),
+            _ => SystemTime::UNIX_EPOCH,
+        };
+        let attempt = (start, now, guard.ep().addr);
         let pooled = if fresh_only {
             None
         } else {

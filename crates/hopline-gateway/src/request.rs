@@ -108,7 +108,7 @@ pub(crate) async fn serve<F: Front>(
     client: &Client,
     kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
-    let arrival = Instant::now();
+    let arrival = front.arrival();
     let mut rec = AccessRecord {
         ts: Some(SystemTime::now()),
         request_id: gw.next_request_id(),

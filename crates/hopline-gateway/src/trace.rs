@@ -100,6 +100,11 @@ impl TraceCx {
         }
     }
 
+    /// Whether attempts are recorded (the trace is sampled and exported).
+    pub fn records(&self) -> bool {
+        self.attempts.is_some()
+    }
+
     /// Records a finished attempt, when this trace is sampled.
     pub fn record(&self, a: impl FnOnce() -> AttemptSpan) {
         if let Some(log) = &self.attempts {
