@@ -111,8 +111,12 @@ pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 /// Appends `d` in milliseconds with three decimals (microsecond resolution, rounded to the
 /// nearest microsecond), e.g. `12.345`.
 pub fn push_millis3(out: &mut Vec<u8>, d: Duration) {
-    let micros = (d.as_nanos() + 500) / 1_000;
-    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    // In u64 (a u128 division is a library call): seconds to microseconds, saturating
+    // only for durations beyond half a million years.
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_nanos() + 500) / 1_000);
     push_u64(out, micros / 1_000);
     out.push(b'.');
     push_padded(out, micros % 1_000, 3);
@@ -220,6 +224,30 @@ mod tests {
             "12.346"
         );
         assert_eq!(s(|o| push_millis3(o, Duration::from_secs(5))), "5000.000");
+        // Rounding that carries into the next millisecond and second.
+        assert_eq!(
+            s(|o| push_millis3(o, Duration::new(1, 999_999_500))),
+            "2000.000"
+        );
+        // The old u128 arithmetic, for a spread of durations.
+        for nanos in [
+            1u64,
+            499,
+            500,
+            999_999,
+            1_000_500,
+            86_400_000_000_123,
+            u64::MAX,
+        ] {
+            let d = Duration::from_nanos(nanos);
+            let micros = u64::try_from((d.as_nanos() + 500) / 1_000).unwrap_or(u64::MAX);
+            let want = format!("{}.{:03}", micros / 1_000, micros % 1_000);
+            assert_eq!(s(|o| push_millis3(o, d)), want, "{nanos} ns");
+        }
+        assert_eq!(
+            s(|o| push_millis3(o, Duration::MAX)),
+            format!("{}.{:03}", u64::MAX / 1_000, u64::MAX % 1_000)
+        );
     }
 
     #[test]
