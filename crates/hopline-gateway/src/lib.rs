@@ -219,20 +219,25 @@ fn spawn_connection(
     tasks.spawn(async move {
         // Held by reference: a move would keep a second copy in the task's state.
         let _guard = &guard;
-        let gw = current.load();
-        let Some(config) = gw.tls.clone() else { return };
-        // Boxed: the handshake's state (~1.6 KB) would otherwise be part of every
-        // connection's task for its whole life, idle keep-alive ones included.
-        let handshake = Box::pin(tls::handshake(&gw, config, stream, peer, accepted)).await;
-        drop(gw);
-        let Some((stream, session)) = handshake else {
-            return;
-        };
-        let h2 = session.h2;
-        let client = request::Client {
-            peer,
-            tls: Some(Arc::new(session)),
-            requests: Default::default(),
+        // In a block of its own: what the handshake leaves behind (the gateway it ran
+        // on, its result) then takes no room in the task while the connection is served.
+        let (stream, client, h2) = {
+            let gw = current.load();
+            let Some(config) = gw.tls.clone() else { return };
+            // Boxed: the handshake's state (~1.6 KB) would otherwise be part of every
+            // connection's task for its whole life, idle keep-alive ones included.
+            let handshake = Box::pin(tls::handshake(&gw, config, stream, peer, accepted)).await;
+            drop(gw);
+            let Some((stream, session)) = handshake else {
+                return;
+            };
+            let h2 = session.h2;
+            let client = request::Client {
+                peer,
+                tls: Some(Arc::new(session)),
+                requests: Default::default(),
+            };
+            (stream, client, h2)
         };
         if h2 {
             // Boxed: an HTTP/2 connection's state lives on the heap, only when there is one.
