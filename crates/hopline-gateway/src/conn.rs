@@ -237,8 +237,8 @@ async fn h2c_preface(stream: &mut ClientStream, buf: &mut BytesMut, until: Insta
     buf.starts_with(PREFACE)
 }
 
-/// Waits up to `wait` for the first byte of the next request. A plain connection holds
-/// no read buffer meanwhile; a TLS one reads through its session (which buffers anyway).
+/// Waits up to `wait` for the first byte of the next request, holding no read buffer
+/// meanwhile.
 async fn idle_wait(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
@@ -246,7 +246,29 @@ async fn idle_wait(
 ) -> Result<(), HeadError> {
     match stream {
         Stream::Plain(tcp) => wait_first_byte_unbuffered(tcp, buf, wait).await,
-        Stream::Tls(tls) => wait_first_byte(&mut **tls, buf, wait).await,
+        Stream::Tls(tls) => {
+            let until = Instant::now() + wait;
+            // With no plaintext left in the session, nothing can be read before the
+            // socket is: the buffer is given back and the socket's readiness awaited
+            // first (an idle TLS connection then holds no 8 KiB read buffer). With
+            // plaintext waiting, it is read at once.
+            if buf.is_empty() && tls.get_ref().1.wants_read() {
+                *buf = BytesMut::new();
+                let tcp = tls.get_ref().0;
+                let ready = std::future::poll_fn(|cx| tcp.poll_read_ready(cx));
+                match timeout_at(until, ready).await {
+                    Err(_) => return Err(HeadError::Idle),
+                    Ok(Err(e)) => return Err(HeadError::Io(e)),
+                    Ok(Ok(())) => {}
+                }
+            }
+            wait_first_byte(
+                &mut **tls,
+                buf,
+                until.saturating_duration_since(Instant::now()),
+            )
+            .await
+        }
     }
 }
 

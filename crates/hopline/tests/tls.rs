@@ -65,6 +65,39 @@ fn sni_picks_the_certificate_alpn_offers_h2_and_http11_and_the_log_shows_the_ses
 }
 
 #[test]
+fn an_idle_tls_connection_is_served_again_and_closes_at_its_idle_timeout() {
+    let ca = Ca::new("idle");
+    let leaf = ca.leaf("leaf", "leaf", &["localhost"], Validity::Good);
+    let up = mock(&["--quiet"]);
+    let gw = tls_gateway(&leaf, "", "idle_timeout = \"800ms\"", up.addr);
+    let addr = tls_addr(&gw);
+    let mut s = connect(addr, &ca.cert, "localhost", &["http/1.1"]).expect("handshake");
+    s.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert_eq!(get_tls(&mut s, "/a").0, 200);
+    // Quiet past the 100 ms hot wait, the connection waits for its socket without a
+    // read buffer; its next request is read and served all the same, twice.
+    for path in ["/b", "/c"] {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(get_tls(&mut s, path).0, 200, "{path}");
+    }
+    // Then silent: closed once the idle timeout has passed since the last response.
+    let last = Instant::now();
+    let mut byte = [0u8; 1];
+    let end = std::io::Read::read(&mut s, &mut byte);
+    let took = last.elapsed();
+    assert!(
+        !matches!(end, Ok(n) if n > 0),
+        "data on an idle connection: {end:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+#[test]
 fn a_stalled_handshake_is_cut_at_header_read_timeout_and_plain_http_gets_400() {
     let ca = Ca::new("stall");
     let leaf = ca.leaf("leaf", "leaf", &["localhost"], Validity::Good);
