@@ -210,7 +210,7 @@ pub fn serve_connection(
                 &current,
                 &mut stream,
                 &mut buf,
-                (seen, head_deadline),
+                seen,
                 &client,
                 &mut signals,
                 &mut idle_since,
@@ -290,11 +290,13 @@ async fn drain_wait(
 
 /// Serves requests back to back while the client sends the next within [`HOT_WAIT`];
 /// `KeepAlive` once it goes quiet (with `buf` empty), `Close` when the connection ends.
+/// `seen`: when the first request's first byte came; each head is due
+/// `header_read_timeout` after its first byte.
 async fn busy(
     current: &Current,
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-    (mut seen, mut head_deadline): (Instant, Instant),
+    mut seen: Instant,
     client: &Client,
     signals: &mut Signals,
     idle_since: &mut Instant,
@@ -312,6 +314,7 @@ async fn busy(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .gt(&0)
             .then(|| seen.saturating_duration_since(*idle_since));
+        let head_deadline = seen + gw.config.server.header_read_timeout;
         let served = request(
             &gw,
             stream,
@@ -349,7 +352,6 @@ async fn busy(
             }
         }
         seen = Instant::now();
-        head_deadline = seen + cfg.header_read_timeout;
     }
 }
 
