@@ -45,7 +45,6 @@ start_proxy() { # name port -> pid
   esac
   echo $!
 }
-serving_pid() { if [ "$1" = nginx ]; then pgrep -P "$2" | head -1; else echo "$2"; fi; }
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
 wrk_json() { # port path -> {"rps":…,"p99_ms":…,"non_2xx":…}
   taskset -c 1 wrk -t1 -c64 -d1s "http://127.0.0.1:$1$2" >/dev/null

@@ -32,12 +32,6 @@ start_proxy() { # name port -> pid
   esac
   echo $!
 }
-serving() { # pid -> the process that serves (nginx: its worker)
-  local w
-  w=$(pgrep -P "$1" | head -1 || true)
-  echo "${w:-$1}"
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
 LINES=()
@@ -53,7 +47,7 @@ for round in $(seq "$ROUNDS"); do
     rate=$((sat * fraction / 100))
     for name in "${names[@]}"; do
       port=$(free_port); pid=$(start_proxy "$name" "$port"); PIDS+=("$pid"); wait_port "$port"
-      worker=$(serving "$pid")
+      worker=$(serving_pid "$name" "$pid")
       t0=$(cpu_ticks "$worker")
       line=$(taskset -c 1 ./target/dist/fixed-rate "127.0.0.1:$port" "$rate" "$FIXED_SECS")
       t1=$(cpu_ticks "$worker")

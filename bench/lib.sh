@@ -34,6 +34,12 @@ render() { # template port -> file
 }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not ready" >&2; return 1; }
 
+# The process that serves a proxy's connections: nginx's worker (a child of the master
+# started here), the process itself for the others.
+serving_pid() { if [ "$1" = nginx ]; then pgrep -P "$2" | head -1; else echo "$2"; fi; } # name pid
+# A process's CPU time so far (user + system), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 start_upstream() {
   taskset -c 0 nginx -c "$(render upstream-nginx.conf 0)" >"$DIR/upstream.out" 2>&1 &
   PIDS+=($!)

@@ -42,7 +42,6 @@ start_proxy() { # name port [hopline config] -> pid
 
 declare -A RPS P99 P50 CPU
 TICK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system time, in ticks
 # The load generator runs on cpu 1 unless PIN is set otherwise (PIN= : not pinned). With
 # CPU_PID, the 4th field is that process's CPU time (user + system) per request in µs
 # over the measured run ("-" otherwise): a cost per request that a noisy host's steal
