@@ -28,22 +28,19 @@ pub(crate) fn forward(
     strip_hop_by_hop(&mut req.headers);
     let mut has_forwarded_for = false;
     let mut has_host = false;
-    for (n, value) in req.headers.iter() {
-        if n.eq_ignore_ascii_case(b"x-forwarded-for") {
-            has_forwarded_for = true;
-            continue;
-        }
-        if n.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
-            || n.eq_ignore_ascii_case(b"grpc-timeout")
-            || n.eq_ignore_ascii_case(b"expect")
-            || n.eq_ignore_ascii_case(b"x-request-id")
-            || is_trace_header(n)
-        {
-            continue;
-        }
-        has_host |= n.eq_ignore_ascii_case(b"host");
-        put_header(&mut out, n, value);
-    }
+    req.headers
+        .write_where(&mut out, |n| match ForwardRule::of(n) {
+            ForwardRule::ForwardedFor => {
+                has_forwarded_for = true;
+                false
+            }
+            ForwardRule::Replaced => false,
+            ForwardRule::Host => {
+                has_host = true;
+                true
+            }
+            ForwardRule::Kept => true,
+        });
     if !has_host {
         let host = gw.upstreams[upstream].default_host();
         put_header(&mut out, b"host", host.as_bytes());
@@ -73,6 +70,43 @@ pub(crate) fn forward(
         margin: gw.config.deadline.margin,
         trace: Some(trace.clone()),
         call: None,
+    }
+}
+
+/// What becomes of a received field (hop-by-hop ones already removed) in the upstream head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForwardRule {
+    /// Sent as received.
+    Kept,
+    /// `host`: sent as received, and none added.
+    Host,
+    /// `x-forwarded-for`: merged into the one the gateway writes.
+    ForwardedFor,
+    /// The deadline headers (each attempt carries its own budget), `expect` (the gateway
+    /// has read the body), `x-request-id` and the trace headers (the gateway writes them).
+    Replaced,
+}
+
+impl ForwardRule {
+    fn of(name: &[u8]) -> ForwardRule {
+        // The length picks the one name a field could be (two share 12 bytes), so each
+        // field costs one comparison at most.
+        let (candidate, rule): (&[u8], _) = match name.len() {
+            4 => (b"host", ForwardRule::Host),
+            6 => (b"expect", ForwardRule::Replaced),
+            10 => (b"tracestate", ForwardRule::Replaced),
+            11 => (b"traceparent", ForwardRule::Replaced),
+            12 if name[0].eq_ignore_ascii_case(&b'g') => (b"grpc-timeout", ForwardRule::Replaced),
+            12 => (b"x-request-id", ForwardRule::Replaced),
+            15 => (b"x-forwarded-for", ForwardRule::ForwardedFor),
+            30 => (b"x-envoy-expected-rq-timeout-ms", ForwardRule::Replaced),
+            _ => return ForwardRule::Kept,
+        };
+        if candidate.eq_ignore_ascii_case(name) {
+            rule
+        } else {
+            ForwardRule::Kept
+        }
     }
 }
 
@@ -115,6 +149,33 @@ mod tests {
         let ip = client.parse().expect("ip");
         put_forwarded_for(&mut out, (!received.is_empty()).then_some(&headers), ip);
         String::from_utf8(out.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn each_field_gets_the_rule_its_name_asks_for_in_any_case() {
+        let expect = [
+            ("Host", ForwardRule::Host),
+            ("X-Forwarded-For", ForwardRule::ForwardedFor),
+            ("x-envoy-expected-rq-timeout-ms", ForwardRule::Replaced),
+            ("GRPC-Timeout", ForwardRule::Replaced),
+            ("Expect", ForwardRule::Replaced),
+            ("X-Request-ID", ForwardRule::Replaced),
+            ("traceparent", ForwardRule::Replaced),
+            ("TraceState", ForwardRule::Replaced),
+            // Same lengths, other names.
+            ("hosT2", ForwardRule::Kept),
+            ("hust", ForwardRule::Kept),
+            ("accept", ForwardRule::Kept),
+            ("x-request-ie", ForwardRule::Kept),
+            ("grpc-timeouT", ForwardRule::Replaced),
+            ("grpc-encoding", ForwardRule::Kept),
+            ("content-type", ForwardRule::Kept),
+            ("x-forwarded-by", ForwardRule::Kept),
+            ("", ForwardRule::Kept),
+        ];
+        for (name, rule) in expect {
+            assert_eq!(ForwardRule::of(name.as_bytes()), rule, "{name}");
+        }
     }
 
     #[test]
