@@ -57,8 +57,8 @@ count() { # n -> instructions
     -c "$(render proxy-hopline.toml "$port")" >/dev/null 2>"$DIR/valgrind.$1" &
   pid=$!
   PIDS+=("$pid")
-  # Under valgrind start-up takes seconds, not milliseconds.
-  for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+  # Under valgrind start-up takes seconds, not milliseconds: up to 60 s.
+  wait_port "$port" 1200
   python3 "$DIR/client.py" "$port" "$1"
   kill -INT "$pid"
   wait "$pid" || true

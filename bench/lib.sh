@@ -32,7 +32,8 @@ render() { # template port -> file
   sed -e "s#__DIR__#$DIR#g" -e "s#__UPSTREAM_PORT__#$UP#g" -e "s#__PROXY_PORT__#$2#g" "bench/conf/$1" > "$DIR/$1"
   echo "$DIR/$1"
 }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not ready" >&2; return 1; }
+# wait_port PORT [TRIES]: up to TRIES connection attempts 0.05 s apart (200: 10 s).
+wait_port() { for _ in $(seq "${2:-200}"); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not ready" >&2; return 1; }
 
 # The process that serves a proxy's connections: nginx's worker (a child of the master
 # started here), the process itself for the others.

@@ -89,13 +89,12 @@ enum ForwardRule {
 
 impl ForwardRule {
     fn of(name: &[u8]) -> ForwardRule {
-        // The length picks the one name a field could be (two share 12 bytes), so each
-        // field costs one comparison at most.
+        // The length picks the one name a field could be (two share 12 bytes; the trace
+        // headers are 10 and 11), so each field costs one or two comparisons.
         let (candidate, rule): (&[u8], _) = match name.len() {
             4 => (b"host", ForwardRule::Host),
             6 => (b"expect", ForwardRule::Replaced),
-            10 => (b"tracestate", ForwardRule::Replaced),
-            11 => (b"traceparent", ForwardRule::Replaced),
+            10 | 11 if is_trace_header(name) => return ForwardRule::Replaced,
             12 if name[0].eq_ignore_ascii_case(&b'g') => (b"grpc-timeout", ForwardRule::Replaced),
             12 => (b"x-request-id", ForwardRule::Replaced),
             15 => (b"x-forwarded-for", ForwardRule::ForwardedFor),

@@ -227,7 +227,6 @@ fn spawn_connection(
             // Boxed: the handshake's state (~1.6 KB) would otherwise be part of every
             // connection's task for its whole life, idle keep-alive ones included.
             let handshake = Box::pin(tls::handshake(&gw, config, stream, peer, accepted)).await;
-            drop(gw);
             let Some((stream, session)) = handshake else {
                 return;
             };
