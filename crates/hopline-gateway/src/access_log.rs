@@ -245,7 +245,7 @@ impl AccessRecord {
                 s.extend_from_slice(b",\"cause\":");
                 json_opt(s, c.cause.as_deref());
                 s.extend_from_slice(b",\"phase\":");
-                json_opt(s, c.phase);
+                json_opt(s, c.phase.map(|ph| ph.label()));
                 s.extend_from_slice(if c.fallback {
                     b",\"fallback\":true,\"attempts\":"
                 } else {

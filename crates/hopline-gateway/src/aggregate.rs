@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::AggregateMode;
-use hopline_core::{Deadline, ProxyError};
+use hopline_core::{Deadline, Phase, ProxyError};
 use hopline_h1::head::{put_header, Headers};
 
 use crate::front::{BodySize, ResponseStart, Sink};
@@ -51,7 +51,7 @@ pub struct CallRecord {
     /// Why the call fell back (or failed), if it did.
     pub cause: Option<String>,
     /// The phase of the upstream exchange it failed (or was cut off) in.
-    pub phase: Option<&'static str>,
+    pub phase: Option<Phase>,
     /// Served from its fallback.
     pub fallback: bool,
     /// Time from start to end.
@@ -119,7 +119,7 @@ impl Drop for RunningCall<'_> {
             r.duration = elapsed;
             // Cut off (its request gone): what it was waiting in.
             if r.state == CallState::Running && status.is_none() {
-                r.phase = phase.map(|ph| ph.label());
+                r.phase = phase;
             }
         });
     }
@@ -337,7 +337,7 @@ async fn one(
         if let Err(e) = &result {
             r.cause = Some(hopline_core::error::cause_chain(e));
             if let CallFailure::Proxy(p) = e {
-                r.phase = p.upstream_phase().map(|ph| ph.label());
+                r.phase = p.upstream_phase();
             }
             r.fallback = !call.config.required;
         }

@@ -225,7 +225,9 @@ async fn attempts(
         let (conn, now) = match pooled {
             Some(c) => (c, now),
             None => match up
-                .connect(guard.ep(), deadline, &gw.egress, &gw.metrics)
+                .connect(guard.ep(), deadline, &gw.egress, &gw.metrics, &|phase| {
+                    progress.update(|p| p.phase = Some(phase))
+                })
                 .await
             {
                 Ok(c) => (c, Instant::now()),
@@ -461,7 +463,14 @@ async fn exchange(
     wire.put_slice(b"\r\n");
     wire.extend_from_slice(&req.body);
     let mut sent = false;
-    let result = timeout_at(until.into(), conn.exchange_head(&wire, &mut sent)).await;
+    // Once the request is out, the attempt is waiting on the upstream's answer: a client
+    // leaving now left while the upstream had its request.
+    let answering = || progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
+    let result = timeout_at(
+        until.into(),
+        conn.exchange_head(&wire, &mut sent, answering),
+    )
+    .await;
     let phase = if sent {
         Phase::ResponseHeaders
     } else {

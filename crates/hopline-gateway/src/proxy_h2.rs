@@ -43,7 +43,9 @@ pub(crate) async fn proxy_h2<S: Sink>(
         let retry_left = retries < up.config.max_retries;
         // Held until the response is done: the stream counts against the connection.
         let stream = match up
-            .h2_sender(guard.ep(), &deadline, &gw.egress, &gw.metrics)
+            .h2_sender(guard.ep(), &deadline, &gw.egress, &gw.metrics, &|phase| {
+                progress.update(|p| p.phase = Some(phase))
+            })
             .await
         {
             Ok(s) => s,

@@ -488,18 +488,20 @@ fn client_gone(
     }
 }
 
-/// What a cancelled aggregate request was waiting on, e.g. `calls coupons (running), coin (not started)`.
+/// What a cancelled aggregate request was waiting on, e.g.
+/// `calls coupons -> coupon (egress) response headers, coin -> coin (internal) not started`.
 fn calls_waiting(calls: &[CallRecord]) -> Option<String> {
     let open: Vec<String> = calls
         .iter()
         .filter(|c| c.state != CallState::Done)
-        .map(|c| {
-            let state = if c.state == CallState::Running {
-                "running"
-            } else {
-                "not started"
-            };
-            format!("{} -> {} ({}) {state}", c.name, c.upstream, c.zone)
+        .map(|c| match (c.state, c.phase) {
+            (CallState::Running, Some(phase)) => {
+                format!("{} -> {} ({}) {phase}", c.name, c.upstream, c.zone)
+            }
+            (CallState::Running, None) => {
+                format!("{} -> {} ({}) running", c.name, c.upstream, c.zone)
+            }
+            _ => format!("{} -> {} ({}) not started", c.name, c.upstream, c.zone),
         })
         .collect();
     (!open.is_empty()).then(|| format!("calls {}", open.join(", ")))

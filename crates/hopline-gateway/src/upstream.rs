@@ -34,6 +34,10 @@ use crate::metrics::Metrics;
 use crate::shared::{SharedEgress, SharedSlot};
 use crate::stream::{Stream, UpstreamStream};
 
+/// Told of each step a new connection reaches (`TLS handshake`, the HTTP/2 handshake), so
+/// a request cut off while connecting can say which step it was waiting in.
+pub type PhaseNote<'a> = &'a (dyn Fn(Phase) + Sync);
+
 /// Largest upstream response head accepted.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -453,6 +457,7 @@ impl Upstream {
         deadline: &Deadline,
         egress: &Egress,
         metrics: &Metrics,
+        note: PhaseNote<'_>,
     ) -> Result<H2Stream, ProxyError> {
         if let Some(send) = self.h2_ready(ep) {
             return Ok(send);
@@ -473,7 +478,9 @@ impl Upstream {
         if let Some(send) = self.h2_ready(ep) {
             return Ok(send);
         }
-        let conn = self.connect(ep, deadline, egress, metrics).await?;
+        let conn = self.connect(ep, deadline, egress, metrics, note).await?;
+        // The HTTP/2 handshake is part of connecting (its failures are connect failures).
+        note(Phase::Connect);
         let addr = conn.addr;
         let start = Instant::now();
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
@@ -539,13 +546,15 @@ impl Upstream {
     }
 
     /// Opens a new connection to `ep`: the TCP connect, then (TLS upstreams) the
-    /// handshake, each bounded by `min(connect_timeout, time left)`.
+    /// handshake, each bounded by `min(connect_timeout, time left)`; `note` is told when
+    /// the handshake starts.
     pub async fn connect(
         &self,
         ep: &Arc<Endpoint>,
         deadline: &Deadline,
         egress: &Egress,
         metrics: &Metrics,
+        note: PhaseNote<'_>,
     ) -> Result<ClientConn, ProxyError> {
         self.take_new_connection(egress)?;
         let addr = ep.addr;
@@ -566,6 +575,7 @@ impl Upstream {
         let _ = tcp.set_nodelay(true);
         let stream = match (&self.tls, &ep.server_name) {
             (Some(tls), Some(name)) => {
+                note(Phase::Tls);
                 let shake = self.handshake(tls, name, tcp, deadline, metrics).await;
                 shake.map_err(fail)?
             }
@@ -669,11 +679,15 @@ impl ClientConn {
     /// it refuses): its answer is passed on rather than waited past. `sent` says whether
     /// the whole request went out; when it did not, the connection must not be reused.
     /// A failed write is reported only if no response head can be read after it.
+    /// `on_sent` runs once the whole request is out (the exchange now waits on the
+    /// upstream's answer).
     pub async fn exchange_head(
         &mut self,
         wire: &[u8],
         sent: &mut bool,
+        on_sent: impl FnOnce(),
     ) -> Result<ResponseHead, ExchangeError> {
+        let mut on_sent = Some(on_sent);
         let (mut rd, mut wr) = self.stream.split();
         let mut send = pin!(wr.write_all(wire));
         let mut send_error = None;
@@ -687,7 +701,12 @@ impl ClientConn {
             tokio::select! {
                 biased;
                 r = &mut send, if !*sent && send_error.is_none() => match r {
-                    Ok(()) => *sent = true,
+                    Ok(()) => {
+                        *sent = true;
+                        if let Some(f) = on_sent.take() {
+                            f();
+                        }
+                    }
                     Err(e) => send_error = Some(e),
                 },
                 head = &mut read => {

@@ -228,10 +228,12 @@ fn client_leaving_cancels_the_running_call_and_starts_no_more() {
         line["cause"]
             .as_str()
             .expect("cause")
-            .contains("calls coupons -> coupon (egress) running"),
+            .contains("calls coupons -> coupon (egress) response headers"),
         "{line}"
     );
     assert_eq!(line["calls"][0]["cause"], "aborted: client gone");
+    // The coupon service had the request: the call was waiting on its answer.
+    assert_eq!(line["calls"][0]["phase"], "response_headers", "{line}");
     // The aborted call logs what the upstream saw: one attempt, running until the abort.
     assert_eq!(line["calls"][0]["attempts"], 1, "{line}");
     assert!(
