@@ -66,7 +66,7 @@ pub fn schema() -> Value {
         "client_key": {"type": "string", "description": "client private key (PEM) for mutual TLS"},
         "insecure_skip_verify": {"type": "boolean", "default": false, "description": "accept any certificate (tests only; check flags it)"},
         "alpn": {"type": "array", "items": {"enum": ["http/1.1", "h2"]}, "description": "default: the upstream's protocol"},
-        "panic_threshold": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50, "description": "below this share (%) of usable endpoints, balance over all (panic mode)"},
+        "panic_threshold": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50, "description": "when some endpoints are usable but fewer than this share (%), balance over all (panic mode); none usable is 503 UH with Retry-After"},
         "outlier": closed(json!({
             "enabled": {"type": "boolean", "default": true},
             "consecutive_failures": {"type": "integer", "minimum": 1, "default": 5, "description": "gateway failures in a row (connect failure, reset, timeout, 502/503/504) that eject an endpoint"},

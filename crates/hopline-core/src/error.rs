@@ -476,6 +476,10 @@ pub enum ProxyError {
         upstream: Arc<str>,
         /// Why none is usable, e.g. `no address for coupon.svc: NXDOMAIN (last tried 2s ago)`.
         detail: String,
+        /// When asking again may find one (the answer's `Retry-After`, whole seconds, at
+        /// least 1): the first ejection's end, the health checks' time to pass one again,
+        /// or the next resolution.
+        retry_after: Duration,
     },
     /// The deadline was spent before an upstream call could start.
     #[error("deadline {} spent before the upstream call could start", Human(*budget))]

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hopline_core::config::{LoadBalancing, OutlierConfig};
 use hopline_core::time::Human;
@@ -237,7 +237,7 @@ impl Reporter {
 pub enum NoEndpoint {
     /// The set is empty: names not resolved (yet).
     Empty,
-    /// Every endpoint is ejected or unhealthy (only with `panic_threshold = 0`).
+    /// Every endpoint is ejected or unhealthy.
     NoneUsable,
 }
 
@@ -345,12 +345,15 @@ impl EndpointSet {
                 .filter(|e| self.usable(e, now))
                 .cloned()
                 .collect();
-            let panic = usable.len() * 100 < usize::from(self.panic_threshold) * list.len();
+            // Every endpoint known dead: answered at once (503 `UH`), never sent to one of
+            // them. Panic mode is for some usable, but fewer than the threshold.
+            let panic = !usable.is_empty()
+                && usable.len() * 100 < usize::from(self.panic_threshold) * list.len();
             self.set_panic(panic, usable.len(), list.len());
-            if panic {
-                choose(&list, lb, draw, avoid)
-            } else if usable.is_empty() {
+            if usable.is_empty() {
                 return Err(NoEndpoint::NoneUsable);
+            } else if panic {
+                choose(&list, lb, draw, avoid)
             } else {
                 choose(&usable, lb, draw, avoid)
             }
@@ -390,8 +393,13 @@ impl EndpointSet {
                     self.upstream, self.panic_threshold
                 );
             } else {
+                let then = if usable == 0 {
+                    ", answering 503 UH until one is back"
+                } else {
+                    ""
+                };
                 eprintln!(
-                    "hopline: upstream {}: panic mode over: {usable} of {all} endpoints usable",
+                    "hopline: upstream {}: panic mode over: {usable} of {all} endpoints usable{then}",
                     self.upstream
                 );
             }
@@ -553,6 +561,17 @@ impl EndpointSet {
                 (e.clone(), state)
             })
             .collect()
+    }
+
+    /// How long until the first ejection that is in force now runs out, if any.
+    pub fn soonest_return(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.list()
+            .iter()
+            .filter_map(|e| e.standing().ejected_until)
+            .filter(|until| *until > now)
+            .min()
+            .map(|until| until - now)
     }
 
     /// Why no endpoint is usable, for the 503 `UH` cause.

@@ -81,8 +81,16 @@ pub fn error_parts(err: &ProxyError, cx: &ErrorContext<'_>) -> ErrorResponse {
             Bytes::copy_from_slice(cx.trace_id.as_bytes()),
         );
     }
-    if let ProxyError::MethodNotAllowed { allow, .. } = err {
-        headers.push("allow", Bytes::copy_from_slice(allow.as_bytes()));
+    match err {
+        ProxyError::MethodNotAllowed { allow, .. } => {
+            headers.push("allow", Bytes::copy_from_slice(allow.as_bytes()));
+        }
+        ProxyError::NoEndpoint { retry_after, .. } => {
+            // Whole seconds (RFC 9110 §10.2.3), rounded up, at least 1.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.push("retry-after", secs.max(1).to_string());
+        }
+        _ => {}
     }
     ErrorResponse {
         status: d.status,

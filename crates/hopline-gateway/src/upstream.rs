@@ -399,7 +399,29 @@ impl Upstream {
                     NoEndpoint::Empty => self.names.no_address(),
                     NoEndpoint::NoneUsable => self.endpoints.none_usable(),
                 },
+                retry_after: self.retry_after(why),
             })
+    }
+
+    /// When an upstream with no usable endpoint may have one again: the first ejection's
+    /// end or the health checks' time to pass an endpoint again, whichever is sooner; a
+    /// name's next resolution (`dns.min_ttl` after a failure) when none resolved.
+    fn retry_after(&self, why: NoEndpoint) -> Duration {
+        match why {
+            NoEndpoint::Empty => self.dns.min_ttl,
+            NoEndpoint::NoneUsable => {
+                let healthy = self
+                    .config
+                    .health
+                    .as_ref()
+                    .map(|h| h.interval * h.healthy_threshold);
+                let returns = self.endpoints.soonest_return();
+                match (healthy, returns) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).unwrap_or(Duration::from_secs(1)),
+                }
+            }
+        }
     }
 
     /// Takes the most recently used live idle connection to endpoint `i`, if any (`now`

@@ -230,19 +230,62 @@ fn with_nothing_usable_the_answer_is_503_uh_at_once() {
     let gw = gateway(
         "[admin]\nlisten = \"127.0.0.1:0\"\n",
         &format!(
-            "[upstreams.m]\nendpoints = [\"{sick}\"]\nmax_retries = 0\npanic_threshold = 0\n[upstreams.m.outlier]\nconsecutive_failures = 1\nmax_ejection_percent = 100\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n"
+            "[upstreams.m]\nendpoints = [\"{sick}\"]\nmax_retries = 0\n[upstreams.m.outlier]\nconsecutive_failures = 1\nmax_ejection_percent = 100\nbase_ejection = \"30s\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n"
         ),
     );
     let r = get(gw.addr, "/x", "");
     assert_eq!((r.status, r.header("x-hopline-flags")), (502, Some("UF")));
+    // Zero usable is not panic mode (whatever panic_threshold says): nothing is sent to a
+    // known-dead endpoint, and the client is told when to ask again (the ejection's end).
     let r = get(gw.addr, "/x", "");
     assert_eq!((r.status, r.header("x-hopline-flags")), (503, Some("UH")));
+    let after: u64 = r
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("secs");
+    assert!((29..=30).contains(&after), "retry-after {after}");
     let line = gw.wait_json(WAIT, "the 503 line", |v| v["status"] == 503);
     assert_eq!(
         line["cause"],
         "upstream m: 1 endpoints, none usable: 1 ejected, 0 failing health checks"
     );
     assert!(num(&line, "duration_ms") <= 5.0, "{line}");
+}
+
+#[test]
+fn a_dead_endpoint_failing_its_health_checks_is_503_uh_at_once_not_panic_mode() {
+    // examples/gateway.toml's case: one endpoint, health checks, the default
+    // panic_threshold (50 %); the endpoint dies.
+    let mut up = pod("127.0.0.1", 0, "only", &[]);
+    let gw = gateway(
+        "",
+        &format!(
+            "[upstreams.m]\nendpoints = [\"{}\"]\n[upstreams.m.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 10\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            up.addr
+        ),
+    );
+    assert_eq!(get(gw.addr, "/x", "").status, 200);
+    let addr = up.addr;
+    up.terminate();
+    up.wait_exit(WAIT).expect("mock exited");
+    gw.stderr.wait_for(WAIT, "unhealthy", |l| {
+        l.contains(&format!("endpoint {addr} of m is unhealthy"))
+    });
+    let r = get(gw.addr, "/x", "");
+    assert_eq!((r.status, r.header("x-hopline-flags")), (503, Some("UH")));
+    // Ten passing checks 200 ms apart bring it back: ask again in 2 s.
+    assert_eq!(r.header("retry-after"), Some("2"));
+    let line = gw.wait_json(WAIT, "the 503 line", |v| v["status"] == 503);
+    assert_eq!(line["attempts"], 0, "{line}");
+    assert_eq!(
+        line["cause"],
+        "upstream m: 1 endpoints, none usable: 0 ejected, 1 failing health checks"
+    );
+    assert!(
+        !gw.stderr.all().iter().any(|l| l.contains("panic mode")),
+        "zero usable is not panic mode"
+    );
 }
 
 #[test]
