@@ -1,4 +1,4 @@
-//! The hopline command: serve, check, mock, chaos and drill.
+//! The hopline command: drill, serve, check, diagnose, mock and chaos.
 //!
 //! Thin by design: parse arguments, load and validate config, call the library crates.
 //! Exit codes: 0 success, 1 failure at run time, 2 unusable input (bad config or flags).
@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+
+mod output;
+
+use output::{emit, emit_line};
 
 /// hopline: an HTTP gateway in which every hop knows its deadline and every failure names
 /// its real cause.
@@ -168,22 +172,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "hopline",
-                &mut std::io::stdout(),
-            );
-            Ok(ExitCode::SUCCESS)
+            // Into a buffer first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hopline", &mut script);
+            emit(script)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
         }
-        Command::Schema => {
-            println!("{:#}", hopline_config::schema::schema());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Man => clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
+        Command::Schema => emit_line(format_args!("{:#}", hopline_config::schema::schema()))
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .and_then(|()| emit(page))
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
         Command::Serve {
             config,
             threads,
@@ -273,6 +279,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // `| head` read what it wanted: not a failure.
+        Err(e) if output::reader_gone(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hopline: error: {e:#}");
             ExitCode::from(1)
@@ -305,10 +313,7 @@ fn check(path: &std::path::Path, format: Format) -> ExitCode {
             if format == Format::Json {
                 // Scripts get JSON whatever happened: the problems, each with its place.
                 let name = path.display().to_string();
-                println!(
-                    "{}",
-                    hopline_config::audit::render_load_error_json(&e, &name)
-                );
+                let _ = emit_line(hopline_config::audit::render_load_error_json(&e, &name));
             } else {
                 eprintln!("hopline: {message}");
             }
@@ -319,16 +324,11 @@ fn check(path: &std::path::Path, format: Format) -> ExitCode {
     let resolver = hopline_config::audit::system_resolver(RESOLVE_LIMIT);
     let findings = hopline_config::audit::audit(&config, &text, &resolver);
     let name = path.display().to_string();
-    match format {
-        Format::Text => print!(
-            "{}",
-            hopline_config::audit::render_text(&findings, &name, &text)
-        ),
-        Format::Json => println!(
-            "{}",
-            hopline_config::audit::render_json(&findings, &name, &text)
-        ),
-    }
+    // The exit code says what was found whether or not the reader stayed to the end.
+    let _ = match format {
+        Format::Text => emit(hopline_config::audit::render_text(&findings, &name, &text)),
+        Format::Json => emit_line(hopline_config::audit::render_json(&findings, &name, &text)),
+    };
     if findings
         .iter()
         .any(|f| f.severity == hopline_config::audit::Severity::Error)
@@ -611,11 +611,12 @@ fn chaos(
                 .create(spec, toxics)
                 .await
                 .map_err(|e| anyhow::anyhow!("proxy {name}: {e}"))?;
+            let n = p["toxics"].as_array().map_or(0, Vec::len);
             eprintln!(
-                "hopline chaos: proxy {name} on {} -> {} ({} toxics)",
+                "hopline chaos: proxy {name} on {} -> {} ({n} toxic{})",
                 p["listen"].as_str().unwrap_or(""),
                 p["upstream"].as_str().unwrap_or(""),
-                p["toxics"].as_array().map_or(0, Vec::len)
+                if n == 1 { "" } else { "s" }
             );
         }
         hopline_chaos::api::serve(listener, registry, options, stop).await;
@@ -649,7 +650,7 @@ fn diagnose(
         );
     }
     match format {
-        "json" => println!("{:#}", report.to_json()),
+        "json" => emit_line(format_args!("{:#}", report.to_json()))?,
         "html" => {
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
@@ -659,10 +660,9 @@ fn diagnose(
             let json = out.join("diagnosis.json");
             std::fs::write(&json, format!("{:#}\n", report.to_json()))
                 .with_context(|| format!("cannot write {}", json.display()))?;
-            print!("{}", report.text());
-            println!("report: {}", page.display());
+            emit(format!("{}report: {}\n", report.text(), page.display()))?;
         }
-        _ => print!("{}", report.text()),
+        _ => emit(report.text())?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -784,8 +784,11 @@ fn drill(
                 }
             }))?
         };
-        print!("{}", r.summary);
-        println!("  report: {}", dir.join("index.html").display());
+        emit(format!(
+            "{}  report: {}\n",
+            r.summary,
+            dir.join("index.html").display()
+        ))?;
         let interrupted = r.interrupted;
         results.push(r);
         if interrupted {
@@ -794,7 +797,7 @@ fn drill(
         }
     }
     if results.len() > 1 {
-        println!("{}", hopline_drill::report::side_by_side(&results));
+        emit_line(hopline_drill::report::side_by_side(&results))?;
     }
     Ok(if results.iter().all(|r| r.passed) {
         ExitCode::SUCCESS

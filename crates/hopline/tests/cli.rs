@@ -101,3 +101,62 @@ fn schema_prints_the_committed_json_schema() {
         false
     );
 }
+
+/// Runs `hopline args` with its stdout a pipe whose reader has already gone, as after
+/// `| head` read its lines: the command ends quietly, exit 0 (Unix tools do), no panic.
+fn run_into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_with_exit_0() {
+    let log = temp_file(
+        "access.log",
+        r#"{"ts":"2026-12-06T10:00:00.000Z","status":504,"flags":["UT"],"route":"r","upstream":"u","zone":"internal","phase":"response_headers","cause":"upstream u 127.0.0.1:1 (internal): response headers timed out after 300ms (request deadline)","duration_ms":300.1}
+"#,
+    );
+    let config = temp_file(
+        "hopline.toml",
+        "[upstreams.u]\nendpoints = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+    );
+    let cases: [&[&str]; 6] = [
+        &["diagnose", "--format", "json", path(&log)],
+        &["diagnose", path(&log)],
+        &["man"],
+        &["schema"],
+        &["completions", "bash"],
+        &["check", "-c", path(&config)],
+    ];
+    for args in cases {
+        let (code, err) = run_into_closed_pipe(args);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert!(matches!(code, Some(0 | 1)), "{args:?}: exit {code:?}");
+        if args[0] != "check" {
+            assert_eq!(code, Some(0), "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn help_names_every_command_on_its_first_line() {
+    let out = std::process::Command::new(bin())
+        .arg("--help")
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let first = help.lines().next().unwrap_or("");
+    for cmd in ["drill", "serve", "check", "diagnose", "mock", "chaos"] {
+        assert!(first.contains(cmd), "{cmd} missing from: {first}");
+    }
+}
