@@ -725,7 +725,8 @@ pub fn render_load_error_json(err: &crate::LoadError, path: &str) -> String {
                     "rule": "invalid-config",
                     "message": p.kind.to_string(),
                     "help": null,
-                    "key": p.key,
+                    // A syntax error is the file's, not a key's.
+                    "key": (!p.key.is_empty()).then_some(&p.key),
                     "file": path,
                     "line": p.location.line,
                     "column": p.location.column,

@@ -1328,4 +1328,73 @@ mod tests {
         assert!(matches!(p[0].kind, ProblemKind::Syntax(_)));
         assert_eq!(p[0].location.line, 1);
     }
+
+    #[test]
+    fn a_wrong_type_shows_the_line_written_as_expected() {
+        let said = |text: &str| -> Vec<String> {
+            read(text)
+                .expect_err("invalid")
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.kind))
+                .collect()
+        };
+        assert_eq!(
+            said("[server]\nlisten = 8080\n"),
+            ["server.listen: expected a string, e.g. `listen = \"127.0.0.1:8080\"`"]
+        );
+        assert_eq!(
+            said("[upstreams.a]\nendpoints = \"127.0.0.1:9\"\ntimeout = 2\n"),
+            [
+                "upstreams.a.endpoints: expected an array of strings, e.g. `endpoints = [\"127.0.0.1:9\"]`",
+                "upstreams.a.timeout: expected a duration string, e.g. `timeout = \"2s\"`",
+            ]
+        );
+        assert_eq!(
+            said("[server]\nh2c = \"true\"\nmax_connections = \"10\"\nidle_timeout = 1.5\n"),
+            [
+                "server.h2c: expected true or false, e.g. `h2c = true`",
+                "server.max_connections: expected an integer, e.g. `max_connections = 10`",
+                "server.idle_timeout: expected a duration string, e.g. `idle_timeout = \"1.5s\"`",
+            ]
+        );
+        // Nothing to guess from: no example.
+        assert_eq!(
+            said("[server]\nlisten = [1]\n"),
+            ["server.listen: expected a string"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_known_one_nearest_in_spelling() {
+        let said = |text: &str| -> Vec<String> {
+            read(text)
+                .expect_err("invalid")
+                .iter()
+                .map(|p| p.kind.to_string())
+                .collect()
+        };
+        assert_eq!(
+            said("[server]\nidle_timout = \"2s\"\n"),
+            ["unknown key; did you mean `idle_timeout`?"]
+        );
+        assert_eq!(
+            said("[[route]]\nname = \"r\"\n"),
+            ["unknown key; did you mean `routes`?"]
+        );
+        assert_eq!(
+            said("[server]\nlsiten = \"127.0.0.1:1\"\n"),
+            ["unknown key; did you mean `listen`?"]
+        );
+        // Far from every known key: no guess.
+        assert_eq!(said("[server]\ncolour = \"red\"\n"), ["unknown key"]);
+    }
+
+    #[test]
+    fn a_syntax_error_is_the_files_on_one_line() {
+        let p = read("[server\n").expect_err("invalid");
+        assert_eq!(p[0].key, "");
+        let line = p[0].to_string();
+        assert!(line.starts_with("1:8: TOML syntax: "), "{line}");
+        assert!(!line.contains('\n') && !line.contains("(file)"), "{line}");
+    }
 }

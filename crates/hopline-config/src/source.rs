@@ -33,16 +33,22 @@ pub enum ProblemKind {
     #[error("TOML syntax: {0}")]
     Syntax(String),
     /// A key that hopline does not know.
-    #[error("unknown key")]
-    UnknownKey,
+    #[error("unknown key{}", did_you_mean(.suggestion))]
+    UnknownKey {
+        /// The known key of this table nearest in spelling, if one is near.
+        suggestion: Option<&'static str>,
+    },
     /// A required key is absent.
     #[error("missing required key")]
     Missing,
     /// A value of the wrong type.
-    #[error("expected {expected}")]
+    #[error("expected {expected}{}", for_example(.example))]
     WrongType {
         /// What was expected.
         expected: &'static str,
+        /// The line written as expected, from the value given (`listen = "127.0.0.1:8080"`
+        /// for `listen = 8080`), when one can be guessed.
+        example: Option<String>,
     },
     /// A duration that does not parse.
     #[error(transparent)]
@@ -64,6 +70,16 @@ pub enum ProblemKind {
     Conflict(String),
 }
 
+fn did_you_mean(suggestion: &Option<&'static str>) -> String {
+    suggestion.map_or(String::new(), |k| format!("; did you mean `{k}`?"))
+}
+
+fn for_example(example: &Option<String>) -> String {
+    example
+        .as_ref()
+        .map_or(String::new(), |e| format!(", e.g. `{e}`"))
+}
+
 /// One problem: where, which key, what.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
@@ -71,7 +87,8 @@ pub struct Problem {
     pub location: Location,
     /// Byte range in the file, for snippets.
     pub span: Range<usize>,
-    /// The dotted key, e.g. `upstreams.coupon.connect_timeout` or `routes[1].upstream`.
+    /// The dotted key, e.g. `upstreams.coupon.connect_timeout` or `routes[1].upstream`;
+    /// empty for a problem of the file as a whole (TOML syntax).
     pub key: String,
     /// What is wrong.
     pub kind: ProblemKind,
@@ -79,11 +96,12 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: key `{}`: {}",
-            self.location.line, self.location.column, self.key, self.kind
-        )
+        let Location { line, column } = self.location;
+        if self.key.is_empty() {
+            write!(f, "{line}:{column}: {}", self.kind)
+        } else {
+            write!(f, "{line}:{column}: key `{}`: {}", self.key, self.kind)
+        }
     }
 }
 

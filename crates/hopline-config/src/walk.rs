@@ -12,6 +12,73 @@ use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 use crate::duration::parse_duration;
 use crate::source::{Location, Problem, ProblemKind};
 
+/// What a duration key expects.
+const DURATION: &str = "a duration string";
+
+/// `key`'s line written as `expected`, guessed from the value given: a number where a
+/// string is expected is quoted (`listen = 8080` → `listen = "127.0.0.1:8080"`, a
+/// duration gets a unit: `timeout = 2` → `timeout = "2s"`), a lone string where a list
+/// is expected is put in one, a quoted number or boolean is unquoted.
+fn example(key: &str, expected: &str, given: &Value) -> Option<String> {
+    let number = match given {
+        Value::Integer(n) => Some(n.value().to_string()),
+        Value::Float(f) => Some(f.value().to_string()),
+        _ => None,
+    };
+    match (expected, number, given.as_str()) {
+        (DURATION, Some(n), _) => Some(format!("{key} = \"{n}s\"")),
+        ("a string", Some(n), _) if key == "listen" => Some(format!("{key} = \"127.0.0.1:{n}\"")),
+        ("a string", Some(n), _) => Some(format!("{key} = \"{n}\"")),
+        ("an array of strings", _, Some(s)) => Some(format!("{key} = [{:?}]", s)),
+        ("an integer" | "a number", _, Some(s)) if s.trim().parse::<f64>().is_ok() => {
+            Some(format!("{key} = {}", s.trim()))
+        }
+        ("true or false", _, Some(s)) if matches!(s, "true" | "false") => {
+            Some(format!("{key} = {s}"))
+        }
+        _ => None,
+    }
+}
+
+/// The known key nearest to `name` in spelling: at most two edits (one for names of four
+/// letters or fewer), the nearest first, ties to the first read.
+fn nearest(name: &str, known: &[&'static str]) -> Option<&'static str> {
+    let limit = if name.chars().count() <= 4 { 1 } else { 2 };
+    known
+        .iter()
+        .map(|k| (edits(name, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`
+/// (optimal string alignment distance).
+fn edits(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// A value and where it is in the file.
 pub type Spanned<'a> = (&'a str, Option<Range<usize>>);
 
@@ -43,15 +110,19 @@ impl<'t> Cx<'t> {
         }
     }
 
-    /// Parses `text` as TOML; a syntax error is reported (key `(file)`) and `None`.
+    /// Parses `text` as TOML; a syntax error is reported (with no key: it is the file's)
+    /// and `None`.
     pub fn parse(&mut self, text: &str) -> Option<ImDocument<String>> {
         match ImDocument::parse(text.to_string()) {
             Ok(d) => Some(d),
             Err(e) => {
+                // toml_edit's message may run over lines ("invalid table header\nexpected
+                // `.`, `]`"): one line, so each problem stays one line.
+                let message: Vec<&str> = e.message().lines().map(str::trim).collect();
                 self.report(
                     e.span(),
-                    String::from("(file)"),
-                    ProblemKind::Syntax(e.message().trim().to_string()),
+                    String::new(),
+                    ProblemKind::Syntax(message.join("; ")),
                 );
                 None
             }
@@ -138,14 +209,31 @@ impl<'a> Tbl<'a> {
         match item.as_value() {
             Some(v) => Some((v, span)),
             None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType { expected },
-                );
+                let kind = ProblemKind::WrongType {
+                    expected,
+                    example: None,
+                };
+                cx.report(span, self.key_path(key), kind);
                 None
             }
         }
+    }
+
+    /// Reports `key`'s value `given` as not the `expected` type, with an example of the
+    /// line written as expected when one can be guessed from it.
+    fn wrong_type(
+        &self,
+        cx: &mut Cx,
+        span: Option<Range<usize>>,
+        key: &str,
+        expected: &'static str,
+        given: &Value,
+    ) {
+        let kind = ProblemKind::WrongType {
+            expected,
+            example: example(key, expected, given),
+        };
+        cx.report(span, self.key_path(key), kind);
     }
 
     /// An optional string.
@@ -154,17 +242,21 @@ impl<'a> Tbl<'a> {
         cx: &mut Cx,
         key: &'static str,
     ) -> Option<(&'a str, Option<Range<usize>>)> {
-        let (v, span) = self.value(cx, key, "a string")?;
+        self.str_as(cx, key, "a string")
+    }
+
+    /// An optional string, `expected` naming what it holds when it is not one.
+    fn str_as(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        expected: &'static str,
+    ) -> Option<(&'a str, Option<Range<usize>>)> {
+        let (v, span) = self.value(cx, key, expected)?;
         match v.as_str() {
             Some(s) => Some((s, span)),
             None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType {
-                        expected: "a string",
-                    },
-                );
+                self.wrong_type(cx, span, key, expected, v);
                 None
             }
         }
@@ -184,7 +276,7 @@ impl<'a> Tbl<'a> {
 
     /// An optional positive duration (`"250ms"`, `"2s"`); zero is a problem.
     pub fn opt_duration(&mut self, cx: &mut Cx, key: &'static str) -> Option<Duration> {
-        let (s, span) = self.str(cx, key)?;
+        let (s, span) = self.str_as(cx, key, DURATION)?;
         match parse_duration(s) {
             Ok(d) if d.is_zero() => {
                 cx.report(span, self.key_path(key), ProblemKind::ZeroDuration);
@@ -217,13 +309,7 @@ impl<'a> Tbl<'a> {
                 None
             }
             None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType {
-                        expected: "an integer",
-                    },
-                );
+                self.wrong_type(cx, span, key, "an integer", v);
                 None
             }
         }
@@ -265,13 +351,7 @@ impl<'a> Tbl<'a> {
                 default
             }
             None => {
-                cx.report(
-                    span,
-                    self.key_path(key),
-                    ProblemKind::WrongType {
-                        expected: "a number",
-                    },
-                );
+                self.wrong_type(cx, span, key, "a number", v);
                 default
             }
         }
@@ -281,13 +361,7 @@ impl<'a> Tbl<'a> {
     pub fn str_list(&mut self, cx: &mut Cx, key: &'static str) -> Option<Vec<Spanned<'a>>> {
         let (v, span) = self.value(cx, key, "an array of strings")?;
         let Some(arr) = v.as_array() else {
-            cx.report(
-                span,
-                self.key_path(key),
-                ProblemKind::WrongType {
-                    expected: "an array of strings",
-                },
-            );
+            self.wrong_type(cx, span, key, "an array of strings", v);
             return None;
         };
         let mut out = Vec::new();
@@ -299,6 +373,7 @@ impl<'a> Tbl<'a> {
                     format!("{}[{i}]", self.key_path(key)),
                     ProblemKind::WrongType {
                         expected: "a string",
+                        example: None,
                     },
                 ),
             }
@@ -320,7 +395,10 @@ impl<'a> Tbl<'a> {
             cx.report(
                 span,
                 self.key_path(key),
-                ProblemKind::WrongType { expected },
+                ProblemKind::WrongType {
+                    expected,
+                    example: None,
+                },
             );
             return None;
         };
@@ -378,6 +456,7 @@ impl<'a> Tbl<'a> {
                     self.key_path(key),
                     ProblemKind::WrongType {
                         expected: "a table",
+                        example: None,
                     },
                 );
                 None
@@ -401,6 +480,7 @@ impl<'a> Tbl<'a> {
                     parent.key_path(name),
                     ProblemKind::WrongType {
                         expected: "a table",
+                        example: None,
                     },
                 ),
             }
@@ -428,6 +508,7 @@ impl<'a> Tbl<'a> {
                         format!("{path}[{i}]"),
                         ProblemKind::WrongType {
                             expected: "a table",
+                            example: None,
                         },
                     ),
                 }
@@ -438,6 +519,7 @@ impl<'a> Tbl<'a> {
                 path,
                 ProblemKind::WrongType {
                     expected: "an array of tables",
+                    example: None,
                 },
             );
         }
@@ -450,13 +532,7 @@ impl<'a> Tbl<'a> {
             return default;
         };
         v.as_bool().unwrap_or_else(|| {
-            cx.report(
-                span,
-                self.key_path(key),
-                ProblemKind::WrongType {
-                    expected: "true or false",
-                },
-            );
+            self.wrong_type(cx, span, key, "true or false", v);
             default
         })
     }
@@ -533,6 +609,7 @@ impl<'a> Tbl<'a> {
                     t.key_path(name),
                     ProblemKind::WrongType {
                         expected: "a string",
+                        example: None,
                     },
                 ),
             }
@@ -578,13 +655,19 @@ impl<'a> Tbl<'a> {
         true
     }
 
-    /// Reports every key of this table that was not read.
+    /// Reports every key of this table that was not read, with the known key nearest in
+    /// spelling (`idle_timout` → `idle_timeout`, `[[route]]` → `routes`).
     pub fn finish(self, cx: &mut Cx) {
         for (name, item) in self.table.iter() {
             if !self.seen.contains(&name) {
                 let k = self.table.get_key_value(name).map(|(k, _)| k);
                 let span = k.and_then(Key::span).or_else(|| item.span());
-                cx.report(span, self.key_path(name), ProblemKind::UnknownKey);
+                let suggestion = nearest(name, &self.seen);
+                cx.report(
+                    span,
+                    self.key_path(name),
+                    ProblemKind::UnknownKey { suggestion },
+                );
             }
         }
     }

@@ -976,7 +976,7 @@ mod tests {
             .collect();
         let want = [
             (1, "seed", "expected an integer"),
-            (2, "speed", "unknown key"),
+            (2, "speed", "unknown key; did you mean `seed`?"),
             (
                 7,
                 "services[0].argv",

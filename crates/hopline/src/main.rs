@@ -305,6 +305,26 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 /// How long `check` waits for one name to resolve.
 const RESOLVE_LIMIT: Duration = Duration::from_secs(2);
 
+/// For a config file that is not there: what `-c` defaults to and a file to start from.
+fn missing_hint(e: &hopline_config::LoadError) -> String {
+    match e {
+        hopline_config::LoadError::Read { path, source }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let here = std::env::current_dir()
+                .map(|d| format!(" in {}", d.display()))
+                .unwrap_or_default();
+            format!(
+                "\n  no {}{here}{}; give a config with -c, e.g. `hopline serve -c examples/gateway.toml` \
+                 (every key, with its default) in a clone of the repository",
+                path.display(),
+                if path.as_os_str() == "hopline.toml" { " (the default of -c)" } else { "" }
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 fn check(path: &std::path::Path, format: Format) -> ExitCode {
     let config = match hopline_config::load(path) {
         Ok(c) => c,
@@ -315,7 +335,7 @@ fn check(path: &std::path::Path, format: Format) -> ExitCode {
                 let name = path.display().to_string();
                 let _ = emit_line(hopline_config::audit::render_load_error_json(&e, &name));
             } else {
-                eprintln!("hopline: {message}");
+                eprintln!("hopline: {message}{}", missing_hint(&e));
             }
             return ExitCode::from(2);
         }
@@ -379,7 +399,11 @@ fn serve(
     let config = match hopline_config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hopline: {}", hopline_core::error::cause_chain(&e));
+            eprintln!(
+                "hopline: {}{}",
+                hopline_core::error::cause_chain(&e),
+                missing_hint(&e)
+            );
             return Ok(ExitCode::from(2));
         }
     };
@@ -398,17 +422,17 @@ fn serve(
     let rt = runtime(threads)?;
     rt.block_on(async {
         let backlog = config.server.backlog;
-        let mut listeners: Vec<_> = bind_all(&config.server.listen, "", backlog)
+        let mut listeners: Vec<_> = bind_all(&config.server.listen, "server.listen", backlog)
             .await?
             .into_iter()
             .map(hopline_gateway::Listener::plain)
             .collect();
         if let Some(tls) = &config.server.tls {
-            let bound = bind_all(&tls.listen, "TLS ", backlog).await?;
+            let bound = bind_all(&tls.listen, "server.tls.listen", backlog).await?;
             listeners.extend(bound.into_iter().map(hopline_gateway::Listener::tls));
         }
         let admin = match &config.admin {
-            Some(a) => bind_all(&a.listen, "admin ", 1024).await?,
+            Some(a) => bind_all(&a.listen, "admin.listen", 1024).await?,
             None => Vec::new(),
         };
         let gw = hopline_gateway::Gateway::new(config).context("cannot start the gateway")?;
@@ -455,14 +479,14 @@ fn serve(
 /// when another one was bound; any other failure is an error.
 async fn bind_all(
     addr: &hopline_core::config::ListenAddr,
-    what: &str,
+    key: &str,
     backlog: u32,
 ) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
     let mut addrs: Vec<SocketAddr> = match addr.ip() {
         Some(a) => vec![a],
         None => tokio::net::lookup_host((addr.host.as_str(), addr.port))
             .await
-            .with_context(|| format!("cannot resolve {what}listen address {addr}"))?
+            .with_context(|| format!("{key} = \"{addr}\": cannot resolve {}", addr.host))?
             .collect(),
     };
     addrs.sort();
@@ -482,19 +506,33 @@ async fn bind_all(
                 skipped.push(format!("{a} ({e})"));
             }
             Err(e) => {
-                return Err(anyhow::Error::new(e))
-                    .with_context(|| format!("cannot listen on {what}address {addr} ({a})"))
+                // The address once, the host name's address only when it differs.
+                let target = match addr.ip() {
+                    Some(_) => format!("{key} = \"{addr}\""),
+                    None => format!("{key} = \"{addr}\" ({a})"),
+                };
+                let hint = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => format!(
+                        "; another process listens there (`ss -ltnp 'sport = :{}'` shows which): stop it or choose another port",
+                        a.port()
+                    ),
+                    std::io::ErrorKind::PermissionDenied => {
+                        "; ports below 1024 need root or CAP_NET_BIND_SERVICE".to_string()
+                    }
+                    _ => String::new(),
+                };
+                anyhow::bail!("cannot listen on {target}: {e}{hint}");
             }
         }
     }
     if bound.is_empty() {
         anyhow::bail!(
-            "cannot listen on {what}address {addr}: it resolves to no address this machine has ({})",
+            "cannot listen: {key} = \"{addr}\" resolves to no address this machine has ({})",
             skipped.join(", ")
         );
     }
     for s in skipped {
-        eprintln!("hopline serve: warning: {what}listen address {addr}: skipping {s}");
+        eprintln!("hopline serve: warning: {key} = \"{addr}\": skipping {s}");
     }
     Ok(bound)
 }

@@ -228,7 +228,9 @@ fn check_and_serve_agree_on_a_listen_name_that_does_not_resolve() {
     let text = "[server]\nlisten = \"no-such-host.invalid:0\"\n";
     let err = check_and_serve_refuse("unresolvable-listen.toml", text, "server.listen");
     assert!(
-        err.contains("cannot resolve listen address no-such-host.invalid:0"),
+        err.contains(
+            "server.listen = \"no-such-host.invalid:0\": cannot resolve no-such-host.invalid"
+        ),
         "{err}"
     );
 }

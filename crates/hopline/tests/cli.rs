@@ -160,3 +160,33 @@ fn help_names_every_command_on_its_first_line() {
         assert!(first.contains(cmd), "{cmd} missing from: {first}");
     }
 }
+
+#[test]
+fn serve_says_what_it_needs_a_missing_config_and_a_busy_port() {
+    let empty = temp_dir();
+    let out = std::process::Command::new(bin())
+        .arg("serve")
+        .current_dir(&empty)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no hopline.toml in ")
+            && err.contains("(the default of -c)")
+            && err.contains("hopline serve -c examples/gateway.toml"),
+        "{err}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let config = temp_file("busy.toml", &format!("[server]\nlisten = \"{addr}\"\n"));
+    let (code, err) = run(&["serve", "-c", path(&config)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on server.listen = \"{addr}\": "))
+            && err.contains("another process listens there"),
+        "{err}"
+    );
+    assert_eq!(err.matches(&addr.to_string()).count(), 1, "{err}");
+}
