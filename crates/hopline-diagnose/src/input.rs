@@ -17,8 +17,9 @@ pub struct Line<'a> {
     pub route: Option<Cow<'a, str>>,
     /// The status hopline logged (499 when the client left).
     pub status: u16,
-    /// Flags, e.g. `UT`, `DG`.
-    #[serde(borrow, default)]
+    /// Flags, e.g. `UT`, `DG` (always written, `[]` for none: with `duration_ms`, what
+    /// tells an access record from other JSON lines, such as `hopline mock`'s).
+    #[serde(borrow)]
     pub flags: Vec<Cow<'a, str>>,
     /// The cause of a failure.
     #[serde(borrow, default)]
@@ -33,7 +34,6 @@ pub struct Line<'a> {
     #[serde(borrow, default)]
     pub phase: Option<Cow<'a, str>>,
     /// Whole request time.
-    #[serde(default)]
     pub duration_ms: f64,
     /// The upstream connection was a pooled one.
     #[serde(default)]
@@ -92,6 +92,10 @@ pub fn parse(line: &str) -> Option<(f64, Line<'_>)> {
 /// $request_id "$request"`. Its lines count as route `nginx`.
 pub const NGINX_LOG_FORMAT: &str = "$msec $status $request_time $upstream_response_time $upstream_status $upstream_addr $request_id \"$request\"";
 
+/// The upstream of every nginx line: the proxy nginx sends to (hopline, where diagnose
+/// reads both logs).
+pub const NGINX_UPSTREAM: &str = "nginx's upstream";
+
 /// One nginx line in [`NGINX_LOG_FORMAT`].
 fn nginx(line: &str) -> Option<(f64, Line<'_>)> {
     let (head, request) = line.split_once(" \"")?;
@@ -105,11 +109,13 @@ fn nginx(line: &str) -> Option<(f64, Line<'_>)> {
     let t: f64 = msec.parse().ok()?;
     let status: u16 = status.parse().ok()?;
     let secs: f64 = request_time.parse().ok()?;
-    let upstream = (up_addr != "-").then(|| Cow::Owned(up_addr.to_string()));
+    // What nginx waited on is its upstream, whatever address it had: named so in the
+    // report ("nginx's upstream"), with the address in the cause.
+    let upstream = (up_addr != "-").then_some(Cow::Borrowed(NGINX_UPSTREAM));
     let cause = match (status, &upstream) {
         (499, _) => Some(format!("nginx: client closed the connection after {secs}s")),
-        (500.., Some(u)) => Some(format!(
-            "nginx: upstream {u} answered {up_status} after {secs}s"
+        (500.., Some(_)) => Some(format!(
+            "nginx: upstream {up_addr} answered {up_status} after {secs}s"
         )),
         (500.., None) => Some(format!("nginx: {status} without an upstream answer")),
         _ => None,
@@ -201,9 +207,10 @@ mod tests {
         assert!((line.duration_ms - 5001.0).abs() < 1e-6);
         let two = r#"1795874401.5 502 0.010 0.004, 0.006 502, 502 10.0.0.5:8080, 10.0.0.6:8080 id "GET / HTTP/1.1""#;
         let (_, line) = parse(two).expect("two upstreams");
+        assert_eq!(line.upstream.as_deref(), Some(NGINX_UPSTREAM));
         assert_eq!(
-            line.upstream.as_deref(),
-            Some("10.0.0.5:8080,10.0.0.6:8080")
+            line.cause.as_deref(),
+            Some("nginx: upstream 10.0.0.5:8080,10.0.0.6:8080 answered 502,502 after 0.01s")
         );
         assert!(parse("1795874400 200 \"GET /\"").is_none());
     }
@@ -215,6 +222,9 @@ mod tests {
         assert_eq!((l.status, l.phase.as_deref()), (504, Some("connect")));
         let event = r#"{"ts":"2026-11-28T04:48:30.447Z","event":"endpoint","upstream":"m","endpoint":"1.2.3.4:5","state":"ejected","detail":"x"}"#;
         assert!(parse(event).is_none());
+        // `hopline mock`'s request lines have a ts and a status too.
+        let mock = r#"{"body_bytes":0,"cancelled":true,"client":"127.0.0.1:56642","elapsed_ms":26.487,"expected_rq_timeout_ms":"19","method":"GET","path":"/slow","request_id":"cff8d36a50c24d7000000002","status":0,"ts":"2026-11-28T04:48:30.447Z"}"#;
+        assert!(parse(mock).is_none());
         assert!(parse("not json").is_none());
     }
 }

@@ -691,7 +691,7 @@ impl Report {
                 .waits
                 .iter()
                 .take(3)
-                .map(|(u, p, n)| format!("{u} {p} ({n})"))
+                .map(|(u, p, n)| format!("{u} {}({n})", phase_words(p)))
                 .collect();
             let _ = writeln!(s, "       499s were waiting on: {}", w.join(", "));
         }

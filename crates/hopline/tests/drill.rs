@@ -262,10 +262,34 @@ fn nginx_front_499s_line_up_with_hoplines_causes() {
         .and_then(|r| r.iter().find(|r| r["route"] == "nginx"))
         .expect("nginx lines read");
     assert!(nginx["requests"].as_u64().unwrap_or(0) > 1000, "{nginx:#}");
+    // What the 499s waited on: nginx's on its upstream (hopline), hopline's on the coupon
+    // upstream in a named phase.
+    let waits = v["waits"].as_array().cloned().unwrap_or_default();
     assert!(
-        v["waits"].as_array().is_some_and(|w| !w.is_empty()),
-        "what the 499s waited on: {v:#}"
+        waits.iter().any(|w| w["upstream"] == "nginx's upstream"),
+        "{v:#}"
     );
+    assert!(
+        waits
+            .iter()
+            .any(|w| w["upstream"] == "coupon" && w["phase"] != "?"),
+        "{v:#}"
+    );
+    // Given every log of the drill folder, the other programs' lines (the mocks', the
+    // chaos proxy's) are skipped by their content, not counted as requests.
+    let logs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    assert!(logs.len() > 2, "{logs:?}");
+    let o = Command::new(bin())
+        .args(["diagnose", "--format", "json"])
+        .args(&logs)
+        .output()
+        .expect("diagnose");
+    let every: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(every["lines"], v["lines"], "{every:#}");
 }
 
 /// `examples/grpc-h2.drill.toml`: gRPC over h2c into hopline, HTTP/2 to a gRPC upstream
