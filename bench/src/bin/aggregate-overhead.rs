@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          [upstreams.coupon]\nendpoints = [\"{}\"]\n[upstreams.coin]\nendpoints = [\"{}\"]\n[upstreams.sub_coin]\nendpoints = [\"{}\"]\n\
          [[routes]]\nname = \"direct\"\npath = \"/direct\"\nupstream = \"coupon\"\ntimeout = \"1s\"\n\
          [[routes]]\nname = \"benefits\"\npath = \"/benefits\"\ntimeout = \"1s\"\naggregate.mode = \"parallel\"\n\
-         [[routes.aggregate.calls]]\nname = \"coupons\"\nupstream = \"coupon\"\npath = \"/c\"\nfallback = []\n\
+         [[routes.aggregate.calls]]\nname = \"coupons\"\nupstream = \"coupon\"\npath = \"/c\"\nfallback = {{ coupons = [] }}\n\
          [[routes.aggregate.calls]]\nname = \"coin\"\nupstream = \"coin\"\npath = \"/coin\"\nfallback = 0\n\
          [[routes.aggregate.calls]]\nname = \"sub_coin\"\nupstream = \"sub_coin\"\npath = \"/sub\"\nfallback = 0\n",
         addrs[0], addrs[1], addrs[2]

@@ -65,7 +65,8 @@ impl std::fmt::Display for Site {
 
 #[derive(Debug, Default)]
 struct SiteStats {
-    per_second: BTreeMap<i64, u32>,
+    /// Failures per second, and when the first of each second was logged.
+    per_second: BTreeMap<i64, (u32, f64)>,
     total: u64,
     example: String,
 }
@@ -111,7 +112,7 @@ struct Tally {
     failures: u64,
     waits: HashMap<(String, String), u64>,
     fallbacks: HashMap<String, (u64, f64)>,
-    first_499: BTreeMap<i64, u32>,
+    first_499: BTreeMap<i64, (u32, f64)>,
     /// Per upstream: idle times of pooled connections that were reset or closed under a
     /// request (at most 10,000 kept), and how many fresh connections were.
     idle_resets: HashMap<String, (Vec<f64>, u64)>,
@@ -212,13 +213,15 @@ impl Tally {
         r.seconds
             .entry(sec)
             .or_default()
-            .add(l.status, degraded, l.duration_ms);
+            .add(t, l.status, degraded, l.duration_ms);
         r.requests += 1;
         let b = ((l.duration_ms / CEIL_BIN_MS) as usize).min(CEIL_BINS - 1);
         r.durations[b] += 1;
         if l.status == 499 {
             r.cut_499[b] += 1;
-            *self.first_499.entry(sec).or_default() += 1;
+            let (n, first) = self.first_499.entry(sec).or_insert((0, t));
+            *n += 1;
+            *first = first.min(t);
             // What it waited on: the request's upstream exchange, or the aggregate calls
             // the client's leaving cut off (neither answered nor fallen back).
             let cut: Vec<(String, String)> = l
@@ -289,7 +292,9 @@ impl Tally {
 
     fn failure(&mut self, sec: i64, t: f64, site: Site, cause: &str) {
         let s = self.sites.entry(site).or_default();
-        *s.per_second.entry(sec).or_default() += 1;
+        let (n, first) = s.per_second.entry(sec).or_insert((0, t));
+        *n += 1;
+        *first = first.min(t);
         s.total += 1;
         if s.example.is_empty() {
             s.example = cause.to_string();
@@ -366,8 +371,9 @@ pub struct SiteFinding {
     pub site: Site,
     /// Failures.
     pub failures: u64,
-    /// The first second with at least 3 (epoch).
-    pub began: Option<i64>,
+    /// The first failure of the first second with at least 3 (epoch seconds, with the
+    /// fraction).
+    pub began: Option<f64>,
     /// One cause as logged.
     pub example: String,
 }
@@ -403,7 +409,7 @@ pub struct Report {
     /// Failure sites, earliest first.
     pub sites: Vec<SiteFinding>,
     /// The first second with at least 3 499s (epoch).
-    pub first_499: Option<i64>,
+    pub first_499: Option<f64>,
     /// Top causes.
     pub causes: Vec<CauseFinding>,
     /// What 499s were waiting on: (upstream, phase, count), most first.
@@ -429,8 +435,12 @@ pub struct IdleMismatch {
     pub fresh: u64,
 }
 
-fn began(per_second: &BTreeMap<i64, u32>) -> Option<i64> {
-    per_second.iter().find(|(_, n)| **n >= 3).map(|(t, _)| *t)
+/// When failures (or 499s) began: the first of the first second with at least 3.
+fn began(per_second: &BTreeMap<i64, (u32, f64)>) -> Option<f64> {
+    per_second
+        .values()
+        .find(|(n, _)| *n >= 3)
+        .map(|(_, first)| *first)
 }
 
 /// A ceiling in a route's durations: the busiest 10 ms bin at or above 500 ms holds (with
@@ -502,7 +512,10 @@ fn judge(paths: &[PathBuf], t: Tally) -> Report {
             example: s.example,
         })
         .collect();
-    sites.sort_by_key(|s| (s.began.unwrap_or(i64::MAX), std::cmp::Reverse(s.failures)));
+    sites.sort_by(|a, b| {
+        let at = |s: &SiteFinding| s.began.unwrap_or(f64::INFINITY);
+        at(a).total_cmp(&at(b)).then(b.failures.cmp(&a.failures))
+    });
     let failures = t.failures.max(1) as f64;
     let mut causes: Vec<CauseFinding> = t
         .causes
@@ -556,6 +569,15 @@ fn judge(paths: &[PathBuf], t: Tally) -> Report {
         causes,
         waits,
         fallbacks,
+    }
+}
+
+/// A time difference in seconds, to a tenth (`0.4`, `12.0`).
+struct Secs(f64);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1}", self.0)
     }
 }
 
@@ -632,7 +654,7 @@ impl Report {
                     "WHEN   route {}: {} departed at {} ({v}, baseline {b})",
                     r.route,
                     o.metric.as_str(),
-                    hms(o.at as f64)
+                    hms(o.first)
                 );
             }
         }
@@ -648,7 +670,7 @@ impl Report {
                 first.site.upstream,
                 first.site.zone,
                 phase_words(&first.site.phase),
-                hms(b as f64),
+                hms(b),
                 first.failures
             );
             for other in begun.iter().skip(1).take(3) {
@@ -659,8 +681,8 @@ impl Report {
                     other.site.upstream,
                     other.site.zone,
                     phase_words(&other.site.phase),
-                    hms(ob as f64),
-                    ob - b,
+                    hms(ob),
+                    Secs(ob - b),
                     other.failures
                 );
             }
@@ -668,8 +690,8 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "       the first 499s at {} ({} s after)",
-                    hms(f as f64),
-                    f - b
+                    hms(f),
+                    Secs(f - b)
                 );
             }
         }
@@ -749,7 +771,7 @@ impl Report {
                 "route": r.route,
                 "requests": r.requests,
                 "onset": r.onset.as_ref().map(|o| json!({
-                    "at": rfc3339(o.at as f64),
+                    "at": rfc3339(o.first),
                     "metric": o.metric.as_str(),
                     "value": o.value,
                     "baseline": o.baseline,
@@ -765,10 +787,10 @@ impl Report {
                 "zone": x.site.zone,
                 "phase": x.site.phase,
                 "failures": x.failures,
-                "began": x.began.map(|b| rfc3339(b as f64)),
+                "began": x.began.map(rfc3339),
                 "example": x.example,
             })).collect::<Vec<_>>(),
-            "first_499": self.first_499.map(|t| rfc3339(t as f64)),
+            "first_499": self.first_499.map(rfc3339),
             "causes": self.causes.iter().map(|c| json!({
                 "cause": c.cause,
                 "count": c.count,
@@ -792,6 +814,45 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_and_499s_are_dated_to_the_first_of_their_second_not_its_start() {
+        let mut tally = Tally {
+            first: f64::INFINITY,
+            last: f64::NEG_INFINITY,
+            ..Tally::default()
+        };
+        // Failures from 02:00:07.6 (three in that second), the first 499s from 02:00:07.9.
+        let at = |ms: u32| format!("2026-11-29T02:00:{:02}.{:03}Z", ms / 1000, ms % 1000);
+        for ms in [7600, 7700, 7800, 8100] {
+            let l = format!(
+                r#"{{"ts":"{}","route":"r","status":504,"flags":["UT"],"cause":"upstream u 10.0.0.1:80 (internal): connect timed out after 1s (connect_timeout)","upstream":"u","zone":"internal","phase":"connect","duration_ms":1000.0}}"#,
+                at(ms)
+            );
+            let (t, line) = input::parse(&l).expect("line");
+            tally.add(t, &line);
+        }
+        for ms in [7900, 7950, 7990] {
+            let l = format!(
+                r#"{{"ts":"{}","route":"r","status":499,"flags":["DC"],"upstream":"u","zone":"internal","phase":"connect","duration_ms":300.0}}"#,
+                at(ms)
+            );
+            let (t, line) = input::parse(&l).expect("line");
+            tally.add(t, &line);
+        }
+        let r = judge(&[], tally);
+        let began = r.sites[0].began.expect("began");
+        assert_eq!(rfc3339(began), "2026-11-29T02:00:07.600Z");
+        assert_eq!(
+            r.first_499.map(rfc3339).as_deref(),
+            Some("2026-11-29T02:00:07.900Z")
+        );
+        let text = r.text();
+        assert!(
+            text.contains("failures from 02:00:07.600") && text.contains("(0.3 s after)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_refusal_fails_at_the_limit_not_at_an_unknown_phase() {

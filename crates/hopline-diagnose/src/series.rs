@@ -30,6 +30,10 @@ pub struct Bucket {
     pub non_2xx: u32,
     /// Degraded answers (a fallback served).
     pub degraded: u32,
+    /// When the second's first request, first non-2xx and first degraded answer were
+    /// logged (epoch seconds; infinite for none): an onset is dated by its first bad
+    /// answer, not by the start of its second.
+    first: [f64; 3],
     lat: [u32; BINS],
 }
 
@@ -39,6 +43,7 @@ impl Default for Bucket {
             n: 0,
             non_2xx: 0,
             degraded: 0,
+            first: [f64::INFINITY; 3],
             lat: [0; BINS],
         }
     }
@@ -61,12 +66,28 @@ fn bin_upper(b: usize) -> f64 {
 }
 
 impl Bucket {
-    /// Counts one request.
-    pub fn add(&mut self, status: u16, degraded: bool, ms: f64) {
+    /// Counts one request, logged at `t` (epoch seconds).
+    pub fn add(&mut self, t: f64, status: u16, degraded: bool, ms: f64) {
+        let bad = !(200..300).contains(&status);
         self.n += 1;
-        self.non_2xx += u32::from(!(200..300).contains(&status));
+        self.non_2xx += u32::from(bad);
         self.degraded += u32::from(degraded);
         self.lat[bin(ms)] += 1;
+        for (first, counts) in self.first.iter_mut().zip([true, bad, degraded]) {
+            if counts {
+                *first = first.min(t);
+            }
+        }
+    }
+
+    /// When the first request that counts for `metric` was logged this second (for the
+    /// p99, the second's first request).
+    fn first(&self, metric: Metric) -> f64 {
+        match metric {
+            Metric::P99 => self.first[0],
+            Metric::Non2xx => self.first[1],
+            Metric::Degraded => self.first[2],
+        }
     }
 
     /// The p99 latency (the upper edge of its bin, ms).
@@ -110,6 +131,9 @@ impl Metric {
 pub struct Onset {
     /// The second it started (epoch).
     pub at: i64,
+    /// The first answer of that second that counts for the metric (epoch seconds, with
+    /// the fraction): what a report dates the onset by.
+    pub first: f64,
     /// The metric.
     pub metric: Metric,
     /// Its value that second.
@@ -135,17 +159,17 @@ pub fn onset(series: &BTreeMap<i64, Bucket>, metric: Metric) -> Option<Onset> {
         Metric::Degraded => f64::from(b.degraded) / f64::from(b.n),
         Metric::P99 => b.p99(),
     };
-    let judged: Vec<(i64, f64)> = series
+    let judged: Vec<(i64, f64, f64)> = series
         .iter()
         .filter(|(_, b)| b.n >= MIN_REQUESTS)
-        .map(|(t, b)| (*t, value(b)))
+        .map(|(t, b)| (*t, value(b), b.first(metric)))
         .collect();
     let over = |i: usize| -> Option<f64> {
-        let (t, _) = judged[i];
+        let (t, ..) = judged[i];
         let mut past: Vec<f64> = judged[..i]
             .iter()
-            .filter(|(s, _)| t - s <= WINDOW)
-            .map(|(_, v)| *v)
+            .filter(|(s, ..)| t - s <= WINDOW)
+            .map(|(_, v, _)| *v)
             .collect();
         if past.len() < MIN_HISTORY {
             return None;
@@ -164,6 +188,8 @@ pub fn onset(series: &BTreeMap<i64, Bucket>, metric: Metric) -> Option<Onset> {
         over(i + 1)?;
         Some(Onset {
             at: judged[i].0,
+            // Within its second (a second with a bad answer has a finite first).
+            first: judged[i].2.min(judged[i].0 as f64 + 1.0),
             metric,
             value: judged[i].1,
             baseline: m,
@@ -181,8 +207,11 @@ mod tests {
             .enumerate()
             .map(|(i, (n, bad))| {
                 let mut b = Bucket::default();
+                let t = 1000.0 + i as f64;
                 for k in 0..*n {
-                    b.add(if k < *bad { 502 } else { 200 }, false, 5.0);
+                    // The bad answers come last in their second.
+                    let at = t + f64::from(k) / f64::from(*n);
+                    b.add(at, if k >= n - bad { 502 } else { 200 }, false, 5.0);
                 }
                 (1000 + i as i64, b)
             })
@@ -196,6 +225,8 @@ mod tests {
         s.extend((0..10).map(|_| (100, 30)));
         let o = onset(&series(&s), Metric::Non2xx).expect("onset");
         assert_eq!(o.at, 1020);
+        // Dated by its first bad answer: 70 of 100 good ones came first.
+        assert!((o.first - 1020.7).abs() < 1e-9, "{o:?}");
         assert!((o.baseline - 0.04).abs() < 0.011, "{o:?}");
         let quiet: Vec<(u32, u32)> = (0..40).map(|i| (100, 3 + (i % 3))).collect();
         assert_eq!(onset(&series(&quiet), Metric::Non2xx), None);
@@ -213,11 +244,11 @@ mod tests {
     fn p99_bins() {
         let mut b = Bucket::default();
         for _ in 0..99 {
-            b.add(200, false, 5.0);
+            b.add(0.0, 200, false, 5.0);
         }
-        b.add(200, false, 5000.0);
+        b.add(0.0, 200, false, 5000.0);
         assert!((4.0..=8.0).contains(&b.p99()), "{}", b.p99());
-        b.add(200, false, 5000.0);
+        b.add(0.0, 200, false, 5000.0);
         assert!(b.p99() >= 4096.0, "{}", b.p99());
     }
 }

@@ -497,7 +497,7 @@ pub fn check(
                         d.sites
                             .iter()
                             .find(|x| x.began.is_some())
-                            .map(|x| (x.clone(), x.began.unwrap_or_default() as f64 - start))
+                            .map(|x| (x.clone(), x.began.unwrap_or_default() - start))
                     });
                 let ok = first.as_ref().is_some_and(|(x, _)| {
                     &x.site.upstream == upstream

@@ -404,7 +404,7 @@ pub fn diagnose_page(d: &hopline_diagnose::Report) -> String {
             .iter()
             .map(|o| AlertEvent {
                 name: format!("onset: {}", o.metric.as_str()),
-                fired: o.at as f64 - start,
+                fired: o.first - start,
                 resolved: None,
             })
             .collect();
@@ -490,24 +490,24 @@ pub fn summary(
         }
         if let Some((d, start)) = &h.diagnosis {
             if let Some(x) = d.sites.iter().find(|x| x.began.is_some()) {
-                let at = x.began.unwrap_or_default() as f64 - start;
+                let at = x.began.unwrap_or_default() - start;
                 let onset = d
                     .routes
                     .iter()
                     .filter_map(|r| r.onset.as_ref().map(|o| (r, o)))
-                    .min_by_key(|(_, o)| o.at)
+                    .min_by(|(_, a), (_, b)| a.first.total_cmp(&b.first))
                     .map(|(r, o)| {
                         format!(
-                            "; route {} {} departed at {:.0}s",
+                            "; route {} {} departed at {:.1}s",
                             r.route,
                             o.metric.as_str(),
-                            o.at as f64 - start
+                            o.first - start
                         )
                     })
                     .unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "  diagnose {}: failures began first at {} at {at:.0}s{onset}",
+                    "  diagnose {}: failures began first at {} at {at:.1}s{onset}",
                     h.name, x.site
                 );
             }

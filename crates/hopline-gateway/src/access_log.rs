@@ -414,6 +414,13 @@ impl AccessLog {
         self.write_state_event("egress", &[("scope", scope)], state, detail);
     }
 
+    /// Writes a line about an aggregate call:
+    /// `{"ts":…,"event":"call","call":…,"upstream":…,"state":…,"detail":…}`.
+    pub fn write_call_event(&self, call: &str, upstream: &str, state: &str, detail: &str) {
+        let about = [("call", call), ("upstream", upstream)];
+        self.write_state_event("call", &about, state, detail);
+    }
+
     /// `{"ts":…,"event":EVENT,KEY:VALUE…,"state":…,"detail":…}`: something changed state.
     fn write_state_event(&self, event: &str, about: &[(&str, &str)], state: &str, detail: &str) {
         self.append(|s| {

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -23,6 +24,66 @@ use crate::proxy::{collect, open, Forward, ProgressCell};
 
 /// Largest call response body accepted.
 const MAX_CALL_BODY: usize = 4 << 20;
+
+/// The JSON kinds a call's answers and its fallback have, so that a fallback of another
+/// shape than the answers (`[]` where the service answers an object) is said once, on
+/// stderr and as an access-log event line, instead of reaching clients unnoticed.
+#[derive(Debug)]
+pub struct Shape {
+    fallback: u8,
+    answered: AtomicU8,
+    said: AtomicBool,
+}
+
+/// A JSON value's kind as [`Shape`] keeps it (0: not known).
+fn kind(v: &serde_json::Value) -> u8 {
+    match v {
+        serde_json::Value::Null => 1,
+        serde_json::Value::Bool(_) => 2,
+        serde_json::Value::Number(_) => 3,
+        serde_json::Value::String(_) => 4,
+        serde_json::Value::Array(_) => 5,
+        serde_json::Value::Object(_) => 6,
+    }
+}
+
+fn kind_name(k: u8) -> &'static str {
+    match k {
+        1 => "null",
+        2 => "a boolean",
+        3 => "a number",
+        4 => "a string",
+        5 => "an array",
+        _ => "an object",
+    }
+}
+
+impl Shape {
+    /// The shape of a call whose fallback is the JSON text `fallback`.
+    pub fn of_fallback(fallback: &str) -> Shape {
+        Shape {
+            fallback: serde_json::from_str(fallback).map_or(0, |v| kind(&v)),
+            answered: AtomicU8::new(0),
+            said: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes the kind of an answer the call got.
+    fn answered(&self, v: &serde_json::Value) {
+        self.answered.store(kind(v), Ordering::Relaxed);
+    }
+
+    /// When the call just fell back: the clash between its fallback's kind and its last
+    /// answer's, the first time there is one.
+    fn clash(&self) -> Option<(&'static str, &'static str)> {
+        let answered = self.answered.load(Ordering::Relaxed);
+        (answered != 0
+            && self.fallback != 0
+            && answered != self.fallback
+            && !self.said.swap(true, Ordering::Relaxed))
+        .then(|| (kind_name(self.fallback), kind_name(answered)))
+    }
+}
 
 /// Where a call is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +403,17 @@ async fn one(
             r.fallback = !call.config.required;
         }
     });
+    if result.is_err() && !call.config.required {
+        if let Some((fallback, answered)) = call.shape.clash() {
+            let up = &gw.upstreams[call.upstream].name;
+            let detail = format!(
+                "its fallback is {fallback} but {up} answered {answered}: clients get another shape when it falls back; give fallback the answer's shape"
+            );
+            eprintln!("hopline: aggregate call {}: {detail}", call.name);
+            gw.log
+                .write_call_event(&call.name, up, "fallback_shape", &detail);
+        }
+    }
     result
 }
 
@@ -365,8 +437,9 @@ async fn attempt(
     if !(200..300).contains(&status) {
         return Err(CallFailure::Status { upstream, status });
     }
-    serde_json::from_slice::<serde_json::Value>(&body)
+    let answer = serde_json::from_slice::<serde_json::Value>(&body)
         .map_err(|source| CallFailure::NotJson { upstream, source })?;
+    call.shape.answered(&answer);
     Ok(body)
 }
 

@@ -78,6 +78,9 @@ pub struct Call {
     pub upstream: usize,
     /// Its config (path template, method, headers, fallback, timeout).
     pub config: CallConfig,
+    /// The JSON kind of its fallback, and of the upstream's last answer (a clash is said
+    /// once: a client would see another shape when the call falls back).
+    pub shape: crate::aggregate::Shape,
 }
 
 /// A setting a reload could not put in force (it needs a restart).
@@ -421,6 +424,7 @@ impl Gateway {
                             .map(|c| Call {
                                 name: c.name.as_str().into(),
                                 upstream: index(&c.upstream),
+                                shape: crate::aggregate::Shape::of_fallback(&c.fallback),
                                 config: c.clone(),
                             })
                             .collect(),

@@ -32,7 +32,7 @@ fn config(s: &Services, mode: &str, route_timeout: &str, coupon_extra: &str) -> 
         "[upstreams.coupon]\nendpoints = [\"{}\"]\nzone = \"egress\"\n\
          [upstreams.coin]\nendpoints = [\"{}\"]\n[upstreams.sub_coin]\nendpoints = [\"{}\"]\n\
          [[routes]]\nname = \"benefits\"\npath = \"/api/benefits\"\ntimeout = \"{route_timeout}\"\naggregate.mode = \"{mode}\"\n\
-         [[routes.aggregate.calls]]\nname = \"coupons\"\nupstream = \"coupon\"\npath = \"/coupons/{{query.uid}}\"\nforward_headers = [\"x-user\"]\nfallback = []\n{coupon_extra}\n\
+         [[routes.aggregate.calls]]\nname = \"coupons\"\nupstream = \"coupon\"\npath = \"/coupons/{{query.uid}}\"\nforward_headers = [\"x-user\"]\nfallback = {{ coupons = [] }}\n{coupon_extra}\n\
          [[routes.aggregate.calls]]\nname = \"coin\"\nupstream = \"coin\"\npath = \"/coin\"\nforward_query = true\nfallback = {{ coins = 0 }}\n\
          [[routes.aggregate.calls]]\nname = \"sub_coin\"\nupstream = \"sub_coin\"\npath = \"/sub-coin\"\nfallback = {{ sub_coins = 0 }}\n",
         s.coupon.addr, s.coin.addr, s.sub_coin.addr
@@ -80,7 +80,7 @@ fn parallel_hanging_coupon_falls_back_at_its_call_timeout_and_is_cancelled() {
     );
     assert_eq!(
         body,
-        json!({"coupons":[],"coin":{"coins":120},"sub_coin":{"sub_coins":7}})
+        json!({"coupons":{"coupons":[]},"coin":{"coins":120},"sub_coin":{"sub_coins":7}})
     );
     assert_eq!(r.header("x-hopline-degraded"), Some("coupons"));
     let line = gw.wait_json(WAIT, "access line", |v| v["route"] == "benefits");
@@ -117,7 +117,7 @@ fn sequential_runs_in_order_and_skips_calls_once_the_deadline_is_spent() {
     );
     assert_eq!(
         body,
-        json!({"coupons":[],"coin":{"coins":0},"sub_coin":{"sub_coins":0}})
+        json!({"coupons":{"coupons":[]},"coin":{"coins":0},"sub_coin":{"sub_coins":0}})
     );
     assert_eq!(
         r.header("x-hopline-degraded"),
@@ -242,4 +242,54 @@ fn client_leaving_cancels_the_running_call_and_starts_no_more() {
     );
     assert_eq!(line["calls"][1]["cause"], "not started: client gone");
     assert!(s.coin.json_lines().is_empty(), "no further call started");
+}
+
+#[test]
+fn a_fallback_of_another_shape_than_the_answers_is_said_once() {
+    use std::io::Write as _;
+    // The coupon service answers an object once, then fails; the call's fallback is `[]`.
+    let coupon = FakeUpstream::start(|i, mut s| {
+        if read_request(&mut s).is_none() {
+            return;
+        }
+        let body = r#"{"coupons":[1]}"#;
+        let answer = if i == 0 {
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+        } else {
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_string()
+        };
+        let _ = s.write_all(answer.as_bytes());
+    });
+    let s = services(&[]);
+    let text = config(&s, "parallel", "1s", "")
+        .replace(&s.coupon.addr.to_string(), &coupon.addr.to_string())
+        .replace("fallback = { coupons = [] }", "fallback = []");
+    let gw = gateway("", &text);
+    for _ in 0..3 {
+        assert_eq!(benefits(&gw).0.status, 200);
+    }
+    let said = gw.stderr.wait_for(WAIT, "the shape warning", |l| {
+        l.contains("aggregate call coupons: its fallback is an array but coupon answered an object")
+    });
+    assert!(said.contains("give fallback the answer's shape"), "{said}");
+    let event = gw.wait_json(WAIT, "the event line", |v| v["event"] == "call");
+    assert_eq!(
+        (&event["call"], &event["upstream"], &event["state"]),
+        (
+            &json!("coupons"),
+            &json!("coupon"),
+            &json!("fallback_shape")
+        )
+    );
+    // Once, however often it falls back.
+    let lines = gw.stderr.all();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("its fallback is"))
+            .count(),
+        1,
+        "{lines:?}"
+    );
 }
