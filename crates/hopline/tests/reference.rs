@@ -210,3 +210,25 @@ fn the_example_scanner_reads_sections_and_commented_keys() {
         ]
     );
 }
+
+#[test]
+fn readmes_check_sample_ends_with_what_check_prints() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hopline"))
+        .args(["check", "-c"])
+        .arg(repo().join("examples/incident.toml"))
+        .current_dir(repo())
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("error(s)"))
+        .expect("summary line")
+        .replace(&repo().join("examples").display().to_string(), "examples");
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    assert!(
+        readme.lines().any(|l| l.trim() == summary.trim()),
+        "README's `hopline check` sample should end with: {summary}"
+    );
+}
