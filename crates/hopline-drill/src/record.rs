@@ -511,7 +511,7 @@ pub fn check(
                     format!("diagnose of {hop}: failures began first at {want}"),
                     ok,
                     first.map_or("no failure site".into(), |(x, at)| {
-                        format!("{} at {at:.0}s", x.site)
+                        format!("{} at {at:.1}s", x.site)
                     }),
                 )
             }
