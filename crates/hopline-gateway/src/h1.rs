@@ -118,7 +118,9 @@ impl Front for H1Front<'_> {
                 .map_err(BodyFailure::Gone)?;
         }
         let until = Instant::now() + cfg.body_read_timeout;
-        let mut decoder = BodyDecoder::new(self.length).with_max_trailers(cfg.max_header_bytes);
+        let mut decoder = BodyDecoder::new(self.length)
+            .with_max_trailers(cfg.max_header_bytes)
+            .with_max_body(max as u64);
         let mut body = BytesMut::new();
         loop {
             let read = read_body_chunk(self.stream, self.buf, &mut decoder);
@@ -209,6 +211,9 @@ fn body_failure(e: BodyError) -> BodyFailure {
             io::ErrorKind::UnexpectedEof,
             "client closed the connection in the middle of the request body",
         )),
+        BodyError::TooLarge { limit } => BodyFailure::Respond(ProxyError::BodyTooLarge {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        }),
         e => BodyFailure::Respond(ProxyError::Malformed(Box::new(e))),
     }
 }

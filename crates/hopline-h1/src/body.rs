@@ -51,6 +51,13 @@ pub enum BodyError {
     /// A trailer line is not a valid field line.
     #[error("invalid trailer field")]
     BadTrailer,
+    /// The chunk sizes declared so far add up to more than the body's limit: refused when
+    /// the size line is read, not after that many bytes were awaited.
+    #[error("chunked body declares more than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// Reading failed.
     #[error("read failed")]
     Io(#[source] std::io::Error),
@@ -90,6 +97,9 @@ pub struct BodyDecoder {
     state: State,
     extension_bytes: usize,
     max_trailers: usize,
+    /// The chunk sizes declared so far, and the most they may add up to.
+    declared: u64,
+    max_body: u64,
 }
 
 impl BodyDecoder {
@@ -105,7 +115,17 @@ impl BodyDecoder {
             state,
             extension_bytes: 0,
             max_trailers: DEFAULT_MAX_TRAILERS,
+            declared: 0,
+            max_body: u64::MAX,
         }
+    }
+
+    /// The same decoder refusing a chunked body whose chunk sizes add up to more than
+    /// `max` bytes ([`BodyError::TooLarge`], as soon as the size line that passes it is
+    /// read). A length-delimited body is checked against its length before decoding.
+    pub fn with_max_body(mut self, max: u64) -> Self {
+        self.max_body = max;
+        self
     }
 
     /// The same decoder with the trailer section capped at `max` bytes.
@@ -153,6 +173,12 @@ impl BodyDecoder {
                     self.extension_bytes += ext;
                     if self.extension_bytes > MAX_CHUNK_EXTENSIONS {
                         return Err(BodyError::ExtensionsTooLarge);
+                    }
+                    self.declared = self.declared.saturating_add(size);
+                    if self.declared > self.max_body {
+                        return Err(BodyError::TooLarge {
+                            limit: self.max_body,
+                        });
                     }
                     self.state = if size == 0 {
                         State::Trailers(0)
@@ -288,7 +314,15 @@ mod tests {
     use super::*;
 
     fn decode_all(len: BodyLength, wire: &[&[u8]]) -> Result<(Vec<u8>, BytesMut), BodyError> {
-        let mut dec = BodyDecoder::new(len);
+        decode_all_with(len, u64::MAX, wire)
+    }
+
+    fn decode_all_with(
+        len: BodyLength,
+        max: u64,
+        wire: &[&[u8]],
+    ) -> Result<(Vec<u8>, BytesMut), BodyError> {
+        let mut dec = BodyDecoder::new(len).with_max_body(max);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         let mut parts = wire.iter();
@@ -321,6 +355,35 @@ mod tests {
         .expect("decodes");
         assert_eq!(body, b"hello world");
         assert_eq!(&rest[..], b"GET");
+    }
+
+    #[test]
+    fn a_chunked_body_over_its_limit_is_refused_on_the_size_line() {
+        let mut d = BodyDecoder::new(BodyLength::Chunked).with_max_body(10);
+        let mut buf = BytesMut::from(&b"FFFFFFFFFFFFFFFF\r\n"[..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(BodyError::TooLarge { limit: 10 })
+        ));
+        // Sizes add up: 6 + 5 > 10 fails on the second line, before its data.
+        let mut d = BodyDecoder::new(BodyLength::Chunked).with_max_body(10);
+        let mut buf = BytesMut::from(&b"6\r\nabcdef\r\n5\r\n"[..]);
+        assert_eq!(
+            d.decode(&mut buf).expect("first chunk"),
+            Decoded::Data(Bytes::from_static(b"abcdef"))
+        );
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(BodyError::TooLarge { .. })
+        ));
+        // Exactly the limit is fine.
+        let (body, _) = decode_all_with(
+            BodyLength::Chunked,
+            10,
+            &[b"6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n"],
+        )
+        .expect("decodes");
+        assert_eq!(body, b"abcdefghij");
     }
 
     #[test]

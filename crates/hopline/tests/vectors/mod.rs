@@ -162,6 +162,9 @@ pub fn table() -> Vec<Vector> {
         bad("head over max_header_bytes", &format!("GET /ok HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(20_000)), 431),
         bad("content-length over max_body_bytes", &post("Content-Length: 5000", &"z".repeat(5000)), 413),
         // Chunked bodies.
+        // Refused on the size line, not after max_body_bytes were awaited.
+        bad("chunk size over max_body_bytes", &chunked("FFFFFFFFFFFFFFFF\r\n"), 413),
+        bad("chunk sizes adding up over max_body_bytes", &chunked(&format!("800\r\n{}\r\n801\r\n", "c".repeat(2048))), 413),
         bad("chunk size with leading space", &chunked(" 5\r\nhello\r\n0\r\n\r\n"), 400),
         bad("chunk size with bare LF", &chunked("5\nhello\r\n0\r\n\r\n"), 400),
         bad("chunk data without CRLF", &chunked("5\r\nhelloX0\r\n\r\n"), 400),
