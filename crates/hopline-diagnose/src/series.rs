@@ -30,10 +30,12 @@ pub struct Bucket {
     pub non_2xx: u32,
     /// Degraded answers (a fallback served).
     pub degraded: u32,
-    /// When the second's first request, first non-2xx and first degraded answer were
-    /// logged (epoch seconds; infinite for none): an onset is dated by its first bad
+    /// When the second's first non-2xx and first degraded answer were logged (epoch
+    /// seconds; infinite for none), and its first answer in each latency bin (milliseconds
+    /// into the second; `u16::MAX` for none): an onset is dated by its first bad or slow
     /// answer, not by the start of its second.
-    first: [f64; 3],
+    first_bad: [f64; 2],
+    first_in_bin: [u16; BINS],
     lat: [u32; BINS],
 }
 
@@ -43,7 +45,8 @@ impl Default for Bucket {
             n: 0,
             non_2xx: 0,
             degraded: 0,
-            first: [f64::INFINITY; 3],
+            first_bad: [f64::INFINITY; 2],
+            first_in_bin: [u16::MAX; BINS],
             lat: [0; BINS],
         }
     }
@@ -72,21 +75,30 @@ impl Bucket {
         self.n += 1;
         self.non_2xx += u32::from(bad);
         self.degraded += u32::from(degraded);
-        self.lat[bin(ms)] += 1;
-        for (first, counts) in self.first.iter_mut().zip([true, bad, degraded]) {
+        let b = bin(ms);
+        self.lat[b] += 1;
+        let ms_in = ((t - t.floor()) * 1000.0) as u16;
+        self.first_in_bin[b] = self.first_in_bin[b].min(ms_in.min(999));
+        for (first, counts) in self.first_bad.iter_mut().zip([bad, degraded]) {
             if counts {
                 *first = first.min(t);
             }
         }
     }
 
-    /// When the first request that counts for `metric` was logged this second (for the
-    /// p99, the second's first request).
-    fn first(&self, metric: Metric) -> f64 {
+    /// When the first answer that counts for `metric` was logged in this second, which
+    /// starts at `second`: the first non-2xx or degraded one, or for the p99 the first
+    /// slower than `limit` (ms).
+    fn first(&self, metric: Metric, limit: f64, second: i64) -> f64 {
         match metric {
-            Metric::P99 => self.first[0],
-            Metric::Non2xx => self.first[1],
-            Metric::Degraded => self.first[2],
+            Metric::Non2xx => self.first_bad[0],
+            Metric::Degraded => self.first_bad[1],
+            Metric::P99 => (0..BINS)
+                .filter(|b| bin_upper(*b) > limit)
+                .map(|b| self.first_in_bin[b])
+                .min()
+                .filter(|ms| *ms != u16::MAX)
+                .map_or(f64::INFINITY, |ms| second as f64 + f64::from(ms) / 1000.0),
         }
     }
 
@@ -159,12 +171,13 @@ pub fn onset(series: &BTreeMap<i64, Bucket>, metric: Metric) -> Option<Onset> {
         Metric::Degraded => f64::from(b.degraded) / f64::from(b.n),
         Metric::P99 => b.p99(),
     };
-    let judged: Vec<(i64, f64, f64)> = series
+    let judged: Vec<(i64, f64, &Bucket)> = series
         .iter()
         .filter(|(_, b)| b.n >= MIN_REQUESTS)
-        .map(|(t, b)| (*t, value(b), b.first(metric)))
+        .map(|(t, b)| (*t, value(b), b))
         .collect();
-    let over = |i: usize| -> Option<f64> {
+    // The baseline median and the limit, when second `i` is over it.
+    let over = |i: usize| -> Option<(f64, f64)> {
         let (t, ..) = judged[i];
         let mut past: Vec<f64> = judged[..i]
             .iter()
@@ -181,15 +194,16 @@ pub fn onset(series: &BTreeMap<i64, Bucket>, metric: Metric) -> Option<Onset> {
             Metric::P99 => (2.0 * m).max(m + 100.0),
             _ => m + (4.0 * 1.4826 * d).max(0.05),
         };
-        (judged[i].1 > limit).then_some(m)
+        (judged[i].1 > limit).then_some((m, limit))
     };
     (0..judged.len().saturating_sub(1)).find_map(|i| {
-        let m = over(i)?;
+        let (m, limit) = over(i)?;
         over(i + 1)?;
+        let (at, _, bucket) = judged[i];
         Some(Onset {
-            at: judged[i].0,
-            // Within its second (a second with a bad answer has a finite first).
-            first: judged[i].2.min(judged[i].0 as f64 + 1.0),
+            at,
+            // Within its second (a second over its limit has a bad or slow answer).
+            first: bucket.first(metric, limit, at).min(at as f64 + 1.0),
             metric,
             value: judged[i].1,
             baseline: m,
@@ -216,6 +230,25 @@ mod tests {
                 (1000 + i as i64, b)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_p99_onset_is_dated_by_its_first_slow_answer() {
+        // 5 ms answers, then from second 1020.6 on 300 ms ones.
+        let series: BTreeMap<i64, Bucket> = (0..30)
+            .map(|i| {
+                let mut b = Bucket::default();
+                for k in 0..100 {
+                    let t = 1000.0 + f64::from(i) + f64::from(k) / 100.0;
+                    let slow = t >= 1020.6;
+                    b.add(t, 200, false, if slow { 300.0 } else { 5.0 });
+                }
+                (1000 + i64::from(i), b)
+            })
+            .collect();
+        let o = onset(&series, Metric::P99).expect("onset");
+        assert_eq!(o.at, 1020);
+        assert!((o.first - 1020.6).abs() < 1e-3, "{o:?}");
     }
 
     #[test]
