@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use hopline_core::config::{
     AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
-    DeadlineConfig, DnsConfig, DnsFamily, EgressConfig, FrontConfig, H2Config, HealthConfig,
-    ListenAddr, LoadBalancing, LogConfig, MetricsConfig, OutlierConfig, Overload, PathMatch,
-    RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig, SharedEgressConfig,
-    TlsVersion, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, Zone,
+    DeadlineConfig, DnsConfig, DnsFamily, EgressConfig, EscapedSlashes, FrontConfig, H2Config,
+    HealthConfig, ListenAddr, LoadBalancing, LogConfig, MetricsConfig, OutlierConfig, Overload,
+    PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig,
+    SharedEgressConfig, TlsVersion, TracingConfig, UpstreamConfig, UpstreamProtocol,
+    UpstreamTlsConfig, Zone,
 };
 
 use crate::duration::parse_duration;
@@ -106,6 +107,16 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
             .sub(cx, "h2")
             .map(|t| server_h2(cx, t))
             .unwrap_or_default(),
+        escaped_slashes: t.choice(
+            cx,
+            "escaped_slashes",
+            ("reject", EscapedSlashes::Reject),
+            &[
+                ("keep", EscapedSlashes::Keep),
+                ("decode", EscapedSlashes::Decode),
+            ],
+        ),
+        merge_slashes: t.bool(cx, "merge_slashes", d.merge_slashes),
     };
     t.finish(cx);
     s

@@ -120,6 +120,8 @@ pub fn schema() -> Value {
                 "max_connections": int("default 10000", 1),
                 "backlog": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 4096, "description": "listen backlog; the kernel caps it at net.core.somaxconn"},
                 "overload": {"enum": ["pause", "close"], "default": "pause"},
+                "escaped_slashes": {"enum": ["reject", "keep", "decode"], "default": "reject", "description": "%2F and %5C in a request path: 400, kept encoded, or decoded to / before dot segments are removed"},
+                "merge_slashes": {"type": "boolean", "default": false, "description": "// in a request path becomes / before routing"},
                 "max_header_bytes": {"type": "integer", "minimum": 1024, "maximum": 16777216, "default": 65536},
                 "max_request_line_bytes": {"type": "integer", "minimum": 256, "maximum": 16777216, "default": 8192},
                 "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": 1073741824, "default": 16777216},

@@ -223,6 +223,35 @@ pub struct ServerConfig {
     pub h2c: bool,
     /// `[server.h2]`: HTTP/2 on the listeners and its flood defences.
     pub h2: H2Config,
+    /// What becomes of `%2F` / `%5C` in a request path. Default [`EscapedSlashes::Reject`].
+    pub escaped_slashes: EscapedSlashes,
+    /// `//` in a request path becomes `/` before routing. Default false (as Envoy).
+    pub merge_slashes: bool,
+}
+
+/// `server.escaped_slashes`: what becomes of an encoded slash (`%2F`) or backslash (`%5C`)
+/// in a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// Refuse the request (400 `DPE`): the gateway and the upstream would disagree on
+    /// where the path's segments are.
+    #[default]
+    Reject,
+    /// Keep it encoded (upper-cased), as one character of its segment.
+    Keep,
+    /// Decode it to `/` before dot segments are removed.
+    Decode,
+}
+
+impl EscapedSlashes {
+    /// `reject`, `keep` or `decode`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EscapedSlashes::Reject => "reject",
+            EscapedSlashes::Keep => "keep",
+            EscapedSlashes::Decode => "decode",
+        }
+    }
 }
 
 /// `[server.h2]`: HTTP/2 to clients (ALPN `h2` on the TLS listener, and h2c with prior
@@ -740,6 +769,8 @@ impl Default for ServerConfig {
             drain_idle_grace: Duration::from_secs(1),
             tls: None,
             h2c: false,
+            escaped_slashes: EscapedSlashes::Reject,
+            merge_slashes: false,
             h2: H2Config::default(),
         }
     }

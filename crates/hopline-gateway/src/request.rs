@@ -30,6 +30,8 @@ use crate::response::ErrorContext;
 use crate::tls::TlsSession;
 use crate::trace::TraceCx;
 use crate::websocket::{self, TunnelEnd};
+use hopline_h1::path::{self, PathRules};
+use std::borrow::Cow;
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone)]
@@ -122,7 +124,7 @@ pub(crate) async fn serve<F: Front>(
         client_idle: req.client_idle,
         ..AccessRecord::default()
     };
-    let next = match prepare(gw, front, &req, &mut rec, arrival).await {
+    let next = match prepare(gw, front, &mut req, &mut rec, arrival).await {
         Err(next) => next,
         Ok((route, body)) => {
             let deadline = request_deadline(gw, &req, route, arrival);
@@ -221,7 +223,7 @@ async fn conclude<F: Front>(
 async fn prepare<'g, F: Front>(
     gw: &'g Gateway,
     front: &mut F,
-    req: &Request,
+    req: &mut Request,
     rec: &mut AccessRecord,
     arrival: Instant,
 ) -> Result<(&'g Route, Bytes), Next> {
@@ -231,6 +233,28 @@ async fn prepare<'g, F: Front>(
         keep_alive: req.keep_alive,
         upstream_status: None,
     };
+    // One spelling per path before anything looks at it: routes match, the log shows
+    // and the upstream receives the normalized path.
+    let rules = PathRules {
+        escaped_slashes: gw.config.server.escaped_slashes,
+        merge_slashes: gw.config.server.merge_slashes,
+    };
+    let normalized = match path::normalize(&req.origin, rules) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(p)) => Some(Bytes::from(p)),
+        Err(e) => {
+            let unread = req.has_body;
+            let stage = if unread { Stage::Body } else { Stage::Done };
+            let at = (unanswered(stage), req.is_grpc());
+            let err = ProxyError::Malformed(Box::new(e));
+            return Err(conclude(gw, front, rec, &err, at).await);
+        }
+    };
+    if let Some(p) = normalized {
+        rec.path = p.clone();
+        req.origin = p;
+    }
+    let req = &*req;
     let route = match admit(gw, req) {
         Ok(route) => route,
         Err((route, err)) => {

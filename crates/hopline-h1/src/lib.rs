@@ -11,6 +11,7 @@ pub mod body;
 pub mod client;
 pub mod head;
 pub mod io;
+pub mod path;
 pub mod small;
 
 pub use body::{BodyDecoder, BodyError, BodyLength, Decoded};

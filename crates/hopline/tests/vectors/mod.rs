@@ -106,6 +106,17 @@ pub fn table() -> Vec<Vector> {
         ok("client x-request-id kept", "GET /ok HTTP/1.1\r\nHost: t\r\nX-Request-Id: trace-42\r\n\r\n").has(&["x-request-id: trace-42"]),
         ok("hop-by-hop named by Connection stripped", "GET /ok HTTP/1.1\r\nHost: t\r\nConnection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\n\r\n").lacks(&["x-secret", "keep-alive:", "\r\nte:"]),
         ok("HEAD", "HEAD /ok HTTP/1.1\r\nHost: t\r\n\r\n"),
+        // Paths: routed, logged and forwarded normalized (only /ok is routed; an upstream
+        // that normalizes would serve /x for every one of these).
+        v("dot segment out of the prefix", "GET /ok/../x HTTP/1.1\r\nHost: t\r\n\r\n", &[404], false, 0),
+        v("encoded dot segment %2e%2e", "GET /ok/%2e%2e/x HTTP/1.1\r\nHost: t\r\n\r\n", &[404], false, 0),
+        v("encoded dot segment %2E%2E", "GET /ok/%2E%2E/x HTTP/1.1\r\nHost: t\r\n\r\n", &[404], false, 0),
+        v("dot then dot-dot", "GET /ok/./../x HTTP/1.1\r\nHost: t\r\n\r\n", &[404], false, 0),
+        v("half-encoded dot-dot .%2e", "GET /ok/.%2e/x HTTP/1.1\r\nHost: t\r\n\r\n", &[404], false, 0),
+        bad("dot-dot then an escaped slash", "GET /ok/..%2fx HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        bad("dot-dot-semicolon segment", "GET /ok/..;/x HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        ok("encoded unreserved letter", "GET /%6Fk/x HTTP/1.1\r\nHost: t\r\n\r\n").has(&["get /ok/x http/1.1"]),
+        ok("dot segment inside the prefix", "GET /ok/a/../b?q=/../c HTTP/1.1\r\nHost: t\r\n\r\n").has(&["get /ok/b?q=/../c http/1.1"]),
         ok("obs-text in a value", "GET /ok HTTP/1.1\r\nHost: t\r\nX-Name: caf\u{e9}\r\n\r\n"),
         ok("empty line before the request line", "\r\nGET /ok HTTP/1.1\r\nHost: t\r\n\r\n"),
         ok("GET-only route, GET", "GET /getonly HTTP/1.1\r\nHost: t\r\n\r\n"),
