@@ -28,10 +28,14 @@ fn a_burst_s_memory_is_returned_while_its_connections_stay_open() {
         "header_read_timeout = \"30s\"\nmax_connections = 5000\n",
         &format!(
             "[upstreams.m]\nendpoints = [\"{}\"]\nmax_in_flight = 5000\npool_max_idle = 16\n\
+             connect_timeout = \"10s\"\n\
              [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
             up.addr
         ),
     );
+    // The gateway opens up to BURST upstream connections at once; where the kernel caps a
+    // listener's accept queue low (net.core.somaxconn = 128 on older kernels) a SYN is
+    // dropped and retried after 1 s, which the default connect_timeout would turn into 504.
     const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n";
     // Warm up (pools, lazily built state), then the baseline with one connection open.
     let mut first = connect(gw.addr);
