@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hopline_core::config::{
-    AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Config,
-    DeadlineConfig, DnsConfig, DnsFamily, EgressConfig, EscapedSlashes, FrontConfig, H2Config,
-    HealthConfig, ListenAddr, LoadBalancing, LogConfig, MetricsConfig, OutlierConfig, Overload,
-    PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig, ServerTlsConfig,
-    SharedEgressConfig, TlsVersion, TracingConfig, UpstreamConfig, UpstreamProtocol,
-    UpstreamTlsConfig, Zone,
+    AccessLogSink, AdminConfig, AggregateConfig, AggregateMode, CallConfig, CertKeyPair, Cidr,
+    Config, DeadlineConfig, DnsConfig, DnsFamily, EgressConfig, EscapedSlashes, FrontConfig,
+    H2Config, HealthConfig, ListenAddr, LoadBalancing, LogConfig, MetricsConfig, OutlierConfig,
+    Overload, PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig,
+    ServerTlsConfig, SharedEgressConfig, TlsVersion, TracingConfig, UpstreamConfig,
+    UpstreamProtocol, UpstreamTlsConfig, Zone,
 };
 
 use crate::duration::parse_duration;
@@ -59,6 +59,23 @@ fn parse_listen(s: &str) -> Option<ListenAddr> {
         host: host.to_ascii_lowercase(),
         port,
     })
+}
+
+/// `server.trusted_proxies`: CIDRs (each wrong one reported with its place).
+fn trusted_proxies(cx: &mut Cx, t: &mut Tbl) -> Option<Vec<Cidr>> {
+    let list = t.str_list(cx, "trusted_proxies")?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, (text, span)) in list.into_iter().enumerate() {
+        match Cidr::parse(text) {
+            Ok(c) => out.push(c),
+            Err(e) => cx.report(
+                span,
+                format!("server.trusted_proxies[{i}]"),
+                ProblemKind::Invalid(e.to_string()),
+            ),
+        }
+    }
+    Some(out)
 }
 
 fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
@@ -117,6 +134,7 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
             ],
         ),
         merge_slashes: t.bool(cx, "merge_slashes", d.merge_slashes),
+        trusted_proxies: trusted_proxies(cx, &mut t).unwrap_or(d.trusted_proxies),
     };
     t.finish(cx);
     s

@@ -122,6 +122,7 @@ pub fn schema() -> Value {
                 "overload": {"enum": ["pause", "close"], "default": "pause"},
                 "escaped_slashes": {"enum": ["reject", "keep", "decode"], "default": "reject", "description": "%2F and %5C in a request path: 400, kept encoded, or decoded to / before dot segments are removed"},
                 "merge_slashes": {"type": "boolean", "default": false, "description": "// in a request path becomes / before routing"},
+                "trusted_proxies": {"type": "array", "items": {"type": "string"}, "default": ["127.0.0.0/8", "::1/128"], "description": "CIDRs of peers whose X-Forwarded-For, deadline and forwarding headers are believed; [] trusts nobody"},
                 "max_header_bytes": {"type": "integer", "minimum": 1024, "maximum": 16777216, "default": 65536},
                 "max_request_line_bytes": {"type": "integer", "minimum": 256, "maximum": 16777216, "default": 8192},
                 "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": 1073741824, "default": 16777216},

@@ -3,7 +3,7 @@
 //! Built by `hopline-config` from TOML; every value here has already been checked, and
 //! every default is documented on its field.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -227,6 +227,107 @@ pub struct ServerConfig {
     pub escaped_slashes: EscapedSlashes,
     /// `//` in a request path becomes `/` before routing. Default false (as Envoy).
     pub merge_slashes: bool,
+    /// Peers whose forwarding and deadline headers are believed (a peer is trusted when
+    /// its socket address is in one of these). Default loopback: `127.0.0.0/8`, `::1/128`.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl ServerConfig {
+    /// True when `ip` is in `trusted_proxies`.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// An address range, `10.0.0.0/8` or `fd00::/8` (a bare address is its own /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// Why a CIDR does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// The address part is not an IPv4 or IPv6 address.
+    #[error("{0:?} is not an IP address (expected e.g. \"10.0.0.0/8\" or \"fd00::/8\")")]
+    Address(String),
+    /// The prefix length is not a number up to 32 (IPv4) or 128 (IPv6).
+    #[error("prefix /{0} is not 0..=32 for IPv4 or 0..=128 for IPv6")]
+    Prefix(String),
+    /// Bits are set past the prefix (`10.1.0.0/8`): a typo more often than not.
+    #[error("{0} has bits set past its prefix; write the network address (e.g. {1})")]
+    HostBits(String, String),
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address.
+    pub fn parse(s: &str) -> Result<Cidr, CidrError> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.parse().map_err(|_| CidrError::Address(a.to_string()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| CidrError::Prefix(p.to_string()))?
+        };
+        let c = Cidr { addr, prefix };
+        let network = c.network();
+        if network != addr {
+            return Err(CidrError::HostBits(
+                s.to_string(),
+                format!("{network}/{prefix}"),
+            ));
+        }
+        Ok(c)
+    }
+
+    fn bits(ip: IpAddr) -> (u128, u8) {
+        match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        }
+    }
+
+    fn mask(&self, width: u8) -> u128 {
+        let host = u32::from(width - self.prefix);
+        let all = if width == 32 {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
+        all.checked_shl(host).map_or(0, |m| m & all)
+    }
+
+    fn network(&self) -> IpAddr {
+        let (bits, width) = Self::bits(self.addr);
+        let n = bits & self.mask(width);
+        match self.addr {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(n as u32)),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(n)),
+        }
+    }
+
+    /// True when `ip` is in the range; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is
+    /// matched as the IPv4 address it carries.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (want, width) = Self::bits(self.addr);
+        let (got, got_width) = Self::bits(ip);
+        width == got_width && got & self.mask(width) == want
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// `server.escaped_slashes`: what becomes of an encoded slash (`%2F`) or backslash (`%5C`)
@@ -771,6 +872,16 @@ impl Default for ServerConfig {
             h2c: false,
             escaped_slashes: EscapedSlashes::Reject,
             merge_slashes: false,
+            trusted_proxies: vec![
+                Cidr {
+                    addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+                    prefix: 8,
+                },
+                Cidr {
+                    addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                    prefix: 128,
+                },
+            ],
             h2: H2Config::default(),
         }
     }
@@ -816,5 +927,46 @@ impl UpstreamConfig {
             health: None,
             panic_threshold: 50,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn cidrs_parse_and_contain_what_they_say() {
+        let lan = Cidr::parse("10.0.0.0/8").expect("cidr");
+        assert!(lan.contains(ip("10.255.1.2")) && !lan.contains(ip("11.0.0.1")));
+        assert!(lan.contains(ip("::ffff:10.0.0.9")), "IPv4-mapped");
+        assert!(!lan.contains(ip("fd00::1")));
+        let v6 = Cidr::parse("fd00::/8").expect("cidr");
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        let one = Cidr::parse("192.0.2.7").expect("bare");
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .expect("all")
+            .contains(ip("8.8.8.8")));
+        assert!(Cidr::parse("::/0")
+            .expect("all")
+            .contains(ip("2001:db8::1")));
+        assert_eq!(
+            Cidr::parse("10.1.0.0/8"),
+            Err(CidrError::HostBits(
+                "10.1.0.0/8".into(),
+                "10.0.0.0/8".into()
+            ))
+        );
+        assert!(matches!(
+            Cidr::parse("10.0.0.0/33"),
+            Err(CidrError::Prefix(_))
+        ));
+        assert!(matches!(Cidr::parse("ten/8"), Err(CidrError::Address(_))));
+        let d = ServerConfig::default();
+        assert!(d.trusts(ip("127.0.0.1")) && d.trusts(ip("::1")) && !d.trusts(ip("10.0.0.1")));
     }
 }

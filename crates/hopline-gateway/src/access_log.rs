@@ -39,6 +39,9 @@ pub struct AccessRecord {
     pub trace: Option<crate::trace::TraceCx>,
     /// Client address.
     pub client: Option<SocketAddr>,
+    /// The client's address as `server.trusted_proxies` lets hopline know it: the peer,
+    /// or behind trusted proxies the first untrusted `x-forwarded-for` entry from the right.
+    pub client_ip: Option<std::net::IpAddr>,
     /// The connection's TLS session (TLS listener only).
     pub tls: Option<Arc<crate::tls::TlsSession>>,
     /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`; none when the request could not be read.
@@ -131,7 +134,18 @@ impl AccessRecord {
         if let Some(c) = self.client {
             push_socket_addr(s, c);
         }
-        s.push(b'"');
+        s.extend_from_slice(b"\",\"client_ip\":");
+        match self.client_ip {
+            Some(std::net::IpAddr::V4(v4)) => {
+                s.push(b'"');
+                s.extend_from_slice(hopline_core::text::ipv4(v4, &mut [0; 15]));
+                s.push(b'"');
+            }
+            Some(ip) => {
+                let _ = write!(s, "\"{ip}\"");
+            }
+            None => s.extend_from_slice(b"null"),
+        }
         if let Some(t) = &self.tls {
             s.extend_from_slice(b",\"tls_version\":\"");
             s.extend_from_slice(t.version.as_bytes());

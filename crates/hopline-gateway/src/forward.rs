@@ -20,7 +20,7 @@ pub(crate) fn forward(
     req: &mut Request,
     body: Bytes,
     (request_id, trace): (&str, &TraceCx),
-    peer: SocketAddr,
+    (peer, trusted): (SocketAddr, bool),
     (upstream, upgrade): (usize, bool),
 ) -> Forward {
     let mut out = BytesMut::with_capacity(512);
@@ -35,6 +35,8 @@ pub(crate) fn forward(
                 false
             }
             ForwardRule::Replaced => false,
+            // An untrusted client's say on where it came from, or on what hopline says.
+            ForwardRule::FromTrusted => trusted,
             ForwardRule::Host => {
                 has_host = true;
                 true
@@ -46,9 +48,11 @@ pub(crate) fn forward(
         put_header(&mut out, b"host", host.as_bytes());
     }
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
+    // From an untrusted peer the received x-forwarded-for is dropped: the peer is the
+    // client as far as anyone behind hopline can know.
     put_forwarded_for(
         &mut out,
-        has_forwarded_for.then_some(&req.headers),
+        (has_forwarded_for && trusted).then_some(&req.headers),
         peer.ip(),
     );
     if upgrade {
@@ -80,8 +84,11 @@ enum ForwardRule {
     Kept,
     /// `host`: sent as received, and none added.
     Host,
-    /// `x-forwarded-for`: merged into the one the gateway writes.
+    /// `x-forwarded-for`: merged into the one the gateway writes (from trusted peers).
     ForwardedFor,
+    /// `forwarded`, `x-real-ip`, `x-forwarded-proto`, `x-forwarded-host`, `proxy-status`
+    /// and `x-hopline-*`: sent only when the peer is in `server.trusted_proxies`.
+    FromTrusted,
     /// The deadline headers (each attempt carries its own budget), `expect` (the gateway
     /// has read the body), `x-request-id` and the trace headers (the gateway writes them).
     Replaced,
@@ -89,15 +96,25 @@ enum ForwardRule {
 
 impl ForwardRule {
     fn of(name: &[u8]) -> ForwardRule {
-        // The length picks the one name a field could be (two share 12 bytes; the trace
+        if name.len() > 10 && name[..10].eq_ignore_ascii_case(b"x-hopline-") {
+            return ForwardRule::FromTrusted;
+        }
+        // The length and first byte pick the one name a field could be (the trace
         // headers are 10 and 11), so each field costs one or two comparisons.
         let (candidate, rule): (&[u8], _) = match name.len() {
             4 => (b"host", ForwardRule::Host),
             6 => (b"expect", ForwardRule::Replaced),
+            9 if name[0].eq_ignore_ascii_case(&b'f') => (b"forwarded", ForwardRule::FromTrusted),
+            9 => (b"x-real-ip", ForwardRule::FromTrusted),
             10 | 11 if is_trace_header(name) => return ForwardRule::Replaced,
             12 if name[0].eq_ignore_ascii_case(&b'g') => (b"grpc-timeout", ForwardRule::Replaced),
+            12 if name[0].eq_ignore_ascii_case(&b'p') => {
+                (b"proxy-status", ForwardRule::FromTrusted)
+            }
             12 => (b"x-request-id", ForwardRule::Replaced),
             15 => (b"x-forwarded-for", ForwardRule::ForwardedFor),
+            16 => (b"x-forwarded-host", ForwardRule::FromTrusted),
+            17 => (b"x-forwarded-proto", ForwardRule::FromTrusted),
             30 => (b"x-envoy-expected-rq-timeout-ms", ForwardRule::Replaced),
             _ => return ForwardRule::Kept,
         };
@@ -171,6 +188,16 @@ mod tests {
             ("content-type", ForwardRule::Kept),
             ("x-forwarded-by", ForwardRule::Kept),
             ("", ForwardRule::Kept),
+            ("Forwarded", ForwardRule::FromTrusted),
+            ("X-Real-IP", ForwardRule::FromTrusted),
+            ("X-Forwarded-Proto", ForwardRule::FromTrusted),
+            ("x-forwarded-host", ForwardRule::FromTrusted),
+            ("Proxy-Status", ForwardRule::FromTrusted),
+            ("X-Hopline-Degraded", ForwardRule::FromTrusted),
+            ("x-hopline-", ForwardRule::Kept),
+            ("forwardeD", ForwardRule::FromTrusted),
+            ("forwarder", ForwardRule::Kept),
+            ("x-real-ix", ForwardRule::Kept),
         ];
         for (name, rule) in expect {
             assert_eq!(ForwardRule::of(name.as_bytes()), rule, "{name}");

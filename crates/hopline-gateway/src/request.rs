@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -111,7 +111,9 @@ pub(crate) async fn serve<F: Front>(
     kill: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let arrival = front.arrival();
+    let trusted = gw.config.server.trusts(client.peer.ip());
     let mut rec = AccessRecord {
+        client_ip: Some(client_ip(gw, &req.headers, client.peer.ip(), trusted)),
         ts: Some(SystemTime::now()),
         request_id: gw.next_request_id(),
         client_request_id: req.client_request_id(),
@@ -127,13 +129,14 @@ pub(crate) async fn serve<F: Front>(
     let next = match prepare(gw, front, &mut req, &mut rec, arrival).await {
         Err(next) => next,
         Ok((route, body)) => {
-            let deadline = request_deadline(gw, &req, route, arrival);
+            let deadline = request_deadline(gw, &req, route, arrival, trusted);
             rec.deadline = Some(deadline.budget());
             let job = Job {
                 route,
                 deadline,
                 body,
                 peer: client.peer,
+                trusted,
                 trace: rec
                     .trace
                     .clone()
@@ -311,14 +314,52 @@ fn admit<'g>(gw: &'g Gateway, req: &Request) -> Result<&'g Route, (Option<&'g Ro
 /// The request's deadline: the route's timeout, shortened by the caller's
 /// (`x-envoy-expected-rq-timeout-ms` or `grpc-timeout`, less the margin), capped by
 /// `deadline.max`.
-fn request_deadline(gw: &Gateway, req: &Request, route: &Route, arrival: Instant) -> Deadline {
-    let caller = req
-        .headers
-        .get("x-envoy-expected-rq-timeout-ms")
-        .and_then(parse_envoy_timeout_ms)
-        .or_else(|| req.headers.get("grpc-timeout").and_then(parse_grpc_timeout));
+fn request_deadline(
+    gw: &Gateway,
+    req: &Request,
+    route: &Route,
+    arrival: Instant,
+    trusted: bool,
+) -> Deadline {
+    // grpc-timeout from anyone (gRPC requires honouring it); Envoy's header only from a
+    // trusted proxy, as Envoy does: an internet client cannot shorten the budget with it.
+    let envoy = trusted
+        .then(|| req.headers.get("x-envoy-expected-rq-timeout-ms"))
+        .flatten()
+        .and_then(parse_envoy_timeout_ms);
+    let caller = envoy.or_else(|| req.headers.get("grpc-timeout").and_then(parse_grpc_timeout));
     let dl = &gw.config.deadline;
     Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max)
+}
+
+/// The client's address: the peer, or behind trusted proxies the first address from the
+/// right of `x-forwarded-for` that is not itself a trusted proxy (the leftmost when every
+/// one is).
+fn client_ip(gw: &Gateway, headers: &Headers, peer: IpAddr, trusted: bool) -> IpAddr {
+    if !trusted || headers.get("x-forwarded-for").is_none() {
+        return peer;
+    }
+    let server = &gw.config.server;
+    let mut found = peer;
+    let values = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"x-forwarded-for"))
+        .map(|(_, v)| v)
+        .collect::<Vec<_>>();
+    for value in values.iter().rev() {
+        for entry in value.rsplit(|&b| b == b',') {
+            let text = std::str::from_utf8(hopline_h1::head::trim(entry)).unwrap_or("");
+            let Ok(ip) = text.parse::<IpAddr>() else {
+                // Garbage is not an address: the last good one stands.
+                return found;
+            };
+            found = ip;
+            if !server.trusts(ip) {
+                return ip;
+            }
+        }
+    }
+    found
 }
 
 /// What a run needs besides the request.
@@ -327,6 +368,8 @@ struct Job<'g> {
     deadline: Deadline,
     body: Bytes,
     peer: SocketAddr,
+    /// The peer is in `server.trusted_proxies`.
+    trusted: bool,
     trace: TraceCx,
 }
 
@@ -364,6 +407,7 @@ async fn run<F: Front>(
         deadline,
         body,
         peer,
+        trusted: job_trusted,
         trace,
     } = job;
     let upgrade = route.websocket.is_some() && front.upgrades() && websocket::is_upgrade(req);
@@ -374,7 +418,8 @@ async fn run<F: Front>(
             match &route.action {
                 Action::Proxy { upstream } => {
                     let ids = (trace_id, &trace);
-                    let fwd = forward(gw, req, body, ids, peer, (*upstream, upgrade));
+                    let from = (peer, job_trusted);
+                    let fwd = forward(gw, req, body, ids, from, (*upstream, upgrade));
                     proxy(gw, *upstream, &fwd, deadline, &progress, &mut sink).await
                 }
                 Action::Aggregate(agg) => {

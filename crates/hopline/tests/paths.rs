@@ -137,16 +137,7 @@ fn escaped_and_merged_slashes_follow_the_settings() {
 
 #[test]
 fn a_bad_escaped_slashes_value_names_its_key_and_choices() {
-    let config = temp_file(
-        "slashes.toml",
-        "[server]\nescaped_slashes = \"allow\"\n[upstreams.m]\nendpoints = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
-    );
-    let out = std::process::Command::new(bin())
-        .args(["check", "-c", path(&config)])
-        .output()
-        .expect("check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = check_refuses("escaped_slashes = \"allow\"");
     assert!(
         err.contains(
             "key `server.escaped_slashes`: \"allow\" is not \"reject\", \"keep\" or \"decode\""

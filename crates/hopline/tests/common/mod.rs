@@ -517,3 +517,23 @@ pub fn python_json(script: &str, args: &[&str]) -> Value {
     );
     serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
+
+/// Runs `hopline check` on a config of `server` (the `[server]` table's lines) and one
+/// upstream and route, expects exit 2 (the config is refused) and returns stderr.
+#[allow(dead_code)]
+pub fn check_refuses(server: &str) -> String {
+    let config = temp_file(
+        "refused.toml",
+        &format!(
+            "[server]\n{server}\n[upstreams.m]\nendpoints = [\"127.0.0.1:9\"]\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n"
+        ),
+    );
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c", config.to_str().expect("utf8")])
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
