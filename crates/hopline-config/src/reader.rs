@@ -979,19 +979,25 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
         .sub(&mut cx, "deadline")
         .map(|mut t| {
             let d = DeadlineConfig::default();
-            let margin = t
-                .str(&mut cx, "margin")
-                .and_then(|(s, span)| match parse_duration(s) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        cx.report(span, t.key_path("margin"), e.into());
-                        None
-                    }
-                });
+            // Zero is a valid margin and a valid min_caller (none kept back, none refused).
+            let mut zero_ok = |key: &'static str, default: Duration| {
+                t.str(&mut cx, key)
+                    .and_then(|(s, span)| match parse_duration(s) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            cx.report(span, t.key_path(key), e.into());
+                            None
+                        }
+                    })
+                    .unwrap_or(default)
+            };
+            let margin = zero_ok("margin", d.margin);
+            let min_caller = zero_ok("min_caller", d.min_caller);
             let c = DeadlineConfig {
                 default: t.duration(&mut cx, "default", d.default),
                 max: t.duration(&mut cx, "max", d.max),
-                margin: margin.unwrap_or(d.margin),
+                margin,
+                min_caller,
             };
             if c.default > c.max {
                 cx.report(

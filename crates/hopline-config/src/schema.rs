@@ -149,6 +149,7 @@ pub fn schema() -> Value {
                 "default": duration("default 3s"),
                 "max": duration("default 30s"),
                 "margin": duration("default 5ms"),
+                "min_caller": duration("default 10ms: a caller's budget below it is answered 504 at once"),
             })),
             "admin": closed(json!({"listen": {"type": "string", "description": "host:port — an IP address or a host name (a name binds every address it resolves to)"}})),
             "retry_budget": closed(json!({

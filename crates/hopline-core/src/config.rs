@@ -449,6 +449,10 @@ pub struct DeadlineConfig {
     /// Subtracted from the caller's remaining time, and from ours when sent upstream.
     /// Default 5 ms.
     pub margin: Duration,
+    /// The shortest budget a caller may give (`grpc-timeout` from anyone,
+    /// `x-envoy-expected-rq-timeout-ms` from trusted peers); a shorter one is answered 504
+    /// at once, before any upstream call. Default 10 ms; zero refuses none.
+    pub min_caller: Duration,
 }
 
 /// `[server.tls]`: the TLS listener and its certificates.
@@ -893,6 +897,7 @@ impl Default for DeadlineConfig {
             default: Duration::from_secs(3),
             max: Duration::from_secs(30),
             margin: Duration::from_millis(5),
+            min_caller: Duration::from_millis(10),
         }
     }
 }

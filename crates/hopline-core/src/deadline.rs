@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::error::TimeoutSource;
+
 /// Which input decided a request's deadline (logged, and shown by `/config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadlineSource {
@@ -112,6 +114,17 @@ impl Deadline {
     /// True once `now` has reached the deadline.
     pub fn expired(&self, now: Instant) -> bool {
         now >= self.at
+    }
+
+    /// The limit a timeout ran into: `own` (the step's own limit) when the deadline did not
+    /// bound the step, else the deadline as named by what set it.
+    pub fn limit_source(&self, by_deadline: bool, own: TimeoutSource) -> TimeoutSource {
+        match (by_deadline, self.source) {
+            (false, _) => own,
+            (true, DeadlineSource::Call) => TimeoutSource::CallTimeout,
+            (true, DeadlineSource::Caller) => TimeoutSource::CallerBudget,
+            (true, DeadlineSource::Route | DeadlineSource::Max) => TimeoutSource::Deadline,
+        }
     }
 
     /// The instant by which a step limited to `limit` must end: `min(now + limit, deadline)`,

@@ -95,6 +95,10 @@ pub enum TimeoutSource {
     ConnectTimeout,
     /// An aggregate call's own `timeout`.
     CallTimeout,
+    /// The request's deadline, set by the caller's own budget (`grpc-timeout`,
+    /// `x-envoy-expected-rq-timeout-ms`): the caller's limit, not the endpoint's failure
+    /// unless the endpoint's peers answer well within it.
+    CallerBudget,
 }
 
 impl TimeoutSource {
@@ -105,6 +109,7 @@ impl TimeoutSource {
             TimeoutSource::AttemptTimeout => "upstream timeout",
             TimeoutSource::ConnectTimeout => "connect_timeout",
             TimeoutSource::CallTimeout => "call timeout",
+            TimeoutSource::CallerBudget => "caller budget",
         }
     }
 }
@@ -226,6 +231,16 @@ impl UpstreamErrorKind {
             | UpstreamErrorKind::Closed { phase }
             | UpstreamErrorKind::Protocol { phase, .. }
             | UpstreamErrorKind::Io { phase, .. } => *phase,
+        }
+    }
+
+    /// The limit a timeout ran into; none for a failure that is not a timeout.
+    pub fn timeout_source(&self) -> Option<TimeoutSource> {
+        match self {
+            UpstreamErrorKind::ConnectTimeout { source_limit, .. }
+            | UpstreamErrorKind::TlsTimeout { source_limit, .. }
+            | UpstreamErrorKind::Timeout { source_limit, .. } => Some(*source_limit),
+            _ => None,
         }
     }
 
@@ -487,6 +502,19 @@ pub enum ProxyError {
         /// The request's whole budget.
         budget: Duration,
     },
+    /// The caller's own budget was shorter than `deadline.min_caller`: answered at once,
+    /// before any upstream call (and without spending a retry token).
+    #[error(
+        "the caller's budget {} is below deadline.min_caller {}; answered before any upstream call",
+        Human(*budget),
+        Human(*min)
+    )]
+    CallerBudgetTooShort {
+        /// The budget the caller gave (`grpc-timeout` or `x-envoy-expected-rq-timeout-ms`).
+        budget: Duration,
+        /// `deadline.min_caller`.
+        min: Duration,
+    },
     /// An upstream exchange failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -553,6 +581,7 @@ impl ProxyError {
             ProxyError::Overflow(_) => (503, UpstreamOverflow, Side::Internal),
             ProxyError::NoEndpoint { .. } => (503, NoHealthyUpstream, Side::Upstream),
             ProxyError::DeadlineSpent { .. } => (504, UpstreamTimeout, Side::Internal),
+            ProxyError::CallerBudgetTooShort { .. } => (504, UpstreamTimeout, Side::Downstream),
             ProxyError::Shutdown { .. } => (503, Shutdown, Side::Internal),
             ProxyError::BadCallResponse { .. } => (502, UpstreamProtocolError, Side::Upstream),
             ProxyError::Upstream(e) => {
@@ -607,6 +636,7 @@ impl ProxyError {
                 format!("upstream {upstream} has no usable endpoint")
             }
             ProxyError::DeadlineSpent { .. } => "request deadline spent".into(),
+            ProxyError::CallerBudgetTooShort { .. } => "the caller's budget is too short".into(),
             ProxyError::Upstream(e) => {
                 let what = match &e.kind {
                     UpstreamErrorKind::ConnectTimeout { .. } => "connect timed out",

@@ -280,6 +280,15 @@ mod tests {
                 decide(504, UpstreamTimeout, true, true, false),
             ),
             row(
+                "caller budget below min_caller",
+                ProxyError::CallerBudgetTooShort {
+                    budget: Duration::from_millis(3),
+                    min: Duration::from_millis(10),
+                },
+                at(Done, false, true, None),
+                decide(504, UpstreamTimeout, true, true, false),
+            ),
+            row(
                 "upstream connect/TLS failure",
                 upstream(UpstreamErrorKind::ConnectRefused(io::Error::from(
                     io::ErrorKind::ConnectionRefused,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hopline_core::config::{LoadBalancing, OutlierConfig};
 use hopline_core::time::Human;
-use hopline_core::{ProxyError, UpstreamErrorKind};
+use hopline_core::{ProxyError, TimeoutSource, UpstreamErrorKind};
 use rustls::pki_types::ServerName;
 
 use crate::access_log::AccessLog;
@@ -199,6 +199,11 @@ impl EndpointGuard {
         self.reporter.report(verdict);
     }
 
+    /// Notes a successful attempt's time to its response headers.
+    pub fn answered_in(&self, took: Duration) {
+        self.reporter.set.answered_in(took);
+    }
+
     /// A handle that reports on this endpoint without counting in its load.
     pub fn reporter(&self) -> Reporter {
         self.reporter.clone()
@@ -224,11 +229,26 @@ impl Reporter {
         self.set.report(&self.ep, verdict);
     }
 
-    /// Reports a failed exchange when the failure was the endpoint's.
+    /// Reports a failed exchange when the failure was the endpoint's. A timeout at the
+    /// caller's own budget is only when the upstream's endpoints answer in a fraction of
+    /// the time the attempt had: a caller that gives 15 ms to a service that takes 50 ms
+    /// ejects nothing, an endpoint that never answers while its peers take 2 ms is ejected.
     pub fn failed(&self, e: &ProxyError) {
+        if let ProxyError::Upstream(u) = e {
+            if u.kind.timeout_source() == Some(TimeoutSource::CallerBudget)
+                && !self.set.peers_answer_within(u.elapsed)
+            {
+                return;
+            }
+        }
         if let Some(v) = Verdict::of_error(e) {
             self.report(v);
         }
+    }
+
+    /// Notes a successful attempt's time to its response headers.
+    pub fn answered_in(&self, took: Duration) {
+        self.set.answered_in(took);
     }
 }
 
@@ -258,7 +278,15 @@ pub struct EndpointSet {
     metrics: Arc<Metrics>,
     per_endpoint_metrics: bool,
     log: Arc<AccessLog>,
+    /// How long the upstream's endpoints take to answer (response headers), in
+    /// microseconds: a moving average of successful attempts (0 until the first). A timeout
+    /// at the caller's budget is the endpoint's failure only when it ran far past this.
+    answers_in_us: AtomicU64,
 }
+
+/// A timeout at the caller's budget counts against the endpoint when the attempt ran this
+/// many times longer than its upstream's endpoints usually take to answer.
+const CALLER_TIMEOUT_FACTOR: u64 = 4;
 
 impl EndpointSet {
     /// A set with `initial` endpoints.
@@ -282,7 +310,30 @@ impl EndpointSet {
             metrics,
             per_endpoint_metrics,
             log,
+            answers_in_us: AtomicU64::new(0),
         }
+    }
+
+    /// Notes how long a successful attempt took to its response headers.
+    pub(crate) fn answered_in(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.answers_in_us.load(Ordering::Relaxed);
+        // An eighth of each new sample; the first one stands alone.
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.answers_in_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a timeout after `ran` at the caller's budget is the endpoint's failure: its
+    /// peers (the upstream's endpoints) answer in well under that. With no answer seen yet,
+    /// it is the caller's.
+    fn peers_answer_within(&self, ran: Duration) -> bool {
+        let usual = self.answers_in_us.load(Ordering::Relaxed);
+        let ran = u64::try_from(ran.as_micros()).unwrap_or(u64::MAX);
+        usual != 0 && ran >= usual.saturating_mul(CALLER_TIMEOUT_FACTOR)
     }
 
     /// The endpoints now.

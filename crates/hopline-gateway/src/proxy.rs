@@ -11,9 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::{UpstreamProtocol, Zone};
-use hopline_core::{
-    Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind,
-};
+use hopline_core::{Deadline, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
 use hopline_h1::head::{put_decimal, strip_hop_by_hop, Headers};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::time::timeout_at;
@@ -236,7 +234,12 @@ async fn attempts(
                     record_attempt(req, up, span, attempt, Err(&e));
                     let connect_failure =
                         matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
-                    if connect_failure && retries < up.config.max_retries && up.budget.try_spend() {
+                    // Once the deadline is spent no retry would run: no token for it.
+                    if connect_failure
+                        && retries < up.config.max_retries
+                        && !deadline.expired(Instant::now())
+                        && up.budget.try_spend()
+                    {
                         retries += 1;
                         last_error = Some(e);
                         avoid = Some(guard.ep().addr);
@@ -248,6 +251,7 @@ async fn attempts(
         };
         match exchange(&gw.metrics, up, conn, (req, span), deadline, progress, now).await {
             Ok(x) => {
+                guard.answered_in(now.elapsed());
                 guard.report(Verdict::of_status(x.head.status));
                 record_attempt(req, up, span, attempt, Ok(x.head.status));
                 return Ok((x, guard));
@@ -258,7 +262,12 @@ async fn attempts(
                 // we reused it, before any response byte. Safe to resend once, on a new
                 // connection (the next pooled one may be just as stale), within the budget.
                 // Not the endpoint's failure.
-                if stale && req.idempotent && !stale_retry_used && up.budget.try_spend() {
+                if stale
+                    && req.idempotent
+                    && !stale_retry_used
+                    && !deadline.expired(Instant::now())
+                    && up.budget.try_spend()
+                {
                     stale_retry_used = true;
                     fresh_only = true;
                     last_error = Some(error);
@@ -394,13 +403,7 @@ pub(crate) fn attempt_timeout(
         } else {
             up.config.timeout
         },
-        source_limit: if !by_deadline {
-            TimeoutSource::AttemptTimeout
-        } else if deadline.source() == DeadlineSource::Call {
-            TimeoutSource::CallTimeout
-        } else {
-            TimeoutSource::Deadline
-        },
+        source_limit: deadline.limit_source(by_deadline, TimeoutSource::AttemptTimeout),
     }
 }
 

@@ -53,7 +53,9 @@ pub(crate) async fn proxy_h2<S: Sink>(
                 guard.reporter().failed(&e);
                 let before_sent =
                     matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
-                if before_sent && retry_left && up.budget.try_spend() {
+                // Once the deadline is spent no retry would run: no token for it.
+                let time_left = !deadline.expired(Instant::now());
+                if before_sent && retry_left && time_left && up.budget.try_spend() {
                     retries += 1;
                     last_error = Some(e);
                     avoid = Some(guard.ep().addr);
@@ -76,6 +78,7 @@ pub(crate) async fn proxy_h2<S: Sink>(
         .await
         {
             Ok(x) => {
+                guard.answered_in(started.elapsed());
                 guard.report(Verdict::of_status(x.head.status.as_u16()));
                 let done = stream_response(up, x, req, &deadline, progress, sink).await;
                 if let Err(e) = &done {
@@ -88,7 +91,8 @@ pub(crate) async fn proxy_h2<S: Sink>(
             // POST is safe to send again.
             Err(Failed { error, refused }) => {
                 guard.reporter().failed(&error);
-                if refused && retry_left && up.budget.try_spend() {
+                let time_left = !deadline.expired(Instant::now());
+                if refused && retry_left && time_left && up.budget.try_spend() {
                     retries += 1;
                     last_error = Some(error);
                     continue;

@@ -129,7 +129,7 @@ pub(crate) async fn serve<F: Front>(
     let next = match prepare(gw, front, &mut req, &mut rec, arrival).await {
         Err(next) => next,
         Ok((route, body)) => {
-            let deadline = request_deadline(gw, &req, route, arrival, trusted);
+            let (deadline, refused) = request_deadline(gw, &req, route, arrival, trusted);
             rec.deadline = Some(deadline.budget());
             let job = Job {
                 route,
@@ -137,6 +137,7 @@ pub(crate) async fn serve<F: Front>(
                 body,
                 peer: client.peer,
                 trusted,
+                refused,
                 trace: rec
                     .trace
                     .clone()
@@ -313,14 +314,14 @@ fn admit<'g>(gw: &'g Gateway, req: &Request) -> Result<&'g Route, (Option<&'g Ro
 
 /// The request's deadline: the route's timeout, shortened by the caller's
 /// (`x-envoy-expected-rq-timeout-ms` or `grpc-timeout`, less the margin), capped by
-/// `deadline.max`.
+/// `deadline.max`; and the refusal when the caller's budget is below `deadline.min_caller`.
 fn request_deadline(
     gw: &Gateway,
     req: &Request,
     route: &Route,
     arrival: Instant,
     trusted: bool,
-) -> Deadline {
+) -> (Deadline, Option<ProxyError>) {
     // grpc-timeout from anyone (gRPC requires honouring it); Envoy's header only from a
     // trusted proxy, as Envoy does: an internet client cannot shorten the budget with it.
     let envoy = trusted
@@ -329,7 +330,16 @@ fn request_deadline(
         .and_then(parse_envoy_timeout_ms);
     let caller = envoy.or_else(|| req.headers.get("grpc-timeout").and_then(parse_grpc_timeout));
     let dl = &gw.config.deadline;
-    Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max)
+    let deadline = Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max);
+    // A budget too short to be served is the caller's problem, answered before any work.
+    let too_short =
+        caller
+            .filter(|&c| c < dl.min_caller)
+            .map(|budget| ProxyError::CallerBudgetTooShort {
+                budget,
+                min: dl.min_caller,
+            });
+    (deadline, too_short)
 }
 
 /// The client's address: the peer, or behind trusted proxies the first address from the
@@ -370,6 +380,8 @@ struct Job<'g> {
     peer: SocketAddr,
     /// The peer is in `server.trusted_proxies`.
     trusted: bool,
+    /// Answered with this before any upstream call (a caller budget below `min_caller`).
+    refused: Option<ProxyError>,
     trace: TraceCx,
 }
 
@@ -408,6 +420,7 @@ async fn run<F: Front>(
         body,
         peer,
         trusted: job_trusted,
+        refused,
         trace,
     } = job;
     let upgrade = route.websocket.is_some() && front.upgrades() && websocket::is_upgrade(req);
@@ -415,6 +428,9 @@ async fn run<F: Front>(
     let ended = {
         // Pinned where it is built: moving this large future into the select would copy it.
         let work = pin!(async {
+            if let Some(e) = refused {
+                return Err(e);
+            }
             match &route.action {
                 Action::Proxy { upstream } => {
                     let ids = (trace_id, &trace);

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use hopline_core::config::{DnsConfig, UpstreamConfig, UpstreamProtocol, Zone};
 use hopline_core::{
-    Deadline, DeadlineSource, Overflow, Phase, ProxyError, TimeoutSource, UpstreamError,
-    UpstreamErrorKind,
+    Deadline, Overflow, Phase, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind,
 };
 use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
 use std::pin::pin;
@@ -632,11 +631,7 @@ impl Upstream {
         } else {
             self.config.connect_timeout
         };
-        let source_limit = match (by_deadline, deadline.source()) {
-            (false, _) => TimeoutSource::ConnectTimeout,
-            (true, DeadlineSource::Call) => TimeoutSource::CallTimeout,
-            (true, _) => TimeoutSource::Deadline,
-        };
+        let source_limit = deadline.limit_source(by_deadline, TimeoutSource::ConnectTimeout);
         (limit, source_limit)
     }
 
