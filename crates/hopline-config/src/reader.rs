@@ -272,8 +272,32 @@ fn log(cx: &mut Cx, mut t: Tbl) -> LogConfig {
         Some((path, _)) => AccessLogSink::File(PathBuf::from(path)),
     };
     let tls_errors = t.bool(cx, "tls_errors", false);
+    let redact_query = match t.str_list(cx, "redact_query") {
+        None => LogConfig::default().redact_query,
+        Some(list) => {
+            let mut names = Vec::with_capacity(list.len());
+            for (i, (name, span)) in list.into_iter().enumerate() {
+                if name.is_empty() || name.contains(['&', '=']) {
+                    cx.report(
+                        span,
+                        format!("log.redact_query[{i}]"),
+                        ProblemKind::Invalid(format!(
+                            "{name:?} is not a query name (non-empty, without '&' or '=')"
+                        )),
+                    );
+                } else {
+                    names.push(name.to_ascii_lowercase().into_boxed_str());
+                }
+            }
+            names
+        }
+    };
     t.finish(cx);
-    LogConfig { access, tls_errors }
+    LogConfig {
+        access,
+        tls_errors,
+        redact_query,
+    }
 }
 
 fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {

@@ -140,6 +140,7 @@ pub fn schema() -> Value {
             "log": closed(json!({
                 "access": {"type": "string", "description": "\"stdout\" (default), \"off\" or a file path"},
                 "tls_errors": {"type": "boolean", "default": false, "description": "one log line per failed client TLS handshake"},
+                "redact_query": {"type": "array", "items": {"type": "string"}, "default": hopline_core::config::DEFAULT_REDACT_QUERY, "description": "query names whose values the access log writes as REDACTED (case-insensitive, after decoding); [] redacts none"},
             })),
             "front": closed(json!({
                 "timeout": duration("the front proxy's upstream timeout"),

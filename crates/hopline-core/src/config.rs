@@ -408,7 +408,7 @@ impl Overload {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// `log.access`: where access log lines go. Default stdout.
     pub access: AccessLogSink,
@@ -416,6 +416,41 @@ pub struct LogConfig {
     /// TLS handshake. Default false: failures are only counted in
     /// `hopline_tls_handshake_errors_total`, so a scanner cannot flood the log.
     pub tls_errors: bool,
+    /// `log.redact_query`: query names (lower-case, matched case-insensitively once
+    /// decoded) whose values the access log writes as `REDACTED`. Default
+    /// [`DEFAULT_REDACT_QUERY`].
+    pub redact_query: Vec<Box<str>>,
+}
+
+/// The query names whose values the access log redacts unless `log.redact_query` says
+/// otherwise: bearer tokens, OAuth codes and secrets, signatures, API keys, S3 presigning.
+pub const DEFAULT_REDACT_QUERY: &[&str] = &[
+    "access_token",
+    "token",
+    "code",
+    "password",
+    "secret",
+    "sig",
+    "signature",
+    "key",
+    "api_key",
+    "apikey",
+    "client_secret",
+    "refresh_token",
+    "id_token",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+];
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access: AccessLogSink::default(),
+            tls_errors: false,
+            redact_query: DEFAULT_REDACT_QUERY.iter().map(|&n| n.into()).collect(),
+        }
+    }
 }
 
 /// Where access log lines go.

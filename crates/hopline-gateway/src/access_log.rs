@@ -55,8 +55,11 @@ pub struct AccessRecord {
     pub tunnel: Option<crate::websocket::TunnelEnd>,
     /// Method.
     pub method: Bytes,
-    /// Path and query as received.
+    /// The path (normalized once routing normalized it), without the query.
     pub path: Bytes,
+    /// The query (after `?`), sensitive values redacted (`log.redact_query`); none
+    /// without a `?`.
+    pub query: Option<Bytes>,
     /// Route name; none when no route matched (logged as `"(none)"`).
     pub route: Option<Arc<str>>,
     /// Status sent (499 when the client left first).
@@ -160,6 +163,11 @@ impl AccessRecord {
         push_json_bytes(s, &self.method);
         s.extend_from_slice(b",\"path\":");
         push_json_bytes(s, &self.path);
+        s.extend_from_slice(b",\"query\":");
+        match &self.query {
+            Some(q) => push_json_bytes(s, q),
+            None => s.extend_from_slice(b"null"),
+        }
         s.extend_from_slice(b",\"route\":");
         // The same spelling as the metrics' route label when no route matched.
         push_json_str(s, self.route.as_deref().unwrap_or(NO_ROUTE));

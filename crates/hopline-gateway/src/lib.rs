@@ -24,6 +24,7 @@ pub mod otlp;
 mod park;
 mod proxy;
 mod proxy_h2;
+mod redact;
 mod request;
 mod response;
 pub mod shared;

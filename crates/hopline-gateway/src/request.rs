@@ -26,6 +26,7 @@ use crate::forward::forward;
 use crate::front::{BodyFailure, Front, Next, Sink};
 use crate::gateway::{Action, Gateway, Route};
 use crate::proxy::{proxy, Progress, ProgressCell};
+use crate::redact;
 use crate::response::ErrorContext;
 use crate::tls::TlsSession;
 use crate::trace::TraceCx;
@@ -112,6 +113,7 @@ pub(crate) async fn serve<F: Front>(
 ) -> Next {
     let arrival = front.arrival();
     let trusted = gw.config.server.trusts(client.peer.ip());
+    let (path, query) = redact::split(&req.target, &gw.config.log.redact_query);
     let mut rec = AccessRecord {
         client_ip: Some(client_ip(gw, &req.headers, client.peer.ip(), trusted)),
         ts: Some(SystemTime::now()),
@@ -121,7 +123,8 @@ pub(crate) async fn serve<F: Front>(
         client: Some(client.peer),
         tls: client.tls.clone(),
         method: req.method.clone(),
-        path: req.target.clone(),
+        path,
+        query,
         protocol: Some(front.protocol()),
         client_idle: req.client_idle,
         ..AccessRecord::default()
@@ -161,7 +164,8 @@ pub(crate) async fn reject<F: Front>(
     line: Option<(Bytes, Bytes)>,
     err: ProxyError,
 ) {
-    let (method, path) = line.unwrap_or_default();
+    let (method, target) = line.unwrap_or_default();
+    let (path, query) = redact::split(&target, &gw.config.log.redact_query);
     let mut rec = AccessRecord {
         ts: Some(SystemTime::now()),
         client: Some(client.peer),
@@ -169,6 +173,7 @@ pub(crate) async fn reject<F: Front>(
         request_id: gw.next_request_id(),
         method,
         path,
+        query,
         ..AccessRecord::default()
     };
     let progress = policy::Progress {
@@ -255,7 +260,8 @@ async fn prepare<'g, F: Front>(
         }
     };
     if let Some(p) = normalized {
-        rec.path = p.clone();
+        // The query was passed on as received: only the path part changes.
+        rec.path = redact::split(&p, &[]).0;
         req.origin = p;
     }
     let req = &*req;

@@ -42,7 +42,9 @@ fn curl_with_prior_knowledge_is_served_over_h2c() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over h2c\n2");
-    let line = gw.wait_json(WAIT, "curl line", |v| v["path"] == "/c?x=1");
+    let line = gw.wait_json(WAIT, "curl line", |v| {
+        v["path"] == "/c" && v["query"] == "x=1"
+    });
     assert_eq!(line["protocol"], "HTTP/2", "{line}");
 }
 
