@@ -1105,6 +1105,7 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
             ),
         }
         let sample_ratio = t.float(&mut cx, "sample_ratio", 1.0, 0.0, 1.0);
+        let max_sampled_per_sec = t.uint(&mut cx, "max_sampled_per_sec", 100, 1, 1_000_000) as u32;
         let service_name = t
             .str(&mut cx, "service_name")
             .map_or("hopline", |(s, _)| s)
@@ -1116,6 +1117,7 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
             port,
             path,
             sample_ratio,
+            max_sampled_per_sec,
             service_name,
         })
     });

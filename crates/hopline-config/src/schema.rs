@@ -178,7 +178,8 @@ pub fn schema() -> Value {
             "tracing": closed(json!({
                 "otlp_endpoint": {"type": "string", "pattern": "^http://", "description": "an OpenTelemetry collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces"},
                 "protocol": {"enum": ["http/protobuf"], "default": "http/protobuf"},
-                "sample_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0, "description": "share of new traces recorded; a caller's sampled flag is followed"},
+                "sample_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0, "description": "share of new traces recorded (and of untrusted callers' traces); a trusted caller's sampled flag is followed"},
+                "max_sampled_per_sec": {"type": "integer", "minimum": 1, "maximum": 1000000, "default": 100, "description": "sampled requests per second per worker, at most; beyond it recorded as unsampled and counted"},
                 "service_name": {"type": "string", "default": "hopline"},
             })),
             "metrics": closed(json!({

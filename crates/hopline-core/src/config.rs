@@ -47,9 +47,13 @@ pub struct TracingConfig {
     pub port: u16,
     /// See `host`.
     pub path: String,
-    /// Share of new traces (no caller, or a caller that did not decide) recorded; a
-    /// caller's sampled flag is followed. Default 1.0.
+    /// Share of new traces recorded (no caller, a caller that did not decide, or a caller
+    /// outside `server.trusted_proxies`, whose sampled flag is ignored); a trusted caller's
+    /// sampled flag is followed. Default 1.0.
     pub sample_ratio: f64,
+    /// Sampled requests per second per worker thread, at most (trusted callers' included);
+    /// beyond it a request is recorded as unsampled and counted. Default 100.
+    pub max_sampled_per_sec: u32,
     /// `service.name` of the spans. Default `hopline`.
     pub service_name: String,
 }

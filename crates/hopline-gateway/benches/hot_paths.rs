@@ -150,6 +150,7 @@ fn tracing(c: &mut Criterion) {
             port: 9,
             path: "/v1/traces".into(),
             sample_ratio: ratio,
+            max_sampled_per_sec: u32::MAX,
             service_name: "bench".into(),
         };
         Exporter::start(&config)
@@ -158,7 +159,7 @@ fn tracing(c: &mut Criterion) {
         let mut rec = record();
         let mut wire = BytesMut::with_capacity(256);
         b.iter(|| {
-            let t = TraceCx::of(black_box(caller), e);
+            let t = TraceCx::of(black_box(caller), e, true);
             wire.clear();
             let span = hopline_core::trace::new_span_id();
             t.put_attempt_headers(&mut wire, span);

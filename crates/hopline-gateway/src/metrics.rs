@@ -505,8 +505,9 @@ pub struct Metrics {
     cancelled: Family<RouteLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     tracing_spans: Family<ResultLabel, Counter>,
-    /// The exporter's counts at the last scrape (exported, dropped, failed).
-    tracing_seen: Mutex<[u64; 3]>,
+    tracing_unsampled: Counter,
+    /// The exporter's counts at the last scrape (exported, dropped, failed, unsampled).
+    tracing_seen: Mutex<[u64; 4]>,
     refused: Counter,
     tls_errors: Family<ReasonLabel, Counter>,
     tls_handshake: Histogram,
@@ -549,6 +550,12 @@ impl Metrics {
             "tracing_spans",
             "Spans of sampled requests by result: exported, dropped (the export queue was full), failed (the collector refused them or could not be reached)",
             tracing_spans.clone(),
+        );
+        let tracing_unsampled = Counter::default();
+        registry.register(
+            "tracing_unsampled",
+            "Requests that would have been sampled, recorded as unsampled: their worker had sampled tracing.max_sampled_per_sec in that second",
+            tracing_unsampled.clone(),
         );
         registry.register(
             "requests",
@@ -653,7 +660,8 @@ impl Metrics {
             cancelled,
             reloads,
             tracing_spans,
-            tracing_seen: Mutex::new([0; 3]),
+            tracing_unsampled,
+            tracing_seen: Mutex::new([0; 4]),
             refused,
             connections: AtomicI64::new(0),
             hot: Mutex::new(Hot::default()),
@@ -892,12 +900,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Brings `hopline_tracing_spans_total` up to the exporter's counts.
+    /// Brings `hopline_tracing_spans_total` and `hopline_tracing_unsampled_total` up to the
+    /// exporter's counts.
     pub fn sample_tracing(&self, stats: &crate::otlp::ExportStats) {
         let now = [
             stats.exported.load(Ordering::Relaxed),
             stats.dropped.load(Ordering::Relaxed),
             stats.failed.load(Ordering::Relaxed),
+            stats.unsampled.load(Ordering::Relaxed),
         ];
         let mut seen = self.tracing_seen.lock().unwrap_or_else(|p| p.into_inner());
         for (i, result) in ["exported", "dropped", "failed"].into_iter().enumerate() {
@@ -908,6 +918,8 @@ impl Metrics {
                 .get_or_create(&label)
                 .inc_by(now[i].saturating_sub(seen[i]));
         }
+        self.tracing_unsampled
+            .inc_by(now[3].saturating_sub(seen[3]));
         *seen = now;
     }
 

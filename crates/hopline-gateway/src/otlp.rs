@@ -80,6 +80,8 @@ pub struct ExportStats {
     pub dropped: AtomicU64,
     /// Sent and refused, or not delivered.
     pub failed: AtomicU64,
+    /// Requests recorded as unsampled: over `max_sampled_per_sec` in their worker.
+    pub unsampled: AtomicU64,
 }
 
 /// The queue in front of the export task.
@@ -90,7 +92,17 @@ pub struct Exporter {
     pub stats: Arc<ExportStats>,
     /// The share of new traces recorded.
     pub sample_ratio: f64,
+    /// Sampled requests per second per worker thread, at most.
+    max_sampled_per_sec: u32,
 }
+
+thread_local! {
+    /// This worker's sampled requests: (the second of the process clock, how many).
+    static SAMPLED: std::cell::Cell<(u64, u32)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The process clock's base (tokio's clock, so paused-time tests see it move).
+static CLOCK_BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
 
 impl Exporter {
     /// Spawns the export task on the current runtime.
@@ -108,7 +120,28 @@ impl Exporter {
             tx,
             stats,
             sample_ratio: config.sample_ratio,
+            max_sampled_per_sec: config.max_sampled_per_sec,
         }
+    }
+
+    /// Whether a request that would be sampled may be, within this worker's
+    /// `max_sampled_per_sec`; a refused one is counted (`hopline_tracing_unsampled_total`).
+    pub fn admit_sampled(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let second = now
+            .saturating_duration_since(*CLOCK_BASE.get_or_init(|| now))
+            .as_secs();
+        let admitted = SAMPLED.with(|c| {
+            let (at, n) = c.get();
+            let n = if at == second { n } else { 0 };
+            let ok = n < self.max_sampled_per_sec;
+            c.set((second, n + u32::from(ok)));
+            ok
+        });
+        if !admitted {
+            self.stats.unsampled.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
     }
 
     /// Queues the spans of a finished, sampled request: its own and its attempts'.

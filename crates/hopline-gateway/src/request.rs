@@ -119,7 +119,7 @@ pub(crate) async fn serve<F: Front>(
         ts: Some(SystemTime::now()),
         request_id: gw.next_request_id(),
         client_request_id: req.client_request_id(),
-        trace: Some(TraceCx::of(&req.headers, gw.exporter.as_deref())),
+        trace: Some(TraceCx::of(&req.headers, gw.exporter.as_deref(), trusted)),
         client: Some(client.peer),
         tls: client.tls.clone(),
         method: req.method.clone(),
@@ -144,7 +144,7 @@ pub(crate) async fn serve<F: Front>(
                 trace: rec
                     .trace
                     .clone()
-                    .unwrap_or_else(|| TraceCx::of(&req.headers, None)),
+                    .unwrap_or_else(|| TraceCx::of(&req.headers, None, trusted)),
             };
             let ran = run(gw, front, &mut req, job, rec.x_request_id(), kill).await;
             settle(gw, front, &mut rec, ran, &req, arrival).await

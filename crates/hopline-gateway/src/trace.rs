@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use crate::otlp::{AttemptLog, AttemptSpan, Exporter};
 
+/// The `sampled` bit of the trace flags.
+const SAMPLED_FLAG: u8 = 0x01;
+
 /// True for `ratio` of trace ids (by their low 64 bits, so every hop with the same ratio
 /// decides alike).
 fn by_ratio(id: &TraceId, ratio: f64) -> bool {
@@ -44,18 +47,23 @@ impl TraceCx {
     /// a new one; `tracestate` is kept only with a valid `traceparent` (several fields are
     /// joined with commas, as the recommendation says).
     ///
-    /// With an `exporter` the request is sampled as its caller says (the `sampled` flag),
-    /// or, for a new trace, with the exporter's `sample_ratio` (then sent upstream with the
-    /// flag set); without one nothing is recorded and the caller's flags pass unchanged.
-    pub fn of(headers: &Headers, exporter: Option<&Exporter>) -> TraceCx {
+    /// With an `exporter` the request is sampled as a `trusted` caller says (the `sampled`
+    /// flag); a new trace, or one from a caller outside `server.trusted_proxies` (whose
+    /// flag is ignored, so an internet client cannot force recording), by the exporter's
+    /// `sample_ratio`, the decision sent upstream in the flag. Every sampled request also
+    /// passes the worker's `max_sampled_per_sec`. Without an exporter nothing is recorded,
+    /// a trusted caller's flags pass unchanged and an untrusted caller's sampled flag is
+    /// cleared.
+    pub fn of(headers: &Headers, exporter: Option<&Exporter>, trusted: bool) -> TraceCx {
         let mut parents = headers.get_all("traceparent");
         let parent = match (parents.next(), parents.next()) {
             (Some(v), None) => TraceParent::parse(hopline_h1::head::trim(v)),
             _ => None,
         };
+        let capped = |sampled: bool| sampled && exporter.is_some_and(Exporter::admit_sampled);
         let Some(p) = parent else {
             let trace_id = new_trace_id();
-            let sampled = exporter.is_some_and(|e| by_ratio(&trace_id, e.sample_ratio));
+            let sampled = capped(exporter.is_some_and(|e| by_ratio(&trace_id, e.sample_ratio)));
             return TraceCx {
                 trace_id,
                 span_id: new_span_id(),
@@ -65,7 +73,12 @@ impl TraceCx {
                 attempts: sampled.then(Arc::default),
             };
         };
-        let sampled = exporter.is_some() && p.sampled();
+        let (sampled, flags) = if trusted {
+            (capped(exporter.is_some() && p.sampled()), p.flags)
+        } else {
+            let ours = capped(exporter.is_some_and(|e| by_ratio(&p.trace_id, e.sample_ratio)));
+            (ours, (p.flags & !SAMPLED_FLAG) | u8::from(ours))
+        };
         let mut state = Vec::new();
         for v in headers.get_all("tracestate") {
             let v = hopline_h1::head::trim(v);
@@ -81,7 +94,7 @@ impl TraceCx {
             trace_id: p.trace_id,
             span_id: new_span_id(),
             parent_id: Some(p.parent_id),
-            flags: p.flags,
+            flags,
             state: valid_tracestate(&state).then(|| Bytes::from(state)),
             attempts: sampled.then(Arc::default),
         }
@@ -118,5 +131,75 @@ impl TraceCx {
         let span = new_span_id();
         let v = traceparent(self.trace_id, span, self.flags);
         (String::from_utf8_lossy(&v).into_owned(), span)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hopline_core::config::TracingConfig;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    fn exporter(ratio: f64, max: u32) -> Exporter {
+        Exporter::start(&TracingConfig {
+            otlp_endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            host: "127.0.0.1".into(),
+            port: 9,
+            path: "/v1/traces".into(),
+            sample_ratio: ratio,
+            max_sampled_per_sec: max,
+            service_name: "test".into(),
+        })
+    }
+
+    fn with_parent(flags: &str) -> Headers {
+        let mut h = Headers::new();
+        let v = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+        h.push(b"traceparent".to_vec(), v.into_bytes());
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_untrusted_callers_sampled_flag_is_ignored_and_its_trace_id_kept() {
+        let never = exporter(0.0, 100);
+        let caller = with_parent("01");
+        let t = TraceCx::of(&caller, Some(&never), false);
+        assert!(!t.records());
+        assert_eq!(t.flags, 0, "the decision, not the caller's, goes upstream");
+        assert_eq!(t.trace_id.0[0], 0x4b, "the trace id is kept");
+        // A trusted caller's flag is followed, whatever the ratio.
+        let t = TraceCx::of(&caller, Some(&never), true);
+        assert!(t.records());
+        assert_eq!(t.flags, 1);
+        // By the ratio, an untrusted caller's unsampled trace may be sampled.
+        let always = exporter(1.0, 100);
+        let t = TraceCx::of(&with_parent("00"), Some(&always), false);
+        assert!(t.records());
+        assert_eq!(t.flags, 1);
+        // Without an exporter nothing is recorded and the untrusted flag is cleared.
+        assert_eq!(TraceCx::of(&caller, None, false).flags, 0);
+        assert_eq!(TraceCx::of(&caller, None, true).flags, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sampled_requests_pass_the_workers_cap_per_second() {
+        let e = exporter(1.0, 3);
+        let trusted = with_parent("01");
+        let sampled = |n| {
+            (0..n)
+                .filter(|i| TraceCx::of(&trusted, Some(&e), i % 2 == 0).records())
+                .count()
+        };
+        // Trusted callers' and untrusted ones alike count against the cap; the paused
+        // clock stands still, so these are all in one second.
+        let start = tokio::time::Instant::now();
+        assert_eq!(sampled(5), 3);
+        assert_eq!(e.stats.unsampled.load(Ordering::Relaxed), 2);
+        assert!(!TraceCx::of(&Headers::new(), Some(&e), true).records());
+        // The next second has room again.
+        tokio::time::sleep_until(start + Duration::from_secs(1)).await;
+        assert_eq!(sampled(4), 3);
+        assert_eq!(e.stats.unsampled.load(Ordering::Relaxed), 4);
     }
 }

@@ -39,6 +39,7 @@ const NEEDS_YOURS: &[&str] = &[
     "dns.nameservers",
     "tracing.otlp_endpoint",
     "tracing.sample_ratio",
+    "tracing.max_sampled_per_sec",
     "tracing.service_name",
     "tracing.protocol",
 ];

@@ -131,3 +131,34 @@ fn a_bad_trusted_proxies_entry_is_named_with_the_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn an_untrusted_caller_cannot_force_its_trace_to_be_recorded() {
+    let (up, heads) = recording();
+    let tracing = format!(
+        "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nsample_ratio = 0.0\n",
+        closed_port()
+    );
+    let parent = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n";
+    for (trusted, flags) in [("[]", "00"), ("[\"127.0.0.0/8\"]", "01")] {
+        let gw = gateway(
+            &format!("trusted_proxies = {trusted}"),
+            &format!("{tracing}{}", route_all(up.addr)),
+        );
+        assert_eq!(get(gw.addr, "/traced", parent).status, 200);
+        let head = heads.recv_timeout(WAIT).expect("upstream request");
+        let sent = head
+            .lines()
+            .find_map(|l| l.strip_prefix("traceparent: "))
+            .expect("traceparent sent");
+        // The caller's trace id is kept; the sampled flag is the caller's only if trusted.
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{sent}"
+        );
+        assert!(
+            sent.trim_end().ends_with(&format!("-{flags}")),
+            "{trusted}: {sent}"
+        );
+    }
+}
