@@ -30,7 +30,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use crate::conn::{raised, Signals};
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::gateway::{Current, Gateway};
-use crate::request::{serve, Client, Request};
+use crate::request::{reject, serve, Client, Request};
 use crate::response::{error_parts, grpc_message, ErrorContext};
 use crate::upstream::ClientConn;
 use crate::websocket::TunnelEnd;
@@ -146,6 +146,20 @@ async fn stream(
         head_only: parts.method == http::Method::HEAD,
         arrival: Instant::now(),
     };
+    // HTTP/1's Host rules, `:authority` as the target's authority: one authority only, so
+    // an HTTP/1 upstream never sees two. Answered 400 `DPE`, then the stream is reset.
+    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+    if let Err(e) = hopline_h1::head::check_host(authority, &request.headers, true) {
+        let line = Some((request.method.clone(), request.target.clone()));
+        let err = ProxyError::Malformed(Box::new(e));
+        Box::pin(reject(&gw, &mut front, &client, line, err)).await;
+        match std::mem::replace(&mut *lock(&front.out), Responder::Done) {
+            Responder::Head(mut r) => r.send_reset(h2::Reason::PROTOCOL_ERROR),
+            Responder::Body(mut s) => s.send_reset(h2::Reason::PROTOCOL_ERROR),
+            Responder::Done => {}
+        }
+        return;
+    }
     let kill = pin!(raised(&mut kill));
     // Boxed: the request's state is large; spawning the stream then moves a small future
     // (a copy of the whole state per stream showed as the top entry of a profile).

@@ -581,14 +581,26 @@ fn validate_request(
         Framing::Length(n) => BodyLength::Length(n),
     };
     let (authority, origin_at) = target_form(method, target)?;
+    check_host(authority, headers, version == Version::Http11)?;
+    Ok((length, origin_at))
+}
+
+/// The `Host` rules (RFC 9112 §3.2), for HTTP/1 and for HTTP/2 requests alike (with
+/// `:authority` as the target's authority): at most one `host`, a valid authority, equal
+/// to `authority` when there is one; none at all only when not `required`.
+pub fn check_host(
+    authority: Option<&[u8]>,
+    headers: &Headers,
+    required: bool,
+) -> Result<(), ParseError> {
     let mut hosts = headers.get_all("host");
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(ParseError::DuplicateHost);
     }
     match host {
-        None if version == Version::Http11 => return Err(ParseError::MissingHost),
-        None => {}
+        None if required => Err(ParseError::MissingHost),
+        None => Ok(()),
         Some(h) => {
             let h = trim(h);
             if !h.iter().all(|&b| is_authority_char(b)) {
@@ -597,9 +609,9 @@ fn validate_request(
             if authority.is_some_and(|a| !a.eq_ignore_ascii_case(h)) {
                 return Err(ParseError::HostMismatch);
             }
+            Ok(())
         }
     }
-    Ok((length, origin_at))
 }
 
 /// The authority of an absolute-form (or `CONNECT` authority-form) target, and where the

@@ -101,8 +101,9 @@ fn h2c_streams_share_one_connection_and_each_gets_its_log_line() {
             Some(&b"11"[..])
         );
     }
-    for path in ["/one?x=1", "/two"] {
+    for (path, query) in [("/one", Value::from("x=1")), ("/two", Value::Null)] {
         let line = gw.wait_json(WAIT, path, |v| v["path"] == path);
+        assert_eq!(line["query"], query, "{line}");
         assert_eq!(line["protocol"], "HTTP/2", "{line}");
         assert_eq!(line["status"], 200, "{line}");
     }
@@ -496,5 +497,63 @@ fn an_http1_upgrade_to_h2c_is_served_as_http1() {
         assert!(r.header("upgrade").is_none(), "{server}: {r:?}");
         let line = gw.wait_json(WAIT, "/up", |v| v["path"] == "/up");
         assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
+    }
+}
+
+/// Sends a GET to `http://gw.test/hosts` with these `host` fields; the status, or the
+/// stream's reset.
+async fn with_hosts(
+    client: &mut SendRequest<Bytes>,
+    hosts: &[&str],
+) -> Result<StatusCode, h2::Error> {
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri("http://gw.test/hosts");
+    for h in hosts {
+        req = req.header("host", *h);
+    }
+    let ready = client.clone().ready().await.expect("ready");
+    *client = ready;
+    let (resp, _) = client
+        .send_request(req.body(()).expect("request"), true)
+        .expect("send");
+    resp.await.map(|r| r.status())
+}
+
+#[test]
+fn h2_requests_obey_http1s_host_rules() {
+    let up = mock(&["--quiet"]);
+    let gw = h2c_gateway(up.addr);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut c = h2c(gw.addr).await;
+        // One authority: :authority alone, or a host equal to it (case-insensitively).
+        for ok in [&[][..], &["gw.test"], &["GW.test"]] {
+            let got = with_hosts(&mut c, ok).await.expect("answered");
+            assert_eq!(got, StatusCode::OK, "{ok:?}");
+        }
+        // Two authorities, two host fields, or one that is not an authority: 400 (or the
+        // stream reset), and the connection serves on.
+        for bad in [&["evil.example"][..], &["gw.test", "gw.test"], &["gw test"]] {
+            match with_hosts(&mut c, bad).await {
+                Ok(status) => assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}"),
+                Err(e) => assert_eq!(e.reason(), Some(h2::Reason::PROTOCOL_ERROR), "{bad:?}"),
+            }
+        }
+        assert_eq!(
+            with_hosts(&mut c, &[]).await.expect("answered"),
+            StatusCode::OK
+        );
+    });
+    for cause in [
+        "differs from the request target",
+        "more than one host",
+        "invalid host header",
+    ] {
+        let v = gw.wait_json(WAIT, cause, |v| {
+            v["cause"].as_str().is_some_and(|c| c.contains(cause))
+        });
+        assert_eq!(v["status"], 400, "{v}");
+        assert_eq!(v["flags"], serde_json::json!(["DPE"]), "{v}");
     }
 }
