@@ -369,6 +369,13 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
         max_in_flight: t.uint(cx, "max_in_flight", d.max_in_flight as u64, 1, 1_000_000) as usize,
         pool_idle_timeout: t.duration(cx, "pool_idle_timeout", d.pool_idle_timeout),
         pool_max_idle: t.uint(cx, "pool_max_idle", d.pool_max_idle as u64, 0, 1_000_000) as usize,
+        max_response_header_bytes: t.uint(
+            cx,
+            "max_response_header_bytes",
+            d.max_response_header_bytes as u64,
+            1024,
+            16 * 1024 * 1024,
+        ) as usize,
         server_idle_timeout: t.opt_duration(cx, "server_idle_timeout"),
         max_retries: t.uint(cx, "max_retries", u64::from(d.max_retries), 0, 10) as u32,
         tls: upstream_tls(cx, &mut t, schemes, protocol),

@@ -55,6 +55,7 @@ pub fn schema() -> Value {
         "max_in_flight": int("default 1024; beyond: 503 UO", 1),
         "pool_idle_timeout": duration("default 30s"),
         "pool_max_idle": int("default 128", 0),
+        "max_response_header_bytes": int("default 65536: larger response heads (HTTP/1) or header lists (HTTP/2), health checks too, are 502 UPE", 1024),
         "server_idle_timeout": duration("the upstream's own keep-alive idle (for check)"),
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 2},
         "lb": {"enum": ["least_request", "round_robin", "random"], "default": "least_request", "description": "how each attempt picks an endpoint; least_request: the less busy of two drawn at random"},

@@ -701,6 +701,9 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per endpoint. Default 128.
     pub pool_max_idle: usize,
+    /// The largest response head accepted (HTTP/1 head, HTTP/2 decoded header list),
+    /// health checks included; beyond it 502 `UPE`. Default 65536.
+    pub max_response_header_bytes: usize,
     /// The upstream's own keep-alive idle timeout, if known (for `check`).
     pub server_idle_timeout: Option<Duration>,
     /// Retries after a safe failure. Default 2.
@@ -962,6 +965,7 @@ impl UpstreamConfig {
             max_in_flight: 1024,
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 128,
+            max_response_header_bytes: 65536,
             server_idle_timeout: None,
             max_retries: 2,
             tls: None,

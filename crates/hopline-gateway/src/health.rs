@@ -26,6 +26,9 @@ pub struct Checker {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Speak HTTP/2 (the upstream's `protocol = "h2"`).
     pub h2: bool,
+    /// The largest response header list an HTTP/2 check accepts (the upstream's
+    /// `max_response_header_bytes`; an HTTP/1 check reads only the status line).
+    pub max_header_list: u32,
     /// The `host` header (the upstream's first endpoint as configured).
     pub host: String,
     /// Metrics.
@@ -143,7 +146,9 @@ impl Checker {
     }
 
     async fn ask_h2(&self, s: UpstreamStream) -> Result<u16, String> {
-        let (mut send, conn) = h2::client::handshake(s)
+        let (mut send, conn) = h2::client::Builder::new()
+            .max_header_list_size(self.max_header_list)
+            .handshake::<_, bytes::Bytes>(s)
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
         let driver = tokio::spawn(async move {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::{UpstreamProtocol, Zone};
 use hopline_core::{Deadline, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
-use hopline_h1::head::{put_decimal, strip_hop_by_hop, Headers};
+use hopline_h1::head::{put_decimal, strip_hop_by_hop, Headers, ResponseFraming};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::time::timeout_at;
 
@@ -471,7 +471,11 @@ async fn exchange(
     let answering = || progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
     let result = timeout_at(
         until.into(),
-        conn.exchange_head(&wire, &mut sent, answering),
+        conn.exchange_head(
+            (&wire, up.config.max_response_header_bytes),
+            &mut sent,
+            answering,
+        ),
     )
     .await;
     let phase = if sent {
@@ -677,7 +681,7 @@ fn start_response<S: Sink>(
         mut headers,
         ..
     } = head;
-    let body = response_size(&headers, framing.length, framing.other_codings, is_head);
+    let body = response_size(&headers, &framing);
     strip_hop_by_hop(&mut headers);
     let start = ResponseStart {
         status,
@@ -691,23 +695,19 @@ fn start_response<S: Sink>(
 
 /// How the client's response body is delimited, from the upstream's framing. Transfer
 /// codings besides chunked (`gzip, chunked`, or a final `gzip`) are passed on as received.
-fn response_size(
-    headers: &Headers,
-    length: BodyLength,
-    other_codings: bool,
-    is_head: bool,
-) -> BodySize {
-    match length {
+fn response_size(headers: &Headers, framing: &ResponseFraming) -> BodySize {
+    match framing.length {
+        // A HEAD's or 304's validated length, written as digits (`5, 5` is one value, 5).
         BodyLength::Empty => BodySize::Empty {
-            declared: is_head
-                .then(|| headers.get("content-length").map(Bytes::copy_from_slice))
-                .flatten(),
+            declared: framing
+                .declared
+                .map(|n| Bytes::from(n.to_string().into_bytes())),
         },
-        _ if other_codings => {
+        _ if framing.other_codings => {
             let values: Vec<&[u8]> = headers.get_all("transfer-encoding").collect();
             BodySize::Coded {
                 codings: Bytes::from(values.join(&b", "[..])),
-                chunked: length == BodyLength::Chunked,
+                chunked: framing.length == BodyLength::Chunked,
             }
         }
         BodyLength::Length(n) => BodySize::Known(n),

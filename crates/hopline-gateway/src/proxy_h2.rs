@@ -188,17 +188,34 @@ async fn exchange(
     }
 }
 
-/// The upstream refused the stream without processing it.
+/// The upstream refused the stream without processing it. Only its own RST_STREAM says
+/// so: h2 refuses a stream itself when a response's headers pass max_header_list_size,
+/// and that request was processed.
 fn refused(e: &h2::Error) -> bool {
-    e.reason() == Some(h2::Reason::REFUSED_STREAM)
+    e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
-/// An h2 failure during `phase`, by kind: I/O as I/O, a reset or GOAWAY as a reset
-/// naming the HTTP/2 error code, anything else a protocol error.
+/// An h2 failure during `phase`, by kind: I/O as I/O, the upstream's reset or GOAWAY as a
+/// reset naming the HTTP/2 error code; one h2 raised on what the upstream sent (headers
+/// over `max_response_header_bytes`, a malformed frame) and anything else a protocol error.
 fn kind(phase: Phase, e: &h2::Error) -> UpstreamErrorKind {
     if e.is_io() {
         let source = io::Error::new(io::ErrorKind::ConnectionReset, e.to_string());
         return UpstreamErrorKind::from_io(phase, source);
+    }
+    if e.is_library() {
+        // h2 refuses a header list over the limit (REFUSED_STREAM), or too many
+        // CONTINUATION frames for it (PROTOCOL_ERROR).
+        let what = match phase {
+            Phase::ResponseHeaders => {
+                format!("response headers over max_response_header_bytes or malformed ({e})")
+            }
+            _ => e.to_string(),
+        };
+        return UpstreamErrorKind::Protocol {
+            phase,
+            source: what.into(),
+        };
     }
     if e.is_reset() || e.is_go_away() {
         let source = io::Error::new(io::ErrorKind::ConnectionReset, e.to_string());
@@ -285,18 +302,20 @@ async fn stream_response<S: Sink>(
         p.upstream_grpc_status = head_grpc;
         p.phase = Some(Phase::ResponseBody);
     });
-    let start = ResponseStart {
-        status,
-        reason: Bytes::new(),
-        headers: fields(&head.headers),
-        body: body_size(&head.headers, req.is_head, body.is_end_stream()),
-    };
     let protocol = |source| {
         let kind = UpstreamErrorKind::Protocol {
             phase: Phase::ResponseHeaders,
             source,
         };
         up.error(addr, started, kind)
+    };
+    let size = body_size(&head.headers, req.is_head, body.is_end_stream())
+        .map_err(|what| protocol(what.into()))?;
+    let start = ResponseStart {
+        status,
+        reason: Bytes::new(),
+        headers: fields(&head.headers),
+        body: size,
     };
     sink.start(start).map_err(|e| protocol(Box::new(e)))?;
     progress.update(|p| p.response_started = true);
@@ -338,28 +357,43 @@ async fn stream_response<S: Sink>(
 }
 
 /// How the body of an HTTP/2 response is delimited for the client: its
-/// `content-length`, none after `HEAD` or a HEADERS frame that ended the stream
-/// (trailers-only gRPC answers stay trailers-only), else unknown.
-fn body_size(headers: &http::HeaderMap, is_head: bool, ended: bool) -> BodySize {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .map(|v| Bytes::copy_from_slice(v.as_bytes()));
-    match declared {
-        _ if is_head => BodySize::Empty { declared },
-        _ if ended => BodySize::Empty { declared: None },
-        Some(n) => match std::str::from_utf8(&n).ok().and_then(|n| n.parse().ok()) {
-            Some(n) => BodySize::Known(n),
-            None => BodySize::Unknown,
-        },
-        None => BodySize::Unknown,
+/// `content-length` (one `1*DIGIT` value, or several equal ones; anything else is the
+/// upstream's protocol error), none after `HEAD` or a HEADERS frame that ended the stream
+/// (trailers-only gRPC answers stay trailers-only), else unknown. After `HEAD` the
+/// validated length is declared to the client and no body is read.
+fn body_size(
+    headers: &http::HeaderMap,
+    is_head: bool,
+    ended: bool,
+) -> Result<BodySize, &'static str> {
+    let mut declared = None;
+    for v in headers.get_all(http::header::CONTENT_LENGTH) {
+        let v = v.as_bytes();
+        let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+            .flatten()
+            .ok_or("a content-length that is not one 1*DIGIT value")?;
+        if declared.is_some_and(|d| d != n) {
+            return Err("content-length fields that differ");
+        }
+        declared = Some(n);
     }
+    Ok(match declared {
+        _ if is_head => BodySize::Empty {
+            declared: declared.map(|n| Bytes::from(n.to_string().into_bytes())),
+        },
+        _ if ended => BodySize::Empty { declared: None },
+        Some(n) => BodySize::Known(n),
+        None => BodySize::Unknown,
+    })
 }
 
-/// End-to-end fields of an HTTP/2 header map.
+/// End-to-end fields of an HTTP/2 header map. `content-length` is not one: the client's
+/// framing is derived from the body (an HTTP/1 client would otherwise get it twice).
 fn fields(map: &http::HeaderMap) -> Headers {
     let mut out = Headers::new();
     for (n, v) in map {
-        if !is_hop_by_hop(n.as_str().as_bytes()) {
+        if !is_hop_by_hop(n.as_str().as_bytes()) && n != http::header::CONTENT_LENGTH {
             out.push(
                 Bytes::copy_from_slice(n.as_str().as_bytes()),
                 Bytes::copy_from_slice(v.as_bytes()),

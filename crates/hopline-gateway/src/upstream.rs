@@ -37,9 +37,6 @@ use crate::stream::{Stream, UpstreamStream};
 /// a request cut off while connecting can say which step it was waiting in.
 pub type PhaseNote<'a> = &'a (dyn Fn(Phase) + Sync);
 
-/// Largest upstream response head accepted.
-pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
 /// Limits shared by every egress upstream (one NAT gateway in front of all of them).
 #[derive(Debug, Default)]
 pub struct Egress {
@@ -320,6 +317,8 @@ impl Upstream {
                 config: h.clone(),
                 tls: tls.clone(),
                 h2: config.protocol == UpstreamProtocol::H2,
+                max_header_list: u32::try_from(config.max_response_header_bytes)
+                    .unwrap_or(u32::MAX),
                 host: config.endpoints.first().cloned().unwrap_or_default(),
                 metrics: cx.metrics.clone(),
             };
@@ -505,8 +504,10 @@ impl Upstream {
         let addr = conn.addr;
         let start = Instant::now();
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
+        let max_list = u32::try_from(self.config.max_response_header_bytes).unwrap_or(u32::MAX);
         let handshake = h2::client::Builder::new()
             .initial_max_send_streams(ep.h2_streams.load(Ordering::Relaxed))
+            .max_header_list_size(max_list)
             .handshake::<_, Bytes>(conn.stream);
         let (send, driver) = match tokio::time::timeout_at(until.into(), handshake).await {
             Ok(Ok(pair)) => pair,
@@ -697,10 +698,10 @@ impl ClientConn {
     /// the whole request went out; when it did not, the connection must not be reused.
     /// A failed write is reported only if no response head can be read after it.
     /// `on_sent` runs once the whole request is out (the exchange now waits on the
-    /// upstream's answer).
+    /// upstream's answer). A head over `max_head` bytes is a parse error.
     pub async fn exchange_head(
         &mut self,
-        wire: &[u8],
+        (wire, max_head): (&[u8], usize),
         sent: &mut bool,
         on_sent: impl FnOnce(),
     ) -> Result<ResponseHead, ExchangeError> {
@@ -711,7 +712,7 @@ impl ClientConn {
         let mut read = pin!(hopline_h1::read_response_head_noting(
             &mut rd,
             &mut self.buf,
-            MAX_RESPONSE_HEAD,
+            max_head,
             &mut self.received,
         ));
         loop {

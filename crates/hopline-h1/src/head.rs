@@ -399,17 +399,27 @@ impl ResponseHead {
     /// `Transfer-Encoding` field must be forwarded as received, and only to HTTP/1.1
     /// clients — read in one pass over the fields.
     pub fn framing(&self, request_was_head: bool) -> Result<ResponseFraming, ParseError> {
-        if request_was_head
-            || (100..200).contains(&self.status)
-            || self.status == 204
-            || self.status == 304
-        {
+        if (100..200).contains(&self.status) || self.status == 204 {
             return Ok(ResponseFraming {
                 length: BodyLength::Empty,
                 other_codings: false,
+                declared: None,
             });
         }
         let f = framing(self.version, &self.headers)?;
+        // After HEAD, and on a 304, the fields describe the body a GET would get: their
+        // syntax is checked like any other's (one 1*DIGIT value, never with
+        // Transfer-Encoding), and no body is read.
+        if request_was_head || self.status == 304 {
+            return Ok(ResponseFraming {
+                length: BodyLength::Empty,
+                other_codings: false,
+                declared: match f {
+                    Framing::Length(n) => Some(n),
+                    _ => None,
+                },
+            });
+        }
         let length = match f {
             Framing::Chunked { .. } => BodyLength::Chunked,
             Framing::Length(0) => BodyLength::Empty,
@@ -423,6 +433,7 @@ impl ResponseHead {
         Ok(ResponseFraming {
             length,
             other_codings,
+            declared: None,
         })
     }
 
@@ -439,6 +450,9 @@ pub struct ResponseFraming {
     pub length: BodyLength,
     /// Transfer codings other than `chunked` are applied (forward `Transfer-Encoding`).
     pub other_codings: bool,
+    /// After `HEAD` or on a 304: the `Content-Length` the fields declare (validated), for
+    /// the client; no body follows.
+    pub declared: Option<u64>,
 }
 
 /// How a message is framed, from its `Content-Length` and `Transfer-Encoding` fields.
