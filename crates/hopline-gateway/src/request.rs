@@ -320,14 +320,14 @@ fn admit<'g>(gw: &'g Gateway, req: &Request) -> Result<&'g Route, (Option<&'g Ro
 
 /// The request's deadline: the route's timeout, shortened by the caller's
 /// (`x-envoy-expected-rq-timeout-ms` or `grpc-timeout`, less the margin), capped by
-/// `deadline.max`; and the refusal when the caller's budget is below `deadline.min_caller`.
+/// `deadline.max`; and the caller's budget when it is below `deadline.min_caller`.
 fn request_deadline(
     gw: &Gateway,
     req: &Request,
     route: &Route,
     arrival: Instant,
     trusted: bool,
-) -> (Deadline, Option<ProxyError>) {
+) -> (Deadline, Option<std::time::Duration>) {
     // grpc-timeout from anyone (gRPC requires honouring it); Envoy's header only from a
     // trusted proxy, as Envoy does: an internet client cannot shorten the budget with it.
     let envoy = trusted
@@ -338,14 +338,7 @@ fn request_deadline(
     let dl = &gw.config.deadline;
     let deadline = Deadline::for_request(arrival, route.timeout, caller, dl.margin, dl.max);
     // A budget too short to be served is the caller's problem, answered before any work.
-    let too_short =
-        caller
-            .filter(|&c| c < dl.min_caller)
-            .map(|budget| ProxyError::CallerBudgetTooShort {
-                budget,
-                min: dl.min_caller,
-            });
-    (deadline, too_short)
+    (deadline, caller.filter(|&c| c < dl.min_caller))
 }
 
 /// The client's address: the peer, or behind trusted proxies the first address from the
@@ -387,7 +380,7 @@ struct Job<'g> {
     /// The peer is in `server.trusted_proxies`.
     trusted: bool,
     /// Answered with this before any upstream call (a caller budget below `min_caller`).
-    refused: Option<ProxyError>,
+    refused: Option<std::time::Duration>,
     trace: TraceCx,
 }
 
@@ -434,8 +427,9 @@ async fn run<F: Front>(
     let ended = {
         // Pinned where it is built: moving this large future into the select would copy it.
         let work = pin!(async {
-            if let Some(e) = refused {
-                return Err(e);
+            if let Some(budget) = refused {
+                let min = gw.config.deadline.min_caller;
+                return Err(ProxyError::CallerBudgetTooShort { budget, min });
             }
             match &route.action {
                 Action::Proxy { upstream } => {
