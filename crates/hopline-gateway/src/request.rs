@@ -379,7 +379,7 @@ struct Job<'g> {
     peer: SocketAddr,
     /// The peer is in `server.trusted_proxies`.
     trusted: bool,
-    /// Answered with this before any upstream call (a caller budget below `min_caller`).
+    /// The caller's budget, when below `deadline.min_caller`: answered before any call.
     refused: Option<std::time::Duration>,
     trace: TraceCx,
 }
