@@ -1,8 +1,31 @@
 //! The per-request deadline: computed once at arrival, consulted by every hop.
 
+use std::fmt::Debug;
+use std::ops::{Add, Sub};
 use std::time::{Duration, Instant};
 
 use crate::error::TimeoutSource;
+
+/// A reading of a monotonic clock: `std::time::Instant`, or an async runtime's own
+/// instant (the gateway reads tokio's, so that its deadlines follow a paused test clock).
+pub trait Moment:
+    Copy + Ord + Debug + Add<Duration, Output = Self> + Sub<Self, Output = Duration>
+{
+}
+
+impl<T> Moment for T where
+    T: Copy + Ord + Debug + Add<Duration, Output = T> + Sub<T, Output = Duration>
+{
+}
+
+/// `a - b`, or zero when `b` is later.
+fn since<I: Moment>(a: I, b: I) -> Duration {
+    if a > b {
+        a - b
+    } else {
+        Duration::ZERO
+    }
+}
 
 /// Which input decided a request's deadline (logged, and shown by `/config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,26 +44,29 @@ pub enum DeadlineSource {
 ///
 /// A `Deadline` is always finite: there is no constructor for "no deadline", so any code
 /// that needs one to make an upstream call cannot make an unbounded one.
+///
+/// Generic over the clock it is read on (`std::time::Instant` by default); every instant
+/// handed to one deadline must come from the same clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline {
-    start: Instant,
-    at: Instant,
+pub struct Deadline<I = Instant> {
+    start: I,
+    at: I,
     source: DeadlineSource,
 }
 
-impl Deadline {
+impl<I: Moment> Deadline<I> {
     /// The request deadline per DESIGN.md §3:
     /// `min(route_timeout, caller_remaining - margin, max)`, counted from `start`.
     ///
     /// A caller whose remaining time is already below `margin` gets a zero budget: the
     /// request fails fast with 504 instead of doing work nobody waits for.
     pub fn for_request(
-        start: Instant,
+        start: I,
         route_timeout: Duration,
         caller_remaining: Option<Duration>,
         margin: Duration,
         max: Duration,
-    ) -> Deadline {
+    ) -> Deadline<I> {
         let mut budget = route_timeout;
         let mut source = DeadlineSource::Route;
         if max < budget {
@@ -62,7 +88,7 @@ impl Deadline {
     }
 
     /// A deadline `budget` after `start`, decided by the route (for sub-calls and tests).
-    pub fn after(start: Instant, budget: Duration) -> Deadline {
+    pub fn after(start: I, budget: Duration) -> Deadline<I> {
         Deadline {
             start,
             at: start + budget,
@@ -71,7 +97,7 @@ impl Deadline {
     }
 
     /// A sub-deadline for one call: `min(now + limit, self)`. Never later than `self`.
-    pub fn narrowed(&self, now: Instant, limit: Option<Duration>) -> Deadline {
+    pub fn narrowed(&self, now: I, limit: Option<Duration>) -> Deadline<I> {
         match limit {
             Some(l) if now + l < self.at => Deadline {
                 start: now,
@@ -87,18 +113,18 @@ impl Deadline {
     }
 
     /// The instant the deadline expires.
-    pub fn at(&self) -> Instant {
+    pub fn at(&self) -> I {
         self.at
     }
 
     /// When the request arrived.
-    pub fn start(&self) -> Instant {
+    pub fn start(&self) -> I {
         self.start
     }
 
     /// The whole budget the request was given.
     pub fn budget(&self) -> Duration {
-        self.at.saturating_duration_since(self.start)
+        since(self.at, self.start)
     }
 
     /// What decided the budget.
@@ -107,12 +133,12 @@ impl Deadline {
     }
 
     /// Time left at `now` (zero once expired).
-    pub fn remaining(&self, now: Instant) -> Duration {
-        self.at.saturating_duration_since(now)
+    pub fn remaining(&self, now: I) -> Duration {
+        since(self.at, now)
     }
 
     /// True once `now` has reached the deadline.
-    pub fn expired(&self, now: Instant) -> bool {
+    pub fn expired(&self, now: I) -> bool {
         now >= self.at
     }
 
@@ -129,7 +155,7 @@ impl Deadline {
 
     /// The instant by which a step limited to `limit` must end: `min(now + limit, deadline)`,
     /// and whether it is the deadline (rather than `limit`) that bounds it.
-    pub fn bound(&self, now: Instant, limit: Duration) -> (Instant, bool) {
+    pub fn bound(&self, now: I, limit: Duration) -> (I, bool) {
         let own = now + limit;
         if own < self.at {
             (own, false)

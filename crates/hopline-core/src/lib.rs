@@ -12,7 +12,7 @@ pub mod text;
 pub mod time;
 pub mod trace;
 
-pub use deadline::{Deadline, DeadlineSource};
+pub use deadline::{Deadline, DeadlineSource, Moment};
 pub use error::{
     Disposition, Overflow, Phase, ProxyError, SharedRefusal, Side, TimeoutSource, TlsFailure,
     UpstreamError, UpstreamErrorKind,

@@ -11,11 +11,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::AggregateMode;
-use hopline_core::{Deadline, Phase, ProxyError};
+use hopline_core::{Phase, ProxyError};
+
+use crate::clock::Deadline;
 use hopline_h1::head::{put_header, Headers};
 
 use crate::front::{BodySize, ResponseStart, Sink};

@@ -10,7 +10,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -256,9 +257,11 @@ impl Watcher {
                         .collect();
                     addrs.sort();
                     addrs.dedup();
+                    // The resolver's `valid_until` is on the std clock: now is read on
+                    // tokio's and handed over (the same instant outside paused tests).
                     let ttl = found
                         .valid_until()
-                        .checked_duration_since(Instant::now())
+                        .checked_duration_since(Instant::now().into_std())
                         .unwrap_or_default();
                     self.metrics.dns_resolution(&set.upstream, true);
                     self.names.record(self.i, None);

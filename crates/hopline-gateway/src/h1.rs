@@ -7,7 +7,8 @@ use std::future::Future;
 use std::io;
 use std::pin::pin;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::ProxyError;
@@ -124,7 +125,7 @@ impl Front for H1Front<'_> {
         let mut body = BytesMut::new();
         loop {
             let read = read_body_chunk(self.stream, self.buf, &mut decoder);
-            match timeout_at(until.into(), read).await {
+            match timeout_at(until, read).await {
                 Err(_) => {
                     return Err(BodyFailure::Respond(ProxyError::BodyReadTimeout {
                         limit: cfg.body_read_timeout,
@@ -234,7 +235,7 @@ where
     let mut dropped = 0;
     while dropped < LINGER_BYTES {
         buf.reserve(16 * 1024);
-        match timeout_at(until.into(), stream.read_buf(buf)).await {
+        match timeout_at(until, stream.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {
                 dropped += n;
                 buf.clear();

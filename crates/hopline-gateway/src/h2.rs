@@ -339,8 +339,8 @@ impl Front for H2Front<'_> {
         "HTTP/2"
     }
 
-    fn arrival(&self) -> std::time::Instant {
-        self.arrival.into_std()
+    fn arrival(&self) -> Instant {
+        self.arrival
     }
 
     fn carries_grpc(&self) -> bool {

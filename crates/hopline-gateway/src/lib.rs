@@ -9,6 +9,7 @@
 mod access_log;
 mod admin;
 mod aggregate;
+mod clock;
 mod conn;
 mod discovery;
 mod endpoint;

@@ -7,11 +7,14 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::{UpstreamProtocol, Zone};
-use hopline_core::{Deadline, Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
+use hopline_core::{Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
+
+use crate::clock::Deadline;
 use hopline_h1::head::{put_decimal, strip_hop_by_hop, Headers, ResponseFraming};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::time::timeout_at;
@@ -357,7 +360,7 @@ pub async fn collect(
     let mut decoder = BodyDecoder::new(length);
     let mut body = BytesMut::new();
     loop {
-        match timeout_at(opened.until.into(), opened.conn.read_body(&mut decoder)).await {
+        match timeout_at(opened.until, opened.conn.read_body(&mut decoder)).await {
             Err(_) => {
                 return Err(up.error(
                     addr,
@@ -470,7 +473,7 @@ async fn exchange(
     // leaving now left while the upstream had its request.
     let answering = || progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
     let result = timeout_at(
-        until.into(),
+        until,
         conn.exchange_head(
             (&wire, up.config.max_response_header_bytes),
             &mut sent,
@@ -599,7 +602,7 @@ async fn stream_response<S: Sink>(
     sink.flush().await?;
 
     while !done {
-        match timeout_at(until.into(), conn.read_body(&mut decoder)).await {
+        match timeout_at(until, conn.read_body(&mut decoder)).await {
             Err(_) => {
                 let kind = attempt_timeout(up, deadline, by_deadline, Phase::ResponseBody);
                 return Err(up.error(addr, started, kind));

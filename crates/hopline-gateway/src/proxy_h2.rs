@@ -5,12 +5,14 @@
 //! drops the stream, which h2 resets with CANCEL: the upstream sees the cancellation.
 
 use std::io;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use h2::RecvStream;
-use hopline_core::{Deadline, Phase, ProxyError, UpstreamErrorKind};
+use hopline_core::{Phase, ProxyError, UpstreamErrorKind};
+
+use crate::clock::Deadline;
 use hopline_h1::head::{is_hop_by_hop, parse_request, put_decimal, Headers};
 use hopline_h1::HeadLimits;
 use tokio::time::timeout_at;
@@ -148,7 +150,7 @@ async fn exchange(
             )
         })?;
     progress.update(|p| p.phase = Some(Phase::Request));
-    let sent = timeout_at(until.into(), async {
+    let sent = timeout_at(until, async {
         let mut send = send.ready().await?;
         let (response, mut stream) = send.send_request(request, req.body.is_empty())?;
         if !req.body.is_empty() {
@@ -168,7 +170,7 @@ async fn exchange(
         Ok(Ok(r)) => r,
     };
     progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
-    match timeout_at(until.into(), response).await {
+    match timeout_at(until, response).await {
         Err(_) => {
             let kind = attempt_timeout(up, deadline, by_deadline, Phase::ResponseHeaders);
             Err(fail(kind, false))
@@ -330,7 +332,7 @@ async fn stream_response<S: Sink>(
     };
     let failed = |e: h2::Error| up.error(addr, started, kind(Phase::ResponseBody, &e));
     loop {
-        match timeout_at(until.into(), body.data()).await {
+        match timeout_at(until, body.data()).await {
             Err(_) => return Err(timed_out()),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(failed(e)),
@@ -342,7 +344,7 @@ async fn stream_response<S: Sink>(
             }
         }
     }
-    match timeout_at(until.into(), body.trailers()).await {
+    match timeout_at(until, body.trailers()).await {
         Err(_) => return Err(timed_out()),
         Ok(Err(e)) => return Err(failed(e)),
         Ok(Ok(Some(trailers))) => {

@@ -12,12 +12,15 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
 use hopline_core::policy::{self, fail_to_proxy, Stage};
-use hopline_core::{Deadline, Flag, Phase, ProxyError};
+use hopline_core::{Flag, Phase, ProxyError};
+
+use crate::clock::Deadline;
 use hopline_h1::head::Headers;
 
 use crate::access_log::AccessRecord;

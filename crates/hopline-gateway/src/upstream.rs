@@ -10,13 +10,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use hopline_core::config::{DnsConfig, UpstreamConfig, UpstreamProtocol, Zone};
-use hopline_core::{
-    Deadline, Overflow, Phase, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind,
-};
+use hopline_core::{Overflow, Phase, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind};
+
+use crate::clock::Deadline;
 use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
 use std::pin::pin;
 
@@ -486,7 +487,7 @@ impl Upstream {
         let waited = Instant::now();
         let (until, by_deadline) = deadline.bound(waited, self.config.connect_timeout);
         let opening = ep.h2_opening.lock();
-        let Ok(_opening) = tokio::time::timeout_at(until.into(), opening).await else {
+        let Ok(_opening) = tokio::time::timeout_at(until, opening).await else {
             let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
             let kind = UpstreamErrorKind::ConnectTimeout {
                 limit,
@@ -509,7 +510,7 @@ impl Upstream {
             .initial_max_send_streams(ep.h2_streams.load(Ordering::Relaxed))
             .max_header_list_size(max_list)
             .handshake::<_, Bytes>(conn.stream);
-        let (send, driver) = match tokio::time::timeout_at(until.into(), handshake).await {
+        let (send, driver) = match tokio::time::timeout_at(until, handshake).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 let kind = UpstreamErrorKind::Protocol {
@@ -583,7 +584,7 @@ impl Upstream {
         let start = Instant::now();
         let fail = |kind| self.error(addr, start, kind);
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
-        let tcp = match tokio::time::timeout_at(until.into(), TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout_at(until, TcpStream::connect(addr)).await {
             Err(_) => {
                 let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
                 return Err(fail(UpstreamErrorKind::ConnectTimeout {
@@ -651,7 +652,7 @@ impl Upstream {
         let (until, by_deadline) = deadline.bound(shaking, self.config.connect_timeout);
         let connector = tokio_rustls::TlsConnector::from(tls.clone());
         let handshake = connector.connect(name.clone(), tcp);
-        match tokio::time::timeout_at(until.into(), handshake).await {
+        match tokio::time::timeout_at(until, handshake).await {
             Err(_) => {
                 metrics.upstream_tls_failed(&self.name, zone, "timeout");
                 let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
