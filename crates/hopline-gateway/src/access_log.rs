@@ -315,6 +315,9 @@ fn push_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
 #[derive(Debug)]
 pub struct AccessLog {
     sink: Option<Sink>,
+    /// In process tests: every record, as written.
+    #[cfg(test)]
+    pub(crate) tap: Option<Arc<Mutex<Vec<AccessRecord>>>>,
 }
 
 /// Longest a finished request's line waits before it is written.
@@ -359,7 +362,13 @@ impl AccessLog {
     /// Opens the sink named by the config.
     pub fn open(config: &AccessLogSink) -> io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match config {
-            AccessLogSink::Off => return Ok(AccessLog { sink: None }),
+            AccessLogSink::Off => {
+                return Ok(AccessLog {
+                    sink: None,
+                    #[cfg(test)]
+                    tap: None,
+                })
+            }
             AccessLogSink::Stdout => Box::new(io::stdout()),
             AccessLogSink::File(p) => Box::new(open_append(p)?),
         };
@@ -368,6 +377,8 @@ impl AccessLog {
                 buf: Mutex::new(Vec::with_capacity(BUFFER)),
                 out: Mutex::new(out),
             }),
+            #[cfg(test)]
+            tap: None,
         })
     }
 
@@ -395,6 +406,12 @@ impl AccessLog {
 
     /// Appends one record.
     pub fn write(&self, record: &AccessRecord) {
+        #[cfg(test)]
+        if let Some(tap) = &self.tap {
+            tap.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(record.clone());
+        }
         self.append(|line| record.write_json(line));
     }
 

@@ -107,7 +107,7 @@ pub fn serve_connection(
     async move {
         let (accepted, mut first) = match start {
             Start::Accepted(at) => {
-                let _ = stream.tcp().set_nodelay(true);
+                let _ = stream.set_nodelay();
                 (at, true)
             }
             Start::Resumed(idle_since) => (idle_since, false),
@@ -269,6 +269,8 @@ async fn idle_wait(
             )
             .await
         }
+        #[cfg(test)]
+        Stream::Memory(m) => wait_first_byte(m, buf, wait).await,
     }
 }
 

@@ -30,6 +30,8 @@ mod request;
 mod response;
 pub mod shared;
 mod stream;
+#[cfg(test)]
+mod testkit;
 mod tls;
 pub mod trace;
 mod upstream;

@@ -611,6 +611,9 @@ fn waiting_on(gw: &Gateway, p: &Progress) -> Option<String> {
     })
 }
 
+#[cfg(test)]
+mod tests;
+
 /// `application/grpc`, `application/grpc+proto`, `application/grpc;…` (any case).
 pub(crate) fn is_grpc(content_type: &[u8]) -> bool {
     let p = b"application/grpc";

@@ -36,7 +36,17 @@ pub enum Stream<T> {
     Plain(TcpStream),
     /// TLS (boxed: the session state is large).
     Tls(Box<T>),
+    /// An in-memory connection (in-process tests: `tokio::io::duplex`, perhaps under TLS).
+    #[cfg(test)]
+    Memory(Box<dyn MemoryIo>),
 }
+
+/// What an in-memory test connection is.
+#[cfg(test)]
+pub trait MemoryIo: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug {}
+
+#[cfg(test)]
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> MemoryIo for T {}
 
 /// A client connection.
 pub type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
@@ -44,11 +54,29 @@ pub type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 pub type UpstreamStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl<T: TlsIo> Stream<T> {
-    /// The TCP stream (under TLS, if any).
-    pub fn tcp(&self) -> &TcpStream {
+    /// Sets `TCP_NODELAY` (nothing to set in memory).
+    pub fn set_nodelay(&self) -> io::Result<()> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(t) => t.tcp(),
+            Stream::Plain(s) => s.set_nodelay(true),
+            Stream::Tls(t) => t.tcp().set_nodelay(true),
+            #[cfg(test)]
+            Stream::Memory(_) => Ok(()),
+        }
+    }
+
+    /// True while the peer has neither closed the connection nor sent anything (an idle
+    /// pooled connection that is still good); reads nothing.
+    pub fn quiet(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        match self {
+            Stream::Plain(s) => quiet(s.try_read(&mut probe)),
+            Stream::Tls(t) => quiet(t.tcp().try_read(&mut probe)),
+            #[cfg(test)]
+            Stream::Memory(m) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut buf = ReadBuf::new(&mut probe);
+                Pin::new(&mut **m).poll_read(&mut cx, &mut buf).is_pending()
+            }
         }
     }
 
@@ -63,8 +91,18 @@ impl<T: TlsIo> Stream<T> {
                 let (r, w) = tokio::io::split(&mut **t);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
+            #[cfg(test)]
+            Stream::Memory(m) => {
+                let (r, w) = tokio::io::split(m);
+                (ReadHalf::Memory(r), WriteHalf::Memory(w))
+            }
         }
     }
+}
+
+/// A non-blocking read found nothing to read and no end of stream.
+fn quiet(read: io::Result<usize>) -> bool {
+    matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// The read half of a [`Stream`].
@@ -74,6 +112,9 @@ pub enum ReadHalf<'a, T> {
     Plain(tokio::net::tcp::ReadHalf<'a>),
     /// TLS.
     Tls(tokio::io::ReadHalf<&'a mut T>),
+    /// In memory (tests).
+    #[cfg(test)]
+    Memory(tokio::io::ReadHalf<&'a mut Box<dyn MemoryIo>>),
 }
 
 /// The write half of a [`Stream`].
@@ -83,6 +124,9 @@ pub enum WriteHalf<'a, T> {
     Plain(tokio::net::tcp::WriteHalf<'a>),
     /// TLS.
     Tls(tokio::io::WriteHalf<&'a mut T>),
+    /// In memory (tests).
+    #[cfg(test)]
+    Memory(tokio::io::WriteHalf<&'a mut Box<dyn MemoryIo>>),
 }
 
 macro_rules! dispatch {
@@ -93,6 +137,11 @@ macro_rules! dispatch {
                 $e
             }
             Self::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+            #[cfg(test)]
+            Self::Memory($s) => {
                 let $s = Pin::new(&mut **$s);
                 $e
             }
@@ -108,6 +157,11 @@ macro_rules! dispatch_half {
                 $e
             }
             Self::Tls($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            #[cfg(test)]
+            Self::Memory($s) => {
                 let $s = Pin::new($s);
                 $e
             }
@@ -146,6 +200,8 @@ impl<T: TlsIo> AsyncWrite for Stream<T> {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(t) => t.is_write_vectored(),
+            #[cfg(test)]
+            Stream::Memory(m) => m.is_write_vectored(),
         }
     }
 
@@ -189,6 +245,8 @@ impl<T: TlsIo> AsyncWrite for WriteHalf<'_, T> {
         match self {
             WriteHalf::Plain(s) => s.is_write_vectored(),
             WriteHalf::Tls(t) => t.is_write_vectored(),
+            #[cfg(test)]
+            WriteHalf::Memory(m) => m.is_write_vectored(),
         }
     }
 

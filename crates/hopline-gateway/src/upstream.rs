@@ -22,7 +22,7 @@ use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
 use std::pin::pin;
 
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::discovery::{self, Names};
@@ -163,6 +163,16 @@ pub struct Upstream {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// The `[dns]` settings its names are resolved with.
     dns: DnsConfig,
+    /// In process tests: connections are opened on this in-memory network, not TCP.
+    #[cfg(test)]
+    pub(crate) memory: Option<Arc<crate::testkit::MemoryNet>>,
+}
+
+/// A transport just opened, before TLS.
+enum Dialed {
+    Tcp(TcpStream),
+    #[cfg(test)]
+    Memory(tokio::io::DuplexStream),
 }
 
 /// A connection to an upstream endpoint, owned by one request at a time.
@@ -240,6 +250,8 @@ impl Upstream {
             next: AtomicUsize::new(0),
             tls,
             dns: cx.dns.clone(),
+            #[cfg(test)]
+            memory: None,
             config,
         })
     }
@@ -365,6 +377,8 @@ impl Upstream {
             next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
             tls,
             dns: cx.dns.clone(),
+            #[cfg(test)]
+            memory: self.memory.clone(),
             config,
         })
     }
@@ -434,20 +448,17 @@ impl Upstream {
             if now.duration_since(idle.since) >= self.config.pool_idle_timeout {
                 continue;
             }
-            let mut probe = [0u8; 1];
-            match idle.stream.tcp().try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Some(ClientConn {
-                        stream: idle.stream,
-                        buf: BytesMut::with_capacity(8 * 1024),
-                        endpoint: ep.clone(),
-                        addr: ep.addr,
-                        reused: true,
-                        idle: Some(now.duration_since(idle.since)),
-                        received: false,
-                    })
-                }
-                _ => continue,
+            let mut stream = idle.stream;
+            if stream.quiet() {
+                return Some(ClientConn {
+                    stream,
+                    buf: BytesMut::with_capacity(8 * 1024),
+                    endpoint: ep.clone(),
+                    addr: ep.addr,
+                    reused: true,
+                    idle: Some(now.duration_since(idle.since)),
+                    received: false,
+                });
             }
         }
     }
@@ -584,7 +595,7 @@ impl Upstream {
         let start = Instant::now();
         let fail = |kind| self.error(addr, start, kind);
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
-        let tcp = match tokio::time::timeout_at(until, TcpStream::connect(addr)).await {
+        let raw = match tokio::time::timeout_at(until, self.dial(addr)).await {
             Err(_) => {
                 let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
                 return Err(fail(UpstreamErrorKind::ConnectTimeout {
@@ -593,16 +604,28 @@ impl Upstream {
                 }));
             }
             Ok(Err(e)) => return Err(fail(UpstreamErrorKind::from_connect(e))),
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(raw)) => raw,
         };
-        let _ = tcp.set_nodelay(true);
-        let stream = match (&self.tls, &ep.server_name) {
+        let tls = match (&self.tls, &ep.server_name) {
             (Some(tls), Some(name)) => {
                 note(Phase::Tls);
-                let shake = self.handshake(tls, name, tcp, deadline, metrics).await;
-                shake.map_err(fail)?
+                Some((tls, name))
             }
-            _ => Stream::Plain(tcp),
+            _ => None,
+        };
+        let stream = match (raw, tls) {
+            (Dialed::Tcp(tcp), None) => Stream::Plain(tcp),
+            (Dialed::Tcp(tcp), Some((tls, name))) => {
+                let shake = self.handshake(tls, name, tcp, deadline, metrics).await;
+                Stream::Tls(Box::new(shake.map_err(fail)?))
+            }
+            #[cfg(test)]
+            (Dialed::Memory(m), None) => Stream::Memory(Box::new(m)),
+            #[cfg(test)]
+            (Dialed::Memory(m), Some((tls, name))) => {
+                let shake = self.handshake(tls, name, m, deadline, metrics).await;
+                Stream::Memory(Box::new(shake.map_err(fail)?))
+            }
         };
         Ok(ClientConn {
             stream,
@@ -613,6 +636,18 @@ impl Upstream {
             idle: None,
             received: false,
         })
+    }
+
+    /// Opens the transport to `addr`: TCP (with `TCP_NODELAY`), or in process tests the
+    /// in-memory network the upstream was given.
+    async fn dial(&self, addr: SocketAddr) -> io::Result<Dialed> {
+        #[cfg(test)]
+        if let Some(net) = &self.memory {
+            return net.connect(addr).await.map(Dialed::Memory);
+        }
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Dialed::Tcp(tcp))
     }
 
     /// A new egress connection takes a token from the shared rate limit (the NAT's), or
@@ -639,19 +674,19 @@ impl Upstream {
 
     /// The TLS handshake on a new connection, under its own `min(connect_timeout, time
     /// left)`; a failure says what was wrong with the upstream's certificate.
-    async fn handshake(
+    async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         tls: &Arc<rustls::ClientConfig>,
         name: &ServerName<'static>,
-        tcp: TcpStream,
+        io: T,
         deadline: &Deadline,
         metrics: &Metrics,
-    ) -> Result<UpstreamStream, UpstreamErrorKind> {
+    ) -> Result<tokio_rustls::client::TlsStream<T>, UpstreamErrorKind> {
         let zone = self.zone().as_str();
         let shaking = Instant::now();
         let (until, by_deadline) = deadline.bound(shaking, self.config.connect_timeout);
         let connector = tokio_rustls::TlsConnector::from(tls.clone());
-        let handshake = connector.connect(name.clone(), tcp);
+        let handshake = connector.connect(name.clone(), io);
         match tokio::time::timeout_at(until, handshake).await {
             Err(_) => {
                 metrics.upstream_tls_failed(&self.name, zone, "timeout");
@@ -668,7 +703,7 @@ impl Upstream {
             }
             Ok(Ok(s)) => {
                 metrics.upstream_tls_done(&self.name, zone, shaking.elapsed());
-                Ok(Stream::Tls(Box::new(s)))
+                Ok(s)
             }
         }
     }
