@@ -21,6 +21,7 @@ use hopline_core::{Phase, ProxyError};
 use crate::clock::Deadline;
 use hopline_h1::head::{put_header, Headers};
 
+use crate::attempt::Hop;
 use crate::front::{BodySize, ResponseStart, Sink};
 use crate::gateway::{Aggregate, Call, Gateway};
 use crate::proxy::{collect, open, Forward, ProgressCell};
@@ -427,12 +428,11 @@ async fn attempt(
     deadline: &Deadline,
     progress: &ProgressCell,
 ) -> Result<Bytes, CallFailure> {
-    let up = &gw.upstreams[call.upstream];
-    let opened = open(gw, call.upstream, fwd, deadline, progress)
-        .await
-        .map_err(CallFailure::Proxy)?;
+    let hop = Hop::new(gw, call.upstream, fwd, deadline, progress);
+    let up = hop.up;
+    let opened = open(&hop).await.map_err(CallFailure::Proxy)?;
     let endpoint = opened.reporter();
-    let (status, body) = collect(up, opened, fwd, deadline, progress, MAX_CALL_BODY)
+    let (status, body) = collect(&hop, opened, MAX_CALL_BODY)
         .await
         .inspect_err(|e| endpoint.failed(e))
         .map_err(CallFailure::Proxy)?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
+use hopline_core::policy::Decision;
 use hopline_core::ProxyError;
 use hopline_h1::head::Headers;
 
@@ -54,13 +55,13 @@ pub(crate) trait Front {
         impl Sink + Send + '_,
     );
 
-    /// Writes the locally generated error response the failure policy decided on. `close`:
-    /// the connection ends after it.
+    /// Writes the locally generated error response for `err` as the failure policy
+    /// decided (`d`: status, flag, and whether the connection is kept after it).
     fn respond(
         &mut self,
         err: &ProxyError,
+        d: &Decision,
         cx: &ErrorContext<'_>,
-        close: bool,
     ) -> impl Future<Output = ()> + Send;
 
     /// Tunnels bytes between the client and `upstream` after its `101 Switching

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use hopline_core::policy::Decision;
 use hopline_core::ProxyError;
 use hopline_h1::body::{encode_chunk, LAST_CHUNK};
 use hopline_h1::head::{put_content_length, put_header, put_status_line, Headers};
@@ -173,8 +174,8 @@ impl Front for H1Front<'_> {
         (gone, sink)
     }
 
-    async fn respond(&mut self, err: &ProxyError, cx: &ErrorContext<'_>, close: bool) {
-        let out = error_response(err, cx, close);
+    async fn respond(&mut self, err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) {
+        let out = error_response(err, d, cx);
         let limit = self.gw.config.server.write_timeout;
         let _ = tokio::time::timeout(limit, self.stream.write_all(&out)).await;
     }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use hopline_core::policy::grpc_status;
-use hopline_core::ProxyError;
+use hopline_core::policy::{grpc_status, Decision};
+use hopline_core::{Flag, ProxyError};
 use hopline_h1::head::Headers;
 use http::{HeaderName, HeaderValue, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -295,11 +295,11 @@ impl Front for H2Front<'_> {
         (watch, sink)
     }
 
-    async fn respond(&mut self, err: &ProxyError, cx: &ErrorContext<'_>, _close: bool) {
+    async fn respond(&mut self, err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) {
         if cx.grpc {
-            return self.respond_grpc(err, cx);
+            return self.respond_grpc(err, d.flag, cx);
         }
-        let r = error_parts(err, cx);
+        let r = error_parts(err, d, cx);
         let mut head = Response::new(());
         *head.status_mut() =
             http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -352,8 +352,7 @@ impl H2Front<'_> {
     /// A failed gRPC request: HTTP 200, trailers-only (one HEADERS frame that ends the
     /// stream), `grpc-status` from the failure policy's flag and the short reason as
     /// `grpc-message`.
-    fn respond_grpc(&mut self, err: &ProxyError, cx: &ErrorContext<'_>) {
-        let flag = err.disposition().flag;
+    fn respond_grpc(&mut self, err: &ProxyError, flag: Flag, cx: &ErrorContext<'_>) {
         let mut head = Response::new(());
         let h = head.headers_mut();
         h.insert(
@@ -364,7 +363,7 @@ impl H2Front<'_> {
             "grpc-status",
             HeaderValue::from(u16::from(grpc_status(flag))),
         );
-        if let Ok(v) = HeaderValue::from_str(&grpc_message(err, cx)) {
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(err, flag, cx)) {
             h.insert("grpc-message", v);
         }
         h.insert("x-hopline-flags", HeaderValue::from_static(flag.code()));

@@ -9,6 +9,7 @@
 mod access_log;
 mod admin;
 mod aggregate;
+mod attempt;
 mod clock;
 mod conn;
 mod discovery;

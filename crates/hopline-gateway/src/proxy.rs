@@ -7,25 +7,22 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use hopline_core::config::{UpstreamProtocol, Zone};
-use hopline_core::{Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
+use hopline_core::config::UpstreamProtocol;
+use hopline_core::{Phase, ProxyError, UpstreamErrorKind};
 
-use crate::clock::Deadline;
 use hopline_h1::head::{put_decimal, strip_hop_by_hop, Headers, ResponseFraming};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::time::timeout_at;
 
-use crate::endpoint::{EndpointGuard, Reporter, Verdict};
+use crate::attempt::{attempts, slots, Answered, Failed, Hop, Retry, Slots, Wire};
+use crate::endpoint::{EndpointGuard, Reporter};
 use crate::front::{BodySize, ResponseStart, Sink, COALESCE};
-use crate::gateway::Gateway;
-use crate::limits::InFlightGuard;
-use crate::otlp::AttemptSpan;
-use crate::upstream::{millis_at_least_one, ClientConn, EgressSlot, ExchangeError, Upstream};
-use hopline_core::trace::{new_span_id, SpanId};
+use crate::upstream::{millis_at_least_one, ClientConn, ExchangeError, Upstream};
+use hopline_core::trace::SpanId;
 
 /// The request as it will be sent upstream, rendered once for all attempts.
 #[derive(Debug)]
@@ -102,22 +99,14 @@ impl ProgressCell {
     }
 }
 
-/// Sends `req` to upstream `up` and streams the answer into `sink`.
-pub async fn proxy<S: Sink>(
-    gw: &Gateway,
-    up_index: usize,
-    req: &Forward,
-    deadline: Deadline,
-    progress: &ProgressCell,
-    sink: &mut S,
-) -> Result<(), ProxyError> {
-    if gw.upstreams[up_index].config.protocol == UpstreamProtocol::H2 {
-        return crate::proxy_h2::proxy_h2(gw, up_index, req, deadline, progress, sink).await;
+/// Sends the hop's request to its upstream and streams the answer into `sink`.
+pub(crate) async fn proxy<S: Sink>(hop: &Hop<'_>, sink: &mut S) -> Result<(), ProxyError> {
+    if hop.up.config.protocol == UpstreamProtocol::H2 {
+        return crate::proxy_h2::proxy_h2(hop, sink).await;
     }
-    let opened = open(gw, up_index, req, &deadline, progress).await?;
-    let up = &gw.upstreams[up_index];
+    let opened = open(hop).await?;
     let endpoint = opened.reporter();
-    let done = stream_response(up, opened, req, &deadline, progress, sink).await;
+    let done = stream_response(hop, opened, sink).await;
     if let Err(e) = &done {
         endpoint.failed(e);
     }
@@ -127,14 +116,13 @@ pub async fn proxy<S: Sink>(
 /// An upstream exchange whose response head has arrived; holds its limit slots until
 /// the body is done.
 #[derive(Debug)]
-pub struct Opened {
+pub(crate) struct Opened {
     head: ResponseHead,
     conn: ClientConn,
     until: Instant,
     by_deadline: bool,
     reusable: bool,
-    _slot: InFlightGuard,
-    _egress_slot: Option<EgressSlot>,
+    _slots: Slots,
     endpoint: EndpointGuard,
 }
 
@@ -146,204 +134,71 @@ impl Opened {
     }
 }
 
-/// Takes the limit slots, then attempts the exchange (retrying only where safe) until a
-/// response head arrives, within `deadline`.
-pub async fn open(
-    gw: &Gateway,
-    up_index: usize,
-    req: &Forward,
-    deadline: &Deadline,
-    progress: &ProgressCell,
-) -> Result<Opened, ProxyError> {
-    let up = &gw.upstreams[up_index];
-    progress.update(|p| p.upstream = Some(up_index));
-    up.budget.deposit();
-    let (slot, egress_slot) = take_slots(gw, up)?;
-    let (x, endpoint) = attempts(gw, up, req, deadline, progress).await?;
-    progress.update(|p| p.upstream_status = Some(x.head.status));
+/// Takes the limit slots, then attempts the exchange (the attempt layer retries where
+/// safe) until a response head arrives, within the hop's deadline.
+pub(crate) async fn open(hop: &Hop<'_>) -> Result<Opened, ProxyError> {
+    let slots = slots(hop)?;
+    let (x, endpoint) = attempts(hop, &H1).await?;
+    hop.progress
+        .update(|p| p.upstream_status = Some(x.head.status));
     Ok(Opened {
         head: x.head,
         conn: x.conn,
         until: x.until,
         by_deadline: x.by_deadline,
         reusable: x.reusable,
-        _slot: slot,
-        _egress_slot: egress_slot,
+        _slots: slots,
         endpoint,
     })
 }
 
-/// The upstream's in-flight slot, and the shared egress slot for an egress upstream;
-/// `UO` when either limit is reached.
-pub(crate) fn take_slots(
-    gw: &Gateway,
-    up: &Upstream,
-) -> Result<(InFlightGuard, Option<EgressSlot>), ProxyError> {
-    let slot = up.in_flight.try_acquire().ok_or_else(|| {
-        ProxyError::Overflow(Overflow::UpstreamInFlight {
-            upstream: up.name.clone(),
-            limit: up.in_flight.limit(),
-        })
-    })?;
-    let egress_slot = match up.zone() {
-        Zone::Egress => gw.egress.slot().map_err(ProxyError::Overflow)?,
-        Zone::Internal => None,
-    };
-    Ok((slot, egress_slot))
-}
+/// HTTP/1.1 upstreams: pooled keep-alive connections, one exchange at a time on each.
+struct H1;
 
-/// Attempts the exchange until a response head arrives: a connect failure is retried
-/// (within `max_retries` and the retry budget), and so, once and on a new connection, is
-/// an idempotent request whose pooled connection turned out stale.
-async fn attempts(
-    gw: &Gateway,
-    up: &Upstream,
-    req: &Forward,
-    deadline: &Deadline,
-    progress: &ProgressCell,
-) -> Result<(Exchanged, EndpointGuard), ProxyError> {
-    let mut last_error: Option<ProxyError> = None;
-    let mut retries = 0;
-    let mut stale_retry_used = false;
-    let mut fresh_only = false;
-    // After a connect failure, the retry goes to another endpoint when there is one.
-    let mut avoid = None;
-    loop {
-        let now = Instant::now();
-        let guard = next_attempt(up, deadline, progress, now, &mut last_error, avoid)?;
-        let span = new_span_id();
-        // The wall clock is read only for a span that will be recorded.
-        let start = match &req.trace {
-            Some(t) if t.records() => SystemTime::now(),
-            _ => SystemTime::UNIX_EPOCH,
-        };
-        let attempt = (start, now, guard.ep().addr);
-        let pooled = if fresh_only {
-            None
-        } else {
-            up.checkout(guard.ep(), now)
-        };
-        let (conn, now) = match pooled {
-            Some(c) => (c, now),
-            None => match up
-                .connect(guard.ep(), deadline, &gw.egress, &gw.metrics, &|phase| {
-                    progress.update(|p| p.phase = Some(phase))
-                })
-                .await
-            {
-                Ok(c) => (c, Instant::now()),
-                Err(e) => {
-                    guard.reporter().failed(&e);
-                    record_attempt(req, up, span, attempt, Err(&e));
-                    let connect_failure =
-                        matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
-                    // Once the deadline is spent no retry would run: no token for it.
-                    if connect_failure
-                        && retries < up.config.max_retries
-                        && !deadline.expired(Instant::now())
-                        && up.budget.try_spend()
-                    {
-                        retries += 1;
-                        last_error = Some(e);
-                        avoid = Some(guard.ep().addr);
-                        continue;
-                    }
-                    return Err(e);
-                }
-            },
-        };
-        match exchange(&gw.metrics, up, conn, (req, span), deadline, progress, now).await {
-            Ok(x) => {
-                guard.answered_in(now.elapsed());
-                guard.report(Verdict::of_status(x.head.status));
-                record_attempt(req, up, span, attempt, Ok(x.head.status));
-                return Ok((x, guard));
-            }
-            Err(Failed { error, stale }) => {
-                record_attempt(req, up, span, attempt, Err(&error));
-                // The stale keep-alive race: the upstream closed a pooled connection just as
-                // we reused it, before any response byte. Safe to resend once, on a new
-                // connection (the next pooled one may be just as stale), within the budget.
-                // Not the endpoint's failure.
-                if stale
-                    && req.idempotent
-                    && !stale_retry_used
-                    && !deadline.expired(Instant::now())
-                    && up.budget.try_spend()
-                {
-                    stale_retry_used = true;
-                    fresh_only = true;
-                    last_error = Some(error);
-                    continue;
-                }
-                if !stale {
-                    guard.reporter().failed(&error);
-                }
-                return Err(error);
+impl Wire for H1 {
+    type Conn = ClientConn;
+    type Answer = Exchanged;
+
+    async fn connect(
+        &self,
+        hop: &Hop<'_>,
+        guard: &EndpointGuard,
+        fresh: bool,
+        now: Instant,
+    ) -> Result<(ClientConn, Instant), ProxyError> {
+        if !fresh {
+            if let Some(c) = hop.up.checkout(guard.ep(), now) {
+                return Ok((c, now));
             }
         }
+        let c = hop.connect(guard.ep()).await?;
+        Ok((c, Instant::now()))
+    }
+
+    async fn exchange(
+        &self,
+        hop: &Hop<'_>,
+        conn: ClientConn,
+        span: SpanId,
+        started: Instant,
+    ) -> Result<Exchanged, Failed> {
+        exchange(hop, conn, span, started).await
     }
 }
 
-/// Records an attempt as a span of the request's trace, when it is sampled.
-fn record_attempt(
-    req: &Forward,
-    up: &Upstream,
-    span: SpanId,
-    (start, started, endpoint): (SystemTime, Instant, SocketAddr),
-    outcome: Result<u16, &ProxyError>,
-) {
-    let Some(trace) = &req.trace else { return };
-    trace.record(|| AttemptSpan {
-        span_id: span,
-        start,
-        duration: started.elapsed(),
-        upstream: up.name.clone(),
-        endpoint: Some(endpoint),
-        call: req.call.clone(),
-        status: outcome.as_ref().ok().copied(),
-        error: outcome.err().map(|e| hopline_core::error::cause_chain(e)),
-    });
-}
-
-/// Starts an attempt: the endpoint it goes to (by the upstream's `lb`, among usable
-/// endpoints, avoiding `avoid`), recorded in `progress`; once the deadline is spent, the
-/// last attempt's error (or `DeadlineSpent`) instead; 503 `UH` when no endpoint is usable.
-pub(crate) fn next_attempt(
-    up: &Upstream,
-    deadline: &Deadline,
-    progress: &ProgressCell,
-    now: Instant,
-    last_error: &mut Option<ProxyError>,
-    avoid: Option<SocketAddr>,
-) -> Result<EndpointGuard, ProxyError> {
-    if deadline.expired(now) {
-        return Err(last_error.take().unwrap_or(ProxyError::DeadlineSpent {
-            budget: deadline.budget(),
-        }));
+impl Answered for Exchanged {
+    fn status(&self) -> u16 {
+        self.head.status
     }
-    let guard = match up.pick(avoid) {
-        Ok(g) => g,
-        // A retry that finds nothing usable reports what the last attempt ran into.
-        Err(e) => return Err(last_error.take().unwrap_or(e)),
-    };
-    progress.update(|p| {
-        p.attempts += 1;
-        p.endpoint = Some(guard.ep().addr);
-        p.phase = Some(Phase::Connect);
-    });
-    Ok(guard)
 }
 
 /// Reads a whole response body (at most `max` bytes) within the attempt's limit.
-pub async fn collect(
-    up: &Upstream,
+pub(crate) async fn collect(
+    hop: &Hop<'_>,
     mut opened: Opened,
-    req: &Forward,
-    deadline: &Deadline,
-    progress: &ProgressCell,
     max: usize,
 ) -> Result<(u16, Bytes), ProxyError> {
+    let (up, req, progress) = (hop.up, hop.req, hop.progress);
     let started = Instant::now();
     let addr = opened.conn.addr;
     let length = opened.head.body_length(req.is_head).map_err(|p| {
@@ -365,7 +220,7 @@ pub async fn collect(
                 return Err(up.error(
                     addr,
                     started,
-                    attempt_timeout(up, deadline, opened.by_deadline, Phase::ResponseBody),
+                    hop.timeout(opened.by_deadline, Phase::ResponseBody),
                 ))
             }
             Ok(Err(e)) => return Err(body_error(up, addr, started, e)),
@@ -392,29 +247,6 @@ pub async fn collect(
     Ok((opened.head.status, body.freeze()))
 }
 
-/// The timeout error of an attempt: by the deadline, or by the upstream's own timeout.
-pub(crate) fn attempt_timeout(
-    up: &Upstream,
-    deadline: &Deadline,
-    by_deadline: bool,
-    phase: Phase,
-) -> UpstreamErrorKind {
-    UpstreamErrorKind::Timeout {
-        phase,
-        limit: if by_deadline {
-            deadline.budget()
-        } else {
-            up.config.timeout
-        },
-        source_limit: deadline.limit_source(by_deadline, TimeoutSource::AttemptTimeout),
-    }
-}
-
-struct Failed {
-    error: ProxyError,
-    stale: bool,
-}
-
 /// A response head, with the connection it came on and the attempt's limit.
 struct Exchanged {
     head: ResponseHead,
@@ -427,25 +259,23 @@ struct Exchanged {
 /// Sends the request and reads the response head, under `min(timeout, time left)`;
 /// the attempt starts at `started`.
 async fn exchange(
-    gw_metrics: &crate::metrics::Metrics,
-    up: &Upstream,
+    hop: &Hop<'_>,
     mut conn: ClientConn,
-    (req, span): (&Forward, SpanId),
-    deadline: &Deadline,
-    progress: &ProgressCell,
+    span: SpanId,
     started: Instant,
 ) -> Result<Exchanged, Failed> {
-    let (until, by_deadline) = deadline.bound(started, up.config.timeout);
-    let timeout_kind = |phase| attempt_timeout(up, deadline, by_deadline, phase);
+    let (up, req, progress) = (hop.up, hop.req, hop.progress);
+    let (until, by_deadline) = hop.deadline.bound(started, up.config.timeout);
+    let timeout_kind = |phase| hop.timeout(by_deadline, phase);
     let addr = conn.addr;
     let reused = conn.reused;
     progress.update(|p| {
         p.upstream_reused = Some(reused);
         p.upstream_idle = conn.idle;
     });
-    let fail = |kind, stale| Failed {
+    let fail = |kind, stale: bool| Failed {
         error: up.error(addr, started, kind),
-        stale,
+        retry: if stale { Retry::Stale } else { Retry::No },
     };
 
     progress.update(|p| p.phase = Some(Phase::Request));
@@ -498,13 +328,13 @@ async fn exchange(
             // be read as the next request, so the connection is not reused.
             reusable: sent,
         }),
-        Ok(Err(ExchangeError::Send(e))) => Err(fail(io_kind(up, gw_metrics, phase, e), stale)),
+        Ok(Err(ExchangeError::Send(e))) => Err(fail(io_kind(up, &hop.gw.metrics, phase, e), stale)),
         Ok(Err(ExchangeError::Read(e))) => {
             let kind = match e {
                 HeadError::Closed | HeadError::Incomplete | HeadError::Idle => {
                     UpstreamErrorKind::Closed { phase }
                 }
-                HeadError::Io(e) => io_kind(up, gw_metrics, phase, e),
+                HeadError::Io(e) => io_kind(up, &hop.gw.metrics, phase, e),
                 HeadError::Parse(p) => UpstreamErrorKind::Protocol {
                     phase: Phase::ResponseHeaders,
                     source: Box::new(p),
@@ -539,13 +369,11 @@ fn io_kind(
 /// attempt's limit. A body that fails before anything went out becomes a 502; after,
 /// the response is cut short (the failure policy closes the connection).
 async fn stream_response<S: Sink>(
-    up: &Upstream,
+    hop: &Hop<'_>,
     opened: Opened,
-    req: &Forward,
-    deadline: &Deadline,
-    progress: &ProgressCell,
     sink: &mut S,
 ) -> Result<(), ProxyError> {
+    let (up, req, progress) = (hop.up, hop.req, hop.progress);
     let Opened {
         head,
         mut conn,
@@ -604,7 +432,7 @@ async fn stream_response<S: Sink>(
     while !done {
         match timeout_at(until, conn.read_body(&mut decoder)).await {
             Err(_) => {
-                let kind = attempt_timeout(up, deadline, by_deadline, Phase::ResponseBody);
+                let kind = hop.timeout(by_deadline, Phase::ResponseBody);
                 return Err(up.error(addr, started, kind));
             }
             Ok(Err(e)) => return Err(body_error(up, addr, started, e)),

@@ -5,142 +5,104 @@
 //! drops the stream, which h2 resets with CANCEL: the upstream sees the cancellation.
 
 use std::io;
+use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use h2::client::SendRequest;
 use h2::RecvStream;
 use hopline_core::{Phase, ProxyError, UpstreamErrorKind};
 
-use crate::clock::Deadline;
 use hopline_h1::head::{is_hop_by_hop, parse_request, put_decimal, Headers};
 use hopline_h1::HeadLimits;
 use tokio::time::timeout_at;
 
-use crate::endpoint::Verdict;
+use crate::attempt::{attempts, slots, Answered, Failed, Hop, Retry, Wire};
+use crate::endpoint::EndpointGuard;
 use crate::front::{BodySize, ResponseStart, Sink};
-use crate::gateway::Gateway;
-use crate::proxy::{attempt_timeout, next_attempt, take_slots, Forward, ProgressCell};
-use crate::upstream::{millis_at_least_one, Upstream};
+use crate::proxy::Forward;
+use crate::upstream::{millis_at_least_one, H2Stream};
+use hopline_core::trace::SpanId;
 
-/// Sends `req` to HTTP/2 upstream `up_index` and streams the answer into `sink`.
-pub(crate) async fn proxy_h2<S: Sink>(
-    gw: &Gateway,
-    up_index: usize,
-    req: &Forward,
-    deadline: Deadline,
-    progress: &ProgressCell,
-    sink: &mut S,
-) -> Result<(), ProxyError> {
-    let up = &gw.upstreams[up_index];
-    progress.update(|p| p.upstream = Some(up_index));
-    up.budget.deposit();
-    let _slots = take_slots(gw, up)?;
-    let mut retries = 0;
-    let mut last_error = None;
-    let mut avoid = None;
-    loop {
-        let now = Instant::now();
-        let guard = next_attempt(up, &deadline, progress, now, &mut last_error, avoid)?;
-        let retry_left = retries < up.config.max_retries;
-        // Held until the response is done: the stream counts against the connection.
-        let stream = match up
-            .h2_sender(guard.ep(), &deadline, &gw.egress, &gw.metrics, &|phase| {
-                progress.update(|p| p.phase = Some(phase))
-            })
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                guard.reporter().failed(&e);
-                let before_sent =
-                    matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
-                // Once the deadline is spent no retry would run: no token for it.
-                let time_left = !deadline.expired(Instant::now());
-                if before_sent && retry_left && time_left && up.budget.try_spend() {
-                    retries += 1;
-                    last_error = Some(e);
-                    avoid = Some(guard.ep().addr);
-                    continue;
-                }
-                return Err(e);
-            }
-        };
-        let started = Instant::now();
-        let addr = guard.ep().addr;
-        match exchange(
-            up,
-            stream.send.clone(),
-            req,
-            &deadline,
-            progress,
-            addr,
-            started,
-        )
-        .await
-        {
-            Ok(x) => {
-                guard.answered_in(started.elapsed());
-                guard.report(Verdict::of_status(x.head.status.as_u16()));
-                let done = stream_response(up, x, req, &deadline, progress, sink).await;
-                if let Err(e) = &done {
-                    guard.reporter().failed(e);
-                }
-                drop(stream);
-                return done;
-            }
-            // REFUSED_STREAM: the upstream did not process it (RFC 9113 §8.7), so even a
-            // POST is safe to send again.
-            Err(Failed { error, refused }) => {
-                guard.reporter().failed(&error);
-                let time_left = !deadline.expired(Instant::now());
-                if refused && retry_left && time_left && up.budget.try_spend() {
-                    retries += 1;
-                    last_error = Some(error);
-                    continue;
-                }
-                return Err(error);
-            }
-        }
+/// Sends the hop's request to its HTTP/2 upstream and streams the answer into `sink`.
+pub(crate) async fn proxy_h2<S: Sink>(hop: &Hop<'_>, sink: &mut S) -> Result<(), ProxyError> {
+    let _slots = slots(hop)?;
+    let (x, guard) = attempts(hop, &H2).await?;
+    let done = stream_response(hop, x, sink).await;
+    if let Err(e) = &done {
+        guard.reporter().failed(e);
+    }
+    done
+}
+
+/// HTTP/2 upstreams: streams multiplexed over one connection per endpoint (more when
+/// the upstream's stream limit is reached).
+struct H2;
+
+impl Wire for H2 {
+    /// A stream's place on a connection, and the endpoint.
+    type Conn = (H2Stream, SocketAddr);
+    type Answer = Exchanged;
+
+    async fn connect(
+        &self,
+        hop: &Hop<'_>,
+        guard: &EndpointGuard,
+        _fresh: bool,
+        _now: Instant,
+    ) -> Result<((H2Stream, SocketAddr), Instant), ProxyError> {
+        let stream = hop.h2_stream(guard.ep()).await?;
+        Ok(((stream, guard.ep().addr), Instant::now()))
+    }
+
+    async fn exchange(
+        &self,
+        hop: &Hop<'_>,
+        (stream, addr): (H2Stream, SocketAddr),
+        span: SpanId,
+        started: Instant,
+    ) -> Result<Exchanged, Failed> {
+        exchange(hop, (stream, addr), span, started).await
     }
 }
 
-struct Failed {
-    error: ProxyError,
-    refused: bool,
-}
-
-/// A response head from an HTTP/2 upstream, with its body stream and the attempt's limit.
+/// A response head from an HTTP/2 upstream, with its body stream, the attempt's limit,
+/// and the stream's place on its connection (held until the response is done).
 struct Exchanged {
     head: http::response::Parts,
     body: RecvStream,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     started: Instant,
     until: Instant,
     by_deadline: bool,
+    _stream: H2Stream,
+}
+
+impl Answered for Exchanged {
+    fn status(&self) -> u16 {
+        self.head.status.as_u16()
+    }
 }
 
 /// Opens a stream, sends the request and waits for the response head, under
 /// `min(timeout, time left)`.
 async fn exchange(
-    up: &Upstream,
-    send: SendRequest<Bytes>,
-    req: &Forward,
-    deadline: &Deadline,
-    progress: &ProgressCell,
-    addr: std::net::SocketAddr,
+    hop: &Hop<'_>,
+    (stream, addr): (H2Stream, SocketAddr),
+    span: SpanId,
     started: Instant,
 ) -> Result<Exchanged, Failed> {
-    let (until, by_deadline) = deadline.bound(started, up.config.timeout);
-    let fail = |kind, refused| Failed {
+    let (up, req, progress) = (hop.up, hop.req, hop.progress);
+    let send = stream.send.clone();
+    let (until, by_deadline) = hop.deadline.bound(started, up.config.timeout);
+    let fail = |kind, refused: bool| Failed {
         error: up.error(addr, started, kind),
-        refused,
+        retry: if refused { Retry::Refused } else { Retry::No },
     };
     let left = until
         .saturating_duration_since(started)
         .saturating_sub(req.margin);
     let request =
-        h2_request(req, up.tls_enabled(), millis_at_least_one(left)).map_err(|source| {
+        h2_request(req, span, up.tls_enabled(), millis_at_least_one(left)).map_err(|source| {
             fail(
                 UpstreamErrorKind::Protocol {
                     phase: Phase::Request,
@@ -160,21 +122,16 @@ async fn exchange(
     })
     .await;
     let response = match sent {
-        Err(_) => {
-            return Err(fail(
-                attempt_timeout(up, deadline, by_deadline, Phase::Request),
-                false,
-            ))
-        }
+        Err(_) => return Err(fail(hop.timeout(by_deadline, Phase::Request), false)),
         Ok(Err(e)) => return Err(fail(kind(Phase::Request, &e), refused(&e))),
         Ok(Ok(r)) => r,
     };
     progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
     match timeout_at(until, response).await {
-        Err(_) => {
-            let kind = attempt_timeout(up, deadline, by_deadline, Phase::ResponseHeaders);
-            Err(fail(kind, false))
-        }
+        Err(_) => Err(fail(
+            hop.timeout(by_deadline, Phase::ResponseHeaders),
+            false,
+        )),
         Ok(Err(e)) => Err(fail(kind(Phase::ResponseHeaders, &e), refused(&e))),
         Ok(Ok(resp)) => {
             let (head, body) = resp.into_parts();
@@ -185,6 +142,7 @@ async fn exchange(
                 started,
                 until,
                 by_deadline,
+                _stream: stream,
             })
         }
     }
@@ -234,6 +192,7 @@ fn kind(phase: Phase, e: &h2::Error) -> UpstreamErrorKind {
 /// `grpc-timeout` for gRPC and `x-envoy-expected-rq-timeout-ms` otherwise.
 fn h2_request(
     req: &Forward,
+    span: SpanId,
     tls: bool,
     left_ms: u64,
 ) -> Result<http::Request<()>, Box<dyn std::error::Error + Send + Sync>> {
@@ -270,7 +229,7 @@ fn h2_request(
         b = b.header("x-envoy-expected-rq-timeout-ms", &ms[..]);
     }
     if let Some(trace) = &req.trace {
-        let (traceparent, _) = trace.attempt_traceparent();
+        let traceparent = trace.attempt_traceparent(span);
         b = b.header("traceparent", traceparent);
         if let Some(state) = &trace.state {
             b = b.header("tracestate", &state[..]);
@@ -282,13 +241,11 @@ fn h2_request(
 /// Streams the upstream's response into `sink`: head, DATA as it comes (each read bounded
 /// by the attempt's limit), trailers; records the upstream's `grpc-status`.
 async fn stream_response<S: Sink>(
-    up: &Upstream,
+    hop: &Hop<'_>,
     x: Exchanged,
-    req: &Forward,
-    deadline: &Deadline,
-    progress: &ProgressCell,
     sink: &mut S,
 ) -> Result<(), ProxyError> {
+    let (up, req, progress) = (hop.up, hop.req, hop.progress);
     let Exchanged {
         head,
         mut body,
@@ -296,6 +253,7 @@ async fn stream_response<S: Sink>(
         started,
         until,
         by_deadline,
+        ..
     } = x;
     let status = head.status.as_u16();
     let head_grpc = grpc_status(&head.headers);
@@ -326,10 +284,7 @@ async fn stream_response<S: Sink>(
         return sink.flush().await;
     }
     sink.flush().await?;
-    let timed_out = || {
-        let kind = attempt_timeout(up, deadline, by_deadline, Phase::ResponseBody);
-        up.error(addr, started, kind)
-    };
+    let timed_out = || up.error(addr, started, hop.timeout(by_deadline, Phase::ResponseBody));
     let failed = |e: h2::Error| up.error(addr, started, kind(Phase::ResponseBody, &e));
     loop {
         match timeout_at(until, body.data()).await {

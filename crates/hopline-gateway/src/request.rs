@@ -25,6 +25,7 @@ use hopline_h1::head::Headers;
 
 use crate::access_log::AccessRecord;
 use crate::aggregate::{self, CallRecord, CallState, CallsCell};
+use crate::attempt::Hop;
 use crate::forward::forward;
 use crate::front::{BodyFailure, Front, Next, Sink};
 use crate::gateway::{Action, Gateway, Route};
@@ -209,7 +210,7 @@ async fn conclude<F: Front>(
             head_only: &rec.method[..] == b"HEAD",
             grpc,
         };
-        front.respond(err, &cx, !d.keep).await;
+        front.respond(err, &d, &cx).await;
     }
     if grpc {
         // What the client saw (or, cut short or gone, what it stands for).
@@ -439,7 +440,8 @@ async fn run<F: Front>(
                     let ids = (trace_id, &trace);
                     let from = (peer, job_trusted);
                     let fwd = forward(gw, req, body, ids, from, (*upstream, upgrade));
-                    proxy(gw, *upstream, &fwd, deadline, &progress, &mut sink).await
+                    let hop = Hop::new(gw, *upstream, &fwd, &deadline, &progress);
+                    proxy(&hop, &mut sink).await
                 }
                 Action::Aggregate(agg) => {
                     let call = aggregate::Request {

@@ -1,7 +1,8 @@
 //! Locally generated responses: the one place where a failure becomes what the client sees.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use hopline_core::ProxyError;
+use hopline_core::policy::Decision;
+use hopline_core::{Flag, ProxyError};
 use hopline_h1::head::{put_content_length, put_header, put_status_line, reason_phrase, Headers};
 
 /// What a locally generated error response says about its request.
@@ -20,9 +21,9 @@ pub struct ErrorContext<'a> {
     pub grpc: bool,
 }
 
-/// The `grpc-message` for `err`: the short reason (the full cause with
-/// `expose_cause`), flag and request id, percent-encoded as gRPC requires.
-pub fn grpc_message(err: &ProxyError, cx: &ErrorContext<'_>) -> String {
+/// The `grpc-message` for `err` answered with `flag`: the short reason (the full cause
+/// with `expose_cause`), flag and request id, percent-encoded as gRPC requires.
+pub fn grpc_message(err: &ProxyError, flag: Flag, cx: &ErrorContext<'_>) -> String {
     let reason = if cx.expose_cause {
         err.cause()
     } else {
@@ -30,7 +31,7 @@ pub fn grpc_message(err: &ProxyError, cx: &ErrorContext<'_>) -> String {
     };
     let text = format!(
         "{reason} (flag {}, request id {})",
-        err.disposition().flag.code(),
+        flag.code(),
         cx.request_id
     );
     let mut out = String::with_capacity(text.len());
@@ -55,11 +56,11 @@ pub struct ErrorResponse {
     pub body: String,
 }
 
-/// The response for `err`: status and flag per docs/errors.md, `x-hopline-flags`,
-/// `x-request-id`, and a short text body: status, short reason, flag and request id (the
-/// full cause, with addresses and OS errors, only with `expose_cause`).
-pub fn error_parts(err: &ProxyError, cx: &ErrorContext<'_>) -> ErrorResponse {
-    let d = err.disposition();
+/// The response for `err` as the failure policy decided (`d`: its status and flag, per
+/// docs/errors.md): `x-hopline-flags`, `x-request-id`, and a short text body: status,
+/// short reason, flag and request id (the full cause, with addresses and OS errors, only
+/// with `expose_cause`).
+pub fn error_parts(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> ErrorResponse {
     let reason = if cx.expose_cause {
         err.cause()
     } else {
@@ -100,9 +101,11 @@ pub fn error_parts(err: &ProxyError, cx: &ErrorContext<'_>) -> ErrorResponse {
 }
 
 /// The HTTP/1 bytes of the response for `err` ([`error_parts`]), with `connection:
-/// close` when `close`; the body left out for a response to `HEAD`.
-pub fn error_response(err: &ProxyError, cx: &ErrorContext<'_>, close: bool) -> BytesMut {
-    let r = error_parts(err, cx);
+/// close` unless the decision keeps the connection; the body left out for a response to
+/// `HEAD`.
+pub fn error_response(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> BytesMut {
+    let r = error_parts(err, d, cx);
+    let close = !d.keep;
     let mut out = BytesMut::with_capacity(256 + r.body.len());
     put_status_line(&mut out, r.status, reason_phrase(r.status).as_bytes());
     r.headers.write_to(&mut out);
@@ -136,6 +139,13 @@ mod tests {
                 source: std::io::Error::from_raw_os_error(104),
             },
         });
+        let d = hopline_core::policy::Decision {
+            status: 502,
+            flag: Flag::UpstreamConnectionTermination,
+            respond: true,
+            keep: true,
+            linger: false,
+        };
         let mut cx = ErrorContext {
             request_id: "abc",
             trace_id: "abc",
@@ -143,7 +153,7 @@ mod tests {
             head_only: false,
             grpc: false,
         };
-        let short = String::from_utf8(error_response(&err, &cx, false).to_vec()).expect("utf8");
+        let short = String::from_utf8(error_response(&err, &d, &cx).to_vec()).expect("utf8");
         assert!(
             short.ends_with("upstream coupon reset the connection (flag UC, request id abc)\n"),
             "{short}"
@@ -153,13 +163,13 @@ mod tests {
             "{short}"
         );
         cx.expose_cause = true;
-        let full = String::from_utf8(error_response(&err, &cx, false).to_vec()).expect("utf8");
+        let full = String::from_utf8(error_response(&err, &d, &cx).to_vec()).expect("utf8");
         assert!(
             full.contains("10.1.2.3:9001") && full.contains("os error 104"),
             "{full}"
         );
         cx.head_only = true;
-        let head = String::from_utf8(error_response(&err, &cx, false).to_vec()).expect("utf8");
+        let head = String::from_utf8(error_response(&err, &d, &cx).to_vec()).expect("utf8");
         assert!(
             head.ends_with("\r\n\r\n") && head.contains("content-length: "),
             "{head}"

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use hopline_core::policy::Decision;
 use hopline_core::{Flag, Phase, ProxyError, TimeoutSource};
 use hopline_h1::head::Headers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -347,8 +348,7 @@ pub(crate) enum Variant {
 }
 
 impl Answer {
-    fn of(err: &ProxyError) -> Answer {
-        let d = err.disposition();
+    fn of(err: &ProxyError, d: &Decision) -> Answer {
         let (phase, timeout, elapsed) = match err {
             ProxyError::Upstream(u) => (
                 Some(u.kind.phase()),
@@ -470,9 +470,9 @@ impl Front for TestFront {
         )
     }
 
-    async fn respond(&mut self, err: &ProxyError, _cx: &ErrorContext<'_>, _close: bool) {
+    async fn respond(&mut self, err: &ProxyError, d: &Decision, _cx: &ErrorContext<'_>) {
         let mut seen = self.shared.seen.lock().expect("lock");
-        seen.answers.push(Answer::of(err));
+        seen.answers.push(Answer::of(err, d));
         drop(seen);
         self.shared.events.bump();
     }

@@ -125,12 +125,10 @@ impl TraceCx {
         }
     }
 
-    /// The `traceparent` value for one upstream attempt (HTTP/2), with its new span id
-    /// (HTTP/2 attempts are not recorded as spans of their own).
-    pub fn attempt_traceparent(&self) -> (String, SpanId) {
-        let span = new_span_id();
+    /// The `traceparent` value an HTTP/2 attempt sends: this trace, the attempt's `span`.
+    pub fn attempt_traceparent(&self, span: SpanId) -> String {
         let v = traceparent(self.trace_id, span, self.flags);
-        (String::from_utf8_lossy(&v).into_owned(), span)
+        String::from_utf8_lossy(&v).into_owned()
     }
 }
 

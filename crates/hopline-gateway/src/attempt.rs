@@ -1,0 +1,308 @@
+//! The attempt layer, once for every protocol: one upstream call ([`Hop`]) takes its limit
+//! slots, then runs attempts — endpoint pick, connection, exchange — until a response head
+//! arrives, retrying only where it is safe, within `max_retries`, the retry budget and the
+//! deadline. HTTP/1 (`proxy.rs`) and HTTP/2 (`proxy_h2.rs`) upstreams say only how to get
+//! a connection and how to exchange on it ([`Wire`]); aggregate calls are hops too. This
+//! is the one file that spends the retry budget.
+//!
+//! Retried: a connect failure (nothing was sent), on another endpoint when there is one; a
+//! stream the upstream refused unprocessed (h2 `REFUSED_STREAM`), whatever the method; and,
+//! once and on a new connection, an idempotent request whose pooled connection turned out
+//! stale (closed by the upstream just as it was reused, before any response byte).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hopline_core::config::Zone;
+use hopline_core::trace::{new_span_id, SpanId};
+use hopline_core::{Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
+use tokio::time::Instant;
+
+use crate::clock::Deadline;
+use crate::endpoint::{Endpoint, EndpointGuard, Verdict};
+use crate::gateway::Gateway;
+use crate::limits::InFlightGuard;
+use crate::otlp::AttemptSpan;
+use crate::proxy::{Forward, ProgressCell};
+use crate::upstream::{ClientConn, EgressSlot, H2Stream, Upstream};
+
+/// One call to an upstream: what every step of it needs, in one place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hop<'a> {
+    /// The gateway (egress limits, metrics).
+    pub gw: &'a Gateway,
+    /// The upstream's index in `gw.upstreams`.
+    pub index: usize,
+    /// The upstream.
+    pub up: &'a Upstream,
+    /// The request, as rendered for every attempt.
+    pub req: &'a Forward,
+    /// The call's deadline (the request's, or an aggregate call's narrower one).
+    pub deadline: &'a Deadline,
+    /// What the call is doing, for a request cut off while it runs.
+    pub progress: &'a ProgressCell,
+}
+
+impl<'a> Hop<'a> {
+    /// A call to upstream `index`.
+    pub fn new(
+        gw: &'a Gateway,
+        index: usize,
+        req: &'a Forward,
+        deadline: &'a Deadline,
+        progress: &'a ProgressCell,
+    ) -> Self {
+        Hop {
+            gw,
+            index,
+            up: &gw.upstreams[index],
+            req,
+            deadline,
+            progress,
+        }
+    }
+
+    /// The timeout error of an attempt, bounded by the deadline (`by_deadline`) or by the
+    /// upstream's own `timeout`.
+    pub fn timeout(&self, by_deadline: bool, phase: Phase) -> UpstreamErrorKind {
+        UpstreamErrorKind::Timeout {
+            phase,
+            limit: if by_deadline {
+                self.deadline.budget()
+            } else {
+                self.up.config.timeout
+            },
+            source_limit: self
+                .deadline
+                .limit_source(by_deadline, TimeoutSource::AttemptTimeout),
+        }
+    }
+
+    /// Notes the phase the call is in.
+    pub fn phase(&self, phase: Phase) {
+        self.progress.update(|p| p.phase = Some(phase));
+    }
+
+    /// A new HTTP/1 connection to `ep` (connect and TLS under `min(connect_timeout, time
+    /// left)`), the phases it goes through noted.
+    pub async fn connect(&self, ep: &Arc<Endpoint>) -> Result<ClientConn, ProxyError> {
+        let (gw, note) = (self.gw, |phase| self.phase(phase));
+        self.up
+            .connect(ep, self.deadline, &gw.egress, &gw.metrics, &note)
+            .await
+    }
+
+    /// A stream on an HTTP/2 connection to `ep`, opening one if needed.
+    pub async fn h2_stream(&self, ep: &Arc<Endpoint>) -> Result<H2Stream, ProxyError> {
+        let (gw, note) = (self.gw, |phase| self.phase(phase));
+        self.up
+            .h2_sender(ep, self.deadline, &gw.egress, &gw.metrics, &note)
+            .await
+    }
+}
+
+/// The limit slots a call holds until its response is done.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    _in_flight: InFlightGuard,
+    _egress: Option<EgressSlot>,
+}
+
+/// Counts the call against the retry budget and takes its slots: the upstream's
+/// in-flight slot, and for an egress upstream the shared egress slot; `UO` when either
+/// limit is reached.
+pub(crate) fn slots(hop: &Hop<'_>) -> Result<Slots, ProxyError> {
+    let up = hop.up;
+    hop.progress.update(|p| p.upstream = Some(hop.index));
+    up.budget.deposit();
+    let in_flight = up.in_flight.try_acquire().ok_or_else(|| {
+        ProxyError::Overflow(Overflow::UpstreamInFlight {
+            upstream: up.name.clone(),
+            limit: up.in_flight.limit(),
+        })
+    })?;
+    let egress = match up.zone() {
+        Zone::Egress => hop.gw.egress.slot().map_err(ProxyError::Overflow)?,
+        Zone::Internal => None,
+    };
+    Ok(Slots {
+        _in_flight: in_flight,
+        _egress: egress,
+    })
+}
+
+/// Why an exchange failed, and whether sending it again is safe.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    /// The failure.
+    pub error: ProxyError,
+    /// What a retry would be.
+    pub retry: Retry,
+}
+
+/// Whether a failed exchange may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// No: the upstream may have acted on it.
+    No,
+    /// A pooled connection that was closed before any response byte: an idempotent
+    /// request is resent once, on a new connection. Not the endpoint's failure.
+    Stale,
+    /// The upstream refused it unprocessed (h2 `REFUSED_STREAM`): any method is resent.
+    Refused,
+}
+
+/// A response head, as a protocol's exchange returns it.
+pub(crate) trait Answered {
+    /// Its status.
+    fn status(&self) -> u16;
+}
+
+/// How one protocol gets a connection to an endpoint and exchanges a request on it.
+pub(crate) trait Wire {
+    /// A connection (or stream) one attempt uses.
+    type Conn: Send;
+    /// What an exchange returns once the response head arrived.
+    type Answer: Answered + Send;
+
+    /// A connection to the attempt's endpoint: pooled (unless `fresh`) or new, and the
+    /// instant the exchange on it starts.
+    fn connect(
+        &self,
+        hop: &Hop<'_>,
+        guard: &EndpointGuard,
+        fresh: bool,
+        now: Instant,
+    ) -> impl Future<Output = Result<(Self::Conn, Instant), ProxyError>> + Send;
+
+    /// Sends the request on `conn` and waits for the response head, under
+    /// `min(timeout, time left)` from `started`.
+    fn exchange(
+        &self,
+        hop: &Hop<'_>,
+        conn: Self::Conn,
+        span: SpanId,
+        started: Instant,
+    ) -> impl Future<Output = Result<Self::Answer, Failed>> + Send;
+}
+
+/// Runs attempts over `wire` until a response head arrives (with the endpoint it came
+/// from), or the call fails.
+pub(crate) async fn attempts<W: Wire>(
+    hop: &Hop<'_>,
+    wire: &W,
+) -> Result<(W::Answer, EndpointGuard), ProxyError> {
+    let up = hop.up;
+    let mut last_error: Option<ProxyError> = None;
+    let mut retries = 0;
+    let mut stale_retry_used = false;
+    let mut fresh = false;
+    // After a connect failure, the retry goes to another endpoint when there is one.
+    let mut avoid = None;
+    loop {
+        let now = Instant::now();
+        let guard = next_attempt(hop, now, &mut last_error, avoid)?;
+        let span = new_span_id();
+        // The wall clock is read only for a span that will be recorded.
+        let start = match &hop.req.trace {
+            Some(t) if t.records() => SystemTime::now(),
+            _ => SystemTime::UNIX_EPOCH,
+        };
+        let attempt = (start, now, guard.ep().addr);
+        // Once the deadline is spent no retry would run: no token is spent for one.
+        let may_retry = || !hop.deadline.expired(Instant::now()) && up.budget.try_spend();
+        let (conn, started) = match wire.connect(hop, &guard, fresh, now).await {
+            Ok(c) => c,
+            Err(e) => {
+                guard.reporter().failed(&e);
+                record_attempt(hop, span, attempt, Err(&e));
+                let unsent = matches!(&e, ProxyError::Upstream(u) if u.kind.before_request_sent());
+                if unsent && retries < up.config.max_retries && may_retry() {
+                    retries += 1;
+                    last_error = Some(e);
+                    avoid = Some(guard.ep().addr);
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        match wire.exchange(hop, conn, span, started).await {
+            Ok(x) => {
+                guard.answered_in(started.elapsed());
+                guard.report(Verdict::of_status(x.status()));
+                record_attempt(hop, span, attempt, Ok(x.status()));
+                return Ok((x, guard));
+            }
+            Err(Failed { error, retry }) => {
+                record_attempt(hop, span, attempt, Err(&error));
+                if retry != Retry::Stale {
+                    guard.reporter().failed(&error);
+                }
+                let again = match retry {
+                    Retry::Stale => hop.req.idempotent && !stale_retry_used,
+                    Retry::Refused => retries < up.config.max_retries,
+                    Retry::No => false,
+                };
+                if again && may_retry() {
+                    match retry {
+                        // The next pooled connection may be just as stale.
+                        Retry::Stale => (stale_retry_used, fresh) = (true, true),
+                        _ => retries += 1,
+                    }
+                    last_error = Some(error);
+                    continue;
+                }
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// Starts an attempt: the endpoint it goes to (by the upstream's `lb`, among usable
+/// endpoints, avoiding `avoid`), recorded in the progress; once the deadline is spent, the
+/// last attempt's error (or `DeadlineSpent`) instead; 503 `UH` when no endpoint is usable.
+fn next_attempt(
+    hop: &Hop<'_>,
+    now: Instant,
+    last_error: &mut Option<ProxyError>,
+    avoid: Option<SocketAddr>,
+) -> Result<EndpointGuard, ProxyError> {
+    if hop.deadline.expired(now) {
+        return Err(last_error.take().unwrap_or(ProxyError::DeadlineSpent {
+            budget: hop.deadline.budget(),
+        }));
+    }
+    let guard = match hop.up.pick(avoid) {
+        Ok(g) => g,
+        // A retry that finds nothing usable reports what the last attempt ran into.
+        Err(e) => return Err(last_error.take().unwrap_or(e)),
+    };
+    hop.progress.update(|p| {
+        p.attempts += 1;
+        p.endpoint = Some(guard.ep().addr);
+        p.phase = Some(Phase::Connect);
+    });
+    Ok(guard)
+}
+
+/// Records an attempt as a span of the request's trace, when it is sampled.
+fn record_attempt(
+    hop: &Hop<'_>,
+    span: SpanId,
+    (start, started, endpoint): (SystemTime, Instant, SocketAddr),
+    outcome: Result<u16, &ProxyError>,
+) {
+    let Some(trace) = &hop.req.trace else { return };
+    trace.record(|| AttemptSpan {
+        span_id: span,
+        start,
+        duration: started.elapsed(),
+        upstream: hop.up.name.clone(),
+        endpoint: Some(endpoint),
+        call: hop.req.call.clone(),
+        status: outcome.as_ref().ok().copied(),
+        error: outcome.err().map(|e| hopline_core::error::cause_chain(e)),
+    });
+}
