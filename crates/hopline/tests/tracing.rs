@@ -2,7 +2,7 @@
 //! the OpenTelemetry project's own Python protobuf bindings (`tests/otlp_receiver.py`,
 //! PyPI `opentelemetry-proto`; `#[ignore]`d, run by `.ci/run`): a proxied request, an
 //! aggregate with a failed call, a 504 and a 499, with their parent/child structure and
-//! attributes; sampling by the caller's flag and by ratio.
+//! attributes; an HTTP/2 upstream attempt's span; sampling by the caller's flag and by ratio.
 
 mod common;
 
@@ -224,4 +224,29 @@ fn sampling_follows_the_caller_and_the_ratio() {
     assert_eq!(get(always.addr, "/fresh", "").status, 200);
     let fresh = logged_trace_id(&always, "/fresh");
     wait_spans(&recv, &fresh, 2);
+}
+
+#[test]
+#[ignore = "needs python3 opentelemetry-proto (run by .ci/run)"]
+fn an_http2_upstream_attempt_is_a_client_span_of_its_own() {
+    let recv = receiver();
+    let h2 = mock(&["--quiet", "--grpc", "0"]);
+    let gw = gateway(
+        "",
+        &format!(
+            "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nsample_ratio = 1.0\n\
+             [upstreams.h]\nendpoints = [\"{}\"]\nprotocol = \"h2\"\n\
+             [[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"h\"\n",
+            recv.addr, h2.addr
+        ),
+    );
+    let trace = "44444444444444444444444444444444";
+    let caller = format!("traceparent: 00-{trace}-{CALLER_SPAN}-01\r\n");
+    assert_eq!(get(gw.addr, "/svc.Echo/Say", &caller).status, 200);
+    let spans = wait_spans(&recv, trace, 2);
+    let (server, client) = (by_kind(&spans, SERVER), by_kind(&spans, CLIENT));
+    assert_eq!((server.len(), client.len()), (1, 1), "{spans:?}");
+    assert_eq!(client[0]["parent_span_id"], server[0]["span_id"]);
+    assert_eq!(client[0]["attributes"]["hopline.upstream"], "h");
+    assert_eq!(client[0]["attributes"]["http.response.status_code"], 200);
 }
