@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cost growth (README "Performance", the charts): how hopline's costs grow with load shape,
+# Cost growth (docs/performance.md, the charts): how hopline's costs grow with load shape,
 # next to nginx, both one-worker reverse proxies with their access logs on in front of the
 # same nginx upstream, pinned as in bench/run.sh (proxy + upstream on cpu 0, clients on 1).
 #
@@ -15,7 +15,7 @@
 # 3. Fan-out (hopline only; nginx has no aggregation): aggregate routes of 1, 3 and 10
 #    parallel upstream calls per client request, and the plain proxy route beside them.
 # ROUNDS interleaved rounds; medians. Writes bench/results/growth-<unix time>.json and the
-# SVG charts README shows (bench/plot.py) into OUT (docs/bench).
+# SVG charts docs/performance.md shows (bench/plot.py) into OUT (docs/bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE_STEPS=${IDLE_STEPS:-1000 2500 5000 10000 15000}

@@ -1,7 +1,7 @@
 //! The request vector table against Debian's nginx and HAProxy, configured like hopline's
 //! strict test gateway (same limits, routes and upstream). `#[ignore]`d: it needs both
 //! installed (`.ci/run` installs them). It prints every vector where they differ from
-//! hopline and checks that README's comparison table says exactly that.
+//! hopline and checks that docs/strictness.md's comparison table says exactly that.
 
 mod common;
 mod vectors;
@@ -88,10 +88,14 @@ fn haproxy(dir: &std::path::Path, port: u16, up: SocketAddr) -> Peer {
     Daemon(child)
 }
 
-/// README rows between the compare markers: vector name → (nginx, HAProxy) as written.
+/// docs/strictness.md's rows between the compare markers: vector name → (nginx, HAProxy)
+/// as written.
 fn readme_rows() -> Vec<(String, String, String)> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README");
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/strictness.md"
+    ))
+    .expect("docs/strictness.md");
     let start = readme
         .find("<!-- compare:begin -->")
         .expect("compare:begin marker");
@@ -168,6 +172,6 @@ fn nginx_and_haproxy_on_the_same_vectors() {
     assert_eq!(
         differ,
         readme_rows(),
-        "README's comparison table is out of date; the observed one is:\n{report}"
+        "docs/strictness.md's comparison table is out of date; the observed one is:\n{report}"
     );
 }

@@ -94,7 +94,7 @@ fn protocol_violations_end_the_connection_with_goaway() {
     }
     // Where h2 ends the connection with PROTOCOL_ERROR instead of the RFC's more specific
     // code (COMPRESSION_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR), or treats a stream
-    // error as a connection error (which RFC 9113 §5.4.1 allows): documented in README.
+    // error as a connection error (which RFC 9113 §5.4.1 allows): documented in docs/http2.md.
     for case in [
         "bad-hpack",
         "settings-window-too-big",
