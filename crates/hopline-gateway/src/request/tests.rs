@@ -181,6 +181,26 @@ async fn timeouts_at_a_callers_budget_do_not_eject_an_endpoint_that_answers_in_t
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_that_never_answers_is_ejected_though_every_budget_is_the_callers() {
+    // B answers in 2 ms; A never answers. Every caller allows 50 ms: A's timeouts are at
+    // the caller's budget, but its peer answers in far less, so they are A's failures.
+    let h = harness("[upstreams.u.outlier]\nconsecutive_failures = 2", "");
+    h.net.set(A, silent());
+    h.net.set(B, answers(2 * MS, "fine"));
+    for _ in 0..6 {
+        let req = Harness::get("/x", &[("x-envoy-expected-rq-timeout-ms", "50")]);
+        h.send(req).await;
+    }
+    let states = h.gw.upstreams[0].endpoints.states();
+    let state_of = |addr: &str| {
+        let addr: std::net::SocketAddr = addr.parse().expect("addr");
+        states.iter().find(|(e, _)| e.addr == addr).map(|(_, s)| *s)
+    };
+    assert_eq!(state_of(A), Some(State::Ejected), "{states:?}");
+    assert_eq!(state_of(B), Some(State::Usable));
+}
+
 // ---- connect failures and retries -------------------------------------------------
 
 #[tokio::test(start_paused = true)]
