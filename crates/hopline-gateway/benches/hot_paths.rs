@@ -129,8 +129,8 @@ fn balancing(c: &mut Criterion) {
 /// (then also the attempt span recorded and the request's spans built and queued; the
 /// protobuf encoding and the POST happen later, in the export task).
 fn tracing(c: &mut Criterion) {
-    use hopline_gateway::otlp::{AttemptSpan, Exporter};
-    use hopline_gateway::trace::TraceCx;
+    use hopline_gateway::otlp::Exporter;
+    use hopline_gateway::trace::{AttemptSpan, TraceCx};
     use hopline_h1::head::Headers;
     let mut headers = Headers::new();
     headers.push("host", "gw.example");

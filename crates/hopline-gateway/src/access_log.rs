@@ -21,6 +21,7 @@ use bytes::Bytes;
 use hopline_core::config::AccessLogSink;
 use hopline_core::text::{push_json_str, push_millis3, push_socket_addr, push_u64};
 use hopline_core::time::push_rfc3339;
+use hopline_core::Phase;
 
 /// What the access log and the metrics say for a request that matched no route.
 pub const NO_ROUTE: &str = "(none)";
@@ -43,7 +44,7 @@ pub struct AccessRecord {
     /// or behind trusted proxies the first untrusted `x-forwarded-for` entry from the right.
     pub client_ip: Option<std::net::IpAddr>,
     /// The connection's TLS session (TLS listener only).
-    pub tls: Option<Arc<crate::tls::TlsSession>>,
+    pub tls: Option<Arc<TlsSession>>,
     /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`; none when the request could not be read.
     pub protocol: Option<&'static str>,
     /// gRPC requests: the `grpc-status` the client got (hopline's, when it failed the
@@ -52,7 +53,7 @@ pub struct AccessRecord {
     /// gRPC requests: the upstream's `grpc-status`, when it answered.
     pub upstream_grpc_status: Option<u16>,
     /// A WebSocket upgrade that became a tunnel: its bytes each way and who closed it.
-    pub tunnel: Option<crate::websocket::TunnelEnd>,
+    pub tunnel: Option<TunnelEnd>,
     /// Method.
     pub method: Bytes,
     /// The path (normalized once routing normalized it), without the query.
@@ -97,7 +98,7 @@ pub struct AccessRecord {
     /// Bytes of response body sent.
     pub bytes_sent: u64,
     /// Aggregate routes: one record per call.
-    pub calls: Vec<crate::aggregate::CallRecord>,
+    pub calls: Vec<CallRecord>,
 }
 
 impl AccessRecord {
@@ -505,6 +506,66 @@ impl Drop for AccessLog {
 
 fn open_append(p: &Path) -> io::Result<std::fs::File> {
     OpenOptions::new().create(true).append(true).open(p)
+}
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// Not started yet.
+    Pending,
+    /// In flight.
+    Running,
+    /// Finished (answered or failed).
+    Done,
+}
+
+/// One call's record, for the access log.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// Call name.
+    pub name: Arc<str>,
+    /// Upstream name.
+    pub upstream: Arc<str>,
+    /// Upstream zone.
+    pub zone: &'static str,
+    /// State.
+    pub state: CallState,
+    /// Upstream status, when it answered.
+    pub status: Option<u16>,
+    /// Why the call fell back (or failed), if it did.
+    pub cause: Option<String>,
+    /// The phase of the upstream exchange it failed (or was cut off) in.
+    pub phase: Option<Phase>,
+    /// Served from its fallback.
+    pub fallback: bool,
+    /// Time from start to end.
+    pub duration: Duration,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// How a tunnel ended, for its one access-log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// Bytes from the client to the upstream.
+    pub bytes_up: u64,
+    /// Bytes from the upstream to the client.
+    pub bytes_down: u64,
+    /// Who closed first: `client`, `upstream`, or `idle` (silent too long).
+    pub closed_by: &'static str,
+}
+
+/// A client connection's TLS session, as the access log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSession {
+    /// From accept to the end of the handshake.
+    pub handshake: Duration,
+    /// `"1.2"` or `"1.3"`.
+    pub version: &'static str,
+    /// The server name the client asked for, if any.
+    pub sni: Option<Box<str>>,
+    /// The client chose HTTP/2 by ALPN.
+    pub h2: bool,
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -16,114 +15,20 @@ use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::AggregateMode;
-use hopline_core::{Phase, ProxyError};
+use hopline_core::ProxyError;
 
 use crate::clock::Deadline;
 use hopline_h1::head::{put_header, Headers};
 
+use crate::access_log::{CallRecord, CallState};
 use crate::attempt::Hop;
+use crate::attempt::{Forward, ProgressCell};
 use crate::front::{BodySize, ResponseStart, Sink};
 use crate::gateway::{Aggregate, Call, Gateway};
-use crate::proxy::{collect, open, Forward, ProgressCell};
+use crate::proxy::{collect, open};
 
 /// Largest call response body accepted.
 const MAX_CALL_BODY: usize = 4 << 20;
-
-/// The JSON kinds a call's answers and its fallback have, so that a fallback of another
-/// shape than the answers (`[]` where the service answers an object) is said once, on
-/// stderr and as an access-log event line, instead of reaching clients unnoticed.
-#[derive(Debug)]
-pub struct Shape {
-    fallback: u8,
-    answered: AtomicU8,
-    said: AtomicBool,
-}
-
-/// A JSON value's kind as [`Shape`] keeps it (0: not known).
-fn kind(v: &serde_json::Value) -> u8 {
-    match v {
-        serde_json::Value::Null => 1,
-        serde_json::Value::Bool(_) => 2,
-        serde_json::Value::Number(_) => 3,
-        serde_json::Value::String(_) => 4,
-        serde_json::Value::Array(_) => 5,
-        serde_json::Value::Object(_) => 6,
-    }
-}
-
-fn kind_name(k: u8) -> &'static str {
-    match k {
-        1 => "null",
-        2 => "a boolean",
-        3 => "a number",
-        4 => "a string",
-        5 => "an array",
-        _ => "an object",
-    }
-}
-
-impl Shape {
-    /// The shape of a call whose fallback is the JSON text `fallback`.
-    pub fn of_fallback(fallback: &str) -> Shape {
-        Shape {
-            fallback: serde_json::from_str(fallback).map_or(0, |v| kind(&v)),
-            answered: AtomicU8::new(0),
-            said: AtomicBool::new(false),
-        }
-    }
-
-    /// Notes the kind of an answer the call got.
-    fn answered(&self, v: &serde_json::Value) {
-        self.answered.store(kind(v), Ordering::Relaxed);
-    }
-
-    /// When the call just fell back: the clash between its fallback's kind and its last
-    /// answer's, the first time there is one.
-    fn clash(&self) -> Option<(&'static str, &'static str)> {
-        let answered = self.answered.load(Ordering::Relaxed);
-        (answered != 0
-            && self.fallback != 0
-            && answered != self.fallback
-            && !self.said.swap(true, Ordering::Relaxed))
-        .then(|| (kind_name(self.fallback), kind_name(answered)))
-    }
-}
-
-/// Where a call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallState {
-    /// Not started yet.
-    Pending,
-    /// In flight.
-    Running,
-    /// Finished (answered or failed).
-    Done,
-}
-
-/// One call's record, for the access log.
-#[derive(Debug, Clone)]
-pub struct CallRecord {
-    /// Call name.
-    pub name: Arc<str>,
-    /// Upstream name.
-    pub upstream: Arc<str>,
-    /// Upstream zone.
-    pub zone: &'static str,
-    /// State.
-    pub state: CallState,
-    /// Upstream status, when it answered.
-    pub status: Option<u16>,
-    /// Why the call fell back (or failed), if it did.
-    pub cause: Option<String>,
-    /// The phase of the upstream exchange it failed (or was cut off) in.
-    pub phase: Option<Phase>,
-    /// Served from its fallback.
-    pub fallback: bool,
-    /// Time from start to end.
-    pub duration: Duration,
-    /// Attempts made.
-    pub attempts: u32,
-}
 
 /// The calls of one request, readable after its future was dropped.
 #[derive(Debug, Default)]
@@ -224,7 +129,7 @@ impl CallFailure {
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     /// The client's request (method, query and headers feed the calls).
-    pub req: &'a crate::request::Request,
+    pub req: &'a crate::front::Request,
     /// The `x-request-id` the calls carry.
     pub request_id: &'a str,
     /// The request's trace: each call attempt sends `traceparent` with its own span id.
@@ -451,7 +356,7 @@ async fn attempt(
 fn call_request(
     gw: &Gateway,
     call: &Call,
-    head: &crate::request::Request,
+    head: &crate::front::Request,
     (request_id, trace): (&str, &crate::trace::TraceCx),
 ) -> Result<Forward, PlaceholderError> {
     let c = &call.config;

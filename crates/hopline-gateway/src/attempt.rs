@@ -12,8 +12,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
 
 use hopline_core::config::Zone;
 use hopline_core::trace::{new_span_id, SpanId};
@@ -21,12 +23,87 @@ use hopline_core::{Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind
 use tokio::time::Instant;
 
 use crate::clock::Deadline;
+use crate::endpoint::H2Stream;
 use crate::endpoint::{Endpoint, EndpointGuard, Verdict};
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
-use crate::otlp::AttemptSpan;
-use crate::proxy::{Forward, ProgressCell};
-use crate::upstream::{ClientConn, EgressSlot, H2Stream, Upstream};
+use crate::trace::AttemptSpan;
+use crate::upstream::{ClientConn, EgressSlot, Upstream};
+
+/// The request as it will be sent upstream, rendered once for all attempts.
+#[derive(Debug)]
+pub struct Forward {
+    /// Request line and headers, without the deadline header and the final CRLF.
+    pub head: BytesMut,
+    /// The buffered body.
+    pub body: Bytes,
+    /// Safe to send twice (RFC 9110 idempotent method).
+    pub idempotent: bool,
+    /// `HEAD` (the response has no body whatever its headers say).
+    pub is_head: bool,
+    /// A gRPC request (`content-type: application/grpc…`): an HTTP/2 upstream gets its
+    /// deadline as `grpc-timeout`.
+    pub grpc: bool,
+    /// A WebSocket upgrade on a `websocket = true` route: a `101` answer hands the
+    /// connection over to a tunnel.
+    pub upgrade: bool,
+    /// `deadline.margin`: kept back when telling the upstream how long it has.
+    pub margin: Duration,
+    /// The request's trace: each attempt sends `traceparent` with a span id of its own.
+    pub trace: Option<crate::trace::TraceCx>,
+    /// The aggregate call this request is, if it is one (for its spans).
+    pub call: Option<Arc<str>>,
+}
+
+/// What the request is doing now; read after the request future ends or is dropped, so a
+/// cancelled request can still say what it was waiting on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The last attempt's connection was a pooled one.
+    pub upstream_reused: Option<bool>,
+    /// How long it had been idle in the pool.
+    pub upstream_idle: Option<std::time::Duration>,
+    /// Upstream index of the current attempt.
+    pub upstream: Option<usize>,
+    /// Endpoint of the current attempt.
+    pub endpoint: Option<SocketAddr>,
+    /// Phase of the current attempt.
+    pub phase: Option<Phase>,
+    /// Attempts started.
+    pub attempts: u32,
+    /// The upstream status, once its head arrived.
+    pub upstream_status: Option<u16>,
+    /// The upstream's `grpc-status` (trailer, or header of a trailers-only response).
+    pub upstream_grpc_status: Option<u16>,
+    /// Response head written to the client.
+    pub response_started: bool,
+    /// Body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// The upstream connection, after it answered a WebSocket upgrade with `101` (whose
+    /// head went to the client): the tunnel's other end.
+    pub upgraded: Option<ClientConn>,
+}
+
+/// [`Progress`] shared between a request's future and the connection that may drop it.
+#[derive(Debug, Default)]
+pub struct ProgressCell(Mutex<Progress>);
+
+impl ProgressCell {
+    /// Updates the progress (never held across an await).
+    pub fn update(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Reads the progress so far.
+    pub fn read<T>(&self, f: impl FnOnce(&Progress) -> T) -> T {
+        f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The final progress.
+    pub fn into_inner(self) -> Progress {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// One call to an upstream: what every step of it needs, in one place.
 #[derive(Debug, Clone, Copy)]

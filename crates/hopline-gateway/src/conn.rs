@@ -23,12 +23,13 @@ use tokio::sync::watch;
 use tokio::time::timeout_at;
 
 use crate::front::Next;
+use crate::front::{Client, Request};
 use crate::gateway::{Current, Gateway};
 use crate::h1::H1Front;
 use crate::h2::{serve_h2, PREFACE};
 use crate::metrics::ConnectionGuard;
 use crate::park::{Lot, Parked};
-use crate::request::{reject, serve, Client, Request};
+use crate::request::{reject, serve};
 use crate::stream::{ClientStream, Prefixed, Stream};
 
 /// Signals from the server to its connections.

@@ -21,7 +21,6 @@ use rustls::pki_types::ServerName;
 
 use crate::access_log::AccessLog;
 use crate::metrics::Metrics;
-use crate::upstream::{H2Conn, IdleConn};
 
 /// How many recent failures an endpoint remembers for `/endpoints`.
 const RECENT_FAILURES: usize = 5;
@@ -717,6 +716,53 @@ fn mix(n: usize) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// An HTTP/2 connection to an endpoint: a handle that opens streams on it (its frames
+/// are driven by a task that ends when the connection does).
+#[derive(Debug)]
+pub(crate) struct H2Conn {
+    /// Opens streams on it.
+    pub(crate) send: h2::client::SendRequest<bytes::Bytes>,
+    /// When it was last used.
+    pub(crate) since: Instant,
+    /// Streams hopline has open on it (against the upstream's concurrency limit).
+    pub(crate) active: Arc<AtomicUsize>,
+}
+
+/// A stream's place on an HTTP/2 connection: counted against the connection's limit
+/// until dropped (when the request is done with the stream).
+#[derive(Debug)]
+pub struct H2Stream {
+    /// Opens the stream.
+    pub send: h2::client::SendRequest<bytes::Bytes>,
+    active: Arc<AtomicUsize>,
+}
+
+impl H2Stream {
+    /// A stream's place on `c`.
+    pub(crate) fn on(c: &H2Conn) -> H2Stream {
+        c.active.fetch_add(1, Ordering::Relaxed);
+        H2Stream {
+            send: c.send.clone(),
+            active: c.active.clone(),
+        }
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A pooled HTTP/1 connection, idle since `since`.
+#[derive(Debug)]
+pub(crate) struct IdleConn {
+    /// The connection.
+    pub(crate) stream: crate::stream::UpstreamStream,
+    /// When it went back to the pool.
+    pub(crate) since: Instant,
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hopline_h1::client::put_request_line;
 use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop, Headers};
 
+use crate::attempt::Forward;
+use crate::front::Request;
 use crate::gateway::Gateway;
-use crate::proxy::Forward;
-use crate::request::Request;
 use crate::trace::TraceCx;
 
 /// Renders the upstream request head: origin-form target, hop-by-hop fields removed,

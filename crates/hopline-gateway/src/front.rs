@@ -6,6 +6,8 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -14,9 +16,9 @@ use hopline_core::policy::Decision;
 use hopline_core::ProxyError;
 use hopline_h1::head::Headers;
 
+use crate::access_log::{TlsSession, TunnelEnd};
 use crate::response::ErrorContext;
 use crate::upstream::ClientConn;
-use crate::websocket::TunnelEnd;
 
 /// Body bytes a response source buffers with the response head before the first write.
 pub(crate) const COALESCE: usize = 64 * 1024;
@@ -159,4 +161,80 @@ pub(crate) trait Sink {
     fn flush(&mut self) -> impl Future<Output = Result<(), ProxyError>> + Send;
     /// After a complete response: the connection can serve another request.
     fn reusable(&self) -> bool;
+}
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The TLS session, on the TLS listener.
+    pub tls: Option<Arc<TlsSession>>,
+    /// Requests served on this connection so far (HTTP/1).
+    pub requests: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// A parsed request, whatever protocol carried it.
+#[derive(Debug)]
+pub(crate) struct Request {
+    /// The method token, e.g. `GET`.
+    pub method: Bytes,
+    /// The target as received (what the access log shows).
+    pub target: Bytes,
+    /// Path and query (origin form): what routes match and upstreams receive.
+    pub origin: Bytes,
+    /// Header fields.
+    pub headers: Headers,
+    /// A body follows the head (read through [`Front::body`]); after a refusal the
+    /// connection cannot be reused while it is unread.
+    pub has_body: bool,
+    /// The client keeps the connection after this request (and the gateway was not
+    /// draining when it arrived).
+    pub keep_alive: bool,
+    /// How long the client's connection had been idle before this request (`None` on
+    /// its first request, and on HTTP/2).
+    pub client_idle: Option<std::time::Duration>,
+}
+
+impl Request {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        let o = std::str::from_utf8(&self.origin).unwrap_or("");
+        o.split_once('?').map_or(o, |(p, _)| p)
+    }
+
+    /// The query string, if any (without the `?`).
+    pub fn query(&self) -> Option<&str> {
+        let o = std::str::from_utf8(&self.origin).ok()?;
+        o.split_once('?').map(|(_, q)| q)
+    }
+
+    /// RFC 9110 idempotent method: safe to send twice.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            &self.method[..],
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        )
+    }
+
+    /// A gRPC request: `content-type: application/grpc`, or `application/grpc+…`.
+    pub fn is_grpc(&self) -> bool {
+        self.headers.get("content-type").is_some_and(is_grpc)
+    }
+
+    /// The client's `x-request-id`, when it is a sane one to forward and log.
+    pub(crate) fn client_request_id(&self) -> Option<String> {
+        let id = self.headers.get("x-request-id")?;
+        let ok = !id.is_empty() && id.len() <= 200 && id.iter().all(u8::is_ascii_graphic);
+        // All ASCII graphic bytes, so valid UTF-8.
+        ok.then(|| String::from_utf8_lossy(id).into_owned())
+    }
+}
+
+/// `application/grpc`, `application/grpc+proto`, `application/grpc;…` (any case).
+pub(crate) fn is_grpc(content_type: &[u8]) -> bool {
+    let p = b"application/grpc";
+    content_type.len() >= p.len()
+        && content_type[..p.len()].eq_ignore_ascii_case(p)
+        && matches!(content_type.get(p.len()), None | Some(b'+' | b';'))
 }

@@ -2,7 +2,6 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use hopline_core::config::{
 };
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::build_error::BuildError;
 use crate::limits::{InFlight, RateLimit};
 use crate::metrics::Metrics;
 use crate::shared::SharedEgress;
@@ -80,7 +80,7 @@ pub struct Call {
     pub config: CallConfig,
     /// The JSON kind of its fallback, and of the upstream's last answer (a clash is said
     /// once: a client would see another shape when the call falls back).
-    pub shape: crate::aggregate::Shape,
+    pub shape: crate::shape::Shape,
 }
 
 /// A setting a reload could not put in force (it needs a restart).
@@ -219,36 +219,6 @@ fn certificates(config: &Config) -> Vec<crate::metrics::CertExpiry> {
         }
     }
     out
-}
-
-/// Why the gateway could not be built from a valid config.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The DNS resolver could not be set up (e.g. no usable `/etc/resolv.conf`).
-    #[error("upstream {upstream}: cannot set up the DNS resolver")]
-    Dns {
-        /// The upstream.
-        upstream: String,
-        /// Why.
-        source: hickory_resolver::net::NetError,
-    },
-    /// The access log could not be opened.
-    #[error("cannot open access log")]
-    AccessLog(#[source] io::Error),
-    /// A `[server.tls]` certificate or key cannot be used.
-    #[error("server.tls")]
-    ServerTls(#[source] hopline_tls::TlsFileError),
-    /// An upstream's TLS files cannot be used.
-    #[error("upstream {upstream}: TLS")]
-    UpstreamTls {
-        /// The upstream.
-        upstream: String,
-        /// Why.
-        source: hopline_tls::TlsFileError,
-    },
-    /// The shared egress store cannot be set up (`[egress] shared`, `ca`).
-    #[error("egress.shared")]
-    SharedEgress(#[source] crate::shared::StoreError),
 }
 
 /// Everything a request needs, shared by all connections.
@@ -424,7 +394,7 @@ impl Gateway {
                             .map(|c| Call {
                                 name: c.name.as_str().into(),
                                 upstream: index(&c.upstream),
-                                shape: crate::aggregate::Shape::of_fallback(&c.fallback),
+                                shape: crate::shape::Shape::of_fallback(&c.fallback),
                                 config: c.clone(),
                             })
                             .collect(),

@@ -20,12 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 
+use crate::access_log::TunnelEnd;
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::gateway::Gateway;
 use crate::response::{error_response, ErrorContext, CONTINUE};
 use crate::stream::{ClientStream, WriteHalf};
 use crate::upstream::ClientConn;
-use crate::websocket::TunnelEnd;
 
 /// Lingering close (as nginx's `lingering_close`): after an error response to a client
 /// that may still be sending, input is read and dropped for at most this long, so the

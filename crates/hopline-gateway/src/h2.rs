@@ -27,13 +27,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
+use crate::access_log::TunnelEnd;
 use crate::conn::{raised, Signals};
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
+use crate::front::{Client, Request};
 use crate::gateway::{Current, Gateway};
-use crate::request::{reject, serve, Client, Request};
+use crate::request::{reject, serve};
 use crate::response::{error_parts, grpc_message, ErrorContext};
 use crate::upstream::ClientConn;
-use crate::websocket::TunnelEnd;
 
 /// The HTTP/2 connection preface a client opens with (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

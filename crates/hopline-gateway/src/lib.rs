@@ -10,6 +10,7 @@ mod access_log;
 mod admin;
 mod aggregate;
 mod attempt;
+mod build_error;
 mod clock;
 mod conn;
 mod discovery;
@@ -29,6 +30,7 @@ mod proxy_h2;
 mod redact;
 mod request;
 mod response;
+mod shape;
 pub mod shared;
 mod stream;
 #[cfg(test)]
@@ -49,8 +51,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 pub use access_log::{AccessLog, AccessRecord};
+pub use build_error::BuildError;
 pub use endpoint::{EndpointGuard, Verdict};
-pub use gateway::{BuildError, Current, Gateway, NotApplied};
+pub use gateway::{Current, Gateway, NotApplied};
 pub use metrics::Metrics;
 pub use upstream::{Upstream, UpstreamContext};
 
@@ -204,7 +207,7 @@ fn spawn_connection(
         // Plain HTTP/1 (or h2c) spawns the connection's future itself, with no wrapper:
         // that future is what each idle keep-alive connection holds, so a wrapper's
         // captures would add to every one of them.
-        let client = request::Client {
+        let client = crate::front::Client {
             peer,
             tls: None,
             requests: Default::default(),
@@ -236,7 +239,7 @@ fn spawn_connection(
                 return;
             };
             let h2 = session.h2;
-            let client = request::Client {
+            let client = crate::front::Client {
                 peer,
                 tls: Some(Arc::new(session)),
                 requests: Default::default(),

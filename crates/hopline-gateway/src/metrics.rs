@@ -309,7 +309,7 @@ impl EgressFamilies {
         );
     }
 
-    fn sample(&self, samples: &[crate::shared::SharedSample]) {
+    fn sample(&self, samples: &[SharedSample]) {
         for s in samples {
             let label = ScopeLabel {
                 scope: s.scope.clone(),
@@ -709,7 +709,7 @@ impl Metrics {
                     .inc();
             }
             if c.attempts > 0 {
-                let cancelled = rec.status == 499 && c.state != crate::aggregate::CallState::Done;
+                let cancelled = rec.status == 499 && c.state != crate::access_log::CallState::Done;
                 let failure = if c.status.is_none() && c.cause.is_some() {
                     "failed"
                 } else {
@@ -961,7 +961,7 @@ impl Metrics {
         &self,
         in_flight: &[(String, usize)],
         endpoints: &[EndpointSample],
-        shared: &[crate::shared::SharedSample],
+        shared: &[SharedSample],
     ) -> String {
         self.endpoints.sample(endpoints);
         self.egress.sample(shared);
@@ -1032,4 +1032,33 @@ fn outcome(status: Option<u16>, flag: &'static str, cancelled: bool) -> &'static
         (None, false) if !flag.is_empty() => flag,
         (None, false) => "failed",
     }
+}
+
+/// This gateway's part in a shared scope, as `/metrics` and `/config` show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedSample {
+    /// The scope.
+    pub scope: String,
+    /// The scope's new connections per second (0: not limited).
+    pub rate_budget: u32,
+    /// The scope's in-flight slots (0: not limited).
+    pub in_flight_budget: usize,
+    /// True while the local share is in force (Redis unreachable).
+    pub local: bool,
+    /// Connection tokens on hand.
+    pub tokens_on_hand: u32,
+    /// Connection tokens leased since start.
+    pub tokens_leased: u64,
+    /// In-flight slots held from the scope (in use plus spare).
+    pub slots_held: usize,
+    /// In-flight slots in use.
+    pub slots_used: usize,
+    /// The local shares that apply when Redis is unreachable.
+    pub local_rate: u32,
+    /// See `local_rate`.
+    pub local_in_flight: usize,
+    /// Switches to the local share since start.
+    pub fallbacks: u64,
+    /// Lease calls that failed or were too slow.
+    pub lease_failures: u64,
 }

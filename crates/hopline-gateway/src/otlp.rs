@@ -3,14 +3,12 @@
 //! built when the request's record is written, queued without waiting, and POSTed in
 //! protobuf batches by one task on the gateway's own runtime.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use hopline_core::config::TracingConfig;
-use hopline_core::trace::SpanId;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -21,6 +19,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::access_log::AccessRecord;
+use crate::trace::{AttemptSpan, Sampler};
 
 /// Spans waiting for export at most; beyond, new ones are dropped (and counted).
 const QUEUE: usize = 8192;
@@ -30,46 +29,6 @@ const BATCH: usize = 512;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// One POST's limit (connect, send, answer).
 const POST_LIMIT: Duration = Duration::from_secs(5);
-
-/// One upstream attempt of a sampled request.
-#[derive(Debug, Clone)]
-pub struct AttemptSpan {
-    /// The span id its `traceparent` carried.
-    pub span_id: SpanId,
-    /// When it started (before the connect, or the pooled connection's checkout).
-    pub start: SystemTime,
-    /// How long it took, to the response head or the failure.
-    pub duration: Duration,
-    /// The upstream.
-    pub upstream: Arc<str>,
-    /// The endpoint.
-    pub endpoint: Option<SocketAddr>,
-    /// The aggregate call it belongs to, if any.
-    pub call: Option<Arc<str>>,
-    /// The response status, when a head arrived.
-    pub status: Option<u16>,
-    /// Why it failed, when it did.
-    pub error: Option<String>,
-}
-
-/// A sampled request's attempts, filled as they end.
-#[derive(Debug, Default)]
-pub struct AttemptLog(Mutex<Vec<AttemptSpan>>);
-
-impl AttemptLog {
-    /// Records one attempt.
-    pub fn push(&self, a: AttemptSpan) {
-        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // A request's retries are bounded; this bounds a pathological one too.
-        if v.len() < 64 {
-            v.push(a);
-        }
-    }
-
-    fn take(&self) -> Vec<AttemptSpan> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
 
 /// Counts of spans by what became of them.
 #[derive(Debug, Default)]
@@ -124,9 +83,31 @@ impl Exporter {
         }
     }
 
+    /// Queues the spans of a finished, sampled request: its own and its attempts'.
+    pub fn record(&self, rec: &AccessRecord) {
+        let Some(t) = &rec.trace else { return };
+        let Some(log) = &t.attempts else { return };
+        let start = rec.ts.unwrap_or_else(SystemTime::now);
+        let mut spans = vec![request_span(rec, start)];
+        for a in log.take() {
+            spans.push(attempt_span(rec, &a));
+        }
+        for s in spans {
+            if self.tx.try_send(s).is_err() {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Sampler for Exporter {
+    fn sample_ratio(&self) -> f64 {
+        self.sample_ratio
+    }
+
     /// Whether a request that would be sampled may be, within this worker's
     /// `max_sampled_per_sec`; a refused one is counted (`hopline_tracing_unsampled_total`).
-    pub fn admit_sampled(&self) -> bool {
+    fn admit_sampled(&self) -> bool {
         let now = tokio::time::Instant::now();
         let second = now
             .saturating_duration_since(*CLOCK_BASE.get_or_init(|| now))
@@ -142,22 +123,6 @@ impl Exporter {
             self.stats.unsampled.fetch_add(1, Ordering::Relaxed);
         }
         admitted
-    }
-
-    /// Queues the spans of a finished, sampled request: its own and its attempts'.
-    pub fn record(&self, rec: &AccessRecord) {
-        let Some(t) = &rec.trace else { return };
-        let Some(log) = &t.attempts else { return };
-        let start = rec.ts.unwrap_or_else(SystemTime::now);
-        let mut spans = vec![request_span(rec, start)];
-        for a in log.take() {
-            spans.push(attempt_span(rec, &a));
-        }
-        for s in spans {
-            if self.tx.try_send(s).is_err() {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
     }
 }
 

@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::conn::{raised, serve_connection, Held, Signals, Start};
+use crate::front::Client;
 use crate::gateway::Current;
-use crate::request::Client;
 use crate::stream::Stream;
 
 /// Slots kept when the lot empties: a table larger than this was grown by a burst and is

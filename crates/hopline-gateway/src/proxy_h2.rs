@@ -16,11 +16,12 @@ use hopline_h1::head::{is_hop_by_hop, parse_request, put_decimal, Headers};
 use hopline_h1::HeadLimits;
 use tokio::time::timeout_at;
 
+use crate::attempt::Forward;
 use crate::attempt::{attempts, slots, Answered, Failed, Hop, Retry, Wire};
 use crate::endpoint::EndpointGuard;
+use crate::endpoint::H2Stream;
 use crate::front::{BodySize, ResponseStart, Sink};
-use crate::proxy::Forward;
-use crate::upstream::{millis_at_least_one, H2Stream};
+use crate::upstream::millis_at_least_one;
 use hopline_core::trace::SpanId;
 
 /// Sends the hop's request to its HTTP/2 upstream and streams the answer into `sink`.

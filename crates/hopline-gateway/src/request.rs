@@ -11,7 +11,6 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
-use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
 
@@ -24,87 +23,21 @@ use crate::clock::Deadline;
 use hopline_h1::head::Headers;
 
 use crate::access_log::AccessRecord;
-use crate::aggregate::{self, CallRecord, CallState, CallsCell};
+use crate::access_log::TunnelEnd;
+use crate::access_log::{CallRecord, CallState};
+use crate::aggregate::{self, CallsCell};
 use crate::attempt::Hop;
+use crate::attempt::{Progress, ProgressCell};
 use crate::forward::forward;
-use crate::front::{BodyFailure, Front, Next, Sink};
+use crate::front::{BodyFailure, Client, Front, Next, Request, Sink};
 use crate::gateway::{Action, Gateway, Route};
-use crate::proxy::{proxy, Progress, ProgressCell};
+use crate::proxy::proxy;
 use crate::redact;
 use crate::response::ErrorContext;
-use crate::tls::TlsSession;
 use crate::trace::TraceCx;
-use crate::websocket::{self, TunnelEnd};
+use crate::websocket;
 use hopline_h1::path::{self, PathRules};
 use std::borrow::Cow;
-
-/// Who is on the other end of a client connection.
-#[derive(Debug, Clone)]
-pub struct Client {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The TLS session, on the TLS listener.
-    pub tls: Option<Arc<TlsSession>>,
-    /// Requests served on this connection so far (HTTP/1).
-    pub requests: Arc<std::sync::atomic::AtomicU32>,
-}
-
-/// A parsed request, whatever protocol carried it.
-#[derive(Debug)]
-pub(crate) struct Request {
-    /// The method token, e.g. `GET`.
-    pub method: Bytes,
-    /// The target as received (what the access log shows).
-    pub target: Bytes,
-    /// Path and query (origin form): what routes match and upstreams receive.
-    pub origin: Bytes,
-    /// Header fields.
-    pub headers: Headers,
-    /// A body follows the head (read through [`Front::body`]); after a refusal the
-    /// connection cannot be reused while it is unread.
-    pub has_body: bool,
-    /// The client keeps the connection after this request (and the gateway was not
-    /// draining when it arrived).
-    pub keep_alive: bool,
-    /// How long the client's connection had been idle before this request (`None` on
-    /// its first request, and on HTTP/2).
-    pub client_idle: Option<std::time::Duration>,
-}
-
-impl Request {
-    /// The path, without the query.
-    pub fn path(&self) -> &str {
-        let o = std::str::from_utf8(&self.origin).unwrap_or("");
-        o.split_once('?').map_or(o, |(p, _)| p)
-    }
-
-    /// The query string, if any (without the `?`).
-    pub fn query(&self) -> Option<&str> {
-        let o = std::str::from_utf8(&self.origin).ok()?;
-        o.split_once('?').map(|(_, q)| q)
-    }
-
-    /// RFC 9110 idempotent method: safe to send twice.
-    pub fn is_idempotent(&self) -> bool {
-        matches!(
-            &self.method[..],
-            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
-        )
-    }
-
-    /// A gRPC request: `content-type: application/grpc`, or `application/grpc+…`.
-    pub fn is_grpc(&self) -> bool {
-        self.headers.get("content-type").is_some_and(is_grpc)
-    }
-
-    /// The client's `x-request-id`, when it is a sane one to forward and log.
-    fn client_request_id(&self) -> Option<String> {
-        let id = self.headers.get("x-request-id")?;
-        let ok = !id.is_empty() && id.len() <= 200 && id.iter().all(u8::is_ascii_graphic);
-        // All ASCII graphic bytes, so valid UTF-8.
-        ok.then(|| String::from_utf8_lossy(id).into_owned())
-    }
-}
 
 /// Serves a request whose head was read: admits it, reads its body, runs its route,
 /// concludes it, and writes its one record. Says what becomes of the connection.
@@ -145,10 +78,9 @@ pub(crate) async fn serve<F: Front>(
                 peer: client.peer,
                 trusted,
                 refused,
-                trace: rec
-                    .trace
-                    .clone()
-                    .unwrap_or_else(|| TraceCx::of(&req.headers, None, trusted)),
+                trace: rec.trace.clone().unwrap_or_else(|| {
+                    TraceCx::of(&req.headers, None::<&crate::otlp::Exporter>, trusted)
+                }),
             };
             let ran = run(gw, front, &mut req, job, rec.x_request_id(), kill).await;
             settle(gw, front, &mut rec, ran, &req, arrival).await
@@ -615,11 +547,3 @@ fn waiting_on(gw: &Gateway, p: &Progress) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
-
-/// `application/grpc`, `application/grpc+proto`, `application/grpc;…` (any case).
-pub(crate) fn is_grpc(content_type: &[u8]) -> bool {
-    let p = b"application/grpc";
-    content_type.len() >= p.len()
-        && content_type[..p.len()].eq_ignore_ascii_case(p)
-        && matches!(content_type.get(p.len()), None | Some(b'+' | b';'))
-}

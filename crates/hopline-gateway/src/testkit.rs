@@ -22,13 +22,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::access_log::TunnelEnd;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::front::{BodyFailure, CannotCarry, Front, Next, ResponseStart, Sink};
+use crate::front::{Client, Request};
 use crate::gateway::Gateway;
-use crate::request::{self, Client, Request};
+use crate::request;
 use crate::response::ErrorContext;
 use crate::upstream::ClientConn;
-use crate::websocket::TunnelEnd;
 
 /// Bytes an in-memory connection buffers each way (a small TCP window).
 const WINDOW: usize = 64 * 1024;

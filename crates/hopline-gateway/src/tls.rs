@@ -4,28 +4,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ProtocolVersion;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use crate::access_log::TlsSession;
 use crate::gateway::Gateway;
 use crate::stream::{ClientStream, Stream};
-
-/// A client connection's TLS session, as the access log shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSession {
-    /// From accept to the end of the handshake.
-    pub handshake: Duration,
-    /// `"1.2"` or `"1.3"`.
-    pub version: &'static str,
-    /// The server name the client asked for, if any.
-    pub sni: Option<Box<str>>,
-    /// The client chose HTTP/2 by ALPN.
-    pub h2: bool,
-}
 
 /// The first byte of a TLS handshake record.
 const HANDSHAKE_RECORD: u8 = 0x16;

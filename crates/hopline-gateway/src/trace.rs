@@ -7,9 +7,18 @@ use hopline_core::trace::{
     new_span_id, new_trace_id, traceparent, valid_tracestate, SpanId, TraceId, TraceParent,
 };
 use hopline_h1::head::Headers;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use crate::otlp::{AttemptLog, AttemptSpan, Exporter};
+/// What decides whether a new request is recorded: a ratio of traces, and a cap per
+/// worker (the span exporter, `[tracing]`).
+pub trait Sampler {
+    /// The share of new (or untrusted callers') traces sampled.
+    fn sample_ratio(&self) -> f64;
+    /// One more sampled request this second on this worker, if the cap allows it.
+    fn admit_sampled(&self) -> bool;
+}
 
 /// The `sampled` bit of the trace flags.
 const SAMPLED_FLAG: u8 = 0x01;
@@ -54,16 +63,16 @@ impl TraceCx {
     /// passes the worker's `max_sampled_per_sec`. Without an exporter nothing is recorded,
     /// a trusted caller's flags pass unchanged and an untrusted caller's sampled flag is
     /// cleared.
-    pub fn of(headers: &Headers, exporter: Option<&Exporter>, trusted: bool) -> TraceCx {
+    pub fn of<S: Sampler>(headers: &Headers, exporter: Option<&S>, trusted: bool) -> TraceCx {
         let mut parents = headers.get_all("traceparent");
         let parent = match (parents.next(), parents.next()) {
             (Some(v), None) => TraceParent::parse(hopline_h1::head::trim(v)),
             _ => None,
         };
-        let capped = |sampled: bool| sampled && exporter.is_some_and(Exporter::admit_sampled);
+        let capped = |sampled: bool| sampled && exporter.is_some_and(|e| e.admit_sampled());
         let Some(p) = parent else {
             let trace_id = new_trace_id();
-            let sampled = capped(exporter.is_some_and(|e| by_ratio(&trace_id, e.sample_ratio)));
+            let sampled = capped(exporter.is_some_and(|e| by_ratio(&trace_id, e.sample_ratio())));
             return TraceCx {
                 trace_id,
                 span_id: new_span_id(),
@@ -76,7 +85,7 @@ impl TraceCx {
         let (sampled, flags) = if trusted {
             (capped(exporter.is_some() && p.sampled()), p.flags)
         } else {
-            let ours = capped(exporter.is_some_and(|e| by_ratio(&p.trace_id, e.sample_ratio)));
+            let ours = capped(exporter.is_some_and(|e| by_ratio(&p.trace_id, e.sample_ratio())));
             (ours, (p.flags & !SAMPLED_FLAG) | u8::from(ours))
         };
         let mut state = Vec::new();
@@ -132,9 +141,51 @@ impl TraceCx {
     }
 }
 
+/// One upstream attempt of a sampled request.
+#[derive(Debug, Clone)]
+pub struct AttemptSpan {
+    /// The span id its `traceparent` carried.
+    pub span_id: SpanId,
+    /// When it started (before the connect, or the pooled connection's checkout).
+    pub start: SystemTime,
+    /// How long it took, to the response head or the failure.
+    pub duration: Duration,
+    /// The upstream.
+    pub upstream: Arc<str>,
+    /// The endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// The aggregate call it belongs to, if any.
+    pub call: Option<Arc<str>>,
+    /// The response status, when a head arrived.
+    pub status: Option<u16>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+/// A sampled request's attempts, filled as they end.
+#[derive(Debug, Default)]
+pub struct AttemptLog(Mutex<Vec<AttemptSpan>>);
+
+impl AttemptLog {
+    /// Records one attempt.
+    pub fn push(&self, a: AttemptSpan) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A request's retries are bounded; this bounds a pathological one too.
+        if v.len() < 64 {
+            v.push(a);
+        }
+    }
+
+    /// The attempts recorded so far, taken out.
+    pub(crate) fn take(&self) -> Vec<AttemptSpan> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::Exporter;
     use hopline_core::config::TracingConfig;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
@@ -176,8 +227,8 @@ mod tests {
         assert!(t.records());
         assert_eq!(t.flags, 1);
         // Without an exporter nothing is recorded and the untrusted flag is cleared.
-        assert_eq!(TraceCx::of(&caller, None, false).flags, 0);
-        assert_eq!(TraceCx::of(&caller, None, true).flags, 1);
+        assert_eq!(TraceCx::of(&caller, None::<&Exporter>, false).flags, 0);
+        assert_eq!(TraceCx::of(&caller, None::<&Exporter>, true).flags, 1);
     }
 
     #[tokio::test(start_paused = true)]

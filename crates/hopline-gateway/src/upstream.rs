@@ -25,9 +25,11 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::build_error::BuildError;
 use crate::discovery::{self, Names};
-use crate::endpoint::{Endpoint, EndpointGuard, EndpointSet, NoEndpoint};
-use crate::gateway::BuildError;
+use crate::endpoint::{
+    Endpoint, EndpointGuard, EndpointSet, H2Conn, H2Stream, IdleConn, NoEndpoint,
+};
 use crate::health;
 use crate::limits::{InFlight, InFlightGuard, RateLimit, RetryBudget};
 use crate::metrics::Metrics;
@@ -100,47 +102,6 @@ impl Egress {
             _ => Ok(()),
         }
     }
-}
-
-/// An HTTP/2 connection to an endpoint: a handle that opens streams on it (its frames
-/// are driven by a task that ends when the connection does).
-#[derive(Debug)]
-pub(crate) struct H2Conn {
-    send: h2::client::SendRequest<Bytes>,
-    since: Instant,
-    /// Streams hopline has open on it (against the upstream's concurrency limit).
-    active: Arc<AtomicUsize>,
-}
-
-/// A stream's place on an HTTP/2 connection: counted against the connection's limit
-/// until dropped (when the request is done with the stream).
-#[derive(Debug)]
-pub struct H2Stream {
-    /// Opens the stream.
-    pub send: h2::client::SendRequest<Bytes>,
-    active: Arc<AtomicUsize>,
-}
-
-impl H2Stream {
-    fn on(c: &H2Conn) -> H2Stream {
-        c.active.fetch_add(1, Ordering::Relaxed);
-        H2Stream {
-            send: c.send.clone(),
-            active: c.active.clone(),
-        }
-    }
-}
-
-impl Drop for H2Stream {
-    fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct IdleConn {
-    stream: UpstreamStream,
-    since: Instant,
 }
 
 /// One configured upstream with its pools and limits.

@@ -10,20 +10,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::request::Request;
+use crate::access_log::TunnelEnd;
+use crate::front::Request;
 use crate::stream::ClientStream;
 use crate::upstream::ClientConn;
-
-/// How a tunnel ended, for its one access-log line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TunnelEnd {
-    /// Bytes from the client to the upstream.
-    pub bytes_up: u64,
-    /// Bytes from the upstream to the client.
-    pub bytes_down: u64,
-    /// Who closed first: `client`, `upstream`, or `idle` (silent too long).
-    pub closed_by: &'static str,
-}
 
 /// An HTTP/1.1 WebSocket opening handshake: `GET` with `Upgrade: websocket` and
 /// `Connection: upgrade`.

@@ -93,34 +93,7 @@ fn slot_batch(in_flight: usize) -> usize {
     (in_flight / 50).clamp(1, 100)
 }
 
-/// This gateway's part in a shared scope, as `/metrics` and `/config` show it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SharedSample {
-    /// The scope.
-    pub scope: String,
-    /// The scope's new connections per second (0: not limited).
-    pub rate_budget: u32,
-    /// The scope's in-flight slots (0: not limited).
-    pub in_flight_budget: usize,
-    /// True while the local share is in force (Redis unreachable).
-    pub local: bool,
-    /// Connection tokens on hand.
-    pub tokens_on_hand: u32,
-    /// Connection tokens leased since start.
-    pub tokens_leased: u64,
-    /// In-flight slots held from the scope (in use plus spare).
-    pub slots_held: usize,
-    /// In-flight slots in use.
-    pub slots_used: usize,
-    /// The local shares that apply when Redis is unreachable.
-    pub local_rate: u32,
-    /// See `local_rate`.
-    pub local_in_flight: usize,
-    /// Switches to the local share since start.
-    pub fallbacks: u64,
-    /// Lease calls that failed or were too slow.
-    pub lease_failures: u64,
-}
+pub use crate::metrics::SharedSample;
 
 /// A gateway's membership in a shared egress scope. Built once; survives reloads (which
 /// may change the budgets, not the store or scope).
