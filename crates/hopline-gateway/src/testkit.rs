@@ -466,7 +466,6 @@ impl Front for TestFront {
             TestSink {
                 shared: &self.shared,
                 reusable: &mut self.reusable,
-                head_only: false,
             },
         )
     }
@@ -497,7 +496,6 @@ impl Front for TestFront {
 struct TestSink<'a> {
     shared: &'a Arc<Shared>,
     reusable: &'a mut bool,
-    head_only: bool,
 }
 
 impl Sink for TestSink<'_> {
