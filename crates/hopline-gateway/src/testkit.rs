@@ -507,13 +507,11 @@ impl Sink for TestSink<'_> {
     }
 
     fn data(&mut self, bytes: &[u8]) {
-        if !self.head_only {
-            self.shared
-                .pending
-                .lock()
-                .expect("lock")
-                .extend_from_slice(bytes);
-        }
+        self.shared
+            .pending
+            .lock()
+            .expect("lock")
+            .extend_from_slice(bytes);
     }
 
     fn trailers(&mut self, _fields: Headers) {}
