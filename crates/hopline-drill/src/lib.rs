@@ -196,30 +196,6 @@ async fn scrape(
     out
 }
 
-/// Watches for SIGTERM and SIGINT (as `timeout`, a CI job or Ctrl-C send them) from now
-/// on: a signal that arrives while services are starting is caught too, and acted on as
-/// soon as the load begins (so the services and the network are always torn down).
-/// `hopline serve`, `mock` and `chaos` use it too, created before their first
-/// "listening" line. Must be called inside a tokio runtime.
-pub fn termination() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let streams = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    async move {
-        match streams {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
-        }
-    }
-}
-
 /// Runs one scenario, writing `index.html`, `data.json` and every service's log to `out`.
 pub async fn run(
     s: &Scenario,
@@ -231,7 +207,7 @@ pub async fn run(
         path: out.display().to_string(),
         source,
     })?;
-    let stop = termination();
+    let stop = hopline_signal::termination();
     let mut topo = services::start(s, &programs.hopline, &programs.legacy, out)?;
     let plan = load::LoadPlan {
         target: topo.addrs[&s.load.target],

@@ -443,9 +443,8 @@ fn serve(
         let current = hopline_gateway::Current::new(gw);
         // Signals are watched before the first "listening" line: a SIGHUP or SIGTERM sent
         // as soon as that line appears must reload or drain, not kill the process.
-        let stop = hopline_drill::termination();
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("cannot watch SIGHUP")?;
+        let stop = hopline_signal::termination();
+        let hup = hopline_signal::hangups().context("cannot watch SIGHUP")?;
         for l in &listeners {
             let addr = l.tcp.local_addr()?;
             if l.tls {
@@ -554,7 +553,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpList
 /// On SIGHUP, re-reads the config: a valid one is put in force for new requests; an
 /// invalid one is reported (file:line:key) and the old one stays.
 async fn reload_on_sighup(
-    mut hup: tokio::signal::unix::Signal,
+    mut hup: hopline_signal::Hangups,
     path: PathBuf,
     current: std::sync::Arc<hopline_gateway::Current>,
     notes: bool,
@@ -603,7 +602,7 @@ fn mock(listen: SocketAddr, config: hopline_mock::MockConfig) -> anyhow::Result<
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let stop = hopline_drill::termination();
+        let stop = hopline_signal::termination();
         eprintln!("hopline mock: listening on {}", listener.local_addr()?);
         hopline_mock::run(listener, config, stop).await;
         Ok(ExitCode::SUCCESS)
@@ -636,7 +635,7 @@ fn chaos(
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8474)));
     let rt = runtime(None)?;
     rt.block_on(async {
-        let stop = hopline_drill::termination();
+        let stop = hopline_signal::termination();
         let registry = std::sync::Arc::new(hopline_chaos::Registry::new(seed));
         let listener = tokio::net::TcpListener::bind(api)
             .await
