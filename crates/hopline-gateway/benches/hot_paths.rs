@@ -153,7 +153,9 @@ fn tracing(c: &mut Criterion) {
             max_sampled_per_sec: u32::MAX,
             service_name: "bench".into(),
         };
-        Exporter::start(&config)
+        let off = hopline_gateway::AccessLog::open(&hopline_core::config::AccessLogSink::Off)
+            .expect("an Off log opens");
+        Exporter::start(&config, Arc::new(off))
     };
     let per_request = |b: &mut criterion::Bencher, e: Option<&Exporter>, caller: &Headers| {
         let mut rec = record();

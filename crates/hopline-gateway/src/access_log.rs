@@ -434,31 +434,25 @@ impl AccessLog {
         });
     }
 
-    /// Writes a line for a change in an endpoint's standing (ejected, returned, unhealthy,
-    /// healthy): `{"ts":…,"event":"endpoint","upstream":…,"endpoint":…,"state":…,"detail":…}`.
-    pub fn write_endpoint_event(
+    /// Says that something changed state, twice: `hopline: {human}` on stderr for the
+    /// operator watching the process, and an event line in the access log for whoever
+    /// reads it later: `{"ts":…,"event":EVENT,KEY:VALUE…,"state":…,"detail":…}`.
+    ///
+    /// The events: `endpoint` (ejected, returned, unhealthy, healthy), `upstream` (panic
+    /// mode on and off), `dns` (a name's addresses changed, or it cannot be resolved),
+    /// `egress` (a shared scope switched between the cluster budget and its local share),
+    /// `call` (an aggregate call's fallback has another shape than its answers),
+    /// `tracing` (span export failed), `accept` (a listener cannot accept).
+    pub fn announce(
         &self,
-        upstream: &str,
-        endpoint: SocketAddr,
+        event: &str,
+        about: &[(&str, &str)],
         state: &str,
         detail: &str,
+        human: std::fmt::Arguments<'_>,
     ) {
-        let endpoint = endpoint.to_string();
-        let about = [("upstream", upstream), ("endpoint", endpoint.as_str())];
-        self.write_state_event("endpoint", &about, state, detail);
-    }
-
-    /// Writes a line for a shared egress scope switching between the cluster-wide budget
-    /// and the local share: `{"ts":…,"event":"egress","scope":…,"state":"local"|"shared","detail":…}`.
-    pub fn write_egress_event(&self, scope: &str, state: &str, detail: &str) {
-        self.write_state_event("egress", &[("scope", scope)], state, detail);
-    }
-
-    /// Writes a line about an aggregate call:
-    /// `{"ts":…,"event":"call","call":…,"upstream":…,"state":…,"detail":…}`.
-    pub fn write_call_event(&self, call: &str, upstream: &str, state: &str, detail: &str) {
-        let about = [("call", call), ("upstream", upstream)];
-        self.write_state_event("call", &about, state, detail);
+        eprintln!("hopline: {human}");
+        self.write_state_event(event, about, state, detail);
     }
 
     /// `{"ts":…,"event":EVENT,KEY:VALUE…,"state":…,"detail":…}`: something changed state.

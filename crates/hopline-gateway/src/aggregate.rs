@@ -318,9 +318,13 @@ async fn one(
             let detail = format!(
                 "its fallback is {fallback} but {up} answered {answered}: clients get another shape when it falls back; give fallback the answer's shape"
             );
-            eprintln!("hopline: aggregate call {}: {detail}", call.name);
-            gw.log
-                .write_call_event(&call.name, up, "fallback_shape", &detail);
+            gw.log.announce(
+                "call",
+                &[("call", &call.name), ("upstream", up)],
+                "fallback_shape",
+                &detail,
+                format_args!("aggregate call {}: {detail}", call.name),
+            );
         }
     }
     result

@@ -24,6 +24,7 @@ use hopline_core::config::{DnsConfig, DnsFamily};
 use hopline_core::time::Human;
 use tokio::sync::watch;
 
+use crate::access_log::AccessLog;
 use crate::endpoint::{Endpoint, EndpointSet};
 use crate::metrics::Metrics;
 
@@ -213,6 +214,7 @@ pub fn spawn(
     names: &Arc<Names>,
     set: &Arc<EndpointSet>,
     metrics: &Arc<Metrics>,
+    log: &Arc<AccessLog>,
     make: MakeEndpoint,
 ) {
     for i in 0..names.names.len() {
@@ -222,6 +224,7 @@ pub fn spawn(
             i,
             set: Arc::downgrade(set),
             metrics: metrics.clone(),
+            log: log.clone(),
             min_ttl: config.min_ttl,
             max_ttl: config.max_ttl,
             make: make.clone(),
@@ -236,6 +239,7 @@ struct Watcher {
     i: usize,
     set: Weak<EndpointSet>,
     metrics: Arc<Metrics>,
+    log: Arc<AccessLog>,
     min_ttl: Duration,
     max_ttl: Duration,
     make: MakeEndpoint,
@@ -268,13 +272,21 @@ impl Watcher {
                     let (added, removed) =
                         set.replace_target(&name.target, &addrs, |a| (self.make)(a, name));
                     if !added.is_empty() || !removed.is_empty() {
-                        eprintln!(
-                            "hopline: upstream {}: {} resolves to {} (added {}, removed {})",
-                            set.upstream,
-                            name.host,
+                        let detail = format!(
+                            "{} (added {}, removed {})",
                             list(&addrs),
                             list(&added),
                             list(&removed)
+                        );
+                        self.log.announce(
+                            "dns",
+                            &[("upstream", &set.upstream), ("name", &name.host)],
+                            "resolved",
+                            &detail,
+                            format_args!(
+                                "upstream {}: {} resolves to {detail}",
+                                set.upstream, name.host
+                            ),
                         );
                     }
                     ttl.clamp(self.min_ttl, self.max_ttl)
@@ -287,11 +299,19 @@ impl Watcher {
                         .iter()
                         .filter(|e| *e.target == *name.target)
                         .count();
-                    eprintln!(
-                        "hopline: upstream {}: cannot resolve {}: {what}; keeping {kept} known address(es), retrying in {}",
-                        set.upstream,
-                        name.host,
+                    let detail = format!(
+                        "{what}; keeping {kept} known address(es), retrying in {}",
                         Human(self.min_ttl)
+                    );
+                    self.log.announce(
+                        "dns",
+                        &[("upstream", &set.upstream), ("name", &name.host)],
+                        "failed",
+                        &detail,
+                        format_args!(
+                            "upstream {}: cannot resolve {}: {detail}",
+                            set.upstream, name.host
+                        ),
                     );
                     self.names.record(self.i, Some(what));
                     self.min_ttl

@@ -438,22 +438,29 @@ impl EndpointSet {
 
     fn set_panic(&self, on: bool, usable: usize, all: usize) {
         if self.panic.swap(on, Ordering::Relaxed) != on {
-            if on {
-                eprintln!(
-                    "hopline: upstream {}: panic mode: {usable} of {all} endpoints usable (below panic_threshold {}%), balancing over all",
-                    self.upstream, self.panic_threshold
+            let (state, detail) = if on {
+                let detail = format!(
+                    "{usable} of {all} endpoints usable (below panic_threshold {}%), balancing over all",
+                    self.panic_threshold
                 );
+                ("panic", detail)
             } else {
                 let then = if usable == 0 {
                     ", answering 503 UH until one is back"
                 } else {
                     ""
                 };
-                eprintln!(
-                    "hopline: upstream {}: panic mode over: {usable} of {all} endpoints usable{then}",
-                    self.upstream
-                );
-            }
+                let detail = format!("{usable} of {all} endpoints usable{then}");
+                ("panic_over", detail)
+            };
+            let what = if on { "panic mode" } else { "panic mode over" };
+            self.log.announce(
+                "upstream",
+                &[("upstream", &self.upstream)],
+                state,
+                &detail,
+                format_args!("upstream {}: {what}: {detail}", self.upstream),
+            );
         }
     }
 
@@ -463,9 +470,14 @@ impl EndpointSet {
             "ejected" | "returned" => format!("{state} {detail}"),
             _ => format!("is {state}: {detail}"),
         };
-        eprintln!("hopline: endpoint {} of {} {how}", ep.addr, self.upstream);
-        self.log
-            .write_endpoint_event(&self.upstream, ep.addr, state, &detail);
+        let endpoint = ep.addr.to_string();
+        self.log.announce(
+            "endpoint",
+            &[("upstream", &self.upstream), ("endpoint", &endpoint)],
+            state,
+            &detail,
+            format_args!("endpoint {} of {} {how}", ep.addr, self.upstream),
+        );
     }
 
     /// Balancing over all endpoints because too few are usable.

@@ -277,7 +277,7 @@ impl Gateway {
         let exporter = config
             .tracing
             .as_ref()
-            .map(|t| Arc::new(crate::otlp::Exporter::start(t)));
+            .map(|t| Arc::new(crate::otlp::Exporter::start(t, log.clone())));
         Self::assemble(
             config,
             upstreams,

@@ -116,6 +116,7 @@ pub async fn run(
         })
         .collect();
     let mut accept = Accept { listeners, next: 0 };
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
         let Some(slot) = connection_slot(&slots, &current, &mut accept, shutdown.as_mut()).await
@@ -137,7 +138,7 @@ pub async fn run(
             Ok(conn) => spawn_connection(&mut tasks, &current, &signals, slot, conn),
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                eprintln!("hopline: accept failed: {e}");
+                accept_errors.note(&current.load().log, &e);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -340,5 +341,34 @@ impl Accept {
             std::task::Poll::Pending
         })
         .await
+    }
+}
+
+/// Accept failures, said at most once a second (an `EMFILE` repeats every 10 ms backoff).
+#[derive(Default)]
+struct AcceptErrors {
+    said: Option<tokio::time::Instant>,
+    quiet: u64,
+}
+
+impl AcceptErrors {
+    fn note(&mut self, log: &AccessLog, e: &std::io::Error) {
+        let now = tokio::time::Instant::now();
+        if self.said.is_some_and(|t| now < t + Duration::from_secs(1)) {
+            self.quiet += 1;
+            return;
+        }
+        let detail = match std::mem::take(&mut self.quiet) {
+            0 => e.to_string(),
+            n => format!("{e} ({n} more in the last second)"),
+        };
+        self.said = Some(now);
+        log.announce(
+            "accept",
+            &[],
+            "failed",
+            &detail,
+            format_args!("accept failed: {detail}"),
+        );
     }
 }

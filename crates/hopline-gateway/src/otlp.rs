@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::access_log::AccessRecord;
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::trace::{AttemptSpan, Sampler};
 
 /// Spans waiting for export at most; beyond, new ones are dropped (and counted).
@@ -65,13 +65,14 @@ static CLOCK_BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLo
 
 impl Exporter {
     /// Spawns the export task on the current runtime.
-    pub fn start(config: &TracingConfig) -> Exporter {
+    pub fn start(config: &TracingConfig, log: Arc<AccessLog>) -> Exporter {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(ExportStats::default());
         let task = Task {
             rx,
             config: config.clone(),
             stats: stats.clone(),
+            log,
             warned: false,
         };
         tokio::spawn(task.run());
@@ -273,6 +274,7 @@ struct Task {
     rx: mpsc::Receiver<Span>,
     config: TracingConfig,
     stats: Arc<ExportStats>,
+    log: Arc<AccessLog>,
     warned: bool,
 }
 
@@ -344,9 +346,17 @@ impl Task {
                         Ok(Err(e)) => e,
                         Err(_) => format!("no answer within {POST_LIMIT:?}"),
                     };
-                    eprintln!(
-                        "hopline: tracing: export to {} failed: {why} (spans dropped; counted in hopline_tracing_spans_total)",
-                        self.config.otlp_endpoint
+                    let detail =
+                        format!("{why} (spans dropped; counted in hopline_tracing_spans_total)");
+                    self.log.announce(
+                        "tracing",
+                        &[("collector", &self.config.otlp_endpoint)],
+                        "export_failed",
+                        &detail,
+                        format_args!(
+                            "tracing: export to {} failed: {detail}",
+                            self.config.otlp_endpoint
+                        ),
                     );
                 }
             }

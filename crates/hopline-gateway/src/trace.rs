@@ -191,15 +191,19 @@ mod tests {
     use std::time::Duration;
 
     fn exporter(ratio: f64, max: u32) -> Exporter {
-        Exporter::start(&TracingConfig {
-            otlp_endpoint: "http://127.0.0.1:9/v1/traces".into(),
-            host: "127.0.0.1".into(),
-            port: 9,
-            path: "/v1/traces".into(),
-            sample_ratio: ratio,
-            max_sampled_per_sec: max,
-            service_name: "test".into(),
-        })
+        let off = crate::access_log::AccessLog::open(&hopline_core::config::AccessLogSink::Off);
+        Exporter::start(
+            &TracingConfig {
+                otlp_endpoint: "http://127.0.0.1:9/v1/traces".into(),
+                host: "127.0.0.1".into(),
+                port: 9,
+                path: "/v1/traces".into(),
+                sample_ratio: ratio,
+                max_sampled_per_sec: max,
+                service_name: "test".into(),
+            },
+            Arc::new(off.expect("an Off log opens")),
+        )
     }
 
     fn with_parent(flags: &str) -> Headers {

@@ -106,6 +106,21 @@ fn a_name_stands_for_every_address_follows_changes_and_keeps_the_last_good_set()
     gw.stderr.wait_for(WAIT, "the failure logged", |l| {
         l.contains("cannot resolve pods.test: NXDOMAIN; keeping 2 known address(es)")
     });
+    // Both are event lines in the access log too.
+    let resolved = gw.wait_json(WAIT, "the dns event", |v| {
+        v["event"] == "dns" && v["state"] == "resolved"
+    });
+    assert_eq!(resolved["upstream"], "m");
+    assert_eq!(resolved["name"], "pods.test");
+    let failed = gw.wait_json(WAIT, "the dns failure event", |v| {
+        v["event"] == "dns" && v["state"] == "failed"
+    });
+    assert!(
+        failed["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("NXDOMAIN; keeping 2 known address(es)")),
+        "{failed}"
+    );
     assert_eq!(pods_seen(&gw, 10), vec!["b", "c"]);
     assert!(
         metric(
@@ -341,6 +356,9 @@ fn health_checks_take_a_failing_endpoint_out_and_panic_mode_balances_over_all() 
     gw.stderr.wait_for(WAIT, "panic mode", |l| {
         l.contains("upstream m: panic mode: 1 of 3 endpoints usable")
     });
+    let panic = gw.wait_json(WAIT, "the panic event", |v| v["event"] == "upstream");
+    assert_eq!(panic["upstream"], "m");
+    assert_eq!(panic["state"], "panic");
     assert_eq!(
         metric(&gw, "hopline_upstream_panic_mode{upstream=\"m\"}"),
         1.0

@@ -406,8 +406,13 @@ impl SharedEgress {
     }
 
     fn event(&self, state: &str, detail: &str) {
-        eprintln!("hopline: egress scope {} {state}: {detail}", self.scope);
-        self.log.write_egress_event(&self.scope, state, detail);
+        self.log.announce(
+            "egress",
+            &[("scope", &self.scope)],
+            state,
+            detail,
+            format_args!("egress scope {} {state}: {detail}", self.scope),
+        );
     }
 }
 
