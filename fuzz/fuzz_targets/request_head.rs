@@ -4,7 +4,8 @@
 #![no_main]
 
 use bytes::BytesMut;
-use hopline_h1::head::{parse_request, put_header, strip_hop_by_hop, HeadLimits};
+use hopline_h1::head::{parse_request, strip_hop_by_hop, HeadLimits};
+use hopline_h1::write::put_header;
 use hopline_h1::BodyLength;
 use libfuzzer_sys::fuzz_target;
 

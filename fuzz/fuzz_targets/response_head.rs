@@ -4,7 +4,8 @@
 #![no_main]
 
 use bytes::BytesMut;
-use hopline_h1::head::{parse_response, put_header, strip_hop_by_hop};
+use hopline_h1::head::{parse_response, strip_hop_by_hop};
+use hopline_h1::write::put_header;
 use hopline_h1::{BodyDecoder, BodyLength, Decoded};
 use libfuzzer_sys::fuzz_target;
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use hopline_h1::body::{encode_chunk, LAST_CHUNK};
-use hopline_h1::head::{
-    put_content_length, put_decimal, put_header, put_status_line, reason_phrase,
+use hopline_h1::head::reason_phrase;
+use hopline_h1::write::{
+    end_head, put_framing, put_request, put_response, put_status_line, Framing,
 };
 use hopline_h1::{
     read_body_chunk, read_request_head, read_response_head, BodyDecoder, BodyLength, HeadLimits,
@@ -56,38 +57,22 @@ fn local_answer(status: u16, location: Option<&str>) -> BytesMut {
         "{status} {} (injected by hopline chaos)\n",
         reason_phrase(status)
     );
-    let mut out = BytesMut::with_capacity(256);
-    put_status_line(&mut out, status, reason_phrase(status).as_bytes());
-    if let Some(l) = location {
-        put_header(&mut out, b"location", l.as_bytes());
-    }
-    put_header(&mut out, b"x-hopline-chaos", b"injected");
-    put_header(&mut out, b"content-type", b"text/plain");
-    out.put_slice(b"content-length: ");
-    put_decimal(&mut out, body.len() as u64);
-    out.put_slice(b"\r\n\r\n");
-    out.put_slice(body.as_bytes());
+    let mut out = BytesMut::new();
+    let fields = location.map(|l| ("location", l)).into_iter().chain([
+        ("x-hopline-chaos", "injected"),
+        ("content-type", "text/plain"),
+    ]);
+    put_response(&mut out, status, fields, body.as_bytes(), false, false);
     out
 }
 
 fn render_request(head: &RequestHead, body: &[u8]) -> BytesMut {
-    let mut out = BytesMut::with_capacity(512 + body.len());
-    out.put_slice(&head.method);
-    out.put_u8(b' ');
-    out.put_slice(&head.target);
-    out.put_slice(b" HTTP/1.1\r\n");
-    for (n, v) in head.headers.iter() {
-        if n.eq_ignore_ascii_case(b"content-length") || n.eq_ignore_ascii_case(b"transfer-encoding")
-        {
-            continue;
-        }
-        put_header(&mut out, n, v);
-    }
-    if !body.is_empty() {
-        put_content_length(&mut out, body.len() as u64);
-    }
-    out.put_slice(b"\r\n");
-    out.put_slice(body);
+    let mut out = BytesMut::new();
+    // The body was read whole: it goes on with a length of its own.
+    let fields = head.headers.iter().filter(|(n, _)| {
+        !n.eq_ignore_ascii_case(b"content-length") && !n.eq_ignore_ascii_case(b"transfer-encoding")
+    });
+    put_request(&mut out, &head.method, &head.target, fields, body);
     out
 }
 
@@ -190,10 +175,14 @@ pub async fn serve<F, Fut>(
         let mut out = BytesMut::with_capacity(1024);
         put_status_line(&mut out, resp.status, &resp.reason);
         resp.headers.write_to(&mut out);
-        if rlen == BodyLength::UntilClose {
-            put_header(&mut out, b"transfer-encoding", b"chunked");
-        }
-        out.put_slice(b"\r\n");
+        // A body that ends with the upstream's connection goes on chunked, so that the
+        // client's connection can stay open.
+        let framing = match rlen {
+            BodyLength::UntilClose => Framing::Coded(b"chunked"),
+            _ => Framing::Unstated,
+        };
+        put_framing(&mut out, framing);
+        end_head(&mut out, false);
         let chunked = matches!(rlen, BodyLength::Chunked | BodyLength::UntilClose);
         let mut rdec = BodyDecoder::new(rlen);
         loop {

@@ -123,7 +123,13 @@ async fn http_call(
         ("connection", "close"),
         ("content-type", "application/json"),
     ];
-    hopline_h1::client::put_request(&mut req, method, path, &fields, body.as_bytes());
+    hopline_h1::write::put_request(
+        &mut req,
+        method.as_bytes(),
+        path.as_bytes(),
+        fields,
+        body.as_bytes(),
+    );
     let mut buf = bytes::BytesMut::new();
     let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, max)
         .await

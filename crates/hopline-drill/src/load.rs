@@ -139,7 +139,7 @@ async fn one(
     };
     let mut req = BytesMut::with_capacity(128);
     let fields = [("host", "drill"), ("user-agent", "hopline-drill")];
-    hopline_h1::client::put_request(&mut req, "GET", path, &fields, b"");
+    hopline_h1::write::put_request(&mut req, b"GET", path.as_bytes(), fields, b"");
     let work = async {
         let head = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
             .await

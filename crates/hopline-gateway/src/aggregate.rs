@@ -18,7 +18,8 @@ use hopline_core::config::AggregateMode;
 use hopline_core::ProxyError;
 
 use crate::clock::Deadline;
-use hopline_h1::head::{put_header, Headers};
+use hopline_h1::head::Headers;
+use hopline_h1::write::{put_framing, put_header, put_request_line, request_framing};
 
 use crate::access_log::{CallRecord, CallState};
 use crate::attempt::Hop;
@@ -374,7 +375,7 @@ fn call_request(
         path.push_str(q);
     }
     let mut out = BytesMut::with_capacity(256);
-    hopline_h1::client::put_request_line(&mut out, c.method.as_bytes(), path.as_bytes());
+    put_request_line(&mut out, c.method.as_bytes(), path.as_bytes());
     let host = gw.upstreams[call.upstream].default_host();
     put_header(&mut out, b"host", host.as_bytes());
     put_header(&mut out, b"x-request-id", request_id.as_bytes());
@@ -388,9 +389,8 @@ fn call_request(
             put_header(&mut out, name.as_bytes(), v);
         }
     }
-    if matches!(c.method.as_str(), "POST" | "PUT" | "PATCH") {
-        put_header(&mut out, b"content-length", b"0");
-    }
+    // A call has no body.
+    put_framing(&mut out, request_framing(c.method.as_bytes(), 0));
     Ok(Forward {
         head: out,
         body: Bytes::new(),

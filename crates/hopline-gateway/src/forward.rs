@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use hopline_h1::client::put_request_line;
-use hopline_h1::head::{put_content_length, put_header, strip_hop_by_hop, Headers};
+use hopline_h1::head::{strip_hop_by_hop, Headers};
+use hopline_h1::write::{put_framing, put_header, put_request_line, request_framing};
 
 use crate::attempt::Forward;
 use crate::front::Request;
@@ -61,9 +61,7 @@ pub(crate) fn forward(
         put_header(&mut out, b"upgrade", b"websocket");
     }
     let method = &req.method[..];
-    if !body.is_empty() || matches!(method, b"POST" | b"PUT" | b"PATCH") {
-        put_content_length(&mut out, body.len() as u64);
-    }
+    put_framing(&mut out, request_framing(method, body.len() as u64));
     Forward {
         head: out,
         body,

@@ -14,7 +14,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::policy::Decision;
 use hopline_core::ProxyError;
 use hopline_h1::body::{encode_chunk, LAST_CHUNK};
-use hopline_h1::head::{put_content_length, put_header, put_status_line, Headers};
+use hopline_h1::head::Headers;
+use hopline_h1::write::{end_head, put_framing, put_status_line, response_framing, Framing};
 use hopline_h1::{read_body_chunk, watch_gone, BodyDecoder, BodyError, BodyLength, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -277,25 +278,19 @@ impl Sink for H1Sink<'_> {
         out.reserve(1024);
         put_status_line(out, head.status, &head.reason);
         head.headers.write_to(out);
-        match head.body {
-            BodySize::Coded { codings, .. } => put_header(out, b"transfer-encoding", &codings),
-            BodySize::Unknown if chunked => put_header(out, b"transfer-encoding", b"chunked"),
-            BodySize::Unknown => {}
-            BodySize::Known(n) => put_content_length(out, n),
+        let framing = match &head.body {
+            BodySize::Coded { codings, .. } => Framing::Coded(codings),
+            BodySize::Unknown if chunked => Framing::Coded(b"chunked"),
+            BodySize::Unknown => Framing::Unstated,
+            BodySize::Known(n) => Framing::Length(*n),
             BodySize::Empty {
                 declared: Some(v), ..
-            } => put_header(out, b"content-length", &v),
-            BodySize::Empty { declared: None } => {
-                if head.status >= 200 && head.status != 204 && head.status != 304 {
-                    put_header(out, b"content-length", b"0");
-                }
-            }
-        }
+            } => Framing::Declared(v),
+            BodySize::Empty { declared: None } => response_framing(head.status, 0),
+        };
+        put_framing(out, framing);
         // A 101 carries its own `connection: upgrade`; the connection is the tunnel's now.
-        if self.close && head.status != 101 {
-            put_header(out, b"connection", b"close");
-        }
-        out.put_slice(b"\r\n");
+        end_head(out, self.close && head.status != 101);
         Ok(())
     }
 

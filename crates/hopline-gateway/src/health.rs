@@ -122,13 +122,14 @@ impl Checker {
     }
 
     async fn ask_h1(&self, mut s: UpstreamStream) -> Result<u16, String> {
-        let req = format!(
-            "GET {} HTTP/1.1\r\nhost: {}\r\nuser-agent: hopline-health-check\r\nconnection: close\r\n\r\n",
-            self.config.path, self.host
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
+        let mut req = bytes::BytesMut::new();
+        let fields = [
+            ("host", self.host.as_str()),
+            ("user-agent", "hopline-health-check"),
+            ("connection", "close"),
+        ];
+        hopline_h1::write::put_request(&mut req, b"GET", self.config.path.as_bytes(), fields, b"");
+        s.write_all(&req).await.map_err(|e| format!("send: {e}"))?;
         // The status line is all a check needs.
         let mut buf = Vec::with_capacity(256);
         let mut piece = [0u8; 256];

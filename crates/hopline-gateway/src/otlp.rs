@@ -378,7 +378,13 @@ impl Task {
             ("content-type", "application/x-protobuf"),
             ("connection", "close"),
         ];
-        hopline_h1::client::put_request(&mut req, "POST", &self.config.path, &fields, body);
+        hopline_h1::write::put_request(
+            &mut req,
+            b"POST",
+            self.config.path.as_bytes(),
+            fields,
+            body,
+        );
         let mut buf = BytesMut::new();
         let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
             .await

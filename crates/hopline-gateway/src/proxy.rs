@@ -12,7 +12,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::config::UpstreamProtocol;
 use hopline_core::{Phase, ProxyError, UpstreamErrorKind};
 
-use hopline_h1::head::{put_decimal, strip_hop_by_hop, Headers, ResponseFraming};
+use hopline_h1::head::{strip_hop_by_hop, Headers, ResponseFraming};
+use hopline_h1::write::{end_head, put_decimal};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::time::timeout_at;
 
@@ -221,7 +222,7 @@ async fn exchange(
     if let Some(trace) = &req.trace {
         trace.put_attempt_headers(&mut wire, span);
     }
-    wire.put_slice(b"\r\n");
+    end_head(&mut wire, false);
     wire.extend_from_slice(&req.body);
     let mut sent = false;
     // Once the request is out, the attempt is waiting on the upstream's answer: a client

@@ -12,7 +12,8 @@ use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
 use hopline_core::{Phase, ProxyError, UpstreamErrorKind};
 
-use hopline_h1::head::{is_hop_by_hop, parse_request, put_decimal, Headers};
+use hopline_h1::head::{is_hop_by_hop, parse_request, Headers};
+use hopline_h1::write::put_decimal;
 use hopline_h1::HeadLimits;
 use tokio::time::timeout_at;
 

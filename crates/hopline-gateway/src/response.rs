@@ -3,7 +3,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::policy::Decision;
 use hopline_core::{Flag, ProxyError};
-use hopline_h1::head::{put_content_length, put_header, put_status_line, reason_phrase, Headers};
+use hopline_h1::head::{reason_phrase, Headers};
+use hopline_h1::write::{end_head, put_content_length, put_status_line};
 
 /// What a locally generated error response says about its request.
 #[derive(Debug, Clone, Copy)]
@@ -109,11 +110,9 @@ pub fn error_response(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> 
     let mut out = BytesMut::with_capacity(256 + r.body.len());
     put_status_line(&mut out, r.status, reason_phrase(r.status).as_bytes());
     r.headers.write_to(&mut out);
+    // Every error status has content (none is 1xx, 204 or 304).
     put_content_length(&mut out, r.body.len() as u64);
-    if close {
-        put_header(&mut out, b"connection", b"close");
-    }
-    out.put_slice(b"\r\n");
+    end_head(&mut out, close);
     if !cx.head_only {
         out.put_slice(r.body.as_bytes());
     }

@@ -17,7 +17,14 @@ use crate::stream::{ClientStream, Stream};
 /// The first byte of a TLS handshake record.
 const HANDSHAKE_RECORD: u8 = 0x16;
 
-const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 56\r\n\r\nhopline: plain HTTP sent to the TLS port; use https://\r\n";
+/// The 400 for a client that spoke plain HTTP to the TLS port.
+fn plain_http_answer() -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    let body = b"hopline: plain HTTP sent to the TLS port; use https://\r\n";
+    let fields = [("content-type", "text/plain")];
+    hopline_h1::write::put_response(&mut out, 400, fields, body, true, false);
+    out
+}
 
 /// Why a client handshake failed: the `reason` label of
 /// `hopline_tls_handshake_errors_total`.
@@ -69,7 +76,7 @@ pub async fn handshake(
             failed("plain_http", "plain HTTP request on the TLS port".into());
             // The rest of the request is still arriving: read it away after the
             // answer, or the close becomes an RST that can destroy the answer.
-            if let Ok(Ok(())) = timeout_at(until, tcp.write_all(PLAIN_HTTP_ANSWER)).await {
+            if let Ok(Ok(())) = timeout_at(until, tcp.write_all(&plain_http_answer())).await {
                 crate::h1::linger(&mut tcp, &mut bytes::BytesMut::new()).await;
             }
             return None;

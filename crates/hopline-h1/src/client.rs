@@ -1,14 +1,13 @@
-//! The HTTP/1.1 client side in one place: writing a request head and reading a whole
-//! response. The gateway's upstream calls build their heads with [`put_request_line`];
-//! the drill's load generator, its chaos API client and the legacy gateway send whole
-//! requests with [`put_request`] and read answers with [`read_response`]. Callers bound
-//! the waits (each with its own deadline).
+//! The HTTP/1.1 client side: reading a whole response with [`read_response`] (requests
+//! are written by [`crate::write`]). The drill's load generator, its chaos API client,
+//! the OTLP exporter and the legacy gateway use it. Callers bound the waits (each with
+//! its own deadline).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{BodyDecoder, BodyError};
-use crate::head::{put_decimal, put_header, ResponseHead};
+use crate::head::ResponseHead;
 use crate::io::{read_body_chunk, read_response_head, HeadError};
 
 /// Why a response could not be read.
@@ -26,37 +25,6 @@ pub enum ResponseError {
     /// The response body could not be read.
     #[error("reading the response body failed")]
     Body(#[source] BodyError),
-}
-
-/// Writes `METHOD TARGET HTTP/1.1\r\n`.
-pub fn put_request_line(out: &mut BytesMut, method: &[u8], target: &[u8]) {
-    out.reserve(method.len() + target.len() + 12);
-    out.put_slice(method);
-    out.put_u8(b' ');
-    out.put_slice(target);
-    out.put_slice(b" HTTP/1.1\r\n");
-}
-
-/// Writes a whole request: the request line, `fields`, `content-length` when there is a
-/// body (or the method usually has one), the blank line and the body.
-pub fn put_request(
-    out: &mut BytesMut,
-    method: &str,
-    target: &str,
-    fields: &[(&str, &str)],
-    body: &[u8],
-) {
-    put_request_line(out, method.as_bytes(), target.as_bytes());
-    for (name, value) in fields {
-        put_header(out, name.as_bytes(), value.as_bytes());
-    }
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        out.put_slice(b"content-length: ");
-        put_decimal(out, body.len() as u64);
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
-    out.put_slice(body);
 }
 
 /// A response read whole.
@@ -116,7 +84,7 @@ mod tests {
             String::from_utf8_lossy(&got[..n]).into_owned()
         });
         let mut out = BytesMut::new();
-        put_request(&mut out, "POST", "/x?y=1", &[("host", "h")], b"{}");
+        crate::write::put_request(&mut out, b"POST", b"/x?y=1", [("host", "h")], b"{}");
         let mut buf = BytesMut::new();
         let r = exchange(&mut client, &mut buf, &out, 4096)
             .await

@@ -5,6 +5,7 @@ use std::mem::MaybeUninit;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::body::BodyLength;
+use crate::write::put_header;
 
 /// Most header fields accepted in one message.
 pub const MAX_HEADERS: usize = 128;
@@ -738,36 +739,6 @@ pub fn strip_hop_by_hop(headers: &mut Headers) {
     });
 }
 
-/// Writes `name: value\r\n`.
-pub fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.reserve(name.len() + value.len() + 4);
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
-}
-
-/// Writes `HTTP/1.1 STATUS REASON\r\n`.
-pub fn put_status_line(out: &mut BytesMut, status: u16, reason: &[u8]) {
-    out.put_slice(b"HTTP/1.1 ");
-    put_decimal(out, u64::from(status));
-    out.put_u8(b' ');
-    out.put_slice(reason);
-    out.put_slice(b"\r\n");
-}
-
-/// Writes `content-length: N\r\n`.
-pub fn put_content_length(out: &mut BytesMut, n: u64) {
-    out.put_slice(b"content-length: ");
-    put_decimal(out, n);
-    out.put_slice(b"\r\n");
-}
-
-/// Writes a decimal number without allocating.
-pub fn put_decimal(out: &mut BytesMut, n: u64) {
-    out.put_slice(hopline_core::text::decimal(n, &mut [0; 20]));
-}
-
 /// Where a parsed slice lies in the buffer it was parsed from: (offset, length).
 type Span = (usize, usize);
 
@@ -1277,13 +1248,5 @@ mod tests {
         assert_eq!(r.body_length(false).expect("len"), BodyLength::UntilClose);
         assert_eq!(r.body_length(true).expect("len"), BodyLength::Empty);
         assert!(!r.keep_alive());
-    }
-
-    #[test]
-    fn decimal_writer() {
-        let mut out = BytesMut::new();
-        put_decimal(&mut out, 0);
-        put_decimal(&mut out, 18446744073709551615);
-        assert_eq!(&out[..], b"018446744073709551615");
     }
 }

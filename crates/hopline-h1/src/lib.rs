@@ -13,6 +13,7 @@ pub mod head;
 pub mod io;
 pub mod path;
 pub mod small;
+pub mod write;
 
 pub use body::{BodyDecoder, BodyError, BodyLength, Decoded};
 pub use head::{HeadLimits, Headers, ParseError, RequestHead, ResponseHead, Version};

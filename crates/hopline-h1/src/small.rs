@@ -10,7 +10,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::head::{put_content_length, put_header, put_status_line, reason_phrase, RequestHead};
+use crate::head::RequestHead;
+use crate::write::put_response;
 use crate::{read_body_chunk, read_request_head, wait_first_byte, BodyDecoder, HeadLimits};
 
 /// Keep-alive idle limit of an API connection.
@@ -95,28 +96,21 @@ where
             }
         }
         let keep_alive = head.keep_alive();
+        let head_only = &head.method[..] == b"HEAD";
         let reply = handler(head, body).await;
-        let mut out = BytesMut::with_capacity(reply.body.len() + 160);
-        put_status_line(
+        let mut out = BytesMut::new();
+        let content_type = (!reply.body.is_empty()).then_some(("content-type", reply.content_type));
+        let fields = content_type
+            .into_iter()
+            .chain(reply.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        put_response(
             &mut out,
             reply.status,
-            reason_phrase(reply.status).as_bytes(),
+            fields,
+            reply.body.as_bytes(),
+            !keep_alive,
+            head_only,
         );
-        if !reply.body.is_empty() {
-            put_header(&mut out, b"content-type", reply.content_type.as_bytes());
-        }
-        for (name, value) in &reply.headers {
-            put_header(&mut out, name.as_bytes(), value.as_bytes());
-        }
-        if !keep_alive {
-            put_header(&mut out, b"connection", b"close");
-        }
-        // RFC 9110 §8.6: no Content-Length on 204 and 304.
-        if reply.status != 204 && reply.status != 304 {
-            put_content_length(&mut out, reply.body.len() as u64);
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(reply.body.as_bytes());
         if s.write_all(&out).await.is_err() || !keep_alive {
             return;
         }

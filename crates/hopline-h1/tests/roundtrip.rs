@@ -3,7 +3,8 @@
 
 use bytes::BytesMut;
 use hopline_h1::body::{encode_chunk, LAST_CHUNK};
-use hopline_h1::head::{parse_request, put_header, HeadLimits};
+use hopline_h1::head::{parse_request, HeadLimits};
+use hopline_h1::write::put_header;
 use hopline_h1::{BodyDecoder, BodyLength, Decoded};
 use proptest::prelude::*;
 

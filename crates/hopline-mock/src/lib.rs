@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{BufMut, BytesMut};
-use hopline_h1::head::{put_decimal, put_header, put_status_line, reason_phrase};
+use bytes::BytesMut;
+use hopline_h1::write::put_response;
 use hopline_h1::{
     read_body_chunk, read_request_head, wait_first_byte, watch_gone, BodyDecoder, HeadLimits,
 };
@@ -185,19 +185,16 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 fn render(config: &MockConfig) -> BytesMut {
-    let mut out = BytesMut::with_capacity(256 + config.body.len());
-    put_status_line(
+    let mut out = BytesMut::new();
+    let fields = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    put_response(
         &mut out,
         config.status,
-        reason_phrase(config.status).as_bytes(),
+        fields,
+        config.body.as_bytes(),
+        false,
+        false,
     );
-    for (k, v) in &config.headers {
-        put_header(&mut out, k.as_bytes(), v.as_bytes());
-    }
-    out.put_slice(b"content-length: ");
-    put_decimal(&mut out, config.body.len() as u64);
-    out.put_slice(b"\r\n\r\n");
-    out.put_slice(config.body.as_bytes());
     out
 }
 

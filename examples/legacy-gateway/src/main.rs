@@ -108,7 +108,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Vec<u8>, String> {
     let mut req = BytesMut::with_capacity(128);
     let fields = [("host", addr), ("connection", "close")];
-    hopline_h1::client::put_request(&mut req, "GET", path, &fields, b"");
+    hopline_h1::write::put_request(&mut req, b"GET", path.as_bytes(), fields, b"");
     let mut buf = BytesMut::with_capacity(4096);
     let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
         .await
