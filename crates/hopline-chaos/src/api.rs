@@ -20,7 +20,7 @@ use crate::registry::{ApiError, ProxySpec, ProxyStats, Registry};
 use crate::toxic::Toxic;
 
 /// The Toxiproxy API version this server mirrors.
-pub const VERSION: &str = "2.12.0";
+pub(crate) const VERSION: &str = "2.12.0";
 
 const JSON: &str = "application/json";
 /// What Go's `http.Error` sends.
@@ -107,7 +107,12 @@ fn methods(parts: &[&str]) -> Option<&'static [&'static str]> {
 }
 
 /// Answers one API request.
-pub async fn answer(r: &Registry, options: Options, head: &RequestHead, body: &[u8]) -> Reply {
+pub(crate) async fn answer(
+    r: &Registry,
+    options: Options,
+    head: &RequestHead,
+    body: &[u8],
+) -> Reply {
     if head
         .headers
         .get("user-agent")

@@ -55,7 +55,7 @@ pub fn load(path: &Path) -> Result<ChaosFile, FileError> {
 
 /// Validates chaos file text, with the same walker as the gateway config: every
 /// problem at once, each with its line, column and key.
-pub fn parse(text: &str) -> Result<ChaosFile, Vec<Problem>> {
+pub(crate) fn parse(text: &str) -> Result<ChaosFile, Vec<Problem>> {
     let mut cx = Cx::new(text);
     let file = cx.parse(text).map(|doc| {
         let mut root = Tbl::root(&doc);

@@ -28,7 +28,7 @@ const IDLE: Duration = Duration::from_secs(300);
 
 /// Requests per client IP in the current second, for `cc_defense`.
 #[derive(Debug, Default)]
-pub struct ClientRates {
+pub(crate) struct ClientRates {
     counts: Mutex<HashMap<IpAddr, (u64, u64)>>,
 }
 
@@ -78,7 +78,7 @@ fn render_request(head: &RequestHead, body: &[u8]) -> BytesMut {
 
 /// Serves one client connection request by request. `connect` opens the upstream
 /// connection the first time a request has to be forwarded.
-pub async fn serve<F, Fut>(
+pub(crate) async fn serve<F, Fut>(
     mut client: TcpStream,
     ip: IpAddr,
     rx: watch::Receiver<ToxicList>,

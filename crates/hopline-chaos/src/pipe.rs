@@ -16,11 +16,11 @@ use crate::rng::Rng;
 use crate::toxic::{Stream, Toxic, ToxicKind};
 
 /// The toxics of a proxy, as watched by its connections.
-pub type ToxicList = Arc<Vec<Toxic>>;
+pub(crate) type ToxicList = Arc<Vec<Toxic>>;
 
 /// Per-connection decisions: whether each toxic applies (drawn once, by `toxicity`).
 #[derive(Debug)]
-pub struct Dice {
+pub(crate) struct Dice {
     rng: Rng,
     rolled: HashMap<String, bool>,
     since: HashMap<String, Instant>,
@@ -28,7 +28,7 @@ pub struct Dice {
 
 impl Dice {
     /// Dice drawing from `rng`.
-    pub fn new(rng: Rng) -> Self {
+    pub(crate) fn new(rng: Rng) -> Self {
         Dice {
             rng,
             rolled: HashMap::new(),
@@ -37,7 +37,7 @@ impl Dice {
     }
 
     /// True when `toxic` applies to this connection.
-    pub fn active(&mut self, toxic: &Toxic) -> bool {
+    pub(crate) fn active(&mut self, toxic: &Toxic) -> bool {
         let rng = &mut self.rng;
         *self
             .rolled
@@ -46,7 +46,7 @@ impl Dice {
     }
 
     /// When `toxic` started acting on this connection.
-    pub fn since(&mut self, toxic: &Toxic) -> Instant {
+    pub(crate) fn since(&mut self, toxic: &Toxic) -> Instant {
         *self
             .since
             .entry(toxic.name.clone())
@@ -54,14 +54,14 @@ impl Dice {
     }
 
     /// The generator, for per-chunk draws.
-    pub fn rng(&mut self) -> &mut Rng {
+    pub(crate) fn rng(&mut self) -> &mut Rng {
         &mut self.rng
     }
 }
 
 /// How a pump ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// The source closed; the close was passed on (half-close).
     Eof,
     /// Close the whole connection now (timeout toxic, limit_data, or a failed write).
@@ -144,7 +144,7 @@ impl Effect {
 }
 
 /// Forwards `src` to `dst`, applying the toxics of direction `dir`.
-pub async fn pump<R, W>(
+pub(crate) async fn pump<R, W>(
     dir: Stream,
     src: &mut R,
     dst: &mut W,
@@ -278,7 +278,7 @@ where
 
 /// Runs both pumps of a connection and closes or resets it as they decide. A FIN from
 /// either side is passed on at once while the other direction stays open (half-close).
-pub async fn pipe(
+pub(crate) async fn pipe(
     mut client: TcpStream,
     mut upstream: TcpStream,
     rx: watch::Receiver<ToxicList>,
@@ -312,6 +312,6 @@ pub async fn pipe(
 }
 
 /// Makes the next close of `s` send RST instead of FIN.
-pub fn reset(s: &TcpStream) {
+pub(crate) fn reset(s: &TcpStream) {
     let _ = s.set_zero_linger();
 }

@@ -24,7 +24,7 @@ use hopline_core::time::push_rfc3339;
 use hopline_core::Phase;
 
 /// What the access log and the metrics say for a request that matched no route.
-pub const NO_ROUTE: &str = "(none)";
+pub(crate) const NO_ROUTE: &str = "(none)";
 
 /// One request, as logged. Fields borrow what the request already holds (shared names,
 /// the head's bytes, socket addresses) and are only rendered as text when the line is written.
@@ -322,7 +322,7 @@ pub struct AccessLog {
 }
 
 /// Longest a finished request's line waits before it is written.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 const BUFFER: usize = 64 * 1024;
 

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::gateway::{Current, Gateway};
 
 /// Serves the admin API until `shutdown` resolves.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     current: Arc<Current>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -97,7 +97,7 @@ fn ms(d: Duration) -> Value {
 
 /// The effective configuration: every route with its deadline and, for each upstream call,
 /// the connect and attempt timeouts as capped by that deadline.
-pub fn effective_config(gw: &Gateway) -> Value {
+pub(crate) fn effective_config(gw: &Gateway) -> Value {
     let c = &gw.config;
     let s = &c.server;
     let deadline_of = |t: Duration| t.min(c.deadline.max);

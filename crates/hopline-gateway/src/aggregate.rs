@@ -33,7 +33,7 @@ const MAX_CALL_BODY: usize = 4 << 20;
 
 /// The calls of one request, readable after its future was dropped.
 #[derive(Debug, Default)]
-pub struct CallsCell(Mutex<Vec<CallRecord>>);
+pub(crate) struct CallsCell(Mutex<Vec<CallRecord>>);
 
 impl CallsCell {
     fn update(&self, i: usize, f: impl FnOnce(&mut CallRecord)) {
@@ -64,7 +64,7 @@ impl CallsCell {
     }
 
     /// The final records.
-    pub fn into_inner(self) -> Vec<CallRecord> {
+    pub(crate) fn into_inner(self) -> Vec<CallRecord> {
         self.0.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -128,7 +128,7 @@ impl CallFailure {
 
 /// The client request an aggregate route serves.
 #[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     /// The client's request (method, query and headers feed the calls).
     pub req: &'a crate::front::Request,
     /// The `x-request-id` the calls carry.
@@ -142,13 +142,13 @@ pub struct Request<'a> {
 /// A placeholder value that would change the call's path instead of filling one segment.
 #[derive(Debug, thiserror::Error)]
 #[error("call {call}: placeholder value {value:?} is a dot-segment")]
-pub struct PlaceholderError {
+pub(crate) struct PlaceholderError {
     call: Arc<str>,
     value: String,
 }
 
 /// Runs an aggregate route and writes its response into `sink` (head only for `HEAD`).
-pub async fn run<S: Sink>(
+pub(crate) async fn run<S: Sink>(
     gw: &Gateway,
     agg: &Aggregate,
     req: &Request<'_>,

@@ -32,7 +32,7 @@ use crate::upstream::{ClientConn, EgressSlot, Upstream};
 
 /// The request as it will be sent upstream, rendered once for all attempts.
 #[derive(Debug)]
-pub struct Forward {
+pub(crate) struct Forward {
     /// Request line and headers, without the deadline header and the final CRLF.
     pub head: BytesMut,
     /// The buffered body.
@@ -58,7 +58,7 @@ pub struct Forward {
 /// What the request is doing now; read after the request future ends or is dropped, so a
 /// cancelled request can still say what it was waiting on.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// The last attempt's connection was a pooled one.
     pub upstream_reused: Option<bool>,
     /// How long it had been idle in the pool.
@@ -86,21 +86,21 @@ pub struct Progress {
 
 /// [`Progress`] shared between a request's future and the connection that may drop it.
 #[derive(Debug, Default)]
-pub struct ProgressCell(Mutex<Progress>);
+pub(crate) struct ProgressCell(Mutex<Progress>);
 
 impl ProgressCell {
     /// Updates the progress (never held across an await).
-    pub fn update(&self, f: impl FnOnce(&mut Progress)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Progress)) {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Reads the progress so far.
-    pub fn read<T>(&self, f: impl FnOnce(&Progress) -> T) -> T {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Progress) -> T) -> T {
         f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The final progress.
-    pub fn into_inner(self) -> Progress {
+    pub(crate) fn into_inner(self) -> Progress {
         self.0.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -124,7 +124,7 @@ pub(crate) struct Hop<'a> {
 
 impl<'a> Hop<'a> {
     /// A call to upstream `index`.
-    pub fn new(
+    pub(crate) fn new(
         gw: &'a Gateway,
         index: usize,
         req: &'a Forward,
@@ -143,7 +143,7 @@ impl<'a> Hop<'a> {
 
     /// The timeout error of an attempt, bounded by the deadline (`by_deadline`) or by the
     /// upstream's own `timeout`.
-    pub fn timeout(&self, by_deadline: bool, phase: Phase) -> UpstreamErrorKind {
+    pub(crate) fn timeout(&self, by_deadline: bool, phase: Phase) -> UpstreamErrorKind {
         UpstreamErrorKind::Timeout {
             phase,
             limit: if by_deadline {
@@ -158,13 +158,13 @@ impl<'a> Hop<'a> {
     }
 
     /// Notes the phase the call is in.
-    pub fn phase(&self, phase: Phase) {
+    pub(crate) fn phase(&self, phase: Phase) {
         self.progress.update(|p| p.phase = Some(phase));
     }
 
     /// A new HTTP/1 connection to `ep` (connect and TLS under `min(connect_timeout, time
     /// left)`), the phases it goes through noted.
-    pub async fn connect(&self, ep: &Arc<Endpoint>) -> Result<ClientConn, ProxyError> {
+    pub(crate) async fn connect(&self, ep: &Arc<Endpoint>) -> Result<ClientConn, ProxyError> {
         let (gw, note) = (self.gw, |phase| self.phase(phase));
         self.up
             .connect(ep, self.deadline, &gw.egress, &gw.metrics, &note)
@@ -172,7 +172,7 @@ impl<'a> Hop<'a> {
     }
 
     /// A stream on an HTTP/2 connection to `ep`, opening one if needed.
-    pub async fn h2_stream(&self, ep: &Arc<Endpoint>) -> Result<H2Stream, ProxyError> {
+    pub(crate) async fn h2_stream(&self, ep: &Arc<Endpoint>) -> Result<H2Stream, ProxyError> {
         let (gw, note) = (self.gw, |phase| self.phase(phase));
         self.up
             .h2_sender(ep, self.deadline, &gw.egress, &gw.metrics, &note)

@@ -34,7 +34,7 @@ use crate::stream::{ClientStream, Prefixed, Stream};
 
 /// Signals from the server to its connections.
 #[derive(Debug, Clone)]
-pub struct Signals {
+pub(crate) struct Signals {
     /// True once draining: idle connections close after `drain_idle_grace`, responses
     /// say `connection: close`.
     pub drain: watch::Receiver<bool>,
@@ -53,7 +53,7 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    pub fn new(gauge: ConnectionGuard, slot: tokio::sync::OwnedSemaphorePermit) -> Held {
+    pub(crate) fn new(gauge: ConnectionGuard, slot: tokio::sync::OwnedSemaphorePermit) -> Held {
         Held {
             _gauge: gauge,
             _slot: slot,
@@ -97,7 +97,7 @@ const HOT_WAIT: Duration = Duration::from_millis(100);
 /// arguments into locals and keeps both copies in its state, and this state is what every
 /// idle keep-alive connection holds (measured with `-Zprint-type-sizes`).
 #[allow(clippy::manual_async_fn)]
-pub fn serve_connection(
+pub(crate) fn serve_connection(
     mut current: Arc<Current>,
     mut stream: ClientStream,
     mut client: Client,

@@ -40,7 +40,7 @@ pub struct Name {
 }
 
 /// Splits a configured endpoint into an address (an IP literal) or a [`Name`].
-pub fn classify(entry: &str) -> Result<SocketAddr, Name> {
+pub(crate) fn classify(entry: &str) -> Result<SocketAddr, Name> {
     if let Ok(a) = entry.parse::<SocketAddr>() {
         return Ok(a);
     }
@@ -153,7 +153,7 @@ fn round_ms(d: Duration) -> Duration {
 }
 
 /// A resolver for `[dns]`.
-pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, NetError> {
+pub(crate) fn resolver(config: &DnsConfig) -> Result<TokioResolver, NetError> {
     let provider = TokioRuntimeProvider::default();
     let mut builder = if config.nameservers.is_empty() {
         TokioResolver::builder(provider)?
@@ -204,11 +204,11 @@ fn failure_text(e: &NetError) -> String {
 }
 
 /// Builds the endpoint for an address a name resolved to.
-pub type MakeEndpoint = Arc<dyn Fn(SocketAddr, &Name) -> Endpoint + Send + Sync>;
+pub(crate) type MakeEndpoint = Arc<dyn Fn(SocketAddr, &Name) -> Endpoint + Send + Sync>;
 
 /// Starts one task per name of `names` that keeps `set` up to date; `make` builds an
 /// endpoint for an address of a name.
-pub fn spawn(
+pub(crate) fn spawn(
     resolver: TokioResolver,
     config: &DnsConfig,
     names: &Arc<Names>,

@@ -165,7 +165,7 @@ pub(crate) trait Sink {
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone)]
-pub struct Client {
+pub(crate) struct Client {
     /// The client's address.
     pub peer: SocketAddr,
     /// The TLS session, on the TLS listener.
@@ -198,19 +198,19 @@ pub(crate) struct Request {
 
 impl Request {
     /// The path, without the query.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         let o = std::str::from_utf8(&self.origin).unwrap_or("");
         o.split_once('?').map_or(o, |(p, _)| p)
     }
 
     /// The query string, if any (without the `?`).
-    pub fn query(&self) -> Option<&str> {
+    pub(crate) fn query(&self) -> Option<&str> {
         let o = std::str::from_utf8(&self.origin).ok()?;
         o.split_once('?').map(|(_, q)| q)
     }
 
     /// RFC 9110 idempotent method: safe to send twice.
-    pub fn is_idempotent(&self) -> bool {
+    pub(crate) fn is_idempotent(&self) -> bool {
         matches!(
             &self.method[..],
             b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
@@ -218,7 +218,7 @@ impl Request {
     }
 
     /// A gRPC request: `content-type: application/grpc`, or `application/grpc+…`.
-    pub fn is_grpc(&self) -> bool {
+    pub(crate) fn is_grpc(&self) -> bool {
         self.headers.get("content-type").is_some_and(is_grpc)
     }
 

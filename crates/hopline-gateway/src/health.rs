@@ -19,7 +19,7 @@ use crate::stream::{Stream, UpstreamStream};
 
 /// What a checker needs besides the endpoints.
 #[derive(Debug, Clone)]
-pub struct Checker {
+pub(crate) struct Checker {
     /// The settings.
     pub config: HealthConfig,
     /// TLS client settings, when the upstream speaks TLS.
@@ -36,7 +36,7 @@ pub struct Checker {
 }
 
 /// Starts checking the endpoints of `set` until it is dropped.
-pub fn spawn(checker: Checker, set: &Arc<EndpointSet>) {
+pub(crate) fn spawn(checker: Checker, set: &Arc<EndpointSet>) {
     tokio::spawn(run(checker, Arc::downgrade(set)));
 }
 

@@ -981,7 +981,7 @@ impl Metrics {
 }
 
 /// Content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Turns OpenMetrics text into the classic Prometheus text format (0.0.4) that every
 /// scraper and `promtool check metrics` accept: counter families are named with their

@@ -136,7 +136,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Lot {
     /// An empty lot, open for parking.
-    pub fn new() -> Lot {
+    pub(crate) fn new() -> Lot {
         Lot {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -155,7 +155,7 @@ impl Lot {
     /// Parks `conn` until its socket is readable (it then resumes in a new task) or
     /// `until` passes (it then closes quietly). Refused, handing `conn` back, once the
     /// lot is draining or gone.
-    pub fn park(&self, conn: Parked, until: Instant) -> Result<(), Box<Parked>> {
+    pub(crate) fn park(&self, conn: Parked, until: Instant) -> Result<(), Box<Parked>> {
         let mut st = lock(&self.shared.state);
         if !st.open {
             return Err(Box::new(conn));
@@ -200,7 +200,7 @@ impl Lot {
 
     /// How many connections are parked.
     #[cfg(test)]
-    pub fn parked(&self) -> usize {
+    pub(crate) fn parked(&self) -> usize {
         lock(&self.shared.state).parked
     }
 
@@ -256,7 +256,7 @@ impl Lot {
 
     /// How many slots the table holds (parked or free).
     #[cfg(test)]
-    pub fn slots(&self) -> usize {
+    pub(crate) fn slots(&self) -> usize {
         lock(&self.shared.state).slots.len()
     }
 

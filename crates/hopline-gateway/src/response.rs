@@ -8,7 +8,7 @@ use hopline_h1::write::{end_head, put_content_length, put_status_line};
 
 /// What a locally generated error response says about its request.
 #[derive(Debug, Clone, Copy)]
-pub struct ErrorContext<'a> {
+pub(crate) struct ErrorContext<'a> {
     /// hopline's own id of the request (the one in the access log).
     pub request_id: &'a str,
     /// The `x-request-id` the request travels under (the client's, or `request_id`).
@@ -24,7 +24,7 @@ pub struct ErrorContext<'a> {
 
 /// The `grpc-message` for `err` answered with `flag`: the short reason (the full cause
 /// with `expose_cause`), flag and request id, percent-encoded as gRPC requires.
-pub fn grpc_message(err: &ProxyError, flag: Flag, cx: &ErrorContext<'_>) -> String {
+pub(crate) fn grpc_message(err: &ProxyError, flag: Flag, cx: &ErrorContext<'_>) -> String {
     let reason = if cx.expose_cause {
         err.cause()
     } else {
@@ -48,7 +48,7 @@ pub fn grpc_message(err: &ProxyError, flag: Flag, cx: &ErrorContext<'_>) -> Stri
 
 /// A locally generated error response, before any protocol framing.
 #[derive(Debug)]
-pub struct ErrorResponse {
+pub(crate) struct ErrorResponse {
     /// The status (per docs/errors.md).
     pub status: u16,
     /// `content-type`, `x-hopline-flags`, `x-request-id`, and `allow` for a 405.
@@ -61,7 +61,7 @@ pub struct ErrorResponse {
 /// docs/errors.md): `x-hopline-flags`, `x-request-id`, and a short text body: status,
 /// short reason, flag and request id (the full cause, with addresses and OS errors, only
 /// with `expose_cause`).
-pub fn error_parts(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> ErrorResponse {
+pub(crate) fn error_parts(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> ErrorResponse {
     let reason = if cx.expose_cause {
         err.cause()
     } else {
@@ -104,7 +104,7 @@ pub fn error_parts(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> Err
 /// The HTTP/1 bytes of the response for `err` ([`error_parts`]), with `connection:
 /// close` unless the decision keeps the connection; the body left out for a response to
 /// `HEAD`.
-pub fn error_response(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> BytesMut {
+pub(crate) fn error_response(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> BytesMut {
     let r = error_parts(err, d, cx);
     let close = !d.keep;
     let mut out = BytesMut::with_capacity(256 + r.body.len());
@@ -120,7 +120,7 @@ pub fn error_response(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) -> 
 }
 
 /// `100 Continue`, sent before reading a body the client is holding back.
-pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 #[cfg(test)]
 mod tests {

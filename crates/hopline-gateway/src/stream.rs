@@ -49,9 +49,9 @@ pub trait MemoryIo: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Deb
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> MemoryIo for T {}
 
 /// A client connection.
-pub type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
+pub(crate) type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 /// An upstream connection.
-pub type UpstreamStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
+pub(crate) type UpstreamStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl<T: TlsIo> Stream<T> {
     /// Sets `TCP_NODELAY` (nothing to set in memory).
@@ -262,14 +262,14 @@ impl<T: TlsIo> AsyncWrite for WriteHalf<'_, T> {
 /// A stream whose first bytes were already read (to tell HTTP/2's preface from an
 /// HTTP/1 request): reads give those bytes again first, then the stream's own.
 #[derive(Debug)]
-pub struct Prefixed<T> {
+pub(crate) struct Prefixed<T> {
     prefix: bytes::Bytes,
     inner: T,
 }
 
 impl<T> Prefixed<T> {
     /// `inner`, with `prefix` read first.
-    pub fn new(prefix: bytes::Bytes, inner: T) -> Self {
+    pub(crate) fn new(prefix: bytes::Bytes, inner: T) -> Self {
         Prefixed { prefix, inner }
     }
 }

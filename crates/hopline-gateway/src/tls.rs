@@ -42,7 +42,7 @@ fn reason(e: &std::io::Error) -> &'static str {
 
 /// Runs the server handshake on `tcp`, accepted at `accepted`. `None` when the
 /// connection ended in the handshake (counted, logged if asked, closed).
-pub async fn handshake(
+pub(crate) async fn handshake(
     gw: &Gateway,
     config: Arc<rustls::ServerConfig>,
     mut tcp: TcpStream,

@@ -38,7 +38,7 @@ use crate::stream::{Stream, UpstreamStream};
 
 /// Told of each step a new connection reaches (`TLS handshake`, the HTTP/2 handshake), so
 /// a request cut off while connecting can say which step it was waiting in.
-pub type PhaseNote<'a> = &'a (dyn Fn(Phase) + Sync);
+pub(crate) type PhaseNote<'a> = &'a (dyn Fn(Phase) + Sync);
 
 /// Limits shared by every egress upstream (one NAT gateway in front of all of them).
 #[derive(Debug, Default)]
@@ -775,6 +775,6 @@ fn host_of(endpoint: &str) -> &str {
 }
 
 /// How long `d` is in whole milliseconds, at least 1 (for the deadline header).
-pub fn millis_at_least_one(d: Duration) -> u64 {
+pub(crate) fn millis_at_least_one(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }

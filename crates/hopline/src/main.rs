@@ -262,7 +262,7 @@ fn main() -> ExitCode {
             config.as_deref(),
             api,
             seed,
-            hopline_chaos::api::Options { proxy_metrics },
+            hopline_chaos::Options { proxy_metrics },
         ),
         Command::Diagnose {
             logs,
@@ -613,9 +613,9 @@ fn chaos(
     file: Option<&std::path::Path>,
     api: Option<SocketAddr>,
     seed: Option<u64>,
-    options: hopline_chaos::api::Options,
+    options: hopline_chaos::Options,
 ) -> anyhow::Result<ExitCode> {
-    let parsed = match file.map(hopline_chaos::file::load).transpose() {
+    let parsed = match file.map(hopline_chaos::load).transpose() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("hopline: {}", hopline_core::error::cause_chain(&e));
@@ -656,7 +656,7 @@ fn chaos(
                 if n == 1 { "" } else { "s" }
             );
         }
-        hopline_chaos::api::serve(listener, registry, options, stop).await;
+        hopline_chaos::serve(listener, registry, options, stop).await;
         Ok(ExitCode::SUCCESS)
     })
 }

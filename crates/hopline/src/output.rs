@@ -7,19 +7,19 @@
 use std::io::{self, Write};
 
 /// Writes `text` to stdout and flushes it.
-pub fn emit(text: impl AsRef<[u8]>) -> io::Result<()> {
+pub(crate) fn emit(text: impl AsRef<[u8]>) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(text.as_ref())?;
     out.flush()
 }
 
 /// [`emit`] with a line end after `text`.
-pub fn emit_line(text: impl std::fmt::Display) -> io::Result<()> {
+pub(crate) fn emit_line(text: impl std::fmt::Display) -> io::Result<()> {
     emit(format!("{text}\n"))
 }
 
 /// The reader of stdout went away: the error, or one of its sources, is a broken pipe.
-pub fn reader_gone(e: &anyhow::Error) -> bool {
+pub(crate) fn reader_gone(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)

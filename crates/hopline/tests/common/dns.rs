@@ -12,14 +12,14 @@ use std::time::Duration;
 type Table = HashMap<String, (Vec<Ipv4Addr>, u32)>;
 
 /// The running server; stops when dropped.
-pub struct Dns {
+pub(crate) struct Dns {
     pub addr: SocketAddr,
     table: Arc<Mutex<Table>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Dns {
-    pub fn start() -> Dns {
+    pub(crate) fn start() -> Dns {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind dns");
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -43,7 +43,7 @@ impl Dns {
     }
 
     /// Sets `name`'s A records (an empty list removes the name: NXDOMAIN).
-    pub fn set(&self, name: &str, addrs: &[Ipv4Addr], ttl: u32) {
+    pub(crate) fn set(&self, name: &str, addrs: &[Ipv4Addr], ttl: u32) {
         let mut t = self.table.lock().expect("lock");
         if addrs.is_empty() {
             t.remove(name);

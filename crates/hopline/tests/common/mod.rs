@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub mod dns;
-pub mod pki;
+pub(crate) mod dns;
+pub(crate) mod pki;
 
 /// Lines a process printed, with a condvar to wait for more.
 #[derive(Default)]
-pub struct Lines {
+pub(crate) struct Lines {
     lines: Mutex<Vec<String>>,
     more: Condvar,
 }
@@ -31,7 +31,12 @@ impl Lines {
     }
 
     /// Waits until a line satisfies `pred`, or panics after `within`.
-    pub fn wait_for(&self, within: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let end = Instant::now() + within;
         let mut lines = self.lines.lock().expect("lock");
         loop {
@@ -50,13 +55,13 @@ impl Lines {
     }
 
     /// Every line so far.
-    pub fn all(&self) -> Vec<String> {
+    pub(crate) fn all(&self) -> Vec<String> {
         self.lines.lock().expect("lock").clone()
     }
 }
 
 /// A running `hopline` process, killed on drop.
-pub struct Proc {
+pub(crate) struct Proc {
     child: Child,
     /// The address it listens on.
     pub addr: SocketAddr,
@@ -77,20 +82,20 @@ fn reader(stream: impl Read + Send + 'static, sink: Arc<Lines>) {
     });
 }
 
-pub fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hopline")
 }
 
 impl Proc {
     /// Starts `hopline ARGS` and waits for its "listening on ADDR" line.
-    pub fn spawn(args: &[&str]) -> Proc {
+    pub(crate) fn spawn(args: &[&str]) -> Proc {
         let mut cmd = Command::new(bin());
         cmd.args(args);
         Proc::spawn_command(cmd)
     }
 
     /// Starts any program that prints "listening on ADDR" on stderr.
-    pub fn spawn_command(mut cmd: Command) -> Proc {
+    pub(crate) fn spawn_command(mut cmd: Command) -> Proc {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -123,7 +128,12 @@ impl Proc {
     }
 
     /// Waits for a JSON stdout line matching `pred`.
-    pub fn wait_json(&self, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_json(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let l = self.stdout.wait_for(within, what, |l| {
             serde_json::from_str::<Value>(l)
                 .map(|v| pred(&v))
@@ -133,7 +143,7 @@ impl Proc {
     }
 
     /// Every JSON stdout line so far.
-    pub fn json_lines(&self) -> Vec<Value> {
+    pub(crate) fn json_lines(&self) -> Vec<Value> {
         self.stdout
             .all()
             .iter()
@@ -142,12 +152,12 @@ impl Proc {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The process's resident memory in KiB (`VmRSS` in `/proc/PID/status`).
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
         status
@@ -159,7 +169,7 @@ impl Proc {
     }
 
     /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -167,7 +177,7 @@ impl Proc {
     }
 
     /// Waits for exit, up to `within`.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + within;
         while Instant::now() < end {
             if let Ok(Some(s)) = self.child.try_wait() {
@@ -189,14 +199,14 @@ impl Drop for Proc {
 static CONFIGS: AtomicUsize = AtomicUsize::new(0);
 
 /// Writes `text` to a fresh temp file and returns its path.
-pub fn temp_file(name: &str, text: &str) -> PathBuf {
+pub(crate) fn temp_file(name: &str, text: &str) -> PathBuf {
     let path = temp_dir().join(name);
     std::fs::write(&path, text).expect("write temp file");
     path
 }
 
 /// The TLS listener's address a gateway printed ("TLS on ADDR").
-pub fn tls_addr(gw: &Proc) -> SocketAddr {
+pub(crate) fn tls_addr(gw: &Proc) -> SocketAddr {
     gw.stderr
         .wait_for(Duration::from_secs(10), "TLS line", |l| {
             l.contains("TLS on ")
@@ -210,14 +220,14 @@ pub fn tls_addr(gw: &Proc) -> SocketAddr {
 }
 
 /// A path as the `&str` a config or a command line needs.
-pub fn path(p: &std::path::Path) -> &str {
+pub(crate) fn path(p: &std::path::Path) -> &str {
     p.to_str().expect("utf8")
 }
 
 /// A third-party server (nginx, HAProxy) started by a test: stopped with SIGTERM when
 /// dropped, so a master process takes its workers down with it (SIGKILL would leave
 /// them running), and killed if it has not exited within 3 s.
-pub struct Daemon(pub Child);
+pub(crate) struct Daemon(pub Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -237,7 +247,7 @@ impl Drop for Daemon {
 }
 
 /// A fresh directory under the system's temp directory.
-pub fn temp_dir() -> PathBuf {
+pub(crate) fn temp_dir() -> PathBuf {
     let n = CONFIGS.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("hopline-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -245,7 +255,7 @@ pub fn temp_dir() -> PathBuf {
 }
 
 /// Starts a gateway with `[server] listen = 127.0.0.1:0` plus `rest`.
-pub fn gateway(server_extra: &str, rest: &str) -> Proc {
+pub(crate) fn gateway(server_extra: &str, rest: &str) -> Proc {
     let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n{rest}");
     let path = temp_file("hopline.toml", &text);
     Proc::spawn(&[
@@ -258,12 +268,12 @@ pub fn gateway(server_extra: &str, rest: &str) -> Proc {
 }
 
 /// Config that sends every path to the upstream at `up` (upstream `m`, route `r`).
-pub fn route_all(up: SocketAddr) -> String {
+pub(crate) fn route_all(up: SocketAddr) -> String {
     format!("[upstreams.m]\nendpoints = [\"{up}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n")
 }
 
 /// The admin API address a gateway printed ("admin on ADDR").
-pub fn admin_addr(gw: &Proc) -> SocketAddr {
+pub(crate) fn admin_addr(gw: &Proc) -> SocketAddr {
     gw.stderr
         .wait_for(Duration::from_secs(10), "admin line", |l| {
             l.contains("admin on ")
@@ -277,7 +287,7 @@ pub fn admin_addr(gw: &Proc) -> SocketAddr {
 }
 
 /// The value of the first `/metrics` line of `gw` starting with `prefix` (0 when absent).
-pub fn metric(gw: &Proc, prefix: &str) -> f64 {
+pub(crate) fn metric(gw: &Proc, prefix: &str) -> f64 {
     let body = get(admin_addr(gw), "/metrics", "").body;
     body.lines()
         .find(|l| l.starts_with(prefix))
@@ -287,28 +297,28 @@ pub fn metric(gw: &Proc, prefix: &str) -> f64 {
 }
 
 /// Starts `hopline mock` on a free port with extra args.
-pub fn mock(args: &[&str]) -> Proc {
+pub(crate) fn mock(args: &[&str]) -> Proc {
     let mut all = vec!["mock", "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
     Proc::spawn(&all)
 }
 
 /// A loopback port with nothing listening on it.
-pub fn closed_port() -> SocketAddr {
+pub(crate) fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
 
 /// A parsed HTTP response.
 #[derive(Debug)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -317,7 +327,7 @@ impl Response {
 }
 
 /// Connects with generous timeouts.
-pub fn connect(addr: SocketAddr) -> TcpStream {
+pub(crate) fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
@@ -326,7 +336,7 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads one response (content-length framed, or until close) from `s`.
-pub fn read_response(s: &mut TcpStream) -> Response {
+pub(crate) fn read_response(s: &mut TcpStream) -> Response {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -373,14 +383,14 @@ pub fn read_response(s: &mut TcpStream) -> Response {
 }
 
 /// Sends a GET with extra header lines and reads the response on a new connection.
-pub fn get(addr: SocketAddr, path: &str, extra: &str) -> Response {
+pub(crate) fn get(addr: SocketAddr, path: &str, extra: &str) -> Response {
     let mut s = connect(addr);
     write!(s, "GET {path} HTTP/1.1\r\nhost: test\r\n{extra}\r\n").expect("write");
     read_response(&mut s)
 }
 
 /// Parses a JSON line field as f64.
-pub fn num(v: &Value, key: &str) -> f64 {
+pub(crate) fn num(v: &Value, key: &str) -> f64 {
     v[key]
         .as_f64()
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
@@ -389,13 +399,13 @@ pub fn num(v: &Value, key: &str) -> f64 {
 /// A hand-written upstream for behaviours a real server only shows by accident
 /// (resets, garbage, closing a kept-alive connection). Each accepted connection runs
 /// `behave(conn_index, stream)` on its own thread. Stops accepting when dropped.
-pub struct FakeUpstream {
+pub(crate) struct FakeUpstream {
     pub addr: SocketAddr,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeUpstream {
-    pub fn start(behave: impl Fn(usize, TcpStream) + Send + Sync + 'static) -> FakeUpstream {
+    pub(crate) fn start(behave: impl Fn(usize, TcpStream) + Send + Sync + 'static) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -423,7 +433,7 @@ impl Drop for FakeUpstream {
 }
 
 /// Reads one request head (and ignores any body) from a raw upstream connection.
-pub fn read_request(s: &mut TcpStream) -> Option<String> {
+pub(crate) fn read_request(s: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -436,10 +446,10 @@ pub fn read_request(s: &mut TcpStream) -> Option<String> {
 }
 
 /// A small fixed 200 response.
-pub const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+pub(crate) const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 /// Calls the chaos API: `(status, JSON body or Null)`.
-pub fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+pub(crate) fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
     let mut s = connect(addr);
     write!(s, "{method} {path} HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
         .expect("write");
@@ -453,14 +463,14 @@ pub fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Valu
 }
 
 /// Starts `hopline chaos` with its API on a free port.
-pub fn chaos(extra: &[&str]) -> Proc {
+pub(crate) fn chaos(extra: &[&str]) -> Proc {
     let mut args = vec!["chaos", "--api", "127.0.0.1:0", "--seed", "42"];
     args.extend_from_slice(extra);
     Proc::spawn(&args)
 }
 
 /// Creates a proxy to `upstream` and returns its listen address.
-pub fn proxy(chaos: &Proc, name: &str, upstream: SocketAddr, http: bool) -> SocketAddr {
+pub(crate) fn proxy(chaos: &Proc, name: &str, upstream: SocketAddr, http: bool) -> SocketAddr {
     let (status, v) = api(
         chaos.addr,
         "POST",
@@ -474,7 +484,7 @@ pub fn proxy(chaos: &Proc, name: &str, upstream: SocketAddr, http: bool) -> Sock
 }
 
 /// Adds a toxic, asserting success.
-pub fn add_toxic(chaos: &Proc, proxy: &str, json: &str) {
+pub(crate) fn add_toxic(chaos: &Proc, proxy: &str, json: &str) {
     let (status, v) = api(
         chaos.addr,
         "POST",
@@ -485,7 +495,7 @@ pub fn add_toxic(chaos: &Proc, proxy: &str, json: &str) {
 }
 
 /// An upstream that echoes every byte back and closes its write side at EOF.
-pub fn echo_upstream() -> FakeUpstream {
+pub(crate) fn echo_upstream() -> FakeUpstream {
     FakeUpstream::start(|_, mut s| {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -503,7 +513,7 @@ pub fn echo_upstream() -> FakeUpstream {
 }
 
 /// Runs `python3 SCRIPT ARGS` (a script in `tests/`) and parses the one JSON line it prints.
-pub fn python_json(script: &str, args: &[&str]) -> Value {
+pub(crate) fn python_json(script: &str, args: &[&str]) -> Value {
     let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .arg(&path)
@@ -521,7 +531,7 @@ pub fn python_json(script: &str, args: &[&str]) -> Value {
 /// Runs `hopline check` on a config of `server` (the `[server]` table's lines) and one
 /// upstream and route, expects exit 2 (the config is refused) and returns stderr.
 #[allow(dead_code)]
-pub fn check_refuses(server: &str) -> String {
+pub(crate) fn check_refuses(server: &str) -> String {
     let config = temp_file(
         "refused.toml",
         &format!(

@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use time::OffsetDateTime;
 
 /// A test CA whose files live in `dir`.
-pub struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate (PEM).
     pub cert: PathBuf,
@@ -21,13 +21,13 @@ pub struct Ca {
 
 /// A leaf certificate and its key, as PEM files.
 #[derive(Debug, Clone)]
-pub struct Leaf {
+pub(crate) struct Leaf {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 /// Validity of a leaf.
-pub enum Validity {
+pub(crate) enum Validity {
     /// From a year ago to a year ahead.
     Good,
     /// Ended on this date (y, m, d).
@@ -38,7 +38,7 @@ pub enum Validity {
 
 impl Ca {
     /// A new CA named `name`, its files in a fresh directory.
-    pub fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let dir = super::temp_dir();
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -56,7 +56,7 @@ impl Ca {
 
     /// A leaf for `names` (DNS names or IPs), subject `CN=cn`, written as `stem.pem` and
     /// `stem.key`.
-    pub fn leaf(&self, stem: &str, cn: &str, names: &[&str], validity: Validity) -> Leaf {
+    pub(crate) fn leaf(&self, stem: &str, cn: &str, names: &[&str], validity: Validity) -> Leaf {
         let key = KeyPair::generate().expect("key");
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -91,7 +91,7 @@ impl Ca {
 }
 
 /// A blocking TLS client to `addr` that trusts `ca`, asks for `sni` and offers `alpn`.
-pub fn connect(
+pub(crate) fn connect(
     addr: SocketAddr,
     ca: &Path,
     sni: &str,
@@ -101,7 +101,7 @@ pub fn connect(
 }
 
 /// [`connect`] limited to `versions`. The handshake is completed before returning.
-pub fn connect_with(
+pub(crate) fn connect_with(
     addr: SocketAddr,
     ca: &Path,
     sni: &str,
@@ -129,7 +129,7 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, std::io::Error> {
 }
 
 /// A TLS 1.2/1.3 client config trusting `ca` (no ALPN).
-pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, std::io::Error> {
+pub(crate) fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, std::io::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -140,7 +140,7 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, std::io::Er
 }
 
 /// Completes a TLS handshake as `sni` on an already connected `tcp`.
-pub fn handshake(
+pub(crate) fn handshake(
     tcp: TcpStream,
     config: Arc<rustls::ClientConfig>,
     sni: &str,
@@ -156,7 +156,7 @@ pub fn handshake(
 }
 
 /// Sends `GET path` on `s` (keep-alive) and reads one response: (status, body).
-pub fn get_tls(s: &mut impl ReadWrite, path: &str) -> (u16, String) {
+pub(crate) fn get_tls(s: &mut impl ReadWrite, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").expect("write");
     s.flush().expect("flush");
     let mut buf = Vec::new();
@@ -188,12 +188,12 @@ pub fn get_tls(s: &mut impl ReadWrite, path: &str) -> (u16, String) {
 }
 
 /// Read + Write.
-pub trait ReadWrite: Read + Write {}
+pub(crate) trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
 /// A gateway with a TLS listener serving `default` (`tls_extra` goes into `[server.tls]`,
 /// `server_extra` into `[server]`), an admin API, and every path routed to `up`.
-pub fn tls_gateway(
+pub(crate) fn tls_gateway(
     default: &Leaf,
     tls_extra: &str,
     server_extra: &str,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// One vector.
 #[derive(Debug, Clone)]
-pub struct Vector {
+pub(crate) struct Vector {
     /// Short name, printed on failure.
     pub name: &'static str,
     /// Bytes the client sends (in one write).
@@ -74,7 +74,7 @@ impl Vector {
 const H: &str = "Host: t\r\n";
 
 /// Every vector.
-pub fn table() -> Vec<Vector> {
+pub(crate) fn table() -> Vec<Vector> {
     let post =
         |te_or_cl: &str, body: &str| format!("POST /ok HTTP/1.1\r\n{H}{te_or_cl}\r\n\r\n{body}");
     let chunked = |body: &str| post("Transfer-Encoding: chunked", body);
@@ -192,7 +192,7 @@ pub fn table() -> Vec<Vector> {
 
 /// A response as a client reads it.
 #[derive(Debug)]
-pub struct Read1 {
+pub(crate) struct Read1 {
     pub status: u16,
     pub head: String,
     pub body: Vec<u8>,
@@ -200,7 +200,7 @@ pub struct Read1 {
 
 /// Reads one final response (skipping 1xx); `None` at EOF before any byte. `head_req`:
 /// the request was HEAD (no body follows).
-pub fn read_one(s: &mut TcpStream, pending: &mut Vec<u8>, head_req: bool) -> Option<Read1> {
+pub(crate) fn read_one(s: &mut TcpStream, pending: &mut Vec<u8>, head_req: bool) -> Option<Read1> {
     loop {
         let end = loop {
             if let Some(i) = find(pending, b"\r\n\r\n") {
@@ -287,7 +287,7 @@ fn fill(s: &mut TcpStream, pending: &mut Vec<u8>) -> bool {
 }
 
 /// True when the peer closes (EOF or reset) within `within`, discarding bytes meanwhile.
-pub fn closes_within(s: &mut TcpStream, within: Duration) -> bool {
+pub(crate) fn closes_within(s: &mut TcpStream, within: Duration) -> bool {
     let end = Instant::now() + within;
     let mut b = [0u8; 4096];
     while Instant::now() < end {
@@ -353,13 +353,13 @@ fn line_at(s: &mut TcpStream, pending: &mut Vec<u8>, at: usize) -> Option<usize>
 
 /// An upstream that records every request it receives (raw head + body, per connection)
 /// and answers each `200 ok` (no body for HEAD), keeping connections open.
-pub struct Recorder {
+pub(crate) struct Recorder {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<(usize, String)>>>,
 }
 
 impl Recorder {
-    pub fn start() -> Recorder {
+    pub(crate) fn start() -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
@@ -421,7 +421,7 @@ impl Recorder {
     }
 
     /// Requests seen so far, without the probes.
-    pub fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         self.seen
             .lock()
             .expect("lock")
@@ -433,7 +433,7 @@ impl Recorder {
 }
 
 /// Runs one vector against a gateway at `addr`; `Err(why)` when it does not hold.
-pub fn check(addr: SocketAddr, rec: &Recorder, v: &Vector) -> Result<(), String> {
+pub(crate) fn check(addr: SocketAddr, rec: &Recorder, v: &Vector) -> Result<(), String> {
     let before = rec.requests().len();
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
@@ -488,7 +488,7 @@ pub fn check(addr: SocketAddr, rec: &Recorder, v: &Vector) -> Result<(), String>
 
 /// What a gateway did with a vector, as a client and the upstream see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
+pub(crate) struct Observed {
     /// Final statuses read (as many as the vector expects at most).
     pub statuses: Vec<u16>,
     /// The connection was closed after them (a probe on it got no answer).
@@ -511,7 +511,7 @@ impl std::fmt::Display for Observed {
 }
 
 /// Sends a vector to any gateway and records what happened, without judging it.
-pub fn observe(addr: SocketAddr, rec: &Recorder, v: &Vector) -> Observed {
+pub(crate) fn observe(addr: SocketAddr, rec: &Recorder, v: &Vector) -> Observed {
     let before = rec.requests().len();
     let mut statuses = Vec::new();
     let mut closed = true;
