@@ -59,7 +59,7 @@ fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
             "application/json",
             format!("{:#}\n", effective_config(&gw)),
         ),
-        ("GET", "/metrics") => (200, crate::metrics::CONTENT_TYPE, {
+        ("GET", "/metrics") => (200, crate::observe::metrics::CONTENT_TYPE, {
             if let Some(e) = &gw.exporter {
                 gw.metrics.sample_tracing(&e.stats);
             }

@@ -16,7 +16,7 @@ use hopline_core::policy::Decision;
 use hopline_core::ProxyError;
 use hopline_h1::head::Headers;
 
-use crate::access_log::{TlsSession, TunnelEnd};
+use crate::observe::access_log::{TlsSession, TunnelEnd};
 use crate::response::ErrorContext;
 use crate::upstream::ClientConn;
 

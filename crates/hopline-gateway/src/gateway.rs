@@ -10,11 +10,11 @@ use hopline_core::config::{
     AccessLogSink, AggregateMode, CallConfig, Config, PathMatch, RouteAction,
 };
 
-use crate::access_log::{AccessLog, AccessRecord};
 use crate::build_error::BuildError;
 use crate::limits::{InFlight, RateLimit};
-use crate::metrics::Metrics;
-use crate::shared::SharedEgress;
+use crate::observe::access_log::{AccessLog, AccessRecord};
+use crate::observe::metrics::Metrics;
+use crate::upstream::shared::SharedEgress;
 use crate::upstream::{Egress, Upstream, UpstreamContext};
 
 /// A route ready to match.
@@ -196,11 +196,11 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
 /// Every configured certificate (the listener's and upstreams' client certificates) with
 /// its subject and expiry, for `hopline_tls_cert_not_after_seconds`. A file that cannot be
 /// read is left out here: building the TLS settings reports it.
-fn certificates(config: &Config) -> Vec<crate::metrics::CertExpiry> {
+fn certificates(config: &Config) -> Vec<crate::observe::metrics::CertExpiry> {
     let mut out = Vec::new();
     let mut add = |listener: String, upstream: String, path: &std::path::Path| {
         if let Ok(info) = hopline_tls::files::leaf_info(path) {
-            out.push(crate::metrics::CertExpiry {
+            out.push(crate::observe::metrics::CertExpiry {
                 listener,
                 upstream,
                 subject: info.subject,
@@ -233,7 +233,7 @@ pub struct Gateway {
     /// Shared egress limits.
     pub egress: Egress,
     /// `[tracing]`: the span exporter (kept across reloads).
-    pub exporter: Option<Arc<crate::otlp::Exporter>>,
+    pub exporter: Option<Arc<crate::observe::otlp::Exporter>>,
     /// The access log.
     pub log: Arc<AccessLog>,
     /// Metrics (shared across reloads).
@@ -277,7 +277,7 @@ impl Gateway {
         let exporter = config
             .tracing
             .as_ref()
-            .map(|t| Arc::new(crate::otlp::Exporter::start(t, log.clone())));
+            .map(|t| Arc::new(crate::observe::otlp::Exporter::start(t, log.clone())));
         Self::assemble(
             config,
             upstreams,
@@ -362,7 +362,7 @@ impl Gateway {
     fn assemble(
         config: Config,
         upstreams: Vec<Upstream>,
-        (egress, exporter): (Egress, Option<Arc<crate::otlp::Exporter>>),
+        (egress, exporter): (Egress, Option<Arc<crate::observe::otlp::Exporter>>),
         log: Arc<AccessLog>,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
@@ -443,14 +443,14 @@ impl Gateway {
     }
 
     /// Each upstream's endpoints as the metrics show them.
-    pub fn endpoint_samples(&self) -> Vec<crate::metrics::EndpointSample> {
-        use crate::endpoint::State;
+    pub fn endpoint_samples(&self) -> Vec<crate::observe::metrics::EndpointSample> {
+        use crate::upstream::endpoint::State;
         self.upstreams
             .iter()
             .map(|u| {
                 let states = u.endpoints.states();
                 let count = |st: State| states.iter().filter(|(_, s)| *s == st).count() as i64;
-                crate::metrics::EndpointSample {
+                crate::observe::metrics::EndpointSample {
                     upstream: u.name.to_string(),
                     usable: count(State::Usable),
                     ejected: count(State::Ejected),
@@ -484,7 +484,7 @@ impl Gateway {
     }
 
     /// The shared egress scope as `/metrics` samples it (none without `[egress] shared`).
-    pub fn shared_samples(&self) -> Vec<crate::shared::SharedSample> {
+    pub fn shared_samples(&self) -> Vec<crate::upstream::shared::SharedSample> {
         self.egress.shared.iter().map(|s| s.sample()).collect()
     }
 

@@ -6,40 +6,27 @@
 //! charted in `docs/architecture.md`.
 
 // The binary and the benches use what is re-exported below; the rest is the crate's own.
-mod access_log;
+// Floors, top to bottom (docs/architecture.md charts them): client/ → request/ →
+// exchange/ → the assembled gateway and the seam (gateway, front, admin) → upstream/ →
+// observe/ → leaves (build_error, clock, limits, response, shape, stream).
 mod admin;
-mod aggregate;
-mod attempt;
 mod build_error;
+mod client;
 mod clock;
-mod conn;
-mod discovery;
-mod endpoint;
-mod forward;
+mod exchange;
 mod front;
 mod gateway;
-mod h1;
-mod h2;
-mod health;
 mod limits;
-mod metrics;
-pub mod otlp;
-mod park;
-mod proxy;
-mod proxy_h2;
-mod redact;
+mod observe;
 mod request;
 mod response;
 mod shape;
-pub mod shared;
 mod stream;
 #[cfg(test)]
 mod testkit;
-mod tls;
-pub mod trace;
 mod upstream;
-mod websocket;
 
+use client::{conn, h2, park, tls};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,12 +37,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-pub use access_log::{AccessLog, AccessRecord};
 pub use build_error::BuildError;
-pub use endpoint::{EndpointGuard, Verdict};
 pub use gateway::{Current, Gateway, NotApplied};
-pub use metrics::Metrics;
-pub use upstream::{Upstream, UpstreamContext};
+pub use observe::access_log::{AccessLog, AccessRecord};
+pub use observe::metrics::Metrics;
+pub use observe::{otlp, trace};
+pub use upstream::endpoint::{EndpointGuard, Verdict};
+pub use upstream::shared;
+pub use upstream::{Upstream, UpstreamBuildError, UpstreamContext};
 
 /// How long in-flight requests get, after the drain period, to write their 503 `SD`.
 const KILL_GRACE: Duration = Duration::from_secs(1);

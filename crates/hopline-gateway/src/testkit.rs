@@ -22,11 +22,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::access_log::TunnelEnd;
-use crate::access_log::{AccessLog, AccessRecord};
 use crate::front::{BodyFailure, CannotCarry, Front, Next, ResponseStart, Sink};
 use crate::front::{Client, Request};
 use crate::gateway::Gateway;
+use crate::observe::access_log::TunnelEnd;
+use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::request;
 use crate::response::ErrorContext;
 use crate::upstream::ClientConn;

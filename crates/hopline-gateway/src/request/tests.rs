@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hopline_core::{Flag, Phase, TimeoutSource};
 
-use crate::endpoint::State;
 use crate::front::Next;
 use crate::testkit::{answers, ok, serve, silent, Harness, Peer, Variant};
+use crate::upstream::endpoint::State;
 
 const MS: Duration = Duration::from_millis(1);
 

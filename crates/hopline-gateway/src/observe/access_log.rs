@@ -37,7 +37,7 @@ pub struct AccessRecord {
     /// The `x-request-id` the client sent, if any (forwarded upstream unchanged).
     pub client_request_id: Option<String>,
     /// The W3C trace the request belongs to, and hopline's span in it.
-    pub trace: Option<crate::trace::TraceCx>,
+    pub trace: Option<crate::observe::trace::TraceCx>,
     /// Client address.
     pub client: Option<SocketAddr>,
     /// The client's address as `server.trusted_proxies` lets hopline know it: the peer,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::access_log::TunnelEnd;
 use crate::front::Request;
+use crate::observe::access_log::TunnelEnd;
 use crate::stream::ClientStream;
 use crate::upstream::ClientConn;
 

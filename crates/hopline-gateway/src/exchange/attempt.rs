@@ -23,11 +23,11 @@ use hopline_core::{Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind
 use tokio::time::Instant;
 
 use crate::clock::Deadline;
-use crate::endpoint::H2Stream;
-use crate::endpoint::{Endpoint, EndpointGuard, Verdict};
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
-use crate::trace::AttemptSpan;
+use crate::observe::trace::AttemptSpan;
+use crate::upstream::endpoint::H2Stream;
+use crate::upstream::endpoint::{Endpoint, EndpointGuard, Verdict};
 use crate::upstream::{ClientConn, EgressSlot, Upstream};
 
 /// The request as it will be sent upstream, rendered once for all attempts.
@@ -50,7 +50,7 @@ pub(crate) struct Forward {
     /// `deadline.margin`: kept back when telling the upstream how long it has.
     pub margin: Duration,
     /// The request's trace: each attempt sends `traceparent` with a span id of its own.
-    pub trace: Option<crate::trace::TraceCx>,
+    pub trace: Option<crate::observe::trace::TraceCx>,
     /// The aggregate call this request is, if it is one (for its spans).
     pub call: Option<Arc<str>>,
 }

@@ -24,9 +24,9 @@ use hopline_core::config::{DnsConfig, DnsFamily};
 use hopline_core::time::Human;
 use tokio::sync::watch;
 
-use crate::access_log::AccessLog;
-use crate::endpoint::{Endpoint, EndpointSet};
-use crate::metrics::Metrics;
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
+use crate::upstream::endpoint::{Endpoint, EndpointSet};
 
 /// A configured entry that is a name: `host:port`.
 #[derive(Debug, Clone)]

@@ -21,9 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 
-use crate::access_log::TunnelEnd;
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::gateway::Gateway;
+use crate::observe::access_log::TunnelEnd;
 use crate::response::{error_response, ErrorContext, CONTINUE};
 use crate::stream::{ClientStream, WriteHalf};
 use crate::upstream::ClientConn;
@@ -186,7 +186,7 @@ impl Front for H1Front<'_> {
     }
 
     async fn tunnel(&mut self, upstream: ClientConn, idle: Duration) -> TunnelEnd {
-        crate::websocket::tunnel(self.stream, self.buf, upstream, idle).await
+        crate::exchange::websocket::tunnel(self.stream, self.buf, upstream, idle).await
     }
 
     fn upgrades(&self) -> bool {

@@ -17,11 +17,11 @@ use hopline_h1::write::put_decimal;
 use hopline_h1::HeadLimits;
 use tokio::time::timeout_at;
 
-use crate::attempt::Forward;
-use crate::attempt::{attempts, slots, Answered, Failed, Hop, Retry, Wire};
-use crate::endpoint::EndpointGuard;
-use crate::endpoint::H2Stream;
+use crate::exchange::attempt::Forward;
+use crate::exchange::attempt::{attempts, slots, Answered, Failed, Hop, Retry, Wire};
 use crate::front::{BodySize, ResponseStart, Sink};
+use crate::upstream::endpoint::EndpointGuard;
+use crate::upstream::endpoint::H2Stream;
 use crate::upstream::millis_at_least_one;
 use hopline_core::trace::SpanId;
 

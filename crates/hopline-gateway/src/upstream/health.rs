@@ -13,9 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::endpoint::{Endpoint, EndpointSet};
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::stream::{Stream, UpstreamStream};
+use crate::upstream::endpoint::{Endpoint, EndpointSet};
 
 /// What a checker needs besides the endpoints.
 #[derive(Debug, Clone)]

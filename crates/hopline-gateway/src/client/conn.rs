@@ -22,13 +22,13 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::timeout_at;
 
+use crate::client::h1::H1Front;
+use crate::client::h2::{serve_h2, PREFACE};
+use crate::client::park::{Lot, Parked};
 use crate::front::Next;
 use crate::front::{Client, Request};
 use crate::gateway::{Current, Gateway};
-use crate::h1::H1Front;
-use crate::h2::{serve_h2, PREFACE};
-use crate::metrics::ConnectionGuard;
-use crate::park::{Lot, Parked};
+use crate::observe::metrics::ConnectionGuard;
 use crate::request::{reject, serve};
 use crate::stream::{ClientStream, Prefixed, Stream};
 
@@ -490,7 +490,7 @@ mod tests {
         let (kill, kill_rx) = watch::channel(false);
         let lot = park.then(|| {
             let lot = Lot::new();
-            let task = tokio::spawn(crate::park::tend(lot.clone(), drain_rx.clone()));
+            let task = tokio::spawn(crate::client::park::tend(lot.clone(), drain_rx.clone()));
             (lot, task)
         });
         let signals = Signals {
@@ -740,7 +740,7 @@ mod tests {
         let lot = Lot::new();
         let (_drain, drain_rx) = watch::channel(false);
         let (_kill, kill_rx) = watch::channel(false);
-        let task = tokio::spawn(crate::park::tend(lot.clone(), drain_rx.clone()));
+        let task = tokio::spawn(crate::client::park::tend(lot.clone(), drain_rx.clone()));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut clients = Vec::new();

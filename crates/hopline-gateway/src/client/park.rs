@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::conn::{raised, serve_connection, Held, Signals, Start};
+use crate::client::conn::{raised, serve_connection, Held, Signals, Start};
 use crate::front::Client;
 use crate::gateway::Current;
 use crate::stream::Stream;

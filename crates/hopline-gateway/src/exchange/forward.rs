@@ -7,10 +7,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hopline_h1::head::{strip_hop_by_hop, Headers};
 use hopline_h1::write::{put_framing, put_header, put_request_line, request_framing};
 
-use crate::attempt::Forward;
+use crate::exchange::attempt::Forward;
 use crate::front::Request;
 use crate::gateway::Gateway;
-use crate::trace::TraceCx;
+use crate::observe::trace::TraceCx;
 
 /// Renders the upstream request head: origin-form target, hop-by-hop fields removed,
 /// `x-request-id` and `x-forwarded-for` set (every received `x-forwarded-for` merged, then

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::access_log::AccessRecord;
+use crate::observe::access_log::AccessRecord;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -673,7 +673,10 @@ impl Metrics {
         let flag = rec.flags.first().copied().unwrap_or("");
         let secs = rec.duration.as_secs_f64();
         let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
-        let route_name = rec.route.as_deref().unwrap_or(crate::access_log::NO_ROUTE);
+        let route_name = rec
+            .route
+            .as_deref()
+            .unwrap_or(crate::observe::access_log::NO_ROUTE);
         let route = self.route_series(&mut hot, route_name);
         route
             .requests(&self.requests, route_name, rec.status, flag)
@@ -709,7 +712,8 @@ impl Metrics {
                     .inc();
             }
             if c.attempts > 0 {
-                let cancelled = rec.status == 499 && c.state != crate::access_log::CallState::Done;
+                let cancelled =
+                    rec.status == 499 && c.state != crate::observe::access_log::CallState::Done;
                 let failure = if c.status.is_none() && c.cause.is_some() {
                     "failed"
                 } else {
@@ -902,7 +906,7 @@ impl Metrics {
 
     /// Brings `hopline_tracing_spans_total` and `hopline_tracing_unsampled_total` up to the
     /// exporter's counts.
-    pub fn sample_tracing(&self, stats: &crate::otlp::ExportStats) {
+    pub fn sample_tracing(&self, stats: &crate::observe::otlp::ExportStats) {
         let now = [
             stats.exported.load(Ordering::Relaxed),
             stats.dropped.load(Ordering::Relaxed),

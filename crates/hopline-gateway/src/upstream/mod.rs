@@ -6,6 +6,16 @@
 //! dropped with it and the upstream sees its connection closed at once. Only connections
 //! whose response was read to the end cleanly go back to the pool.
 
+// The upstreams' own parts, below the exchange layer: endpoints and their pools, DNS
+// discovery, health checks, the shared egress budget.
+pub(crate) mod discovery;
+pub(crate) mod endpoint;
+mod error;
+pub(crate) mod health;
+pub mod shared;
+
+pub use error::UpstreamBuildError;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,16 +35,14 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::build_error::BuildError;
-use crate::discovery::{self, Names};
-use crate::endpoint::{
+use crate::limits::{InFlight, InFlightGuard, RateLimit, RetryBudget};
+use crate::observe::metrics::Metrics;
+use crate::stream::{Stream, UpstreamStream};
+use crate::upstream::endpoint::{
     Endpoint, EndpointGuard, EndpointSet, H2Conn, H2Stream, IdleConn, NoEndpoint,
 };
-use crate::health;
-use crate::limits::{InFlight, InFlightGuard, RateLimit, RetryBudget};
-use crate::metrics::Metrics;
-use crate::shared::{SharedEgress, SharedSlot};
-use crate::stream::{Stream, UpstreamStream};
+use crate::upstream::shared::{SharedEgress, SharedSlot};
+use discovery::Names;
 
 /// Told of each step a new connection reaches (`TLS handshake`, the HTTP/2 handshake), so
 /// a request cut off while connecting can say which step it was waiting in.
@@ -175,7 +183,7 @@ pub struct UpstreamContext {
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
     /// The access log (endpoint events are written to it).
-    pub log: Arc<crate::access_log::AccessLog>,
+    pub log: Arc<crate::observe::access_log::AccessLog>,
 }
 
 impl UpstreamContext {
@@ -183,7 +191,7 @@ impl UpstreamContext {
     pub fn of(
         config: &hopline_core::config::Config,
         metrics: Arc<Metrics>,
-        log: Arc<crate::access_log::AccessLog>,
+        log: Arc<crate::observe::access_log::AccessLog>,
     ) -> Self {
         UpstreamContext {
             ratio: config.retry_budget.ratio,
@@ -199,7 +207,7 @@ impl UpstreamContext {
 impl Upstream {
     /// Builds the upstream: its IP endpoints at once; its names resolved in the
     /// background (inside a Tokio runtime), and its health checks started if configured.
-    pub fn new(config: UpstreamConfig, cx: &UpstreamContext) -> Result<Self, BuildError> {
+    pub fn new(config: UpstreamConfig, cx: &UpstreamContext) -> Result<Self, UpstreamBuildError> {
         let tls = Self::tls(&config)?;
         let (endpoints, names) = Self::members(&config, &tls, cx)?;
         Ok(Upstream {
@@ -217,12 +225,14 @@ impl Upstream {
         })
     }
 
-    fn tls(config: &UpstreamConfig) -> Result<Option<Arc<rustls::ClientConfig>>, BuildError> {
+    fn tls(
+        config: &UpstreamConfig,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, UpstreamBuildError> {
         config
             .tls
             .as_ref()
             .map(|t| {
-                hopline_tls::client::client_config(t).map_err(|source| BuildError::UpstreamTls {
+                hopline_tls::client::client_config(t).map_err(|source| UpstreamBuildError::Tls {
                     upstream: config.name.clone(),
                     source,
                 })
@@ -236,7 +246,7 @@ impl Upstream {
         config: &UpstreamConfig,
         tls: &Option<Arc<rustls::ClientConfig>>,
         cx: &UpstreamContext,
-    ) -> Result<(Arc<EndpointSet>, Arc<Names>), BuildError> {
+    ) -> Result<(Arc<EndpointSet>, Arc<Names>), UpstreamBuildError> {
         let server_name = {
             let sni = config.tls.as_ref().map(|t| t.sni.clone());
             move |target: &str, addr: SocketAddr| {
@@ -277,10 +287,11 @@ impl Upstream {
             return Ok((set, names));
         }
         if names.any() {
-            let resolver = discovery::resolver(&cx.dns).map_err(|source| BuildError::Dns {
-                upstream: config.name.clone(),
-                source,
-            })?;
+            let resolver =
+                discovery::resolver(&cx.dns).map_err(|source| UpstreamBuildError::Dns {
+                    upstream: config.name.clone(),
+                    source,
+                })?;
             let make = Arc::new(move |addr: SocketAddr, name: &discovery::Name| {
                 Endpoint::new(addr, name.target.clone(), server_name(&name.target, addr))
             });
@@ -310,7 +321,7 @@ impl Upstream {
         &self,
         config: UpstreamConfig,
         cx: &UpstreamContext,
-    ) -> Result<Self, BuildError> {
+    ) -> Result<Self, UpstreamBuildError> {
         // TLS files are re-read on every reload (rotated certificates apply to new
         // connections).
         let tls = Self::tls(&config)?;

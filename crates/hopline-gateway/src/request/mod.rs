@@ -7,6 +7,8 @@
 //! `request_deadline` → `run` (the route, raced against the client leaving and the drain
 //! ending) → `settle` (what the run got done) → `conclude` (the failure policy).
 
+pub(crate) mod aggregate;
+
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -22,20 +24,20 @@ use hopline_core::{Flag, Phase, ProxyError};
 use crate::clock::Deadline;
 use hopline_h1::head::Headers;
 
-use crate::access_log::AccessRecord;
-use crate::access_log::TunnelEnd;
-use crate::access_log::{CallRecord, CallState};
-use crate::aggregate::{self, CallsCell};
-use crate::attempt::Hop;
-use crate::attempt::{Progress, ProgressCell};
-use crate::forward::forward;
+use crate::exchange::attempt::Hop;
+use crate::exchange::attempt::{Progress, ProgressCell};
+use crate::exchange::forward::forward;
+use crate::exchange::proxy::proxy;
+use crate::exchange::websocket;
 use crate::front::{BodyFailure, Client, Front, Next, Request, Sink};
 use crate::gateway::{Action, Gateway, Route};
-use crate::proxy::proxy;
-use crate::redact;
+use crate::observe::access_log::AccessRecord;
+use crate::observe::access_log::TunnelEnd;
+use crate::observe::access_log::{CallRecord, CallState};
+use crate::observe::redact;
+use crate::observe::trace::TraceCx;
 use crate::response::ErrorContext;
-use crate::trace::TraceCx;
-use crate::websocket;
+use aggregate::CallsCell;
 use hopline_h1::path::{self, PathRules};
 use std::borrow::Cow;
 
@@ -79,7 +81,11 @@ pub(crate) async fn serve<F: Front>(
                 trusted,
                 refused,
                 trace: rec.trace.clone().unwrap_or_else(|| {
-                    TraceCx::of(&req.headers, None::<&crate::otlp::Exporter>, trusted)
+                    TraceCx::of(
+                        &req.headers,
+                        None::<&crate::observe::otlp::Exporter>,
+                        trusted,
+                    )
                 }),
             };
             let ran = run(gw, front, &mut req, job, rec.x_request_id(), kill).await;

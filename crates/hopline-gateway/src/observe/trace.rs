@@ -185,13 +185,14 @@ impl AttemptLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::Exporter;
+    use crate::observe::otlp::Exporter;
     use hopline_core::config::TracingConfig;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     fn exporter(ratio: f64, max: u32) -> Exporter {
-        let off = crate::access_log::AccessLog::open(&hopline_core::config::AccessLogSink::Off);
+        let off =
+            crate::observe::access_log::AccessLog::open(&hopline_core::config::AccessLogSink::Off);
         Exporter::start(
             &TracingConfig {
                 otlp_endpoint: "http://127.0.0.1:9/v1/traces".into(),

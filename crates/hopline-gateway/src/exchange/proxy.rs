@@ -17,18 +17,18 @@ use hopline_h1::write::{end_head, put_decimal};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::time::timeout_at;
 
-use crate::attempt::{
+use crate::exchange::attempt::{
     attempts, slots, Answered, Failed, Forward, Hop, ProgressCell, Retry, Slots, Wire,
 };
-use crate::endpoint::{EndpointGuard, Reporter};
 use crate::front::{BodySize, ResponseStart, Sink, COALESCE};
+use crate::upstream::endpoint::{EndpointGuard, Reporter};
 use crate::upstream::{millis_at_least_one, ClientConn, ExchangeError, Upstream};
 use hopline_core::trace::SpanId;
 
 /// Sends the hop's request to its upstream and streams the answer into `sink`.
 pub(crate) async fn proxy<S: Sink>(hop: &Hop<'_>, sink: &mut S) -> Result<(), ProxyError> {
     if hop.up.config.protocol == UpstreamProtocol::H2 {
-        return crate::proxy_h2::proxy_h2(hop, sink).await;
+        return crate::exchange::proxy_h2::proxy_h2(hop, sink).await;
     }
     let opened = open(hop).await?;
     let endpoint = opened.reporter();
@@ -277,7 +277,7 @@ async fn exchange(
 /// phase `TLS handshake`, counted like one; anything else by its kind.
 fn io_kind(
     up: &Upstream,
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::observe::metrics::Metrics,
     phase: Phase,
     e: std::io::Error,
 ) -> UpstreamErrorKind {

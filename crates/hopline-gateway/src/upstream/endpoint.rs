@@ -3,7 +3,7 @@
 //! health checks. An endpoint is used only when both say yes; when too few are usable,
 //! the upstream balances over all of them (panic mode) rather than overload the rest.
 //!
-//! The set of endpoints changes as names re-resolve ([`crate::discovery`]): an endpoint
+//! The set of endpoints changes as names re-resolve ([`crate::upstream::discovery`]): an endpoint
 //! whose address stays keeps its pools and standing; one that goes is marked removed,
 //! its idle connections are closed and requests already on it finish.
 
@@ -19,8 +19,8 @@ use hopline_core::time::Human;
 use hopline_core::{ProxyError, TimeoutSource, UpstreamErrorKind};
 use rustls::pki_types::ServerName;
 
-use crate::access_log::AccessLog;
-use crate::metrics::Metrics;
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
 
 /// How many recent failures an endpoint remembers for `/endpoints`.
 const RECENT_FAILURES: usize = 5;
@@ -788,8 +788,9 @@ mod tests {
                 Arc::new(Endpoint::new(addr, addr.to_string().into(), None))
             })
             .collect();
-        let log = crate::access_log::AccessLog::open(&hopline_core::config::AccessLogSink::Off)
-            .expect("log off");
+        let log =
+            crate::observe::access_log::AccessLog::open(&hopline_core::config::AccessLogSink::Off)
+                .expect("log off");
         Arc::new(EndpointSet::new(
             "u".into(),
             OutlierConfig::default(),

@@ -18,8 +18,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::access_log::{AccessLog, AccessRecord};
-use crate::trace::{AttemptSpan, Sampler};
+use crate::observe::access_log::{AccessLog, AccessRecord};
+use crate::observe::trace::{AttemptSpan, Sampler};
 
 /// Spans waiting for export at most; beyond, new ones are dropped (and counted).
 const QUEUE: usize = 8192;

@@ -27,11 +27,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use crate::access_log::TunnelEnd;
-use crate::conn::{raised, Signals};
+use crate::client::conn::{raised, Signals};
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::front::{Client, Request};
 use crate::gateway::{Current, Gateway};
+use crate::observe::access_log::TunnelEnd;
 use crate::request::{reject, serve};
 use crate::response::{error_parts, grpc_message, ErrorContext};
 use crate::upstream::ClientConn;

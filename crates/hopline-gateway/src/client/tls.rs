@@ -10,8 +10,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::access_log::TlsSession;
 use crate::gateway::Gateway;
+use crate::observe::access_log::TlsSession;
 use crate::stream::{ClientStream, Stream};
 
 /// The first byte of a TLS handshake record.
@@ -77,7 +77,7 @@ pub(crate) async fn handshake(
             // The rest of the request is still arriving: read it away after the
             // answer, or the close becomes an RST that can destroy the answer.
             if let Ok(Ok(())) = timeout_at(until, tcp.write_all(&plain_http_answer())).await {
-                crate::h1::linger(&mut tcp, &mut bytes::BytesMut::new()).await;
+                crate::client::h1::linger(&mut tcp, &mut bytes::BytesMut::new()).await;
             }
             return None;
         }

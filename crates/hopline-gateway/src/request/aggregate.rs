@@ -21,12 +21,12 @@ use crate::clock::Deadline;
 use hopline_h1::head::Headers;
 use hopline_h1::write::{put_framing, put_header, put_request_line, request_framing};
 
-use crate::access_log::{CallRecord, CallState};
-use crate::attempt::Hop;
-use crate::attempt::{Forward, ProgressCell};
+use crate::exchange::attempt::Hop;
+use crate::exchange::attempt::{Forward, ProgressCell};
+use crate::exchange::proxy::{collect, open};
 use crate::front::{BodySize, ResponseStart, Sink};
 use crate::gateway::{Aggregate, Call, Gateway};
-use crate::proxy::{collect, open};
+use crate::observe::access_log::{CallRecord, CallState};
 
 /// Largest call response body accepted.
 const MAX_CALL_BODY: usize = 4 << 20;
@@ -134,7 +134,7 @@ pub(crate) struct Request<'a> {
     /// The `x-request-id` the calls carry.
     pub request_id: &'a str,
     /// The request's trace: each call attempt sends `traceparent` with its own span id.
-    pub trace: &'a crate::trace::TraceCx,
+    pub trace: &'a crate::observe::trace::TraceCx,
     /// Its deadline.
     pub deadline: Deadline,
 }
@@ -362,7 +362,7 @@ fn call_request(
     gw: &Gateway,
     call: &Call,
     head: &crate::front::Request,
-    (request_id, trace): (&str, &crate::trace::TraceCx),
+    (request_id, trace): (&str, &crate::observe::trace::TraceCx),
 ) -> Result<Forward, PlaceholderError> {
     let c = &call.config;
     let query = head.query();
@@ -382,7 +382,7 @@ fn call_request(
     put_header(&mut out, b"accept", b"application/json");
     for name in &c.forward_headers {
         // A call's trace headers are its own (sent per attempt), whatever is forwarded.
-        if crate::forward::is_trace_header(name.as_bytes()) {
+        if crate::exchange::forward::is_trace_header(name.as_bytes()) {
             continue;
         }
         for v in head.headers.get_all(name) {

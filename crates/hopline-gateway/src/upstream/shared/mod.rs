@@ -22,9 +22,9 @@ pub use hopline_core::SharedRefusal as Refusal;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::access_log::AccessLog;
 use crate::limits::RateLimit;
-use crate::metrics::Metrics;
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
 
 /// How long an in-flight holding lasts unless renewed: a gateway that dies gives its
 /// slots back to the scope within this.
@@ -93,7 +93,7 @@ fn slot_batch(in_flight: usize) -> usize {
     (in_flight / 50).clamp(1, 100)
 }
 
-pub use crate::metrics::SharedSample;
+pub use crate::observe::metrics::SharedSample;
 
 /// A gateway's membership in a shared egress scope. Built once; survives reloads (which
 /// may change the budgets, not the store or scope).
