@@ -3,7 +3,9 @@
 //! `hopline chaos` unchanged.
 //!
 //! As Toxiproxy's: every answer carries `X-Toxiproxy-Request-Id`; a browser-like user
-//! agent (`Mozilla/…`) gets 403, so a web page cannot drive the proxy across sites; a
+//! agent (`Mozilla/…`) gets 403, so a web page cannot drive the proxy across sites (and,
+//! beyond Toxiproxy, so does any `Origin` and a `Host` that is a name other than
+//! `localhost` or one given with `--api-allowed-host`: DNS rebinding); a
 //! known path with the wrong method gets 405 with no body; an unknown path (a trailing
 //! slash included) gets `404 page not found`; errors are `{"error": …, "status": …}`
 //! written as Go's `http.Error` writes them.
@@ -11,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hopline_h1::small::Reply;
+use hopline_h1::small::{Limits, Reply};
 use hopline_h1::RequestHead;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -27,10 +29,13 @@ const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Switches of the API server.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Serve `/metrics` with per-proxy counters (Toxiproxy's `-proxy-metrics`).
     pub proxy_metrics: bool,
+    /// Host names (beyond IP literals and `localhost`) the API answers to
+    /// (`--api-allowed-host`); another name in `Host` is answered 403.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
@@ -41,10 +46,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let ids = Arc::new(RequestIds::default());
-    hopline_h1::small::serve(listener, shutdown, move |head, body| {
+    let limits = Limits {
+        allowed_hosts: options.allowed_hosts.clone(),
+        hosts_setting: "--api-allowed-host",
+        ..Limits::default()
+    };
+    let proxy_metrics = options.proxy_metrics;
+    hopline_h1::small::serve(listener, limits, shutdown, move |head, body| {
         let (registry, ids) = (registry.clone(), ids.clone());
         async move {
-            let mut reply = answer(&registry, options, &head, &body).await;
+            let mut reply = answer(&registry, proxy_metrics, &head, &body).await;
             reply.headers.push(("x-toxiproxy-request-id", ids.next()));
             reply
         }
@@ -109,7 +120,7 @@ fn methods(parts: &[&str]) -> Option<&'static [&'static str]> {
 /// Answers one API request.
 pub(crate) async fn answer(
     r: &Registry,
-    options: Options,
+    proxy_metrics: bool,
     head: &RequestHead,
     body: &[u8],
 ) -> Reply {
@@ -125,7 +136,7 @@ pub(crate) async fn answer(
     // Exact segments: `/proxies/` is not `/proxies` (as gorilla/mux routes them).
     let parts: Vec<&str> = path.strip_prefix('/').unwrap_or("\0").split('/').collect();
     let known = methods(&parts).filter(|_| !parts.iter().any(|p| p.is_empty()));
-    let known = known.filter(|_| parts != ["metrics"] || options.proxy_metrics);
+    let known = known.filter(|_| parts != ["metrics"] || proxy_metrics);
     match known {
         None => return error_reply(404, "404 page not found".into()),
         Some(allowed) if !allowed.contains(&method) => return Reply::new(405, TEXT, ""),

@@ -1042,7 +1042,22 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
         })
         .unwrap_or_default();
     let admin = root.sub(&mut cx, "admin").and_then(|mut t| {
-        let a = listen_addr(&mut cx, &mut t, "listen", None).map(|listen| AdminConfig { listen });
+        let max_connections = t.uint(
+            &mut cx,
+            "max_connections",
+            AdminConfig::MAX_CONNECTIONS as u64,
+            1,
+            100_000,
+        ) as usize;
+        let allowed_hosts = t
+            .str_list(&mut cx, "allowed_hosts")
+            .map(|l| l.into_iter().map(|(s, _)| s.to_string()).collect())
+            .unwrap_or_default();
+        let a = listen_addr(&mut cx, &mut t, "listen", None).map(|listen| AdminConfig {
+            listen,
+            max_connections,
+            allowed_hosts,
+        });
         t.finish(&mut cx);
         a
     });

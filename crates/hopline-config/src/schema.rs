@@ -153,7 +153,11 @@ pub fn schema() -> Value {
                 "margin": duration("default 5ms"),
                 "min_caller": duration("default 10ms: a caller's budget below it is answered 504 at once"),
             })),
-            "admin": closed(json!({"listen": {"type": "string", "description": "host:port — an IP address or a host name (a name binds every address it resolves to)"}})),
+            "admin": closed(json!({
+                "listen": {"type": "string", "description": "host:port — an IP address or a host name (a name binds every address it resolves to)"},
+                "max_connections": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 64, "description": "connections open at once; one more is answered 503 and closed"},
+                "allowed_hosts": {"type": "array", "items": {"type": "string"}, "default": [], "description": "host names the admin API answers to beyond IP literals and localhost; another name in Host is answered 403 (DNS rebinding)"},
+            })),
             "retry_budget": closed(json!({
                 "ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
                 "min_per_sec": {"type": "integer", "minimum": 0, "default": 10},

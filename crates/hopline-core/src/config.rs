@@ -609,6 +609,16 @@ impl std::fmt::Display for ListenAddr {
 pub struct AdminConfig {
     /// Listen address of the admin API (an IP or a host name, and a port).
     pub listen: ListenAddr,
+    /// Connections open at once; one more is answered 503 and closed. Default 64.
+    pub max_connections: usize,
+    /// Host names (beyond IP literals and `localhost`) the admin API answers to; a
+    /// request naming another is answered 403 (DNS rebinding). Default none.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl AdminConfig {
+    /// The default `max_connections`.
+    pub const MAX_CONNECTIONS: usize = 64;
 }
 
 /// `[retry_budget]`: retries allowed on top of first attempts.

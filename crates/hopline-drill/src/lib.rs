@@ -118,8 +118,11 @@ async fn http_call(
         .await
         .map_err(|e| e.to_string())?;
     let mut req = bytes::BytesMut::new();
+    // The address, as curl would name it: the APIs answer IP literals (never a name
+    // they were not told about).
+    let host = api.to_string();
     let fields = [
-        ("host", "chaos"),
+        ("host", host.as_str()),
         ("connection", "close"),
         ("content-type", "application/json"),
     ];

@@ -2,15 +2,17 @@
 //! (503 while draining), `/config` (effective timeouts as JSON), `/metrics` and
 //! `/endpoints` (every upstream's endpoints: state, load, recent failures).
 //!
-//! As Toxiproxy's API does, it refuses what a web page could make a browser send (any
-//! `Origin`, or a browser user agent on anything but GET/HEAD) with 403, so a page the
-//! operator visits cannot reach it through their loopback.
+//! It refuses what a web page could make a browser send with 403 — any `Origin`, a browser
+//! user agent on anything but GET/HEAD, and a `Host` that is a name other than
+//! `localhost` or one of `admin.allowed_hosts` (DNS rebinding) — so a page the operator
+//! visits cannot reach it through their loopback. Connections (`admin.max_connections`),
+//! waits and bodies are bounded by the server in `hopline_h1::small`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hopline_core::config::{AccessLogSink, RouteAction, Zone};
-use hopline_h1::small::Reply;
+use hopline_h1::small::{Limits, Reply};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -22,22 +24,35 @@ pub(crate) async fn serve(
     current: Arc<Current>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    hopline_h1::small::serve(listener, shutdown, move |head, _body| {
+    let limits = match &current.load().config.admin {
+        Some(a) => Limits {
+            max_connections: a.max_connections,
+            allowed_hosts: a.allowed_hosts.clone(),
+            hosts_setting: "admin.allowed_hosts",
+            ..Limits::default()
+        },
+        None => Limits {
+            hosts_setting: "admin.allowed_hosts",
+            ..Limits::default()
+        },
+    };
+    hopline_h1::small::serve(listener, limits, shutdown, move |head, _body| {
         let reply = answer(&current, &head);
         async move { reply }
     })
     .await;
 }
 
-/// True for a request a web page could have made a browser send: any `Origin` (the admin
-/// API has no page of its own, so every origin is cross-site), or a browser user agent on
-/// a method that is not a plain GET/HEAD. Prometheus and kubelet probes send neither.
+/// True for a request a web page could have made a browser send: a browser user agent on
+/// a method that is not a plain GET/HEAD (any `Origin`, and a `Host` that is a name the
+/// API was not told about, are refused by the server before this). Prometheus and kubelet
+/// probes send neither.
 fn from_a_browser(head: &hopline_h1::RequestHead) -> bool {
     let browser = head
         .headers
         .get("user-agent")
         .is_some_and(|ua| ua.starts_with(b"Mozilla/"));
-    head.headers.contains("origin") || (browser && !matches!(&head.method[..], b"GET" | b"HEAD"))
+    browser && !matches!(&head.method[..], b"GET" | b"HEAD")
 }
 
 /// Answers one admin request.
@@ -223,7 +238,11 @@ pub(crate) fn effective_config(gw: &Gateway) -> Value {
             "idle_timeout_ms": f.idle_timeout.map(ms),
         })),
         "deadline": {"default_ms": ms(c.deadline.default), "max_ms": ms(c.deadline.max), "margin_ms": ms(c.deadline.margin)},
-        "admin": c.admin.as_ref().map(|a| json!({"listen": a.listen.to_string()})),
+        "admin": c.admin.as_ref().map(|a| json!({
+            "listen": a.listen.to_string(),
+            "max_connections": a.max_connections,
+            "allowed_hosts": a.allowed_hosts,
+        })),
         "retry_budget": {"ratio": c.retry_budget.ratio, "min_per_sec": c.retry_budget.min_per_sec},
         "egress": c.egress.as_ref().map(|e| json!({
             "max_in_flight": e.max_in_flight,

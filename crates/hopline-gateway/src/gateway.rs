@@ -108,9 +108,12 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
         }
     };
     let admin = |c: &Config| {
-        c.admin
-            .as_ref()
-            .map_or("off".into(), |a| a.listen.to_string())
+        c.admin.as_ref().map_or("off".into(), |a| {
+            format!(
+                "{} (max_connections {}, allowed_hosts {:?})",
+                a.listen, a.max_connections, a.allowed_hosts
+            )
+        })
     };
     let log = |c: &Config| match &c.log.access {
         AccessLogSink::Stdout => "stdout".to_string(),

@@ -134,6 +134,10 @@ enum Command {
         /// connections, and what the NAT model stalled or reset.
         #[arg(long)]
         proxy_metrics: bool,
+        /// A host name the API answers to beyond IP literals and `localhost` (repeatable);
+        /// a request naming another in `Host` is answered 403 (DNS rebinding).
+        #[arg(long = "api-allowed-host", value_name = "NAME")]
+        api_allowed_hosts: Vec<String>,
     },
     /// Print a shell completion script, e.g. `hopline completions bash > /etc/bash_completion.d/hopline`.
     Completions {
@@ -258,11 +262,15 @@ fn main() -> ExitCode {
             api,
             seed,
             proxy_metrics,
+            api_allowed_hosts,
         } => chaos(
             config.as_deref(),
             api,
             seed,
-            hopline_chaos::Options { proxy_metrics },
+            hopline_chaos::Options {
+                proxy_metrics,
+                allowed_hosts: api_allowed_hosts,
+            },
         ),
         Command::Diagnose {
             logs,

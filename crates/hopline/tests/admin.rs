@@ -3,8 +3,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
@@ -304,7 +304,7 @@ fn web_pages_cannot_reach_the_admin_api_but_probes_can() {
         let mut s = connect(admin);
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nhost: a\r\n{extra}content-length: 0\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nhost: {admin}\r\n{extra}content-length: 0\r\n\r\n"
         )
         .expect("write");
         read_response(&mut s).status
@@ -326,4 +326,116 @@ fn web_pages_cannot_reach_the_admin_api_but_probes_can() {
     );
     assert_eq!(ask("GET", "/metrics", "origin: null\r\n"), 403);
     assert_eq!(ask("POST", "/healthz", "user-agent: Mozilla/5.0\r\n"), 403);
+}
+
+/// Sends `GET path` with this `Host` line (and more lines) and returns status and body.
+fn with_host(addr: SocketAddr, path: &str, host: &str, extra: &str) -> (u16, String) {
+    let mut s = connect(addr);
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\n{extra}\r\n").expect("write");
+    let r = read_response(&mut s);
+    (r.status, r.body)
+}
+
+#[test]
+fn a_rebinding_host_is_refused_while_ip_literals_localhost_and_listed_names_are_answered() {
+    let up = mock(&[]);
+    let config = base_config(up.addr).replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nallowed_hosts = [\"hopline-admin.monitoring.svc\"]\n",
+    );
+    let gw = gateway("", &config);
+    let admin = admin_addr(&gw);
+    // A page on evil.example whose name now resolves to 127.0.0.1: its own name in Host.
+    let (status, body) = with_host(admin, "/config", "evil.example:9901", "");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin.allowed_hosts"), "{body}");
+    assert_eq!(with_host(admin, "/config", "127.0.0.1.nip.io", "").0, 403);
+    // What probes, Prometheus and curl send; and a name the operator listed.
+    for host in [
+        admin.to_string(),
+        "10.0.3.7:9901".to_string(),
+        "[::1]:9901".to_string(),
+        "localhost:9901".to_string(),
+        "Hopline-Admin.Monitoring.svc:9901".to_string(),
+    ] {
+        assert_eq!(with_host(admin, "/healthz", &host, "").0, 200, "{host}");
+    }
+    // Any Origin is a web page's, whatever the Host.
+    assert_eq!(
+        with_host(admin, "/metrics", "127.0.0.1", "origin: null\r\n").0,
+        403
+    );
+    // The effective config says what is in force.
+    let cfg: Value = serde_json::from_str(&get(admin, "/config", "").body).expect("json");
+    assert_eq!(cfg["admin"]["max_connections"], 64);
+    assert_eq!(
+        cfg["admin"]["allowed_hosts"],
+        json!(["hopline-admin.monitoring.svc"])
+    );
+}
+
+#[test]
+fn idle_admin_connections_are_capped_and_closed_at_the_head_timeout() {
+    let up = mock(&[]);
+    let gw = gateway("", &base_config(up.addr));
+    let admin = admin_addr(&gw);
+    // 64 connections that never send a byte hold every slot…
+    let idle: Vec<TcpStream> = (0..64).map(|_| connect(admin)).collect();
+    // …so each one more is answered 503 and closed at once, without a wait. (The
+    // accept queue is first in, first out: these come after the 64.)
+    let mut refused = 0;
+    for _ in 0..136 {
+        let mut s = connect(admin);
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        refused += 1;
+    }
+    assert_eq!(refused, 136);
+    // The idle ones are closed at the 5 s head timeout, and the API answers again.
+    let t0 = std::time::Instant::now();
+    for mut s in idle {
+        let mut rest = Vec::new();
+        let n = s.read_to_end(&mut rest).expect("closed, not reset");
+        assert_eq!(n, 0, "closed without a word");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(9), "{:?}", t0.elapsed());
+    let deadline = std::time::Instant::now() + WAIT;
+    while get(admin, "/healthz", "").status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no free slot within {WAIT:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn an_admin_body_over_64_kib_is_answered_413() {
+    let up = mock(&[]);
+    let gw = gateway("", &base_config(up.addr));
+    let admin = admin_addr(&gw);
+    let mut s = connect(admin);
+    // Declared too large: refused before a byte of it is read.
+    write!(
+        s,
+        "POST /healthz HTTP/1.1\r\nhost: {admin}\r\ncontent-length: 1048575\r\n\r\n"
+    )
+    .expect("write");
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 413, "{}", r.body);
+    // Chunked, growing past the cap.
+    let mut s = connect(admin);
+    write!(
+        s,
+        "POST /healthz HTTP/1.1\r\nhost: {admin}\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .expect("write");
+    let chunk = format!("8000\r\n{}\r\n", "a".repeat(0x8000));
+    for _ in 0..3 {
+        if s.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    assert_eq!(read_response(&mut s).status, 413);
 }

@@ -578,3 +578,30 @@ fn third_party_toxiproxy_node_client_drives_the_api() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/node/node_modules");
     third_party_client("node", "toxiproxy_node.js", &[("NODE_PATH", modules)]);
 }
+
+/// `GET /version` with this `Host` and more lines: the status and body.
+fn version_with(api: std::net::SocketAddr, host: &str, extra: &str) -> (u16, String) {
+    let mut s = connect(api);
+    write!(s, "GET /version HTTP/1.1\r\nhost: {host}\r\n{extra}\r\n").expect("write");
+    let r = read_response(&mut s);
+    (r.status, r.body)
+}
+
+#[test]
+fn the_chaos_api_refuses_rebinding_names_and_web_pages() {
+    let c = chaos(&["--api-allowed-host", "chaos.drill.internal"]);
+    // A rebinding page cannot create a relay to anywhere: its name is in Host.
+    let (status, body) = version_with(c.addr, "evil.example", "");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--api-allowed-host"), "{body}");
+    // A page's fetch carries an Origin (Firefox lets it set any user agent).
+    let addr = c.addr.to_string();
+    assert_eq!(
+        version_with(c.addr, &addr, "origin: https://evil.example\r\n").0,
+        403
+    );
+    // Toxiproxy clients name the address; localhost and a listed name are answered.
+    for host in [addr.as_str(), "localhost:8474", "CHAOS.drill.internal"] {
+        assert_eq!(version_with(c.addr, host, "").0, 200, "{host}");
+    }
+}

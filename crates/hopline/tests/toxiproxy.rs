@@ -41,7 +41,7 @@ fn call(api: SocketAddr, method: &str, path: &str, body: &str, extra: &str) -> R
     let mut s = connect(api);
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: api\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: {api}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write");

@@ -385,7 +385,8 @@ pub(crate) fn read_response(s: &mut TcpStream) -> Response {
 /// Sends a GET with extra header lines and reads the response on a new connection.
 pub(crate) fn get(addr: SocketAddr, path: &str, extra: &str) -> Response {
     let mut s = connect(addr);
-    write!(s, "GET {path} HTTP/1.1\r\nhost: test\r\n{extra}\r\n").expect("write");
+    // The address as curl names it (the admin and chaos APIs answer IP literals).
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\n{extra}\r\n").expect("write");
     read_response(&mut s)
 }
 
@@ -451,7 +452,7 @@ pub(crate) const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n
 /// Calls the chaos API: `(status, JSON body or Null)`.
 pub(crate) fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
     let mut s = connect(addr);
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
         .expect("write");
     let r = read_response(&mut s);
     let v = if r.body.trim().is_empty() {
