@@ -135,3 +135,47 @@ fn nothing_is_tunnelled_when_the_upstream_refuses_the_upgrade() {
         "raw bytes reached the upstream: {seen}"
     );
 }
+
+/// A client that stops reading while the upstream keeps sending: the tunnel is cut once a
+/// write to the client has waited `server.write_timeout`, not held for ever.
+#[test]
+fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
+    let up = FakeUpstream::start(|_, mut s| {
+        if read_request(&mut s).is_none() {
+            return;
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+              sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        );
+        // Binary frames of 64 KiB, until hopline stops taking them (at most 1 GiB).
+        let mut frame = vec![0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0];
+        frame.resize(10 + 65536, 0x5a);
+        for _ in 0..16_384 {
+            if s.write_all(&frame).is_err() {
+                return;
+            }
+        }
+    });
+    let gw = gateway(
+        "write_timeout = \"400ms\"",
+        &ws_routes(up.addr, "websocket_idle_timeout = \"60s\""),
+    );
+    let mut s = connect(gw.addr);
+    s.write_all(
+        b"GET /ws/stalled HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .expect("write");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("101");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // From here the client reads nothing: the socket buffers fill, hopline's write waits.
+    let line = gw.wait_json(WAIT, "the tunnel's line", |v| v["path"] == "/ws/stalled");
+    assert_eq!(line["tunnel"]["closed_by"], "write_timeout", "{line}");
+    assert!(
+        line["tunnel"]["bytes_down"].as_u64().is_some_and(|n| n > 0),
+        "{line}"
+    );
+    drop(s);
+}

@@ -186,7 +186,8 @@ impl Front for H1Front<'_> {
     }
 
     async fn tunnel(&mut self, upstream: ClientConn, idle: Duration) -> TunnelEnd {
-        crate::exchange::websocket::tunnel(self.stream, self.buf, upstream, idle).await
+        let write = self.gw.config.server.write_timeout;
+        crate::exchange::websocket::tunnel(self.stream, self.buf, upstream, idle, write).await
     }
 
     fn upgrades(&self) -> bool {

@@ -2,12 +2,14 @@
 //! request is forwarded like any request, and only once the upstream has answered `101
 //! Switching Protocols` — never before, so no byte of the client's can reach the
 //! upstream unparsed on a refused upgrade — are bytes tunnelled both ways, until either
-//! side closes (its close passed on to the other) or the tunnel is silent for
-//! `websocket_idle_timeout`.
+//! side closes (its close passed on to the other), the tunnel is silent for
+//! `websocket_idle_timeout`, or a side does not take what is written to it within
+//! `server.write_timeout` (a client that stops reading while the upstream sends would
+//! otherwise hold the tunnel, its slot and its buffers for as long as it likes).
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use crate::front::Request;
@@ -30,21 +32,22 @@ pub(crate) async fn tunnel(
     client_buf: &mut bytes::BytesMut,
     upstream: ClientConn,
     idle: Duration,
+    write: Duration,
 ) -> TunnelEnd {
     let (mut up, up_buf) = upstream.into_parts();
     let mut end = TunnelEnd::default();
     // Bytes already read on either side go across first.
     if !client_buf.is_empty() {
-        if up.write_all(client_buf).await.is_err() {
-            end.closed_by = "upstream";
+        if let Err(why) = put(&mut up, client_buf, write, "upstream").await {
+            end.closed_by = why;
             return end;
         }
         end.bytes_up += client_buf.len() as u64;
         client_buf.clear();
     }
     if !up_buf.is_empty() {
-        if client.write_all(&up_buf).await.is_err() {
-            end.closed_by = "client";
+        if let Err(why) = put(client, &up_buf, write, "client").await {
+            end.closed_by = why;
             return end;
         }
         end.bytes_down += up_buf.len() as u64;
@@ -75,11 +78,11 @@ pub(crate) async fn tunnel(
             Ok((true, Ok(0) | Err(_))) => {
                 client_open = false;
                 first(&mut end, "client");
-                let _ = uw.shutdown().await;
+                let _ = timeout(write, uw.shutdown()).await;
             }
             Ok((true, Ok(n))) => {
-                if uw.write_all(&a[..n]).await.is_err() {
-                    first(&mut end, "upstream");
+                if let Err(why) = put(&mut uw, &a[..n], write, "upstream").await {
+                    first(&mut end, why);
                     break;
                 }
                 end.bytes_up += n as u64;
@@ -87,11 +90,11 @@ pub(crate) async fn tunnel(
             Ok((false, Ok(0) | Err(_))) => {
                 upstream_open = false;
                 first(&mut end, "upstream");
-                let _ = cw.shutdown().await;
+                let _ = timeout(write, cw.shutdown()).await;
             }
             Ok((false, Ok(n))) => {
-                if cw.write_all(&b[..n]).await.is_err() {
-                    first(&mut end, "client");
+                if let Err(why) = put(&mut cw, &b[..n], write, "client").await {
+                    first(&mut end, why);
                     break;
                 }
                 end.bytes_down += n as u64;
@@ -99,4 +102,19 @@ pub(crate) async fn tunnel(
         }
     }
     end
+}
+
+/// Writes `bytes` to one side within `limit`: `Err(side)` when it failed (the side closed
+/// or reset), `Err("write_timeout")` when the side did not take them in time.
+async fn put<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+    side: &'static str,
+) -> Result<(), &'static str> {
+    match timeout(limit, w.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(side),
+        Err(_) => Err("write_timeout"),
+    }
 }
