@@ -77,14 +77,17 @@ pub struct Call<'a> {
 
 /// Parses one line — hopline's JSON access log, or nginx's in the documented
 /// [`NGINX_LOG_FORMAT`] — `None` for a line that is neither.
+/// A line whose time or durations are not finite, non-negative numbers (`inf`, `NaN`,
+/// `-1`) is neither: it is malformed, and counted as skipped.
 pub fn parse(line: &str) -> Option<(f64, Line<'_>)> {
-    if line.starts_with('{') {
+    let (t, l) = if line.starts_with('{') {
         let l: Line<'_> = serde_json::from_str(line).ok()?;
-        let t = epoch(&l.ts)?;
-        Some((t, l))
+        (epoch(&l.ts)?, l)
     } else {
-        nginx(line)
-    }
+        nginx(line)?
+    };
+    let sane = |v: f64| v.is_finite() && v >= 0.0;
+    (sane(t) && sane(l.duration_ms) && l.upstream_idle_ms.is_none_or(sane)).then_some((t, l))
 }
 
 /// The nginx `log_format` diagnose reads (name it as you like):
@@ -145,12 +148,18 @@ pub fn epoch(s: &str) -> Option<f64> {
     let (date, time) = s.trim_end_matches('Z').split_once('T')?;
     let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    // Four-digit years only: a hostile `99999999999999999-…` must not overflow the day
+    // count below.
+    if !(0..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
     let mut t = time.split(':');
     let (hh, mm): (f64, f64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?);
     let ss: f64 = t.next()?.parse().ok()?;
+    // `(0.0..24.0).contains` is false for NaN too.
+    if !(0.0..24.0).contains(&hh) || !(0.0..60.0).contains(&mm) || !(0.0..61.0).contains(&ss) {
+        return None;
+    }
     // Days from the civil date (Howard Hinnant's algorithm).
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
@@ -226,5 +235,24 @@ mod tests {
         let mock = r#"{"body_bytes":0,"cancelled":true,"client":"127.0.0.1:56642","elapsed_ms":26.487,"expected_rq_timeout_ms":"19","method":"GET","path":"/slow","request_id":"cff8d36a50c24d7000000002","status":0,"ts":"2026-11-28T04:48:30.447Z"}"#;
         assert!(parse(mock).is_none());
         assert!(parse("not json").is_none());
+    }
+
+    #[test]
+    fn non_finite_and_negative_numbers_are_malformed_lines() {
+        let ok = r#"{"ts":"2026-11-28T04:48:30.447Z","status":200,"flags":[],"duration_ms":1.5}"#;
+        assert!(parse(ok).is_some());
+        for bad in [
+            r#"{"ts":"2026-11-28T04:48:30.447Z","status":200,"flags":[],"duration_ms":-1}"#,
+            r#"{"ts":"2026-11-28T04:48:30.447Z","status":200,"flags":[],"duration_ms":1e999}"#,
+            r#"{"ts":"2026-11-28T04:48:30.447Z","status":200,"flags":[],"duration_ms":1,"upstream_idle_ms":-5}"#,
+            r#"{"ts":"2026-11-28Tinf:00:00Z","status":200,"flags":[],"duration_ms":1}"#,
+            r#"{"ts":"2026-11-28T00:00:NaNZ","status":200,"flags":[],"duration_ms":1}"#,
+            r#"{"ts":"99999999999999999-11-28T00:00:00Z","status":200,"flags":[],"duration_ms":1}"#,
+            r#"inf 200 0.1 0.1 200 10.0.0.5:80 id "GET / HTTP/1.1""#,
+            r#"1795874400 200 NaN 0.1 200 10.0.0.5:80 id "GET / HTTP/1.1""#,
+            r#"1795874400 200 inf 0.1 200 10.0.0.5:80 id "GET / HTTP/1.1""#,
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -131,31 +131,47 @@ pub fn diagnose(paths: &[PathBuf], opts: &Options) -> Result<Report, DiagnoseErr
     Ok(judge(paths, tally))
 }
 
+/// Judges one log already open (`-` on stdin, or bytes in memory: the fuzz target's
+/// way in). Reading stops only at the end or at an I/O error.
+pub fn diagnose_reader(reader: impl BufRead, opts: &Options) -> std::io::Result<Report> {
+    let mut tally = Tally {
+        first: f64::INFINITY,
+        last: f64::NEG_INFINITY,
+        ..Tally::default()
+    };
+    read_lines(reader, opts, &mut tally)?;
+    Ok(judge(&[], tally))
+}
+
 fn read(path: &Path, opts: &Options, tally: &mut Tally) -> Result<(), DiagnoseError> {
     let err = |source| DiagnoseError {
         path: path.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(path).map_err(err)?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut buf = String::new();
+    read_lines(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        opts,
+        tally,
+    )
+    .map_err(err)
+}
+
+/// Every line of `reader` into `tally`: linear in the input, one line in memory at a time.
+fn read_lines(mut reader: impl BufRead, opts: &Options, tally: &mut Tally) -> std::io::Result<()> {
+    let mut raw = Vec::new();
     loop {
-        buf.clear();
-        // Invalid UTF-8 is a skipped line, not an error.
-        let n = match reader.read_line(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                tally.skipped += 1;
-                let mut raw = Vec::new();
-                let _ = reader.read_until(b'\n', &mut raw);
-                continue;
-            }
-            Err(e) => return Err(err(e)),
-        };
-        if n == 0 {
+        raw.clear();
+        // A line is read as bytes to its newline, then checked: invalid UTF-8 is that one
+        // line skipped (and counted), never the next one lost.
+        if reader.read_until(b'\n', &mut raw)? == 0 {
             return Ok(());
         }
-        let Some((t, line)) = input::parse(buf.trim_end()) else {
+        let Ok(text) = std::str::from_utf8(&raw) else {
+            tally.skipped += 1;
+            continue;
+        };
+        let Some((t, line)) = input::parse(text.trim_end()) else {
             tally.skipped += 1;
             continue;
         };
@@ -878,5 +894,27 @@ mod tests {
             normalize("client closed the connection after 2.9ms while waiting on x"),
             "client closed the connection after … while waiting on x"
         );
+    }
+
+    #[test]
+    fn an_invalid_utf8_line_is_skipped_alone() {
+        let dir = std::env::temp_dir().join(format!("diagnose-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("access.log");
+        let record = r#"{"ts":"2026-11-29T02:00:00Z","route":"r","status":200,"flags":[],"duration_ms":1.0}"#;
+        let mut text = Vec::new();
+        text.extend_from_slice(record.as_bytes());
+        text.extend_from_slice(b"\n{\"ts\":\"\xff\xfe\"}\n");
+        text.extend_from_slice(record.as_bytes());
+        text.extend_from_slice(b"\n");
+        text.extend_from_slice(record.as_bytes());
+        std::fs::write(&path, text).expect("write");
+        let r = diagnose(&[path], &Options::default()).expect("read");
+        assert_eq!(
+            (r.lines, r.skipped),
+            (3, 1),
+            "every record after the bad line counts"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
