@@ -78,6 +78,7 @@ fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
             if let Some(e) = &gw.exporter {
                 gw.metrics.sample_tracing(&e.stats);
             }
+            gw.metrics.sample_access_log(gw.log.dropped());
             gw.metrics.encode(
                 &gw.in_flight(),
                 &gw.endpoint_samples(),

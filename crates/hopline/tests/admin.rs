@@ -439,3 +439,69 @@ fn an_admin_body_over_64_kib_is_answered_413() {
     }
     assert_eq!(read_response(&mut s).status, 413);
 }
+
+#[test]
+fn a_stalled_stdout_does_not_stall_requests_and_every_request_is_logged_or_counted() {
+    let up = mock(&[]);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        route_all(up.addr)
+    );
+    let path = temp_file("stalled.toml", &text);
+    // Nobody reads the access log: the pipe (64 KiB) and the writer's queue (1 MiB) fill.
+    let (gw, out) = Proc::spawn_holding_stdout(&[
+        "serve",
+        "-c",
+        path.to_str().expect("utf8"),
+        "--threads",
+        "2",
+    ]);
+    let admin = admin_addr(&gw);
+    const N: u64 = 4000;
+    let t0 = std::time::Instant::now();
+    let mut s = connect(gw.addr);
+    for i in 0..N {
+        write!(s, "GET /r/{i} HTTP/1.1\r\nhost: test\r\n\r\n").expect("write");
+        assert_eq!(read_response(&mut s).status, 200, "request {i}");
+    }
+    drop(s);
+    assert!(
+        t0.elapsed() < Duration::from_secs(120),
+        "requests waited on the log: {:?}",
+        t0.elapsed()
+    );
+    let dropped = || sample(&scrape(admin), "hopline_access_log_dropped_total", &[]);
+    assert!(dropped() > 0.0, "about 3 MB of lines cannot all wait");
+    // Now the log is read: what was not dropped arrives, and the two add up exactly.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("\"request_id\"") && tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut logged = 0u64;
+    loop {
+        while rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            logged += 1;
+        }
+        let d = dropped() as u64;
+        if logged + d == N {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{logged} logged + {d} dropped != {N}"
+        );
+    }
+    let requests: f64 = scrape(admin)
+        .lines()
+        .filter(|l| l.starts_with("hopline_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(requests as u64, N, "the counter counts every request");
+}

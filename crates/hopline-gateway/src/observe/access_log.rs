@@ -311,8 +311,13 @@ fn push_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
 /// Where access lines go; cheap to share between connections.
 ///
 /// Lines are appended to a 64 KiB in-memory buffer under an uncontended lock (no syscall,
-/// no thread wake-up per request); the buffer is written out when it fills, by
-/// [`AccessLog::flush_every`] at least every [`FLUSH_EVERY`], and when dropped.
+/// no thread wake-up per request). A full buffer, and every [`FLUSH_EVERY`] whatever is
+/// buffered ([`AccessLog::flush_every`]), is handed to **one writer thread** through a
+/// bounded queue ([`QUEUE`] buffers); no worker ever waits on the output. When the output
+/// does not keep up (a full container log pipe, a stalled disk) and the queue is full, the
+/// buffer is dropped and its lines counted ([`AccessLog::dropped`], exported as
+/// `hopline_access_log_dropped_total`): every request is either in the log or counted
+/// there. [`AccessLog::flush`] (at shutdown, on drop) waits a bounded time for the writer.
 #[derive(Debug)]
 pub struct AccessLog {
     sink: Option<Sink>,
@@ -326,6 +331,13 @@ pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 const BUFFER: usize = 64 * 1024;
 
+/// Buffers waiting for the writer thread at most (1 MiB of lines).
+pub(crate) const QUEUE: usize = 16;
+
+/// Longest [`AccessLog::flush`] waits for the writer (a stalled output must not hold a
+/// shutdown for ever).
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
 thread_local! {
     /// Where a line is rendered before it is copied into the shared buffer, so the lock is
     /// held only for the copy.
@@ -333,8 +345,20 @@ thread_local! {
 }
 
 struct Sink {
-    buf: Mutex<Vec<u8>>,
-    out: Mutex<Box<dyn Write + Send>>,
+    /// Lines not yet handed to the writer, and how many.
+    buf: Mutex<(Vec<u8>, u64)>,
+    /// To the writer thread.
+    tx: std::sync::mpsc::SyncSender<Job>,
+    /// Lines dropped because the writer's queue was full.
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+/// What the writer thread is asked.
+enum Job {
+    /// Write these bytes out.
+    Write(Vec<u8>),
+    /// Say when everything before this is written.
+    Flush(std::sync::mpsc::SyncSender<()>),
 }
 
 impl std::fmt::Debug for Sink {
@@ -344,18 +368,72 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    /// Writes out whatever is buffered. The buffer lock is held only to swap buffers.
-    fn flush(&self) {
-        let pending = {
+    fn start(mut out: Box<dyn Write + Send>) -> io::Result<Sink> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        std::thread::Builder::new()
+            .name("hopline-log".into())
+            .spawn(move || {
+                // Ends when the last sender (the sink) is dropped.
+                for job in rx {
+                    match job {
+                        Job::Write(bytes) => {
+                            let _ = out.write_all(&bytes);
+                            let _ = out.flush();
+                        }
+                        Job::Flush(done) => {
+                            let _ = out.flush();
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
+        Ok(Sink {
+            buf: Mutex::new((Vec::with_capacity(BUFFER), 0)),
+            tx,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Hands whatever is buffered to the writer without waiting: when its queue is full,
+    /// the lines are dropped and counted. The buffer lock is held only to swap buffers.
+    fn hand_over(&self) {
+        let (pending, lines) = {
             let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
-            if buf.is_empty() {
+            if buf.0.is_empty() {
                 return;
             }
-            std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER))
+            let lines = std::mem::take(&mut buf.1);
+            (
+                std::mem::replace(&mut buf.0, Vec::with_capacity(BUFFER)),
+                lines,
+            )
         };
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = out.write_all(&pending);
-        let _ = out.flush();
+        if self.tx.try_send(Job::Write(pending)).is_err() {
+            self.dropped
+                .fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Hands over what is buffered and waits (at most [`FLUSH_WAIT`]) until the writer
+    /// has written it.
+    fn flush(&self) {
+        self.hand_over();
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        let mut job = Job::Flush(done);
+        // The queue may be full for a moment: retry, 1 ms apart, for at most FLUSH_WAIT.
+        let mut tries = FLUSH_WAIT.as_millis();
+        loop {
+            match self.tx.try_send(job) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(j)) if tries > 0 => {
+                    job = j;
+                    tries -= 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = wait.recv_timeout(FLUSH_WAIT);
     }
 }
 
@@ -374,21 +452,25 @@ impl AccessLog {
             AccessLogSink::File(p) => Box::new(open_append(p)?),
         };
         Ok(AccessLog {
-            sink: Some(Sink {
-                buf: Mutex::new(Vec::with_capacity(BUFFER)),
-                out: Mutex::new(out),
-            }),
+            sink: Some(Sink::start(out)?),
             #[cfg(test)]
             tap: None,
         })
     }
 
-    /// Writes out whatever is buffered (later writes buffer again and go out with the
-    /// next flush, or on drop).
+    /// Writes out whatever is buffered and waits (at most 2 s) until it is written (later
+    /// writes buffer again and go out with the next flush, or on drop).
     pub fn flush(&self) {
         if let Some(sink) = &self.sink {
             sink.flush();
         }
+    }
+
+    /// Lines dropped so far because the output did not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.sink
+            .as_ref()
+            .map_or(0, |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Flushes every [`FLUSH_EVERY`], forever (the gateway runs this on its runtime and
@@ -401,7 +483,9 @@ impl AccessLog {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.flush();
+            if let Some(sink) = &self.sink {
+                sink.hand_over();
+            }
         }
     }
 
@@ -483,11 +567,12 @@ impl AccessLog {
             line.clear();
             render(&mut line);
             let mut buf = sink.buf.lock().unwrap_or_else(|p| p.into_inner());
-            buf.extend_from_slice(&line);
-            buf.len() >= BUFFER
+            buf.0.extend_from_slice(&line);
+            buf.1 += 1;
+            buf.0.len() >= BUFFER
         });
         if full {
-            sink.flush();
+            sink.hand_over();
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -508,6 +508,9 @@ pub struct Metrics {
     tracing_unsampled: Counter,
     /// The exporter's counts at the last scrape (exported, dropped, failed, unsampled).
     tracing_seen: Mutex<[u64; 4]>,
+    access_log_dropped: Counter,
+    /// The access log's dropped count at the last scrape.
+    access_log_seen: AtomicU64,
     refused: Counter,
     tls_errors: Family<ReasonLabel, Counter>,
     tls_handshake: Histogram,
@@ -556,6 +559,12 @@ impl Metrics {
             "tracing_unsampled",
             "Requests that would have been sampled, recorded as unsampled: their worker had sampled tracing.max_sampled_per_sec in that second",
             tracing_unsampled.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the output (stdout, the file) did not keep up and the writer's queue was full; requests = access log lines + these",
+            access_log_dropped.clone(),
         );
         registry.register(
             "requests",
@@ -662,6 +671,8 @@ impl Metrics {
             tracing_spans,
             tracing_unsampled,
             tracing_seen: Mutex::new([0; 4]),
+            access_log_dropped,
+            access_log_seen: AtomicU64::new(0),
             refused,
             connections: AtomicI64::new(0),
             hot: Mutex::new(Hot::default()),
@@ -925,6 +936,13 @@ impl Metrics {
         self.tracing_unsampled
             .inc_by(now[3].saturating_sub(seen[3]));
         *seen = now;
+    }
+
+    /// Brings `hopline_access_log_dropped_total` up to the access log's count (read at
+    /// each scrape, so the log's writer counts with one atomic, not a metric).
+    pub fn sample_access_log(&self, dropped: u64) {
+        let seen = self.access_log_seen.swap(dropped, Ordering::Relaxed);
+        self.access_log_dropped.inc_by(dropped.saturating_sub(seen));
     }
 
     /// Counts a switch of `scope` to its local share.

@@ -95,7 +95,20 @@ impl Proc {
     }
 
     /// Starts any program that prints "listening on ADDR" on stderr.
-    pub(crate) fn spawn_command(mut cmd: Command) -> Proc {
+    pub(crate) fn spawn_command(cmd: Command) -> Proc {
+        Proc::start(cmd, true).0
+    }
+
+    /// Starts `hopline ARGS` with its stdout a pipe nobody reads (a stalled container
+    /// log): the test gets the pipe to read when it chooses.
+    pub(crate) fn spawn_holding_stdout(args: &[&str]) -> (Proc, std::process::ChildStdout) {
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        let (proc, out) = Proc::start(cmd, false);
+        (proc, out.expect("stdout held"))
+    }
+
+    fn start(mut cmd: Command, read_stdout: bool) -> (Proc, Option<std::process::ChildStdout>) {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -104,7 +117,14 @@ impl Proc {
             .expect("spawn");
         let stdout = Arc::new(Lines::default());
         let stderr = Arc::new(Lines::default());
-        reader(child.stdout.take().expect("stdout"), stdout.clone());
+        let held = child.stdout.take();
+        let held = match read_stdout {
+            true => {
+                reader(held.expect("stdout"), stdout.clone());
+                None
+            }
+            false => held,
+        };
         reader(child.stderr.take().expect("stderr"), stderr.clone());
         let mut proc = Proc {
             child,
@@ -124,7 +144,7 @@ impl Proc {
             .trim()
             .parse()
             .expect("socket addr");
-        proc
+        (proc, held)
     }
 
     /// Waits for a JSON stdout line matching `pred`.
