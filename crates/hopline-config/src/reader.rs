@@ -61,16 +61,17 @@ fn parse_listen(s: &str) -> Option<ListenAddr> {
     })
 }
 
-/// `server.trusted_proxies`: CIDRs (each wrong one reported with its place).
-fn trusted_proxies(cx: &mut Cx, t: &mut Tbl) -> Option<Vec<Cidr>> {
-    let list = t.str_list(cx, "trusted_proxies")?;
+/// A list of CIDRs (`server.trusted_proxies`, `upstreams.N.deny_addresses`), each wrong
+/// one reported with its place.
+fn cidr_list(cx: &mut Cx, t: &mut Tbl, key: &'static str) -> Option<Vec<Cidr>> {
+    let list = t.str_list(cx, key)?;
     let mut out = Vec::with_capacity(list.len());
     for (i, (text, span)) in list.into_iter().enumerate() {
         match Cidr::parse(text) {
             Ok(c) => out.push(c),
             Err(e) => cx.report(
                 span,
-                format!("server.trusted_proxies[{i}]"),
+                format!("{}[{i}]", t.key_path(key)),
                 ProblemKind::Invalid(e.to_string()),
             ),
         }
@@ -134,7 +135,7 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
             ],
         ),
         merge_slashes: t.bool(cx, "merge_slashes", d.merge_slashes),
-        trusted_proxies: trusted_proxies(cx, &mut t).unwrap_or(d.trusted_proxies),
+        trusted_proxies: cidr_list(cx, &mut t, "trusted_proxies").unwrap_or(d.trusted_proxies),
     };
     t.finish(cx);
     s
@@ -387,6 +388,8 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
             .unwrap_or_default(),
         health: t.sub(cx, "health").and_then(|t| health(cx, t)),
         panic_threshold: t.uint(cx, "panic_threshold", u64::from(d.panic_threshold), 0, 100) as u8,
+        deny_addresses: cidr_list(cx, &mut t, "deny_addresses")
+            .unwrap_or_else(|| UpstreamConfig::default_denied(zone)),
     };
     t.finish(cx);
     u
@@ -598,6 +601,13 @@ fn dns(cx: &mut Cx, mut t: Tbl) -> DnsConfig {
         min_ttl: t.duration(cx, "min_ttl", d.min_ttl),
         max_ttl: t.duration(cx, "max_ttl", d.max_ttl),
         timeout: t.duration(cx, "timeout", d.timeout),
+        max_addresses_per_name: t.uint(
+            cx,
+            "max_addresses_per_name",
+            d.max_addresses_per_name as u64,
+            1,
+            4096,
+        ) as usize,
         family: t.choice(
             cx,
             "family",

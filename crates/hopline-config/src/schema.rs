@@ -68,6 +68,7 @@ pub fn schema() -> Value {
         "insecure_skip_verify": {"type": "boolean", "default": false, "description": "accept any certificate (tests only; check flags it)"},
         "alpn": {"type": "array", "items": {"enum": ["http/1.1", "h2"]}, "description": "default: the upstream's protocol"},
         "panic_threshold": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50, "description": "when some endpoints are usable but fewer than this share (%), balance over all (panic mode); none usable is 503 UH with Retry-After"},
+        "deny_addresses": {"type": "array", "items": {"type": "string"}, "description": "CIDRs a name in endpoints may not resolve to (IP literals in endpoints are never checked); a denied address is not used, and none left is 503 UH naming it. Default for zone = \"egress\": loopback, 0.0.0.0/8, link-local, private, 100.64.0.0/10 and fc00::/7 (IPv4 carried in ::ffff:0:0/96 and 64:ff9b::/96 checked too); for internal: none; [] allows all"},
         "outlier": closed(json!({
             "enabled": {"type": "boolean", "default": true},
             "consecutive_failures": {"type": "integer", "minimum": 1, "default": 5, "description": "gateway failures in a row (connect failure, reset, timeout, 502/503/504) that eject an endpoint"},
@@ -179,6 +180,7 @@ pub fn schema() -> Value {
                 "max_ttl": duration("default 5m"),
                 "timeout": duration("one query, default 2s"),
                 "family": {"enum": ["v4_preferred", "all", "v4", "v6"], "default": "v4_preferred"},
+                "max_addresses_per_name": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 64, "description": "addresses of one name used at most (the first in address order)"},
             })),
             "tracing": closed(json!({
                 "otlp_endpoint": {"type": "string", "pattern": "^http://", "description": "an OpenTelemetry collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces"},

@@ -73,6 +73,8 @@ pub struct DnsConfig {
     pub timeout: Duration,
     /// Which addresses of a name are used. Default `v4_preferred`.
     pub family: DnsFamily,
+    /// Addresses of one name used at most (the first, in address order). Default 64.
+    pub max_addresses_per_name: usize,
 }
 
 /// `[dns] family`.
@@ -109,6 +111,7 @@ impl Default for DnsConfig {
             max_ttl: Duration::from_secs(300),
             timeout: Duration::from_secs(2),
             family: DnsFamily::V4Preferred,
+            max_addresses_per_name: 64,
         }
     }
 }
@@ -313,6 +316,24 @@ impl Cidr {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(n as u32)),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(n)),
         }
+    }
+
+    /// The first range of `list` that holds `ip`, or the IPv4 address an IPv6 one carries
+    /// (IPv4-mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96`): a name cannot reach a denied
+    /// IPv4 address by answering with its IPv6 spelling.
+    pub fn deny(list: &[Cidr], ip: IpAddr) -> Option<&Cidr> {
+        let carried = match ip {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+                let v4 = u32::from(s[6]) << 16 | u32::from(s[7]);
+                (nat64 || v6.to_ipv4_mapped().is_some())
+                    .then(|| IpAddr::V4(std::net::Ipv4Addr::from(v4)))
+            }
+            IpAddr::V4(_) => None,
+        };
+        list.iter()
+            .find(|c| c.contains(ip) || carried.is_some_and(|v4| c.contains(v4)))
     }
 
     /// True when `ip` is in the range; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is
@@ -731,6 +752,11 @@ pub struct UpstreamConfig {
     /// When fewer than this share (%) of the endpoints are usable, balance over all of
     /// them (panic mode). Default 50.
     pub panic_threshold: u8,
+    /// Addresses a **name** in `endpoints` may not resolve to (IP literals written in
+    /// `endpoints` are never checked): a resolved address in one of these ranges is not
+    /// used, and an upstream left with none answers 503 `UH` naming it. Default for
+    /// `zone = "egress"`: [`EGRESS_DENIED`]; for `internal`: none.
+    pub deny_addresses: Vec<Cidr>,
 }
 
 /// `upstreams.NAME.lb`.
@@ -963,7 +989,34 @@ impl Default for RetryBudgetConfig {
     }
 }
 
+/// `upstreams.N.deny_addresses`' default for `zone = "egress"`: loopback, "this network",
+/// link-local (cloud metadata at 169.254.169.254), private, shared address space (carrier
+/// NAT; Alibaba Cloud's metadata at 100.100.100.200) and unique-local ranges.
+pub const EGRESS_DENIED: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "0.0.0.0/8",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
 impl UpstreamConfig {
+    /// The default `deny_addresses` of an upstream in `zone`.
+    pub fn default_denied(zone: Zone) -> Vec<Cidr> {
+        match zone {
+            Zone::Egress => EGRESS_DENIED
+                .iter()
+                .filter_map(|c| Cidr::parse(c).ok())
+                .collect(),
+            Zone::Internal => Vec::new(),
+        }
+    }
+
     /// An upstream with every default and the given endpoints.
     pub fn with_defaults(name: &str, endpoints: Vec<String>) -> Self {
         UpstreamConfig {
@@ -984,6 +1037,7 @@ impl UpstreamConfig {
             outlier: OutlierConfig::default(),
             health: None,
             panic_threshold: 50,
+            deny_addresses: Vec::new(),
         }
     }
 }
@@ -994,6 +1048,37 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn the_egress_default_denies_what_an_ssrf_wants_also_in_ipv6_spelling() {
+        let deny = UpstreamConfig::default_denied(Zone::Egress);
+        for bad in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.100.100.200",
+            "10.0.0.7",
+            "172.31.255.255",
+            "192.168.1.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+        ] {
+            assert!(Cidr::deny(&deny, ip(bad)).is_some(), "{bad}");
+        }
+        for good in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "64:ff9b::5db8:d822",
+            "172.32.0.1",
+        ] {
+            assert!(Cidr::deny(&deny, ip(good)).is_none(), "{good}");
+        }
+        assert!(UpstreamConfig::default_denied(Zone::Internal).is_empty());
     }
 
     #[test]

@@ -430,3 +430,58 @@ fn health_checks_speak_http2_to_an_h2_upstream() {
     });
     assert!(l.contains("answered 200, expected [204]"), "{l}");
 }
+
+/// An egress name that resolves to loopback (or metadata, or a private address) is not
+/// used: 503 `UH` naming the address. A loopback address written in `endpoints` is the
+/// operator's own choice and works; `deny_addresses = []` allows all; a name's addresses
+/// are capped by `dns.max_addresses_per_name`.
+#[test]
+fn egress_names_may_not_resolve_to_denied_addresses_but_literals_are_the_operators() {
+    let dns = Dns::start();
+    let a = pod("127.0.0.2", 0, "a", &[]);
+    let port = a.addr.port();
+    let b = pod("127.0.0.3", port, "b", &[]);
+    let c = pod("127.0.0.4", port, "c", &[]);
+    let (ip_a, ip_b, ip_c) = (
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 3),
+        Ipv4Addr::new(127, 0, 0, 4),
+    );
+    dns.set("partner.test", &[ip_a], 1);
+    dns.set("many.test", &[ip_a, ip_b, ip_c], 1);
+    let gw = gateway(
+        "",
+        &format!(
+            "{}[upstreams.partner]\nendpoints = [\"partner.test:{port}\"]\nzone = \"egress\"\n\
+             [upstreams.literal]\nendpoints = [\"{}\"]\nzone = \"egress\"\n\
+             [upstreams.open]\nendpoints = [\"many.test:{port}\"]\nzone = \"egress\"\ndeny_addresses = []\n\
+             [[routes]]\nname = \"p\"\npath_prefix = \"/p\"\nupstream = \"partner\"\n\
+             [[routes]]\nname = \"l\"\npath_prefix = \"/l\"\nupstream = \"literal\"\n\
+             [[routes]]\nname = \"o\"\npath_prefix = \"/o\"\nupstream = \"open\"\n",
+            dns_section(&dns).replace("[admin]", "max_addresses_per_name = 2\n[admin]"),
+            a.addr
+        ),
+    );
+    let r = get(gw.addr, "/p", "");
+    assert_eq!(r.status, 503, "{r:?}");
+    let line = gw.wait_json(WAIT, "the refusal", |v| v["route"] == "p");
+    assert_eq!(line["flags"][0], "UH", "{line}");
+    let cause = line["cause"].as_str().expect("cause");
+    assert!(
+        cause.contains("partner.test: 127.0.0.2 denied by deny_addresses"),
+        "{cause}"
+    );
+    let event = gw.wait_json(WAIT, "the denied event", |v| {
+        v["event"] == "dns" && v["state"] == "denied"
+    });
+    assert_eq!(event["name"], "partner.test", "{event}");
+    assert!(addresses(&gw, "partner").is_empty());
+    // The literal loopback egress endpoint is used as written.
+    assert_eq!(get(gw.addr, "/l", "").status, 200);
+    // `[]` allows all, and a name's three addresses are capped at two (the first two).
+    wait_until(WAIT, "two addresses for many.test", || {
+        addresses(&gw, "open") == vec![a.addr.to_string(), b.addr.to_string()]
+    });
+    assert_eq!(get(gw.addr, "/o", "").status, 200);
+    drop(c);
+}

@@ -639,10 +639,16 @@ fn a_retry_after_a_connect_failure_goes_to_another_endpoint() {
 fn least_request_sends_new_requests_past_a_busy_endpoint() {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let tx = std::sync::Mutex::new(tx);
+    // The slow endpoint holds each request until the test lets go (at most 30 s), so it is
+    // busy for the whole of the next ten however slow the machine is.
+    let release = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let hold = release.clone();
     let slow = FakeUpstream::start(move |_, mut s| {
         while read_request(&mut s).is_some() {
             let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(());
-            std::thread::sleep(Duration::from_millis(1500));
+            let (lock, cv) = &*hold;
+            let released = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = cv.wait_timeout_while(released, Duration::from_secs(30), |r| !*r);
             if s.write_all(OK_RESPONSE).is_err() {
                 return;
             }
@@ -681,6 +687,8 @@ fn least_request_sends_new_requests_past_a_busy_endpoint() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(to_fast(), 10, "all 10 went to the idle endpoint");
+    *release.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    release.1.notify_all();
     for h in held {
         let _ = h.join();
     }

@@ -903,6 +903,22 @@ impl Metrics {
             .inc();
     }
 
+    /// Removes an endpoint's series (`metrics.per_endpoint`) when it leaves its upstream
+    /// (DNS no longer names it): a name that churns addresses must not grow the scrape.
+    pub fn forget_endpoint(&self, upstream: &str, endpoint: SocketAddr) {
+        for outcome in ["success", "failure"] {
+            self.endpoints.requests.remove(&EndpointOutcome {
+                upstream: upstream.to_string(),
+                endpoint: endpoint.to_string(),
+                outcome,
+            });
+        }
+        self.endpoints.in_flight.remove(&EndpointLabel {
+            upstream: upstream.to_string(),
+            endpoint: endpoint.to_string(),
+        });
+    }
+
     /// Counts an attempt's outcome on an endpoint (`metrics.per_endpoint`).
     pub fn endpoint_outcome(&self, upstream: &str, endpoint: SocketAddr, outcome: &'static str) {
         self.endpoints

@@ -20,7 +20,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::TokioResolver;
-use hopline_core::config::{DnsConfig, DnsFamily};
+use hopline_core::config::{Cidr, DnsConfig, DnsFamily};
 use hopline_core::time::Human;
 use tokio::sync::watch;
 
@@ -203,6 +203,14 @@ fn failure_text(e: &NetError) -> String {
     }
 }
 
+/// Where the watchers of a name say what they found: metrics and event lines.
+pub(crate) struct Said<'a> {
+    /// The gateway's metrics.
+    pub(crate) metrics: &'a Arc<Metrics>,
+    /// The access log (its `dns` event lines).
+    pub(crate) log: &'a Arc<AccessLog>,
+}
+
 /// Builds the endpoint for an address a name resolved to.
 pub(crate) type MakeEndpoint = Arc<dyn Fn(SocketAddr, &Name) -> Endpoint + Send + Sync>;
 
@@ -213,10 +221,12 @@ pub(crate) fn spawn(
     config: &DnsConfig,
     names: &Arc<Names>,
     set: &Arc<EndpointSet>,
-    metrics: &Arc<Metrics>,
-    log: &Arc<AccessLog>,
+    deny: &[Cidr],
+    said: Said<'_>,
     make: MakeEndpoint,
 ) {
+    let Said { metrics, log } = said;
+    let deny: Arc<[Cidr]> = deny.into();
     for i in 0..names.names.len() {
         let watcher = Watcher {
             resolver: resolver.clone(),
@@ -225,6 +235,8 @@ pub(crate) fn spawn(
             set: Arc::downgrade(set),
             metrics: metrics.clone(),
             log: log.clone(),
+            deny: deny.clone(),
+            max_addresses: config.max_addresses_per_name,
             min_ttl: config.min_ttl,
             max_ttl: config.max_ttl,
             make: make.clone(),
@@ -240,6 +252,10 @@ struct Watcher {
     set: Weak<EndpointSet>,
     metrics: Arc<Metrics>,
     log: Arc<AccessLog>,
+    /// `deny_addresses`: resolved addresses not to use.
+    deny: Arc<[Cidr]>,
+    /// `dns.max_addresses_per_name`.
+    max_addresses: usize,
     min_ttl: Duration,
     max_ttl: Duration,
     make: MakeEndpoint,
@@ -261,16 +277,54 @@ impl Watcher {
                         .collect();
                     addrs.sort();
                     addrs.dedup();
+                    let denied: Vec<SocketAddr> = addrs
+                        .iter()
+                        .filter(|a| Cidr::deny(&self.deny, a.ip()).is_some())
+                        .copied()
+                        .collect();
+                    addrs.retain(|a| !denied.contains(a));
+                    addrs.truncate(self.max_addresses);
                     // The resolver's `valid_until` is on the std clock: now is read on
                     // tokio's and handed over (the same instant outside paused tests).
                     let ttl = found
                         .valid_until()
                         .checked_duration_since(Instant::now().into_std())
                         .unwrap_or_default();
+                    if !denied.is_empty() {
+                        let ips: Vec<String> = denied.iter().map(|a| a.ip().to_string()).collect();
+                        let detail = format!("{} denied by deny_addresses", ips.join(", "));
+                        let kept = if addrs.is_empty() {
+                            "nothing left to use; the last allowed addresses are kept"
+                        } else {
+                            "the others are used"
+                        };
+                        self.log.announce(
+                            "dns",
+                            &[("upstream", &set.upstream), ("name", &name.host)],
+                            "denied",
+                            &detail,
+                            format_args!(
+                                "upstream {}: {} resolves to {detail}: {kept}",
+                                set.upstream, name.host
+                            ),
+                        );
+                        if addrs.is_empty() {
+                            // Like a failed resolution: what was allowed stays, and an
+                            // upstream with nothing answers 503 UH naming the address.
+                            self.metrics.dns_resolution(&set.upstream, false);
+                            self.names.record(self.i, Some(detail));
+                            drop(set);
+                            tokio::time::sleep(self.min_ttl).await;
+                            continue;
+                        }
+                    }
                     self.metrics.dns_resolution(&set.upstream, true);
                     self.names.record(self.i, None);
                     let (added, removed) =
                         set.replace_target(&name.target, &addrs, |a| (self.make)(a, name));
+                    for gone in &removed {
+                        self.metrics.forget_endpoint(&set.upstream, *gone);
+                    }
                     if !added.is_empty() || !removed.is_empty() {
                         let detail = format!(
                             "{} (added {}, removed {})",

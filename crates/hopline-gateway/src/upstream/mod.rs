@@ -295,7 +295,18 @@ impl Upstream {
             let make = Arc::new(move |addr: SocketAddr, name: &discovery::Name| {
                 Endpoint::new(addr, name.target.clone(), server_name(&name.target, addr))
             });
-            discovery::spawn(resolver, &cx.dns, &names, &set, &cx.metrics, &cx.log, make);
+            discovery::spawn(
+                resolver,
+                &cx.dns,
+                &names,
+                &set,
+                &config.deny_addresses,
+                discovery::Said {
+                    metrics: &cx.metrics,
+                    log: &cx.log,
+                },
+                make,
+            );
         }
         if let Some(h) = &config.health {
             let checker = health::Checker {
