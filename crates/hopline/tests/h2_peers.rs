@@ -48,6 +48,33 @@ fn curl_with_prior_knowledge_is_served_over_h2c() {
     assert_eq!(line["protocol"], "HTTP/2", "{line}");
 }
 
+/// Streams reset after they were accepted (their upstream calls already started): over
+/// half of at least 100 within 1 s of acceptance ends the connection with GOAWAY
+/// ENHANCE_YOUR_CALM, and each is counted.
+#[test]
+#[ignore = "needs the Python h2 package (installed by .ci/run)"]
+fn streams_reset_after_acceptance_end_the_connection_with_enhance_your_calm() {
+    let up = mock(&["--quiet", "--latency", "2s"]);
+    let gw = gateway(
+        "h2c = true
+[admin]
+listen = \"127.0.0.1:0\"",
+        &route_all(up.addr),
+    );
+    let r = flood(gw.addr, "accepted-reset", 2_000);
+    assert_eq!(r["goaway"], ENHANCE_YOUR_CALM, "{r}");
+    assert!(r["written"].as_u64().unwrap_or(u64::MAX) < 2_000, "{r}");
+    let metrics = get(admin_addr(&gw), "/metrics", "").body;
+    let counted: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("hopline_h2_premature_resets_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(counted >= 51.0, "{counted}\n{metrics}");
+    // A well-behaved client on another connection is still served.
+    assert_eq!(get(gw.addr, "/after", "").status, 200);
+}
+
 #[test]
 #[ignore = "needs the Python h2 package (installed by .ci/run)"]
 fn floods_end_with_goaway_enhance_your_calm_and_others_are_answered_in_bounded_memory() {

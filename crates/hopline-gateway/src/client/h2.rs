@@ -11,6 +11,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -61,6 +62,7 @@ pub(crate) async fn serve_h2<T>(
     // Stream tasks belong to this connection: dropping the set (the connection's task
     // ending or aborted) cancels every stream's upstream work.
     let mut streams = JoinSet::new();
+    let resets = Arc::new(Resets::default());
     let mut idle_since = Instant::now();
     // Once GOAWAY is sent, a client that neither finishes nor closes gets
     // `header_read_timeout` more (a stalled header block holds the whole connection).
@@ -73,11 +75,19 @@ pub(crate) async fn serve_h2<T>(
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
                     let kill = signals.kill.clone();
-                    streams.spawn(stream(current.clone(), req, respond, client.clone(), kill));
+                    resets.accepted.fetch_add(1, Ordering::Relaxed);
+                    let resets = resets.clone();
+                    streams.spawn(stream(current.clone(), req, respond, client.clone(), kill, resets));
                 }
                 // A connection error: h2 has sent GOAWAY with its reason.
                 Some(Err(_)) | None => break,
             },
+            _ = resets.calm.notified(), if closing.is_none() => {
+                // The streams' upstream work goes with the connection.
+                streams.abort_all();
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                closing = Some(Instant::now());
+            }
             Some(_) = streams.join_next(), if !streams.is_empty() => {
                 if streams.is_empty() {
                     idle_since = Instant::now();
@@ -110,6 +120,38 @@ pub(crate) async fn serve_h2<T>(
     let _ = timeout(grace, closed).await;
 }
 
+/// Streams a connection must have had accepted before the premature-reset rule applies.
+const PREMATURE_MIN_STREAMS: u64 = 100;
+/// A client reset within this long after its stream was accepted is premature.
+const PREMATURE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Resets of streams **already accepted**, which h2's own pending-accept bound does not
+/// see: each HEADERS + RST_STREAM cycle that gets past accept starts upstream work that is
+/// then torn down (a residual Rapid Reset). Envoy's rule: once at least 100 streams were
+/// accepted on a connection, more than half of them reset by the client within 1 s of
+/// being accepted ends the connection with GOAWAY `ENHANCE_YOUR_CALM`.
+#[derive(Debug, Default)]
+struct Resets {
+    accepted: AtomicU64,
+    premature: AtomicU64,
+    calm: tokio::sync::Notify,
+}
+
+impl Resets {
+    /// The client reset a stream accepted at `arrival`.
+    fn reset(&self, arrival: Instant, metrics: &crate::observe::metrics::Metrics) {
+        if arrival.elapsed() >= PREMATURE_WITHIN {
+            return;
+        }
+        metrics.count_h2_premature_reset();
+        let premature = self.premature.fetch_add(1, Ordering::Relaxed) + 1;
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        if accepted >= PREMATURE_MIN_STREAMS && premature * 2 > accepted {
+            self.calm.notify_one();
+        }
+    }
+}
+
 /// The h2 server settings from `[server.h2]`.
 fn builder(gw: &Gateway) -> h2::server::Builder {
     let cfg = &gw.config.server;
@@ -136,6 +178,7 @@ async fn stream(
     respond: SendResponse<Bytes>,
     client: Client,
     mut kill: watch::Receiver<bool>,
+    resets: Arc<Resets>,
 ) {
     let gw = current.load();
     let (parts, body) = req.into_parts();
@@ -146,6 +189,7 @@ async fn stream(
         out: Arc::new(Mutex::new(Responder::Head(respond))),
         head_only: parts.method == http::Method::HEAD,
         arrival: Instant::now(),
+        resets,
     };
     // HTTP/1's Host rules, `:authority` as the target's authority: one authority only, so
     // an HTTP/1 upstream never sees two. Answered 400 `DPE`, then the stream is reset.
@@ -232,6 +276,8 @@ struct H2Front<'a> {
     out: Arc<Mutex<Responder>>,
     head_only: bool,
     arrival: Instant,
+    /// The connection's count of resets (this stream's, if the client resets it).
+    resets: Arc<Resets>,
 }
 
 impl Front for H2Front<'_> {
@@ -249,7 +295,12 @@ impl Front for H2Front<'_> {
                     }))
                 }
                 Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(BodyFailure::Gone(gone(e))),
+                Ok(Some(Err(e))) => {
+                    if e.is_reset() && e.is_remote() {
+                        self.resets.reset(self.arrival, &self.gw.metrics);
+                    }
+                    return Err(BodyFailure::Gone(gone(e)));
+                }
                 Ok(Some(Ok(chunk))) => chunk,
             };
             // The window opens again as the body is read, so a client never waits on us.
@@ -271,6 +322,7 @@ impl Front for H2Front<'_> {
         impl Sink + Send + '_,
     ) {
         let out = self.out.clone();
+        let (resets, arrival, metrics) = (self.resets.clone(), self.arrival, &self.gw.metrics);
         let watch = poll_fn(move |cx| {
             let polled = match &mut *lock(&out) {
                 Responder::Head(s) => s.poll_reset(cx),
@@ -278,7 +330,10 @@ impl Front for H2Front<'_> {
                 Responder::Done => return Poll::Pending,
             };
             match polled {
-                Poll::Ready(Ok(reason)) => Poll::Ready(reset(reason)),
+                Poll::Ready(Ok(reason)) => {
+                    resets.reset(arrival, metrics);
+                    Poll::Ready(reset(reason))
+                }
                 Poll::Ready(Err(e)) => Poll::Ready(gone(e)),
                 Poll::Pending => Poll::Pending,
             }

@@ -508,6 +508,7 @@ pub struct Metrics {
     tracing_unsampled: Counter,
     /// The exporter's counts at the last scrape (exported, dropped, failed, unsampled).
     tracing_seen: Mutex<[u64; 4]>,
+    h2_premature_resets: Counter,
     access_log_dropped: Counter,
     /// The access log's dropped count at the last scrape.
     access_log_seen: AtomicU64,
@@ -559,6 +560,12 @@ impl Metrics {
             "tracing_unsampled",
             "Requests that would have been sampled, recorded as unsampled: their worker had sampled tracing.max_sampled_per_sec in that second",
             tracing_unsampled.clone(),
+        );
+        let h2_premature_resets = Counter::default();
+        registry.register(
+            "h2_premature_resets",
+            "HTTP/2 streams the client reset within 1 s of their being accepted; over half of at least 100 on a connection ends it with GOAWAY ENHANCE_YOUR_CALM",
+            h2_premature_resets.clone(),
         );
         let access_log_dropped = Counter::default();
         registry.register(
@@ -671,6 +678,7 @@ impl Metrics {
             tracing_spans,
             tracing_unsampled,
             tracing_seen: Mutex::new([0; 4]),
+            h2_premature_resets,
             access_log_dropped,
             access_log_seen: AtomicU64::new(0),
             refused,
@@ -952,6 +960,11 @@ impl Metrics {
         self.tracing_unsampled
             .inc_by(now[3].saturating_sub(seen[3]));
         *seen = now;
+    }
+
+    /// Counts an HTTP/2 stream the client reset soon after it was accepted.
+    pub fn count_h2_premature_reset(&self) {
+        self.h2_premature_resets.inc();
     }
 
     /// Brings `hopline_access_log_dropped_total` up to the access log's count (read at
