@@ -484,6 +484,37 @@ fn endpoint_rules(a: &mut Audit<'_>, u: &UpstreamConfig) {
     }
 }
 
+/// A private key file that others than its owner may read or write (`mode & 0o077`): a
+/// warning, with the `chmod` that fixes it. `cert_key` is the certificate's key path; the
+/// finding names the key's (`…cert` → `…key`, `client_cert` → `client_key`).
+fn key_mode(a: &mut Audit, cert_key: &[&str], keyfile: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(keyfile) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let mut path: Vec<&str> = cert_key.to_vec();
+    if let Some(last) = path.last_mut() {
+        *last = match *last {
+            "client_cert" => "client_key",
+            _ => "key",
+        };
+    }
+    a.add(
+        Severity::Warning,
+        "tls-key-readable",
+        &path,
+        format!(
+            "private key {} has mode {mode:04o}: users other than its owner can read it",
+            keyfile.display()
+        ),
+        format!("chmod 600 {}", keyfile.display()),
+    );
+}
+
 /// TLS: certificates expired or expiring, keys that do not match, files that do not parse
 /// (serve would not start), `insecure_skip_verify`, egress calls in plain text.
 fn tls_rules(a: &mut Audit, config: &Config, now: SystemTime, resolve: Resolver) {
@@ -509,7 +540,10 @@ fn tls_rules(a: &mut Audit, config: &Config, now: SystemTime, resolve: Resolver)
                 ),
                 "fix the path, the file's permissions or its PEM content".into(),
             ),
-            Ok(_) => expiry(a, key, cert, now),
+            Ok(_) => {
+                expiry(a, key, cert, now);
+                key_mode(a, key, keyfile);
+            }
         }
     };
     if let Some(t) = &config.server.tls {

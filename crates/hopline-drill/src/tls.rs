@@ -41,7 +41,15 @@ pub enum PkiError {
 pub fn generate(dir: &Path) -> Result<DrillPki, PkiError> {
     let write = |name: &str, text: String| {
         let path = dir.join(name);
-        std::fs::write(&path, text)
+        let written = std::fs::write(&path, text).and_then(|()| {
+            // Private keys are their owner's only (`hopline check` warns otherwise).
+            if name.ends_with(".key") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(())
+        });
+        written
             .map(|()| path.clone())
             .map_err(|source| PkiError::Write { path, source })
     };

@@ -293,6 +293,15 @@ fn tls_certificates_keys_and_settings_are_checked() {
     );
     let other = ca.leaf("other", "other", &["localhost"], Validity::Good);
     let garbage = temp_file("garbage.pem", "not a certificate\n");
+    // The good key, readable by everyone.
+    let readable = temp_file(
+        "readable.key",
+        &std::fs::read_to_string(&good.key).expect("read key"),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
     let p = |p: &Path| p.to_str().expect("utf8").to_string();
     let listener = |cert: &Path, key: &Path| {
         format!(
@@ -322,6 +331,11 @@ fn tls_certificates_keys_and_settings_are_checked() {
             listener(&good.cert, &other.key),
         ),
         ("tls-file-invalid", "error", listener(&garbage, &good.key)),
+        (
+            "tls-key-readable",
+            "warning",
+            listener(&good.cert, &readable),
+        ),
         (
             "tls-file-invalid",
             "error",

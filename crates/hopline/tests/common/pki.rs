@@ -86,6 +86,10 @@ impl Ca {
         };
         std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
         std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
+        // As a key file should be: its owner's only (`check` warns otherwise).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key");
         leaf
     }
 }

@@ -210,11 +210,63 @@ impl Store {
         let [tokens, wait_us, held, others] = answer[..] else {
             return Err(StoreError::Answer);
         };
-        Ok(LeaseAnswer {
-            tokens: u32::try_from(tokens).map_err(|_| StoreError::Answer)?,
-            next_token: Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)),
-            held: u64::try_from(held).map_err(|_| StoreError::Answer)?,
-            others: u64::try_from(others).map_err(|_| StoreError::Answer)?,
-        })
+        Ok(clamped(
+            req,
+            LeaseAnswer {
+                tokens: u32::try_from(tokens).map_err(|_| StoreError::Answer)?,
+                next_token: Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)),
+                held: u64::try_from(held).map_err(|_| StoreError::Answer)?,
+                others: u64::try_from(others).map_err(|_| StoreError::Answer)?,
+            },
+        ))
+    }
+}
+
+/// Longest wait for the next token an answer may say (the lease task asks again after it).
+const MAX_NEXT_TOKEN: Duration = Duration::from_secs(1);
+
+/// An answer held to what was asked: never more tokens than asked, never more slots than
+/// wanted, the next token within a second. A store that answers more (compromised, or a
+/// spoofed plaintext connection) cannot open the NAT budget beyond what this gateway asked.
+fn clamped(req: &LeaseRequest, a: LeaseAnswer) -> LeaseAnswer {
+    LeaseAnswer {
+        tokens: a.tokens.min(req.tokens),
+        next_token: a.next_token.min(MAX_NEXT_TOKEN),
+        held: a.held.min(req.want),
+        others: a.others,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_never_grants_more_than_was_asked() {
+        let req = LeaseRequest {
+            rate: 100,
+            burst: 10,
+            tokens: 5,
+            in_flight: 50,
+            need: 3,
+            want: 8,
+            ttl: Duration::from_secs(10),
+        };
+        let lying = LeaseAnswer {
+            tokens: u32::MAX,
+            next_token: Duration::from_secs(86_400),
+            held: u64::MAX,
+            others: 7,
+        };
+        let a = clamped(&req, lying);
+        assert_eq!((a.tokens, a.held, a.others), (5, 8, 7));
+        assert_eq!(a.next_token, Duration::from_secs(1));
+        let honest = LeaseAnswer {
+            tokens: 2,
+            next_token: Duration::from_millis(30),
+            held: 4,
+            others: 0,
+        };
+        assert_eq!(clamped(&req, honest), honest);
     }
 }
