@@ -88,6 +88,9 @@ impl Limits {
         let Ok(host) = std::str::from_utf8(host) else {
             return false;
         };
+        if host.parse::<IpAddr>().is_ok() {
+            return true;
+        }
         let name = match host.strip_prefix('[') {
             Some(v6) => match v6.split_once(']') {
                 Some((ip, rest)) if rest.is_empty() || rest.starts_with(':') => ip,
