@@ -24,6 +24,9 @@ use crate::pipe::{Dice, ToxicList};
 use crate::toxic::ToxicKind;
 
 const MAX_HEAD: usize = 64 * 1024;
+/// The largest request body an HTTP-mode proxy reads (it reads bodies whole): larger is
+/// answered 413 and the connection closed.
+const MAX_BODY: usize = 16 << 20;
 const IDLE: Duration = Duration::from_secs(300);
 
 /// Requests per client IP in the current second, for `cc_defense`.
@@ -111,14 +114,20 @@ pub(crate) async fn serve<F, Fut>(
             return;
         };
         let length = head.body_length();
+        let too_big = matches!(length, BodyLength::Length(n) if n > MAX_BODY as u64);
         let mut decoder = BodyDecoder::new(length);
         let mut body = BytesMut::new();
-        loop {
+        while !too_big {
             match read_body_chunk(&mut client, &mut cbuf, &mut decoder).await {
-                Ok(Some(p)) => body.extend_from_slice(&p),
+                Ok(Some(p)) if body.len() + p.len() <= MAX_BODY => body.extend_from_slice(&p),
+                Ok(Some(_)) => break,
                 Ok(None) => break,
                 Err(_) => return,
             }
+        }
+        if too_big || !decoder.is_done() {
+            let _ = client.write_all(&local_answer(413, None)).await;
+            return;
         }
         let keep_alive = head.keep_alive();
 

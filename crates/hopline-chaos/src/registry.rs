@@ -543,6 +543,11 @@ impl Registry {
         let mut map = self.proxies.lock().await;
         let mut p = map.remove(name).ok_or(ApiError::ProxyNotFound)?;
         p.stop().await;
+        // Its counters go too: names created and deleted for ever must not grow /metrics.
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         Ok(())
     }
 

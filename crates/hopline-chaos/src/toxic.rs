@@ -231,6 +231,10 @@ impl ToxicKind {
 
 struct Attrs<'a>(Option<&'a Map<String, Value>>);
 
+/// The largest integer attribute (2^40: 34 years of milliseconds, a TiB of bytes): what a
+/// toxic adds or multiplies with it cannot overflow.
+const MAX_ATTRIBUTE: u64 = 1 << 40;
+
 impl Attrs<'_> {
     fn uint(&self, name: &'static str, default: u64) -> Result<u64, ToxicError> {
         match self.0.and_then(|m| m.get(name)) {
@@ -248,6 +252,14 @@ impl Attrs<'_> {
                 .ok_or(ToxicError::BadAttribute {
                     name,
                     why: "must be an integer",
+                })
+                .and_then(|n| {
+                    (n <= MAX_ATTRIBUTE)
+                        .then_some(n)
+                        .ok_or(ToxicError::BadAttribute {
+                            name,
+                            why: "must be at most 1099511627776 (2^40)",
+                        })
                 }),
         }
     }
@@ -413,6 +425,11 @@ mod tests {
 
     #[test]
     fn defaults_follow_toxiproxy() {
+        for huge in [json!(u64::MAX), json!(1u64 << 41), json!(1e300)] {
+            let e = Toxic::from_json(&json!({"type": "latency", "attributes": {"latency": huge}}))
+                .expect_err("out of range");
+            assert!(e.to_string().contains("at most"), "{e}");
+        }
         let t = Toxic::from_json(&json!({"type": "latency", "attributes": {"latency": 100}}))
             .expect("valid");
         assert_eq!(t.name, "latency_downstream");

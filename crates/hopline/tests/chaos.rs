@@ -605,3 +605,36 @@ fn the_chaos_api_refuses_rebinding_names_and_web_pages() {
         assert_eq!(version_with(c.addr, host, "").0, 200, "{host}");
     }
 }
+
+#[test]
+fn the_chaos_proxy_bounds_bodies_attributes_and_forgotten_names() {
+    let c = chaos(&["--proxy-metrics"]);
+    let up = mock(&[]);
+    let addr = proxy(&c, "web", up.addr, true);
+    // An HTTP-mode proxy reads bodies whole: one declared over 16 MiB is refused unread.
+    let mut s = connect(addr);
+    s.write_all(b"POST /big HTTP/1.1\r\nhost: t\r\ncontent-length: 17000000\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut s).status, 413);
+    // An attribute near u64::MAX is a clear 400, not an overflow later.
+    let (status, v) = api(
+        c.addr,
+        "POST",
+        "/proxies/web/toxics",
+        r#"{"type":"latency","attributes":{"latency":18446744073709551615}}"#,
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("at most")),
+        "{v}"
+    );
+    // A deleted proxy's counters leave /metrics.
+    let metrics = || {
+        let mut s = connect(c.addr);
+        write!(s, "GET /metrics HTTP/1.1\r\nhost: {}\r\n\r\n", c.addr).expect("write");
+        read_response(&mut s).body
+    };
+    assert!(metrics().contains("proxy=\"web\""));
+    assert_eq!(api(c.addr, "DELETE", "/proxies/web", "").0, 204);
+    assert!(!metrics().contains("proxy=\"web\""), "{}", metrics());
+}

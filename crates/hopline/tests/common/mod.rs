@@ -394,6 +394,8 @@ pub(crate) fn read_response(s: &mut TcpStream) -> Response {
         let mut body = vec![0u8; len.parse().expect("length")];
         s.read_exact(&mut body).expect("body");
         resp.body = String::from_utf8_lossy(&body).into_owned();
+    } else if resp.status == 204 || resp.status == 304 || resp.status < 200 {
+        // No content by its status (RFC 9110 §6.4.1): nothing to wait for.
     } else if resp.header("transfer-encoding").is_none() {
         let mut body = Vec::new();
         let _ = s.read_to_end(&mut body);
