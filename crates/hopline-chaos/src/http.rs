@@ -117,12 +117,13 @@ pub(crate) async fn serve<F, Fut>(
         let too_big = matches!(length, BodyLength::Length(n) if n > MAX_BODY as u64);
         let mut decoder = BodyDecoder::new(length);
         let mut body = BytesMut::new();
-        while !too_big {
-            match read_body_chunk(&mut client, &mut cbuf, &mut decoder).await {
-                Ok(Some(p)) if body.len() + p.len() <= MAX_BODY => body.extend_from_slice(&p),
-                Ok(Some(_)) => break,
-                Ok(None) => break,
-                Err(_) => return,
+        if !too_big {
+            loop {
+                match read_body_chunk(&mut client, &mut cbuf, &mut decoder).await {
+                    Ok(Some(p)) if body.len() + p.len() <= MAX_BODY => body.extend_from_slice(&p),
+                    Ok(Some(_)) | Ok(None) => break,
+                    Err(_) => return,
+                }
             }
         }
         if too_big || !decoder.is_done() {
