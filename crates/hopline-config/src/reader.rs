@@ -1142,9 +1142,20 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
             .str(&mut cx, "service_name")
             .map_or("hopline", |(s, _)| s)
             .to_string();
+        let ca = t.str(&mut cx, "ca");
+        if let (Some((_, span)), Some((_, (false, ..)))) = (&ca, &parsed) {
+            cx.report(
+                span.clone(),
+                t.key_path("ca"),
+                ProblemKind::Invalid("ca is for an https:// otlp_endpoint".into()),
+            );
+        }
+        let ca = ca.map(|(p, _)| PathBuf::from(p));
         t.finish(&mut cx);
-        parsed.map(|(url, (host, port, path))| TracingConfig {
+        parsed.map(|(url, (tls, host, port, path))| TracingConfig {
             otlp_endpoint: url.to_string(),
+            tls,
+            ca,
             host,
             port,
             path,
@@ -1190,10 +1201,12 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
 }
 
 /// `http://host[:port][/path]` (port 4318 and path `/v1/traces` by default).
-fn otlp_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or(
-        "use http://host:port/v1/traces (an OpenTelemetry collector's OTLP/HTTP receiver)",
-    )?;
+fn otlp_url(url: &str) -> Result<(bool, String, u16, String), String> {
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err("use http://host:port/v1/traces or https://… (an OpenTelemetry collector's OTLP/HTTP receiver)".into()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/v1/traces"),
@@ -1219,7 +1232,7 @@ fn otlp_url(url: &str) -> Result<(String, u16, String), String> {
     if host.is_empty() || host.contains(['@', ' ', '?', '#']) {
         return Err("needs a host: http://host:port/v1/traces".into());
     }
-    Ok((host.to_string(), port, path.to_string()))
+    Ok((tls, host.to_string(), port, path.to_string()))
 }
 
 #[cfg(test)]
@@ -1343,7 +1356,14 @@ mod tests {
             (t.host.as_str(), t.port, t.path.as_str()),
             ("::1", 4318, "/v1/traces")
         );
-        let text = "[tracing]\notlp_endpoint = \"https://otel:4318\"\nprotocol = \"grpc\"\nsample_ratio = 2\n";
+        let t = read("[tracing]\notlp_endpoint = \"https://otel.example\"\nca = \"ca.pem\"\n")
+            .expect("valid")
+            .tracing
+            .expect("t");
+        assert!(t.tls && t.port == 4318 && t.ca.is_some(), "{t:?}");
+        let what = problems("[tracing]\notlp_endpoint = \"http://otel\"\nca = \"ca.pem\"\n");
+        assert!(what[0].contains("ca is for an https://"), "{what:?}");
+        let text = "[tracing]\notlp_endpoint = \"grpc://otel:4318\"\nprotocol = \"grpc\"\nsample_ratio = 2\n";
         let what = problems(text);
         assert_eq!(what.len(), 3, "{what:?}");
         assert!(

@@ -183,7 +183,8 @@ pub fn schema() -> Value {
                 "max_addresses_per_name": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 64, "description": "addresses of one name used at most (the first in address order)"},
             })),
             "tracing": closed(json!({
-                "otlp_endpoint": {"type": "string", "pattern": "^http://", "description": "an OpenTelemetry collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces"},
+                "otlp_endpoint": {"type": "string", "pattern": "^https?://", "description": "an OpenTelemetry collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces; https:// speaks TLS (verified against ca or the system roots)"},
+                "ca": {"type": "string", "description": "PEM bundle of the CAs an https:// collector is verified against (default: the system roots)"},
                 "protocol": {"enum": ["http/protobuf"], "default": "http/protobuf"},
                 "sample_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0, "description": "share of new traces recorded (and of untrusted callers' traces); a trusted caller's sampled flag is followed"},
                 "max_sampled_per_sec": {"type": "integer", "minimum": 1, "maximum": 1000000, "default": 100, "description": "sampled requests per second per worker, at most; beyond it recorded as unsampled and counted"},

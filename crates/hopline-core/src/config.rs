@@ -39,8 +39,13 @@ pub struct Config {
 /// `[tracing]`: spans of sampled requests exported over OTLP/HTTP (protobuf).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracingConfig {
-    /// The collector's OTLP/HTTP traces URL: `http://host:port/v1/traces`.
+    /// The collector's OTLP/HTTP traces URL: `http://host:port/v1/traces` or `https://…`.
     pub otlp_endpoint: String,
+    /// `https://`: the collector is spoken to over TLS, verified against `ca` (a PEM
+    /// bundle) or the system roots.
+    pub tls: bool,
+    /// `tracing.ca`: the CAs a TLS collector is verified against. Default: the system's.
+    pub ca: Option<PathBuf>,
     /// The host, port and path of `otlp_endpoint`.
     pub host: String,
     /// See `host`.

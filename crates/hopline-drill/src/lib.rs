@@ -134,7 +134,7 @@ async fn http_call(
         body.as_bytes(),
     );
     let mut buf = bytes::BytesMut::new();
-    let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, max)
+    let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024, max)
         .await
         .map_err(|e| hopline_core::error::cause_chain(&e))?;
     Ok((r.head.status, String::from_utf8_lossy(&r.body).into_owned()))

@@ -141,7 +141,7 @@ async fn one(
     let fields = [("host", "drill"), ("user-agent", "hopline-drill")];
     hopline_h1::write::put_request(&mut req, b"GET", path.as_bytes(), fields, b"");
     let work = async {
-        let head = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
+        let head = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024, 16 << 20)
             .await
             .map_err(|e| hopline_core::error::cause_chain(&e))?
             .head;

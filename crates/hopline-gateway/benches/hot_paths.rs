@@ -146,6 +146,8 @@ fn tracing(c: &mut Criterion) {
     let exporter = |ratio: f64| {
         let config = hopline_core::config::TracingConfig {
             otlp_endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            tls: false,
+            ca: None,
             host: "127.0.0.1".into(),
             port: 9,
             path: "/v1/traces".into(),
@@ -155,7 +157,7 @@ fn tracing(c: &mut Criterion) {
         };
         let off = hopline_gateway::AccessLog::open(&hopline_core::config::AccessLogSink::Off)
             .expect("an Off log opens");
-        Exporter::start(&config, Arc::new(off))
+        Exporter::start(&config, Arc::new(off)).expect("a plain-HTTP exporter starts")
     };
     let per_request = |b: &mut criterion::Bencher, e: Option<&Exporter>, caller: &Headers| {
         let mut rec = record();

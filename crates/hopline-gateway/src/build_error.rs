@@ -16,6 +16,9 @@ pub enum BuildError {
     /// A `[server.tls]` certificate or key cannot be used.
     #[error("server.tls")]
     ServerTls(#[source] hopline_tls::TlsFileError),
+    /// The `https://` collector's CA bundle cannot be used (`tracing.ca`).
+    #[error("tracing")]
+    Tracing(#[source] hopline_tls::TlsFileError),
     /// The shared egress store cannot be set up (`[egress] shared`, `ca`).
     #[error("egress.shared")]
     SharedEgress(#[source] crate::upstream::shared::StoreError),

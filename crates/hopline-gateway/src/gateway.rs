@@ -280,7 +280,9 @@ impl Gateway {
         let exporter = config
             .tracing
             .as_ref()
-            .map(|t| Arc::new(crate::observe::otlp::Exporter::start(t, log.clone())));
+            .map(|t| crate::observe::otlp::Exporter::start(t, log.clone()).map(Arc::new))
+            .transpose()
+            .map_err(BuildError::Tracing)?;
         Self::assemble(
             config,
             upstreams,

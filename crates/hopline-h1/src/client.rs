@@ -25,6 +25,12 @@ pub enum ResponseError {
     /// The response body could not be read.
     #[error("reading the response body failed")]
     Body(#[source] BodyError),
+    /// The response body is larger than the caller reads.
+    #[error("response body over {limit} bytes")]
+    TooLarge {
+        /// The most the caller reads.
+        limit: usize,
+    },
 }
 
 /// A response read whole.
@@ -37,13 +43,14 @@ pub struct Response {
 }
 
 /// Writes `request` on `io` and reads the whole response (head of at most `max_head`
-/// bytes; interim 1xx skipped), leaving any bytes after it in `buf`. A `HEAD` request's
+/// bytes, body of at most `max_body`; interim 1xx skipped), leaving any bytes after it in `buf`. A `HEAD` request's
 /// response has no body.
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     request: &[u8],
     max_head: usize,
+    max_body: usize,
 ) -> Result<Response, ResponseError> {
     io.write_all(request).await.map_err(ResponseError::Write)?;
     let head = read_response_head(io, buf, max_head)
@@ -58,6 +65,9 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(ResponseError::Body)?
     {
+        if body.len() + piece.len() > max_body {
+            return Err(ResponseError::TooLarge { limit: max_body });
+        }
         body.extend_from_slice(&piece);
     }
     Ok(Response {
@@ -86,7 +96,7 @@ mod tests {
         let mut out = BytesMut::new();
         crate::write::put_request(&mut out, b"POST", b"/x?y=1", [("host", "h")], b"{}");
         let mut buf = BytesMut::new();
-        let r = exchange(&mut client, &mut buf, &out, 4096)
+        let r = exchange(&mut client, &mut buf, &out, 4096, 4096)
             .await
             .expect("response");
         assert_eq!((r.head.status, &r.body[..]), (201, &b"abc"[..]));

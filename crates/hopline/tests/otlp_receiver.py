@@ -1,6 +1,7 @@
 """An OTLP/HTTP traces receiver for tests/tracing.rs: decodes each protobuf
 ExportTraceServiceRequest (opentelemetry-proto from PyPI) and prints one JSON line per
-span on stdout; says where it listens on stderr, as hopline does."""
+span on stdout; says where it listens on stderr, as hopline does. With `--tls CERT KEY`
+it speaks HTTPS."""
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,5 +52,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if len(sys.argv) == 4 and sys.argv[1] == "--tls":  # --tls CERT KEY: an https:// collector
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
 print(f"otlp receiver: listening on 127.0.0.1:{server.server_address[1]}", file=sys.stderr, flush=True)
 server.serve_forever()

@@ -38,6 +38,7 @@ const NEEDS_YOURS: &[&str] = &[
     "egress.nat_limit",
     "dns.nameservers",
     "tracing.otlp_endpoint",
+    "tracing.ca",
     "tracing.sample_ratio",
     "tracing.max_sampled_per_sec",
     "tracing.service_name",

@@ -250,3 +250,39 @@ fn an_http2_upstream_attempt_is_a_client_span_of_its_own() {
     assert_eq!(client[0]["attributes"]["hopline.upstream"], "h");
     assert_eq!(client[0]["attributes"]["http.response.status_code"], 200);
 }
+
+/// An `https://` collector: spans go over TLS, verified against `tracing.ca`.
+#[test]
+#[ignore = "needs python3 opentelemetry-proto (run by .ci/run)"]
+fn spans_reach_an_https_collector_verified_against_its_ca() {
+    let ca = common::pki::Ca::new("otel");
+    let leaf = ca.leaf(
+        "collector",
+        "collector",
+        &["localhost"],
+        common::pki::Validity::Good,
+    );
+    let mut cmd = Command::new("python3");
+    cmd.arg(format!(
+        "{}/tests/otlp_receiver.py",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .arg("--tls")
+    .arg(&leaf.cert)
+    .arg(&leaf.key);
+    let recv = Proc::spawn_command(cmd);
+    let up = mock(&["--quiet"]);
+    let gw = gateway(
+        "",
+        &format!(
+            "[tracing]\notlp_endpoint = \"https://localhost:{}/v1/traces\"\nca = \"{}\"\n{}",
+            recv.addr.port(),
+            ca.cert.display(),
+            route_all(up.addr)
+        ),
+    );
+    let caller = format!("traceparent: 00-{CALLER_TRACE}-{CALLER_SPAN}-01\r\n");
+    assert_eq!(get(gw.addr, "/tls", &caller).status, 200);
+    let spans = wait_spans(&recv, CALLER_TRACE, 2);
+    assert!(spans.iter().all(|s| s["path"] == "/v1/traces"), "{spans:?}");
+}

@@ -110,7 +110,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let fields = [("host", addr), ("connection", "close")];
     hopline_h1::write::put_request(&mut req, b"GET", path.as_bytes(), fields, b"");
     let mut buf = BytesMut::with_capacity(4096);
-    let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
+    let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024, 16 << 20)
         .await
         .map_err(|e| hopline_core::error::cause_chain(&e))?;
     if r.head.status != 200 {

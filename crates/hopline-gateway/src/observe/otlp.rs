@@ -63,25 +63,46 @@ thread_local! {
 /// The process clock's base (tokio's clock, so paused-time tests see it move).
 static CLOCK_BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
 
+/// The most of a collector's reply read: its head, and its body.
+const REPLY_MAX: usize = 64 * 1024;
+
 impl Exporter {
-    /// Spawns the export task on the current runtime.
-    pub fn start(config: &TracingConfig, log: Arc<AccessLog>) -> Exporter {
+    /// Spawns the export task on the current runtime. An `https://` collector gets a TLS
+    /// client verified against `tracing.ca` or the system roots (its files read now).
+    pub fn start(
+        config: &TracingConfig,
+        log: Arc<AccessLog>,
+    ) -> Result<Exporter, hopline_tls::TlsFileError> {
+        let tls = match config.tls {
+            false => None,
+            true => Some(hopline_tls::client::client_config(
+                &hopline_core::config::UpstreamTlsConfig {
+                    sni: None,
+                    ca: config.ca.clone(),
+                    client_cert: None,
+                    client_key: None,
+                    insecure_skip_verify: false,
+                    alpn: vec!["http/1.1".into()],
+                },
+            )?),
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(ExportStats::default());
         let task = Task {
             rx,
             config: config.clone(),
+            tls,
             stats: stats.clone(),
             log,
             warned: false,
         };
         tokio::spawn(task.run());
-        Exporter {
+        Ok(Exporter {
             tx,
             stats,
             sample_ratio: config.sample_ratio,
             max_sampled_per_sec: config.max_sampled_per_sec,
-        }
+        })
     }
 
     /// Queues the spans of a finished, sampled request: its own and its attempts'.
@@ -273,6 +294,8 @@ fn attempt_span(rec: &AccessRecord, a: &AttemptSpan) -> Span {
 struct Task {
     rx: mpsc::Receiver<Span>,
     config: TracingConfig,
+    /// The TLS client of an `https://` collector.
+    tls: Option<Arc<rustls::ClientConfig>>,
     stats: Arc<ExportStats>,
     log: Arc<AccessLog>,
     warned: bool,
@@ -365,7 +388,7 @@ impl Task {
 
     async fn post(&self, body: &[u8]) -> Result<u16, String> {
         let addr = (self.config.host.as_str(), self.config.port);
-        let mut s = tokio::net::TcpStream::connect(addr)
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
         let mut req = BytesMut::new();
@@ -386,9 +409,23 @@ impl Task {
             body,
         );
         let mut buf = BytesMut::new();
-        let r = hopline_h1::client::exchange(&mut s, &mut buf, &req, 64 * 1024)
-            .await
-            .map_err(|e| hopline_core::error::cause_chain(&e))?;
+        // The collector's answer is read to at most 64 KiB of head and of body.
+        let r = match &self.tls {
+            None => {
+                let mut s = tcp;
+                hopline_h1::client::exchange(&mut s, &mut buf, &req, REPLY_MAX, REPLY_MAX).await
+            }
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(self.config.host.clone())
+                    .map_err(|e| format!("{}: {e}", self.config.host))?;
+                let mut s = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                hopline_h1::client::exchange(&mut s, &mut buf, &req, REPLY_MAX, REPLY_MAX).await
+            }
+        };
+        let r = r.map_err(|e| hopline_core::error::cause_chain(&e))?;
         Ok(r.head.status)
     }
 }

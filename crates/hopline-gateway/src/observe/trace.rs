@@ -196,6 +196,8 @@ mod tests {
         Exporter::start(
             &TracingConfig {
                 otlp_endpoint: "http://127.0.0.1:9/v1/traces".into(),
+                tls: false,
+                ca: None,
                 host: "127.0.0.1".into(),
                 port: 9,
                 path: "/v1/traces".into(),
@@ -205,6 +207,7 @@ mod tests {
             },
             Arc::new(off.expect("an Off log opens")),
         )
+        .expect("a plain-HTTP exporter starts")
     }
 
     fn with_parent(flags: &str) -> Headers {
