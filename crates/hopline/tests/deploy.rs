@@ -274,7 +274,7 @@ fn every_dashboard_query_parses_and_every_metric_named_exists() {
     run_ok("promtool", &["check", "rules", path(&file)]);
     // Every hopline_* name in the rules and the dashboard is a family hopline registers
     // (every family, including those without samples yet: read from the registry's source).
-    let source = read("crates/hopline-gateway/src/metrics.rs");
+    let source = read("crates/hopline-gateway/src/observe/metrics.rs");
     let families: Vec<String> = source
         .split("register(")
         .skip(1)
