@@ -343,11 +343,17 @@ impl Upstream {
             && config.health == old.health
             && config.panic_threshold == old.panic_threshold
             && config.protocol == old.protocol
+            && config.deny_addresses == old.deny_addresses
             && cx.dns == self.dns;
         let (endpoints, names) = if same {
             (self.endpoints.clone(), self.names.clone())
         } else {
-            Self::members(&config, &tls, cx)?
+            let (endpoints, names) = Self::members(&config, &tls, cx)?;
+            // The old endpoints' series go with them (those the new set has start again).
+            for ep in self.endpoints.list().iter() {
+                cx.metrics.forget_endpoint(&self.name, ep.addr);
+            }
+            (endpoints, names)
         };
         self.in_flight.set_limit(config.max_in_flight);
         self.budget.set_params(cx.ratio, cx.min_per_sec);
