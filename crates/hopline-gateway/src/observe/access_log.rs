@@ -349,6 +349,9 @@ struct Sink {
     buf: Mutex<(Vec<u8>, u64)>,
     /// To the writer thread.
     tx: std::sync::mpsc::SyncSender<Job>,
+    /// Buffers the writer has emptied, for the next hand-over (a 64 KiB allocation and
+    /// a free on another thread per buffer otherwise).
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Lines dropped because the writer's queue was full.
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -370,15 +373,22 @@ impl std::fmt::Debug for Sink {
 impl Sink {
     fn start(mut out: Box<dyn Write + Send>) -> io::Result<Sink> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let spare = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let back = spare.clone();
         std::thread::Builder::new()
             .name("hopline-log".into())
             .spawn(move || {
                 // Ends when the last sender (the sink) is dropped.
                 for job in rx {
                     match job {
-                        Job::Write(bytes) => {
+                        Job::Write(mut bytes) => {
                             let _ = out.write_all(&bytes);
                             let _ = out.flush();
+                            bytes.clear();
+                            let mut spare = back.lock().unwrap_or_else(|p| p.into_inner());
+                            if spare.len() < 2 {
+                                spare.push(bytes);
+                            }
                         }
                         Job::Flush(done) => {
                             let _ = out.flush();
@@ -390,6 +400,7 @@ impl Sink {
         Ok(Sink {
             buf: Mutex::new((Vec::with_capacity(BUFFER), 0)),
             tx,
+            spare,
             dropped: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -402,11 +413,15 @@ impl Sink {
             if buf.0.is_empty() {
                 return;
             }
+            // The writer only ever takes `spare` alone: no lock order to get wrong.
+            let next = self
+                .spare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(BUFFER));
             let lines = std::mem::take(&mut buf.1);
-            (
-                std::mem::replace(&mut buf.0, Vec::with_capacity(BUFFER)),
-                lines,
-            )
+            (std::mem::replace(&mut buf.0, next), lines)
         };
         if self.tx.try_send(Job::Write(pending)).is_err() {
             self.dropped
