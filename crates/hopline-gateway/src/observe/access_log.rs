@@ -386,7 +386,7 @@ impl Sink {
                             let _ = out.flush();
                             bytes.clear();
                             let mut spare = back.lock().unwrap_or_else(|p| p.into_inner());
-                            if spare.len() < 2 {
+                            if spare.is_empty() {
                                 spare.push(bytes);
                             }
                         }
@@ -411,6 +411,10 @@ impl Sink {
         let (pending, lines) = {
             let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
             if buf.0.is_empty() {
+                drop(buf);
+                // Nothing logged for a tick: an idle gateway keeps no spare buffer (a
+                // burst's memory is returned), a busy one never gets here.
+                self.spare.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 return;
             }
             // The writer only ever takes `spare` alone: no lock order to get wrong.
