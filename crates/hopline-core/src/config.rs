@@ -327,18 +327,16 @@ impl Cidr {
     /// (IPv4-mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96`): a name cannot reach a denied
     /// IPv4 address by answering with its IPv6 spelling.
     pub fn deny(list: &[Cidr], ip: IpAddr) -> Option<&Cidr> {
-        let carried = match ip {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-                let v4 = u32::from(s[6]) << 16 | u32::from(s[7]);
-                (nat64 || v6.to_ipv4_mapped().is_some())
-                    .then(|| IpAddr::V4(std::net::Ipv4Addr::from(v4)))
-            }
-            IpAddr::V4(_) => None,
+        // `contains` already reads an IPv4-mapped address as its IPv4 one; NAT64 is read
+        // here.
+        let nat64 = match ip {
+            IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => Some(IpAddr::V4(
+                std::net::Ipv4Addr::from((u128::from(v6) as u32).to_be_bytes()),
+            )),
+            _ => None,
         };
         list.iter()
-            .find(|c| c.contains(ip) || carried.is_some_and(|v4| c.contains(v4)))
+            .find(|c| c.contains(ip) || nat64.is_some_and(|v4| c.contains(v4)))
     }
 
     /// True when `ip` is in the range; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is

@@ -24,18 +24,14 @@ pub(crate) async fn serve(
     current: Arc<Current>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let limits = match &current.load().config.admin {
-        Some(a) => Limits {
-            max_connections: a.max_connections,
-            allowed_hosts: a.allowed_hosts.clone(),
-            hosts_setting: "admin.allowed_hosts",
-            ..Limits::default()
-        },
-        None => Limits {
-            hosts_setting: "admin.allowed_hosts",
-            ..Limits::default()
-        },
+    let mut limits = Limits {
+        hosts_setting: "admin.allowed_hosts",
+        ..Limits::default()
     };
+    if let Some(a) = &current.load().config.admin {
+        limits.max_connections = a.max_connections;
+        limits.allowed_hosts = a.allowed_hosts.clone();
+    }
     hopline_h1::small::serve(listener, limits, shutdown, move |head, _body| {
         let reply = answer(&current, &head);
         async move { reply }

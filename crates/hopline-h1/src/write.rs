@@ -80,11 +80,16 @@ pub fn end_head(out: &mut BytesMut, close: bool) {
 /// The framing of a response of `status` with a body of `len` bytes: none for 1xx, 204 and
 /// 304 (RFC 9110 §8.6: they have no content), `content-length` otherwise.
 pub fn response_framing(status: u16, len: u64) -> Framing<'static> {
-    if status < 200 || status == 204 || status == 304 {
-        Framing::Unstated
-    } else {
+    if has_content(status) {
         Framing::Length(len)
+    } else {
+        Framing::Unstated
     }
+}
+
+/// Whether a response of `status` has content: not 1xx, 204 or 304 (RFC 9110 §6.4.1).
+fn has_content(status: u16) -> bool {
+    status >= 200 && status != 204 && status != 304
 }
 
 /// The framing of a request of `method` with a body of `len` bytes: `content-length` when
@@ -119,7 +124,7 @@ pub fn put_response<N, V>(
     }
     put_framing(out, response_framing(status, body.len() as u64));
     end_head(out, close);
-    if !head_only && !matches!(response_framing(status, 0), Framing::Unstated) {
+    if !head_only && has_content(status) {
         out.put_slice(body);
     }
 }

@@ -64,6 +64,16 @@ fn pods_seen(gw: &Proc, n: usize) -> Vec<String> {
     seen
 }
 
+/// Pods a, b and c on 127.0.0.2–4, one port, with their addresses.
+fn three_pods() -> ([Proc; 3], [Ipv4Addr; 3]) {
+    let a = pod("127.0.0.2", 0, "a", &[]);
+    let port = a.addr.port();
+    let b = pod("127.0.0.3", port, "b", &[]);
+    let c = pod("127.0.0.4", port, "c", &[]);
+    let ips = [2, 3, 4].map(|n| Ipv4Addr::new(127, 0, 0, n));
+    ([a, b, c], ips)
+}
+
 fn dns_section(dns: &Dns) -> String {
     format!(
         "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\nmax_ttl = \"1s\"\ntimeout = \"500ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
@@ -74,15 +84,8 @@ fn dns_section(dns: &Dns) -> String {
 #[test]
 fn a_name_stands_for_every_address_follows_changes_and_keeps_the_last_good_set() {
     let dns = Dns::start();
-    let a = pod("127.0.0.2", 0, "a", &[]);
+    let ([a, b, c], [ip_a, ip_b, ip_c]) = three_pods();
     let port = a.addr.port();
-    let b = pod("127.0.0.3", port, "b", &[]);
-    let c = pod("127.0.0.4", port, "c", &[]);
-    let (ip_a, ip_b, ip_c) = (
-        Ipv4Addr::new(127, 0, 0, 2),
-        Ipv4Addr::new(127, 0, 0, 3),
-        Ipv4Addr::new(127, 0, 0, 4),
-    );
     dns.set("pods.test", &[ip_a, ip_b], 1);
     let gw = gateway(
         "",
@@ -438,15 +441,8 @@ fn health_checks_speak_http2_to_an_h2_upstream() {
 #[test]
 fn egress_names_may_not_resolve_to_denied_addresses_but_literals_are_the_operators() {
     let dns = Dns::start();
-    let a = pod("127.0.0.2", 0, "a", &[]);
+    let ([a, b, c], [ip_a, ip_b, ip_c]) = three_pods();
     let port = a.addr.port();
-    let b = pod("127.0.0.3", port, "b", &[]);
-    let c = pod("127.0.0.4", port, "c", &[]);
-    let (ip_a, ip_b, ip_c) = (
-        Ipv4Addr::new(127, 0, 0, 2),
-        Ipv4Addr::new(127, 0, 0, 3),
-        Ipv4Addr::new(127, 0, 0, 4),
-    );
     dns.set("partner.test", &[ip_a], 1);
     dns.set("many.test", &[ip_a, ip_b, ip_c], 1);
     let gw = gateway(

@@ -20,6 +20,22 @@ fn ws_server() -> Proc {
     Proc::spawn_command(cmd)
 }
 
+/// Sends a WebSocket upgrade for `path` and reads the 12 bytes `HTTP/1.1 101` (the rest
+/// of the head is the caller's to read or to leave).
+fn open_tunnel(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream {
+    let mut s = connect(addr);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    )
+    .expect("write");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("101");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    s
+}
+
 fn ws_routes(up: std::net::SocketAddr, extra: &str) -> String {
     format!(
         "[upstreams.ws]\nendpoints = [\"{up}\"]\n\
@@ -75,15 +91,7 @@ fn a_silent_tunnel_is_closed_at_its_idle_timeout() {
         "",
         &ws_routes(server.addr, "websocket_idle_timeout = \"300ms\""),
     );
-    let mut s = connect(gw.addr);
-    s.write_all(
-        b"GET /ws/idle HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
-          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
-    )
-    .expect("write");
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).expect("101");
-    assert_eq!(&head, b"HTTP/1.1 101");
+    let mut s = open_tunnel(gw.addr, "/ws/idle");
     let started = std::time::Instant::now();
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
@@ -161,15 +169,7 @@ fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
         "write_timeout = \"400ms\"",
         &ws_routes(up.addr, "websocket_idle_timeout = \"60s\""),
     );
-    let mut s = connect(gw.addr);
-    s.write_all(
-        b"GET /ws/stalled HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
-          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
-    )
-    .expect("write");
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).expect("101");
-    assert_eq!(&head, b"HTTP/1.1 101");
+    let s = open_tunnel(gw.addr, "/ws/stalled");
     // From here the client reads nothing: the socket buffers fill, hopline's write waits.
     let line = gw.wait_json(WAIT, "the tunnel's line", |v| v["path"] == "/ws/stalled");
     assert_eq!(line["tunnel"]["closed_by"], "write_timeout", "{line}");

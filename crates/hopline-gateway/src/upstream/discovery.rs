@@ -270,81 +270,7 @@ impl Watcher {
                 return;
             };
             let wait = match result {
-                Ok(found) => {
-                    let mut addrs: Vec<SocketAddr> = found
-                        .iter()
-                        .map(|ip| SocketAddr::new(ip, name.port))
-                        .collect();
-                    addrs.sort();
-                    addrs.dedup();
-                    let denied: Vec<SocketAddr> = addrs
-                        .iter()
-                        .filter(|a| Cidr::deny(&self.deny, a.ip()).is_some())
-                        .copied()
-                        .collect();
-                    addrs.retain(|a| !denied.contains(a));
-                    addrs.truncate(self.max_addresses);
-                    // The resolver's `valid_until` is on the std clock: now is read on
-                    // tokio's and handed over (the same instant outside paused tests).
-                    let ttl = found
-                        .valid_until()
-                        .checked_duration_since(Instant::now().into_std())
-                        .unwrap_or_default();
-                    if !denied.is_empty() {
-                        let ips: Vec<String> = denied.iter().map(|a| a.ip().to_string()).collect();
-                        let detail = format!("{} denied by deny_addresses", ips.join(", "));
-                        let kept = if addrs.is_empty() {
-                            "nothing left to use; the last allowed addresses are kept"
-                        } else {
-                            "the others are used"
-                        };
-                        self.log.announce(
-                            "dns",
-                            &[("upstream", &set.upstream), ("name", &name.host)],
-                            "denied",
-                            &detail,
-                            format_args!(
-                                "upstream {}: {} resolves to {detail}: {kept}",
-                                set.upstream, name.host
-                            ),
-                        );
-                        if addrs.is_empty() {
-                            // Like a failed resolution: what was allowed stays, and an
-                            // upstream with nothing answers 503 UH naming the address.
-                            self.metrics.dns_resolution(&set.upstream, false);
-                            self.names.record(self.i, Some(detail));
-                            drop(set);
-                            tokio::time::sleep(self.min_ttl).await;
-                            continue;
-                        }
-                    }
-                    self.metrics.dns_resolution(&set.upstream, true);
-                    self.names.record(self.i, None);
-                    let (added, removed) =
-                        set.replace_target(&name.target, &addrs, |a| (self.make)(a, name));
-                    for gone in &removed {
-                        self.metrics.forget_endpoint(&set.upstream, *gone);
-                    }
-                    if !added.is_empty() || !removed.is_empty() {
-                        let detail = format!(
-                            "{} (added {}, removed {})",
-                            list(&addrs),
-                            list(&added),
-                            list(&removed)
-                        );
-                        self.log.announce(
-                            "dns",
-                            &[("upstream", &set.upstream), ("name", &name.host)],
-                            "resolved",
-                            &detail,
-                            format_args!(
-                                "upstream {}: {} resolves to {detail}",
-                                set.upstream, name.host
-                            ),
-                        );
-                    }
-                    ttl.clamp(self.min_ttl, self.max_ttl)
-                }
+                Ok(found) => self.resolved(&set, name, &found),
                 Err(e) => {
                     let what = failure_text(&e);
                     self.metrics.dns_resolution(&set.upstream, false);
@@ -374,6 +300,84 @@ impl Watcher {
             drop(set);
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// A name resolved: its allowed addresses (at most `max_addresses`) become the
+    /// endpoints of its target, what changed and what was denied is said; returns when to
+    /// ask again.
+    fn resolved(
+        &self,
+        set: &EndpointSet,
+        name: &Name,
+        found: &hickory_resolver::lookup_ip::LookupIp,
+    ) -> Duration {
+        let mut addrs: Vec<SocketAddr> = found
+            .iter()
+            .map(|ip| SocketAddr::new(ip, name.port))
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        let (denied, mut addrs): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs
+            .into_iter()
+            .partition(|a| Cidr::deny(&self.deny, a.ip()).is_some());
+        addrs.truncate(self.max_addresses);
+        // The resolver's `valid_until` is on the std clock: now is read on
+        // tokio's and handed over (the same instant outside paused tests).
+        let ttl = found
+            .valid_until()
+            .checked_duration_since(Instant::now().into_std())
+            .unwrap_or_default();
+        if !denied.is_empty() {
+            let ips: Vec<String> = denied.iter().map(|a| a.ip().to_string()).collect();
+            let detail = format!("{} denied by deny_addresses", ips.join(", "));
+            let kept = if addrs.is_empty() {
+                "nothing left to use; the last allowed addresses are kept"
+            } else {
+                "the others are used"
+            };
+            self.log.announce(
+                "dns",
+                &[("upstream", &set.upstream), ("name", &name.host)],
+                "denied",
+                &detail,
+                format_args!(
+                    "upstream {}: {} resolves to {detail}: {kept}",
+                    set.upstream, name.host
+                ),
+            );
+            if addrs.is_empty() {
+                // Like a failed resolution: what was allowed stays, and an
+                // upstream with nothing answers 503 UH naming the address.
+                self.metrics.dns_resolution(&set.upstream, false);
+                self.names.record(self.i, Some(detail));
+                return self.min_ttl;
+            }
+        }
+        self.metrics.dns_resolution(&set.upstream, true);
+        self.names.record(self.i, None);
+        let (added, removed) = set.replace_target(&name.target, &addrs, |a| (self.make)(a, name));
+        for gone in &removed {
+            self.metrics.forget_endpoint(&set.upstream, *gone);
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            let detail = format!(
+                "{} (added {}, removed {})",
+                list(&addrs),
+                list(&added),
+                list(&removed)
+            );
+            self.log.announce(
+                "dns",
+                &[("upstream", &set.upstream), ("name", &name.host)],
+                "resolved",
+                &detail,
+                format_args!(
+                    "upstream {}: {} resolves to {detail}",
+                    set.upstream, name.host
+                ),
+            );
+        }
+        ttl.clamp(self.min_ttl, self.max_ttl)
     }
 }
 
