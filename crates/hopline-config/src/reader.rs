@@ -103,7 +103,17 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
             1024,
             16 << 20,
         ) as usize,
-        max_body_bytes: t.uint(cx, "max_body_bytes", d.max_body_bytes as u64, 0, 1 << 30) as usize,
+        max_body_bytes: t.uint(cx, "max_body_bytes", d.max_body_bytes as u64, 0, 1 << 40) as usize,
+        max_buffered_bytes: t.uint(
+            cx,
+            "max_buffered_bytes",
+            d.max_buffered_bytes as u64,
+            1 << 20,
+            1 << 40,
+        ) as usize,
+        min_recv_rate: t.byte_rate(cx, "min_recv_rate", d.min_recv_rate),
+        min_send_rate: t.byte_rate(cx, "min_send_rate", d.min_send_rate),
+        min_send_rate_window: t.duration(cx, "min_send_rate_window", d.min_send_rate_window),
         max_request_line_bytes: t.uint(
             cx,
             "max_request_line_bytes",
@@ -390,6 +400,13 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
         panic_threshold: t.uint(cx, "panic_threshold", u64::from(d.panic_threshold), 0, 100) as u8,
         deny_addresses: cidr_list(cx, &mut t, "deny_addresses")
             .unwrap_or_else(|| UpstreamConfig::default_denied(zone)),
+        retry_buffer_bytes: t.uint(
+            cx,
+            "retry_buffer_bytes",
+            d.retry_buffer_bytes as u64,
+            0,
+            16 << 20,
+        ) as usize,
     };
     t.finish(cx);
     u
@@ -787,6 +804,8 @@ fn route(
     let timeout = t.duration(cx, "timeout", default_timeout);
     let methods = methods(cx, &mut t);
     let websocket = websocket(cx, &mut t);
+    let request_buffering = t.bool(cx, "request_buffering", false);
+    let body_read_timeout = t.opt_duration(cx, "body_read_timeout");
     t.finish(cx);
     Some(RouteConfig {
         name: name?,
@@ -795,6 +814,8 @@ fn route(
         timeout,
         methods,
         websocket,
+        request_buffering,
+        body_read_timeout,
     })
 }
 
@@ -946,6 +967,7 @@ fn aggregate(cx: &mut Cx, mut t: Tbl, upstreams: &[UpstreamConfig]) -> Option<Ag
         let fallback = c.json(cx, "fallback").unwrap_or_else(|| "null".to_string());
         let required = c.bool(cx, "required", false);
         let timeout = c.opt_duration(cx, "timeout");
+        let max_body_bytes = c.uint(cx, "max_body_bytes", 4 << 20, 1, 1 << 30) as usize;
         c.finish(cx);
         match (name, upstream, path) {
             (Some(name), Some(upstream), Some(path)) => calls.push(CallConfig {
@@ -958,6 +980,7 @@ fn aggregate(cx: &mut Cx, mut t: Tbl, upstreams: &[UpstreamConfig]) -> Option<Ag
                 fallback,
                 required,
                 timeout,
+                max_body_bytes,
             }),
             _ => ok = false,
         }

@@ -315,6 +315,32 @@ impl<'a> Tbl<'a> {
         }
     }
 
+    /// A byte rate: `"1KiB/s"`, `"512B/s"`, `"2MiB/s"` (also `KB`, `MB`: powers of 1000), or
+    /// an integer of bytes per second; `0` turns what it limits off. `default` when absent
+    /// or wrong.
+    pub fn byte_rate(&mut self, cx: &mut Cx, key: &'static str, default: u64) -> u64 {
+        const EXPECTED: &str = "a byte rate such as \"1KiB/s\" (or 0)";
+        let Some((v, span)) = self.value(cx, key, EXPECTED) else {
+            return default;
+        };
+        let parsed = match (v.as_integer(), v.as_str()) {
+            (Some(n), _) => u64::try_from(n).ok(),
+            (None, Some(s)) => parse_byte_rate(s),
+            _ => {
+                self.wrong_type(cx, span, key, EXPECTED, v);
+                return default;
+            }
+        };
+        parsed.unwrap_or_else(|| {
+            cx.report(
+                span,
+                self.key_path(key),
+                ProblemKind::Invalid(format!("expected {EXPECTED}")),
+            );
+            default
+        })
+    }
+
     /// An integer in `min..=max`, `default` when absent or wrong.
     pub fn uint(
         &mut self,
@@ -669,6 +695,50 @@ impl<'a> Tbl<'a> {
                     ProblemKind::UnknownKey { suggestion },
                 );
             }
+        }
+    }
+}
+
+/// `"1KiB/s"` → 1024: a whole number, a unit (`B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`)
+/// and `/s`.
+pub(crate) fn parse_byte_rate(s: &str) -> Option<u64> {
+    let per = s.trim().strip_suffix("/s")?;
+    let digits = per.find(|c: char| !c.is_ascii_digit()).unwrap_or(per.len());
+    let (n, unit) = per.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "B" | "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::parse_byte_rate;
+
+    #[test]
+    fn byte_rates_parse_with_their_units() {
+        assert_eq!(parse_byte_rate("1KiB/s"), Some(1024));
+        assert_eq!(parse_byte_rate("512B/s"), Some(512));
+        assert_eq!(parse_byte_rate("2 MiB/s"), Some(2 << 20));
+        assert_eq!(parse_byte_rate("10KB/s"), Some(10_000));
+        assert_eq!(parse_byte_rate("0/s"), Some(0));
+        for bad in [
+            "1KiB",
+            "KiB/s",
+            "1 kib/s",
+            "-1B/s",
+            "1.5KiB/s",
+            "99999999999999999999GiB/s",
+        ] {
+            assert_eq!(parse_byte_rate(bad), None, "{bad}");
         }
     }
 }

@@ -214,9 +214,23 @@ pub struct ServerConfig {
     pub backlog: u32,
     /// Largest request head in bytes. Default 65536; larger gets 431.
     pub max_header_bytes: usize,
-    /// Largest request body in bytes (bodies are buffered before proxying). Default 16 MiB;
-    /// larger gets 413.
+    /// Largest request body in bytes (bodies are streamed to the upstream as they arrive;
+    /// one that passes this is cut). Default 16 MiB; larger gets 413.
     pub max_body_bytes: usize,
+    /// The process-wide budget for bytes held in buffers that grow with what a client or
+    /// an upstream sends (bodies read whole, replay buffers, aggregate call bodies, HTTP/2
+    /// request data not yet passed on). Default 256 MiB; a request that cannot get its share
+    /// gets 503 `OM`.
+    pub max_buffered_bytes: usize,
+    /// A request body sender slower than this (bytes/s, averaged over 10 s of waiting on
+    /// it after a 5 s grace) is cut with 408 `RT`. Default 1 KiB/s; 0 turns it off.
+    pub min_recv_rate: u64,
+    /// A client that reads a response slower than this (bytes/s, averaged over
+    /// `min_send_rate_window`) is cut with `WT`, its slots released. Default 1 KiB/s; 0
+    /// turns it off.
+    pub min_send_rate: u64,
+    /// The window `min_send_rate` is averaged over. Default 30 s.
+    pub min_send_rate_window: Duration,
     /// Longest request line in bytes. Default 8192; longer gets 414.
     pub max_request_line_bytes: usize,
     /// Put the full cause (upstream addresses, OS errors) in error response bodies, not
@@ -760,6 +774,10 @@ pub struct UpstreamConfig {
     /// used, and an upstream left with none answers 503 `UH` naming it. Default for
     /// `zone = "egress"`: [`EGRESS_DENIED`]; for `internal`: none.
     pub deny_addresses: Vec<Cidr>,
+    /// Bytes of a streamed request body kept so that a request whose pooled connection
+    /// turned out stale can be sent again on a new one. Default 64 KiB; a request that
+    /// sent more is not resent.
+    pub retry_buffer_bytes: usize,
 }
 
 /// `upstreams.NAME.lb`.
@@ -844,6 +862,13 @@ pub struct RouteConfig {
     /// forwarded and, once the upstream answers 101, tunnelled; the value is
     /// `websocket_idle_timeout` (default 60 s), after which a silent tunnel is closed.
     pub websocket: Option<Duration>,
+    /// `request_buffering = true`: the request body is read whole (drawing from
+    /// `server.max_buffered_bytes`) before the upstream is called, as nginx's
+    /// `proxy_request_buffering`. Default false: streamed as it arrives.
+    pub request_buffering: bool,
+    /// The route's own `body_read_timeout` (for routes that take large uploads). Default:
+    /// `server.body_read_timeout`.
+    pub body_read_timeout: Option<Duration>,
 }
 
 impl RouteConfig {
@@ -917,6 +942,9 @@ pub struct CallConfig {
     pub required: bool,
     /// The call's own timeout, capped by the time left. Default: the time left.
     pub timeout: Option<Duration>,
+    /// The largest response body the call takes (read whole, drawing from
+    /// `server.max_buffered_bytes`). Default 4 MiB; larger is the call's failure.
+    pub max_body_bytes: usize,
 }
 
 impl RouteConfig {
@@ -949,6 +977,10 @@ impl Default for ServerConfig {
             backlog: 4096,
             max_header_bytes: 65_536,
             max_body_bytes: 16 << 20,
+            max_buffered_bytes: 256 << 20,
+            min_recv_rate: 1024,
+            min_send_rate: 1024,
+            min_send_rate_window: Duration::from_secs(30),
             max_request_line_bytes: 8192,
             expose_cause: false,
             overload: Overload::Pause,
@@ -1041,6 +1073,7 @@ impl UpstreamConfig {
             health: None,
             panic_threshold: 50,
             deny_addresses: Vec::new(),
+            retry_buffer_bytes: 64 << 10,
         }
     }
 }

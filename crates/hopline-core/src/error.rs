@@ -417,13 +417,37 @@ pub enum ProxyError {
         /// The configured limit.
         limit: Duration,
     },
-    /// The request body did not arrive within `body_read_timeout`.
-    #[error("request body not received within body_read_timeout {} ({received} bytes received)", Human(*limit))]
+    /// The request body did not arrive within `body_read_timeout` (or, streamed to an
+    /// upstream, within the request's deadline).
+    #[error("request body not received within {setting} {} ({received} bytes received)", Human(*limit))]
     BodyReadTimeout {
-        /// The configured limit.
+        /// The limit that ran out.
         limit: Duration,
+        /// Which one: `body_read_timeout`, or `the request deadline`.
+        setting: &'static str,
         /// Bytes of body received before the limit.
         received: u64,
+    },
+    /// The request body arrived slower than `server.min_recv_rate` (a trickling sender).
+    #[error("request body arrived at {got} bytes in {} of waiting, below min_recv_rate {rate} bytes/s ({received} bytes received)", Human(*window))]
+    BodyTooSlow {
+        /// `min_recv_rate`, bytes per second.
+        rate: u64,
+        /// The window the rate was measured over (time spent waiting on the client).
+        window: Duration,
+        /// Bytes received in that window.
+        got: u64,
+        /// Bytes of body received in all.
+        received: u64,
+    },
+    /// The process-wide budget for buffered bytes (`server.max_buffered_bytes`) could not
+    /// hold what this request needed.
+    #[error("server.max_buffered_bytes {limit} reached (a {kind} buffer)")]
+    BufferBudget {
+        /// What the buffer was for (`request_body`, `replay`, `aggregate`, `h2_data`).
+        kind: &'static str,
+        /// The configured budget.
+        limit: usize,
     },
     /// The request is malformed or ambiguous.
     #[error("malformed request")]
@@ -563,9 +587,10 @@ impl ProxyError {
     pub fn disposition(&self) -> Disposition {
         use Flag::*;
         let (status, flag, side) = match self {
-            ProxyError::HeaderReadTimeout { .. } | ProxyError::BodyReadTimeout { .. } => {
-                (408, RequestTimeout, Side::Downstream)
-            }
+            ProxyError::HeaderReadTimeout { .. }
+            | ProxyError::BodyReadTimeout { .. }
+            | ProxyError::BodyTooSlow { .. } => (408, RequestTimeout, Side::Downstream),
+            ProxyError::BufferBudget { .. } => (503, Overload, Side::Internal),
             ProxyError::Malformed(_) => (400, DownstreamProtocolError, Side::Downstream),
             ProxyError::HeadersTooLarge { .. } => (431, DownstreamProtocolError, Side::Downstream),
             ProxyError::UriTooLong { .. } => (414, DownstreamProtocolError, Side::Downstream),
@@ -610,6 +635,8 @@ impl ProxyError {
         match self {
             ProxyError::HeaderReadTimeout { .. } => "request headers not received in time".into(),
             ProxyError::BodyReadTimeout { .. } => "request body not received in time".into(),
+            ProxyError::BodyTooSlow { .. } => "request body arrived too slowly".into(),
+            ProxyError::BufferBudget { .. } => "the gateway is out of buffer space".into(),
             // Parse errors describe the request the client sent: nothing internal.
             ProxyError::Malformed(e) => format!("malformed request: {e}"),
             ProxyError::HeadersTooLarge { .. } => "request headers too large".into(),

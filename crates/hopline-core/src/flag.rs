@@ -34,11 +34,14 @@ pub enum Flag {
     /// The upstream had no usable endpoint: none resolved, or every one ejected or
     /// failing its health checks.
     NoHealthyUpstream,
+    /// The gateway was out of a resource of its own (`server.max_buffered_bytes`): the
+    /// request was refused at once rather than let it run the process out of memory.
+    Overload,
 }
 
 impl Flag {
     /// Every flag, in a stable order (for metrics pre-registration and docs).
-    pub const ALL: [Flag; 13] = [
+    pub const ALL: [Flag; 14] = [
         Flag::UpstreamTimeout,
         Flag::UpstreamConnectFailure,
         Flag::UpstreamConnectionTermination,
@@ -52,9 +55,10 @@ impl Flag {
         Flag::Shutdown,
         Flag::WriteTimeout,
         Flag::NoHealthyUpstream,
+        Flag::Overload,
     ];
 
-    /// The short code: `UT`, `UF`, `UC`, `UPE`, `DC`, `RT`, `DPE`, `NR`, `UO`, `DG`, `SD`, `WT`, `UH`.
+    /// The short code: `UT`, `UF`, `UC`, `UPE`, `DC`, `RT`, `DPE`, `NR`, `UO`, `DG`, `SD`, `WT`, `UH`, `OM`.
     pub const fn code(self) -> &'static str {
         match self {
             Flag::UpstreamTimeout => "UT",
@@ -70,6 +74,7 @@ impl Flag {
             Flag::Shutdown => "SD",
             Flag::WriteTimeout => "WT",
             Flag::NoHealthyUpstream => "UH",
+            Flag::Overload => "OM",
         }
     }
 }

@@ -66,6 +66,7 @@ fn breaks_connection(err: &ProxyError) -> bool {
         err,
         ProxyError::HeaderReadTimeout { .. }
             | ProxyError::BodyReadTimeout { .. }
+            | ProxyError::BodyTooSlow { .. }
             | ProxyError::Malformed(_)
             | ProxyError::UriTooLong { .. }
             | ProxyError::HeadersTooLarge { .. }
@@ -125,6 +126,7 @@ pub const fn grpc_status(flag: Flag) -> u8 {
         | Flag::UpstreamConnectionTermination
         | Flag::UpstreamOverflow
         | Flag::NoHealthyUpstream
+        | Flag::Overload
         | Flag::Shutdown => 14,
     }
 }
@@ -242,6 +244,7 @@ mod tests {
                 "body_read_timeout",
                 ProxyError::BodyReadTimeout {
                     limit: Duration::from_secs(30),
+                    setting: "body_read_timeout",
                     received: 10,
                 },
                 at(Body, false, true, None),
@@ -252,6 +255,32 @@ mod tests {
                 ProxyError::BodyTooLarge { limit: 10 },
                 at(Body, false, true, None),
                 decide(413, DownstreamProtocolError, true, false, true),
+            ),
+            row(
+                "streamed body passes max_body_bytes (upstream exchange aborted)",
+                ProxyError::BodyTooLarge { limit: 10 },
+                at(Body, false, true, None),
+                decide(413, DownstreamProtocolError, true, false, true),
+            ),
+            row(
+                "body sender below min_recv_rate",
+                ProxyError::BodyTooSlow {
+                    rate: 1024,
+                    window: Duration::from_secs(10),
+                    got: 100,
+                    received: 100,
+                },
+                at(Body, false, true, None),
+                decide(408, RequestTimeout, true, false, true),
+            ),
+            row(
+                "buffer budget full (max_buffered_bytes)",
+                ProxyError::BufferBudget {
+                    kind: "request_body",
+                    limit: 1 << 28,
+                },
+                at(Body, false, true, None),
+                decide(503, Overload, true, false, true),
             ),
             row(
                 "malformed chunked body",
@@ -444,6 +473,7 @@ mod tests {
             (Flag::WriteTimeout, 4),
             (Flag::Degraded, 0),
             (Flag::NoHealthyUpstream, 14),
+            (Flag::Overload, 14),
         ];
         assert_eq!(want.len(), Flag::ALL.len());
         for (flag, code) in want {

@@ -75,6 +75,8 @@ fn answer(current: &Current, head: &hopline_h1::RequestHead) -> Reply {
                 gw.metrics.sample_tracing(&e.stats);
             }
             gw.metrics.sample_access_log(gw.log.dropped());
+            gw.metrics
+                .sample_buffers(gw.buffers.used(), gw.buffers.limit());
             gw.metrics.encode(
                 &gw.in_flight(),
                 &gw.endpoint_samples(),

@@ -16,6 +16,8 @@ use hopline_core::policy::Decision;
 use hopline_core::ProxyError;
 use hopline_h1::head::Headers;
 
+pub(crate) use crate::body::BodyFailure;
+use crate::body::BodySource;
 use crate::observe::access_log::{TlsSession, TunnelEnd};
 use crate::response::ErrorContext;
 use crate::upstream::ClientConn;
@@ -32,29 +34,24 @@ pub(crate) enum Next {
     Close,
 }
 
-/// Why the request body could not be read.
-#[derive(Debug)]
-pub(crate) enum BodyFailure {
-    /// The request is answered with this error (too large, too slow, bad framing).
-    Respond(ProxyError),
-    /// The client went away while sending it.
-    Gone(io::Error),
-}
-
 /// A client protocol's side of one request.
 pub(crate) trait Front {
-    /// Reads the whole request body (the core buffers bodies, as nginx does by default:
-    /// retries can resend it, and a slow uploader never holds an upstream connection).
-    fn body(&mut self) -> impl Future<Output = Result<Bytes, BodyFailure>> + Send;
+    /// Before the route runs: refuses a body whose declared length is over
+    /// `max_body_bytes`, and tells a client that waits for it (`Expect: 100-continue`) to
+    /// send its body. No body byte is read.
+    fn accept_body(&mut self) -> impl Future<Output = Result<(), BodyFailure>> + Send;
 
-    /// The response sink, and a future that resolves with the reason once the client is
-    /// gone (connection closed or reset, stream cancelled). The core polls both in one task
-    /// while the route runs, so a client that leaves drops every upstream call at once.
+    /// A future that resolves with the reason once the client is gone (connection closed
+    /// or reset, stream cancelled), the response sink, and the request body as it arrives
+    /// (read only when asked for: the upstream takes it at its own pace). The core polls
+    /// all three in one task while the route runs, so a client that leaves drops every
+    /// upstream call at once.
     fn split(
         &mut self,
     ) -> (
         impl Future<Output = io::Error> + Send + '_,
         impl Sink + Send + '_,
+        impl BodySource + '_,
     );
 
     /// Writes the locally generated error response for `err` as the failure policy
@@ -185,9 +182,11 @@ pub(crate) struct Request {
     pub origin: Bytes,
     /// Header fields.
     pub headers: Headers,
-    /// A body follows the head (read through [`Front::body`]); after a refusal the
-    /// connection cannot be reused while it is unread.
+    /// A body follows the head (read through the [`BodySource`] of [`Front::split`]);
+    /// while it is unread the connection cannot be reused.
     pub has_body: bool,
+    /// The body's declared length (`content-length`), if the client declared one.
+    pub body_length: Option<u64>,
     /// The client keeps the connection after this request (and the gateway was not
     /// draining when it arrived).
     pub keep_alive: bool,

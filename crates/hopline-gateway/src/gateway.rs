@@ -11,7 +11,7 @@ use hopline_core::config::{
 };
 
 use crate::build_error::BuildError;
-use crate::limits::{InFlight, RateLimit};
+use crate::limits::{BufferBudget, InFlight, RateLimit};
 use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::observe::metrics::Metrics;
 use crate::upstream::shared::SharedEgress;
@@ -34,6 +34,10 @@ pub struct Route {
     pub allow: String,
     /// WebSocket upgrades allowed, with the tunnel's idle timeout.
     pub websocket: Option<Duration>,
+    /// The body is read whole before the upstream is called (`request_buffering`).
+    pub request_buffering: bool,
+    /// `body_read_timeout`: the route's, else the server's.
+    pub body_read_timeout: Duration,
 }
 
 impl Route {
@@ -243,6 +247,9 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The TLS listener's handshake settings (certificates re-read on every reload).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `server.max_buffered_bytes`: what every growing buffer draws from (kept across
+    /// reloads, its limit set from the new config).
+    pub buffers: Arc<BufferBudget>,
     ids: RequestIds,
     draining: Arc<AtomicBool>,
 }
@@ -250,6 +257,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the runtime state: resolves endpoints, opens the access log.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
+        let config_budget = config.server.max_buffered_bytes;
         let log = Arc::new(AccessLog::open(&config.log.access).map_err(BuildError::AccessLog)?);
         let metrics = Arc::new(Metrics::new());
         let cx = UpstreamContext::of(&config, metrics.clone(), log.clone());
@@ -289,7 +297,10 @@ impl Gateway {
             (egress, exporter),
             log,
             metrics,
-            Arc::new(AtomicBool::new(false)),
+            (
+                Arc::new(AtomicBool::new(false)),
+                BufferBudget::new(config_budget),
+            ),
         )
     }
 
@@ -342,8 +353,9 @@ impl Gateway {
             (egress, self.exporter.clone()),
             self.log.clone(),
             self.metrics.clone(),
-            self.draining.clone(),
+            (self.draining.clone(), self.buffers.clone()),
         )?;
+        gw.buffers.set_limit(gw.config.server.max_buffered_bytes);
         gw.apply_egress_limits();
         Ok((gw, not_applied))
     }
@@ -370,7 +382,7 @@ impl Gateway {
         (egress, exporter): (Egress, Option<Arc<crate::observe::otlp::Exporter>>),
         log: Arc<AccessLog>,
         metrics: Arc<Metrics>,
-        draining: Arc<AtomicBool>,
+        (draining, buffers): (Arc<AtomicBool>, Arc<BufferBudget>),
     ) -> Result<Gateway, BuildError> {
         let tls = match &config.server.tls {
             Some(t) => {
@@ -413,6 +425,10 @@ impl Gateway {
                     methods: r.methods.clone(),
                     allow: r.allow_header(),
                     websocket: r.websocket,
+                    request_buffering: r.request_buffering,
+                    body_read_timeout: r
+                        .body_read_timeout
+                        .unwrap_or(config.server.body_read_timeout),
                 }
             })
             .collect();
@@ -427,6 +443,7 @@ impl Gateway {
             tls,
             ids: RequestIds::new(),
             draining,
+            buffers,
         })
     }
 

@@ -10,6 +10,7 @@
 // exchange/ → the assembled gateway and the seam (gateway, front, admin) → upstream/ →
 // observe/ → leaves (build_error, clock, limits, response, shape, stream).
 mod admin;
+mod body;
 mod build_error;
 mod client;
 mod clock;

@@ -1,4 +1,5 @@
-//! Fail-fast limits: in-flight counters, the egress new-connection rate, the retry budget.
+//! Fail-fast limits: in-flight counters, the egress new-connection rate, the retry budget,
+//! the process-wide budget of buffered bytes.
 //!
 //! None of them queue: a full limit is an immediate 503 `UO`, because a queue in front of
 //! a sick upstream only turns its slowness into everybody's timeouts.
@@ -186,9 +187,150 @@ impl RetryBudget {
     }
 }
 
+/// What a share of [`BufferBudget`] holds, for `hopline_buffer_budget_refused_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferKind {
+    /// A request body read whole before it is sent (`routes[].request_buffering`).
+    RequestBody,
+    /// The start of a streamed body kept to resend it on a new connection.
+    Replay,
+    /// An aggregate call's response body, read whole to be merged.
+    Aggregate,
+    /// Request body bytes an HTTP/2 stream handed over and the upstream has not taken.
+    H2Data,
+}
+
+impl BufferKind {
+    /// Every kind, for metrics pre-registration.
+    pub const ALL: [BufferKind; 4] = [
+        BufferKind::RequestBody,
+        BufferKind::Replay,
+        BufferKind::Aggregate,
+        BufferKind::H2Data,
+    ];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BufferKind::RequestBody => "request_body",
+            BufferKind::Replay => "replay",
+            BufferKind::Aggregate => "aggregate",
+            BufferKind::H2Data => "h2_data",
+        }
+    }
+}
+
+/// One process-wide ceiling on the bytes hopline holds for requests
+/// (`server.max_buffered_bytes`): every buffer that can grow with what a client or an
+/// upstream sends draws from it by the bytes it actually holds, and gives them back when
+/// it is dropped. Lock-free: one atomic add per grant.
+#[derive(Debug)]
+pub struct BufferBudget {
+    limit: AtomicUsize,
+    used: AtomicUsize,
+}
+
+/// Bytes taken from a [`BufferBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct BufferGrant {
+    owner: Arc<BufferBudget>,
+    held: usize,
+}
+
+impl BufferBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(BufferBudget {
+            limit: AtomicUsize::new(limit),
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// An empty grant, to grow.
+    pub fn grant(self: &Arc<Self>) -> BufferGrant {
+        BufferGrant {
+            owner: self.clone(),
+            held: 0,
+        }
+    }
+
+    /// The ceiling.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the ceiling (a reload); bytes already held stay held.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        let prev = self.used.fetch_add(n, Ordering::AcqRel);
+        if prev.saturating_add(n) > self.limit() {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
+impl BufferGrant {
+    /// Grows the grant by `n` bytes; false (nothing taken) when the budget cannot.
+    pub fn grow(&mut self, n: usize) -> bool {
+        if n == 0 || self.owner.take(n) {
+            self.held += n;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives `n` of the held bytes back.
+    pub fn shrink(&mut self, n: usize) {
+        let n = n.min(self.held);
+        self.held -= n;
+        self.owner.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes held.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
+impl Drop for BufferGrant {
+    fn drop(&mut self) {
+        if self.held > 0 {
+            self.owner.used.fetch_sub(self.held, Ordering::AcqRel);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffer_grants_draw_what_they_hold_and_give_it_back_on_drop() {
+        let b = BufferBudget::new(100);
+        let mut g = b.grant();
+        assert!(g.grow(60));
+        let mut h = b.grant();
+        assert!(!h.grow(41), "60 + 41 is over 100");
+        assert_eq!(b.used(), 60, "a refused grow takes nothing");
+        assert!(h.grow(40));
+        g.shrink(10);
+        assert_eq!((b.used(), g.held()), (90, 50));
+        drop(g);
+        assert_eq!(b.used(), 40);
+        drop(h);
+        assert_eq!(b.used(), 0);
+    }
 
     #[test]
     fn in_flight_is_a_hard_ceiling_released_on_drop() {

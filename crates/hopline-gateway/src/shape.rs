@@ -13,6 +13,19 @@ pub struct Shape {
     said: AtomicBool,
 }
 
+/// The kind of a JSON text already checked to be one, from its first byte (0: not known).
+fn kind_of_text(text: &[u8]) -> u8 {
+    match text.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'n') => 1,
+        Some(b't' | b'f') => 2,
+        Some(b'-' | b'0'..=b'9') => 3,
+        Some(b'"') => 4,
+        Some(b'[') => 5,
+        Some(b'{') => 6,
+        _ => 0,
+    }
+}
+
 /// A JSON value's kind as [`Shape`] keeps it (0: not known).
 fn kind(v: &serde_json::Value) -> u8 {
     match v {
@@ -46,9 +59,9 @@ impl Shape {
         }
     }
 
-    /// Notes the kind of an answer the call got.
-    pub(crate) fn answered(&self, v: &serde_json::Value) {
-        self.answered.store(kind(v), Ordering::Relaxed);
+    /// Notes the kind of an answer the call got: `text`, already checked to be JSON.
+    pub(crate) fn answered(&self, text: &[u8]) {
+        self.answered.store(kind_of_text(text), Ordering::Relaxed);
     }
 
     /// When the call just fell back: the clash between its fallback's kind and its last

@@ -19,9 +19,10 @@ use hopline_core::policy::Decision;
 use hopline_core::{Flag, Phase, ProxyError, TimeoutSource};
 use hopline_h1::head::Headers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
+use crate::body::BodySource;
 use crate::front::{BodyFailure, CannotCarry, Front, Next, ResponseStart, Sink};
 use crate::front::{Client, Request};
 use crate::gateway::Gateway;
@@ -397,6 +398,10 @@ pub(crate) struct Got {
 #[derive(Debug, Default)]
 struct Shared {
     leave: Notify,
+    /// The client's end of its request body (dropped: the body ends).
+    body: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    /// Body bytes the gateway has read.
+    taken: std::sync::atomic::AtomicU64,
     seen: Mutex<Got>,
     events: Events,
     /// Nothing is buffered-but-unflushed here: `data` goes straight to `seen` at flush.
@@ -413,6 +418,23 @@ impl ClientHandle {
         self.0.leave.notify_one();
     }
 
+    /// The client sends `bytes` of its body.
+    pub(crate) fn send(&self, bytes: &[u8]) {
+        if let Some(tx) = &*self.0.body.lock().expect("lock") {
+            let _ = tx.send(Bytes::copy_from_slice(bytes));
+        }
+    }
+
+    /// The client's body ends.
+    pub(crate) fn end_body(&self) {
+        self.0.body.lock().expect("lock").take();
+    }
+
+    /// Body bytes the gateway has read so far.
+    pub(crate) fn taken(&self) -> u64 {
+        self.0.taken.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Waits until what the client got satisfies `cond`.
     pub(crate) async fn until(&self, what: &str, cond: impl Fn(&Got) -> bool) {
         self.0
@@ -422,21 +444,28 @@ impl ClientHandle {
     }
 }
 
-/// A client protocol in memory: one request, its body given, its responses kept.
+/// A client protocol in memory: one request, its body sent through its handle, its
+/// responses kept.
 #[derive(Debug)]
 pub(crate) struct TestFront {
-    body: Bytes,
+    body: mpsc::UnboundedReceiver<Bytes>,
+    /// The body's declared length.
+    declared: Option<u64>,
     arrival: Instant,
     shared: Arc<Shared>,
     reusable: bool,
 }
 
 impl TestFront {
-    /// A client whose request arrived now, with `body`.
-    pub(crate) fn new(body: Bytes) -> (TestFront, ClientHandle) {
+    /// A client whose request arrived now; its body is what the handle sends until it
+    /// ends it.
+    pub(crate) fn new() -> (TestFront, ClientHandle) {
         let shared = Arc::new(Shared::default());
+        let (tx, body) = mpsc::unbounded_channel();
+        *shared.body.lock().expect("lock") = Some(tx);
         let front = TestFront {
             body,
+            declared: None,
             arrival: Instant::now(),
             shared: shared.clone(),
             reusable: false,
@@ -446,8 +475,8 @@ impl TestFront {
 }
 
 impl Front for TestFront {
-    async fn body(&mut self) -> Result<Bytes, BodyFailure> {
-        Ok(self.body.clone())
+    async fn accept_body(&mut self) -> Result<(), BodyFailure> {
+        Ok(())
     }
 
     fn split(
@@ -455,11 +484,17 @@ impl Front for TestFront {
     ) -> (
         impl Future<Output = io::Error> + Send + '_,
         impl Sink + Send + '_,
+        impl BodySource + '_,
     ) {
         let shared = self.shared.clone();
         let gone = async move {
             shared.leave.notified().await;
             io::Error::from(io::ErrorKind::ConnectionReset)
+        };
+        let body = TestBody {
+            rx: &mut self.body,
+            shared: &self.shared,
+            left: self.declared,
         };
         (
             gone,
@@ -467,6 +502,7 @@ impl Front for TestFront {
                 shared: &self.shared,
                 reusable: &mut self.reusable,
             },
+            body,
         )
     }
 
@@ -490,6 +526,35 @@ impl Front for TestFront {
     }
 
     async fn linger(&mut self) {}
+}
+
+/// The test client's request body, as the handle sends it.
+struct TestBody<'a> {
+    rx: &'a mut mpsc::UnboundedReceiver<Bytes>,
+    shared: &'a Arc<Shared>,
+    /// Bytes of a declared length still to come: the body ends after them.
+    left: Option<u64>,
+}
+
+impl BodySource for TestBody<'_> {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, BodyFailure>>> {
+        if self.left == Some(0) {
+            return std::task::Poll::Ready(None);
+        }
+        let got = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(b)) = &got {
+            let n = b.len() as u64;
+            self.left = self.left.map(|l| l.saturating_sub(n));
+            self.shared
+                .taken
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            self.shared.events.bump();
+        }
+        got.map(|b| b.map(Ok))
+    }
 }
 
 /// The test client's response sink.
@@ -615,6 +680,7 @@ impl Harness {
             origin: Bytes::copy_from_slice(path.as_bytes()),
             headers: h,
             has_body: false,
+            body_length: None,
             keep_alive: true,
             client_idle: None,
         }
@@ -629,9 +695,48 @@ impl Harness {
     {
         if !body.is_empty() {
             req.has_body = true;
+            req.body_length = Some(body.len() as u64);
             req.headers.push("content-length", body.len().to_string());
         }
-        let (mut front, handle) = TestFront::new(Bytes::copy_from_slice(body));
+        let (front, handle) = TestFront::new();
+        handle.send(body);
+        handle.end_body();
+        self.serve(req, (front, handle), script).await
+    }
+
+    /// Serves `req`, whose body (of `declared` length, if given; none: chunked) the
+    /// `script` sends through the client's handle as it likes.
+    pub(crate) async fn upload<S, Fut>(
+        &self,
+        mut req: Request,
+        declared: Option<u64>,
+        script: S,
+    ) -> Outcome
+    where
+        S: FnOnce(ClientHandle) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        req.has_body = true;
+        req.body_length = declared;
+        match declared {
+            Some(n) => req.headers.push("content-length", n.to_string()),
+            None => req.headers.push("transfer-encoding", "chunked"),
+        }
+        let (front, handle) = TestFront::new();
+        self.serve(req, (front, handle), script).await
+    }
+
+    async fn serve<S, Fut>(
+        &self,
+        req: Request,
+        (mut front, handle): (TestFront, ClientHandle),
+        script: S,
+    ) -> Outcome
+    where
+        S: FnOnce(ClientHandle) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        front.declared = req.body_length;
         let client = Client {
             peer: "127.0.0.1:40000".parse().expect("peer"),
             tls: None,

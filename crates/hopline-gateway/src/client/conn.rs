@@ -420,9 +420,14 @@ async fn request(
 
 /// The protocol-independent request an HTTP/1 head carries.
 fn to_request(head: RequestHead, keep_alive: bool) -> Request {
+    let length = head.body_length();
     Request {
         origin: head.origin_bytes(),
-        has_body: head.body_length() != BodyLength::Empty,
+        has_body: length != BodyLength::Empty,
+        body_length: match length {
+            BodyLength::Length(n) => Some(n),
+            _ => None,
+        },
         method: head.method,
         target: head.target,
         headers: head.headers,

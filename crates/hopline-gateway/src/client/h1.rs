@@ -6,7 +6,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::pin;
-use std::task::Poll;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -21,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 
+use crate::body::BodySource;
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::gateway::Gateway;
 use crate::observe::access_log::TunnelEnd;
@@ -53,6 +55,8 @@ pub(crate) struct H1Front<'a> {
     keep_alive: bool,
     /// When the request's head was read.
     arrival: Instant,
+    /// Hands body pieces from the connection's reader to the core.
+    pipe: Pipe,
 }
 
 impl<'a> H1Front<'a> {
@@ -75,6 +79,7 @@ impl<'a> H1Front<'a> {
             head_only: &head.method[..] == b"HEAD",
             keep_alive,
             arrival: Instant::now(),
+            pipe: Pipe::default(),
         }
     }
 
@@ -95,16 +100,16 @@ impl<'a> H1Front<'a> {
             head_only: false,
             keep_alive: false,
             arrival: Instant::now(),
+            pipe: Pipe::default(),
         }
     }
 }
 
 impl Front for H1Front<'_> {
-    async fn body(&mut self) -> Result<Bytes, BodyFailure> {
-        let cfg = &self.gw.config.server;
-        let max = cfg.max_body_bytes;
+    async fn accept_body(&mut self) -> Result<(), BodyFailure> {
+        let max = self.gw.config.server.max_body_bytes;
         match self.length {
-            BodyLength::Empty => return Ok(Bytes::new()),
+            BodyLength::Empty => return Ok(()),
             BodyLength::Length(n) if n > max as u64 => {
                 return Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
                     limit: max,
@@ -120,35 +125,7 @@ impl Front for H1Front<'_> {
                 .await
                 .map_err(BodyFailure::Gone)?;
         }
-        let until = Instant::now() + cfg.body_read_timeout;
-        let mut decoder = BodyDecoder::new(self.length)
-            .with_max_trailers(cfg.max_header_bytes)
-            .with_max_body(max as u64);
-        let mut body = BytesMut::new();
-        loop {
-            let read = read_body_chunk(self.stream, self.buf, &mut decoder);
-            match timeout_at(until, read).await {
-                Err(_) => {
-                    return Err(BodyFailure::Respond(ProxyError::BodyReadTimeout {
-                        limit: cfg.body_read_timeout,
-                        received: body.len() as u64,
-                    }))
-                }
-                Ok(Ok(None)) => return Ok(body.freeze()),
-                Ok(Ok(Some(piece))) => {
-                    if body.len() + piece.len() > max {
-                        return Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
-                            limit: max,
-                        }));
-                    }
-                    if body.is_empty() && decoder.is_done() {
-                        return Ok(piece);
-                    }
-                    body.extend_from_slice(&piece);
-                }
-                Ok(Err(e)) => return Err(body_failure(e)),
-            }
-        }
+        Ok(())
     }
 
     fn split(
@@ -156,11 +133,26 @@ impl Front for H1Front<'_> {
     ) -> (
         impl Future<Output = io::Error> + Send + '_,
         impl Sink + Send + '_,
+        impl BodySource + '_,
     ) {
-        let cap = self.gw.config.server.max_header_bytes;
+        let cfg = &self.gw.config.server;
+        let cap = cfg.max_header_bytes;
+        let decoder = (self.length != BodyLength::Empty).then(|| {
+            BodyDecoder::new(self.length)
+                .with_max_trailers(cfg.max_header_bytes)
+                .with_max_body(cfg.max_body_bytes as u64)
+        });
         let (mut rd, wr) = self.stream.split();
         let buf = &mut *self.buf;
-        let gone = async move { watch_gone(&mut rd, buf, cap).await };
+        let pipe = &self.pipe;
+        // The body is read here, a piece each time the core asks for one; once it is
+        // read whole, the same read half watches for the client leaving.
+        let gone = async move {
+            if let Some(decoder) = decoder {
+                pump(pipe, &mut rd, buf, decoder).await;
+            }
+            watch_gone(&mut rd, buf, cap).await
+        };
         let sink = H1Sink {
             gw: self.gw,
             wr,
@@ -172,7 +164,7 @@ impl Front for H1Front<'_> {
             arrival: self.arrival,
             trailers: None,
         };
-        (gone, sink)
+        (gone, sink, PipeBody { pipe })
     }
 
     async fn respond(&mut self, err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) {
@@ -204,6 +196,92 @@ impl Front for H1Front<'_> {
 
     fn arrival(&self) -> Instant {
         self.arrival
+    }
+}
+
+/// One body piece handed from the connection's reader (the `gone` future) to the core,
+/// which asks for each: no piece is read before it is asked for, so the body moves at the
+/// pace of whoever takes it.
+#[derive(Debug, Default)]
+struct Pipe(Mutex<PipeState>);
+
+#[derive(Debug, Default)]
+struct PipeState {
+    /// The core asked for a piece.
+    want: bool,
+    /// The piece read (`Some(None)`: the body's end).
+    item: Option<Option<Result<Bytes, BodyFailure>>>,
+    /// The core, waiting for `item`.
+    taker: Option<Waker>,
+    /// The reader, waiting for `want`.
+    reader: Option<Waker>,
+}
+
+impl Pipe {
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The core's end of the [`Pipe`].
+struct PipeBody<'a> {
+    pipe: &'a Pipe,
+}
+
+impl BodySource for PipeBody<'_> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFailure>>> {
+        let mut s = self.pipe.lock();
+        if let Some(item) = s.item.take() {
+            return Poll::Ready(item);
+        }
+        s.want = true;
+        if !s.taker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.taker = Some(cx.waker().clone());
+        }
+        if let Some(w) = s.reader.take() {
+            w.wake();
+        }
+        Poll::Pending
+    }
+}
+
+/// Reads the body a piece at a time, each when the core asks; returns at its end. After
+/// a failure (handed to the core) the connection's framing is lost: it waits for ever
+/// (the request ends first).
+async fn pump<R>(pipe: &Pipe, rd: &mut R, buf: &mut BytesMut, mut decoder: BodyDecoder)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        std::future::poll_fn(|cx| {
+            let mut s = pipe.lock();
+            if s.want {
+                return Poll::Ready(());
+            }
+            s.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let (item, last) = match read_body_chunk(rd, buf, &mut decoder).await {
+            Ok(Some(piece)) => (Some(Ok(piece)), false),
+            Ok(None) => (None, true),
+            Err(e) => (Some(Err(body_failure(e))), true),
+        };
+        let failed = matches!(item, Some(Err(_)));
+        {
+            let mut s = pipe.lock();
+            s.want = false;
+            s.item = Some(item);
+            if let Some(w) = s.taker.take() {
+                w.wake();
+            }
+        }
+        if failed {
+            std::future::pending::<()>().await;
+        }
+        if last {
+            return;
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::io;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -28,10 +28,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
+use crate::body::BodySource;
 use crate::client::conn::{raised, Signals};
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::front::{Client, Request};
 use crate::gateway::{Current, Gateway};
+use crate::limits::{BufferGrant, BufferKind};
 use crate::observe::access_log::TunnelEnd;
 use crate::request::{reject, serve};
 use crate::response::{error_parts, grpc_message, ErrorContext};
@@ -190,6 +192,7 @@ async fn stream(
         head_only: parts.method == http::Method::HEAD,
         arrival: Instant::now(),
         resets,
+        declared: request.body_length,
     };
     // HTTP/1's Host rules, `:authority` as the target's authority: one authority only, so
     // an HTTP/1 upstream never sees two. Answered 400 `DPE`, then the stream is reset.
@@ -230,12 +233,17 @@ fn to_request(parts: &http::request::Parts, has_body: bool) -> Request {
         headers.push(name, Bytes::copy_from_slice(value.as_bytes()));
     }
     let target = Bytes::from(target);
+    let body_length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     Request {
         method: Bytes::copy_from_slice(parts.method.as_str().as_bytes()),
         origin: target.clone(),
         target,
         headers,
         has_body,
+        body_length: body_length.filter(|_| has_body),
         // A stream's end never ends the connection.
         keep_alive: true,
         client_idle: None,
@@ -278,41 +286,64 @@ struct H2Front<'a> {
     arrival: Instant,
     /// The connection's count of resets (this stream's, if the client resets it).
     resets: Arc<Resets>,
+    /// The body's `content-length`, if declared.
+    declared: Option<u64>,
+}
+
+/// A stream's request body as the core reads it: a DATA frame's bytes count against
+/// `server.max_buffered_bytes` from when h2 hands them over until the upstream took them,
+/// and only then is the client's window opened by as much (a slow upstream slows the
+/// client; nothing piles up here).
+struct H2Body<'a> {
+    body: &'a mut RecvStream,
+    resets: &'a Arc<Resets>,
+    arrival: Instant,
+    gw: &'a Gateway,
+    held: BufferGrant,
+}
+
+impl BodySource for H2Body<'_> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFailure>>> {
+        let got = match self.body.poll_data(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(got) => got,
+        };
+        Poll::Ready(match got {
+            None => None,
+            Some(Err(e)) => {
+                if e.is_reset() && e.is_remote() {
+                    self.resets.reset(self.arrival, &self.gw.metrics);
+                }
+                Some(Err(BodyFailure::Gone(gone(e))))
+            }
+            Some(Ok(chunk)) if !self.held.grow(chunk.len()) => {
+                let _ = self.body.flow_control().release_capacity(chunk.len());
+                self.gw.metrics.count_buffer_refused(BufferKind::H2Data);
+                Some(Err(BodyFailure::Respond(ProxyError::BufferBudget {
+                    kind: BufferKind::H2Data.as_str(),
+                    limit: self.gw.buffers.limit(),
+                })))
+            }
+            Some(Ok(chunk)) => Some(Ok(chunk)),
+        })
+    }
+
+    fn release(&mut self, n: usize) {
+        self.held.shrink(n);
+        let _ = self.body.flow_control().release_capacity(n);
+    }
 }
 
 impl Front for H2Front<'_> {
-    async fn body(&mut self) -> Result<Bytes, BodyFailure> {
-        let cfg = &self.gw.config.server;
-        let max = cfg.max_body_bytes;
-        let until = Instant::now() + cfg.body_read_timeout;
-        let mut body = BytesMut::new();
-        while !self.body.is_end_stream() {
-            let chunk = match timeout_at(until, self.body.data()).await {
-                Err(_) => {
-                    return Err(BodyFailure::Respond(ProxyError::BodyReadTimeout {
-                        limit: cfg.body_read_timeout,
-                        received: body.len() as u64,
-                    }))
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    if e.is_reset() && e.is_remote() {
-                        self.resets.reset(self.arrival, &self.gw.metrics);
-                    }
-                    return Err(BodyFailure::Gone(gone(e)));
-                }
-                Ok(Some(Ok(chunk))) => chunk,
-            };
-            // The window opens again as the body is read, so a client never waits on us.
-            let _ = self.body.flow_control().release_capacity(chunk.len());
-            if body.len() + chunk.len() > max {
-                return Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
-                    limit: max,
-                }));
-            }
-            body.extend_from_slice(&chunk);
+    async fn accept_body(&mut self) -> Result<(), BodyFailure> {
+        let max = self.gw.config.server.max_body_bytes;
+        match self.declared {
+            Some(n) if n > max as u64 => Err(BodyFailure::Respond(ProxyError::BodyTooLarge {
+                limit: max,
+            })),
+            // No 100 Continue in HTTP/2 terms: the stream's window says when to send.
+            _ => Ok(()),
         }
-        Ok(body.freeze())
     }
 
     fn split(
@@ -320,6 +351,7 @@ impl Front for H2Front<'_> {
     ) -> (
         impl Future<Output = io::Error> + Send + '_,
         impl Sink + Send + '_,
+        impl BodySource + '_,
     ) {
         let out = self.out.clone();
         let (resets, arrival, metrics) = (self.resets.clone(), self.arrival, &self.gw.metrics);
@@ -348,7 +380,14 @@ impl Front for H2Front<'_> {
             head_only: self.head_only,
             arrival: self.arrival,
         };
-        (watch, sink)
+        let body = H2Body {
+            body: &mut self.body,
+            resets: &self.resets,
+            arrival: self.arrival,
+            gw: self.gw,
+            held: self.gw.buffers.grant(),
+        };
+        (watch, sink, body)
     }
 
     async fn respond(&mut self, err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>) {

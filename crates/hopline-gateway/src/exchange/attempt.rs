@@ -15,13 +15,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use hopline_core::config::Zone;
 use hopline_core::trace::{new_span_id, SpanId};
 use hopline_core::{Overflow, Phase, ProxyError, TimeoutSource, UpstreamErrorKind};
 use tokio::time::Instant;
 
+use crate::body::{RequestBody, WaitClock};
 use crate::clock::Deadline;
 use crate::gateway::Gateway;
 use crate::limits::InFlightGuard;
@@ -33,10 +34,11 @@ use crate::upstream::{ClientConn, EgressSlot, Upstream};
 /// The request as it will be sent upstream, rendered once for all attempts.
 #[derive(Debug)]
 pub(crate) struct Forward {
-    /// Request line and headers, without the deadline header and the final CRLF.
+    /// Request line and headers (the body's framing included), without the deadline
+    /// header and the final CRLF.
     pub head: BytesMut,
-    /// The buffered body.
-    pub body: Bytes,
+    /// The body is sent chunk-encoded (a streamed body of no declared length).
+    pub chunked: bool,
     /// Safe to send twice (RFC 9110 idempotent method).
     pub idempotent: bool,
     /// `HEAD` (the response has no body whatever its headers say).
@@ -82,6 +84,9 @@ pub(crate) struct Progress {
     /// The upstream connection, after it answered a WebSocket upgrade with `101` (whose
     /// head went to the client): the tunnel's other end.
     pub upgraded: Option<ClientConn>,
+    /// Why a failure that could otherwise have been retried was not: `1.2 MiB of the body
+    /// already sent` (more than `retry_buffer_bytes` keeps).
+    pub not_resent: Option<String>,
 }
 
 /// [`Progress`] shared between a request's future and the connection that may drop it.
@@ -254,22 +259,54 @@ pub(crate) trait Wire {
         now: Instant,
     ) -> impl Future<Output = Result<(Self::Conn, Instant), ProxyError>> + Send;
 
-    /// Sends the request on `conn` and waits for the response head, under
-    /// `min(timeout, time left)` from `started`.
+    /// Sends the request with `body` on `conn` and waits for the response head, under
+    /// `min(timeout, time left)` from `started` (see [`within`]).
     fn exchange(
         &self,
         hop: &Hop<'_>,
         conn: Self::Conn,
-        span: SpanId,
-        started: Instant,
+        body: &mut RequestBody<'_>,
+        attempt: (SpanId, Instant),
     ) -> impl Future<Output = Result<Self::Answer, Failed>> + Send;
 }
 
+/// Runs `f` until `*until` (an attempt's limit), extended by whatever time the request
+/// spends waiting on its client meanwhile (`clock`: a streamed body) but never past the
+/// deadline: an upstream's `timeout` runs only while hopline waits on the upstream, so a
+/// slow sender is never the upstream's timeout (the body's own limits judge it). `None`
+/// when the limit was reached; `*until` is left at the limit in force.
+pub(crate) async fn within<F: Future>(
+    hop: &Hop<'_>,
+    until: &mut Instant,
+    clock: Option<&WaitClock>,
+    f: F,
+) -> Option<F::Output> {
+    let Some(clock) = clock else {
+        return tokio::time::timeout_at(*until, f).await.ok();
+    };
+    let (first, cap) = (*until, hop.deadline.at());
+    let base = clock.waited(Instant::now());
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Ok(out) = tokio::time::timeout_at(*until, f.as_mut()).await {
+            return Some(out);
+        }
+        let now = Instant::now();
+        let extended = (first + (clock.waited(now) - base)).min(cap);
+        if extended <= now {
+            return None;
+        }
+        *until = extended;
+    }
+}
+
 /// Runs attempts over `wire` until a response head arrives (with the endpoint it came
-/// from), or the call fails.
+/// from), or the call fails. A resend sends `body` again from its start, when what was
+/// sent of it is still kept.
 pub(crate) async fn attempts<W: Wire>(
     hop: &Hop<'_>,
     wire: &W,
+    body: &mut RequestBody<'_>,
 ) -> Result<(W::Answer, EndpointGuard), ProxyError> {
     let up = hop.up;
     let mut last_error: Option<ProxyError> = None;
@@ -305,7 +342,7 @@ pub(crate) async fn attempts<W: Wire>(
                 return Err(e);
             }
         };
-        match wire.exchange(hop, conn, span, started).await {
+        match wire.exchange(hop, conn, body, (span, started)).await {
             Ok(x) => {
                 guard.answered_in(started.elapsed());
                 guard.report(Verdict::of_status(x.status()));
@@ -317,12 +354,18 @@ pub(crate) async fn attempts<W: Wire>(
                 if retry != Retry::Stale {
                     guard.reporter().failed(&error);
                 }
-                let again = match retry {
+                let mut again = match retry {
                     Retry::Stale => hop.req.idempotent && !stale_retry_used,
                     Retry::Refused => retries < up.config.max_retries,
                     Retry::No => false,
                 };
+                if again && !body.can_resend() {
+                    let why = body.why_not_resent();
+                    hop.progress.update(|p| p.not_resent = why);
+                    again = false;
+                }
                 if again && may_retry() {
+                    body.rewind();
                     match retry {
                         // The next pooled connection may be just as stale.
                         Retry::Stale => (stale_retry_used, fresh) = (true, true),

@@ -3,9 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use hopline_h1::head::{strip_hop_by_hop, Headers};
-use hopline_h1::write::{put_framing, put_header, put_request_line, request_framing};
+use hopline_h1::write::{put_framing, put_header, put_request_line, request_framing, Framing};
 
 use crate::exchange::attempt::Forward;
 use crate::front::Request;
@@ -14,11 +14,12 @@ use crate::observe::trace::TraceCx;
 
 /// Renders the upstream request head: origin-form target, hop-by-hop fields removed,
 /// `x-request-id` and `x-forwarded-for` set (every received `x-forwarded-for` merged, then
-/// the client's address), the body re-framed with `content-length`.
+/// the client's address), the body re-framed: `content-length` when its `length` is known,
+/// else chunked.
 pub(crate) fn forward(
     gw: &Gateway,
     req: &mut Request,
-    body: Bytes,
+    length: Option<u64>,
     (request_id, trace): (&str, &TraceCx),
     (peer, trusted): (SocketAddr, bool),
     (upstream, upgrade): (usize, bool),
@@ -61,10 +62,16 @@ pub(crate) fn forward(
         put_header(&mut out, b"upgrade", b"websocket");
     }
     let method = &req.method[..];
-    put_framing(&mut out, request_framing(method, body.len() as u64));
+    // A body of no declared length (chunked from an HTTP/1 client, an HTTP/2 stream
+    // without content-length) is sent chunk-encoded as it arrives.
+    let chunked = length.is_none();
+    match length {
+        Some(n) => put_framing(&mut out, request_framing(method, n)),
+        None => put_framing(&mut out, Framing::Coded(b"chunked")),
+    }
     Forward {
         head: out,
-        body,
+        chunked,
         idempotent: req.is_idempotent(),
         is_head: method == b"HEAD",
         grpc: req.is_grpc(),

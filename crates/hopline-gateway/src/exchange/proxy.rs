@@ -17,20 +17,26 @@ use hopline_h1::write::{end_head, put_decimal};
 use hopline_h1::{BodyDecoder, BodyError, BodyLength, Decoded, HeadError, ResponseHead};
 use tokio::time::timeout_at;
 
+use crate::body::RequestBody;
 use crate::exchange::attempt::{
-    attempts, slots, Answered, Failed, Forward, Hop, ProgressCell, Retry, Slots, Wire,
+    attempts, slots, within, Answered, Failed, Forward, Hop, ProgressCell, Retry, Slots, Wire,
 };
 use crate::front::{BodySize, ResponseStart, Sink, COALESCE};
+use crate::limits::{BufferGrant, BufferKind};
 use crate::upstream::endpoint::{EndpointGuard, Reporter};
 use crate::upstream::{millis_at_least_one, ClientConn, ExchangeError, Upstream};
 use hopline_core::trace::SpanId;
 
-/// Sends the hop's request to its upstream and streams the answer into `sink`.
-pub(crate) async fn proxy<S: Sink>(hop: &Hop<'_>, sink: &mut S) -> Result<(), ProxyError> {
+/// Sends the hop's request with `body` to its upstream and streams the answer into `sink`.
+pub(crate) async fn proxy<S: Sink>(
+    hop: &Hop<'_>,
+    body: &mut RequestBody<'_>,
+    sink: &mut S,
+) -> Result<(), ProxyError> {
     if hop.up.config.protocol == UpstreamProtocol::H2 {
-        return crate::exchange::proxy_h2::proxy_h2(hop, sink).await;
+        return crate::exchange::proxy_h2::proxy_h2(hop, body, sink).await;
     }
-    let opened = open(hop).await?;
+    let opened = open(hop, body).await?;
     let endpoint = opened.reporter();
     let done = stream_response(hop, opened, sink).await;
     if let Err(e) = &done {
@@ -62,9 +68,9 @@ impl Opened {
 
 /// Takes the limit slots, then attempts the exchange (the attempt layer retries where
 /// safe) until a response head arrives, within the hop's deadline.
-pub(crate) async fn open(hop: &Hop<'_>) -> Result<Opened, ProxyError> {
+pub(crate) async fn open(hop: &Hop<'_>, body: &mut RequestBody<'_>) -> Result<Opened, ProxyError> {
     let slots = slots(hop)?;
-    let (x, endpoint) = attempts(hop, &H1).await?;
+    let (x, endpoint) = attempts(hop, &H1, body).await?;
     hop.progress
         .update(|p| p.upstream_status = Some(x.head.status));
     Ok(Opened {
@@ -105,10 +111,10 @@ impl Wire for H1 {
         &self,
         hop: &Hop<'_>,
         conn: ClientConn,
-        span: SpanId,
-        started: Instant,
+        body: &mut RequestBody<'_>,
+        (span, started): (SpanId, Instant),
     ) -> Result<Exchanged, Failed> {
-        exchange(hop, conn, span, started).await
+        exchange(hop, conn, body, (span, started)).await
     }
 }
 
@@ -118,12 +124,14 @@ impl Answered for Exchanged {
     }
 }
 
-/// Reads a whole response body (at most `max` bytes) within the attempt's limit.
+/// Reads a whole response body (at most `max` bytes) within the attempt's limit, drawing
+/// what it holds from `server.max_buffered_bytes` (503 `OM` when the budget is full).
 pub(crate) async fn collect(
     hop: &Hop<'_>,
     mut opened: Opened,
     max: usize,
-) -> Result<(u16, Bytes), ProxyError> {
+) -> Result<(u16, Bytes, BufferGrant), ProxyError> {
+    let mut grant = hop.gw.buffers.grant();
     let (up, req, progress) = (hop.up, hop.req, hop.progress);
     let started = Instant::now();
     let addr = opened.conn.addr;
@@ -162,6 +170,13 @@ pub(crate) async fn collect(
                         },
                     ));
                 }
+                if !grant.grow(piece.len()) {
+                    hop.gw.metrics.count_buffer_refused(BufferKind::Aggregate);
+                    return Err(ProxyError::BufferBudget {
+                        kind: BufferKind::Aggregate.as_str(),
+                        limit: hop.gw.buffers.limit(),
+                    });
+                }
                 body.extend_from_slice(&piece);
             }
             Ok(Ok(None)) => break,
@@ -170,7 +185,7 @@ pub(crate) async fn collect(
     if opened.reusable && opened.head.keep_alive() && length != BodyLength::UntilClose {
         up.checkin(opened.conn);
     }
-    Ok((opened.head.status, body.freeze()))
+    Ok((opened.head.status, body.freeze(), grant))
 }
 
 /// A response head, with the connection it came on and the attempt's limit.
@@ -187,11 +202,11 @@ struct Exchanged {
 async fn exchange(
     hop: &Hop<'_>,
     mut conn: ClientConn,
-    span: SpanId,
-    started: Instant,
+    body: &mut RequestBody<'_>,
+    (span, started): (SpanId, Instant),
 ) -> Result<Exchanged, Failed> {
     let (up, req, progress) = (hop.up, hop.req, hop.progress);
-    let (until, by_deadline) = hop.deadline.bound(started, up.config.timeout);
+    let (mut until, by_deadline) = hop.deadline.bound(started, up.config.timeout);
     let timeout_kind = |phase| hop.timeout(by_deadline, phase);
     let addr = conn.addr;
     let reused = conn.reused;
@@ -207,7 +222,9 @@ async fn exchange(
     progress.update(|p| p.phase = Some(Phase::Request));
     // The per-attempt fields below (the remaining timeout, ~40 bytes; traceparent, ~70)
     // fit without growing `wire`, which cost a reallocation and a copy per request.
-    let mut wire = BytesMut::with_capacity(req.head.len() + req.body.len() + 256);
+    let whole = body.in_memory().cloned();
+    let inline = whole.as_ref().map_or(0, Bytes::len);
+    let mut wire = BytesMut::with_capacity(req.head.len() + inline + 256);
     wire.extend_from_slice(&req.head);
     wire.put_slice(b"x-envoy-expected-rq-timeout-ms: ");
     put_decimal(
@@ -223,20 +240,23 @@ async fn exchange(
         trace.put_attempt_headers(&mut wire, span);
     }
     end_head(&mut wire, false);
-    wire.extend_from_slice(&req.body);
+    if let Some(bytes) = &whole {
+        wire.extend_from_slice(bytes);
+    }
+    let clock = body.clock();
+    // A body in memory went with the head; a streamed one follows it as it arrives.
+    let streamed = (whole.is_none()).then_some((body, req.chunked));
     let mut sent = false;
     // Once the request is out, the attempt is waiting on the upstream's answer: a client
     // leaving now left while the upstream had its request.
     let answering = || progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
-    let result = timeout_at(
-        until,
-        conn.exchange_head(
-            (&wire, up.config.max_response_header_bytes),
-            &mut sent,
-            answering,
-        ),
-    )
-    .await;
+    let exchanged = conn.exchange_head(
+        (&wire, up.config.max_response_header_bytes),
+        streamed,
+        &mut sent,
+        answering,
+    );
+    let result = within(hop, &mut until, clock, exchanged).await;
     let phase = if sent {
         Phase::ResponseHeaders
     } else {
@@ -244,8 +264,12 @@ async fn exchange(
     };
     let stale = reused && conn.nothing_received();
     match result {
-        Err(_) => Err(fail(timeout_kind(phase), false)),
-        Ok(Ok(head)) => Ok(Exchanged {
+        None => Err(fail(timeout_kind(phase), false)),
+        Some(Err(ExchangeError::Client(error))) => Err(Failed {
+            error,
+            retry: Retry::No,
+        }),
+        Some(Ok(head)) => Ok(Exchanged {
             head,
             conn,
             until,
@@ -254,8 +278,10 @@ async fn exchange(
             // be read as the next request, so the connection is not reused.
             reusable: sent,
         }),
-        Ok(Err(ExchangeError::Send(e))) => Err(fail(io_kind(up, &hop.gw.metrics, phase, e), stale)),
-        Ok(Err(ExchangeError::Read(e))) => {
+        Some(Err(ExchangeError::Send(e))) => {
+            Err(fail(io_kind(up, &hop.gw.metrics, phase, e), stale))
+        }
+        Some(Err(ExchangeError::Read(e))) => {
             let kind = match e {
                 HeadError::Closed | HeadError::Incomplete | HeadError::Idle => {
                     UpstreamErrorKind::Closed { phase }

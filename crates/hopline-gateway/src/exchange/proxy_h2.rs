@@ -4,6 +4,7 @@
 //! `grpc-status`) are passed to the client. Dropping the request's future (client gone)
 //! drops the stream, which h2 resets with CANCEL: the upstream sees the cancellation.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use tokio::time::Instant;
@@ -17,18 +18,24 @@ use hopline_h1::write::put_decimal;
 use hopline_h1::HeadLimits;
 use tokio::time::timeout_at;
 
+use crate::body::RequestBody;
 use crate::exchange::attempt::Forward;
-use crate::exchange::attempt::{attempts, slots, Answered, Failed, Hop, Retry, Wire};
+use crate::exchange::attempt::{attempts, slots, within, Answered, Failed, Hop, Retry, Wire};
 use crate::front::{BodySize, ResponseStart, Sink};
 use crate::upstream::endpoint::EndpointGuard;
 use crate::upstream::endpoint::H2Stream;
 use crate::upstream::millis_at_least_one;
 use hopline_core::trace::SpanId;
 
-/// Sends the hop's request to its HTTP/2 upstream and streams the answer into `sink`.
-pub(crate) async fn proxy_h2<S: Sink>(hop: &Hop<'_>, sink: &mut S) -> Result<(), ProxyError> {
+/// Sends the hop's request with `body` to its HTTP/2 upstream and streams the answer into
+/// `sink`.
+pub(crate) async fn proxy_h2<S: Sink>(
+    hop: &Hop<'_>,
+    body: &mut RequestBody<'_>,
+    sink: &mut S,
+) -> Result<(), ProxyError> {
     let _slots = slots(hop)?;
-    let (x, guard) = attempts(hop, &H2).await?;
+    let (x, guard) = attempts(hop, &H2, body).await?;
     let done = stream_response(hop, x, sink).await;
     if let Err(e) = &done {
         guard.reporter().failed(e);
@@ -60,10 +67,10 @@ impl Wire for H2 {
         &self,
         hop: &Hop<'_>,
         (stream, addr): (H2Stream, SocketAddr),
-        span: SpanId,
-        started: Instant,
+        body: &mut RequestBody<'_>,
+        (span, started): (SpanId, Instant),
     ) -> Result<Exchanged, Failed> {
-        exchange(hop, (stream, addr), span, started).await
+        exchange(hop, (stream, addr), body, (span, started)).await
     }
 }
 
@@ -85,17 +92,18 @@ impl Answered for Exchanged {
     }
 }
 
-/// Opens a stream, sends the request and waits for the response head, under
+/// Opens a stream, sends the request (a streamed body as the stream's window lets it
+/// through, while already waiting for the answer) and waits for the response head, under
 /// `min(timeout, time left)`.
 async fn exchange(
     hop: &Hop<'_>,
-    (stream, addr): (H2Stream, SocketAddr),
-    span: SpanId,
-    started: Instant,
+    (slot, addr): (H2Stream, SocketAddr),
+    body: &mut RequestBody<'_>,
+    (span, started): (SpanId, Instant),
 ) -> Result<Exchanged, Failed> {
     let (up, req, progress) = (hop.up, hop.req, hop.progress);
-    let send = stream.send.clone();
-    let (until, by_deadline) = hop.deadline.bound(started, up.config.timeout);
+    let send = slot.send.clone();
+    let (mut until, by_deadline) = hop.deadline.bound(started, up.config.timeout);
     let fail = |kind, refused: bool| Failed {
         error: up.error(addr, started, kind),
         retry: if refused { Retry::Refused } else { Retry::No },
@@ -114,28 +122,61 @@ async fn exchange(
             )
         })?;
     progress.update(|p| p.phase = Some(Phase::Request));
-    let sent = timeout_at(until, async {
+    let clock = body.clock();
+    let empty = body.is_empty();
+    let whole = body.in_memory().cloned();
+    let opened = within(hop, &mut until, clock, async {
         let mut send = send.ready().await?;
-        let (response, mut stream) = send.send_request(request, req.body.is_empty())?;
-        if !req.body.is_empty() {
-            stream.send_data(req.body.clone(), true)?;
+        let (response, mut stream) = send.send_request(request, empty)?;
+        if let Some(bytes) = whole.filter(|b| !b.is_empty()) {
+            stream.send_data(bytes, true)?;
         }
-        Ok::<_, h2::Error>(response)
+        Ok::<_, h2::Error>((response, stream))
     })
     .await;
-    let response = match sent {
-        Err(_) => return Err(fail(hop.timeout(by_deadline, Phase::Request), false)),
-        Ok(Err(e)) => return Err(fail(kind(Phase::Request, &e), refused(&e))),
-        Ok(Ok(r)) => r,
+    let (mut response, mut stream) = match opened {
+        None => return Err(fail(hop.timeout(by_deadline, Phase::Request), false)),
+        Some(Err(e)) => return Err(fail(kind(Phase::Request, &e), refused(&e))),
+        Some(Ok(r)) => r,
     };
-    progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
-    match timeout_at(until, response).await {
-        Err(_) => Err(fail(
-            hop.timeout(by_deadline, Phase::ResponseHeaders),
-            false,
-        )),
-        Ok(Err(e)) => Err(fail(kind(Phase::ResponseHeaders, &e), refused(&e))),
-        Ok(Ok(resp)) => {
+    // A body in memory is already queued; a streamed one goes as the window opens, while
+    // the answer may already come (an upstream can refuse an upload before its end).
+    let mut uploaded = empty || body.in_memory().is_some();
+    if uploaded {
+        progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
+    }
+    let answered = within(hop, &mut until, clock, async {
+        let mut upload = std::pin::pin!(send_body(&mut stream, body));
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut response => return Ok(r),
+                u = &mut upload, if !uploaded => match u {
+                    Ok(()) => {
+                        uploaded = true;
+                        progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
+                    }
+                    Err(BodyUpload::Client(e)) => return Err(e),
+                    // The stream failed under the upload: the response future says how.
+                    Err(BodyUpload::Upstream) => uploaded = true,
+                },
+            }
+        }
+    })
+    .await;
+    let phase = if uploaded {
+        Phase::ResponseHeaders
+    } else {
+        Phase::Request
+    };
+    match answered {
+        None => Err(fail(hop.timeout(by_deadline, phase), false)),
+        Some(Err(error)) => Err(Failed {
+            error,
+            retry: Retry::No,
+        }),
+        Some(Ok(Err(e))) => Err(fail(kind(phase, &e), refused(&e))),
+        Some(Ok(Ok(resp))) => {
             let (head, body) = resp.into_parts();
             Ok(Exchanged {
                 head,
@@ -144,10 +185,46 @@ async fn exchange(
                 started,
                 until,
                 by_deadline,
-                _stream: stream,
+                _stream: slot,
             })
         }
     }
+}
+
+/// Why a streamed upload to an HTTP/2 upstream stopped.
+enum BodyUpload {
+    /// The client's side failed: the request is answered with this.
+    Client(ProxyError),
+    /// The stream failed (reset, connection gone).
+    Upstream,
+}
+
+/// Sends a streamed body on `stream`, each piece as the upstream's window takes it (h2
+/// would otherwise queue whatever it is given), then the end of the stream.
+async fn send_body(
+    stream: &mut h2::SendStream<Bytes>,
+    body: &mut RequestBody<'_>,
+) -> Result<(), BodyUpload> {
+    while let Some(mut piece) = body.next_piece().await.map_err(BodyUpload::Client)? {
+        let n = piece.len();
+        while !piece.is_empty() {
+            stream.reserve_capacity(piece.len());
+            match poll_fn(|cx| stream.poll_capacity(cx)).await {
+                Some(Ok(0)) => {}
+                Some(Ok(window)) => {
+                    let part = piece.split_to(window.min(piece.len()));
+                    stream
+                        .send_data(part, false)
+                        .map_err(|_| BodyUpload::Upstream)?;
+                }
+                Some(Err(_)) | None => return Err(BodyUpload::Upstream),
+            }
+        }
+        body.release(n);
+    }
+    stream
+        .send_data(Bytes::new(), true)
+        .map_err(|_| BodyUpload::Upstream)
 }
 
 /// The upstream refused the stream without processing it. Only its own RST_STREAM says

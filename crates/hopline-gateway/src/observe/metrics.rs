@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::limits::BufferKind;
 use crate::observe::access_log::AccessRecord;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +51,11 @@ struct UpstreamLabel {
 struct DegradedLabels {
     route: String,
     call: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -509,6 +515,9 @@ pub struct Metrics {
     /// The exporter's counts at the last scrape (exported, dropped, failed, unsampled).
     tracing_seen: Mutex<[u64; 4]>,
     h2_premature_resets: Counter,
+    buffer_refused: Family<KindLabel, Counter>,
+    buffered: Gauge,
+    buffer_budget: Gauge,
     access_log_dropped: Counter,
     /// The access log's dropped count at the last scrape.
     access_log_seen: AtomicU64,
@@ -566,6 +575,29 @@ impl Metrics {
             "h2_premature_resets",
             "HTTP/2 streams the client reset within 1 s of their being accepted; over half of at least 100 on a connection ends it with GOAWAY ENHANCE_YOUR_CALM",
             h2_premature_resets.clone(),
+        );
+        let buffer_refused = Family::<KindLabel, Counter>::default();
+        for kind in BufferKind::ALL {
+            let _ = buffer_refused.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        registry.register(
+            "buffer_budget_refused",
+            "Requests refused (503 OM) because server.max_buffered_bytes could not hold their buffer, by kind: request_body, replay, aggregate, h2_data",
+            buffer_refused.clone(),
+        );
+        let buffered = Gauge::default();
+        registry.register(
+            "buffered_bytes",
+            "Bytes held now in buffers that draw from server.max_buffered_bytes",
+            buffered.clone(),
+        );
+        let buffer_budget = Gauge::default();
+        registry.register(
+            "buffer_budget_bytes",
+            "server.max_buffered_bytes",
+            buffer_budget.clone(),
         );
         let access_log_dropped = Counter::default();
         registry.register(
@@ -679,6 +711,9 @@ impl Metrics {
             tracing_unsampled,
             tracing_seen: Mutex::new([0; 4]),
             h2_premature_resets,
+            buffer_refused,
+            buffered,
+            buffer_budget,
             access_log_dropped,
             access_log_seen: AtomicU64::new(0),
             refused,
@@ -965,6 +1000,23 @@ impl Metrics {
     /// Counts an HTTP/2 stream the client reset soon after it was accepted.
     pub fn count_h2_premature_reset(&self) {
         self.h2_premature_resets.inc();
+    }
+
+    /// Counts a request refused because `server.max_buffered_bytes` could not hold its
+    /// buffer of `kind`.
+    pub fn count_buffer_refused(&self, kind: BufferKind) {
+        self.buffer_refused
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets the buffer budget's gauges (read at each scrape).
+    pub fn sample_buffers(&self, used: usize, limit: usize) {
+        self.buffered.set(i64::try_from(used).unwrap_or(i64::MAX));
+        self.buffer_budget
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     /// Brings `hopline_access_log_dropped_total` up to the access log's count (read at

@@ -21,15 +21,18 @@ use crate::clock::Deadline;
 use hopline_h1::head::Headers;
 use hopline_h1::write::{put_framing, put_header, put_request_line, request_framing};
 
+use crate::body::RequestBody;
 use crate::exchange::attempt::Hop;
 use crate::exchange::attempt::{Forward, ProgressCell};
 use crate::exchange::proxy::{collect, open};
 use crate::front::{BodySize, ResponseStart, Sink};
 use crate::gateway::{Aggregate, Call, Gateway};
+use crate::limits::BufferGrant;
 use crate::observe::access_log::{CallRecord, CallState};
 
-/// Largest call response body accepted.
-const MAX_CALL_BODY: usize = 4 << 20;
+/// A call's JSON body, and its share of `server.max_buffered_bytes` (held until the
+/// response is built).
+type Answer = (Bytes, BufferGrant);
 
 /// The calls of one request, readable after its future was dropped.
 #[derive(Debug, Default)]
@@ -193,7 +196,7 @@ async fn run_calls(
     requests: &[Forward],
     deadline: &Deadline,
     calls: &CallsCell,
-) -> Vec<Result<Bytes, CallFailure>> {
+) -> Vec<Result<Answer, CallFailure>> {
     match agg.mode {
         AggregateMode::Parallel => {
             let each = agg.calls.iter().enumerate();
@@ -218,7 +221,7 @@ async fn run_calls(
 /// fallback and are named in the second value), or the failure of a required call.
 fn json_body<'a>(
     agg: &'a Aggregate,
-    results: Vec<Result<Bytes, CallFailure>>,
+    results: Vec<Result<Answer, CallFailure>>,
     deadline: &Deadline,
 ) -> Result<(BytesMut, Vec<&'a str>), ProxyError> {
     let mut body = BytesMut::with_capacity(1024);
@@ -226,7 +229,7 @@ fn json_body<'a>(
     let mut degraded: Vec<&str> = Vec::new();
     for (i, (call, result)) in agg.calls.iter().zip(results).enumerate() {
         let value: Bytes = match result {
-            Ok(v) => v,
+            Ok(v) => v.0,
             Err(failure) if call.config.required => {
                 return Err(failure.into_proxy_error(&call.name, deadline.budget()));
             }
@@ -285,7 +288,7 @@ async fn one(
     fwd: &Forward,
     deadline: &Deadline,
     calls: &CallsCell,
-) -> Result<Bytes, CallFailure> {
+) -> Result<Answer, CallFailure> {
     let started = Instant::now();
     let result = if deadline.expired(started) {
         Err(CallFailure::NotStarted("deadline spent"))
@@ -337,12 +340,15 @@ async fn attempt(
     fwd: &Forward,
     deadline: &Deadline,
     progress: &ProgressCell,
-) -> Result<Bytes, CallFailure> {
+) -> Result<Answer, CallFailure> {
     let hop = Hop::new(gw, call.upstream, fwd, deadline, progress);
     let up = hop.up;
-    let opened = open(&hop).await.map_err(CallFailure::Proxy)?;
+    // A call has no body.
+    let opened = open(&hop, &mut RequestBody::full(Bytes::new()))
+        .await
+        .map_err(CallFailure::Proxy)?;
     let endpoint = opened.reporter();
-    let (status, body) = collect(&hop, opened, MAX_CALL_BODY)
+    let (status, body, grant) = collect(&hop, opened, call.config.max_body_bytes)
         .await
         .inspect_err(|e| endpoint.failed(e))
         .map_err(CallFailure::Proxy)?;
@@ -350,10 +356,12 @@ async fn attempt(
     if !(200..300).contains(&status) {
         return Err(CallFailure::Status { upstream, status });
     }
-    let answer = serde_json::from_slice::<serde_json::Value>(&body)
+    // Checked to be JSON without building it: a tree of a 4 MiB body would take many
+    // times its size.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body)
         .map_err(|source| CallFailure::NotJson { upstream, source })?;
-    call.shape.answered(&answer);
-    Ok(body)
+    call.shape.answered(&body);
+    Ok((body, grant))
 }
 
 /// The request a call sends: its method and path (placeholders filled), the client's query
@@ -393,7 +401,7 @@ fn call_request(
     put_framing(&mut out, request_framing(c.method.as_bytes(), 0));
     Ok(Forward {
         head: out,
-        body: Bytes::new(),
+        chunked: false,
         idempotent: matches!(
             c.method.as_str(),
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"

@@ -21,7 +21,9 @@ use hopline_core::deadline::{parse_envoy_timeout_ms, parse_grpc_timeout};
 use hopline_core::policy::{self, fail_to_proxy, Stage};
 use hopline_core::{Flag, Phase, ProxyError};
 
+use crate::body::{BodyLimits, BodySource, Incoming, MinRate, RequestBody, WaitClock};
 use crate::clock::Deadline;
+use crate::limits::BufferKind;
 use hopline_h1::head::Headers;
 
 use crate::exchange::attempt::Hop;
@@ -70,13 +72,13 @@ pub(crate) async fn serve<F: Front>(
     };
     let next = match prepare(gw, front, &mut req, &mut rec, arrival).await {
         Err(next) => next,
-        Ok((route, body)) => {
+        Ok(route) => {
             let (deadline, refused) = request_deadline(gw, &req, route, arrival, trusted);
             rec.deadline = Some(deadline.budget());
             let job = Job {
                 route,
                 deadline,
-                body,
+                arrival,
                 peer: client.peer,
                 trusted,
                 refused,
@@ -169,15 +171,15 @@ async fn conclude<F: Front>(
     }
 }
 
-/// Admits the request and reads its body. A request refused or failed on the way is
-/// concluded here: `Err` says what becomes of the connection.
+/// Admits the request, and lets its body come (the upstream will read it). A request
+/// refused on the way is concluded here: `Err` says what becomes of the connection.
 async fn prepare<'g, F: Front>(
     gw: &'g Gateway,
     front: &mut F,
     req: &mut Request,
     rec: &mut AccessRecord,
     arrival: Instant,
-) -> Result<(&'g Route, Bytes), Next> {
+) -> Result<&'g Route, Next> {
     let unanswered = |stage| policy::Progress {
         stage,
         response_started: false,
@@ -225,8 +227,8 @@ async fn prepare<'g, F: Front>(
         rec.upstream = Some(up.name.clone());
         rec.zone = Some(up.zone().as_str());
     }
-    match front.body().await {
-        Ok(body) => Ok((route, body)),
+    match front.accept_body().await {
+        Ok(()) => Ok(route),
         Err(failure) => {
             let err = match failure {
                 BodyFailure::Respond(err) => err,
@@ -317,7 +319,8 @@ fn client_ip(gw: &Gateway, headers: &Headers, peer: IpAddr, trusted: bool) -> Ip
 struct Job<'g> {
     route: &'g Route,
     deadline: Deadline,
-    body: Bytes,
+    /// When the request arrived: the body's limits count from it.
+    arrival: Instant,
     peer: SocketAddr,
     /// The peer is in `server.trusted_proxies`.
     trusted: bool,
@@ -341,6 +344,9 @@ struct Ran {
     reusable: bool,
     /// The WebSocket tunnel the request became, once it ended.
     tunnel: Option<TunnelEnd>,
+    /// The request body was read to its end (else the connection cannot serve another
+    /// request).
+    read_whole: bool,
 }
 
 /// Runs the route (proxy or aggregate) while watching the client and the drain: the
@@ -358,14 +364,17 @@ async fn run<F: Front>(
     let Job {
         route,
         deadline,
-        body,
+        arrival,
         peer,
         trusted: job_trusted,
         refused,
         trace,
     } = job;
     let upgrade = route.websocket.is_some() && front.upgrades() && websocket::is_upgrade(req);
-    let (gone, mut sink) = front.split();
+    let has_body = req.has_body;
+    let clock = WaitClock::default();
+    let (gone, mut sink, mut source) = front.split();
+    let mut body = request_body(gw, req, route, (arrival, &deadline), &mut source, &clock);
     let ended = {
         // Pinned where it is built: moving this large future into the select would copy it.
         let work = pin!(async {
@@ -375,13 +384,22 @@ async fn run<F: Front>(
             }
             match &route.action {
                 Action::Proxy { upstream } => {
+                    if route.request_buffering {
+                        body.buffer(&gw.buffers).await.inspect_err(|e| {
+                            if matches!(e, ProxyError::BufferBudget { .. }) {
+                                gw.metrics.count_buffer_refused(BufferKind::RequestBody);
+                            }
+                        })?;
+                    }
                     let ids = (trace_id, &trace);
                     let from = (peer, job_trusted);
-                    let fwd = forward(gw, req, body, ids, from, (*upstream, upgrade));
+                    let fwd = forward(gw, req, body.length(), ids, from, (*upstream, upgrade));
                     let hop = Hop::new(gw, *upstream, &fwd, &deadline, &progress);
-                    proxy(&hop, &mut sink).await
+                    proxy(&hop, &mut body, &mut sink).await
                 }
                 Action::Aggregate(agg) => {
+                    // The calls carry no body of the client's: it is read and dropped.
+                    body.drain().await?;
                     let call = aggregate::Request {
                         req,
                         request_id: trace_id,
@@ -400,6 +418,9 @@ async fn run<F: Front>(
         }
     };
     let reusable = sink.reusable();
+    let read_whole = !has_body || body.read_whole();
+    drop(body);
+    drop(source);
     drop(sink);
     let mut progress = progress.into_inner();
     // A WebSocket upgrade the upstream accepted: the connection is the tunnel's now
@@ -418,8 +439,48 @@ async fn run<F: Front>(
         calls: calls.into_inner(),
         reusable: reusable && tunnel.is_none(),
         tunnel,
+        read_whole,
     }
 }
+
+/// The request's body as attempts send it: none, or streamed from the client under the
+/// route's limits (the start of it kept for a resend, as the upstream's
+/// `retry_buffer_bytes` says).
+fn request_body<'a>(
+    gw: &Gateway,
+    req: &Request,
+    route: &Route,
+    (arrival, deadline): (Instant, &Deadline),
+    source: &'a mut (dyn BodySource + 'a),
+    clock: &'a WaitClock,
+) -> RequestBody<'a> {
+    if !req.has_body {
+        return RequestBody::full(Bytes::new());
+    }
+    let server = &gw.config.server;
+    let limits = BodyLimits {
+        max: server.max_body_bytes as u64,
+        read_timeout: route.body_read_timeout,
+        arrival,
+        deadline: (deadline.at(), deadline.budget()),
+        min_rate: MinRate {
+            bytes_per_sec: server.min_recv_rate,
+            window: RECV_RATE_WINDOW,
+            grace: RECV_RATE_GRACE,
+        },
+    };
+    let replay = match route.action {
+        Action::Proxy { upstream } => gw.upstreams[upstream].config.retry_buffer_bytes,
+        Action::Aggregate(_) => 0,
+    };
+    let incoming = Incoming::new(source, limits, clock);
+    RequestBody::streamed(incoming, req.body_length, replay, &gw.buffers)
+}
+
+/// `min_recv_rate` is averaged over this much time spent waiting on the client...
+const RECV_RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// ... after this much of it.
+const RECV_RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Puts what a run got done into the record, and concludes it: a success keeps or closes
 /// the connection as the response said; a failure goes to the failure policy.
@@ -437,6 +498,7 @@ async fn settle<F: Front>(
         calls,
         reusable,
         tunnel,
+        read_whole,
     } = ran;
     rec.tunnel = tunnel;
     rec.degraded = calls
@@ -459,6 +521,12 @@ async fn settle<F: Front>(
                 rec.flags.push(Flag::Degraded.code());
             }
             rec.calls = calls;
+            if !read_whole {
+                // The upstream answered before taking the whole body: what the client still
+                // sends is not a request. Read and dropped for a while, so it reads the answer.
+                front.linger().await;
+                return Next::Close;
+            }
             return if reusable {
                 Next::KeepAlive
             } else {
@@ -479,12 +547,16 @@ async fn settle<F: Front>(
         e => e.upstream_phase().map(|ph| ph.label()),
     };
     let progress = policy::Progress {
-        stage: Stage::Done,
+        stage: if read_whole { Stage::Done } else { Stage::Body },
         response_started: p.response_started,
         keep_alive: req.keep_alive && !gw.draining(),
         upstream_status: p.upstream_status,
     };
-    conclude(gw, front, rec, &err, (progress, req.is_grpc())).await
+    let next = conclude(gw, front, rec, &err, (progress, req.is_grpc())).await;
+    if let (Some(note), Some(cause)) = (p.not_resent, rec.cause.as_mut()) {
+        *cause = format!("{cause}; not retried: {note}");
+    }
+    next
 }
 
 /// The client left while the route ran: what it was waiting on, and each call it cut off.
@@ -553,3 +625,6 @@ fn waiting_on(gw: &Gateway, p: &Progress) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod streaming_tests;

@@ -16,14 +16,14 @@ use crate::upstream::endpoint::State;
 
 const MS: Duration = Duration::from_millis(1);
 
-const A: &str = "10.0.0.1:80";
-const B: &str = "10.0.0.2:80";
+pub(super) const A: &str = "10.0.0.1:80";
+pub(super) const B: &str = "10.0.0.2:80";
 
 /// A gateway with upstream `u` (endpoints A and B, round robin; connect_timeout 100 ms,
 /// attempt timeout 10 s, two retries) behind route `r` (`/`, timeout 1 s). `extra`'s
 /// `key = value` lines replace or add to the upstream's keys; its tables follow it.
 /// `more` goes after everything.
-fn harness(extra: &str, more: &str) -> Harness {
+pub(super) fn harness(extra: &str, more: &str) -> Harness {
     let mut keys = vec![
         ("endpoints", format!("[\"{A}\", \"{B}\"]")),
         ("lb", "\"round_robin\"".to_owned()),
@@ -299,7 +299,7 @@ async fn retries_stop_when_the_retry_budget_is_spent() {
 
 /// A peer that answers the first request on each connection and closes the connection
 /// on reading the second (the keep-alive race: it timed the connection out just then).
-fn closes_on_second(connections: Arc<AtomicUsize>) -> Peer {
+pub(super) fn closes_on_second(connections: Arc<AtomicUsize>) -> Peer {
     serve(move |mut s| {
         let n = connections.fetch_add(1, Ordering::SeqCst) + 1;
         async move {

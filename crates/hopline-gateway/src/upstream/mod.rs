@@ -27,6 +27,7 @@ use bytes::{Bytes, BytesMut};
 use hopline_core::config::{DnsConfig, UpstreamConfig, UpstreamProtocol, Zone};
 use hopline_core::{Overflow, Phase, ProxyError, TimeoutSource, UpstreamError, UpstreamErrorKind};
 
+use crate::body::{write_h1, RequestBody, Upload};
 use crate::clock::Deadline;
 use hopline_h1::{BodyDecoder, BodyError, HeadError, ResponseHead};
 use std::pin::pin;
@@ -162,11 +163,14 @@ pub struct ClientConn {
 
 /// How sending a request while reading its response head failed.
 #[derive(Debug)]
-pub enum ExchangeError {
+pub(crate) enum ExchangeError {
     /// Writing the request failed, and no response head could be read after it.
     Send(io::Error),
     /// Reading the response head failed.
     Read(HeadError),
+    /// The client's side of a streamed body failed (too large, too slow, gone): the
+    /// exchange was abandoned and the request is answered with this error.
+    Client(ProxyError),
 }
 
 /// What every upstream is built with besides its own settings.
@@ -716,7 +720,8 @@ impl ClientConn {
         (self.stream, self.buf)
     }
 
-    /// Writes `wire` while already reading the response head, and returns the head.
+    /// Writes `wire` and then `body` (streamed, chunk-encoded when `chunked`) while
+    /// already reading the response head, and returns the head.
     ///
     /// An upstream may answer before it has read the whole request (413, 401 for an upload
     /// it refuses): its answer is passed on rather than waited past. `sent` says whether
@@ -724,15 +729,22 @@ impl ClientConn {
     /// A failed write is reported only if no response head can be read after it.
     /// `on_sent` runs once the whole request is out (the exchange now waits on the
     /// upstream's answer). A head over `max_head` bytes is a parse error.
-    pub async fn exchange_head(
+    pub(crate) async fn exchange_head(
         &mut self,
         (wire, max_head): (&[u8], usize),
+        body: Option<(&mut RequestBody<'_>, bool)>,
         sent: &mut bool,
         on_sent: impl FnOnce(),
     ) -> Result<ResponseHead, ExchangeError> {
         let mut on_sent = Some(on_sent);
         let (mut rd, mut wr) = self.stream.split();
-        let mut send = pin!(wr.write_all(wire));
+        let mut send = pin!(async move {
+            wr.write_all(wire).await.map_err(Upload::Upstream)?;
+            match body {
+                Some((body, chunked)) => write_h1(body, &mut wr, chunked).await,
+                None => Ok(()),
+            }
+        });
         let mut send_error = None;
         let mut read = pin!(hopline_h1::read_response_head_noting(
             &mut rd,
@@ -750,7 +762,8 @@ impl ClientConn {
                             f();
                         }
                     }
-                    Err(e) => send_error = Some(e),
+                    Err(Upload::Upstream(e)) => send_error = Some(e),
+                    Err(Upload::Client(e)) => return Err(ExchangeError::Client(e)),
                 },
                 head = &mut read => {
                     return match (head, send_error) {
