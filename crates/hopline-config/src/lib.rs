@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! Reads hopline TOML config files into validated hopline-core config, reporting every
 //! problem with file:line:col and key.
 //!

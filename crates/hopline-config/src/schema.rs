@@ -18,6 +18,11 @@ fn closed(properties: Value) -> Value {
 
 /// The schema (JSON Schema 2020-12) of a `hopline serve` config file.
 pub fn schema() -> Value {
+    let rate = |description: &str| {
+        json!({"oneOf": [{"type": "integer", "minimum": 0},
+            {"type": "string", "pattern": "^[0-9]+ ?(B|KiB|MiB|GiB|KB|MB|GB)?/s$"}],
+            "default": "1KiB/s", "description": description})
+    };
     let call = closed(json!({
         "name": {"type": "string", "description": "key of the call's result in the answer"},
         "upstream": {"type": "string", "description": "an [upstreams.NAME]"},
@@ -28,6 +33,7 @@ pub fn schema() -> Value {
         "fallback": {"description": "any value, served as JSON when the call fails (default null)"},
         "required": {"type": "boolean", "default": false, "description": "a failure fails the whole request"},
         "timeout": duration("the call's own timeout, capped by the time left"),
+        "max_body_bytes": {"type": "integer", "minimum": 1, "maximum": 1073741824, "default": 4194304, "description": "the largest answer the call takes (read whole, from server.max_buffered_bytes)"},
     }));
     let mut call = call;
     call["required"] = json!(["name", "upstream", "path"]);
@@ -41,6 +47,8 @@ pub fn schema() -> Value {
             "description": "methods served; others get 405 (default: all; aggregate routes GET, HEAD)"},
         "websocket": {"type": "boolean", "default": false, "description": "forward HTTP/1.1 WebSocket upgrades; tunnel after the upstream's 101"},
         "websocket_idle_timeout": duration("default 60s: a tunnel with no byte either way is closed"),
+        "request_buffering": {"type": "boolean", "default": false, "description": "read the body whole (from server.max_buffered_bytes) before calling the upstream; default: streamed as it arrives"},
+        "body_read_timeout": duration("the route's own whole-body limit (default: server.body_read_timeout)"),
         "aggregate": closed(json!({
             "mode": {"enum": ["parallel", "sequential"], "default": "parallel"},
             "calls": {"type": "array", "items": call, "minItems": 1},
@@ -67,6 +75,7 @@ pub fn schema() -> Value {
         "client_key": {"type": "string", "description": "client private key (PEM) for mutual TLS"},
         "insecure_skip_verify": {"type": "boolean", "default": false, "description": "accept any certificate (tests only; check flags it)"},
         "alpn": {"type": "array", "items": {"enum": ["http/1.1", "h2"]}, "description": "default: the upstream's protocol"},
+        "retry_buffer_bytes": {"type": "integer", "minimum": 0, "maximum": 16777216, "default": 65536, "description": "bytes of a streamed request body kept to resend it after a stale pooled connection; a request that sent more is not resent"},
         "panic_threshold": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50, "description": "when some endpoints are usable but fewer than this share (%), balance over all (panic mode); none usable is 503 UH with Retry-After"},
         "deny_addresses": {"type": "array", "items": {"type": "string"}, "description": "CIDRs a name in endpoints may not resolve to (IP literals in endpoints are never checked); a denied address is not used, and none left is 503 UH naming it. Default for zone = \"egress\": loopback, 0.0.0.0/8, link-local, private, 100.64.0.0/10 and fc00::/7 (IPv4 carried in ::ffff:0:0/96 and 64:ff9b::/96 checked too); for internal: none; [] allows all"},
         "outlier": closed(json!({
@@ -127,7 +136,11 @@ pub fn schema() -> Value {
                 "trusted_proxies": {"type": "array", "items": {"type": "string"}, "default": ["127.0.0.0/8", "::1/128"], "description": "CIDRs of peers whose X-Forwarded-For, deadline and forwarding headers are believed; [] trusts nobody"},
                 "max_header_bytes": {"type": "integer", "minimum": 1024, "maximum": 16777216, "default": 65536},
                 "max_request_line_bytes": {"type": "integer", "minimum": 256, "maximum": 16777216, "default": 8192},
-                "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": 1073741824, "default": 16777216},
+                "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": 1099511627776_u64, "default": 16777216, "description": "the largest request body (streamed to the upstream); beyond it 413"},
+                "max_buffered_bytes": {"type": "integer", "minimum": 1048576, "maximum": 1099511627776_u64, "default": 268435456, "description": "one budget for every buffer that grows with what a client or upstream sends; beyond it 503 OM"},
+                "min_recv_rate": rate("a body sender below this over 10 s of waiting on it (after a 5 s grace) is cut: 408 RT; 0 turns it off"),
+                "min_send_rate": rate("a client reading the response below this over min_send_rate_window of waiting on it is cut: WT; 0 turns it off"),
+                "min_send_rate_window": duration("default 30s: the window of min_send_rate"),
                 "expose_cause": {"type": "boolean", "default": false},
                 "tls": tls,
                 "h2c": {"type": "boolean", "default": false, "description": "the plain listener also takes HTTP/2 with prior knowledge"},

@@ -478,6 +478,18 @@ pub enum ProxyError {
         /// The configured limit.
         limit: Duration,
     },
+    /// The client read the response slower than `server.min_send_rate` (a slow reader).
+    #[error("client read {got} bytes in {} of waiting on it, below min_send_rate {rate} bytes/s ({sent} bytes sent)", Human(*window))]
+    ClientTooSlow {
+        /// `min_send_rate`, bytes per second.
+        rate: u64,
+        /// The window the rate was measured over (time spent waiting for the client to read).
+        window: Duration,
+        /// Bytes it took in that window.
+        got: u64,
+        /// Response bytes sent in all.
+        sent: u64,
+    },
     /// The request body is larger than `max_body_bytes`.
     #[error("request body larger than max_body_bytes {limit}")]
     BodyTooLarge {
@@ -596,7 +608,9 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => (414, DownstreamProtocolError, Side::Downstream),
             ProxyError::MethodNotAllowed { .. } => (405, DownstreamProtocolError, Side::Downstream),
             // Logged with the status that was being sent; 408 only names the class.
-            ProxyError::ClientWriteTimeout { .. } => (408, WriteTimeout, Side::Downstream),
+            ProxyError::ClientWriteTimeout { .. } | ProxyError::ClientTooSlow { .. } => {
+                (408, WriteTimeout, Side::Downstream)
+            }
             ProxyError::BodyTooLarge { .. } => (413, DownstreamProtocolError, Side::Downstream),
             ProxyError::NotImplemented { .. } => (501, DownstreamProtocolError, Side::Downstream),
             ProxyError::ClientGone { .. } => {
@@ -645,6 +659,7 @@ impl ProxyError {
                 format!("method not allowed (allowed: {allow})")
             }
             ProxyError::ClientWriteTimeout { .. } => "client did not read".into(),
+            ProxyError::ClientTooSlow { .. } => "client read too slowly".into(),
             ProxyError::BodyTooLarge { .. } => "request body too large".into(),
             ProxyError::NotImplemented { what } => format!("not implemented: {what}"),
             ProxyError::ClientGone { .. } => "client closed the connection".into(),

@@ -91,7 +91,12 @@ pub fn fail_to_proxy(err: &ProxyError, progress: Progress) -> Decision {
         ProxyError::ClientGone { .. } => ended,
         // The head went out, or the client stopped reading it: the client sees the response
         // cut short; the log keeps the status it got, with the failure's flag and cause.
-        _ if progress.response_started || matches!(err, ProxyError::ClientWriteTimeout { .. }) => {
+        _ if progress.response_started
+            || matches!(
+                err,
+                ProxyError::ClientWriteTimeout { .. } | ProxyError::ClientTooSlow { .. }
+            ) =>
+        {
             Decision {
                 status: progress.upstream_status.unwrap_or(d.status),
                 ..ended
@@ -379,6 +384,17 @@ mod tests {
                 "client stopped reading",
                 ProxyError::ClientWriteTimeout {
                     limit: Duration::from_secs(30),
+                },
+                at(Done, true, true, Some(200)),
+                decide(200, WriteTimeout, false, false, false),
+            ),
+            row(
+                "client reading below min_send_rate",
+                ProxyError::ClientTooSlow {
+                    rate: 1024,
+                    window: Duration::from_secs(30),
+                    got: 4096,
+                    sent: 1 << 20,
                 },
                 at(Done, true, true, Some(200)),
                 decide(200, WriteTimeout, false, false, false),

@@ -142,6 +142,8 @@ pub(crate) fn effective_config(gw: &Gateway) -> Value {
                 "deadline_ms": ms(d),
                 "methods": r.methods,
                 "websocket_idle_timeout_ms": r.websocket.map(ms),
+                "request_buffering": r.request_buffering,
+                "body_read_timeout_ms": ms(r.body_read_timeout.unwrap_or(s.body_read_timeout)),
             });
             match &r.action {
                 RouteAction::Proxy { upstream } => v["proxy"] = up_json(upstream, d, None),
@@ -176,6 +178,7 @@ pub(crate) fn effective_config(gw: &Gateway) -> Value {
                 "pool_max_idle": u.pool_max_idle,
                 "server_idle_timeout_ms": u.server_idle_timeout.map(ms),
                 "max_retries": u.max_retries,
+                "retry_buffer_bytes": u.retry_buffer_bytes,
                 "protocol": u.protocol.as_str(),
                 "lb": u.lb.as_str(),
                 "tls": u.tls.as_ref().map(|t| json!({
@@ -205,6 +208,11 @@ pub(crate) fn effective_config(gw: &Gateway) -> Value {
             "max_header_bytes": s.max_header_bytes,
             "max_request_line_bytes": s.max_request_line_bytes,
             "max_body_bytes": s.max_body_bytes,
+            "max_buffered_bytes": s.max_buffered_bytes,
+            "buffered_bytes": gw.buffers.used(),
+            "min_recv_rate_bytes_per_sec": s.min_recv_rate,
+            "min_send_rate_bytes_per_sec": s.min_send_rate,
+            "min_send_rate_window_ms": ms(s.min_send_rate_window),
             "expose_cause": s.expose_cause,
             "h2c": s.h2c,
             "h2": {

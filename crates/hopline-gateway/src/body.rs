@@ -126,6 +126,8 @@ impl WaitClock {
 pub(crate) struct Incoming<'a> {
     source: &'a mut (dyn BodySource + 'a),
     limits: BodyLimits,
+    /// The length the client declared, if it did.
+    declared: Option<u64>,
     clock: &'a WaitClock,
     received: u64,
     ended: bool,
@@ -149,7 +151,7 @@ impl std::fmt::Debug for Incoming<'_> {
 impl<'a> Incoming<'a> {
     /// The body `source` gives, under `limits`.
     pub(crate) fn new(
-        source: &'a mut (dyn BodySource + 'a),
+        (source, declared): (&'a mut (dyn BodySource + 'a), Option<u64>),
         limits: BodyLimits,
         clock: &'a WaitClock,
     ) -> Self {
@@ -157,6 +159,7 @@ impl<'a> Incoming<'a> {
         Incoming {
             source,
             limits,
+            declared,
             clock,
             received: 0,
             ended: false,
@@ -190,6 +193,14 @@ impl<'a> Incoming<'a> {
                 if self.received > self.limits.max {
                     let limit = usize::try_from(self.limits.max).unwrap_or(usize::MAX);
                     return Err(ProxyError::BodyTooLarge { limit });
+                }
+                if self.declared == Some(self.received) {
+                    // All of a declared length: its end is there without waiting (each
+                    // protocol hands it over with the last piece), and it is taken now, so
+                    // the body is known whole before an upstream can answer its last byte.
+                    let source = &mut *self.source;
+                    let end = poll_fn(|cx| Poll::Ready(source.poll_chunk(cx))).await;
+                    self.ended = matches!(end, Poll::Ready(None));
                 }
                 Ok(Some(piece))
             }

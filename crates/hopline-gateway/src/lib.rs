@@ -19,6 +19,7 @@ mod front;
 mod gateway;
 mod limits;
 mod observe;
+mod pace;
 mod request;
 mod response;
 mod shape;

@@ -111,46 +111,41 @@ fn waiting_for_response_headers_on_a_reused_connection() {
 }
 
 #[test]
-fn waiting_while_the_request_body_is_still_being_written() {
-    // The upstream reads the head and a little of the body, then stops reading: with a
-    // body far beyond the socket buffers, hopline is still writing the request.
+fn leaving_in_the_middle_of_a_streamed_request_body() {
+    // The upstream reads what it gets and never answers; the client sends 1 MiB of a
+    // declared 48 MiB, then closes: hopline, streaming the body, sees the end mid-body.
     let (tx, got) = mpsc::channel();
-    let (tx, (release_tx, release_rx)) = (Mutex::new(tx), mpsc::channel::<()>());
-    let release_rx = Mutex::new(release_rx);
+    let tx = Mutex::new(tx);
     let up = FakeUpstream::start(move |_, mut s| {
         if read_request(&mut s).is_none() {
             return;
         }
-        let mut b = [0u8; 4096];
-        if !matches!(s.read(&mut b), Ok(n) if n > 0) {
-            return;
-        }
         let _ = tx.lock().expect("lock").send(());
-        // Holds the connection unread until the test is done.
-        let _ = release_rx.lock().expect("lock").recv_timeout(WAIT * 3);
+        let mut b = [0u8; 64 << 10];
+        while matches!(s.read(&mut b), Ok(n) if n > 0) {}
     });
     let gw = gateway(
         "max_body_bytes = 67108864",
         &config(&up.addr.to_string(), ""),
     );
     const BODY: usize = 48 << 20;
-    let c = connect(gw.addr);
-    let mut writer = c.try_clone().expect("clone");
-    let sending = std::thread::spawn(move || {
-        let head = format!("POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: {BODY}\r\n\r\n");
-        writer.write_all(head.as_bytes())?;
-        writer.write_all(&vec![b'x'; BODY])
-    });
+    let mut c = connect(gw.addr);
+    let head = format!("POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: {BODY}\r\n\r\n");
+    c.write_all(head.as_bytes()).expect("head");
+    c.write_all(&vec![b'x'; 1 << 20]).expect("the first MiB");
     got.recv_timeout(WAIT)
-        .expect("upstream got the first body bytes");
-    sending
-        .join()
-        .expect("sender")
-        .expect("whole body sent to hopline");
+        .expect("upstream got the request while its body was arriving");
     c.shutdown(std::net::Shutdown::Both).expect("shutdown");
     drop(c);
-    left_in(&gw, "/upload", "request", "request");
-    let _ = release_tx.send(());
+    let line = gw.wait_json(WAIT, "499 line", |v| v["path"] == "/upload");
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["flags"], serde_json::json!(["DC"]), "{line}");
+    assert_eq!(line["phase"], "request", "{line}");
+    let cause = line["cause"].as_str().expect("cause");
+    assert!(
+        cause.contains("client closed the connection") && cause.contains("the request body"),
+        "{cause}"
+    );
 }
 
 #[test]

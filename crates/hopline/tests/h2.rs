@@ -41,11 +41,14 @@ async fn send(
     path: &str,
     body: &[u8],
 ) -> (StatusCode, http::HeaderMap, String) {
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
-        .uri(format!("http://gw.test{path}"))
-        .body(())
-        .expect("request");
+        .uri(format!("http://gw.test{path}"));
+    if !body.is_empty() {
+        // As curl and browsers do for a body they hold.
+        req = req.header("content-length", body.len());
+    }
+    let req = req.body(()).expect("request");
     let ready = client.clone().ready().await.expect("ready");
     *client = ready;
     let (resp, mut stream) = client.send_request(req, body.is_empty()).expect("send");

@@ -26,6 +26,7 @@ use crate::body::BodySource;
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::gateway::Gateway;
 use crate::observe::access_log::TunnelEnd;
+use crate::pace::Pace;
 use crate::response::{error_response, ErrorContext, CONTINUE};
 use crate::stream::{ClientStream, WriteHalf};
 use crate::upstream::ClientConn;
@@ -33,9 +34,9 @@ use crate::upstream::ClientConn;
 /// Lingering close (as nginx's `lingering_close`): after an error response to a client
 /// that may still be sending, input is read and dropped for at most this long, so the
 /// client reads our answer instead of a reset.
-const LINGER_TIME: Duration = Duration::from_secs(2);
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(2);
 /// ... and at most this many bytes.
-const LINGER_BYTES: usize = 1 << 20;
+pub(crate) const LINGER_BYTES: usize = 1 << 20;
 
 /// One HTTP/1 request on its connection, as the request core sees it.
 pub(crate) struct H1Front<'a> {
@@ -163,6 +164,7 @@ impl Front for H1Front<'_> {
             close: !self.keep_alive,
             arrival: self.arrival,
             trailers: None,
+            pace: Pace::new(cfg.min_send_rate, cfg.min_send_rate_window),
         };
         (gone, sink, PipeBody { pipe })
     }
@@ -211,6 +213,8 @@ struct PipeState {
     want: bool,
     /// The piece read (`Some(None)`: the body's end).
     item: Option<Option<Result<Bytes, BodyFailure>>>,
+    /// The body's end was read with its last piece: nothing more is asked of the reader.
+    ended: bool,
     /// The core, waiting for `item`.
     taker: Option<Waker>,
     /// The reader, waiting for `want`.
@@ -233,6 +237,9 @@ impl BodySource for PipeBody<'_> {
         let mut s = self.pipe.lock();
         if let Some(item) = s.item.take() {
             return Poll::Ready(item);
+        }
+        if s.ended {
+            return Poll::Ready(None);
         }
         s.want = true;
         if !s.taker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -263,7 +270,9 @@ where
         })
         .await;
         let (item, last) = match read_body_chunk(rd, buf, &mut decoder).await {
-            Ok(Some(piece)) => (Some(Ok(piece)), false),
+            // The last piece of a known length: the end goes with it, so the core knows
+            // the body is whole before an upstream could answer it.
+            Ok(Some(piece)) => (Some(Ok(piece)), decoder.is_done()),
             Ok(None) => (None, true),
             Err(e) => (Some(Err(body_failure(e))), true),
         };
@@ -271,6 +280,7 @@ where
         {
             let mut s = pipe.lock();
             s.want = false;
+            s.ended = last && !failed;
             s.item = Some(item);
             if let Some(w) = s.taker.take() {
                 w.wake();
@@ -337,6 +347,8 @@ pub(crate) struct H1Sink<'a> {
     close: bool,
     arrival: Instant,
     trailers: Option<Headers>,
+    /// `min_send_rate`.
+    pace: Pace,
 }
 
 impl Sink for H1Sink<'_> {
@@ -410,26 +422,32 @@ impl Sink for H1Sink<'_> {
     }
 
     async fn flush(&mut self) -> Result<(), ProxyError> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
         let limit = self.gw.config.server.write_timeout;
-        let mut write = pin!(self.wr.write_all(&self.out));
-        // Most writes fit the socket buffer at once: no timer for those.
-        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-        let res = match first {
-            Poll::Ready(r) => r,
-            Poll::Pending => match tokio::time::timeout(limit, write).await {
-                Ok(r) => r,
-                Err(_) => return Err(ProxyError::ClientWriteTimeout { limit }),
-            },
-        };
-        self.out.clear();
-        res.map_err(|source| ProxyError::ClientGone {
+        let gone = |source| ProxyError::ClientGone {
             elapsed: self.arrival.elapsed(),
             waiting_on: None,
             source,
-        })
+        };
+        let (wr, out, pace) = (&mut self.wr, &self.out, &mut self.pace);
+        let mut at = 0;
+        while at < out.len() {
+            let mut write = pin!(wr.write(&out[at..]));
+            // Most writes fit the socket buffer at once: no timer for those.
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            let n = match first {
+                Poll::Ready(r) => r,
+                // Waiting on the client: `write_timeout` and `min_send_rate` run.
+                Poll::Pending => pace.wait(limit, write).await?,
+            }
+            .map_err(gone)?;
+            if n == 0 {
+                return Err(gone(io::ErrorKind::WriteZero.into()));
+            }
+            pace.took(n);
+            at += n;
+        }
+        self.out.clear();
+        Ok(())
     }
 
     fn reusable(&self) -> bool {

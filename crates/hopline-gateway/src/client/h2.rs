@@ -30,11 +30,13 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use crate::body::BodySource;
 use crate::client::conn::{raised, Signals};
+use crate::client::h1::{LINGER_BYTES, LINGER_TIME};
 use crate::front::{BodyFailure, BodySize, CannotCarry, Front, ResponseStart, Sink};
 use crate::front::{Client, Request};
 use crate::gateway::{Current, Gateway};
 use crate::limits::{BufferGrant, BufferKind};
 use crate::observe::access_log::TunnelEnd;
+use crate::pace::Pace;
 use crate::request::{reject, serve};
 use crate::response::{error_parts, grpc_message, ErrorContext};
 use crate::upstream::ClientConn;
@@ -379,6 +381,10 @@ impl Front for H2Front<'_> {
             trailers: None,
             head_only: self.head_only,
             arrival: self.arrival,
+            pace: Pace::new(
+                self.gw.config.server.min_send_rate,
+                self.gw.config.server.min_send_rate_window,
+            ),
         };
         let body = H2Body {
             body: &mut self.body,
@@ -427,7 +433,21 @@ impl Front for H2Front<'_> {
     }
 
     async fn linger(&mut self) {
-        // Nothing to drain: h2 discards what the client still sends on this stream.
+        // After an answer that did not wait for the whole body: what the client still
+        // sends is read and dropped for a while, so the stream ends on both sides.
+        // Dropped unread, h2 would reset it, and a reset can overtake the answer's last
+        // frames still queued for the client.
+        let until = Instant::now() + LINGER_TIME;
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES && !self.body.is_end_stream() {
+            match timeout_at(until, self.body.data()).await {
+                Ok(Some(Ok(chunk))) => {
+                    dropped += chunk.len();
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                }
+                _ => return,
+            }
+        }
     }
 
     fn protocol(&self) -> &'static str {
@@ -496,6 +516,8 @@ struct H2Sink<'a> {
     trailers: Option<http::HeaderMap>,
     head_only: bool,
     arrival: Instant,
+    /// `min_send_rate`.
+    pace: Pace,
 }
 
 impl H2Sink<'_> {
@@ -531,7 +553,7 @@ impl H2Sink<'_> {
     }
 
     /// Waits for the client's flow-control window to take up to `want` more bytes.
-    async fn capacity(&self, want: usize) -> Result<usize, ProxyError> {
+    async fn capacity(&mut self, want: usize) -> Result<usize, ProxyError> {
         let limit = self.gw.config.server.write_timeout;
         let out = &self.out;
         let mut wait = pin!(poll_fn(|cx| match &mut *lock(out) {
@@ -545,10 +567,9 @@ impl H2Sink<'_> {
         let first = poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
         let got = match first {
             Poll::Ready(r) => r,
-            Poll::Pending => match timeout(limit, wait).await {
-                Ok(r) => r,
-                Err(_) => return Err(ProxyError::ClientWriteTimeout { limit }),
-            },
+            // Waiting on the client: `write_timeout` and `min_send_rate` run (a window
+            // grant counts only as the bytes it lets through).
+            Poll::Pending => self.pace.wait(limit, wait).await?,
         };
         match got {
             Some(Ok(n)) => Ok(n),
@@ -626,6 +647,7 @@ impl Sink for H2Sink<'_> {
                 continue;
             }
             let chunk = self.buf.split_to(n.min(self.buf.len())).freeze();
+            self.pace.took(chunk.len());
             let last = self.end && self.buf.is_empty();
             let trailers = if last { self.trailers.take() } else { None };
             let mut out = lock(&self.out);

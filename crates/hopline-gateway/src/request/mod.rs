@@ -473,7 +473,7 @@ fn request_body<'a>(
         Action::Proxy { upstream } => gw.upstreams[upstream].config.retry_buffer_bytes,
         Action::Aggregate(_) => 0,
     };
-    let incoming = Incoming::new(source, limits, clock);
+    let incoming = Incoming::new((source, req.body_length), limits, clock);
     RequestBody::streamed(incoming, req.body_length, replay, &gw.buffers)
 }
 
