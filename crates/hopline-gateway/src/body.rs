@@ -82,17 +82,16 @@ pub(crate) struct WaitClock {
     since: AtomicU64,
 }
 
-impl Default for WaitClock {
-    fn default() -> Self {
+impl WaitClock {
+    /// A clock counting from `base` (the request's arrival: no clock read for it).
+    pub(crate) fn new(base: Instant) -> Self {
         WaitClock {
-            base: Instant::now(),
+            base,
             waited: AtomicU64::new(0),
             since: AtomicU64::new(0),
         }
     }
-}
 
-impl WaitClock {
     fn nanos(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }

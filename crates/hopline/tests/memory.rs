@@ -1,9 +1,9 @@
 //! Memory after a burst: the pages a burst of requests used are given back while the
 //! connections stay open and idle (feature `jemalloc`: its background thread purges
 //! within ~1 s). glibc's malloc kept ~17 KB per connection here; the bound below is under
-//! a third of that. Exact figures come from `bench/burst.sh`, not from this test. Run by
-//! `.ci/run` as `cargo test -p hopline --features jemalloc --test memory`; without the
-//! feature (or off Linux, for `/proc`) this file holds no test.
+//! a third of that. Exact figures come from `bench/burst.sh`, not from this test. jemalloc is
+//! a default feature, so `cargo test` runs it; built `--no-default-features` (or off Linux,
+//! for `/proc`) this file holds no test.
 #![cfg(all(target_os = "linux", feature = "jemalloc"))]
 
 mod common;

@@ -211,15 +211,21 @@ fn a_slow_http1_reader_is_cut_at_min_send_rate_and_its_slot_released() {
     let mut c = connect(gw.addr);
     c.write_all(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
         .expect("write");
-    let started = Instant::now();
-    let mut buf = [0u8; 4096];
-    while started.elapsed() < Duration::from_secs(30) {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    let reading = Arc::new(AtomicBool::new(true));
+    let reader = {
+        let (mut c, reading) = (c.try_clone().expect("clone"), reading.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while reading.load(Ordering::Relaxed) {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })
+    };
     let line = gw.wait_json(WAIT, "/big line", |v| v["path"] == "/big");
+    reading.store(false, Ordering::Relaxed);
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["flags"], serde_json::json!(["WT"]), "{line}");
     let cause = line["cause"].as_str().expect("cause");
@@ -232,7 +238,8 @@ fn a_slow_http1_reader_is_cut_at_min_send_rate_and_its_slot_released() {
     closed
         .recv_timeout(WAIT)
         .expect("upstream connection closed");
-    drop(c);
+    let _ = c.shutdown(std::net::Shutdown::Both);
+    reader.join().expect("reader");
     let r = get(gw.addr, "/again", "");
     assert_eq!(r.status, 200);
 }

@@ -150,7 +150,9 @@ impl Front for H1Front<'_> {
         // read whole, the same read half watches for the client leaving.
         let gone = async move {
             if let Some(decoder) = decoder {
-                pump(pipe, &mut rd, buf, decoder).await;
+                // Boxed, for requests with a body only: the reader's state would enlarge
+                // (and be copied with) every request's watch.
+                Box::pin(pump(pipe, &mut rd, &mut *buf, decoder)).await;
             }
             watch_gone(&mut rd, buf, cap).await
         };

@@ -274,19 +274,19 @@ pub(crate) trait Wire {
 /// spends waiting on its client meanwhile (`clock`: a streamed body) but never past the
 /// deadline: an upstream's `timeout` runs only while hopline waits on the upstream, so a
 /// slow sender is never the upstream's timeout (the body's own limits judge it). `None`
-/// when the limit was reached; `*until` is left at the limit in force.
+/// when the limit was reached; `*until` is left at the limit in force. `f` is pinned by
+/// the caller where it is built (moving a large future in would copy it).
 pub(crate) async fn within<F: Future>(
     hop: &Hop<'_>,
     until: &mut Instant,
     clock: Option<&WaitClock>,
-    f: F,
+    mut f: std::pin::Pin<&mut F>,
 ) -> Option<F::Output> {
     let Some(clock) = clock else {
         return tokio::time::timeout_at(*until, f).await.ok();
     };
     let (first, cap) = (*until, hop.deadline.at());
     let base = clock.waited(Instant::now());
-    let mut f = std::pin::pin!(f);
     loop {
         if let Ok(out) = tokio::time::timeout_at(*until, f.as_mut()).await {
             return Some(out);

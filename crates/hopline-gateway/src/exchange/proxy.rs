@@ -6,6 +6,7 @@
 //! [`proxy`], which takes a [`Deadline`], so no call can be unbounded.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -250,13 +251,15 @@ async fn exchange(
     // Once the request is out, the attempt is waiting on the upstream's answer: a client
     // leaving now left while the upstream had its request.
     let answering = || progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
-    let exchanged = conn.exchange_head(
-        (&wire, up.config.max_response_header_bytes),
-        streamed,
-        &mut sent,
-        answering,
-    );
-    let result = within(hop, &mut until, clock, exchanged).await;
+    let result = {
+        let exchanged = pin!(conn.exchange_head(
+            (&wire, up.config.max_response_header_bytes),
+            streamed,
+            &mut sent,
+            answering,
+        ));
+        within(hop, &mut until, clock, exchanged).await
+    };
     let phase = if sent {
         Phase::ResponseHeaders
     } else {

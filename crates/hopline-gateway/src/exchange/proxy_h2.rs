@@ -125,15 +125,15 @@ async fn exchange(
     let clock = body.clock();
     let empty = body.is_empty();
     let whole = body.in_memory().cloned();
-    let opened = within(hop, &mut until, clock, async {
+    let opening = std::pin::pin!(async {
         let mut send = send.ready().await?;
         let (response, mut stream) = send.send_request(request, empty)?;
         if let Some(bytes) = whole.filter(|b| !b.is_empty()) {
             stream.send_data(bytes, true)?;
         }
         Ok::<_, h2::Error>((response, stream))
-    })
-    .await;
+    });
+    let opened = within(hop, &mut until, clock, opening).await;
     let (mut response, mut stream) = match opened {
         None => return Err(fail(hop.timeout(by_deadline, Phase::Request), false)),
         Some(Err(e)) => return Err(fail(kind(Phase::Request, &e), refused(&e))),
@@ -145,25 +145,27 @@ async fn exchange(
     if uploaded {
         progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
     }
-    let answered = within(hop, &mut until, clock, async {
-        let mut upload = std::pin::pin!(send_body(&mut stream, body));
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut response => return Ok(r),
-                u = &mut upload, if !uploaded => match u {
-                    Ok(()) => {
-                        uploaded = true;
-                        progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
-                    }
-                    Err(BodyUpload::Client(e)) => return Err(e),
-                    // The stream failed under the upload: the response future says how.
-                    Err(BodyUpload::Upstream) => uploaded = true,
-                },
+    let answered = {
+        let answering = std::pin::pin!(async {
+            let mut upload = std::pin::pin!(send_body(&mut stream, body));
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut response => return Ok(r),
+                    u = &mut upload, if !uploaded => match u {
+                        Ok(()) => {
+                            uploaded = true;
+                            progress.update(|p| p.phase = Some(Phase::ResponseHeaders));
+                        }
+                        Err(BodyUpload::Client(e)) => return Err(e),
+                        // The stream failed under the upload: the response future says how.
+                        Err(BodyUpload::Upstream) => uploaded = true,
+                    },
+                }
             }
-        }
-    })
-    .await;
+        });
+        within(hop, &mut until, clock, answering).await
+    };
     let phase = if uploaded {
         Phase::ResponseHeaders
     } else {

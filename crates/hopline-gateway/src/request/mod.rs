@@ -372,7 +372,7 @@ async fn run<F: Front>(
     } = job;
     let upgrade = route.websocket.is_some() && front.upgrades() && websocket::is_upgrade(req);
     let has_body = req.has_body;
-    let clock = WaitClock::default();
+    let clock = WaitClock::new(arrival);
     let (gone, mut sink, mut source) = front.split();
     let mut body = request_body(gw, req, route, (arrival, &deadline), &mut source, &clock);
     let ended = {

@@ -741,7 +741,9 @@ impl ClientConn {
         let mut send = pin!(async move {
             wr.write_all(wire).await.map_err(Upload::Upstream)?;
             match body {
-                Some((body, chunked)) => write_h1(body, &mut wr, chunked).await,
+                // Boxed: a streamed upload's state (body reads, their timers) would
+                // otherwise enlarge, and be copied with, every request's exchange.
+                Some((body, chunked)) => Box::pin(write_h1(body, &mut wr, chunked)).await,
                 None => Ok(()),
             }
         });
