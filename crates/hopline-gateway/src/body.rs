@@ -321,6 +321,9 @@ pub(crate) enum RequestBody<'a> {
         bytes: Bytes,
         /// Their share of the buffer budget, held while the request runs.
         _grant: Option<BufferGrant>,
+        /// The current attempt was handed them (as one piece, for a body sent apart
+        /// from its head).
+        given: bool,
     },
     /// Streamed from the client as the upstream takes it.
     Streamed(Box<Streamed<'a>>),
@@ -350,6 +353,7 @@ impl<'a> RequestBody<'a> {
         RequestBody::Full {
             bytes,
             _grant: None,
+            given: false,
         }
     }
 
@@ -421,11 +425,13 @@ impl<'a> RequestBody<'a> {
 
     /// Prepares a resend from the start (when [`RequestBody::can_resend`]).
     pub(crate) fn rewind(&mut self) {
-        if let RequestBody::Streamed(s) = self {
-            if !s.outgrown {
+        match self {
+            RequestBody::Full { given, .. } => *given = false,
+            RequestBody::Streamed(s) if !s.outgrown => {
                 s.replay_at = Some(0);
                 s.sent = 0;
             }
+            RequestBody::Streamed(_) => {}
         }
     }
 
@@ -439,11 +445,15 @@ impl<'a> RequestBody<'a> {
         }
     }
 
-    /// The next piece a streamed body's attempt sends (what is kept first, on a resend),
-    /// `None` at its end.
+    /// The next piece an attempt sends (of a streamed body, what is kept first on a
+    /// resend; a body in memory is one piece), `None` at its end.
     pub(crate) async fn next_piece(&mut self) -> Result<Option<Bytes>, ProxyError> {
-        let RequestBody::Streamed(s) = self else {
-            return Ok(None);
+        let s = match self {
+            RequestBody::Full { bytes, given, .. } => {
+                let first = !std::mem::replace(given, true);
+                return Ok((first && !bytes.is_empty()).then(|| bytes.clone()));
+            }
+            RequestBody::Streamed(s) => s,
         };
         if let Some(at) = s.replay_at {
             if at < s.replay.len() {
@@ -516,6 +526,7 @@ impl<'a> RequestBody<'a> {
         *self = RequestBody::Full {
             bytes: body.freeze(),
             _grant: Some(grant),
+            given: false,
         };
         Ok(())
     }

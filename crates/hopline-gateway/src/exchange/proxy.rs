@@ -223,7 +223,9 @@ async fn exchange(
     progress.update(|p| p.phase = Some(Phase::Request));
     // The per-attempt fields below (the remaining timeout, ~40 bytes; traceparent, ~70)
     // fit without growing `wire`, which cost a reallocation and a copy per request.
-    let whole = body.in_memory().cloned();
+    // A small body in memory goes in the head's write; a larger one is written after it
+    // as it is (never copied into the head's buffer).
+    let whole = body.in_memory().filter(|b| b.len() <= COALESCE).cloned();
     let inline = whole.as_ref().map_or(0, Bytes::len);
     let mut wire = BytesMut::with_capacity(req.head.len() + inline + 256);
     wire.extend_from_slice(&req.head);

@@ -241,7 +241,21 @@ async fn a_streamed_body_past_max_body_bytes_aborts_the_exchange_with_413() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stale_connection_resend_replays_the_kept_start_of_the_body() {
-    let h = uploads("", "endpoints = [\"10.0.0.1:80\"]", "");
+    stale_resend(uploads("", "endpoints = [\"10.0.0.1:80\"]", ""), 20 << 10).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_buffered_body_is_sent_apart_from_its_head_and_resent_whole() {
+    let h = uploads(
+        "",
+        "endpoints = [\"10.0.0.1:80\"]",
+        "request_buffering = true",
+    );
+    stale_resend(h, 300 << 10).await;
+}
+
+/// A PUT of `len` bytes whose pooled connection turns out stale: resent whole on a new one.
+async fn stale_resend(h: Harness, len: usize) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let keep = seen.clone();
     // The first connection answers one request and closes on reading the second; the
@@ -265,13 +279,13 @@ async fn a_stale_connection_resend_replays_the_kept_start_of_the_body() {
     );
     assert_eq!(h.send(Harness::get("/warm", &[])).await.status, Some(200));
     let o = h
-        .upload(post("PUT"), Some(20 << 10), |c| async move {
-            c.send(&[b'p'; 20 << 10]);
+        .upload(post("PUT"), Some(len as u64), |c| async move {
+            c.send(&vec![b'p'; len]);
         })
         .await;
     assert_eq!(o.status, Some(200), "{:?}", o.record.cause);
     assert_eq!(o.record.attempts, 2);
-    assert_eq!(bodies(&seen)[1], vec![b'p'; 20 << 10], "resent whole");
+    assert_eq!(bodies(&seen)[1], vec![b'p'; len], "resent whole");
 }
 
 #[tokio::test(start_paused = true)]
