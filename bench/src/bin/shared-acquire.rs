@@ -92,6 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_new_connections_per_sec: Some(rate * threads as u32 * 4),
         shared: Some(shared_config.clone()),
         nat_limit: None,
+        nat_idle_timeout: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -328,6 +328,25 @@ pub fn audit(config: &Config, text: &str, resolve: Resolver) -> Vec<Finding> {
             }
         }
     }
+    // A NAT that forgets idle flows: a pooled egress connection must either be kept alive
+    // by TCP keepalive probes sent before the NAT forgets it, or not be kept that long.
+    let nat_idle = config.egress.as_ref().and_then(|e| e.nat_idle_timeout);
+    for u in config.upstreams.iter().filter(|u| u.zone == Zone::Egress) {
+        let Some(nat) = nat_idle else { break };
+        match u.tcp_keepalive {
+            None if u.pool_idle_timeout > nat => {
+                a.add(Severity::Warning, "nat-idle", &["upstreams", &u.name, "tcp_keepalive"],
+                    format!("upstream {} (egress): pooled connections stay idle up to pool_idle_timeout {} with tcp_keepalive off, but the NAT forgets an idle flow after egress.nat_idle_timeout {}: the next reuse meets a reset or silence", u.name, secs(u.pool_idle_timeout), secs(nat)),
+                    format!("turn tcp_keepalive on, or set pool_idle_timeout below {}", secs(nat)));
+            }
+            Some(k) if k.gives_up_after() >= nat => {
+                a.add(Severity::Warning, "nat-idle", &["upstreams", &u.name, "tcp_keepalive"],
+                    format!("upstream {} (egress): tcp_keepalive's idle + interval x count is {}, not below egress.nat_idle_timeout {}: the NAT can forget a pooled connection before keepalive has kept it or found it gone", u.name, secs(k.gives_up_after()), secs(nat)),
+                    format!("set tcp_keepalive.idle (and interval x count) so the sum is below {}", secs(nat)));
+            }
+            _ => {}
+        }
+    }
     // Rule 4: server timeouts.
     for (key, value, absurd) in [
         (

@@ -10,7 +10,7 @@ use hopline_core::config::{
     Config, DeadlineConfig, DnsConfig, DnsFamily, EgressConfig, EscapedSlashes, FrontConfig,
     H2Config, HealthConfig, ListenAddr, LoadBalancing, LogConfig, MetricsConfig, OutlierConfig,
     Overload, PathMatch, RetryBudgetConfig, RouteAction, RouteConfig, ServerConfig,
-    ServerTlsConfig, SharedEgressConfig, TlsVersion, TracingConfig, UpstreamConfig,
+    ServerTlsConfig, SharedEgressConfig, TcpKeepalive, TlsVersion, TracingConfig, UpstreamConfig,
     UpstreamProtocol, UpstreamTlsConfig, Zone,
 };
 
@@ -77,6 +77,26 @@ fn cidr_list(cx: &mut Cx, t: &mut Tbl, key: &'static str) -> Option<Vec<Cidr>> {
         }
     }
     Some(out)
+}
+
+/// `tcp_keepalive`: `true` (the default: 30 s idle, probes 10 s apart, 3 of them), `false`,
+/// or `{ idle = "30s", interval = "10s", count = 3 }` (keys left out take the defaults).
+fn tcp_keepalive(cx: &mut Cx, t: &mut Tbl) -> Option<TcpKeepalive> {
+    let d = TcpKeepalive::default();
+    if !t.has("tcp_keepalive") {
+        return Some(d);
+    }
+    if t.peek_bool("tcp_keepalive").is_some() {
+        return t.bool(cx, "tcp_keepalive", true).then_some(d);
+    }
+    let mut k = t.sub(cx, "tcp_keepalive")?;
+    let ka = TcpKeepalive {
+        idle: k.duration(cx, "idle", d.idle),
+        interval: k.duration(cx, "interval", d.interval),
+        count: k.uint(cx, "count", u64::from(d.count), 1, 100) as u32,
+    };
+    k.finish(cx);
+    Some(ka)
 }
 
 fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
@@ -146,6 +166,7 @@ fn server(cx: &mut Cx, mut t: Tbl) -> ServerConfig {
         ),
         merge_slashes: t.bool(cx, "merge_slashes", d.merge_slashes),
         trusted_proxies: cidr_list(cx, &mut t, "trusted_proxies").unwrap_or(d.trusted_proxies),
+        tcp_keepalive: tcp_keepalive(cx, &mut t),
     };
     t.finish(cx);
     s
@@ -407,6 +428,8 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
             0,
             16 << 20,
         ) as usize,
+        tcp_keepalive: tcp_keepalive(cx, &mut t),
+        tcp_user_timeout: t.opt_duration(cx, "tcp_user_timeout"),
     };
     t.finish(cx);
     u
@@ -1124,6 +1147,7 @@ pub(crate) fn read(text: &str) -> Result<Config, Vec<Problem>> {
             nat_limit: t
                 .opt_uint(&mut cx, "nat_limit", 1, 10_000_000)
                 .map(|n| n as u32),
+            nat_idle_timeout: t.opt_duration(&mut cx, "nat_idle_timeout"),
         };
         t.finish(&mut cx);
         e

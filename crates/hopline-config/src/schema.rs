@@ -18,6 +18,13 @@ fn closed(properties: Value) -> Value {
 
 /// The schema (JSON Schema 2020-12) of a `hopline serve` config file.
 pub fn schema() -> Value {
+    let keepalive = |whose: &str| {
+        json!({"oneOf": [{"type": "boolean"}, closed(json!({
+            "idle": duration("default 30s: idle time before the first probe"),
+            "interval": duration("default 10s: between probes"),
+            "count": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3, "description": "probes unanswered before the connection is dropped"},
+        }))], "default": true, "description": format!("TCP keepalive on {whose}: true (30s, 10s, 3), false, or {{ idle, interval, count }}")})
+    };
     let rate = |description: &str| {
         json!({"oneOf": [{"type": "integer", "minimum": 0},
             {"type": "string", "pattern": "^[0-9]+ ?(B|KiB|MiB|GiB|KB|MB|GB)?/s$"}],
@@ -75,6 +82,8 @@ pub fn schema() -> Value {
         "client_key": {"type": "string", "description": "client private key (PEM) for mutual TLS"},
         "insecure_skip_verify": {"type": "boolean", "default": false, "description": "accept any certificate (tests only; check flags it)"},
         "alpn": {"type": "array", "items": {"enum": ["http/1.1", "h2"]}, "description": "default: the upstream's protocol"},
+        "tcp_keepalive": keepalive("upstream connections"),
+        "tcp_user_timeout": duration("TCP_USER_TIMEOUT: how long sent data may stay unacknowledged (default: the kernel's)"),
         "retry_buffer_bytes": {"type": "integer", "minimum": 0, "maximum": 16777216, "default": 65536, "description": "bytes of a streamed request body kept to resend it after a stale pooled connection; a request that sent more is not resent"},
         "panic_threshold": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50, "description": "when some endpoints are usable but fewer than this share (%), balance over all (panic mode); none usable is 503 UH with Retry-After"},
         "deny_addresses": {"type": "array", "items": {"type": "string"}, "description": "CIDRs a name in endpoints may not resolve to (IP literals in endpoints are never checked); a denied address is not used, and none left is 503 UH naming it. Default for zone = \"egress\": loopback, 0.0.0.0/8, link-local, private, 100.64.0.0/10 and fc00::/7 (IPv4 carried in ::ffff:0:0/96 and 64:ff9b::/96 checked too); for internal: none; [] allows all"},
@@ -141,6 +150,7 @@ pub fn schema() -> Value {
                 "min_recv_rate": rate("a body sender below this over 10 s of waiting on it (after a 5 s grace) is cut: 408 RT; 0 turns it off"),
                 "min_send_rate": rate("a client reading the response below this over min_send_rate_window of waiting on it is cut: WT; 0 turns it off"),
                 "min_send_rate_window": duration("default 30s: the window of min_send_rate"),
+                "tcp_keepalive": keepalive("client connections"),
                 "expose_cause": {"type": "boolean", "default": false},
                 "tls": tls,
                 "h2c": {"type": "boolean", "default": false, "description": "the plain listener also takes HTTP/2 with prior knowledge"},
@@ -186,6 +196,7 @@ pub fn schema() -> Value {
                 "expected_replicas": int("gateways sharing the scope: each takes budget / expected_replicas when Redis is unreachable", 1),
                 "fallback_after": duration("how long Redis may take before the local share applies, default 20ms"),
                 "nat_limit": int("new connections per second the NAT is documented to allow (hopline check)", 1),
+                "nat_idle_timeout": duration("how long the NAT keeps an idle flow (AWS NAT gateway: 350s), for hopline check's nat-idle rule"),
             })),
             "dns": closed(json!({
                 "nameservers": {"type": "array", "items": {"type": "string", "description": "ip or ip:port"}, "description": "default: the system's (/etc/resolv.conf)"},

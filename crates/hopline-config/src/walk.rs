@@ -190,6 +190,12 @@ impl<'a> Tbl<'a> {
         item.span().or_else(|| key.span())
     }
 
+    /// `key`'s value when it is a boolean (without reading it: the key is still to be read
+    /// as what it is).
+    pub fn peek_bool(&self, key: &str) -> Option<bool> {
+        self.table.get(key)?.as_value()?.as_bool()
+    }
+
     /// The span of `key`'s value, for cross-checks after reading.
     pub fn value_span(&self, key: &str) -> Option<Range<usize>> {
         self.table

@@ -256,6 +256,8 @@ pub struct ServerConfig {
     /// Peers whose forwarding and deadline headers are believed (a peer is trusted when
     /// its socket address is in one of these). Default loopback: `127.0.0.0/8`, `::1/128`.
     pub trusted_proxies: Vec<Cidr>,
+    /// TCP keepalive on client connections. Default on (30 s, 10 s, 3); `false`: off.
+    pub tcp_keepalive: Option<TcpKeepalive>,
 }
 
 impl ServerConfig {
@@ -680,6 +682,39 @@ pub struct EgressConfig {
     pub shared: Option<SharedEgressConfig>,
     /// New connections per second the NAT gateway is documented to allow (for `check`).
     pub nat_limit: Option<u32>,
+    /// How long the NAT keeps an idle flow (AWS NAT gateway: 350 s), for `check`'s
+    /// `nat-idle` rule. Default unset.
+    pub nat_idle_timeout: Option<Duration>,
+}
+
+/// TCP keepalive on a socket: after `idle` without traffic, `count` probes `interval`
+/// apart; a peer (or a NAT) that answers none has the connection reset. Keeps a NAT's or a
+/// conntrack table's entry of an idle pooled connection alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe. Default 30 s.
+    pub idle: Duration,
+    /// Time between probes. Default 10 s.
+    pub interval: Duration,
+    /// Probes unanswered before the connection is dropped. Default 3.
+    pub count: u32,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
+            count: 3,
+        }
+    }
+}
+
+impl TcpKeepalive {
+    /// How long an idle connection whose peer is gone lives: `idle + interval × count`.
+    pub fn gives_up_after(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
 }
 
 /// `[egress] shared = "redis://…"` and its companions: cluster-wide egress budgets.
@@ -778,6 +813,12 @@ pub struct UpstreamConfig {
     /// turned out stale can be sent again on a new one. Default 64 KiB; a request that
     /// sent more is not resent.
     pub retry_buffer_bytes: usize,
+    /// TCP keepalive on upstream connections (pooled ones included). Default on (30 s,
+    /// 10 s, 3); `false`: off.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
+    /// drops the connection. Default unset (the kernel's).
+    pub tcp_user_timeout: Option<Duration>,
 }
 
 /// `upstreams.NAME.lb`.
@@ -1000,6 +1041,7 @@ impl Default for ServerConfig {
                 },
             ],
             h2: H2Config::default(),
+            tcp_keepalive: Some(TcpKeepalive::default()),
         }
     }
 }
@@ -1074,6 +1116,8 @@ impl UpstreamConfig {
             panic_threshold: 50,
             deny_addresses: Vec::new(),
             retry_buffer_bytes: 64 << 10,
+            tcp_keepalive: Some(TcpKeepalive::default()),
+            tcp_user_timeout: None,
         }
     }
 }

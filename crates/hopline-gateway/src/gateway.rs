@@ -182,6 +182,7 @@ fn pin_restart_only(old: &Config, new: &mut Config) -> Vec<NotApplied> {
                 max_new_connections_per_sec: None,
                 shared: Some(o),
                 nat_limit: None,
+                nat_idle_timeout: None,
             })
         }
         (None, None) => {}

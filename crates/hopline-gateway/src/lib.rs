@@ -194,7 +194,11 @@ fn spawn_connection(
     let accepted = tokio::time::Instant::now();
     let current = current.clone();
     let signals = signals.clone();
-    let gauge = current.load().metrics.open_connection();
+    let gauge = {
+        let gw = current.load();
+        stream::set_keepalive(&stream, gw.config.server.tcp_keepalive.as_ref(), None);
+        gw.metrics.open_connection()
+    };
     if !tls {
         // Plain HTTP/1 (or h2c) spawns the connection's future itself, with no wrapper:
         // that future is what each idle keep-alive connection holds, so a wrapper's

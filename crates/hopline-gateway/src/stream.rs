@@ -48,6 +48,27 @@ pub trait MemoryIo: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Deb
 #[cfg(test)]
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> MemoryIo for T {}
 
+/// Sets TCP keepalive (and `TCP_USER_TIMEOUT`, when given) on `tcp`: an idle connection's
+/// NAT and conntrack entries stay alive, and a peer gone without a word is found. Errors
+/// are ignored: a socket that cannot take the option works without it.
+pub(crate) fn set_keepalive(
+    tcp: &TcpStream,
+    keepalive: Option<&hopline_core::config::TcpKeepalive>,
+    user_timeout: Option<std::time::Duration>,
+) {
+    let sock = socket2::SockRef::from(tcp);
+    if let Some(k) = keepalive {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.count);
+        let _ = sock.set_tcp_keepalive(&params);
+    }
+    if user_timeout.is_some() {
+        let _ = sock.set_tcp_user_timeout(user_timeout);
+    }
+}
+
 /// A client connection.
 pub(crate) type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 /// An upstream connection.

@@ -105,6 +105,11 @@ fn each_rule_trips_on_a_bad_config_and_not_on_a_good_one() {
         ),
         ("timeout-cut-by-deadline", with(&route("400ms")), with(&route("2s"))),
         (
+            "nat-idle",
+            with("[egress]\nmax_in_flight = 10\nnat_idle_timeout = \"40s\"\n[upstreams.b]\nendpoints = [\"203.0.113.5:80\"]\nzone = \"egress\"\n"),
+            with("[egress]\nmax_in_flight = 10\nnat_idle_timeout = \"350s\"\n[upstreams.b]\nendpoints = [\"203.0.113.5:80\"]\nzone = \"egress\"\n"),
+        ),
+        (
             "sequential-budget",
             with("[[routes]]\nname = \"s\"\npath = \"/s\"\ntimeout = \"1s\"\naggregate.mode = \"sequential\"\n[[routes.aggregate.calls]]\nname = \"x\"\nupstream = \"a\"\npath = \"/x\"\n[[routes.aggregate.calls]]\nname = \"y\"\nupstream = \"a\"\npath = \"/y\"\n"),
             with("[[routes]]\nname = \"s\"\npath = \"/s\"\ntimeout = \"1s\"\naggregate.mode = \"sequential\"\n[[routes.aggregate.calls]]\nname = \"x\"\nupstream = \"a\"\npath = \"/x\"\ntimeout = \"400ms\"\n[[routes.aggregate.calls]]\nname = \"y\"\nupstream = \"a\"\npath = \"/y\"\ntimeout = \"400ms\"\n"),

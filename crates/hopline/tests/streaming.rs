@@ -460,3 +460,62 @@ fn a_one_gib_upload_passes_with_flat_memory() {
     );
     assert!(growth < 16 << 10, "RSS grew {growth} KiB");
 }
+
+/// The kernel's timer on the TCP connection between `local` and `remote` (IPv4 loopback),
+/// from `/proc/net/tcp`: 2 is the keepalive timer.
+fn tcp_timer(local_port: u16, remote: SocketAddr) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+        (port(f.get(1)?)? == local_port && port(f.get(2)?)? == remote.port())
+            .then(|| f.get(5)?.split(':').next()?.parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn pooled_upstream_connections_and_client_connections_carry_tcp_keepalive() {
+    let (tx, conns) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let up = FakeUpstream::start(move |_, mut s| {
+        let _ = tx.lock().expect("lock").send(s.peer_addr().expect("peer"));
+        while read_request(&mut s).is_some() {
+            if s.write_all(OK_RESPONSE).is_err() {
+                return;
+            }
+        }
+    });
+    let gw = gateway("", &route_all(up.addr));
+    let mut c = connect(gw.addr);
+    c.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut c).status, 200);
+    // The gateway's end of its pooled connection: keepalive's timer is armed on it.
+    let gateway_end = conns.recv_timeout(WAIT).expect("upstream connection");
+    assert_eq!(
+        tcp_timer(gateway_end.port(), up.addr),
+        Some(2),
+        "no keepalive timer"
+    );
+    // And on the client's connection, on the gateway's side.
+    let client = c.local_addr().expect("local");
+    assert_eq!(
+        tcp_timer(gw.addr.port(), client),
+        Some(2),
+        "no keepalive timer"
+    );
+    // Turned off, none.
+    let gw = gateway(
+        "tcp_keepalive = false",
+        &format!("[upstreams.m]\nendpoints = [\"{}\"]\ntcp_keepalive = false\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n", up.addr),
+    );
+    let mut c = connect(gw.addr);
+    c.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut c).status, 200);
+    let gateway_end = conns.recv_timeout(WAIT).expect("upstream connection");
+    assert_eq!(tcp_timer(gateway_end.port(), up.addr), Some(0));
+    let client = c.local_addr().expect("local");
+    assert_eq!(tcp_timer(gw.addr.port(), client), Some(0));
+}

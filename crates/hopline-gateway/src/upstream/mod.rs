@@ -640,6 +640,8 @@ impl Upstream {
         }
         let tcp = TcpStream::connect(addr).await?;
         let _ = tcp.set_nodelay(true);
+        let c = &self.config;
+        crate::stream::set_keepalive(&tcp, c.tcp_keepalive.as_ref(), c.tcp_user_timeout);
         Ok(Dialed::Tcp(tcp))
     }
 
