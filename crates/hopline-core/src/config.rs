@@ -778,8 +778,12 @@ pub struct UpstreamConfig {
     /// Per-attempt timeout, from sending the request to the end of the response body
     /// (capped by the time left). Default 5 s.
     pub timeout: Duration,
-    /// In-flight calls at most. Default 1024; beyond: 503 `UO`.
+    /// In-flight calls at most. Default 1024; beyond, a request waits in the queue.
     pub max_in_flight: usize,
+    /// Requests that may wait for one of `max_in_flight`'s slots, in order, each as long
+    /// as its deadline allows. Default 1024 (Envoy's `max_pending_requests`); 0: none wait
+    /// (503 `UO` at once, the behaviour before the queue).
+    pub max_pending: usize,
     /// How long an idle pooled connection is kept. Default 30 s.
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per endpoint. Default 128.
@@ -1103,6 +1107,7 @@ impl UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
             max_in_flight: 1024,
+            max_pending: 1024,
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 128,
             max_response_header_bytes: 65536,

@@ -39,6 +39,8 @@ pub enum Phase {
     ResponseHeaders,
     /// Reading the response body.
     ResponseBody,
+    /// Waiting in an upstream's queue for one of its `max_in_flight` slots.
+    Queue,
 }
 
 impl Phase {
@@ -50,6 +52,7 @@ impl Phase {
             Phase::Request => "request",
             Phase::ResponseHeaders => "response headers",
             Phase::ResponseBody => "response body",
+            Phase::Queue => "queue",
         }
     }
 }
@@ -64,6 +67,7 @@ impl Phase {
             Phase::Request => "request",
             Phase::ResponseHeaders => "response_headers",
             Phase::ResponseBody => "response_body",
+            Phase::Queue => "queue",
         }
     }
 }
@@ -73,6 +77,10 @@ impl ProxyError {
     pub fn upstream_phase(&self) -> Option<Phase> {
         match self {
             ProxyError::Upstream(e) => Some(e.kind.phase()),
+            ProxyError::Overflow(Overflow::Queued {
+                why: QueueRefusal::Expired { .. },
+                ..
+            }) => Some(Phase::Queue),
             _ => None,
         }
     }
@@ -366,6 +374,15 @@ pub enum Overflow {
         /// The limit, per second.
         limit: u32,
     },
+    /// An upstream's `max_in_flight`, with no place for the request in its queue in time.
+    Queued {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// Its `max_in_flight`.
+        limit: usize,
+        /// Why the queue gave it no slot.
+        why: QueueRefusal,
+    },
     /// A cluster-wide egress budget (`[egress] shared`).
     EgressShared {
         /// The scope (`[egress] scope`).
@@ -373,6 +390,39 @@ pub enum Overflow {
         /// Which budget refused, and why.
         refusal: SharedRefusal,
     },
+}
+
+/// Why a request got no slot from an upstream's queue (`max_pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRefusal {
+    /// `max_pending` requests already wait.
+    Full {
+        /// `max_pending`.
+        max_pending: usize,
+    },
+    /// Its expected wait (its place × the slots' hold time ÷ the limit, plus one hold
+    /// time) is beyond the time it has left: refused at once rather than at its deadline.
+    ExpectedWait {
+        /// The expected wait.
+        expected: Duration,
+        /// The time it had left.
+        left: Duration,
+    },
+    /// It waited until its deadline.
+    Expired {
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+impl QueueRefusal {
+    /// When asking again may find a slot: the expected wait, else one second.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            QueueRefusal::ExpectedWait { expected, .. } => *expected,
+            _ => Duration::from_secs(1),
+        }
+    }
 }
 
 /// Which part of a shared egress scope's budget refused a call.
@@ -580,6 +630,20 @@ fn overflow_text(o: &Overflow) -> String {
             format!("upstream {upstream} (egress): max_new_connections_per_sec {limit} reached")
         }
         Overflow::EgressShared { scope, refusal } => format!("egress scope {scope}: {refusal}"),
+        Overflow::Queued { upstream, limit, why } => match why {
+            QueueRefusal::Full { max_pending } => format!(
+                "upstream {upstream}: max_in_flight {limit} reached and its queue (max_pending {max_pending}) full"
+            ),
+            QueueRefusal::ExpectedWait { expected, left } => format!(
+                "upstream {upstream}: max_in_flight {limit} reached; the expected wait in its queue, {}, is beyond the {} left",
+                Human(*expected),
+                Human(*left)
+            ),
+            QueueRefusal::Expired { waited } => format!(
+                "upstream {upstream}: waited {} in its queue for one of max_in_flight {limit} slots until the deadline",
+                Human(*waited)
+            ),
+        },
     }
 }
 
@@ -674,6 +738,9 @@ impl ProxyError {
                 format!("upstream {upstream}: egress connection rate limit reached")
             }
             ProxyError::Overflow(Overflow::EgressShared { .. }) => "egress limit reached".into(),
+            ProxyError::Overflow(Overflow::Queued { upstream, .. }) => {
+                format!("upstream {upstream} is at its concurrency limit")
+            }
             ProxyError::NoEndpoint { upstream, .. } => {
                 format!("upstream {upstream} has no usable endpoint")
             }

@@ -1,25 +1,55 @@
 //! Fail-fast limits: in-flight counters, the egress new-connection rate, the retry budget,
 //! the process-wide budget of buffered bytes.
 //!
-//! None of them queue: a full limit is an immediate 503 `UO`, because a queue in front of
-//! a sick upstream only turns its slowness into everybody's timeouts.
+//! A full in-flight limit can make a request wait, in a bounded FIFO, for as long as its own
+//! deadline allows ([`InFlight::acquire`]): one that is sure not to get a slot in time (the
+//! queue full, or its expected wait beyond its budget) is refused at once with 503 `UO`,
+//! because a queue in front of a sick upstream must not turn its slowness into everybody's
+//! timeouts. The other limits do not queue.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub(crate) use hopline_core::error::QueueRefusal;
 // tokio's clock (the real one outside tests), so tests can run these on a paused clock.
 use tokio::time::Instant;
 
-/// A counter of calls in flight with a hard ceiling.
+/// A counter of calls in flight with a hard ceiling, and a bounded FIFO of requests
+/// waiting for a slot.
 #[derive(Debug)]
 pub struct InFlight {
     limit: AtomicUsize,
     current: AtomicUsize,
+    /// Requests waiting in [`InFlight::acquire`].
+    pending: AtomicUsize,
+    /// Woken, one waiter at a time and in order, when a slot is released.
+    released: tokio::sync::Notify,
+    /// How long a slot is held, nanoseconds: an exponentially weighted average over about
+    /// the last 64 releases measured (0: no estimate yet).
+    hold: AtomicU64,
 }
 
 /// Releases one in-flight slot when dropped (also when its request is cancelled).
 #[derive(Debug)]
 pub struct InFlightGuard {
     owner: Arc<InFlight>,
+    /// When the slot was taken, for the hold-time estimate (`None`: not measured).
+    since: Option<Instant>,
+}
+
+/// A place in an [`InFlight`]'s queue, given back when dropped (a request that leaves
+/// while waiting frees its place at once).
+struct Place<'a>(&'a InFlight);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        // A wake this waiter took and did not use goes to the next one.
+        if self.0.current() < self.0.limit() {
+            self.0.released.notify_one();
+        }
+    }
 }
 
 impl InFlight {
@@ -28,11 +58,18 @@ impl InFlight {
         Arc::new(InFlight {
             limit: AtomicUsize::new(limit),
             current: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
+            hold: AtomicU64::new(0),
         })
     }
 
     /// Takes a slot, or `None` when all `limit` are taken.
     pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
+        self.take(None)
+    }
+
+    fn take(self: &Arc<Self>, since: Option<Instant>) -> Option<InFlightGuard> {
         let prev = self.current.fetch_add(1, Ordering::AcqRel);
         if prev >= self.limit() {
             self.current.fetch_sub(1, Ordering::AcqRel);
@@ -40,7 +77,90 @@ impl InFlight {
         }
         Some(InFlightGuard {
             owner: self.clone(),
+            since,
         })
+    }
+
+    /// Takes a free slot when nobody is waiting for one (no clock read: its hold time counts
+    /// from `since`, when the request came).
+    pub fn take_now(self: &Arc<Self>, since: Instant) -> Option<InFlightGuard> {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return self.take(Some(since));
+        }
+        None
+    }
+
+    /// Takes a slot, waiting for one in FIFO order until `until` when the limit is full:
+    /// refused at once when `max_pending` already wait or when the expected wait is beyond
+    /// `until`. `since` is when the request came (its slot's hold time counts from it when
+    /// one is free at once: no clock is read for that).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        since: Instant,
+        max_pending: usize,
+        until: Instant,
+    ) -> Result<InFlightGuard, QueueRefusal> {
+        // Nobody waits: a free slot is taken (with waiters, a newcomer queues behind them).
+        if self.pending.load(Ordering::Acquire) == 0 {
+            if let Some(g) = self.take(Some(since)) {
+                return Ok(g);
+            }
+        }
+        if max_pending == 0 {
+            return Err(QueueRefusal::Full { max_pending });
+        }
+        let place = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
+        let _place = Place(self);
+        if place > max_pending {
+            return Err(QueueRefusal::Full { max_pending });
+        }
+        let start = Instant::now();
+        let hold = self.hold.load(Ordering::Relaxed);
+        if hold > 0 {
+            let limit = self.limit().max(1) as u64;
+            let expected = Duration::from_nanos(hold.saturating_mul(place as u64) / limit + hold);
+            let left = until.saturating_duration_since(start);
+            if expected > left {
+                return Err(QueueRefusal::ExpectedWait { expected, left });
+            }
+        }
+        loop {
+            let notified = self.released.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(g) = self.take(Some(Instant::now())) {
+                return Ok(g);
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return Err(QueueRefusal::Expired {
+                    waited: start.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// How long a slot is held, as estimated (`None`: no estimate yet).
+    pub fn hold_time(&self) -> Option<Duration> {
+        let n = self.hold.load(Ordering::Relaxed);
+        (n > 0).then(|| Duration::from_nanos(n))
+    }
+
+    /// Folds one hold time into the estimate (weight 1/32: about the last 64 releases).
+    fn note_hold(&self, held: Duration) {
+        let sample = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.hold.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            // old + (sample - old) / 32, in integers.
+            (old - old / 32).saturating_add(sample / 32)
+        };
+        self.hold.store(new, Ordering::Relaxed);
     }
 
     /// The configured ceiling.
@@ -62,7 +182,18 @@ impl InFlight {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.owner.current.fetch_sub(1, Ordering::AcqRel);
+        let owner = &*self.owner;
+        let waiting = owner.pending.load(Ordering::Acquire) > 0;
+        // Hold times matter only near the limit: no clock is read far below it.
+        if let Some(since) = self.since {
+            if waiting || owner.current() * 2 >= owner.limit() {
+                owner.note_hold(since.elapsed());
+            }
+        }
+        owner.current.fetch_sub(1, Ordering::AcqRel);
+        if waiting {
+            owner.released.notify_one();
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hopline_core::policy::Decision;
-use hopline_core::{Flag, ProxyError};
+use hopline_core::{Flag, Overflow, ProxyError};
 use hopline_h1::head::{reason_phrase, Headers};
 use hopline_h1::write::{end_head, put_content_length, put_status_line};
+use std::time::Duration;
 
 /// What a locally generated error response says about its request.
 #[derive(Debug, Clone, Copy)]
@@ -87,11 +88,12 @@ pub(crate) fn error_parts(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>)
         ProxyError::MethodNotAllowed { allow, .. } => {
             headers.push("allow", Bytes::copy_from_slice(allow.as_bytes()));
         }
-        ProxyError::NoEndpoint { retry_after, .. } => {
-            // Whole seconds (RFC 9110 §10.2.3), rounded up, at least 1.
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            headers.push("retry-after", secs.max(1).to_string());
+        ProxyError::NoEndpoint { retry_after, .. } => retry_after_field(&mut headers, *retry_after),
+        // A full limit: come back once a slot may be free (the expected wait, else 1 s).
+        ProxyError::Overflow(Overflow::Queued { why, .. }) => {
+            retry_after_field(&mut headers, why.retry_after());
         }
+        ProxyError::Overflow(_) => retry_after_field(&mut headers, Duration::from_secs(1)),
         _ => {}
     }
     ErrorResponse {
@@ -174,4 +176,10 @@ mod tests {
             "{head}"
         );
     }
+}
+
+/// `retry-after`: whole seconds (RFC 9110 §10.2.3), rounded up, at least 1.
+fn retry_after_field(headers: &mut Headers, after: Duration) {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    headers.push("retry-after", secs.max(1).to_string());
 }

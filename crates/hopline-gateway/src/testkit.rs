@@ -766,6 +766,11 @@ impl Harness {
         }
     }
 
+    /// Every access record so far.
+    pub(crate) fn records(&self) -> Vec<AccessRecord> {
+        self.records.lock().expect("lock").clone()
+    }
+
     /// Serves `req` with nothing else happening meanwhile.
     pub(crate) async fn send(&self, req: Request) -> Outcome {
         self.exchange(req, b"", |_| async {}).await

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::body::{RequestBody, WaitClock};
 use crate::clock::Deadline;
 use crate::gateway::Gateway;
-use crate::limits::InFlightGuard;
+use crate::limits::{InFlightGuard, QueueRefusal};
 use crate::observe::trace::AttemptSpan;
 use crate::upstream::endpoint::H2Stream;
 use crate::upstream::endpoint::{Endpoint, EndpointGuard, Verdict};
@@ -87,6 +87,8 @@ pub(crate) struct Progress {
     /// Why a failure that could otherwise have been retried was not: `1.2 MiB of the body
     /// already sent` (more than `retry_buffer_bytes` keeps).
     pub not_resent: Option<String>,
+    /// How long the request waited in the upstream's queue for a slot, if it did.
+    pub queued: Option<Duration>,
 }
 
 /// [`Progress`] shared between a request's future and the connection that may drop it.
@@ -193,18 +195,17 @@ pub(crate) struct Slots {
 }
 
 /// Counts the call against the retry budget and takes its slots: the upstream's
-/// in-flight slot, and for an egress upstream the shared egress slot; `UO` when either
-/// limit is reached.
-pub(crate) fn slots(hop: &Hop<'_>) -> Result<Slots, ProxyError> {
+/// in-flight slot (waiting in its queue, `max_pending`, within the deadline when the limit
+/// is full), and for an egress upstream the shared egress slot; `UO` when a limit refuses.
+/// Nothing of the request's body is read while it waits.
+pub(crate) async fn slots(hop: &Hop<'_>) -> Result<Slots, ProxyError> {
     let up = hop.up;
     hop.progress.update(|p| p.upstream = Some(hop.index));
     up.budget.deposit();
-    let in_flight = up.in_flight.try_acquire().ok_or_else(|| {
-        ProxyError::Overflow(Overflow::UpstreamInFlight {
-            upstream: up.name.clone(),
-            limit: up.in_flight.limit(),
-        })
-    })?;
+    let in_flight = match up.in_flight.take_now(hop.deadline.start()) {
+        Some(slot) => slot,
+        None => queue(hop).await?,
+    };
     let egress = match up.zone() {
         Zone::Egress => hop.gw.egress.slot().map_err(ProxyError::Overflow)?,
         Zone::Internal => None,
@@ -213,6 +214,76 @@ pub(crate) fn slots(hop: &Hop<'_>) -> Result<Slots, ProxyError> {
         _in_flight: in_flight,
         _egress: egress,
     })
+}
+
+/// Waits in the upstream's queue for an in-flight slot, as long as the deadline allows.
+async fn queue(hop: &Hop<'_>) -> Result<InFlightGuard, ProxyError> {
+    let (up, gw) = (hop.up, hop.gw);
+    let max_pending = up.config.max_pending;
+    let limit = up.in_flight.limit();
+    if max_pending == 0 {
+        gw.metrics.count_queue(&up.name, "full");
+        return Err(ProxyError::Overflow(Overflow::UpstreamInFlight {
+            upstream: up.name.clone(),
+            limit,
+        }));
+    }
+    hop.phase(Phase::Queue);
+    let start = Instant::now();
+    // Counted `client_gone` if the request is dropped while it waits.
+    let mut waiting = Waiting {
+        hop,
+        start,
+        done: false,
+    };
+    let got = up
+        .in_flight
+        .acquire(start, max_pending, hop.deadline.at())
+        .await;
+    waiting.done = true;
+    let waited = start.elapsed();
+    hop.progress.update(|p| p.queued = Some(waited));
+    match got {
+        Ok(slot) => {
+            gw.metrics.count_queue(&up.name, "served");
+            gw.metrics.queue_waited(&up.name, waited);
+            Ok(slot)
+        }
+        Err(why) => {
+            let outcome = match why {
+                QueueRefusal::Full { .. } => "full",
+                QueueRefusal::ExpectedWait { .. } => "expected_wait",
+                QueueRefusal::Expired { .. } => "expired",
+            };
+            gw.metrics.count_queue(&up.name, outcome);
+            Err(ProxyError::Overflow(Overflow::Queued {
+                upstream: up.name.clone(),
+                limit,
+                why,
+            }))
+        }
+    }
+}
+
+/// A request waiting in a queue: when dropped before it got its answer (the client left),
+/// counted as `client_gone` with the time it waited.
+struct Waiting<'a, 'h> {
+    hop: &'a Hop<'h>,
+    start: Instant,
+    done: bool,
+}
+
+impl Drop for Waiting<'_, '_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let waited = self.start.elapsed();
+            self.hop.progress.update(|p| p.queued = Some(waited));
+            self.hop
+                .gw
+                .metrics
+                .count_queue(&self.hop.up.name, "client_gone");
+        }
+    }
 }
 
 /// Why an exchange failed, and whether sending it again is safe.

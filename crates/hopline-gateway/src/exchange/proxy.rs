@@ -70,7 +70,7 @@ impl Opened {
 /// Takes the limit slots, then attempts the exchange (the attempt layer retries where
 /// safe) until a response head arrives, within the hop's deadline.
 pub(crate) async fn open(hop: &Hop<'_>, body: &mut RequestBody<'_>) -> Result<Opened, ProxyError> {
-    let slots = slots(hop)?;
+    let slots = slots(hop).await?;
     let (x, endpoint) = attempts(hop, &H1, body).await?;
     hop.progress
         .update(|p| p.upstream_status = Some(x.head.status));

@@ -34,7 +34,7 @@ pub(crate) async fn proxy_h2<S: Sink>(
     body: &mut RequestBody<'_>,
     sink: &mut S,
 ) -> Result<(), ProxyError> {
-    let _slots = slots(hop)?;
+    let _slots = slots(hop).await?;
     let (x, guard) = attempts(hop, &H2, body).await?;
     let done = stream_response(hop, x, sink).await;
     if let Err(e) = &done {

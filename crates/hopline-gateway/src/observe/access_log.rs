@@ -84,6 +84,9 @@ pub struct AccessRecord {
     pub upstream_reused: Option<bool>,
     /// How long that pooled connection had been idle.
     pub upstream_idle: Option<Duration>,
+    /// How long the request waited in its upstream's queue for a slot (`None`: it did not
+    /// wait).
+    pub queue: Option<Duration>,
     /// How long the client's connection had been idle before this request (`None` on its
     /// first request).
     pub client_idle: Option<Duration>,
@@ -215,6 +218,11 @@ impl AccessRecord {
         });
         s.extend_from_slice(b",\"upstream_idle_ms\":");
         match self.upstream_idle {
+            Some(d) => push_millis3(s, d),
+            None => s.extend_from_slice(b"null"),
+        }
+        s.extend_from_slice(b",\"queue_ms\":");
+        match self.queue {
             Some(d) => push_millis3(s, d),
             None => s.extend_from_slice(b"null"),
         }

@@ -54,6 +54,12 @@ struct DegradedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    upstream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -516,6 +522,8 @@ pub struct Metrics {
     tracing_seen: Mutex<[u64; 4]>,
     h2_premature_resets: Counter,
     buffer_refused: Family<KindLabel, Counter>,
+    queue: Family<QueueLabel, Counter>,
+    queue_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
     buffered: Gauge,
     buffer_budget: Gauge,
     access_log_dropped: Counter,
@@ -586,6 +594,21 @@ impl Metrics {
             "buffer_budget_refused",
             "Requests refused (503 OM) because server.max_buffered_bytes could not hold their buffer, by kind: request_body, replay, aggregate, h2_data",
             buffer_refused.clone(),
+        );
+        let queue = Family::<QueueLabel, Counter>::default();
+        registry.register(
+            "upstream_queue",
+            "Requests that found an upstream's max_in_flight full, by outcome: served (got a slot), full (max_pending already waiting), expected_wait (would not get one within its deadline: refused at once), expired (waited until its deadline), client_gone",
+            queue.clone(),
+        );
+        let queue_duration =
+            Family::<UpstreamLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "upstream_queue_duration_seconds",
+            "How long requests served from an upstream's queue waited for their slot",
+            queue_duration.clone(),
         );
         let buffered = Gauge::default();
         registry.register(
@@ -712,6 +735,8 @@ impl Metrics {
             tracing_seen: Mutex::new([0; 4]),
             h2_premature_resets,
             buffer_refused,
+            queue,
+            queue_duration,
             buffered,
             buffer_budget,
             access_log_dropped,
@@ -1010,6 +1035,25 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .inc();
+    }
+
+    /// Counts a request that found `upstream`'s `max_in_flight` full, by what became of it.
+    pub fn count_queue(&self, upstream: &str, outcome: &'static str) {
+        self.queue
+            .get_or_create(&QueueLabel {
+                upstream: upstream.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Notes how long a request served from `upstream`'s queue waited.
+    pub fn queue_waited(&self, upstream: &str, waited: std::time::Duration) {
+        self.queue_duration
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .observe(waited.as_secs_f64());
     }
 
     /// Sets the buffer budget's gauges (read at each scrape).

@@ -510,6 +510,7 @@ async fn settle<F: Front>(
     rec.endpoint = p.endpoint;
     rec.upstream_reused = p.upstream_reused;
     rec.upstream_idle = p.upstream_idle;
+    rec.queue = p.queued;
     rec.upstream_status = p.upstream_status;
     rec.upstream_grpc_status = p.upstream_grpc_status;
     rec.bytes_sent = p.bytes_sent;
@@ -628,3 +629,6 @@ mod tests;
 
 #[cfg(test)]
 mod streaming_tests;
+
+#[cfg(test)]
+mod queue_tests;

@@ -1,0 +1,168 @@
+//! An upstream's queue on tokio's paused clock: requests that find `max_in_flight` full
+//! wait in order, each as long as its own deadline allows; refused at once when the
+//! queue is full or the wait is sure to outlast the deadline; a client that leaves frees
+//! its place.
+
+use std::time::Duration;
+
+use hopline_core::Flag;
+
+use super::tests::A;
+use crate::testkit::{answers, silent, Harness, Variant};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Upstream `u` (endpoint A, `max_in_flight = 1`, `extra` lines) behind route `r` (1 s).
+fn one_slot(extra: &str) -> Harness {
+    Harness::new(&format!(
+        r#"
+[log]
+access = "off"
+[upstreams.u]
+endpoints = ["{A}"]
+max_in_flight = 1
+timeout = "10s"
+{extra}
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "u"
+timeout = "1s"
+"#
+    ))
+}
+
+fn metric(h: &Harness, outcome: &str) -> f64 {
+    let text = h.gw.metrics.encode(&[], &[], &[]);
+    let key = format!("hopline_upstream_queue_total{{upstream=\"u\",outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0.0, |v| v.trim().parse().expect("number"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_over_the_limit_wait_in_order_and_are_all_served_in_time() {
+    let h = one_slot("");
+    h.net.set(A, answers(100 * MS, "ok"));
+    let get = |p: &'static str| h.send(Harness::get(p, &[]));
+    let (a, b, c, d) = tokio::join!(get("/a"), get("/b"), get("/c"), get("/d"));
+    for o in [&a, &b, &c, &d] {
+        assert_eq!(o.status, Some(200), "{:?}", o.answer);
+    }
+    // One slot, 100 ms each: served one after another, in the order they came.
+    let took: Vec<Duration> = [&a, &b, &c, &d].iter().map(|o| o.took).collect();
+    assert_eq!(took, vec![100 * MS, 200 * MS, 300 * MS, 400 * MS]);
+    let queued: Vec<Option<Duration>> = h.records().iter().map(|r| r.queue).collect();
+    assert_eq!(
+        queued,
+        vec![None, Some(100 * MS), Some(200 * MS), Some(300 * MS)]
+    );
+    assert_eq!(metric(&h, "served"), 3.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_refuses_at_once() {
+    let h = one_slot("max_pending = 1");
+    h.net.set(A, answers(100 * MS, "ok"));
+    let get = |p: &'static str| h.send(Harness::get(p, &[]));
+    let (a, b, c) = tokio::join!(get("/a"), get("/b"), get("/c"));
+    assert_eq!((a.status, b.status), (Some(200), Some(200)));
+    let refused = c.answer.expect("refused");
+    assert_eq!(
+        (refused.status, refused.flag, refused.variant),
+        (503, Flag::UpstreamOverflow, Variant::Overflow)
+    );
+    assert_eq!(c.took, Duration::ZERO, "at once");
+    let cause = c.record.cause.expect("cause");
+    assert!(cause.contains("its queue (max_pending 1) full"), "{cause}");
+    assert_eq!(metric(&h, "full"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_pending_zero_keeps_fail_fast() {
+    let h = one_slot("max_pending = 0");
+    h.net.set(A, answers(100 * MS, "ok"));
+    let get = |p: &'static str| h.send(Harness::get(p, &[]));
+    let (a, b) = tokio::join!(get("/a"), get("/b"));
+    assert_eq!(a.status, Some(200));
+    let refused = b.answer.expect("refused");
+    assert_eq!(
+        (refused.status, refused.flag),
+        (503, Flag::UpstreamOverflow)
+    );
+    assert_eq!(b.took, Duration::ZERO);
+    assert!(b
+        .record
+        .cause
+        .expect("cause")
+        .ends_with("max_in_flight 1 reached"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_reaches_the_deadline_is_503_in_phase_queue() {
+    let h = one_slot("");
+    // The slot is held past everyone's deadline.
+    h.net.set(A, silent());
+    let get = |p: &'static str| h.send(Harness::get(p, &[]));
+    let (a, b) = tokio::join!(get("/a"), get("/b"));
+    assert_eq!(a.answer.expect("a").status, 504);
+    let b_answer = b.answer.expect("b");
+    assert_eq!(
+        (b_answer.status, b_answer.flag),
+        (503, Flag::UpstreamOverflow)
+    );
+    assert_eq!(b.took, Duration::from_secs(1), "waited its whole budget");
+    assert_eq!(b.record.phase, Some("queue"));
+    assert_eq!(b.record.queue, Some(Duration::from_secs(1)));
+    assert_eq!(metric(&h, "expired"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_sure_not_to_get_a_slot_in_time_is_refused_at_once() {
+    let h = one_slot("");
+    h.net.set(A, answers(500 * MS, "ok"));
+    // A request near the limit teaches the queue that a slot is held ~500 ms.
+    let warm = h.send(Harness::get("/warm", &[])).await;
+    assert_eq!(warm.status, Some(200));
+    // With the slot taken, a caller with 300 ms left (grpc-timeout) is expected to wait
+    // ~1 s: refused at once, not after its 300 ms.
+    let (a, b) = tokio::join!(
+        h.send(Harness::get("/a", &[])),
+        h.send(Harness::get("/b", &[("grpc-timeout", "300m")])),
+    );
+    assert_eq!(a.status, Some(200));
+    let refused = b.answer.expect("refused");
+    assert_eq!(
+        (refused.status, refused.flag),
+        (503, Flag::UpstreamOverflow)
+    );
+    assert_eq!(b.took, Duration::ZERO);
+    let cause = b.record.cause.expect("cause");
+    assert!(cause.contains("the expected wait in its queue"), "{cause}");
+    assert_eq!(metric(&h, "expected_wait"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_while_waiting_frees_its_place() {
+    let h = one_slot("max_pending = 1");
+    h.net.set(A, answers(300 * MS, "ok"));
+    let leaving = h.exchange(Harness::get("/leaves", &[]), b"", |c| async move {
+        tokio::time::sleep(50 * MS).await;
+        c.leave();
+    });
+    let later = async {
+        // After the leaver's place is free, there is room in the queue again.
+        tokio::time::sleep(100 * MS).await;
+        h.send(Harness::get("/later", &[])).await
+    };
+    let (first, _, later) = tokio::join!(h.send(Harness::get("/first", &[])), leaving, later);
+    assert_eq!(first.status, Some(200));
+    assert_eq!(later.status, Some(200), "{:?}", later.answer);
+    let gone_rec = h
+        .records()
+        .into_iter()
+        .find(|r| &r.path[..] == b"/leaves")
+        .expect("record");
+    assert_eq!((gone_rec.status, gone_rec.phase), (499, Some("queue")));
+    assert_eq!(metric(&h, "client_gone"), 1.0);
+}
