@@ -124,6 +124,12 @@ pub(crate) fn error_response(err: &ProxyError, d: &Decision, cx: &ErrorContext<'
 /// `100 Continue`, sent before reading a body the client is holding back.
 pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// `retry-after`: whole seconds (RFC 9110 §10.2.3), rounded up, at least 1.
+fn retry_after_field(headers: &mut Headers, after: Duration) {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    headers.push("retry-after", secs.max(1).to_string());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,10 +182,4 @@ mod tests {
             "{head}"
         );
     }
-}
-
-/// `retry-after`: whole seconds (RFC 9110 §10.2.3), rounded up, at least 1.
-fn retry_after_field(headers: &mut Headers, after: Duration) {
-    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-    headers.push("retry-after", secs.max(1).to_string());
 }

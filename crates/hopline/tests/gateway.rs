@@ -246,8 +246,8 @@ fn holding_upstream(hold: Duration) -> (FakeUpstream, mpsc::Receiver<String>) {
 }
 
 #[test]
-fn full_upstream_is_503_uo_at_once_without_queueing() {
-    let (up, received) = holding_upstream(Duration::from_millis(1500));
+fn a_full_upstream_queues_the_next_request_until_a_slot_is_free() {
+    let (up, received) = holding_upstream(Duration::from_millis(500));
     let gw = gateway(
         "",
         &route_to(&[up.addr.to_string()], "max_in_flight = 1", ""),
@@ -257,9 +257,36 @@ fn full_upstream_is_503_uo_at_once_without_queueing() {
     received
         .recv_timeout(LOG_WAIT)
         .expect("first request reached the upstream");
+    let r = get(addr, "/second", "");
+    assert_eq!(r.status, 200, "served after waiting for the slot");
+    assert_eq!(first.join().expect("first"), 200);
+    let line = log_for(&gw, "/second");
+    assert!(
+        line["queue_ms"].as_f64().expect("queue_ms") > 100.0,
+        "{line}"
+    );
+}
+
+#[test]
+fn full_upstream_is_503_uo_at_once_with_max_pending_0() {
+    let (up, received) = holding_upstream(Duration::from_millis(1500));
+    let gw = gateway(
+        "",
+        &route_to(
+            &[up.addr.to_string()],
+            "max_in_flight = 1\nmax_pending = 0",
+            "",
+        ),
+    );
+    let addr = gw.addr;
+    let first = std::thread::spawn(move || get(addr, "/first", "").status);
+    received
+        .recv_timeout(LOG_WAIT)
+        .expect("first request reached the upstream");
     let t0 = Instant::now();
     let r = get(addr, "/second", "");
     assert_eq!((r.status, r.header("x-hopline-flags")), (503, Some("UO")));
+    assert_eq!(r.header("retry-after"), Some("1"));
     assert!(
         t0.elapsed() < Duration::from_millis(500),
         "fail fast, took {:?}",
