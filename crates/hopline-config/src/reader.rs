@@ -400,6 +400,7 @@ fn upstream(cx: &mut Cx, name: &str, mut t: Tbl) -> UpstreamConfig {
         timeout: t.duration(cx, "timeout", d.timeout),
         max_in_flight: t.uint(cx, "max_in_flight", d.max_in_flight as u64, 1, 1_000_000) as usize,
         max_pending: t.uint(cx, "max_pending", d.max_pending as u64, 0, 1_000_000) as usize,
+        max_connecting: t.uint(cx, "max_connecting", d.max_connecting as u64, 1, 100_000) as usize,
         pool_idle_timeout: t.duration(cx, "pool_idle_timeout", d.pool_idle_timeout),
         pool_max_idle: t.uint(cx, "pool_max_idle", d.pool_max_idle as u64, 0, 1_000_000) as usize,
         max_response_header_bytes: t.uint(

@@ -784,6 +784,12 @@ pub struct UpstreamConfig {
     /// as its deadline allows. Default 1024 (Envoy's `max_pending_requests`); 0: none wait
     /// (503 `UO` at once, the behaviour before the queue).
     pub max_pending: usize,
+    /// Connects (and TLS handshakes) in progress per endpoint at most: a request that finds
+    /// no idle pooled connection and no free connect waits for whichever comes first, a
+    /// connection another request returns or a connect slot, within `min(connect_timeout,
+    /// time left)`. Default 64: a burst never opens more than this many connections to an
+    /// endpoint at once (a SYN flood of its listen queue).
+    pub max_connecting: usize,
     /// How long an idle pooled connection is kept. Default 30 s.
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per endpoint. Default 128.
@@ -1108,6 +1114,7 @@ impl UpstreamConfig {
             timeout: Duration::from_secs(5),
             max_in_flight: 1024,
             max_pending: 1024,
+            max_connecting: 64,
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 128,
             max_response_header_bytes: 65536,

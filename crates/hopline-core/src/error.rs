@@ -362,6 +362,18 @@ pub enum Overflow {
         /// Its limit.
         limit: usize,
     },
+    /// An endpoint's `max_connecting` connects were in progress for all of
+    /// `min(connect_timeout, time left)`, and no pooled connection came back meanwhile.
+    Connecting {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// The endpoint.
+        endpoint: std::net::SocketAddr,
+        /// `max_connecting`.
+        limit: usize,
+        /// How long the request waited.
+        waited: Duration,
+    },
     /// The shared `[egress] max_in_flight`.
     EgressInFlight {
         /// The limit.
@@ -626,6 +638,15 @@ fn overflow_text(o: &Overflow) -> String {
             format!("upstream {upstream}: max_in_flight {limit} reached")
         }
         Overflow::EgressInFlight { limit } => format!("egress max_in_flight {limit} reached"),
+        Overflow::Connecting {
+            upstream,
+            endpoint,
+            limit,
+            waited,
+        } => format!(
+            "upstream {upstream} {endpoint}: max_connecting {limit} connects in progress for {} and no pooled connection came back",
+            Human(*waited)
+        ),
         Overflow::EgressConnectionRate { upstream, limit } => {
             format!("upstream {upstream} (egress): max_new_connections_per_sec {limit} reached")
         }
@@ -729,6 +750,9 @@ impl ProxyError {
             ProxyError::ClientGone { .. } => "client closed the connection".into(),
             ProxyError::NoRoute => "no route".into(),
             ProxyError::Overflow(Overflow::UpstreamInFlight { upstream, .. }) => {
+                format!("upstream {upstream} is at its concurrency limit")
+            }
+            ProxyError::Overflow(Overflow::Connecting { upstream, .. }) => {
                 format!("upstream {upstream} is at its concurrency limit")
             }
             ProxyError::Overflow(Overflow::EgressInFlight { .. }) => {

@@ -100,6 +100,27 @@ impl InFlight {
         max_pending: usize,
         until: Instant,
     ) -> Result<InFlightGuard, QueueRefusal> {
+        self.wait_for_slot(since, max_pending, until, true).await
+    }
+
+    /// Takes a slot, waiting for one in FIFO order until `until`, with no bound on the
+    /// waiters and no refusal by expected wait (for a wait that something else may end
+    /// sooner, as a pooled connection coming back ends a wait to connect).
+    pub async fn acquire_until(
+        self: &Arc<Self>,
+        since: Instant,
+        until: Instant,
+    ) -> Result<InFlightGuard, QueueRefusal> {
+        self.wait_for_slot(since, usize::MAX, until, false).await
+    }
+
+    async fn wait_for_slot(
+        self: &Arc<Self>,
+        since: Instant,
+        max_pending: usize,
+        until: Instant,
+        shed: bool,
+    ) -> Result<InFlightGuard, QueueRefusal> {
         // Nobody waits: a free slot is taken (with waiters, a newcomer queues behind them).
         if self.pending.load(Ordering::Acquire) == 0 {
             if let Some(g) = self.take(Some(since)) {
@@ -116,7 +137,7 @@ impl InFlight {
         }
         let start = Instant::now();
         let hold = self.hold.load(Ordering::Relaxed);
-        if hold > 0 {
+        if shed && hold > 0 {
             let limit = self.limit().max(1) as u64;
             let expected = Duration::from_nanos(hold.saturating_mul(place as u64) / limit + hold);
             let left = until.saturating_duration_since(start);

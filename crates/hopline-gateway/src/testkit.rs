@@ -76,6 +76,9 @@ pub(crate) enum Peer {
     Blackhole,
     /// Accepts it; the function plays the upstream's side of the connection.
     Serve(Play),
+    /// Accepts it after this long (a connect's round trips and a TLS handshake), then
+    /// plays it as `Serve`.
+    Slow(Duration, Play),
 }
 
 /// Plays the upstream's side of one accepted connection.
@@ -103,6 +106,10 @@ pub(crate) struct Counts {
     pub requests: usize,
     /// Connections on which an upstream saw the gateway close (EOF, or the h2 stream reset).
     pub closed: usize,
+    /// Connects to a [`Peer::Slow`] in progress now.
+    pub connecting: usize,
+    /// The most connects to a [`Peer::Slow`] in progress at once.
+    pub most_connecting: usize,
 }
 
 /// The in-memory network the test gateway's upstreams connect on.
@@ -165,17 +172,36 @@ impl MemoryNet {
                 let _abandon = Abandon(self.clone());
                 std::future::pending().await
             }
-            Some(Peer::Serve(f)) => {
-                let (ours, theirs) = tokio::io::duplex(WINDOW);
-                self.count(|c| c.accepted += 1);
-                tokio::spawn(f(Side {
-                    io: theirs,
-                    buf: BytesMut::new(),
-                    net: self.clone(),
-                }));
-                Ok(ours)
+            Some(Peer::Slow(d, f)) => {
+                self.count(|c| {
+                    c.connecting += 1;
+                    c.most_connecting = c.most_connecting.max(c.connecting);
+                });
+                // Counted down also when the connect is given up (dropped).
+                struct Done(Arc<MemoryNet>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        self.0.count(|c| c.connecting -= 1);
+                    }
+                }
+                let done = Done(self.clone());
+                tokio::time::sleep(*d).await;
+                drop(done);
+                self.accept(f)
             }
+            Some(Peer::Serve(f)) => self.accept(f),
         }
+    }
+
+    fn accept(self: &Arc<Self>, f: &Play) -> io::Result<DuplexStream> {
+        let (ours, theirs) = tokio::io::duplex(WINDOW);
+        self.count(|c| c.accepted += 1);
+        tokio::spawn(f(Side {
+            io: theirs,
+            buf: BytesMut::new(),
+            net: self.clone(),
+        }));
+        Ok(ours)
     }
 }
 

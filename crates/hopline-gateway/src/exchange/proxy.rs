@@ -104,7 +104,16 @@ impl Wire for H1 {
                 return Ok((c, now));
             }
         }
-        let c = hop.connect(guard.ep()).await?;
+        let ep = guard.ep();
+        ep.connecting.set_limit(hop.up.config.max_connecting);
+        let _connecting = match ep.connecting.take_now(now) {
+            Some(slot) => slot,
+            None => match connect_or_reuse(hop, ep, fresh, now).await? {
+                Gate::Reused(c) => return Ok((c, Instant::now())),
+                Gate::Connect(slot) => slot,
+            },
+        };
+        let c = hop.connect(ep).await?;
         Ok((c, Instant::now()))
     }
 
@@ -116,6 +125,49 @@ impl Wire for H1 {
         (span, started): (SpanId, Instant),
     ) -> Result<Exchanged, Failed> {
         exchange(hop, conn, body, (span, started)).await
+    }
+}
+
+/// What a request that found `max_connecting` connects in progress got first.
+enum Gate {
+    /// A connection another request returned to the pool.
+    Reused(ClientConn),
+    /// A connect slot of its own.
+    Connect(crate::limits::InFlightGuard),
+}
+
+/// Waits, within `min(connect_timeout, time left)`, for a pooled connection to come back
+/// (unless `fresh` is asked for) or a connect slot to free: a burst reuses the
+/// connections its first requests opened instead of flooding the endpoint's listen queue.
+async fn connect_or_reuse(
+    hop: &Hop<'_>,
+    ep: &std::sync::Arc<crate::upstream::endpoint::Endpoint>,
+    fresh: bool,
+    now: Instant,
+) -> Result<Gate, ProxyError> {
+    let (until, _) = hop.deadline.bound(now, hop.up.config.connect_timeout);
+    loop {
+        let returned = ep.returned.notified();
+        let mut returned = std::pin::pin!(returned);
+        returned.as_mut().enable();
+        if !fresh {
+            if let Some(c) = hop.up.checkout(ep, Instant::now()) {
+                return Ok(Gate::Reused(c));
+            }
+        }
+        tokio::select! {
+            slot = ep.connecting.acquire_until(now, until) => {
+                return slot.map(Gate::Connect).map_err(|_| {
+                    ProxyError::Overflow(hopline_core::Overflow::Connecting {
+                        upstream: hop.up.name.clone(),
+                        endpoint: ep.addr,
+                        limit: ep.connecting.limit(),
+                        waited: now.elapsed(),
+                    })
+                });
+            }
+            () = &mut returned, if !fresh => {}
+        }
     }
 }
 

@@ -492,7 +492,7 @@ fn percent_encode(out: &mut String, bytes: &[u8]) {
 
 /// Polls every future in this task until all are done: no spawned work can outlive the
 /// request, and dropping the result future drops every call.
-async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
     let mut pending: Vec<Pin<Box<F>>> = futures.map(Box::pin).collect();
     let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {

@@ -166,3 +166,54 @@ async fn a_client_that_leaves_while_waiting_frees_its_place() {
     assert_eq!((gone_rec.status, gone_rec.phase), (499, Some("queue")));
     assert_eq!(metric(&h, "client_gone"), 1.0);
 }
+
+// ---- connects in progress per endpoint ------------------------------------------------
+
+/// A peer whose connects take 50 ms and which answers each request in 10 ms.
+fn slow_to_connect() -> crate::testkit::Peer {
+    let crate::testkit::Peer::Serve(play) = answers(10 * MS, "ok") else {
+        unreachable!("answers serves")
+    };
+    crate::testkit::Peer::Slow(50 * MS, play)
+}
+
+/// A burst of 20 requests with nothing pooled, against `max_connecting`: the connects it
+/// made, the most in progress at once, and the statuses.
+async fn burst(max_connecting: usize) -> (usize, usize, Vec<Option<u16>>) {
+    let h = Harness::new(&format!(
+        r#"
+[log]
+access = "off"
+[upstreams.u]
+endpoints = ["{A}"]
+max_connecting = {max_connecting}
+connect_timeout = "1s"
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "u"
+timeout = "2s"
+"#
+    ));
+    h.net.set(A, slow_to_connect());
+    let all = (0..20).map(|_| h.send(Harness::get("/b", &[])));
+    let outcomes = super::aggregate::join_all(all).await;
+    let statuses = outcomes.iter().map(|o| o.status).collect();
+    let counts = h.net.counts();
+    (counts.dials, counts.most_connecting, statuses)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_opens_at_most_max_connecting_connections_and_reuses_them() {
+    let (dials, most, statuses) = burst(2).await;
+    assert!(statuses.iter().all(|s| *s == Some(200)), "{statuses:?}");
+    // Two connects in progress at most; the rest take their turn on the connections the
+    // first requests return, or on a freed connect slot: 6 connections for 20 requests.
+    assert_eq!((most, dials), (2, 6));
+    let (ungated, most, _) = burst(100).await;
+    assert_eq!(
+        (most, ungated),
+        (20, 20),
+        "with room, every request opens its own"
+    );
+}

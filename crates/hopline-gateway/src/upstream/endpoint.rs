@@ -35,6 +35,11 @@ pub struct Endpoint {
     /// The name its certificate is verified against (TLS upstreams).
     pub(crate) server_name: Option<ServerName<'static>>,
     pub(crate) idle: Mutex<Vec<IdleConn>>,
+    /// Woken when a connection goes back to `idle`: a request waiting to connect may take
+    /// it instead.
+    pub(crate) returned: tokio::sync::Notify,
+    /// Connects (and TLS handshakes) in progress, at most the upstream's `max_connecting`.
+    pub(crate) connecting: Arc<crate::limits::InFlight>,
     /// HTTP/2 connections (`protocol = "h2"`), each shared by concurrent requests.
     pub(crate) h2: Mutex<Vec<H2Conn>>,
     /// Held while an HTTP/2 connection is being opened, so requests that find none wait
@@ -83,6 +88,8 @@ impl Endpoint {
             target,
             server_name,
             idle: Mutex::new(Vec::new()),
+            returned: tokio::sync::Notify::new(),
+            connecting: crate::limits::InFlight::new(64),
             h2: Mutex::new(Vec::new()),
             h2_opening: tokio::sync::Mutex::new(()),
             h2_streams: AtomicUsize::new(usize::MAX),

@@ -470,6 +470,8 @@ impl Upstream {
             stream: conn.stream,
             since: Instant::now(),
         });
+        drop(idle);
+        ep.returned.notify_one();
     }
 
     /// A stream on an HTTP/2 connection to `ep`: on an open connection below
