@@ -204,7 +204,8 @@ pub(crate) async fn slots(hop: &Hop<'_>) -> Result<Slots, ProxyError> {
     up.budget.deposit();
     let in_flight = match up.in_flight.take_now(hop.deadline.start()) {
         Some(slot) => slot,
-        None => queue(hop).await?,
+        // Boxed: only a request that must wait carries the queue's state.
+        None => Box::pin(queue(hop)).await?,
     };
     let egress = match up.zone() {
         Zone::Egress => hop.gw.egress.slot().map_err(ProxyError::Overflow)?,

@@ -108,7 +108,8 @@ impl Wire for H1 {
         ep.connecting.set_limit(hop.up.config.max_connecting);
         let _connecting = match ep.connecting.take_now(now) {
             Some(slot) => slot,
-            None => match connect_or_reuse(hop, ep, fresh, now).await? {
+            // Boxed: only a request that must wait carries the wait's state.
+            None => match Box::pin(connect_or_reuse(hop, ep, fresh, now)).await? {
                 Gate::Reused(c) => return Ok((c, Instant::now())),
                 Gate::Connect(slot) => slot,
             },
@@ -146,6 +147,15 @@ async fn connect_or_reuse(
     now: Instant,
 ) -> Result<Gate, ProxyError> {
     let (until, _) = hop.deadline.bound(now, hop.up.config.connect_timeout);
+    struct Awaiting<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Awaiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+    ep.awaiting_return
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let _awaiting = Awaiting(&ep.awaiting_return);
     loop {
         let returned = ep.returned.notified();
         let mut returned = std::pin::pin!(returned);

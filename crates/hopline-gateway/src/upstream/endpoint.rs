@@ -38,6 +38,8 @@ pub struct Endpoint {
     /// Woken when a connection goes back to `idle`: a request waiting to connect may take
     /// it instead.
     pub(crate) returned: tokio::sync::Notify,
+    /// Requests waiting on `returned` (no wake is sent when there are none).
+    pub(crate) awaiting_return: AtomicUsize,
     /// Connects (and TLS handshakes) in progress, at most the upstream's `max_connecting`.
     pub(crate) connecting: Arc<crate::limits::InFlight>,
     /// HTTP/2 connections (`protocol = "h2"`), each shared by concurrent requests.
@@ -89,6 +91,7 @@ impl Endpoint {
             server_name,
             idle: Mutex::new(Vec::new()),
             returned: tokio::sync::Notify::new(),
+            awaiting_return: AtomicUsize::new(0),
             connecting: crate::limits::InFlight::new(64),
             h2: Mutex::new(Vec::new()),
             h2_opening: tokio::sync::Mutex::new(()),

@@ -471,7 +471,9 @@ impl Upstream {
             since: Instant::now(),
         });
         drop(idle);
-        ep.returned.notify_one();
+        if ep.awaiting_return.load(Ordering::Acquire) > 0 {
+            ep.returned.notify_one();
+        }
     }
 
     /// A stream on an HTTP/2 connection to `ep`: on an open connection below
