@@ -117,3 +117,119 @@ fn requests_that_cannot_be_served_in_their_budget_are_refused_at_once() {
     }
     assert!(refused >= 1, "none refused: {late:?}");
 }
+
+/// nginx answering `return 200` on `port`, listening with a listen queue of 64 (as small
+/// as many application servers'), so that a connect storm overflows it.
+fn small_backlog_nginx(dir: &std::path::Path, port: u16) -> Daemon {
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/b;\n  proxy_temp_path {d}/p;\n\
+         fastcgi_temp_path {d}/f;\n  uwsgi_temp_path {d}/u;\n  scgi_temp_path {d}/s;\n\
+         server {{\n    listen 127.0.0.1:{port} backlog=64;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("conf");
+    let child = std::process::Command::new("nginx")
+        .args([
+            "-c",
+            path.to_str().expect("utf8"),
+            "-p",
+            dir.to_str().expect("utf8"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx (apt install nginx-light)");
+    Daemon(child)
+}
+
+/// Opens `n` keep-alive connections, then sends one GET on every one at the same moment;
+/// the statuses.
+async fn burst(addr: std::net::SocketAddr, n: usize) -> Vec<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let go = go.clone();
+            tokio::spawn(async move {
+                go.wait().await;
+                if c.write_all(b"GET /b HTTP/1.1\r\nhost: t\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return 0;
+                }
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                let read = async {
+                    loop {
+                        match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), read).await;
+                std::str::from_utf8(buf.get(9..12).unwrap_or(b"000"))
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap_or(0));
+    }
+    out
+}
+
+#[test]
+#[ignore = "5,000 connections against nginx with a 64-entry listen queue; run by .ci/run"]
+fn a_burst_of_five_thousand_does_not_storm_an_upstream_with_a_small_listen_queue() {
+    let dir = temp_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let _nginx = small_backlog_nginx(&dir, port);
+    let up: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(up).is_err() {
+        assert!(Instant::now() < end, "nginx never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gw = gateway(
+        "max_connections = 12000\nheader_read_timeout = \"30s\"",
+        &format!("[upstreams.m]\nendpoints = [\"{up}\"]\nmax_in_flight = 10000\npool_max_idle = 1024\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\ntimeout = \"20s\"\n[deadline]\nmax = \"20s\"\n"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for run in 1..=3 {
+        let statuses = rt.block_on(burst(gw.addr, 5000));
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let others: Vec<_> = statuses.iter().filter(|s| **s != 200).take(10).collect();
+        eprintln!("burst {run}: {ok} of 5000 answered 200 {others:?}");
+        assert_eq!(ok, 5000, "run {run}: {others:?}");
+    }
+    let connects = gw
+        .json_lines()
+        .iter()
+        .filter(|l| l["upstream_reused"] == false)
+        .count();
+    eprintln!("upstream connections opened over 3 bursts: {connects}");
+}
