@@ -88,13 +88,11 @@ pub(crate) fn error_parts(err: &ProxyError, d: &Decision, cx: &ErrorContext<'_>)
         ProxyError::MethodNotAllowed { allow, .. } => {
             headers.push("allow", Bytes::copy_from_slice(allow.as_bytes()));
         }
-        ProxyError::NoEndpoint { retry_after, .. } => retry_after_field(&mut headers, *retry_after),
-        // A full limit: come back once a slot may be free (the expected wait, else 1 s).
-        ProxyError::Overflow(Overflow::Queued { why, .. }) => {
-            retry_after_field(&mut headers, why.retry_after());
+        e => {
+            if let Some(after) = retry_after(e) {
+                retry_after_field(&mut headers, after);
+            }
         }
-        ProxyError::Overflow(_) => retry_after_field(&mut headers, Duration::from_secs(1)),
-        _ => {}
     }
     ErrorResponse {
         status: d.status,
@@ -123,6 +121,17 @@ pub(crate) fn error_response(err: &ProxyError, d: &Decision, cx: &ErrorContext<'
 
 /// `100 Continue`, sent before reading a body the client is holding back.
 pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// When a client refused by hopline's own limits may ask again: for no usable endpoint,
+/// the earliest readmission; for a full limit, the queue's expected wait, else 1 s.
+pub(crate) fn retry_after(err: &ProxyError) -> Option<Duration> {
+    match err {
+        ProxyError::NoEndpoint { retry_after, .. } => Some(*retry_after),
+        ProxyError::Overflow(Overflow::Queued { why, .. }) => Some(why.retry_after()),
+        ProxyError::Overflow(_) => Some(Duration::from_secs(1)),
+        _ => None,
+    }
+}
 
 /// `retry-after`: whole seconds (RFC 9110 §10.2.3), rounded up, at least 1.
 fn retry_after_field(headers: &mut Headers, after: Duration) {

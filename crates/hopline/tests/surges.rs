@@ -233,3 +233,54 @@ fn a_burst_of_five_thousand_does_not_storm_an_upstream_with_a_small_listen_queue
         .count();
     eprintln!("upstream connections opened over 3 bursts: {connects}");
 }
+
+#[test]
+fn a_grpc_call_refused_by_a_full_upstream_gets_unavailable_with_pushback() {
+    let (tx, got) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let up = FakeUpstream::start(move |_, mut s| {
+        if read_request(&mut s).is_some() {
+            let _ = tx.lock().expect("lock").send(());
+            std::thread::sleep(Duration::from_millis(1500));
+            let _ = s.write_all(OK_RESPONSE);
+        }
+    });
+    let gw = gateway(
+        "h2c = true",
+        &format!("[upstreams.m]\nendpoints = [\"{}\"]\nmax_in_flight = 1\nmax_pending = 0\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n", up.addr),
+    );
+    let addr = gw.addr;
+    // One request holds the only slot.
+    let holder = std::thread::spawn(move || get(addr, "/hold", "").status);
+    got.recv_timeout(Duration::from_secs(10))
+        .expect("the holder reached the upstream");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let headers = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::post("http://gw.test/pkg.Svc/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("req");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        resp.await.expect("response").into_parts().0.headers
+    });
+    assert_eq!(
+        headers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"14"[..])
+    );
+    assert_eq!(
+        headers.get("grpc-retry-pushback-ms").map(|v| v.as_bytes()),
+        Some(&b"1000"[..]),
+        "{headers:?}"
+    );
+    assert_eq!(holder.join().expect("holder"), 200);
+}

@@ -482,6 +482,11 @@ impl H2Front<'_> {
             h.insert("grpc-message", v);
         }
         h.insert("x-hopline-flags", HeaderValue::from_static(flag.code()));
+        // gRPC's pushback: when to retry (hopline's own limits), in milliseconds.
+        if let Some(after) = crate::response::retry_after(err) {
+            let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
+            h.insert("grpc-retry-pushback-ms", HeaderValue::from(ms));
+        }
         if let Ok(v) = HeaderValue::from_str(cx.trace_id) {
             h.insert("x-request-id", v);
         }
