@@ -250,6 +250,32 @@ impl RateLimit {
         *s = (0.0, Instant::now());
     }
 
+    /// Takes one token: now when the bucket has one (`Some(now)`), else the next one the
+    /// rate refills, when that comes by `until` (`Some(when)`: the caller waits until then;
+    /// tokens promised to earlier callers come first); `None` when it does not.
+    pub fn reserve(&self, until: Instant) -> Option<Instant> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let rate = f64::from(self.rate());
+        let refill = now.duration_since(s.1).as_secs_f64() * rate;
+        s.0 = (s.0 + refill).min(rate);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            return Some(now);
+        }
+        if rate <= 0.0 {
+            return None;
+        }
+        let at = now + Duration::from_secs_f64((1.0 - s.0) / rate);
+        if at > until {
+            return None;
+        }
+        // Promised: the bucket goes into debt, so the next caller waits behind this one.
+        s.0 -= 1.0;
+        Some(at)
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());

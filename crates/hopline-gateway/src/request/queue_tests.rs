@@ -217,3 +217,46 @@ async fn a_burst_opens_at_most_max_connecting_connections_and_reuses_them() {
         "with room, every request opens its own"
     );
 }
+
+// ---- the egress new-connection rate ---------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_new_egress_connection_waits_for_the_rates_next_token_within_its_connect_budget() {
+    let h = Harness::new(&format!(
+        r#"
+[log]
+access = "off"
+[egress]
+max_new_connections_per_sec = 2
+[upstreams.u]
+endpoints = ["{A}"]
+zone = "egress"
+connect_timeout = "800ms"
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "u"
+timeout = "2s"
+"#
+    ));
+    h.net.set(A, answers(Duration::ZERO, "ok"));
+    let get = |p: &'static str| h.send(Harness::get(p, &[]));
+    let (a, b, c, d) = tokio::join!(get("/a"), get("/b"), get("/c"), get("/d"));
+    // Two tokens on hand; the third comes 500 ms later, inside the 800 ms connect budget;
+    // the fourth (1 s) would not: refused at once.
+    let took = [&a, &b, &c].map(|o| (o.status, o.took));
+    assert_eq!(
+        took,
+        [
+            (Some(200), Duration::ZERO),
+            (Some(200), Duration::ZERO),
+            (Some(200), 500 * MS)
+        ]
+    );
+    let refused = d.answer.expect("refused");
+    assert_eq!(
+        (refused.status, refused.flag),
+        (503, Flag::UpstreamOverflow)
+    );
+    assert_eq!(d.took, Duration::ZERO);
+}

@@ -93,22 +93,31 @@ impl Egress {
         }
     }
 
-    /// A new-connection token for `upstream` (egress), or the overflow that refuses it.
-    fn take_new_connection(&self, upstream: &Arc<str>) -> Result<(), Overflow> {
+    /// A new-connection token for `upstream` (egress): now, or (the local rate) the
+    /// instant the next one is promised, when that comes by `until`; else the overflow that
+    /// refuses it.
+    fn take_new_connection(
+        &self,
+        upstream: &Arc<str>,
+        until: Instant,
+    ) -> Result<Option<Instant>, Overflow> {
         if let Some(shared) = &self.shared {
-            return shared
-                .take_connection()
-                .map_err(|refusal| Overflow::EgressShared {
+            return shared.take_connection().map(|()| None).map_err(|refusal| {
+                Overflow::EgressShared {
                     scope: shared.scope().into(),
                     refusal,
-                });
+                }
+            });
         }
         match &self.new_connections {
-            Some(rate) if !rate.try_take() => Err(Overflow::EgressConnectionRate {
-                upstream: upstream.clone(),
-                limit: rate.rate(),
-            }),
-            _ => Ok(()),
+            Some(rate) => match rate.reserve(until) {
+                Some(at) => Ok(Some(at)),
+                None => Err(Overflow::EgressConnectionRate {
+                    upstream: upstream.clone(),
+                    limit: rate.rate(),
+                }),
+            },
+            None => Ok(None),
         }
     }
 }
@@ -587,11 +596,14 @@ impl Upstream {
         metrics: &Metrics,
         note: PhaseNote<'_>,
     ) -> Result<ClientConn, ProxyError> {
-        self.take_new_connection(egress)?;
         let addr = ep.addr;
         let start = Instant::now();
         let fail = |kind| self.error(addr, start, kind);
         let (until, by_deadline) = deadline.bound(start, self.config.connect_timeout);
+        // A new egress connection waits for the NAT's rate within the connect budget.
+        if let Some(at) = self.take_new_connection(egress, until)? {
+            tokio::time::sleep_until(at).await;
+        }
         let raw = match tokio::time::timeout_at(until, self.dial(addr)).await {
             Err(_) => {
                 let (limit, source_limit) = self.connect_limit(deadline, by_deadline);
@@ -649,14 +661,19 @@ impl Upstream {
         Ok(Dialed::Tcp(tcp))
     }
 
-    /// A new egress connection takes a token from the shared rate limit (the NAT's), or
-    /// fails `UO`.
-    fn take_new_connection(&self, egress: &Egress) -> Result<(), ProxyError> {
+    /// A new egress connection takes a token from the shared rate limit (the NAT's): at
+    /// once, or the instant to wait for one that comes by `until`; else `UO`.
+    fn take_new_connection(
+        &self,
+        egress: &Egress,
+        until: Instant,
+    ) -> Result<Option<Instant>, ProxyError> {
         match self.zone() {
             Zone::Egress => egress
-                .take_new_connection(&self.name)
+                .take_new_connection(&self.name, until)
+                .map(|at| at.filter(|at| *at > Instant::now()))
                 .map_err(ProxyError::Overflow),
-            Zone::Internal => Ok(()),
+            Zone::Internal => Ok(None),
         }
     }
 
