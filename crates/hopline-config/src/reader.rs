@@ -457,6 +457,7 @@ fn outlier(cx: &mut Cx, mut t: Tbl) -> OutlierConfig {
             0,
             100,
         ) as u8,
+        slow_start: t.opt_duration(cx, "slow_start").unwrap_or(d.slow_start),
     };
     if o.max_ejection < o.base_ejection {
         cx.report(

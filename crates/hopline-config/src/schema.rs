@@ -95,6 +95,7 @@ pub fn schema() -> Value {
             "base_ejection": duration("default 30s, times the endpoint's number of ejections"),
             "max_ejection": duration("default 5m"),
             "max_ejection_percent": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50},
+            "slow_start": duration("an endpoint back from ejection or failed health checks ramps from a tenth to its full least-request share over this long (default: off)"),
         })),
         "health": {
             "type": "object", "additionalProperties": false, "required": ["path"],

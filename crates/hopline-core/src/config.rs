@@ -143,6 +143,10 @@ pub struct OutlierConfig {
     pub max_ejection: Duration,
     /// Never more than this share of the endpoints ejected at once. Default 50 (%).
     pub max_ejection_percent: u8,
+    /// An endpoint back after an ejection or failed health checks gets a share of the
+    /// least-request pick that ramps up from a tenth to all of it over this long, so it is
+    /// not handed a full share at once. Default zero: off.
+    pub slow_start: Duration,
 }
 
 impl Default for OutlierConfig {
@@ -153,6 +157,7 @@ impl Default for OutlierConfig {
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 50,
+            slow_start: Duration::ZERO,
         }
     }
 }

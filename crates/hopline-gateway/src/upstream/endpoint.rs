@@ -76,6 +76,9 @@ struct Standing {
     last_check: Option<(SystemTime, Result<u16, String>)>,
     /// The most recent failures, newest last.
     recent: VecDeque<(SystemTime, &'static str)>,
+    /// Back from an ejection or failed health checks at this instant: warming up under
+    /// `outlier.slow_start`.
+    warming_since: Option<Instant>,
 }
 
 impl Endpoint {
@@ -103,6 +106,21 @@ impl Endpoint {
             removed: AtomicBool::new(false),
             standing: Mutex::new(Standing::default()),
         }
+    }
+
+    /// Its weight in the least-request pick under `slow_start`: from 0.1 just back to 1
+    /// once the window has passed (or when it is not warming up).
+    fn warmth(&self, slow_start: Duration) -> f64 {
+        let mut s = self.standing();
+        let Some(since) = s.warming_since else {
+            return 1.0;
+        };
+        let f = since.elapsed().as_secs_f64() / slow_start.as_secs_f64();
+        if f >= 1.0 {
+            s.warming_since = None;
+            return 1.0;
+        }
+        f.max(0.1)
     }
 
     /// Requests on it now.
@@ -397,8 +415,9 @@ impl EndpointSet {
         if list.is_empty() {
             return Err(NoEndpoint::Empty);
         }
+        let warm = self.outlier.slow_start;
         let ep = if self.unusable.load(Ordering::Relaxed) == 0 {
-            choose(&list, lb, draw, avoid)
+            choose(&list, lb, draw, (avoid, warm))
         } else {
             let now = Instant::now();
             let usable: Vec<Arc<Endpoint>> = list
@@ -414,9 +433,9 @@ impl EndpointSet {
             if usable.is_empty() {
                 return Err(NoEndpoint::NoneUsable);
             } else if panic {
-                choose(&list, lb, draw, avoid)
+                choose(&list, lb, draw, (avoid, warm))
             } else {
-                choose(&usable, lb, draw, avoid)
+                choose(&usable, lb, draw, (avoid, warm))
             }
         };
         ep.active.fetch_add(1, Ordering::Relaxed);
@@ -441,6 +460,7 @@ impl EndpointSet {
             if !s.unhealthy {
                 self.unusable.fetch_sub(1, Ordering::Relaxed);
             }
+            s.warming_since = Some(now);
             self.event(ep, "returned", "after its ejection".into());
         }
         !s.unhealthy
@@ -587,6 +607,9 @@ impl EndpointSet {
             return;
         }
         s.unhealthy = !s.unhealthy;
+        if !s.unhealthy {
+            s.warming_since = Some(Instant::now());
+        }
         if s.ejected_until.is_none() {
             if s.unhealthy {
                 self.unusable.fetch_add(1, Ordering::Relaxed);
@@ -692,12 +715,14 @@ impl EndpointSet {
     }
 }
 
-/// Picks from `list` (non-empty) by `lb`, avoiding the endpoint at `avoid` when another exists.
+/// Picks from `list` (non-empty) by `lb`, avoiding the endpoint at `avoid` when another
+/// exists; with `warm` (`outlier.slow_start`), least request weighs an endpoint that is
+/// warming up by how far it is through the window.
 fn choose(
     list: &[Arc<Endpoint>],
     lb: LoadBalancing,
     draw: usize,
-    avoid: Option<SocketAddr>,
+    (avoid, warm): (Option<SocketAddr>, Duration),
 ) -> Arc<Endpoint> {
     let n = list.len();
     let avoid = avoid
@@ -719,7 +744,17 @@ fn choose(
             // A second candidate, different from the first.
             let b = (a + 1 + (r >> 32) as usize % (m - 1)) % m;
             let (a, b) = (at(a), at(b));
-            if list[b].in_flight() < list[a].in_flight() {
+            if !warm.is_zero() {
+                // Load per unit of weight: (in flight + 1) / weight, compared across.
+                let (wa, wb) = (list[a].warmth(warm), list[b].warmth(warm));
+                let la = (list[a].in_flight() + 1) as f64 * wb;
+                let lb = (list[b].in_flight() + 1) as f64 * wa;
+                if lb < la {
+                    b
+                } else {
+                    a
+                }
+            } else if list[b].in_flight() < list[a].in_flight() {
                 b
             } else {
                 a
@@ -792,6 +827,10 @@ mod tests {
     use super::*;
 
     fn set(n: usize) -> Arc<EndpointSet> {
+        set_with(n, OutlierConfig::default())
+    }
+
+    fn set_with(n: usize, outlier: OutlierConfig) -> Arc<EndpointSet> {
         let endpoints = (0..n)
             .map(|i| {
                 let addr = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
@@ -803,7 +842,7 @@ mod tests {
                 .expect("log off");
         Arc::new(EndpointSet::new(
             "u".into(),
-            OutlierConfig::default(),
+            outlier,
             50,
             endpoints,
             Arc::new(Metrics::new()),
@@ -814,6 +853,33 @@ mod tests {
 
     fn index(g: &EndpointGuard) -> usize {
         usize::from(g.ep().addr.port() - 9000)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_back_from_ejection_ramps_up_under_slow_start() {
+        let outlier = OutlierConfig {
+            slow_start: Duration::from_secs(10),
+            ..OutlierConfig::default()
+        };
+        let s = set_with(2, outlier);
+        s.list()[0].standing().warming_since = Some(Instant::now());
+        // Requests held (so loads build up): the warming one's share follows its weight,
+        // a tenth just back, a half half-way through, all of it after the window.
+        let share = |s: &Arc<EndpointSet>| {
+            let held: Vec<EndpointGuard> = (0..22)
+                .map(|d| s.pick(LoadBalancing::LeastRequest, d, None).expect("pick"))
+                .collect();
+            held.iter().filter(|g| index(g) == 0).count()
+        };
+        let just_back = share(&s);
+        assert!(just_back <= 2, "{just_back} of 22 just back");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let half_way = share(&s);
+        assert!((5..=9).contains(&half_way), "{half_way} of 22 half-way");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let warm = share(&s);
+        assert!((10..=12).contains(&warm), "{warm} of 22 once warm");
+        assert!(s.list()[0].standing().warming_since.is_none(), "warm now");
     }
 
     fn counts(
