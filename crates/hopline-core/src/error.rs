@@ -77,10 +77,16 @@ impl ProxyError {
     pub fn upstream_phase(&self) -> Option<Phase> {
         match self {
             ProxyError::Upstream(e) => Some(e.kind.phase()),
-            ProxyError::Overflow(Overflow::Queued {
-                why: QueueRefusal::Expired { .. },
-                ..
-            }) => Some(Phase::Queue),
+            ProxyError::Overflow(
+                Overflow::Queued {
+                    why: QueueRefusal::Expired { .. },
+                    ..
+                }
+                | Overflow::EgressQueued {
+                    why: QueueRefusal::Expired { .. },
+                    ..
+                },
+            ) => Some(Phase::Queue),
             _ => None,
         }
     }
@@ -379,6 +385,14 @@ pub enum Overflow {
         /// The limit.
         limit: usize,
     },
+    /// The shared `[egress] max_in_flight`, with no place for the request in its queue in
+    /// time (the calling upstream's `max_pending` bounds it).
+    EgressQueued {
+        /// The limit.
+        limit: usize,
+        /// Why the queue gave it no slot.
+        why: QueueRefusal,
+    },
     /// The shared `[egress] max_new_connections_per_sec`.
     EgressConnectionRate {
         /// The upstream that wanted a connection.
@@ -638,6 +652,20 @@ fn overflow_text(o: &Overflow) -> String {
             format!("upstream {upstream}: max_in_flight {limit} reached")
         }
         Overflow::EgressInFlight { limit } => format!("egress max_in_flight {limit} reached"),
+        Overflow::EgressQueued { limit, why } => match why {
+            QueueRefusal::Full { max_pending } => format!(
+                "egress max_in_flight {limit} reached and its queue (max_pending {max_pending}) full"
+            ),
+            QueueRefusal::ExpectedWait { expected, left } => format!(
+                "egress max_in_flight {limit} reached; the expected wait in its queue, {}, is beyond the {} left",
+                Human(*expected),
+                Human(*left)
+            ),
+            QueueRefusal::Expired { waited } => format!(
+                "waited {} in the egress queue for one of max_in_flight {limit} slots until the deadline",
+                Human(*waited)
+            ),
+        },
         Overflow::Connecting {
             upstream,
             endpoint,
@@ -755,9 +783,9 @@ impl ProxyError {
             ProxyError::Overflow(Overflow::Connecting { upstream, .. }) => {
                 format!("upstream {upstream} is at its concurrency limit")
             }
-            ProxyError::Overflow(Overflow::EgressInFlight { .. }) => {
-                "egress concurrency limit reached".into()
-            }
+            ProxyError::Overflow(
+                Overflow::EgressInFlight { .. } | Overflow::EgressQueued { .. },
+            ) => "egress concurrency limit reached".into(),
             ProxyError::Overflow(Overflow::EgressConnectionRate { upstream, .. }) => {
                 format!("upstream {upstream}: egress connection rate limit reached")
             }

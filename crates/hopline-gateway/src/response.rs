@@ -127,7 +127,9 @@ pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub(crate) fn retry_after(err: &ProxyError) -> Option<Duration> {
     match err {
         ProxyError::NoEndpoint { retry_after, .. } => Some(*retry_after),
-        ProxyError::Overflow(Overflow::Queued { why, .. }) => Some(why.retry_after()),
+        ProxyError::Overflow(Overflow::Queued { why, .. } | Overflow::EgressQueued { why, .. }) => {
+            Some(why.retry_after())
+        }
         ProxyError::Overflow(_) => Some(Duration::from_secs(1)),
         _ => None,
     }

@@ -208,7 +208,14 @@ pub(crate) async fn slots(hop: &Hop<'_>) -> Result<Slots, ProxyError> {
         None => Box::pin(queue(hop)).await?,
     };
     let egress = match up.zone() {
-        Zone::Egress => hop.gw.egress.slot().map_err(ProxyError::Overflow)?,
+        Zone::Egress => {
+            // If it has to wait for an egress slot, it waits in a queue.
+            hop.phase(Phase::Queue);
+            let (since, until) = (hop.deadline.start(), hop.deadline.at());
+            let max_pending = up.config.max_pending;
+            let egress = hop.gw.egress.slot_within(since, max_pending, until);
+            egress.await.map_err(ProxyError::Overflow)?
+        }
         Zone::Internal => None,
     };
     Ok(Slots {

@@ -260,3 +260,32 @@ timeout = "2s"
     );
     assert_eq!(d.took, Duration::ZERO);
 }
+
+#[tokio::test(start_paused = true)]
+async fn egress_calls_over_the_egress_limit_wait_in_its_queue_too() {
+    let h = Harness::new(&format!(
+        r#"
+[log]
+access = "off"
+[egress]
+max_in_flight = 1
+[upstreams.u]
+endpoints = ["{A}"]
+zone = "egress"
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "u"
+timeout = "1s"
+"#
+    ));
+    h.net.set(A, answers(100 * MS, "ok"));
+    let get = |p: &'static str| h.send(Harness::get(p, &[]));
+    let (a, b) = tokio::join!(get("/a"), get("/b"));
+    assert_eq!((a.status, a.took), (Some(200), 100 * MS));
+    assert_eq!(
+        (b.status, b.took),
+        (Some(200), 200 * MS),
+        "waited for the egress slot"
+    );
+}

@@ -70,6 +70,35 @@ pub enum EgressSlot {
 }
 
 impl Egress {
+    /// An in-flight slot for an egress call, waiting for one of `[egress] max_in_flight`'s
+    /// in its queue (at most `max_pending` waiting, until `until`, refused at once when the
+    /// expected wait is beyond it; `max_pending` 0: no wait) when they are all taken.
+    pub async fn slot_within(
+        &self,
+        since: Instant,
+        max_pending: usize,
+        until: Instant,
+    ) -> Result<Option<EgressSlot>, Overflow> {
+        let (Some(limit), None) = (&self.in_flight, &self.shared) else {
+            return self.slot();
+        };
+        if let Some(guard) = limit.take_now(since) {
+            return Ok(Some(EgressSlot::Local(guard)));
+        }
+        if max_pending == 0 {
+            return Err(Overflow::EgressInFlight {
+                limit: limit.limit(),
+            });
+        }
+        match Box::pin(limit.acquire(Instant::now(), max_pending, until)).await {
+            Ok(guard) => Ok(Some(EgressSlot::Local(guard))),
+            Err(why) => Err(Overflow::EgressQueued {
+                limit: limit.limit(),
+                why,
+            }),
+        }
+    }
+
     /// An in-flight slot for an egress call (`None` when egress calls are not limited),
     /// or the overflow that refuses it.
     pub fn slot(&self) -> Result<Option<EgressSlot>, Overflow> {
