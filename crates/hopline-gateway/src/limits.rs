@@ -192,7 +192,11 @@ impl InFlight {
     /// Changes the ceiling (a reload): applies to new acquisitions; slots already taken
     /// stay taken until released.
     pub fn set_limit(&self, limit: usize) {
-        self.limit.store(limit, Ordering::Relaxed);
+        let old = self.limit.swap(limit, Ordering::Relaxed);
+        // A raised limit has room for those waiting now.
+        if limit > old && self.pending.load(Ordering::Acquire) > 0 {
+            self.released.notify_waiters();
+        }
     }
 
     /// Slots taken now.
