@@ -186,7 +186,7 @@ fn egress_limit_is_shared_by_all_egress_upstreams_and_zone_is_logged() {
     let text = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n[egress]\nmax_in_flight = 1\n\
          [upstreams.a]\nendpoints = [\"{}\"]\nzone = \"egress\"\n\
-         [upstreams.b]\nendpoints = [\"{}\"]\nzone = \"egress\"\n\
+         [upstreams.b]\nendpoints = [\"{}\"]\nzone = \"egress\"\nmax_pending = 0\n\
          [upstreams.inside]\nendpoints = [\"{}\"]\n\
          [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"a\"\n\
          [[routes]]\nname = \"b\"\npath = \"/b\"\nupstream = \"b\"\n\
@@ -209,7 +209,7 @@ fn egress_limit_is_shared_by_all_egress_upstreams_and_zone_is_logged() {
     {
         assert!(std::time::Instant::now() < end, "/a never went in flight");
     }
-    // ...then another egress upstream fails fast...
+    // ...then another egress upstream (which does not queue) fails fast...
     let r = get(addr, "/b", "");
     assert_eq!((r.status, r.header("x-hopline-flags")), (503, Some("UO")));
     // ...but an internal one does not share the NAT's budget.
