@@ -122,10 +122,8 @@ impl InFlight {
         shed: bool,
     ) -> Result<InFlightGuard, QueueRefusal> {
         // Nobody waits: a free slot is taken (with waiters, a newcomer queues behind them).
-        if self.pending.load(Ordering::Acquire) == 0 {
-            if let Some(g) = self.take(Some(since)) {
-                return Ok(g);
-            }
+        if let Some(g) = self.take_now(since) {
+            return Ok(g);
         }
         if max_pending == 0 {
             return Err(QueueRefusal::Full { max_pending });
@@ -282,18 +280,8 @@ impl RateLimit {
 
     /// Takes one token if there is one.
     pub fn try_take(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let rate = f64::from(self.rate());
-        let refill = now.duration_since(s.1).as_secs_f64() * rate;
-        s.0 = (s.0 + refill).min(rate);
-        s.1 = now;
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
-            true
-        } else {
-            false
-        }
+        // A token promised for later is never one by now.
+        self.reserve(Instant::now()).is_some()
     }
 }
 
