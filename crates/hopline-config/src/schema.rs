@@ -84,7 +84,7 @@ pub fn schema() -> Value {
         "alpn": {"type": "array", "items": {"enum": ["http/1.1", "h2"]}, "description": "default: the upstream's protocol"},
         "tcp_keepalive": keepalive("upstream connections"),
         "tcp_user_timeout": duration("TCP_USER_TIMEOUT: how long sent data may stay unacknowledged (default: the kernel's)"),
-        "max_connecting": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 64, "description": "connects in progress per endpoint at most; others wait for a returned pooled connection or a connect slot within min(connect_timeout, time left)"},
+        "max_connecting": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 64, "description": "connects in progress per endpoint at most; others wait for a returned pooled connection or a connect slot within the time left, at most connect_timeout with none returned"},
         "max_pending": {"type": "integer", "minimum": 0, "maximum": 1000000, "default": 1024, "description": "requests that may wait, in order and within their deadline, for one of max_in_flight's slots; 0: 503 UO at once"},
         "retry_buffer_bytes": {"type": "integer", "minimum": 0, "maximum": 16777216, "default": 65536, "description": "bytes of a streamed request body kept to resend it after a stale pooled connection; a request that sent more is not resent"},
         "panic_threshold": {"type": "integer", "minimum": 0, "maximum": 100, "default": 50, "description": "when some endpoints are usable but fewer than this share (%), balance over all (panic mode); none usable is 503 UH with Retry-After"},

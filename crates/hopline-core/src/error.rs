@@ -379,6 +379,9 @@ pub enum Overflow {
         limit: usize,
         /// How long the request waited.
         waited: Duration,
+        /// The wait ended because `connect_timeout` passed with no connection coming back
+        /// to the endpoint (`false`: the deadline ended it).
+        stalled: bool,
     },
     /// The shared `[egress] max_in_flight`.
     EgressInFlight {
@@ -671,8 +674,19 @@ fn overflow_text(o: &Overflow) -> String {
             endpoint,
             limit,
             waited,
+            stalled: true,
         } => format!(
             "upstream {upstream} {endpoint}: max_connecting {limit} connects in progress for {} and no pooled connection came back",
+            Human(*waited)
+        ),
+        Overflow::Connecting {
+            upstream,
+            endpoint,
+            limit,
+            waited,
+            stalled: false,
+        } => format!(
+            "upstream {upstream} {endpoint}: max_connecting {limit} connects in progress; waited {} for a connection until the deadline",
             Human(*waited)
         ),
         Overflow::EgressConnectionRate { upstream, limit } => {

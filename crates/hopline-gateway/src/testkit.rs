@@ -352,6 +352,8 @@ pub(crate) struct Answer {
     pub timeout: Option<TimeoutSource>,
     /// How long the failed step had run (upstream errors).
     pub elapsed: Option<Duration>,
+    /// The cause as the access log gives it.
+    pub cause: String,
 }
 
 /// Which [`ProxyError`] an answer was.
@@ -401,6 +403,7 @@ impl Answer {
             phase,
             timeout,
             elapsed,
+            cause: err.to_string(),
         }
     }
 }

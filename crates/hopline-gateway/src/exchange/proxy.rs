@@ -115,6 +115,14 @@ impl Wire for H1 {
             },
         };
         let c = hop.connect(ep).await?;
+        if ep
+            .awaiting_return
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+        {
+            ep.progress
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok((c, Instant::now()))
     }
 
@@ -137,25 +145,30 @@ enum Gate {
     Connect(crate::limits::InFlightGuard),
 }
 
-/// Waits, within `min(connect_timeout, time left)`, for a pooled connection to come back
-/// (unless `fresh` is asked for) or a connect slot to free: a burst reuses the
-/// connections its first requests opened instead of flooding the endpoint's listen queue.
+/// Waits for a pooled connection to come back (unless `fresh` is asked for) or a connect
+/// slot to free, within the time left: a burst reuses the connections its first requests
+/// opened instead of flooding the endpoint's listen queue. The wait ends sooner when
+/// `connect_timeout` passes with no connect to the endpoint finishing and no connection
+/// coming back to it (for anyone): then its connects are hanging, not merely busy.
 async fn connect_or_reuse(
     hop: &Hop<'_>,
     ep: &std::sync::Arc<crate::upstream::endpoint::Endpoint>,
     fresh: bool,
     now: Instant,
 ) -> Result<Gate, ProxyError> {
-    let (until, _) = hop.deadline.bound(now, hop.up.config.connect_timeout);
+    use std::sync::atomic::Ordering;
+    let quiet = hop.up.config.connect_timeout;
+    let deadline = hop.deadline.at();
+    let mut until = (now + quiet).min(deadline);
     struct Awaiting<'a>(&'a std::sync::atomic::AtomicUsize);
     impl Drop for Awaiting<'_> {
         fn drop(&mut self) {
-            self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            self.0.fetch_sub(1, Ordering::AcqRel);
         }
     }
-    ep.awaiting_return
-        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    ep.awaiting_return.fetch_add(1, Ordering::AcqRel);
     let _awaiting = Awaiting(&ep.awaiting_return);
+    let mut seen = ep.progress.load(Ordering::Relaxed);
     loop {
         let returned = ep.returned.notified();
         let mut returned = std::pin::pin!(returned);
@@ -166,16 +179,26 @@ async fn connect_or_reuse(
             }
         }
         tokio::select! {
-            slot = ep.connecting.acquire_until(now, until) => {
-                return slot.map(Gate::Connect).map_err(|_| {
-                    ProxyError::Overflow(hopline_core::Overflow::Connecting {
-                        upstream: hop.up.name.clone(),
-                        endpoint: ep.addr,
-                        limit: ep.connecting.limit(),
-                        waited: now.elapsed(),
-                    })
-                });
-            }
+            slot = ep.connecting.acquire_until(now, until) => match slot {
+                Ok(slot) => return Ok(Gate::Connect(slot)),
+                Err(_) => {
+                    let progress = ep.progress.load(Ordering::Relaxed);
+                    let at = Instant::now();
+                    if fresh || progress == seen || at >= deadline {
+                        return Err(ProxyError::Overflow(hopline_core::Overflow::Connecting {
+                            upstream: hop.up.name.clone(),
+                            endpoint: ep.addr,
+                            limit: ep.connecting.limit(),
+                            waited: at.saturating_duration_since(now),
+                            stalled: at < deadline,
+                        }));
+                    }
+                    // Connects finished or connections came back, for others: the
+                    // endpoint is busy, not stuck.
+                    seen = progress;
+                    until = (at + quiet).min(deadline);
+                }
+            },
             () = &mut returned, if !fresh => {}
         }
     }

@@ -12,24 +12,30 @@ use crate::testkit::{answers, silent, Harness, Variant};
 
 const MS: Duration = Duration::from_millis(1);
 
-/// Upstream `u` (endpoint A, `max_in_flight = 1`, `extra` lines) behind route `r` (1 s).
-fn one_slot(extra: &str) -> Harness {
+/// Upstream `u` (endpoint A, `lines`) behind route `r` with deadline `timeout`.
+fn upstream_u(lines: &str, timeout: &str) -> Harness {
     Harness::new(&format!(
         r#"
 [log]
 access = "off"
 [upstreams.u]
 endpoints = ["{A}"]
-max_in_flight = 1
-timeout = "10s"
-{extra}
+{lines}
 [[routes]]
 name = "r"
 path_prefix = "/"
 upstream = "u"
-timeout = "1s"
+timeout = "{timeout}"
 "#
     ))
+}
+
+/// Upstream `u` (endpoint A, `max_in_flight = 1`, `extra` lines) behind route `r` (1 s).
+fn one_slot(extra: &str) -> Harness {
+    upstream_u(
+        &format!("max_in_flight = 1\ntimeout = \"10s\"\n{extra}"),
+        "1s",
+    )
 }
 
 fn metric(h: &Harness, outcome: &str) -> f64 {
@@ -216,6 +222,65 @@ async fn a_burst_opens_at_most_max_connecting_connections_and_reuses_them() {
         (20, 20),
         "with room, every request opens its own"
     );
+}
+
+/// Upstream `u` (endpoint A, one connect at a time, `connect_timeout = 200ms`) behind a
+/// route with a 5 s deadline.
+fn one_connect() -> Harness {
+    upstream_u(
+        "max_connecting = 1\nconnect_timeout = \"200ms\"\ntimeout = \"5s\"",
+        "5s",
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_wait_lasts_while_connections_keep_coming_back() {
+    let h = one_connect();
+    // Connects take 150 ms, answers 100 ms: 20 requests take far longer than the 200 ms
+    // connect budget to get through the few connections, which keep coming back.
+    let crate::testkit::Peer::Serve(play) = answers(100 * MS, "ok") else {
+        unreachable!("answers serves")
+    };
+    h.net.set(A, crate::testkit::Peer::Slow(150 * MS, play));
+    let all = (0..20).map(|_| h.send(Harness::get("/b", &[])));
+    let outcomes = super::aggregate::join_all(all).await;
+    let statuses: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.status, o.took, o.answer.as_ref().map(|a| a.cause.clone())))
+        .collect();
+    assert!(statuses.iter().all(|s| s.0 == Some(200)), "{statuses:#?}");
+    let longest = outcomes.iter().map(|o| o.took).max().expect("20");
+    assert!(
+        longest > 400 * MS,
+        "some waited past connect_timeout: {longest:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_wait_ends_at_connect_timeout_when_nothing_comes_back() {
+    let h = one_connect();
+    h.net.set(A, crate::testkit::Peer::Blackhole);
+    let all = (0..3).map(|_| h.send(Harness::get("/b", &[])));
+    let outcomes = super::aggregate::join_all(all).await;
+    // The first connect hangs until its 200 ms; a waiter that saw no connection come back
+    // in that time is refused then, not kept until the 5 s deadline.
+    let mut refused = 0;
+    for o in &outcomes {
+        let a = o.answer.as_ref().expect("nothing answered");
+        if a.flag == Flag::UpstreamOverflow {
+            refused += 1;
+            assert_eq!((a.status, o.took), (503, 200 * MS), "{}", a.cause);
+            assert!(
+                a.cause.contains("no pooled connection came back"),
+                "{}",
+                a.cause
+            );
+        } else {
+            // The one that had the connect slot: its connect (and the retries') timed out.
+            assert_eq!(a.status, 504, "{}", a.cause);
+        }
+    }
+    assert_eq!(refused, 2);
 }
 
 // ---- the egress new-connection rate ---------------------------------------------------

@@ -40,6 +40,10 @@ pub struct Endpoint {
     pub(crate) returned: tokio::sync::Notify,
     /// Requests waiting on `returned` (no wake is sent when there are none).
     pub(crate) awaiting_return: AtomicUsize,
+    /// Connects finished and connections returned while requests were waiting to connect:
+    /// a waiter that saw this move within `connect_timeout` keeps waiting (the endpoint is
+    /// answering, only busy).
+    pub(crate) progress: std::sync::atomic::AtomicU64,
     /// Connects (and TLS handshakes) in progress, at most the upstream's `max_connecting`.
     pub(crate) connecting: Arc<crate::limits::InFlight>,
     /// HTTP/2 connections (`protocol = "h2"`), each shared by concurrent requests.
@@ -95,6 +99,7 @@ impl Endpoint {
             idle: Mutex::new(Vec::new()),
             returned: tokio::sync::Notify::new(),
             awaiting_return: AtomicUsize::new(0),
+            progress: std::sync::atomic::AtomicU64::new(0),
             connecting: crate::limits::InFlight::new(64),
             h2: Mutex::new(Vec::new()),
             h2_opening: tokio::sync::Mutex::new(()),

@@ -510,6 +510,7 @@ impl Upstream {
         });
         drop(idle);
         if ep.awaiting_return.load(Ordering::Acquire) > 0 {
+            ep.progress.fetch_add(1, Ordering::Relaxed);
             ep.returned.notify_one();
         }
     }
