@@ -147,7 +147,15 @@ impl InFlight {
             let notified = self.released.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if let Some(g) = self.take(Some(Instant::now())) {
+            let now = Instant::now();
+            // A slot freed as the deadline passes is no use to this request: it is the
+            // queue's expiry, and the slot goes to the next waiter (by `Place`).
+            if now >= until {
+                return Err(QueueRefusal::Expired {
+                    waited: start.elapsed(),
+                });
+            }
+            if let Some(g) = self.take(Some(now)) {
                 return Ok(g);
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {

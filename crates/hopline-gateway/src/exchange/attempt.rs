@@ -164,6 +164,14 @@ impl<'a> Hop<'a> {
         }
     }
 
+    /// How long the call may wait in a queue for a slot: until `deadline.min_caller` before
+    /// its deadline, since a slot with less time left could make no useful call.
+    pub(crate) fn wait_until(&self) -> Instant {
+        let at = self.deadline.at();
+        at.checked_sub(self.gw.config.deadline.min_caller)
+            .unwrap_or(at)
+    }
+
     /// Notes the phase the call is in.
     pub(crate) fn phase(&self, phase: Phase) {
         self.progress.update(|p| p.phase = Some(phase));
@@ -211,7 +219,7 @@ pub(crate) async fn slots(hop: &Hop<'_>) -> Result<Slots, ProxyError> {
         Zone::Egress => {
             // If it has to wait for an egress slot, it waits in a queue.
             hop.phase(Phase::Queue);
-            let (since, until) = (hop.deadline.start(), hop.deadline.at());
+            let (since, until) = (hop.deadline.start(), hop.wait_until());
             let max_pending = up.config.max_pending;
             let egress = hop.gw.egress.slot_within(since, max_pending, until);
             egress.await.map_err(ProxyError::Overflow)?
@@ -246,7 +254,7 @@ async fn queue(hop: &Hop<'_>) -> Result<InFlightGuard, ProxyError> {
     };
     let got = up
         .in_flight
-        .acquire(start, max_pending, hop.deadline.at())
+        .acquire(start, max_pending, hop.wait_until())
         .await;
     waiting.done = true;
     let waited = start.elapsed();

@@ -117,10 +117,33 @@ async fn a_wait_that_reaches_the_deadline_is_503_in_phase_queue() {
         (b_answer.status, b_answer.flag),
         (503, Flag::UpstreamOverflow)
     );
-    assert_eq!(b.took, Duration::from_secs(1), "waited its whole budget");
+    // Its whole budget but deadline.min_caller (10 ms), which no call could use.
+    assert_eq!(b.took, 990 * MS, "waited its budget");
     assert_eq!(b.record.phase, Some("queue"));
-    assert_eq!(b.record.queue, Some(Duration::from_secs(1)));
+    assert_eq!(b.record.queue, Some(990 * MS));
     assert_eq!(metric(&h, "expired"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_freed_too_near_the_deadline_is_no_use_to_those_waiting() {
+    let h = one_slot("");
+    // The holder frees the slot 5 ms before the deadline its waiters share: less than
+    // deadline.min_caller (10 ms) is left, so each waiter is the queue's expiry at 990 ms,
+    // never a slot taken with no time to use it.
+    h.net.set(A, answers(995 * MS, "ok"));
+    let get = |p: &'static str| h.send(Harness::get(p, &[]));
+    let (a, b, c, d) = tokio::join!(get("/a"), get("/b"), get("/c"), get("/d"));
+    assert_eq!(a.status, Some(200));
+    for o in [b, c, d] {
+        let answer = o.answer.expect("answered");
+        assert_eq!(
+            (answer.status, o.record.phase, o.took),
+            (503, Some("queue"), 990 * MS),
+            "{}",
+            answer.cause
+        );
+    }
+    assert_eq!(metric(&h, "expired"), 3.0);
 }
 
 #[tokio::test(start_paused = true)]
