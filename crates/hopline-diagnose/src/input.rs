@@ -41,6 +41,9 @@ pub struct Line<'a> {
     /// How long it had been idle in the pool.
     #[serde(default)]
     pub upstream_idle_ms: Option<f64>,
+    /// How long it waited in its upstream's queue for an in-flight slot.
+    #[serde(default)]
+    pub queue_ms: Option<f64>,
     /// Calls that fell back.
     #[serde(borrow, default)]
     pub degraded: Vec<Cow<'a, str>>,
@@ -87,7 +90,11 @@ pub fn parse(line: &str) -> Option<(f64, Line<'_>)> {
         nginx(line)?
     };
     let sane = |v: f64| v.is_finite() && v >= 0.0;
-    (sane(t) && sane(l.duration_ms) && l.upstream_idle_ms.is_none_or(sane)).then_some((t, l))
+    let ok = sane(t)
+        && sane(l.duration_ms)
+        && l.upstream_idle_ms.is_none_or(sane)
+        && l.queue_ms.is_none_or(sane);
+    ok.then_some((t, l))
 }
 
 /// The nginx `log_format` diagnose reads (name it as you like):
@@ -137,6 +144,7 @@ fn nginx(line: &str) -> Option<(f64, Line<'_>)> {
             duration_ms: secs * 1000.0,
             upstream_reused: None,
             upstream_idle_ms: None,
+            queue_ms: None,
             degraded: Vec::new(),
             calls: Vec::new(),
         },

@@ -116,6 +116,21 @@ struct Tally {
     /// Per upstream: idle times of pooled connections that were reset or closed under a
     /// request (at most 10,000 kept), and how many fresh connections were.
     idle_resets: HashMap<String, (Vec<f64>, u64)>,
+    /// Per upstream: what its queue did.
+    queues: HashMap<String, QueueStats>,
+}
+
+/// What one upstream's queue did to the requests that found its slots full.
+#[derive(Debug, Default)]
+struct QueueStats {
+    /// Refused without waiting: the queue full, or the wait beyond the budget.
+    at_once: u64,
+    /// Waited until the deadline.
+    expired: u64,
+    /// The client left while it waited.
+    left: u64,
+    /// Waits of the requests that got a slot (ms, at most 10,000 kept), and how many.
+    served: (Vec<f64>, u64),
 }
 
 /// Reads `paths` and judges them.
@@ -269,6 +284,21 @@ impl Tally {
                 (Some(true), Some(idle)) if e.0.len() < 10_000 => e.0.push(idle),
                 (Some(true), _) => {}
                 _ => e.1 += 1,
+            }
+        }
+        // Requests that found the upstream's slots full (they carry queue_ms).
+        if let (Some(up), Some(q)) = (l.upstream.as_deref(), l.queue_ms) {
+            let e = self.queues.entry(up.to_string()).or_default();
+            match (l.status, l.phase.as_deref()) {
+                (499, Some("queue")) => e.left += 1,
+                (_, Some("queue")) if q < 1.0 => e.at_once += 1,
+                (_, Some("queue")) => e.expired += 1,
+                _ => {
+                    if e.served.0.len() < 10_000 {
+                        e.served.0.push(q);
+                    }
+                    e.served.1 += 1;
+                }
             }
         }
         // The failure itself, and each fallen-back or failed call.
@@ -434,6 +464,28 @@ pub struct Report {
     pub fallbacks: Vec<(String, u64, f64)>,
     /// Keep-alive idle mismatches, per upstream.
     pub idle_mismatches: Vec<IdleMismatch>,
+    /// Upstreams whose queue refused or lost requests, most first.
+    pub queues: Vec<QueueFinding>,
+}
+
+/// An upstream whose `max_in_flight` slots were full for long enough that requests were
+/// refused, ran out of time, or were left by their clients in its queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueFinding {
+    /// The upstream.
+    pub upstream: String,
+    /// Refused at once: its queue full, or the expected wait beyond their budget.
+    pub at_once: u64,
+    /// Waited in its queue until their deadline.
+    pub expired: u64,
+    /// Left by their clients while waiting (499).
+    pub left: u64,
+    /// Served after waiting.
+    pub served: u64,
+    /// Their median wait (ms), when any.
+    pub median_wait_ms: Option<f64>,
+    /// Their longest wait (ms), when any.
+    pub longest_wait_ms: Option<f64>,
 }
 
 /// Pooled connections the upstream had already closed: resets right after an idle gap.
@@ -573,8 +625,29 @@ fn judge(paths: &[PathBuf], t: Tally) -> Report {
         })
         .collect();
     idle_mismatches.sort_by_key(|m| std::cmp::Reverse(m.resets));
+    // A finding: at least 5 requests the queue refused, ran out of time on, or lost.
+    let mut queues: Vec<QueueFinding> = t
+        .queues
+        .into_iter()
+        .filter(|(_, q)| q.at_once + q.expired + q.left >= 5)
+        .map(|(upstream, q)| {
+            let (mut waits, served) = q.served;
+            waits.sort_by(f64::total_cmp);
+            QueueFinding {
+                upstream,
+                at_once: q.at_once,
+                expired: q.expired,
+                left: q.left,
+                served,
+                median_wait_ms: waits.get(waits.len() / 2).copied(),
+                longest_wait_ms: waits.last().copied(),
+            }
+        })
+        .collect();
+    queues.sort_by_key(|q| std::cmp::Reverse(q.at_once + q.expired + q.left));
     Report {
         idle_mismatches,
+        queues,
         files: paths.iter().map(|p| p.display().to_string()).collect(),
         lines: t.lines,
         skipped: t.skipped,
@@ -754,6 +827,20 @@ impl Report {
                 m.upstream
             );
         }
+        for q in &self.queues {
+            let waited = match (q.median_wait_ms, q.longest_wait_ms) {
+                (Some(m), Some(l)) => format!(
+                    "; {} served after waiting (median {m:.0} ms, longest {l:.0} ms)",
+                    q.served
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "WHO    upstream {}: its max_in_flight slots were full — of the requests that queued for one, {} ran out of time waiting, {} lost their client (499), {} were refused at once (the queue full or the wait beyond the budget){waited}. Its slots turn over too slowly: the upstream answers slower than before, or max_in_flight is below what it can take",
+                q.upstream, q.expired, q.left, q.at_once
+            );
+        }
         for r in &self.routes {
             if let Some(c) = &r.ceiling {
                 let who = if c.cut_by_client * 2 >= c.requests {
@@ -823,6 +910,15 @@ impl Report {
                 "median_idle_ms": m.median_idle_ms,
                 "fresh": m.fresh,
             })).collect::<Vec<_>>(),
+            "queues": self.queues.iter().map(|q| json!({
+                "upstream": q.upstream,
+                "at_once": q.at_once,
+                "expired": q.expired,
+                "left": q.left,
+                "served": q.served,
+                "median_wait_ms": q.median_wait_ms,
+                "longest_wait_ms": q.longest_wait_ms,
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -868,6 +964,54 @@ mod tests {
             text.contains("failures from 02:00:07.600") && text.contains("(0.3 s after)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_full_queue_is_named_with_what_it_did() {
+        let mut tally = Tally {
+            first: f64::INFINITY,
+            last: f64::NEG_INFINITY,
+            ..Tally::default()
+        };
+        let line = |status: u16, flag: &str, phase: &str, queue_ms: f64| {
+            format!(
+                r#"{{"ts":"2026-11-29T02:00:01.000Z","route":"r","status":{status},"flags":[{flag}],"cause":"upstream u: waited","upstream":"u","zone":"internal","phase":{phase},"duration_ms":300.0,"queue_ms":{queue_ms}}}"#
+            )
+        };
+        let mut add = |l: String| {
+            let (t, line) = input::parse(&l).expect("line");
+            tally.add(t, &line);
+        };
+        for _ in 0..4 {
+            add(line(503, r#""UO""#, r#""queue""#, 300.0));
+        }
+        add(line(499, r#""DC""#, r#""queue""#, 120.0));
+        add(line(503, r#""UO""#, r#""queue""#, 0.0));
+        for q in [10.0, 40.0, 250.0] {
+            add(line(200, "", "null", q));
+        }
+        // A request that never waited says nothing of the queue.
+        add(r#"{"ts":"2026-11-29T02:00:01.000Z","route":"r","status":200,"flags":[],"upstream":"u","duration_ms":1.0,"queue_ms":null}"#.to_string());
+        let r = judge(&[], tally);
+        assert_eq!(
+            r.queues,
+            vec![QueueFinding {
+                upstream: "u".into(),
+                at_once: 1,
+                expired: 4,
+                left: 1,
+                served: 3,
+                median_wait_ms: Some(40.0),
+                longest_wait_ms: Some(250.0),
+            }]
+        );
+        let text = r.text();
+        assert!(
+            text.contains("WHO    upstream u: its max_in_flight slots were full — of the requests that queued for one, 4 ran out of time waiting, 1 lost their client (499), 1 were refused at once")
+                && text.contains("3 served after waiting (median 40 ms, longest 250 ms)"),
+            "{text}"
+        );
+        assert_eq!(r.to_json()["queues"][0]["expired"], 4);
     }
 
     #[test]

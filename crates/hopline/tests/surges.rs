@@ -293,3 +293,54 @@ fn a_grpc_call_refused_by_a_full_upstream_gets_unavailable_with_pushback() {
     );
     assert_eq!(holder.join().expect("holder"), 200);
 }
+
+#[test]
+fn diagnose_names_an_upstream_whose_queue_ran_out_of_time() {
+    // One slot held 2 s by each request; eight requests with a 300 ms deadline: the first
+    // times out on the upstream, the others run out of time in the queue (or are refused
+    // once the queue knows the hold time).
+    let up = mock(&["--latency", "2s", "--quiet"]);
+    let gw = gateway(
+        "",
+        &format!("[upstreams.m]\nendpoints = [\"{}\"]\nmax_in_flight = 1\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\ntimeout = \"300ms\"\n", up.addr),
+    );
+    let addr = gw.addr;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| s.spawn(move || client(addr, 1, "")[0].0))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("client")).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        7,
+        "{statuses:?}"
+    );
+    // The access log is written by its own thread: wait for all eight records.
+    let end = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines: Vec<_> = gw
+            .json_lines()
+            .into_iter()
+            .filter(|l| l["status"].is_u64())
+            .collect();
+        if lines.len() >= 8 || Instant::now() > end {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let queued = lines.iter().filter(|l| l["phase"] == "queue").count();
+    assert_eq!(queued, 7, "{lines:#?}");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let log = temp_file("access.log", &text);
+    let o = std::process::Command::new(bin())
+        .arg("diagnose")
+        .arg(&log)
+        .output()
+        .expect("diagnose");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("WHO    upstream m: its max_in_flight slots were full — of the requests that queued for one, "),
+        "{out}"
+    );
+}
