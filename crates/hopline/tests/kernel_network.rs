@@ -258,3 +258,82 @@ fn leftovers_of_a_killed_drill_are_removed_by_the_next() {
         "leftovers of a dead drill stay"
     );
 }
+
+/// A gateway inside the lab's `in` host, listening on `port` there, with `upstream_extra`
+/// on its upstream (the lab's mock, behind the NAT); two requests 7 s apart, the second
+/// on the pooled connection the first left: the second's access record.
+fn request_after_idling(
+    net: &Network,
+    mock: SocketAddr,
+    port: u16,
+    upstream_extra: &str,
+) -> serde_json::Value {
+    let inside = net.host("in").expect("host").clone();
+    let config = temp_file(
+        &format!("keepalive-{port}.toml"),
+        &format!(
+            "[server]\nlisten = \"{}:{port}\"\n[upstreams.m]\nendpoints = [\"{mock}\"]\npool_idle_timeout = \"10s\"\n{upstream_extra}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"m\"\n",
+            inside.ip
+        ),
+    );
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &inside.ns,
+        bin(),
+        "serve",
+        "--threads",
+        "1",
+        "-c",
+    ])
+    .arg(&config);
+    let gw = Proc::spawn_command(cmd);
+    assert_eq!(get(gw.addr, "/first", "").status, 200);
+    // Idle past the NAT's memory of the connection (5 s): the idleness is what is tested.
+    let idle_until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < idle_until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(gw.addr, "/second", "").status, 200);
+    gw.wait_json(
+        Duration::from_secs(10),
+        "the second request's record",
+        |l| l["path"] == "/second",
+    )
+}
+
+/// TCP keepalive keeps a NAT's entry for an idle pooled connection alive: with probes
+/// every second after 2 s idle, a connection pooled for 7 s behind a NAT that forgets
+/// established connections after 5 s is reused as it is; without keepalive, the NAT has
+/// forgotten it, its reuse meets a reset and the request is sent again on a new one.
+#[test]
+#[ignore = "needs root, ip and nft; run by .ci/run"]
+fn keepalive_keeps_an_idle_pooled_connection_through_a_nat_that_forgets() {
+    let (net, _mock, addr) = lab();
+    let target = Some(match addr {
+        SocketAddr::V4(a) => (*a.ip(), a.port()),
+        SocketAddr::V6(_) => unreachable!("v4 lab"),
+    });
+    let u = net
+        .apply(FaultKind::ConntrackExpiry { seconds: 5 }, target)
+        .expect("apply");
+    let with = request_after_idling(
+        &net,
+        addr,
+        8101,
+        "tcp_keepalive = { idle = \"2s\", interval = \"1s\", count = 3 }",
+    );
+    assert_eq!(
+        (&with["upstream_reused"], &with["attempts"]),
+        (&serde_json::json!(true), &serde_json::json!(1)),
+        "kept alive: {with}"
+    );
+    let without = request_after_idling(&net, addr, 8102, "tcp_keepalive = false");
+    assert_eq!(
+        (&without["upstream_reused"], &without["attempts"]),
+        (&serde_json::json!(false), &serde_json::json!(2)),
+        "forgotten by the NAT, then sent again on a new connection: {without}"
+    );
+    net.undo(u).expect("undo");
+}
