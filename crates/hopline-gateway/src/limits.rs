@@ -25,6 +25,10 @@ pub struct InFlight {
     pending: AtomicUsize,
     /// Woken, one waiter at a time and in order, when a slot is released.
     released: tokio::sync::Notify,
+    /// Slots released while requests waited, handed to the waiter woken for each (still
+    /// counted in `current`): a request arriving meanwhile cannot take them, so the queue
+    /// is served in order.
+    handed: AtomicUsize,
     /// How long a slot is held, nanoseconds: an exponentially weighted average over about
     /// the last 64 releases measured (0: no estimate yet).
     hold: AtomicU64,
@@ -40,14 +44,22 @@ pub struct InFlightGuard {
 
 /// A place in an [`InFlight`]'s queue, given back when dropped (a request that leaves
 /// while waiting frees its place at once).
-struct Place<'a>(&'a InFlight);
+struct Place<'a> {
+    owner: &'a InFlight,
+    /// Woken (a slot handed to it, or the limit raised) and gone without using it.
+    unused_wake: bool,
+}
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
-        // A wake this waiter took and did not use goes to the next one.
-        if self.0.current() < self.0.limit() {
-            self.0.released.notify_one();
+        let owner = self.owner;
+        let left = owner.pending.fetch_sub(1, Ordering::AcqRel) - 1;
+        // A wake (and the slot handed with it) this waiter did not use goes to the next
+        // one, or back to the free slots when nobody waits any more.
+        if left == 0 {
+            owner.reclaim_handed();
+        } else if self.unused_wake {
+            owner.released.notify_one();
         }
     }
 }
@@ -60,6 +72,7 @@ impl InFlight {
             current: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             released: tokio::sync::Notify::new(),
+            handed: AtomicUsize::new(0),
             hold: AtomicU64::new(0),
         })
     }
@@ -75,10 +88,29 @@ impl InFlight {
             self.current.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(InFlightGuard {
+        Some(self.guard(since))
+    }
+
+    /// A guard for a slot already counted in `current`.
+    fn guard(self: &Arc<Self>, since: Option<Instant>) -> InFlightGuard {
+        InFlightGuard {
             owner: self.clone(),
             since,
-        })
+        }
+    }
+
+    /// Takes a slot handed to a woken waiter, if one is left.
+    fn take_handed(&self) -> bool {
+        self.handed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| h.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Slots handed to waiters that have all gone back to the free slots.
+    fn reclaim_handed(&self) {
+        while self.pending.load(Ordering::Acquire) == 0 && self.take_handed() {
+            self.current.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Takes a free slot when nobody is waiting for one (no clock read: its hold time counts
@@ -129,7 +161,10 @@ impl InFlight {
             return Err(QueueRefusal::Full { max_pending });
         }
         let place = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
-        let _place = Place(self);
+        let mut place_guard = Place {
+            owner: self,
+            unused_wake: false,
+        };
         if place > max_pending {
             return Err(QueueRefusal::Full { max_pending });
         }
@@ -143,11 +178,13 @@ impl InFlight {
                 return Err(QueueRefusal::ExpectedWait { expected, left });
             }
         }
+        let mut woken = false;
         loop {
             let notified = self.released.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
+            place_guard.unused_wake = woken;
             // A slot freed as the deadline passes is no use to this request: it is the
             // queue's expiry, and the slot goes to the next waiter (by `Place`).
             if now >= until {
@@ -155,7 +192,13 @@ impl InFlight {
                     waited: start.elapsed(),
                 });
             }
+            // Woken: the slot handed with the wake (or one a raised limit freed).
+            if woken && self.take_handed() {
+                place_guard.unused_wake = false;
+                return Ok(self.guard(Some(now)));
+            }
             if let Some(g) = self.take(Some(now)) {
+                place_guard.unused_wake = false;
                 return Ok(g);
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
@@ -163,6 +206,7 @@ impl InFlight {
                     waited: start.elapsed(),
                 });
             }
+            woken = true;
         }
     }
 
@@ -221,9 +265,14 @@ impl Drop for InFlightGuard {
                 owner.note_hold(since.elapsed());
             }
         }
-        owner.current.fetch_sub(1, Ordering::AcqRel);
         if waiting {
+            // The slot stays counted and goes to the waiter this wakes (first in line).
+            owner.handed.fetch_add(1, Ordering::AcqRel);
             owner.released.notify_one();
+            // The last waiter may have left meanwhile: then nobody takes it.
+            owner.reclaim_handed();
+        } else {
+            owner.current.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

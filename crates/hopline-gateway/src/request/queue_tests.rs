@@ -377,3 +377,42 @@ timeout = "1s"
         "waited for the egress slot"
     );
 }
+
+/// 32 clients, each sending 8 requests one after another, on 8 slots held 50 ms each:
+/// served in the order they came, so every request waits for the 24 ahead of it, 150 ms,
+/// and none longer. (A slot released while others waited was once taken by whoever asked
+/// first after it, before the waiter woken for it ran: some requests waited 500 ms.)
+#[tokio::test(start_paused = true)]
+async fn the_queue_is_served_in_order_under_a_steady_surge() {
+    use tokio::time::Instant;
+    let slots = crate::limits::InFlight::new(8);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let slots = slots.clone();
+        clients.spawn(async move {
+            let mut longest = Duration::ZERO;
+            for _ in 0..8 {
+                let t0 = Instant::now();
+                let slot = match slots.take_now(t0) {
+                    Some(g) => g,
+                    None => slots
+                        .acquire(t0, 1024, t0 + Duration::from_secs(3))
+                        .await
+                        .expect("a slot in time"),
+                };
+                longest = longest.max(t0.elapsed());
+                tokio::time::sleep(50 * MS).await;
+                drop(slot);
+                tokio::task::yield_now().await;
+            }
+            longest
+        });
+    }
+    let longest = clients.join_all().await;
+    assert!(longest.iter().all(|w| *w <= 150 * MS), "{longest:?}");
+    assert_eq!(
+        (slots.current(), slots.pending()),
+        (0, 0),
+        "every slot back"
+    );
+}
