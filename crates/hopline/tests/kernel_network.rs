@@ -13,6 +13,15 @@ use common::*;
 use hopline_drill::network::{Network, Undo};
 use hopline_drill::scenario::{FaultKind, Host};
 
+/// One lab at a time in this process: a network's names carry the process id.
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the lab for one test (a test that failed holding it does not stop the others).
+fn one_lab() -> std::sync::MutexGuard<'static, ()> {
+    LAB.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A network with one inside host and one outside host running `hopline mock`.
 fn lab() -> (Network, Proc, SocketAddr) {
     let hosts = [
@@ -105,6 +114,7 @@ fn wait_for(what: &str, ready: impl Fn() -> bool) {
 #[test]
 #[ignore = "needs root, ip and nft; run by .ci/run"]
 fn each_fault_kind_is_seen_from_inside_and_everything_is_removed() {
+    let _lab = one_lab();
     let (net, _mock, addr) = lab();
     let target = Some(match addr {
         SocketAddr::V4(a) => (*a.ip(), a.port()),
@@ -310,6 +320,7 @@ fn request_after_idling(
 #[test]
 #[ignore = "needs root, ip and nft; run by .ci/run"]
 fn keepalive_keeps_an_idle_pooled_connection_through_a_nat_that_forgets() {
+    let _lab = one_lab();
     let (net, _mock, addr) = lab();
     let target = Some(match addr {
         SocketAddr::V4(a) => (*a.ip(), a.port()),
