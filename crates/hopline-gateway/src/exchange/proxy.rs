@@ -115,14 +115,7 @@ impl Wire for H1 {
             },
         };
         let c = hop.connect(ep).await?;
-        if ep
-            .awaiting_return
-            .load(std::sync::atomic::Ordering::Acquire)
-            > 0
-        {
-            ep.progress
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        ep.note_progress();
         Ok((c, Instant::now()))
     }
 

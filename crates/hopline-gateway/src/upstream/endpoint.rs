@@ -86,6 +86,20 @@ struct Standing {
 }
 
 impl Endpoint {
+    /// Counts a connect finished or a connection returned to the pool, when requests wait
+    /// on the endpoint (for the connect gate's "busy, not stuck"); whether any do.
+    pub(crate) fn note_progress(&self) -> bool {
+        let waiting = self
+            .awaiting_return
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0;
+        if waiting {
+            self.progress
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        waiting
+    }
+
     /// A new endpoint at `addr`, from the configured entry `target`.
     pub(crate) fn new(
         addr: SocketAddr,

@@ -509,8 +509,7 @@ impl Upstream {
             since: Instant::now(),
         });
         drop(idle);
-        if ep.awaiting_return.load(Ordering::Acquire) > 0 {
-            ep.progress.fetch_add(1, Ordering::Relaxed);
+        if ep.note_progress() {
             ep.returned.notify_one();
         }
     }
